@@ -1,0 +1,1 @@
+"""Control plane: the Chalice app (portal + scheduler API) and its domain modules."""

@@ -1,0 +1,1 @@
+"""Helper programs that run inside each pod beside the user tool."""

@@ -1,0 +1,1 @@
+"""Node daemon: enrolment, credentials, queue polling, pods over the Docker API."""

@@ -1,0 +1,15 @@
+"""Contracts shared by two or more parts of dit4c.
+
+A change to a contract is a change here, in one place:
+
+- :mod:`protocol.states` — instance lifecycle states and the legal transitions.
+- :mod:`protocol.messages` — the JSON messages carried by SQS (and the revocation fan-out).
+- :mod:`protocol.tokens` — JWT claims for every token the control plane or a node signs, and
+  their verification against a JWKS.
+- :mod:`protocol.tunnel` — the wire format of the edge router's multiplexed tunnels.
+
+Everything here is pure Python over the Lambda requirements (PyJWT, cryptography): the control
+plane imports it inside Lambda.
+"""
+
+PROTOCOL_VERSION = 1

@@ -1,0 +1,88 @@
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from protocol import tokens as t
+from protocol.errors import TokenError
+
+
+@pytest.fixture
+def key():
+    return t.SigningKey.generate()
+
+
+@pytest.fixture
+def keys(key):
+    return t.KeySet.from_jwks({"keys": [key.public_jwk()]})
+
+
+def test_tunnel_token_binds_one_host(key, keys):
+    token = key.sign(t.tunnel_claims(issuer="p", instance_id="i1", hostname="I1.localhost:8080"))
+    assert t.verify_tunnel(token, keys, hostname="i1.localhost:8080")["sub"] == "i1"
+    with pytest.raises(TokenError, match="another host"):
+        t.verify_tunnel(token, keys, hostname="i2.localhost:8080")
+
+
+def test_alg_none_is_refused(key, keys):
+    claims = t.tunnel_claims(issuer="p", instance_id="i1", hostname="h")
+    def b64(d):
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    forged = f"{b64({'alg': 'none', 'kid': key.kid})}.{b64(claims)}."
+    with pytest.raises(TokenError, match="not accepted"):
+        t.verify_tunnel(forged, keys, hostname="h")
+
+
+def test_hs256_with_public_key_as_secret_is_refused(key, keys):
+    claims = t.tunnel_claims(issuer="p", instance_id="i1", hostname="h")
+    forged = jwt.encode(claims, "a-long-enough-hmac-secret-for-pyjwt-32b", algorithm="HS256",
+                        headers={"kid": key.kid})
+    with pytest.raises(TokenError):
+        t.verify_tunnel(forged, keys, hostname="h")
+
+
+def test_other_key_and_unknown_kid_are_refused(keys):
+    other = t.SigningKey.generate()
+    token = other.sign(t.tunnel_claims(issuer="p", instance_id="i1", hostname="h"))
+    with pytest.raises(TokenError, match="unknown key"):
+        t.verify_tunnel(token, keys, hostname="h")
+    assert other.kid not in keys
+
+
+def test_forged_signature_with_known_kid_is_refused(key, keys):
+    other = t.SigningKey.generate()
+    token = jwt.encode(t.tunnel_claims(issuer="p", instance_id="i1", hostname="h"),
+                       other.private_key, algorithm="ES256", headers={"kid": key.kid})
+    with pytest.raises(TokenError, match="signature"):
+        t.verify_tunnel(token, keys, hostname="h")
+
+
+def test_expired_token_is_refused(key, keys):
+    claims = t.tunnel_claims(issuer="p", instance_id="i1", hostname="h", lifetime=10,
+                             now=time.time() - 3600)
+    with pytest.raises(TokenError, match="expired"):
+        t.verify_tunnel(key.sign(claims), keys, hostname="h")
+
+
+def test_node_token_lifetime_is_bounded(key, keys):
+    claims = t.node_claims(node_id="n1")
+    assert t.verify_node(key.sign(claims), keys, node_id="n1")["jti"]
+    claims["exp"] = claims["iat"] + 3600
+    with pytest.raises(TokenError, match="lifetime"):
+        t.verify_node(key.sign(claims), keys, node_id="n1")
+    with pytest.raises(TokenError):
+        t.verify_node(key.sign(t.node_claims(node_id="n2")), keys, node_id="n1")
+
+
+def test_kid_is_rfc7638_thumbprint_and_pem_round_trips(key):
+    assert t.thumbprint(key.public_jwk()) == key.kid
+    again = t.SigningKey.from_pem(key.to_pem())
+    assert again.kid == key.kid
+
+
+def test_bad_jwks_are_refused():
+    for doc in ({}, {"keys": "x"}, {"keys": [{"kid": "a", "kty": "oct", "k": "c2VjcmV0"}]}):
+        with pytest.raises(TokenError):
+            t.KeySet.from_jwks(doc)
