@@ -112,7 +112,7 @@ class StartInstance(Message):
     """CPU limit in cores."""
     memory_mb: int
     hostname: str
-    """The public host the instance is reached at, e.g. ``abc123.localhost:8080``."""
+    """The public host of the instance, without port, e.g. ``abc123.localhost``."""
     tunnel_token: str
     router_urls: list[str]
     """Tunnel endpoints (``ws://`` or ``wss://``) of every edge router; the listener dials all."""
