@@ -1,0 +1,433 @@
+"""Build the local images without pulling anything; reuse an image whose recipe is unchanged.
+
+``python -m scripts.build_images [--force] [NAME ...]`` (``make images``) makes sure these exist,
+in this order (names in :mod:`scripts.images`):
+
+- ``dit4c/test-tool:busybox`` — Debian's static busybox in an otherwise empty root filesystem,
+  made into an image with ``docker import``. Under a second.
+- ``dit4c/helper-base:bookworm`` — ``debootstrap --variant=minbase`` of bookworm with the
+  Python packages the helpers need, imported with ``docker import``. Minutes the first time; the
+  root filesystem tarball is cached (``$DIT4C_CACHE_DIR``, default ``~/.cache/dit4c``) so a
+  removed image, or a fresh clone, comes back in seconds.
+- ``dit4c/helpers:dev`` — ``helpers/Dockerfile`` built FROM the base with a context holding only
+  ``protocol/`` and ``helpers/`` (no pull: the base is local).
+
+Every image carries the label ``dit4c.recipe=<sha256>`` of what it was built from (file bytes,
+package lists, the base image id). An image whose label matches is reused; anything else is
+rebuilt. The recipes are deterministic (fixed mtimes and owners in the tarballs), so the same
+sources always give the same hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from scripts import images
+
+log = logging.getLogger("dit4c.scripts.build_images")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUSYBOX = Path("/bin/busybox")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+BASE_PACKAGES = (
+    "python3",
+    "python3-aiohttp",
+    "python3-jwt",
+    "python3-cryptography",
+    # debootstrap resolves no virtual packages: python3-cryptography needs the cffi backend
+    # through python3-cffi-backend-api-*, so name the real package.
+    "python3-cffi-backend",
+    "python3-yaml",
+    "ca-certificates",
+)
+# Bump when the base image's post-debootstrap steps change (the package list is hashed anyway).
+BASE_RECIPE_VERSION = 1
+TOOL_INDEX = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dit4c test tool</title></head>
+<body><h1>dit4c test tool</h1><p>busybox httpd is serving this page.</p></body></html>
+"""
+HELPER_SOURCES = ("protocol", "helpers")
+DEBOOTSTRAP_TIMEOUT = 1800
+
+
+class BuildError(Exception):
+    """Root exception of the image builder: an image could not be made."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What :class:`ImageBuilder` did for one image."""
+
+    name: str
+    recipe: str
+    action: str  # "reused", "imported from cache", "built"
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.action} in {self.seconds:.2f}s (recipe {self.recipe[:12]})"
+
+
+def default_cache_dir() -> Path:
+    """Where slow artefacts (the base rootfs tarball) outlive a checkout."""
+    if env := os.environ.get("DIT4C_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "dit4c"
+
+
+def debian_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> str:
+    """The machine's configured Debian mirror for ``suite`` (``DIT4C_DEBIAN_MIRROR`` wins).
+
+    Reads deb822 ``*.sources`` files and one-line ``sources.list`` entries; falls back to
+    deb.debian.org when none names the suite.
+    """
+    if env := os.environ.get("DIT4C_DEBIAN_MIRROR"):
+        return env
+    files = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*"))]
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = _deb822(stanza)
+                if (
+                    "deb" in fields.get("types", "").split()
+                    and suite in fields.get("suites", "").split()
+                    and fields.get("enabled", "yes").lower() != "no"
+                ):
+                    return fields["uris"].split()[0].rstrip("/")
+        elif path.suffix == ".list":
+            for line in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                    return words[1].rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def _deb822(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = None
+    for line in stanza.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line[0].isspace() and key:
+            fields[key] += " " + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            fields[key] = value.strip()
+    return fields
+
+
+class _Tar:
+    """A deterministic tarball built in memory: same entries, same bytes."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        # Closed by close(), which also hands back the bytes.
+        self.tar = tarfile.open(  # noqa: SIM115
+            fileobj=self.buffer, mode="w", format=tarfile.PAX_FORMAT
+        )
+
+    def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime, info.uid, info.gid = kind, mode, 0, 0, 0
+        return info
+
+    def dir(self, name: str, mode: int = 0o755) -> None:
+        self.tar.addfile(self._info(name, tarfile.DIRTYPE, mode))
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        info = self._info(name, tarfile.REGTYPE, mode)
+        info.size = len(data)
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def symlink(self, name: str, target: str) -> None:
+        info = self._info(name, tarfile.SYMTYPE, 0o777)
+        info.linkname = target
+        self.tar.addfile(info)
+
+    def tree(self, root: Path, arcname: str) -> None:
+        """Add ``root`` (files and folders, sorted) skipping caches and dot files."""
+        self.dir(arcname)
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
+                continue
+            name = f"{arcname}/{rel.as_posix()}"
+            if path.is_dir():
+                self.dir(name)
+            elif path.is_file() and path.suffix != ".pyc":
+                self.file(name, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644)
+
+    def close(self) -> bytes:
+        self.tar.close()
+        return self.buffer.getvalue()
+
+
+def _sha256(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class ImageBuilder:
+    """Makes each local image exist with the recipe of the current sources.
+
+    ``client`` is a docker SDK client (``docker.from_env()``); ``repo_root`` holds
+    ``protocol/``, ``helpers/`` and ``helpers/Dockerfile``; ``cache_dir`` keeps the base
+    rootfs tarball across checkouts; ``work_dir`` takes debootstrap's scratch tree.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        repo_root: Path = REPO_ROOT,
+        cache_dir: Path | None = None,
+        work_dir: Path | None = None,
+        mirror: str | None = None,
+    ) -> None:
+        self.client = client
+        self.repo_root = repo_root
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.work_dir = work_dir or repo_root / "build"
+        self.mirror = mirror
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def current_recipe(self, name: str) -> str | None:
+        """The recipe label of image ``name``, or None when there is no such image."""
+        try:
+            image = self.client.images.get(name)
+        except docker.errors.ImageNotFound:
+            return None
+        labels: dict[str, str] = image.labels or {}
+        return labels.get(images.RECIPE_LABEL)
+
+    def _import(self, name: str, recipe: str, src: Any, changes: list[str]) -> None:
+        """``docker import`` ``src`` (tar bytes or a tarball path) as ``name``, labelled."""
+        repository, tag = name.rsplit(":", 1)
+        changes = [*changes, f"LABEL {images.RECIPE_LABEL}={recipe}"]
+        out = self.client.api.import_image(
+            src=src, repository=repository, tag=tag, changes=changes
+        )
+        if self.current_recipe(name) != recipe:
+            text = out if isinstance(out, str) else json.dumps(out)
+            raise BuildError(f"docker import of {name} failed: {text[:500]}")
+
+    # -- dit4c/test-tool:busybox --------------------------------------------------------------
+
+    def test_tool_rootfs(self) -> bytes:
+        """The test tool's root filesystem: busybox, its applet links, /www/index.html."""
+        if not BUSYBOX.is_file():
+            raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static (make deps)")
+        applets = subprocess.run(
+            [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        tar = _Tar()
+        for folder in ("bin", "etc", "www"):
+            tar.dir(folder)
+        tar.dir("tmp", 0o1777)
+        tar.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+        for applet in sorted(set(applets) - {"busybox"}):
+            tar.symlink(f"bin/{applet}", "busybox")
+        tar.file("etc/passwd", b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+        tar.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n")
+        tar.file("www/index.html", TOOL_INDEX)
+        return tar.close()
+
+    def test_tool(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        rootfs = self.test_tool_rootfs()
+        port = images.TEST_TOOL_PORT
+        changes = [
+            f'CMD ["/bin/busybox", "httpd", "-f", "-p", "{port}", "-h", "/www"]',
+            f"EXPOSE {port}",
+            f"LABEL {images.PORT_LABEL}={port}",
+            "ENV PATH=/bin",
+        ]
+        recipe = _sha256(rootfs, *changes)
+        if not force and self.current_recipe(images.TEST_TOOL) == recipe:
+            return Result(images.TEST_TOOL, recipe, "reused", time.monotonic() - started)
+        self._import(images.TEST_TOOL, recipe, rootfs, changes)
+        return Result(images.TEST_TOOL, recipe, "built", time.monotonic() - started)
+
+    # -- dit4c/helper-base:bookworm -----------------------------------------------------------
+
+    def helper_base_recipe(self) -> str:
+        return _sha256(
+            SUITE, "minbase", ",".join(sorted(BASE_PACKAGES)), str(BASE_RECIPE_VERSION),
+            images.HELPERS_USER, str(images.HELPERS_UID),
+        )
+
+    def helper_base(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        recipe = self.helper_base_recipe()
+        if not force and self.current_recipe(images.HELPER_BASE) == recipe:
+            return Result(images.HELPER_BASE, recipe, "reused", time.monotonic() - started)
+        tarball = self.cache_dir / f"helper-base-{recipe[:16]}.tar"
+        action = "imported from cache"
+        if force or not tarball.is_file():
+            self._debootstrap(tarball)
+            action = "built"
+        changes = [
+            "ENV LANG=C.UTF-8",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            'CMD ["python3"]',
+        ]
+        self._import(images.HELPER_BASE, recipe, str(tarball), changes)
+        return Result(images.HELPER_BASE, recipe, action, time.monotonic() - started)
+
+    def _debootstrap(self, tarball: Path) -> None:
+        """debootstrap the base into a scratch tree, add the helpers' user, tar it to the cache."""
+        if os.geteuid() != 0:
+            raise BuildError("building the helper base needs root (debootstrap and chroot)")
+        if not shutil.which("debootstrap"):
+            raise BuildError("debootstrap is missing: apt-get install debootstrap (make deps)")
+        mirror = self.mirror or debian_mirror()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix="helper-base-", dir=self.work_dir))
+        try:
+            log.info("debootstrap %s from %s into %s (takes a few minutes)", SUITE, mirror, root)
+            try:
+                _run(
+                    [
+                        "debootstrap", "--variant=minbase",
+                        f"--include={','.join(BASE_PACKAGES)}", SUITE, str(root), mirror,
+                    ],
+                    timeout=DEBOOTSTRAP_TIMEOUT,
+                )
+            except BuildError as exc:
+                saved = self.work_dir / "debootstrap.log"
+                if (root / "debootstrap" / "debootstrap.log").is_file():
+                    shutil.copyfile(root / "debootstrap" / "debootstrap.log", saved)
+                raise BuildError(f"{exc}\n(full log: {saved})") from exc
+            uid = str(images.HELPERS_UID)
+            _run(["chroot", str(root), "groupadd", "--system", "--gid", uid, images.HELPERS_USER])
+            _run([
+                "chroot", str(root), "useradd", "--system", "--uid", uid, "--gid", uid,
+                "--home-dir", "/nonexistent", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                images.HELPERS_USER,
+            ])
+            # Caches and logs only make the image bigger and its hash noisier.
+            for pattern in ("var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
+                            "var/lib/apt/lists/*_*", "var/log/*.log", "var/log/apt/*"):
+                for path in root.glob(pattern):
+                    if path.is_file():
+                        path.unlink()
+            partial = tarball.with_suffix(".partial")
+            _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."])
+            partial.replace(tarball)
+        finally:
+            _run(["rm", "-rf", "--one-file-system", str(root)])
+
+    # -- dit4c/helpers:dev --------------------------------------------------------------------
+
+    def helpers_context(self) -> bytes:
+        """The build context: the Dockerfile plus protocol/ and helpers/, nothing else."""
+        tar = _Tar()
+        tar.file("Dockerfile", (self.repo_root / "helpers" / "Dockerfile").read_bytes())
+        for folder in HELPER_SOURCES:
+            tar.tree(self.repo_root / folder, folder)
+        return tar.close()
+
+    def helpers(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        try:
+            base_id = self.client.images.get(images.HELPER_BASE).id
+        except docker.errors.ImageNotFound as exc:
+            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        context = self.helpers_context()
+        recipe = _sha256(context, base_id)
+        if not force and self.current_recipe(images.HELPERS) == recipe:
+            return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
+        stream = self.client.api.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=images.HELPERS, pull=False,
+            rm=True, forcerm=True, labels={images.RECIPE_LABEL: recipe}, decode=True,
+        )
+        lines = []
+        for chunk in stream:
+            if "error" in chunk:
+                raise BuildError(f"docker build of {images.HELPERS} failed: {chunk['error']}")
+            lines.append(str(chunk.get("stream", "")))
+        if self.current_recipe(images.HELPERS) != recipe:
+            raise BuildError(f"docker build of {images.HELPERS} left no image:\n{''.join(lines)}")
+        return Result(images.HELPERS, recipe, "built", time.monotonic() - started)
+
+    # -- all ------------------------------------------------------------------------------------
+
+    def steps(self) -> dict[str, Callable[[bool], Result]]:
+        """Image name -> builder, in dependency order."""
+        return {
+            images.TEST_TOOL: self.test_tool,
+            images.HELPER_BASE: self.helper_base,
+            images.HELPERS: self.helpers,
+        }
+
+    def ensure(self, names: Iterable[str] = images.ALL, force: bool = False) -> list[Result]:
+        wanted = set(names)
+        unknown = wanted - set(self.steps())
+        if unknown:
+            raise BuildError(f"unknown image(s): {', '.join(sorted(unknown))}")
+        return [step(force) for name, step in self.steps().items() if name in wanted]
+
+
+def _run(argv: list[str], timeout: float = 300) -> None:
+    """Run a command; on failure raise BuildError carrying the end of its output."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{argv[0]} timed out after {timeout}s") from exc
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr)[-3000:]
+        raise BuildError(f"{' '.join(argv[:3])} ... exited {done.returncode}:\n{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "names", nargs="*", help=f"images to make (default: {' '.join(images.ALL)})"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even when the recipe matches"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="build_images: %(message)s")
+    try:
+        client = docker.from_env(timeout=600)
+        results = ImageBuilder(client).ensure(args.names or images.ALL, force=args.force)
+    except (BuildError, docker.errors.DockerException) as exc:
+        print(f"build_images: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(f"build_images: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Fixtures for the integration tier: the local images, and throwaway networks and containers.
+
+- ``tool_image`` / ``helpers_image`` (session): the image names, made sure to exist with the
+  current recipe (``scripts.build_images``; reused in milliseconds after ``make images``).
+- ``docker_network``: a fresh bridge network for this test, labelled, removed afterwards. The
+  host reaches containers on it by their IP address on that network (``container_ip``): no
+  published host ports, so parallel runs never fight over a port.
+- ``run_container``: ``run_container(image, **kwargs)`` starts a labelled, detached container
+  (on ``docker_network`` unless ``network=`` says otherwise) and removes it after the test.
+- ``container_ip(container, network)``: its address on that network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+from docker.models.containers import Container
+from docker.models.networks import Network
+
+from scripts import images
+from scripts.build_images import ImageBuilder
+
+RunContainer = Callable[..., Container]
+
+
+@pytest.fixture(scope="session")
+def image_builder(docker_client: docker.DockerClient) -> ImageBuilder:
+    return ImageBuilder(docker_client)
+
+
+@pytest.fixture(scope="session")
+def tool_image(image_builder: ImageBuilder) -> str:
+    image_builder.ensure([images.TEST_TOOL])
+    return images.TEST_TOOL
+
+
+@pytest.fixture(scope="session")
+def helpers_image(image_builder: ImageBuilder) -> str:
+    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
+    return images.HELPERS
+
+
+@pytest.fixture
+def docker_network(
+    docker_client: docker.DockerClient,
+    run_labels: dict[str, str],
+    unique_name: Callable[[str], str],
+) -> Iterator[Network]:
+    network = docker_client.networks.create(
+        unique_name("net"), driver="bridge", labels=run_labels, check_duplicate=True
+    )
+    yield network
+    try:
+        network.reload()
+        for container in network.containers:
+            network.disconnect(container, force=True)
+        network.remove()
+    except docker.errors.NotFound:
+        pass
+
+
+@pytest.fixture
+def run_container(
+    docker_client: docker.DockerClient,
+    docker_network: Network,
+    run_labels: dict[str, str],
+    unique_name: Callable[[str], str],
+) -> Iterator[RunContainer]:
+    made: list[Container] = []
+
+    def run(image: str, **kwargs: Any) -> Container:
+        kwargs.setdefault("network", docker_network.name)
+        kwargs.setdefault("name", unique_name("c"))
+        kwargs["labels"] = {**run_labels, **kwargs.get("labels", {})}
+        container = docker_client.containers.run(image, detach=True, **kwargs)
+        made.append(container)
+        return container
+
+    yield run
+    for container in made:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=True)
+
+
+def _container_ip(container: Container, network: Network) -> str:
+    """The container's IPv4 address on ``network`` (reloads the container's state)."""
+    container.reload()
+    address: str = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    assert address, f"{container.name} has no address on {network.name}"
+    return address
+
+
+@pytest.fixture
+def container_ip() -> Callable[[Container, Network], str]:
+    return _container_ip
