@@ -9,7 +9,8 @@
 #
 # DOCKER_HOST=unix:///some/dir/docker.sock (not the default socket) starts an isolated engine
 # whose state lives beside that socket (no default bridge, no iptables), so the start path can
-# be exercised next to a shared engine without touching it.
+# be exercised next to a shared engine without touching it. DIT4C_DOCKERD_ARGS adds dockerd flags
+# (e.g. --default-address-pool base=10.213.0.0/16,size=24 so its networks cannot overlap).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -86,6 +87,8 @@ start_dockerd() {
             exit 1
             ;;
     esac
+    # shellcheck disable=SC2206 # word splitting of the extra flags is intended
+    args+=(${DIT4C_DOCKERD_ARGS:-})
     say "no Docker engine answers; starting dockerd ${args[*]:-} (log: $log)"
     # setsid + nohup: the engine outlives this make run, like a service would.
     setsid nohup dockerd "${args[@]}" >>"$log" 2>&1 </dev/null &
