@@ -61,7 +61,7 @@ BASE_PACKAGES = (
     "ca-certificates",
 )
 # Bump when the base image's post-debootstrap steps change (the package list is hashed anyway).
-BASE_RECIPE_VERSION = 1
+BASE_RECIPE_VERSION = 2
 TOOL_INDEX = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>dit4c test tool</title></head>
 <body><h1>dit4c test tool</h1><p>busybox httpd is serving this page.</p></body></html>
@@ -96,13 +96,16 @@ def default_cache_dir() -> Path:
 
 
 def debian_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> str:
-    """The machine's configured Debian mirror for ``suite`` (``DIT4C_DEBIAN_MIRROR`` wins).
+    """The Debian mirror for ``suite``: ``DIT4C_DEBIAN_MIRROR``, else apt's, else deb.debian.org."""
+    env = os.environ.get("DIT4C_DEBIAN_MIRROR")
+    return env or configured_mirror(suite, etc_apt) or DEFAULT_MIRROR
 
-    Reads deb822 ``*.sources`` files and one-line ``sources.list`` entries; falls back to
-    deb.debian.org when none names the suite.
+
+def configured_mirror(suite: str, etc_apt: Path = Path("/etc/apt")) -> str | None:
+    """The first enabled ``deb`` source for ``suite`` in apt's configuration, or None.
+
+    Reads one-line ``sources.list`` entries and deb822 ``*.sources`` files.
     """
-    if env := os.environ.get("DIT4C_DEBIAN_MIRROR"):
-        return env
     files = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*"))]
     for path in files:
         if not path.is_file():
@@ -117,12 +120,12 @@ def debian_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> str:
                     and fields.get("enabled", "yes").lower() != "no"
                 ):
                     return fields["uris"].split()[0].rstrip("/")
-        elif path.suffix == ".list":
+        elif path.suffix == ".list" or path.name == "sources.list":
             for line in text.splitlines():
                 words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
                 if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                     return words[1].rstrip("/")
-    return DEFAULT_MIRROR
+    return None
 
 
 def _deb822(stanza: str) -> dict[str, str]:
@@ -327,6 +330,7 @@ class ImageBuilder:
                 if (root / "debootstrap" / "debootstrap.log").is_file():
                     shutil.copyfile(root / "debootstrap" / "debootstrap.log", saved)
                 raise BuildError(f"{exc}\n(full log: {saved})") from exc
+            self._upgrade(root, mirror)
             uid = str(images.HELPERS_UID)
             _run(["chroot", str(root), "groupadd", "--system", "--gid", uid, images.HELPERS_USER])
             _run([
@@ -345,6 +349,22 @@ class ImageBuilder:
             partial.replace(tarball)
         finally:
             _run(["rm", "-rf", "--one-file-system", str(root)])
+
+    def _upgrade(self, root: Path, mirror: str) -> None:
+        """Point the image's apt at bookworm, -updates and -security, and apply the updates.
+
+        debootstrap installs from the release alone; the helpers face the network, so they get
+        the security fixes that were out when the base was built.
+        """
+        sources = [f"deb {mirror} {SUITE} main", f"deb {mirror} {SUITE}-updates main"]
+        if security := configured_mirror(f"{SUITE}-security"):
+            sources.append(f"deb {security} {SUITE}-security main")
+        else:
+            log.warning("no %s-security source in /etc/apt: base built without it", SUITE)
+        (root / "etc" / "apt" / "sources.list").write_text("\n".join(sources) + "\n")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        _run(["chroot", str(root), "apt-get", "update", "-qq"], env=env)
+        _run(["chroot", str(root), "apt-get", "upgrade", "-y", "-qq"], env=env)
 
     # -- dit4c/helpers:dev --------------------------------------------------------------------
 
@@ -397,10 +417,12 @@ class ImageBuilder:
         return [step(force) for name, step in self.steps().items() if name in wanted]
 
 
-def _run(argv: list[str], timeout: float = 300) -> None:
+def _run(argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> None:
     """Run a command; on failure raise BuildError carrying the end of its output."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except subprocess.TimeoutExpired as exc:
         raise BuildError(f"{argv[0]} timed out after {timeout}s") from exc
     if done.returncode != 0:

@@ -7,10 +7,10 @@
 #   (log: $DIT4C_BUILD_DIR/dockerd.log) and wait until it answers.
 # - Elsewhere: stop with a message saying what to install.
 #
-# DOCKER_HOST=unix:///some/dir/docker.sock (not the default socket) starts an isolated engine
-# whose state lives beside that socket (no default bridge, no iptables), so the start path can
-# be exercised next to a shared engine without touching it. DIT4C_DOCKERD_ARGS adds dockerd flags
-# (e.g. --default-address-pool base=10.213.0.0/16,size=24 so its networks cannot overlap).
+# Only the default engine is ever started here. A second dockerd in the same network namespace
+# is not harmless: with --bridge=none (or a stale default network plus --default-address-pool)
+# it deletes the interface docker0, which belongs to the first engine. So a DOCKER_HOST that
+# names another socket and does not answer is an error, not something to start.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -69,29 +69,20 @@ install_missing() {
 }
 
 start_dockerd() {
-    local host="${DOCKER_HOST:-}" args=() log
-    mkdir -p "$build_dir"
-    log="$(cd "$build_dir" && pwd)/dockerd.log"
-    case "$host" in
+    local log
+    case "${DOCKER_HOST:-}" in
         "" | unix:///var/run/docker.sock | unix:///run/docker.sock) ;;
-        unix://*)
-            local sock="${host#unix://}" dir
-            dir="$(dirname "$sock")"
-            mkdir -p "$dir"
-            args=(-H "$host" --data-root "$dir/data" --exec-root "$dir/exec"
-                  --pidfile "$dir/docker.pid" --bridge=none --iptables=false)
-            log="$dir/dockerd.log"
-            ;;
         *)
-            say "DOCKER_HOST=$host does not answer and is not a local socket I can start."
+            say "DOCKER_HOST=$DOCKER_HOST does not answer. Start that engine yourself, or unset"
+            say "DOCKER_HOST to use (and, when needed, start) the default one."
             exit 1
             ;;
     esac
-    # shellcheck disable=SC2206 # word splitting of the extra flags is intended
-    args+=(${DIT4C_DOCKERD_ARGS:-})
-    say "no Docker engine answers; starting dockerd ${args[*]:-} (log: $log)"
+    mkdir -p "$build_dir"
+    log="$(cd "$build_dir" && pwd)/dockerd.log"
+    say "no Docker engine answers; starting dockerd (log: $log)"
     # setsid + nohup: the engine outlives this make run, like a service would.
-    setsid nohup dockerd "${args[@]}" >>"$log" 2>&1 </dev/null &
+    setsid nohup dockerd >>"$log" 2>&1 </dev/null &
     local pid=$! waited=0
     until engine_answers; do
         if ! kill -0 "$pid" 2>/dev/null; then
