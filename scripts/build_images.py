@@ -347,6 +347,9 @@ class ImageBuilder:
             partial = tarball.with_suffix(".partial")
             _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."])
             partial.replace(tarball)
+            for old in self.cache_dir.glob("helper-base-*.tar"):
+                if old != tarball:
+                    old.unlink()  # one recipe at a time: each is ~180 MB
         finally:
             _run(["rm", "-rf", "--one-file-system", str(root)])
 
