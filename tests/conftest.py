@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -36,6 +37,24 @@ REQUIRE_DOCKER = os.environ.get("DIT4C_REQUIRE_DOCKER") == "1"
 LOG_TAIL_LINES = 200
 
 _containers_before = pytest.StashKey[set[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Checked once up front, so that no fixture of any part (each may make its own client) can
+    # turn a missing engine into skipped tests under `make test`.
+    if REQUIRE_DOCKER and _client_for_hooks() is None:
+        pytest.exit(
+            "DIT4C_REQUIRE_DOCKER=1 but no Docker engine answers; run `make deps` (Debian, root) "
+            "or start Docker",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    global _hook_client  # noqa: PLW0603 - closing the one lazily made client
+    if _hook_client is not None:
+        _hook_client.close()
+        _hook_client = None
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -65,8 +84,22 @@ def unique_name(test_run_id: str) -> Callable[[str], str]:
 
 
 def _connect() -> docker.DockerClient:
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        # Probe the socket first: docker-py leaks the socket of a failed unix connect, and
+        # warnings (ResourceWarning included) are errors here.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(host.removeprefix("unix://"))
+            except OSError as exc:
+                raise docker.errors.DockerException(f"cannot connect to {host}: {exc}") from exc
     client = docker.from_env(timeout=120)
-    client.ping()
+    try:
+        client.ping()
+    except docker.errors.DockerException:
+        client.close()  # else its pooled socket is reported unclosed, and warnings are errors
+        raise
     return client
 
 
