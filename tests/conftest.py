@@ -32,6 +32,9 @@ import pytest
 
 from scripts.cleanup import TEST_RUN_LABEL, remove_labelled
 
+# pytester: tests/integration/test_conftest_hooks.py runs these hooks in an inner session.
+pytest_plugins = ["pytester"]
+
 RUN_ID = os.environ.get("DIT4C_TEST_RUN") or uuid.uuid4().hex[:12]
 REQUIRE_DOCKER = os.environ.get("DIT4C_REQUIRE_DOCKER") == "1"
 LOG_TAIL_LINES = 200
