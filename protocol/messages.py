@@ -113,6 +113,8 @@ class StartInstance(Message):
     memory_mb: int
     hostname: str
     """The public host of the instance, without port, e.g. ``abc123.localhost``."""
+    url: str
+    """The instance's public URL as browsers see it, e.g. ``http://abc123.localhost:8080``."""
     tunnel_token: str
     router_urls: list[str]
     """Tunnel endpoints (``ws://`` or ``wss://``) of every edge router; the listener dials all."""

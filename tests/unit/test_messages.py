@@ -12,7 +12,8 @@ def _start(**over):
                           token_url="http://p/t", jwks_url="http://p/j")
     fields: dict[str, Any] = dict(
         instance_id="i1", image="tool:1", port=8080, cpu=1.0, memory_mb=256,
-        hostname="i1.localhost:8080", tunnel_token="t", router_urls=["ws://r"], oauth=oauth,
+        hostname="i1.localhost", url="http://i1.localhost:8080", tunnel_token="t",
+        router_urls=["ws://r"], oauth=oauth,
     )
     fields.update(over)
     return m.StartInstance(**fields)

@@ -1,0 +1,62 @@
+"""What a pod is made of (contract between the node daemon and the helpers).
+
+The node daemon starts each helper from the helpers image (``dit4c/helpers:dev`` locally) with
+``python3 -m helpers.<name>`` and hands it exactly the settings below as environment variables;
+a helper reads only its own, and the tool container gets none of them. All containers of a pod
+share one network namespace (the listener helper's), so they talk over ``127.0.0.1``:
+
+    edge router <-tunnel- listener --http--> auth (AUTH_PORT) --http/ws--> tool (its own port)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+AUTH_PORT: Final = 7781
+"""The auth helper's listening port inside the pod; the listener forwards every stream to it."""
+
+CALLBACK_PATH: Final = "/.dit4c/auth/callback"
+"""The auth helper's OAuth2 redirect path; the portal registers ``<instance URL><this>``."""
+
+LOGOUT_PATH: Final = "/.dit4c/auth/logout"
+
+# --- roles (label dit4c.role) ---------------------------------------------------------------
+ROLE_TOOL: Final = "tool"
+ROLE_LISTENER: Final = "listener"
+ROLE_AUTH: Final = "auth"
+ROLE_STORAGE: Final = "storage"
+ROLE_UPLOAD: Final = "upload"
+
+# --- labels on every container, network and volume of a pod ---------------------------------
+LABEL_INSTANCE: Final = "dit4c.instance"
+LABEL_ROLE: Final = "dit4c.role"
+LABEL_NODE: Final = "dit4c.node"
+
+# --- listener helper (python3 -m helpers.listener) ------------------------------------------
+ENV_TUNNEL_TOKEN: Final = "DIT4C_TUNNEL_TOKEN"  # noqa: S105 - a variable name
+ENV_ROUTER_URLS: Final = "DIT4C_ROUTER_URLS"
+"""Comma-separated tunnel endpoints (``ws://host:port/.dit4c/tunnel``); the listener dials all."""
+ENV_HOSTNAME: Final = "DIT4C_HOSTNAME"
+"""The instance's public host without port, as bound in the tunnel token."""
+ENV_UPSTREAM: Final = "DIT4C_UPSTREAM"
+"""Where the listener sends each stream: ``127.0.0.1:<AUTH_PORT>``."""
+
+# --- auth helper (python3 -m helpers.auth) --------------------------------------------------
+ENV_AUTH_LISTEN: Final = "DIT4C_AUTH_LISTEN"
+"""``127.0.0.1:<AUTH_PORT>``."""
+ENV_AUTH_UPSTREAM: Final = "DIT4C_AUTH_UPSTREAM"
+"""The tool: ``http://127.0.0.1:<tool port>``."""
+ENV_INSTANCE_ID: Final = "DIT4C_INSTANCE_ID"
+ENV_PUBLIC_URL: Final = "DIT4C_PUBLIC_URL"
+"""The instance's public URL as browsers see it, e.g. ``http://abc.localhost:8080``."""
+ENV_OAUTH_CLIENT_ID: Final = "DIT4C_OAUTH_CLIENT_ID"
+ENV_OAUTH_CLIENT_SECRET: Final = "DIT4C_OAUTH_CLIENT_SECRET"  # noqa: S105
+ENV_OAUTH_AUTHORIZE_URL: Final = "DIT4C_OAUTH_AUTHORIZE_URL"
+"""Browser-facing (the public portal URL)."""
+ENV_OAUTH_TOKEN_URL: Final = "DIT4C_OAUTH_TOKEN_URL"  # noqa: S105
+"""Pod-facing (the portal as the pod reaches it, e.g. via host.docker.internal)."""
+ENV_OAUTH_JWKS_URL: Final = "DIT4C_OAUTH_JWKS_URL"
+"""Pod-facing."""
+
+PODS_NETWORK: Final = "dit4c-pods"
+"""The bridge network pods join; inter-container traffic is disabled on it."""
