@@ -7,12 +7,11 @@ import json
 import boto3
 import pytest
 
+from control_plane.bootstrap import ensure_local_defaults
+from control_plane.catalog import CatalogEntry
 from protocol import pod
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
 from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
-
-from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
 
 CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
                         memory_mb=512, tags=["demo"])]
@@ -39,7 +38,7 @@ def _image_id(client):
 
 def _messages(queue_url):
     sqs = boto3.client("sqs", region_name="us-east-1")
-    out = []
+    out: list[object] = []
     while True:
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages",
                                                                                   [])
@@ -95,7 +94,7 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     assert start.oauth.token_url == "http://host.docker.internal:8000/oauth/token"
     assert start.oauth.jwks_url == "http://host.docker.internal:8000/.well-known/jwks.json"
     assert start.oauth.client_id and start.oauth.client_secret
-    client = cp_services.registrar.table.get({"client_id": start.oauth.client_id})  # type: ignore[attr-defined]
+    client = cp_services.registrar.table.get({"client_id": start.oauth.client_id})
     assert client["redirect_uris"] == [start.url + pod.CALLBACK_PATH]
     jwks = alice.get("/.well-known/jwks.json").json
     claims = verify_tunnel(start.tunnel_token, KeySet.from_jwks(jwks), hostname=start.hostname)
@@ -200,8 +199,9 @@ def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalic
     assert failed["state"] == "failed" and "had room" in failed["reason"]
 
 
+@pytest.mark.usefixtures("local")
 def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chalice,
-                                                          cp_services, local, cp_client):
+                                                          cp_services, cp_client):
     alice = cp_user("alice")
     image = _image_id(alice)
     a = alice.post("/api/instances", {"image_id": image}).json
