@@ -169,10 +169,11 @@ class Accounts:
                                       vals={":one": 1, ":exp": now + WINDOW_SECONDS})
         over = int(item["failures"]) - limit
         if over >= 0:
-            lock = min(2 ** over, MAX_LOCK_SECONDS)
+            lock = min(2 ** (over + 1), MAX_LOCK_SECONDS)
             self.tokens.update({"token_key": key},
                                "SET locked_until = :u, expires_at = :e",
-                               vals={":u": now + lock, ":e": now + max(lock, WINDOW_SECONDS)})
+                               vals={":u": time.time() + lock,
+                                     ":e": now + max(lock, WINDOW_SECONDS)})
 
     # --- sessions ---------------------------------------------------------------------
 
