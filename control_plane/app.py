@@ -13,12 +13,13 @@ from typing import Any
 
 from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
-from control_plane import services, web
+from control_plane import portal_routes, services, web
 from control_plane.accounts import Session
 
 app = Chalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
 app.register_middleware(web.rewrite_framework_errors, "http")
+app.register_blueprint(portal_routes.blueprint)
 log = logging.getLogger("dit4c.control_plane.app")
 
 

@@ -93,6 +93,9 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
     ("GET", "/.well-known/jwks.json"): ("The portal's public signing keys", None, 200, "JWKS",
                                         ()),
     ("GET", "/api/openapi.json"): ("This document", None, 200, None, ()),
+    ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
+    ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
+    ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),
     ("POST", "/api/login"): ("Log in with a local account; sets the session cookie", "Login",
                              200, "Session", (400, 401, 413, 415, 429)),
     ("POST", "/api/logout"): ("End the session", None, 204, None, (403,)),
@@ -177,7 +180,13 @@ def spec(app: Any, extra: dict[tuple[str, str], Any] | None = None) -> dict[str,
                 op["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(request)}}}
             answer: dict[str, Any] = {"description": "success"}
-            if response is not None:
+            if response == "html":
+                answer["content"] = {"text/html": {"schema": _STR}}
+            elif response == "file":
+                answer["content"] = {"text/javascript": {"schema": _STR},
+                                     "text/css": {"schema": _STR},
+                                     "text/html": {"schema": _STR}}
+            elif response is not None:
                 schema = _ref(response) if isinstance(response, str) else response
                 answer["content"] = {"application/json": {"schema": schema}}
             responses: dict[str, Any] = {str(status): answer}
