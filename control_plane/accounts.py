@@ -134,7 +134,8 @@ class Accounts:
             raise BadRequest("username or password too long")
         keys = [f"throttle:user:{username.lower()}", f"throttle:addr:{address}"]
         self._check_throttle(keys)
-        item = self.users.get({"username": username.lower()})
+        name = username.lower()
+        item = self.users.get({"username": name}) if USERNAME.match(name) else None
         if item is None or "password_hash" not in item:
             dummy_check(password)
             item = None
