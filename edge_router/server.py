@@ -124,9 +124,8 @@ class Router:
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.metrics_address = server.sockets[0].getsockname()[:2]
+        host, port = runner.addresses[-1][:2]
+        self.metrics_address = (host, port)
 
     async def _sweep(self, ctx: ProxyContext) -> None:
         while True:

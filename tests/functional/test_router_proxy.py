@@ -43,9 +43,8 @@ async def upstream() -> AsyncIterator[tuple[str, int]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    yield server.sockets[0].getsockname()[:2]
+    host, port = runner.addresses[0][:2]
+    yield host, port
     await runner.cleanup()
 
 
