@@ -76,7 +76,7 @@ async def test_expired_forged_and_missing_tokens_are_refused(stack: Stack) -> No
     forged = jwt.encode(claims, forger.private_key, algorithm="ES256",
                         headers={"kid": stack.key.kid})
     assert await handshake(stack.router, forged) == 401
-    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": stack.key.kid})
+    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": stack.key.kid})
     assert await handshake(stack.router, unsigned) == 401
     assert await handshake(stack.router, SigningKey.generate().sign(claims)) == 401
     assert await handshake(stack.router, None) == 401
