@@ -52,6 +52,7 @@ class Router:
         self.tls_addresses: list[tuple[str, int]] = []
         self.metrics_address: tuple[str, int] | None = None
         self.endpoint: TunnelEndpoint | None = None
+        self.proxy: ProxyContext | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -68,7 +69,7 @@ class Router:
         self._runners.append(tunnel_runner)
         server = tunnel_runner.server
         assert server is not None
-        ctx = ProxyContext(cfg, self.routes, self.stats, server)
+        ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, server)
         loop = asyncio.get_running_loop()
         for host, port in cfg.listen:
             srv = await loop.create_server(client_factory(ctx, b"http"), host, port,

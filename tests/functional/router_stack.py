@@ -33,6 +33,9 @@ class Stack:
         host, port = self.router.addresses[0]
         return f"http://{host}:{port}"
 
+    def router_connections(self) -> list[object]:
+        return list(self.router.proxy.connections) if self.router.proxy else []
+
     async def get(self, path: str, host: str = HOST,
                   headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         return await self.client.get(self.base + path, headers={"Host": host, **(headers or {})})
