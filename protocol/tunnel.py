@@ -163,6 +163,9 @@ class Stream:
         ``Sink.stream_writable``. Bytes beyond the credit are kept (one read's worth at most)."""
         if self.closed or self.eof_sent:
             return True
+        return self._send(data)
+
+    def _send(self, data: bytes | memoryview) -> bool:
         if self._pending:
             self._pending += bytes(data)
             return False
@@ -211,7 +214,7 @@ class Stream:
         self.credit += size
         if self._pending:
             pending, self._pending = self._pending, b""
-            if self.write(pending) and not self.closed:
+            if self._send(pending) and not self.closed:
                 if self.eof_sent:
                     self.mux.outbox.put(HEADER.pack(EOF, self.id, 0))
                 self.sink.stream_writable()
