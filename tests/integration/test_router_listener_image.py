@@ -51,8 +51,8 @@ app = web.Application()
 app.router.add_get("/", hello)
 app.router.add_get("/bytes/{n}", sized)
 app.router.add_get("/ws", ws)
-web.run_app(app, host="127.0.0.1", port=%d, print=None)
-""" % pod.AUTH_PORT
+web.run_app(app, host="127.0.0.1", port=PORT, print=None)
+""".replace("PORT", str(pod.AUTH_PORT))
 
 
 def gateway(network: Network) -> str:
