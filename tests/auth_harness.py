@@ -20,7 +20,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -67,6 +67,16 @@ def create_tables(dynamodb: Any, *logical_ids: str) -> dict[str, Any]:
     return tables
 
 
+class TamperingOAuthServer(OAuthServer):
+    """The real server, whose token responses a test may rewrite to play a hostile portal."""
+
+    tamper: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def token(self, form: Mapping[str, str], authorization: str | None = None) -> dict[str, Any]:
+        body = super().token(form, authorization)
+        return self.tamper(body) if self.tamper is not None else body
+
+
 class PortalHarness:
     """The OAuth server under test with a fake portal around it (see the module docstring)."""
 
@@ -80,7 +90,7 @@ class PortalHarness:
         self.access: dict[str, set[str]] = {}
         self.sessions: dict[str, str] = {}
         self.now_offset = 0.0
-        self.server = OAuthServer(
+        self.server = TamperingOAuthServer(
             clients=self.clients_table, tokens=self.tokens_table, signer=self.signer,
             issuer=issuer, can_access=self.can_access, clock=self.clock,
             access_lifetime=access_lifetime,
@@ -157,16 +167,20 @@ class PortalHarness:
 
 
 class StaticResolver(AbstractResolver):
-    """Resolves the tests' made-up host names (``a.dit4c.test``) to given addresses."""
+    """Resolves the tests' made-up host names (``a.dit4c.test``) to a socket address each.
 
-    def __init__(self, hosts: dict[str, str]) -> None:
+    The port comes from the mapping, not the URL: public URLs carry no port, as behind the
+    router, while the test servers listen wherever port 0 put them.
+    """
+
+    def __init__(self, hosts: dict[str, tuple[str, int]]) -> None:
         self.hosts = hosts
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        address = self.hosts.get(host, host)
-        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+        address, real_port = self.hosts.get(host, (host, port))
+        return [{"hostname": host, "host": address, "port": real_port,
+                 "family": socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST}]
 
     async def close(self) -> None:
         return None
@@ -179,7 +193,7 @@ class Browser:
     visited; ``username=None`` is an anonymous visitor who never logs in.
     """
 
-    def __init__(self, hosts: dict[str, str], username: str | None) -> None:
+    def __init__(self, hosts: dict[str, tuple[str, int]], username: str | None) -> None:
         self.username = username
         self.jar = aiohttp.CookieJar(unsafe=True)
         self.session = aiohttp.ClientSession(
@@ -191,8 +205,10 @@ class Browser:
     async def close(self) -> None:
         await self.session.close()
 
-    async def get(self, url: str, *, max_hops: int = 10,
+    async def get(self, url: str, *, max_hops: int = 10, stop_at: str | None = None,
                   headers: dict[str, str] | None = None) -> Visit:
+        """Follow redirects (and the login form); ``stop_at``: return the first redirect whose
+        target starts with it, without following it (to capture codes and states)."""
         visited = [url]
         method: str = "GET"
         data: dict[str, str] | None = None
@@ -204,7 +220,10 @@ class Browser:
                 text = await response.text()
                 status, location = response.status, response.headers.get("Location")
             if status in (301, 302, 303, 307, 308) and location:
-                url = str(URL(url).join(URL(location)))
+                target = str(URL(url).join(URL(location)))
+                if stop_at is not None and target.startswith(stop_at):
+                    return Visit(status, target, text, visited)
+                url = target
                 visited.append(url)
                 method, data = "GET", None
                 continue
