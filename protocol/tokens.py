@@ -267,3 +267,9 @@ def verify_access(token: str, keys: KeySet, *, instance_id: str, issuer: str | N
     if not isinstance(claims["sub"], str) or not claims["sub"]:
         raise TokenError("access token names no user")
     return claims
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The PKCE S256 ``code_challenge`` of ``verifier`` (RFC 7636 4.2): helper and portal agree."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

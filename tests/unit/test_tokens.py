@@ -111,3 +111,8 @@ def test_expired_access_token_is_refused(key, keys):
                              now=time.time() - 400)
     with pytest.raises(TokenError, match="expired"):
         t.verify_access(key.sign(claims), keys, instance_id="i1")
+
+
+def test_pkce_challenge_matches_rfc_7636_appendix_b():
+    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    assert t.pkce_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
