@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from botocore.exceptions import ClientError
 
-from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, SigningKey, access_claims
+from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, SigningKey, access_claims, pkce_challenge
 
 CODE_LIFETIME = 60
 """Seconds an authorization code can be redeemed in (RFC 6749 recommends at most 10 minutes)."""
@@ -141,12 +141,6 @@ def _with_query(uri: str, params: Mapping[str, str]) -> str:
     parts = urlsplit(uri)
     query = "&".join(q for q in (parts.query, urlencode(params)) if q)
     return urlunsplit(parts._replace(query=query))
-
-
-def s256(verifier: str) -> str:
-    """The PKCE S256 challenge of ``verifier`` (RFC 7636 4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 class OAuthServer:
@@ -300,7 +294,7 @@ class OAuthServer:
         # The code is spent now whatever follows: a wrong verifier must not get a second try.
         if form.get("redirect_uri") != grant["redirect_uri"]:
             raise InvalidGrant("redirect_uri differs from the authorization request")
-        if not hmac.compare_digest(s256(verifier), grant["code_challenge"]):
+        if not hmac.compare_digest(pkce_challenge(verifier), grant["code_challenge"]):
             raise InvalidGrant("code_verifier does not match the code_challenge")
         expires_at = int(self._clock()) + REFRESH_LIFETIME
         return self._issue(client, grant, expires_at)

@@ -32,9 +32,10 @@ from helpers.auth.config import AuthConfig
 from helpers.auth.errors import GrantRefused, PortalError
 from helpers.auth.portal import Portal
 from helpers.auth.proxy import Upstream, cookie_value
-from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_secret, s256
+from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_secret
 from protocol import pod
 from protocol.errors import TokenError
+from protocol.tokens import pkce_challenge
 
 log = logging.getLogger("dit4c.auth")
 
@@ -130,7 +131,7 @@ class AuthHelper:
         location = self.config.authorize_url + "?" + urlencode({
             "response_type": "code", "client_id": self.config.client_id,
             "redirect_uri": self.config.redirect_uri, "state": login.state,
-            "code_challenge": s256(login.verifier), "code_challenge_method": "S256",
+            "code_challenge": pkce_challenge(login.verifier), "code_challenge_method": "S256",
         })
         response = _redirect(location)
         self._set_cookie(response, self.login_cookie, nonce, max_age=int(LOGIN_LIFETIME))

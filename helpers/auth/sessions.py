@@ -12,8 +12,6 @@ never a session.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -33,11 +31,6 @@ SESSION_IDLE_LIMIT = 12 * 3600.0
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
-
-
-def s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass

@@ -16,9 +16,9 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from control_plane.oauth import CODE_LIFETIME, s256
+from control_plane.oauth import CODE_LIFETIME
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, instance_audience, verify_access
+from protocol.tokens import KeySet, instance_audience, pkce_challenge, verify_access
 from tests.auth_harness import PortalHarness
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
@@ -78,7 +78,7 @@ def token(http, form, auth_headers):
 
 def new_verifier():
     verifier = secrets.token_urlsafe(48)
-    return verifier, s256(verifier)
+    return verifier, pkce_challenge(verifier)
 
 
 def code_for(portal, http, clients, *, user="alice", instance="a", redirect=A_REDIRECT):
