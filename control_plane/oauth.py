@@ -45,12 +45,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
-from botocore.exceptions import ClientError
-
-from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, SigningKey, access_claims, pkce_challenge
+from control_plane.table import ConditionFailed, Table
+from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, access_claims, pkce_challenge
 
 CODE_LIFETIME = 60
 """Seconds an authorization code can be redeemed in (RFC 6749 recommends at most 10 minutes)."""
@@ -122,6 +121,12 @@ class AccessDenied(OAuthError):
     error = "access_denied"
 
 
+class Signer(Protocol):
+    """Signs claims with the portal's current key (``KeyStore`` or a ``SigningKey``)."""
+
+    def sign(self, claims: dict[str, Any]) -> str: ...
+
+
 @dataclass(frozen=True)
 class Client:
     """A registered instance: what the tokens it receives are bound to."""
@@ -146,16 +151,17 @@ def _with_query(uri: str, params: Mapping[str, str]) -> str:
 class OAuthServer:
     """Authorization server over two DynamoDB tables; the caller supplies who may use what.
 
-    - ``clients``: the OAuthClientsTable (key ``client_id``), a boto3 Table resource.
+    - ``clients``: the OAuthClientsTable (key ``client_id``) as a :class:`Table`.
     - ``tokens``: the TokensTable (key ``token_key``, TTL ``expires_at``); this class writes only
       keys starting with ``oauth-``. TTL deletion is lazy, so expiry is also checked on read.
-    - ``signer`` signs access tokens; ``issuer`` (the portal URL) is their ``iss``.
+    - ``signer`` signs access tokens (the ``KeyStore``: keys rotate); ``issuer`` (the portal
+      URL) is their ``iss``.
     - ``can_access(username, instance_id)``: True when the user owns the instance or it is
       shared with them, False otherwise (also for an instance that no longer exists).
     - ``clock``: seconds since the epoch.
     """
 
-    def __init__(self, *, clients: Any, tokens: Any, signer: SigningKey, issuer: str,
+    def __init__(self, *, clients: Table, tokens: Table, signer: Signer, issuer: str,
                  can_access: Callable[[str, str], bool],
                  clock: Callable[[], float] = time.time,
                  access_lifetime: int = ACCESS_TOKEN_MAX_LIFETIME) -> None:
@@ -169,7 +175,8 @@ class OAuthServer:
 
     # --- clients ---------------------------------------------------------------------------
 
-    def register_client(self, instance_id: str, redirect_uri: str) -> tuple[str, str]:
+    def register_client(self, instance_id: str, redirect_uri: str,
+                        owner: str | None = None) -> tuple[str, str]:
         """Make (or replace) the instance's client; returns ``(client_id, client_secret)``.
 
         Registering again replaces the secret: the old one stops working at once.
@@ -179,23 +186,32 @@ class OAuthServer:
             raise InvalidRequest(f"redirect URI must be an absolute http(s) URL: {redirect_uri!r}")
         client_id = f"instance-{instance_id}"
         secret = secrets.token_urlsafe(32)
-        self._clients.put_item(Item={
-            "client_id": client_id, "instance_id": instance_id, "redirect_uri": redirect_uri,
-            "secret_hash": _hash(secret), "created_at": int(self._clock()),
+        # Same fields as control_plane.instance_clients.TableClientRegistrar writes, so clients
+        # registered before this server was wired in keep working.
+        self._clients.put({
+            "client_id": client_id, "instance_id": instance_id, "owner": owner,
+            "redirect_uris": [redirect_uri], "secret_sha256": _hash(secret),
+            "created_at": int(self._clock()),
         })
         return client_id, secret
 
     def delete_client(self, instance_id: str) -> None:
         """Forget the instance's client; its refresh tokens then fail. Deleting twice is fine."""
-        self._clients.delete_item(Key={"client_id": f"instance-{instance_id}"})
+        self._clients.delete({"client_id": f"instance-{instance_id}"})
+
+    # ``control_plane.instance_clients.ClientRegistrar``: the scheduler's seam.
+    def register(self, *, instance_id: str, owner: str, redirect_uri: str) -> tuple[str, str]:
+        return self.register_client(instance_id, redirect_uri, owner)
+
+    def forget(self, instance_id: str) -> None:
+        self.delete_client(instance_id)
 
     def _client(self, client_id: str) -> tuple[Client, str] | None:
-        item = self._clients.get_item(Key={"client_id": client_id}, ConsistentRead=True).get(
-            "Item")
+        item = self._clients.get({"client_id": client_id}) if client_id else None
         if item is None:
             return None
-        return (Client(item["client_id"], item["instance_id"], item["redirect_uri"]),
-                item["secret_hash"])
+        return (Client(item["client_id"], item["instance_id"], item["redirect_uris"][0]),
+                item["secret_sha256"])
 
     def authenticate_client(self, form: Mapping[str, str], authorization: str | None) -> Client:
         """RFC 6749 2.3.1: HTTP Basic (preferred) or ``client_id``/``client_secret`` in the form."""
@@ -314,15 +330,13 @@ class OAuthServer:
         """
         now = int(self._clock())
         try:
-            item: dict[str, Any] = self._tokens.update_item(
-                Key={"token_key": key}, UpdateExpression="SET used_at = :now",
-                ConditionExpression="attribute_exists(token_key) AND attribute_not_exists(used_at)",
-                ExpressionAttributeValues={":now": now}, ReturnValues="ALL_NEW",
-            )["Attributes"]
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            old = self._tokens.get_item(Key={"token_key": key}, ConsistentRead=True).get("Item")
+            item = self._tokens.update(
+                {"token_key": key}, "SET used_at = :now",
+                condition="attribute_exists(token_key) AND attribute_not_exists(used_at)",
+                vals={":now": now},
+            )
+        except ConditionFailed:
+            old = self._tokens.get({"token_key": key})
             if old is not None:
                 self._revoke_grant(str(old["grant_id"]))
                 raise InvalidGrant(f"{what} was already used; its grant is revoked") from None
@@ -363,16 +377,12 @@ class OAuthServer:
 
     def _put_new(self, key: str, fields: Mapping[str, Any]) -> None:
         # A collision of 256-bit random keys would be a bug; never overwrite silently.
-        self._tokens.put_item(Item={"token_key": key, **fields},
-                              ConditionExpression="attribute_not_exists(token_key)")
+        self._tokens.put({"token_key": key, **fields},
+                         condition="attribute_not_exists(token_key)")
 
     def _revoke_grant(self, grant_id: str) -> None:
-        self._tokens.put_item(Item={
-            "token_key": REVOKED_PREFIX + grant_id,
-            "expires_at": int(self._clock()) + REFRESH_LIFETIME,
-        })
+        self._tokens.put({"token_key": REVOKED_PREFIX + grant_id,
+                          "expires_at": int(self._clock()) + REFRESH_LIFETIME})
 
     def _grant_revoked(self, grant_id: str) -> bool:
-        item = self._tokens.get_item(Key={"token_key": REVOKED_PREFIX + grant_id},
-                                     ConsistentRead=True).get("Item")
-        return item is not None
+        return self._tokens.get({"token_key": REVOKED_PREFIX + grant_id}) is not None

@@ -36,6 +36,7 @@ from yarl import URL
 
 from control_plane.oauth import OAuthServer
 from control_plane.oauth_routes import oauth_blueprint
+from control_plane.table import Table
 from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, SigningKey
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
@@ -49,8 +50,8 @@ class _CfnLoader(yaml.SafeLoader):
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def create_tables(dynamodb: Any, *logical_ids: str) -> dict[str, Any]:
-    """Create tables as template.yaml defines them (keys, indexes); return Table resources."""
+def create_tables(dynamodb: Any, *logical_ids: str) -> dict[str, Table]:
+    """Create tables as template.yaml defines them (keys, indexes) with a DynamoDB client."""
     resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
     tables = {}
     for logical_id in logical_ids:
@@ -63,7 +64,8 @@ def create_tables(dynamodb: Any, *logical_ids: str) -> dict[str, Any]:
         }
         if "GlobalSecondaryIndexes" in props:
             kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-        tables[logical_id] = dynamodb.create_table(**kwargs)
+        dynamodb.create_table(**kwargs)
+        tables[logical_id] = Table(dynamodb, kwargs["TableName"])
     return tables
 
 
@@ -82,7 +84,7 @@ class PortalHarness:
 
     def __init__(self, *, issuer: str = "http://portal.test",
                  access_lifetime: int = ACCESS_TOKEN_MAX_LIFETIME) -> None:
-        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         tables = create_tables(dynamodb, "OAuthClientsTable", "TokensTable")
         self.clients_table = tables["OAuthClientsTable"]
         self.tokens_table = tables["TokensTable"]
