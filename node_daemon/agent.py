@@ -303,6 +303,7 @@ class Agent:
     async def _announce(self, record: InstanceRecord, previous: str | None) -> None:
         state_log.info("instance=%s state=%s previous=%s reason=%r node=%s",
                        record.instance_id, record.state, previous, record.reason, self.node_id)
+        self._refresh_gauge()
         await self._report(record)
 
     async def _report(self, record: InstanceRecord) -> None:
@@ -361,14 +362,18 @@ class Agent:
             await asyncio.to_thread(self.pods.remove, instance_id)
         await self.flush()
         self.records.prune_tombstones()
-        counts = self.counts()
-        self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
+        counts = self._refresh_gauge()
         counts["leftovers"] = len(found)
         log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return counts
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(r.state or "unknown" for r in self.records.all()))
+
+    def _refresh_gauge(self) -> dict[str, int]:
+        counts = self.counts()
+        self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
+        return counts
 
     def heartbeat(self) -> NodeHeartbeat:
         records = self.records.all()

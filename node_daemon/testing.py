@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class MotoServer:
     """moto's server mode on 127.0.0.1, any free port; ``endpoint`` is its URL."""
 
     def __init__(self) -> None:
+        # One log line per request otherwise, on stderr.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
