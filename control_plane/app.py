@@ -15,12 +15,22 @@ from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
 from control_plane import portal_routes, services, web
 from control_plane.accounts import Session
+from control_plane.oauth_routes import oauth_blueprint
 
 app = Chalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
 app.register_middleware(web.rewrite_framework_errors, "http")
-app.register_blueprint(portal_routes.blueprint)
 log = logging.getLogger("dit4c.control_plane.app")
+
+
+def _session_username(request: Request) -> str | None:
+    session = web.session_of(request, services.current().accounts.session)
+    return session.user.username if session else None
+
+
+app.register_blueprint(portal_routes.blueprint)
+app.register_blueprint(oauth_blueprint(get_server=lambda: services.current().oauth,
+                                       session_username=_session_username))
 
 
 def route(path: str, method: str = "GET", status: int = 200

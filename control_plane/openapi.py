@@ -93,6 +93,10 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
     ("GET", "/.well-known/jwks.json"): ("The portal's public signing keys", None, 200, "JWKS",
                                         ()),
     ("GET", "/api/openapi.json"): ("This document", None, 200, None, ()),
+    ("GET", "/oauth/authorize"): ("OAuth2 authorization endpoint for instances' auth helpers "
+                                  "(RFC 6749 4.1; redirects)", None, 302, None, (400, 403)),
+    ("POST", "/oauth/token"): ("OAuth2 token endpoint (form body, client authentication; "
+                               "RFC 6749 errors)", None, 200, None, (400, 401)),
     ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
     ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
     ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),
