@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
-from control_plane import portal_routes, services, web
-from control_plane.accounts import Session
+from control_plane import portal_routes, web
 from control_plane.oauth_routes import oauth_blueprint
+
+if TYPE_CHECKING:
+    from control_plane.accounts import Session
+    from control_plane.services import Services
 
 app = Chalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
@@ -23,13 +26,19 @@ app.register_middleware(web.rewrite_framework_errors, "http")
 log = logging.getLogger("dit4c.control_plane.app")
 
 
+def _svc() -> Services:
+    from control_plane import services  # the domain modules load at the first request
+
+    return services.current()
+
+
 def _session_username(request: Request) -> str | None:
-    session = web.session_of(request, services.current().accounts.session)
+    session = web.session_of(request, _svc().accounts.session)
     return session.user.username if session else None
 
 
 app.register_blueprint(portal_routes.blueprint)
-app.register_blueprint(oauth_blueprint(get_server=lambda: services.current().oauth,
+app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
                                        session_username=_session_username))
 
 
@@ -47,10 +56,6 @@ def _request() -> Request:
     request = app.current_request
     assert request is not None, "only called while handling a request"
     return request
-
-
-def _svc() -> services.Services:
-    return services.current()
 
 
 def _session() -> Session:

@@ -20,11 +20,10 @@ import json
 import logging
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Request, Response
 
-from control_plane.accounts import Session, User
 from control_plane.errors import (
     BadRequest,
     ControlPlaneError,
@@ -32,6 +31,9 @@ from control_plane.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from control_plane.accounts import Session, User
 
 log = logging.getLogger("dit4c.control_plane.web")
 
