@@ -118,6 +118,45 @@ def logout() -> Response:
     return Response(body="", status_code=204, headers={"Set-Cookie": cookie})
 
 
+@route("/api/login/providers")
+def login_providers() -> dict[str, Any]:
+    return {"providers": _svc().logins.listing()}
+
+
+@route("/api/login/{provider}")
+def login_start(provider: str) -> Response:
+    from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
+
+    svc = _svc()
+    query: Any = _request().query_params or {}
+    next_path = query.get("next")
+    location, binding = svc.logins.start(provider, next_path if isinstance(next_path, str)
+                                         else None)
+    cookie = web.cookie(LOGIN_COOKIE, binding, STATE_SECONDS, path="/api/login",
+                        secure=svc.config.secure_cookies)
+    return Response(body="", status_code=302, headers={"Location": location,
+                                                       "Set-Cookie": cookie,
+                                                       "Cache-Control": "no-store"})
+
+
+@route("/api/login/{provider}/callback")
+def login_callback(provider: str) -> Response:
+    from control_plane.login_providers import LOGIN_COOKIE
+
+    svc = _svc()
+    request = _request()
+    params = {k: v for k, v in (request.query_params or {}).items() if isinstance(v, str)}
+    session, next_path = svc.logins.finish(provider, params,
+                                           web.cookie_value(request, LOGIN_COOKIE))
+    cookies = [web.session_cookie(session.session_id, svc.config.session_seconds,
+                                  secure=svc.config.secure_cookies),
+               web.cookie(LOGIN_COOKIE, "", 0, path="/api/login",
+                          secure=svc.config.secure_cookies)]
+    return Response(body="", status_code=302, headers={"Location": next_path,
+                                                       "Set-Cookie": cookies,
+                                                       "Cache-Control": "no-store"})
+
+
 @route("/api/me")
 def me() -> dict[str, Any]:
     session = _session()

@@ -103,6 +103,15 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
     ("POST", "/api/login"): ("Log in with a local account; sets the session cookie", "Login",
                              200, "Session", (400, 401, 413, 415, 429)),
     ("POST", "/api/logout"): ("End the session", None, 204, None, (403,)),
+    ("GET", "/api/login/providers"): ("Configured identity providers", None, 200,
+                                      _obj({"providers": {"type": "array", "items": _obj({
+                                          "name": _STR, "display_name": _STR, "kind": _STR,
+                                          "login_url": _STR})}}), ()),
+    ("GET", "/api/login/{provider}"): ("Start logging in with a provider (302 to it)", None,
+                                       302, None, (404,)),
+    ("GET", "/api/login/{provider}/callback"): ("The provider sends the browser back here "
+                                                "(302 to the portal, session cookie set)", None,
+                                                302, None, (400, 401, 404)),
     ("GET", "/api/me"): ("The session's user and CSRF token", None, 200, "Session", (401,)),
     ("POST", "/api/users"): ("Create a local account (admin)", "NewUser", 201, "User",
                              (400, *_AUTH, 409, 413, 415)),

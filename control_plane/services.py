@@ -21,6 +21,7 @@ from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.keys import KeyStore
 from control_plane.lifecycle import Lifecycle
+from control_plane.login_providers import LoginProviders, parse_providers
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
@@ -48,6 +49,7 @@ class Services:
     reaper: Reaper
     access: Access
     oauth: OAuthServer
+    logins: LoginProviders
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -86,8 +88,11 @@ class Services:
         reaper = Reaper(instances, nodes, scheduler, messenger,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
+        logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
+                                accounts, config.portal_url)
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
-                   messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth)
+                   messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
+                   logins)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""

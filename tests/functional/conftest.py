@@ -110,10 +110,11 @@ class CPClient:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         response = self.client.http.request(method, path, headers=sent, body=data)
         lower = {k.lower(): v for k, v in response.headers.items()}
-        cookie = lower.get("set-cookie")
-        if cookie:
+        cookies: str | list[str] = lower.get("set-cookie") or []
+        for cookie in [cookies] if isinstance(cookies, str) else cookies:
             value = cookie.split(";", 1)[0]
-            self.cookie = value if value.split("=", 1)[1] else None
+            if value.startswith("dit4c_session="):
+                self.cookie = value if value.split("=", 1)[1] else None
         response.json = json.loads(response.body) if response.body else None  # type: ignore[attr-defined]
         return response
 
