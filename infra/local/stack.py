@@ -44,19 +44,13 @@ from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
 from infra.local.datadir import AdminPassword, DataDir
-from infra.local.errors import ChildFailed, LocalStackError, TemplateError
-from infra.local.functions import Handler, ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.errors import ChildFailed, LocalStackError
+from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
-from infra.local.portal import PortalServer
+from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
-from infra.local.template import (
-    ApiTrigger,
-    FunctionSpec,
-    ScheduleTrigger,
-    SqsTrigger,
-    Template,
-)
+from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 
 log = logging.getLogger("dit4c.local.stack")
 
@@ -221,21 +215,31 @@ class LocalStack:
         }
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
+        # The API first: importing the app is where Chalice sets up its logging, undone here
+        # before any other function runs.
+        for spec in stack.functions.values():
+            if any(isinstance(t, ApiTrigger) for t in spec.triggers):
+                app = load_app(spec)
+                use_process_logging(app)
+                portal = PortalServer(
+                    app,
+                    [("127.0.0.1", self._config.portal_port),
+                     (self._state.gateway, self._config.portal_port)],
+                    timeout=spec.timeout_seconds, memory_mb=spec.memory_mb,
+                    function_name=spec.logical_id,
+                )
+                portal.start()
+                undo.callback(portal.stop)
         sqs = aws.client("sqs")
         for spec in stack.functions.values():
             for trigger in spec.triggers:
-                if isinstance(trigger, ApiTrigger):
-                    continue  # served below, once for all of the function's paths
-                handler = self._handler(spec)
-                if handler is None:
-                    continue
                 if isinstance(trigger, SqsTrigger):
                     url = stack.sqs_sources[spec.logical_id]
                     arn = sqs.get_queue_attributes(
                         QueueUrl=url, AttributeNames=["QueueArn"]
                     )["Attributes"]["QueueArn"]
                     pump = SqsPump(
-                        spec, handler, sqs, queue_url=url, queue_arn=arn,
+                        spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
                         observer=self._observe_event,
                     )
@@ -243,44 +247,18 @@ class LocalStack:
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
                     timer = ScheduleTimer(
-                        spec, handler, f"{stack.name}-{spec.logical_id}{trigger.name}",
+                        spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
                         trigger.interval_seconds, aws.region,
                     )
                     timer.start()
                     undo.callback(timer.stop)
-        api = [s for s in stack.functions.values()
-               if any(isinstance(t, ApiTrigger) for t in s.triggers)]
-        for spec in api:
-            portal = PortalServer(
-                load_app(spec),
-                [("127.0.0.1", self._config.portal_port),
-                 (self._state.gateway, self._config.portal_port)],
-                timeout=spec.timeout_seconds, memory_mb=spec.memory_mb,
-                function_name=spec.logical_id,
-            )
-            portal.start()
-            undo.callback(portal.stop)
-
-    def _handler(self, spec: FunctionSpec) -> Handler | None:
-        try:
-            return load_handler(spec)
-        except TemplateError as exc:
-            if component_missing(spec.module):
-                raise
-            # The module is there but not the function: a part that has not landed yet.
-            self._state.missing[spec.logical_id] = str(exc).removeprefix(f"{spec.logical_id}: ")
-            return None
 
     def _bootstrap(self) -> None:
-        if component_missing("control_plane.bootstrap"):
-            self._state.missing["bootstrap"] = (
-                "control_plane.bootstrap is not on this branch yet: no admin account, cluster, "
-                "catalog or join token"
-            )
-            return
-        bootstrap = importlib.import_module("control_plane.bootstrap")
+        # Imported once the environment is set, like the handlers.
+        from control_plane.bootstrap import ensure_local_defaults
+
         assert self._state.password is not None
-        defaults = bootstrap.ensure_local_defaults(self._state.password.value, demo_catalog())
+        defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id
         self._join_token = defaults.join_token
 
@@ -306,9 +284,6 @@ class LocalStack:
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         if component_missing("node_daemon.__main__"):
             self._state.missing["node"] = "node_daemon has no __main__ on this branch yet"
-            return
-        if "bootstrap" in self._state.missing:
-            self._state.missing["node"] = "no join token without control_plane.bootstrap"
             return
         node_dir = self._data.node
         self._forget_unknown_node(aws, stack)
