@@ -72,7 +72,7 @@ class PortalServer:
                     from exc
             self._servers.append(server)
             thread = threading.Thread(
-                target=server.server.serve_forever, kwargs={"poll_interval": 0.2},
+                target=server.server.serve_forever, kwargs={"poll_interval": 0.1},
                 name=f"portal-{host}:{port}", daemon=True,
             )
             thread.start()

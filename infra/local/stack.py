@@ -23,7 +23,6 @@ a last snapshot after everything that writes has stopped.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -65,14 +64,6 @@ class _Interrupted(Exception):
     """A stop was asked for (SIGINT/SIGTERM) while the stack was starting."""
 
 
-def component_missing(module: str) -> bool:
-    """True while a part has not landed on this branch (its entry module does not exist)."""
-    try:
-        return importlib.util.find_spec(module) is None
-    except ModuleNotFoundError:
-        return True
-
-
 @dataclass
 class _State:
     """What the start-up found out, for readiness and the ready block."""
@@ -84,8 +75,6 @@ class _State:
     cluster_id: str | None = None
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
-    missing: dict[str, str] = field(default_factory=dict)
-    """Part -> why it is not running (a component that has not landed yet)."""
 
 
 class LocalStack:
@@ -263,9 +252,6 @@ class LocalStack:
         self._join_token = defaults.join_token
 
     def _start_router(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
-        if component_missing("edge_router.__main__"):
-            self._state.missing["router"] = "edge_router has no __main__ on this branch yet"
-            return
         config = self._config
         listen = ",".join(f"{host}:{config.router_port}"
                           for host in ("127.0.0.1", self._state.gateway))
@@ -282,9 +268,6 @@ class LocalStack:
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
-        if component_missing("node_daemon.__main__"):
-            self._state.missing["node"] = "node_daemon has no __main__ on this branch yet"
-            return
         node_dir = self._data.node
         self._forget_unknown_node(aws, stack)
         if not (node_dir / NODE_IDENTITY_FILE).exists():
@@ -347,12 +330,18 @@ class LocalStack:
         child = children.Child(name, argv, env, log_dir=self._data.logs, run_dir=self._data.run,
                                cwd=REPO_ROOT)
         child.start()
+        if not self._children:
+            undo.callback(self._stop_children)
         self._children.append(child)
-        undo.callback(self._stop_child, child)
 
-    def _stop_child(self, child: children.Child) -> None:
-        code = child.stop(self._config.stop_grace)
-        log.info("%s stopped (status %s)", child.name, code)
+    def _stop_children(self) -> None:
+        """Every child at once: each gets SIGTERM now, so the grace periods overlap."""
+        running = list(self._children)
+        for child in running:
+            child.terminate()
+        for child in running:
+            code = child.stop(self._config.stop_grace)
+            log.info("%s stopped (status %s)", child.name, code)
 
     def _final_snapshot(self, snapshotter: Snapshotter) -> None:
         summary = snapshotter.save()
@@ -371,14 +360,12 @@ class LocalStack:
         config = self._config
         checks: dict[str, Callable[[], bool]] = {
             "portal health": lambda: _http_status(f"{config.local_portal_url}/api/health") == 200,
-        }
-        if "router" not in self._state.missing:
-            checks["edge router"] = lambda: _http_status(
+            "edge router": lambda: _http_status(
                 f"http://127.0.0.1:{config.router_port}/",
                 host=f"nothing.{config.public_host}:{config.router_port}",
-            ) is not None
-        if "node" not in self._state.missing:
-            checks["node heartbeat"] = self._heartbeat_seen
+            ) is not None,
+            "node heartbeat": self._heartbeat_seen,
+        }
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -438,8 +425,6 @@ class LocalStack:
             f"  AWS (moto): {state.aws.url}",
             f"  data:       {self._data.root}   (logs in {self._data.logs})",
         ]
-        for part, why in state.missing.items():
-            lines.append(f"  NOT RUNNING {part}: {why}")
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), file=self._out, flush=True)
 
