@@ -30,7 +30,6 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 from docker.utils import parse_repository_tag
 
 from node_daemon.errors import LaunchError, PodError
@@ -78,6 +77,21 @@ while True:
         sys.exit(1)
     time.sleep(%s)
 """ % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+
+
+@dataclass(frozen=True)
+class PodContainer:
+    id: str
+    name: str
+    role: str
+    status: str
+    """Docker's state: created, running, exited, ..."""
+
+
+def _row(row: dict[str, Any]) -> PodContainer:
+    names = row.get("Names") or ["?"]
+    return PodContainer(row["Id"], names[0].lstrip("/"), row["Labels"].get(pod.LABEL_ROLE, "?"),
+                        row.get("State", "?"))
 
 
 @dataclass(frozen=True)
@@ -159,19 +173,20 @@ class PodRunner:
             labels.append(f"{pod.LABEL_INSTANCE}={instance_id}")
         return {"label": labels}
 
-    def containers(self, instance_id: str) -> dict[str, Container]:
-        """The pod's containers by role (any status)."""
-        found = self._client.containers.list(all=True, filters=self._filters(instance_id))
-        return {c.labels.get(pod.LABEL_ROLE, "?"): c for c in found}
+    def containers(self, instance_id: str) -> dict[str, PodContainer]:
+        """The pod's containers by role (any status), from one listing call (never racing a
+        concurrent removal the way a list-then-inspect does)."""
+        rows = self._client.api.containers(all=True, filters=self._filters(instance_id))
+        return {row["Labels"].get(pod.LABEL_ROLE, "?"): _row(row) for row in rows}
 
     def instances(self) -> dict[str, list[str]]:
-        """Every instance id that has a container, volume or network of this node: kinds."""
+        """Every instance id that has a container or volume of this node: what it has."""
         found: dict[str, list[str]] = {}
         filters = self._filters()
-        for c in self._client.containers.list(all=True, filters=filters):
-            found.setdefault(c.labels.get(pod.LABEL_INSTANCE, ""), []).append("container")
-        for v in self._client.volumes.list(filters=filters):
-            labels = v.attrs.get("Labels") or {}
+        for row in self._client.api.containers(all=True, filters=filters):
+            found.setdefault(row["Labels"].get(pod.LABEL_INSTANCE, ""), []).append("container")
+        for volume in self._client.api.volumes(filters=filters).get("Volumes") or []:
+            labels = volume.get("Labels") or {}
             found.setdefault(labels.get(pod.LABEL_INSTANCE, ""), []).append("volume")
         found.pop("", None)
         return found
@@ -211,7 +226,8 @@ class PodRunner:
             raise LaunchError(f"pulling {image} failed: {exc.explanation or exc}") from exc
         progress(100)
 
-    def _create(self, start: StartInstance, role: str, netns: Container | None) -> Container:
+    def _create(self, start: StartInstance, role: str,
+                netns: PodContainer | None) -> PodContainer:
         name = container_name(start.instance_id, role)
         common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
                                   "detach": True, "privileged": False}
@@ -241,10 +257,13 @@ class PodRunner:
                         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
                         "volumes": volumes, **HELPER_LIMITS}
         try:
-            return self._client.containers.create(**spec)
+            made = self._client.containers.create(**spec)
+            return PodContainer(made.id, name, role, "created")
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # made by an earlier, interrupted attempt
-                return self._client.containers.get(name)
+                found = self.containers(start.instance_id).get(role)
+                if found is not None:
+                    return found
             raise LaunchError(f"cannot create the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
@@ -256,9 +275,9 @@ class PodRunner:
             self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
         return name
 
-    def _start(self, container: Container, role: str) -> None:
+    def _start(self, container: PodContainer, role: str) -> None:
         try:
-            container.start()
+            self._client.api.start(container.id)
         except docker.errors.APIError as exc:
             raise LaunchError(f"cannot start the {role} container: "
                               f"{exc.explanation or exc}") from exc
@@ -267,7 +286,6 @@ class PodRunner:
         """Create and start every container of the pod, reusing what exists."""
         existing = self.containers(start.instance_id)
         netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
-        netns.reload()
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
@@ -276,9 +294,8 @@ class PodRunner:
 
         def bring_up(role: str) -> None:
             container = existing.get(role) or self._create(start, role, netns)
-            container.reload()
             if container.status == "running" and restart_joined:
-                container.restart(timeout=5)
+                self._client.api.restart(container.id, timeout=5)
             elif container.status != "running":
                 self._start(container, role)
 
@@ -294,8 +311,23 @@ class PodRunner:
             if container is None:
                 return f"the {role} container is missing"
             if container.status != "running":
-                return _exit_reason(container, role)
+                return self._exit_reason(container)
         return None
+
+    def _exit_reason(self, container: PodContainer) -> str:
+        role = container.role
+        if container.status == "created":
+            return f"the {role} container was created but never started"
+        try:
+            state = self._client.api.inspect_container(container.id).get("State", {})
+            tail = self._client.api.logs(container.id, tail=3).decode(errors="replace").strip()
+        except docker.errors.NotFound:
+            return f"the {role} container is missing"
+        what = "tool" if role == pod.ROLE_TOOL else f"{role} helper"
+        reason = f"the {what} exited with code {state.get('ExitCode', '?')}"
+        if state.get("OOMKilled"):
+            reason += " (out of memory)"
+        return f"{reason}: {tail[-300:]}" if tail else reason
 
     def wait_ready(self, start: StartInstance, timeout: float) -> None:
         """Return once the tool answers HTTP on its port inside the pod's namespace."""
@@ -306,14 +338,17 @@ class PodRunner:
                 raise LaunchError(reason)
             netns = self.containers(start.instance_id)[ROLE_NETNS]
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
+            api = self._client.api
             try:
-                result = netns.exec_run(["python3", "-c", _PROBE, str(start.port),
-                                         f"{slice_:.2f}"])
+                run = api.exec_create(netns.id, ["python3", "-c", _PROBE, str(start.port),
+                                                 f"{slice_:.2f}"])
+                api.exec_start(run["Id"])
+                exit_code = api.exec_inspect(run["Id"])["ExitCode"]
             except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # the holder stopped: check() says why next time
+                if exc.status_code in (404, 409):  # the holder stopped: check() says why
                     continue
                 raise
-            if result.exit_code == 0:
+            if exit_code == 0:
                 return
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool did not answer on port {start.port} within "
@@ -332,9 +367,9 @@ class PodRunner:
         existing = self.containers(instance_id)
         netns = existing.pop(ROLE_NETNS, None)
 
-        def stop_one(container: Container) -> None:
+        def stop_one(container: PodContainer) -> None:
             with contextlib.suppress(docker.errors.NotFound):
-                container.stop(timeout=int(grace))
+                self._client.api.stop(container.id, timeout=int(grace))
 
         for future in [self._pool.submit(stop_one, c) for c in existing.values()]:
             future.result()
@@ -350,28 +385,28 @@ class PodRunner:
         labels = {**self.settings.labels, pod.LABEL_INSTANCE: instance_id}
         changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
         try:
-            committed = tool.commit(repository=repository, tag=tag or "latest",
-                                    message=f"dit4c: saved instance {instance_id}",
-                                    changes=changes)
+            committed = self._client.api.commit(
+                tool.id, repository=repository, tag=tag or "latest",
+                message=f"dit4c: saved instance {instance_id}", changes=changes)
         except docker.errors.APIError as exc:
             raise PodError(f"saving {instance_id} as {image} failed: "
                            f"{exc.explanation or exc}") from exc
-        return str(committed.id)
+        return str(committed["Id"])
 
     def remove(self, instance_id: str) -> None:
         """Remove every container, volume and network of the pod."""
         filters = self._filters(instance_id)
 
-        def remove_one(container: Container) -> None:
+        def remove_one(container: PodContainer) -> None:
             try:
-                container.remove(force=True, v=True)
+                self._client.api.remove_container(container.id, force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: removal already in progress
                     raise
 
-        containers = self._client.containers.list(all=True, filters=filters)
+        containers = self.containers(instance_id).values()
         for future in [self._pool.submit(remove_one, c) for c in containers]:
             future.result()
         for volume in self._client.volumes.list(filters=filters):
@@ -380,18 +415,3 @@ class PodRunner:
         for network in self._client.networks.list(filters=filters):
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
-
-
-def _exit_reason(container: Container, role: str) -> str:
-    state = container.attrs.get("State", {})
-    if container.status == "created":
-        return f"the {role} container was created but never started"
-    what = "tool" if role == pod.ROLE_TOOL else f"{role} helper"
-    reason = f"the {what} exited with code {state.get('ExitCode', '?')}"
-    if state.get("OOMKilled"):
-        reason += " (out of memory)"
-    try:
-        tail = container.logs(tail=3).decode(errors="replace").strip()
-    except docker.errors.APIError:
-        tail = ""
-    return f"{reason}: {tail[-300:]}" if tail else reason
