@@ -1,0 +1,40 @@
+"""``python -m edge_router``: configuration from the environment (edge_router.config)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import sys
+
+from edge_router.config import RouterConfig
+from edge_router.errors import ConfigError
+from edge_router.server import run
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = RouterConfig.from_env()
+    except ConfigError as exc:
+        print(f"edge_router: {exc}", file=sys.stderr)
+        return 2
+    # Every tunnel and client is a file descriptor: take all the kernel allows us.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(run(config, _until_signalled))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

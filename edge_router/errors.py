@@ -1,0 +1,32 @@
+"""Errors of the edge router.
+
+    RouterError              root of everything the router raises
+    ├── ConfigError          a DIT4C_ROUTER_* setting is missing or invalid (fails start-up)
+    ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream)
+    │   └── HeadTooLarge     a request head over the limit (431)
+    └── TunnelRefused        a tunnel's token or host was refused (status 401/403)
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Root of the router's own errors."""
+
+
+class ConfigError(RouterError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class BadRequest(RouterError):
+    status = 400
+
+
+class HeadTooLarge(BadRequest):
+    status = 431
+
+
+class TunnelRefused(RouterError):
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status

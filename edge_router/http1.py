@@ -1,0 +1,273 @@
+"""HTTP/1.1 message heads and body framing, parsed once at the edge.
+
+The router never decodes bodies: it finds where each request and response ends (so it can route
+every request of a keep-alive connection and log it) and forwards the bytes unchanged. Heads are
+rewritten: hop-by-hop headers go, ``X-Forwarded-*`` are set by us (never trusted from clients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from edge_router.errors import BadRequest
+
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"upgrade",
+})
+"""Dropped in both directions. ``Transfer-Encoding`` stays: chunked bodies pass through as-is.
+``Upgrade``/``Connection: upgrade`` are put back for an upgrade request and its 101."""
+FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                              b"forwarded"})
+METHODS_WITHOUT_RESPONSE_BODY: Final = frozenset({b"HEAD"})
+TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                               b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+LENGTH: Final = 0
+CHUNKED: Final = 1
+UNTIL_CLOSE: Final = 2
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes
+    host: str
+    """Lower-case, without port."""
+    raw_host: bytes
+    headers: list[tuple[bytes, bytes]]
+    """Every header but hop-by-hop and X-Forwarded-*, in order (original names)."""
+    framing: int
+    length: int
+    upgrade: bytes | None
+    close: bool
+    """The client asked to close after this request (``Connection: close`` or HTTP/1.0)."""
+
+    def encode(self, client_ip: str, proto: bytes) -> bytes:
+        lines = [b"%s %s %s" % (self.method, self.target, self.version)]
+        lines += [b"%s: %s" % item for item in self.headers]
+        if self.upgrade is not None:
+            lines += [b"Connection: upgrade", b"Upgrade: " + self.upgrade]
+        elif self.close:
+            lines.append(b"Connection: close")
+        lines += [b"X-Forwarded-For: " + client_ip.encode(), b"X-Forwarded-Proto: " + proto,
+                  b"X-Forwarded-Host: " + self.raw_host]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _split_head(head: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes]]]:
+    """Start line parts and ``(name, lower name, value)`` headers; raise BadRequest."""
+    lines = head.split(b"\r\n")
+    start = lines[0].split(b" ", 2)
+    if len(start) != 3:
+        raise BadRequest("malformed start line")
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or not TOKEN_CHARS.issuperset(name):
+            raise BadRequest("malformed header line")
+        value = value.strip(b" \t")
+        if b"\n" in value or b"\r" in value or b"\x00" in value:
+            raise BadRequest("control characters in a header value")
+        headers.append((name, name.lower(), value))
+    return start, headers
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def _framing(headers: list[tuple[bytes, bytes, bytes]]) -> tuple[int, int, bool]:
+    """(framing, length, seen) from Content-Length / Transfer-Encoding; refuse ambiguity."""
+    length: int | None = None
+    chunked = False
+    for _name, lower, value in headers:
+        if lower == b"content-length":
+            if not value.isdigit() or len(value) > 18:
+                raise BadRequest("invalid Content-Length")
+            if length is not None and length != int(value):
+                raise BadRequest("conflicting Content-Length headers")
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            codings = [t.strip().lower() for t in value.split(b",")]
+            if codings[-1] != b"chunked" or chunked:
+                raise BadRequest("unsupported Transfer-Encoding")
+            chunked = True
+    if chunked and length is not None:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if chunked:
+        return CHUNKED, 0, True
+    return LENGTH, length or 0, length is not None
+
+
+def parse_request(head: bytes) -> RequestHead:
+    """Parse a request head (without the final blank line)."""
+    (method, target, version), headers = _split_head(head)
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadRequest("unsupported HTTP version")
+    if not method or not TOKEN_CHARS.issuperset(method):
+        raise BadRequest("malformed method")
+    if not target or b"\x00" in target:
+        raise BadRequest("malformed request target")
+    raw_host = b""
+    connection: set[bytes] = set()
+    upgrade: bytes | None = None
+    kept: list[tuple[bytes, bytes]] = []
+    for name, lower, value in headers:
+        if lower == b"host":
+            if raw_host:
+                raise BadRequest("more than one Host header")
+            raw_host = value
+        elif lower == b"connection":
+            connection |= _tokens(value)
+        elif lower == b"upgrade":
+            upgrade = value
+        if lower not in HOP_BY_HOP and lower not in FORWARDED:
+            kept.append((name, value))
+    if connection:
+        kept = [(n, v) for n, v in kept if n.lower() not in connection]
+    if not raw_host:
+        raise BadRequest("missing Host header")
+    framing, length, _ = _framing(headers)
+    if upgrade is not None and b"upgrade" not in connection:
+        upgrade = None
+    close = b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection)
+    return RequestHead(method, target, version, host_of(raw_host), raw_host, kept, framing,
+                       length, upgrade, close)
+
+
+def host_of(raw_host: bytes) -> str:
+    """Lower-case host without port; raise BadRequest for anything that is not a hostname."""
+    try:
+        text = raw_host.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise BadRequest("non-ASCII Host header") from None
+    if text.startswith("["):
+        host, _, _ = text[1:].partition("]")
+        return host
+    host, _, port = text.partition(":")
+    if port and not port.isdigit():
+        raise BadRequest("malformed Host header")
+    return host
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    head: bytes
+    """The rewritten head, ready for the client (with its blank line)."""
+    framing: int
+    length: int
+    close: bool
+
+
+def parse_response(head: bytes, *, request_method: bytes, upgrade: bytes | None,
+                   close: bool) -> ResponseHead:
+    """Parse an upstream response head; ``close``: the client will be disconnected after it."""
+    (version, code, reason), headers = _split_head(head)
+    if not version.startswith(b"HTTP/1.") or not code.isdigit() or len(code) != 3:
+        raise BadRequest("malformed status line")
+    status = int(code)
+    connection: set[bytes] = set()
+    for _name, lower, value in headers:
+        if lower == b"connection":
+            connection |= _tokens(value)
+    framing, length, framed = _framing(headers)
+    if (status < 200 or status in (204, 304)
+            or request_method in METHODS_WITHOUT_RESPONSE_BODY):
+        framing, length = LENGTH, 0
+    elif framing == LENGTH and not framed:
+        framing = UNTIL_CLOSE
+    close = (close or b"close" in connection or framing == UNTIL_CLOSE
+             or (version == b"HTTP/1.0" and b"keep-alive" not in connection))
+    lines = [b"%s %s %s" % (version, code, reason)]
+    lines += [b"%s: %s" % (name, value) for name, lower, value in headers
+              if lower not in HOP_BY_HOP and lower not in connection]
+    if status == 101 and upgrade is not None:
+        lines += [b"Connection: upgrade", b"Upgrade: " + upgrade]
+    elif close and status >= 200:
+        lines.append(b"Connection: close")
+    return ResponseHead(status, b"\r\n".join(lines) + b"\r\n\r\n", framing, length, close)
+
+
+class ChunkedScanner:
+    """Finds the end of a chunked body in a byte stream without copying the body."""
+
+    __slots__ = ("_line", "_remaining", "_state")
+
+    _SIZE, _DATA, _DATA_CRLF, _TRAILER = 0, 1, 2, 3
+    MAX_LINE = 4096
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = b""
+
+    def scan(self, data: memoryview, start: int = 0) -> int:
+        """Consume ``data[start:]``; return the offset just past the body's end, or -1."""
+        pos, end = start, len(data)
+        while pos < end:
+            if self._state == self._DATA:
+                take = min(self._remaining, end - pos)
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = self._DATA_CRLF
+                continue
+            newline = bytes(data[pos:min(end, pos + self.MAX_LINE)]).find(b"\n")
+            if newline < 0:
+                self._line += bytes(data[pos:end])
+                if len(self._line) > self.MAX_LINE:
+                    raise BadRequest("chunk line too long")
+                return -1
+            line = (self._line + bytes(data[pos:pos + newline])).rstrip(b"\r")
+            self._line = b""
+            pos += newline + 1
+            if self._state == self._SIZE:
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    self._remaining = int(size_text, 16)
+                except ValueError:
+                    raise BadRequest("malformed chunk size") from None
+                if self._remaining < 0 or len(size_text) > 15:
+                    raise BadRequest("malformed chunk size")
+                self._state = self._DATA if self._remaining else self._TRAILER
+            elif self._state == self._DATA_CRLF:
+                if line:
+                    raise BadRequest("chunk data longer than its size")
+                self._state = self._SIZE
+            elif not line:  # the blank line after the trailers ends the body
+                self._state = self._SIZE
+                return pos
+        return -1
+
+
+class BodyTracker:
+    """Where the current body ends, for any framing."""
+
+    __slots__ = ("_chunks", "framing", "remaining")
+
+    def __init__(self, framing: int, length: int) -> None:
+        self.framing = framing
+        self.remaining = length
+        self._chunks = ChunkedScanner() if framing == CHUNKED else None
+
+    @property
+    def done(self) -> bool:
+        return self.framing == LENGTH and self.remaining == 0
+
+    def advance(self, data: memoryview, start: int) -> int:
+        """Consume from ``start``; the offset where the body ended, or -1 if it goes on."""
+        if self.framing == LENGTH:
+            available = len(data) - start
+            if available >= self.remaining:
+                end = start + self.remaining
+                self.remaining = 0
+                return end
+            self.remaining -= available
+            return -1
+        if self._chunks is not None:
+            return self._chunks.scan(data, start)
+        return -1

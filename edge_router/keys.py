@@ -1,0 +1,71 @@
+"""The control plane's signing keys, fetched from its JWKS, cached and refreshed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from protocol.errors import TokenError
+from protocol.tokens import KeySet, unverified_kid, verify_tunnel
+
+log = logging.getLogger("dit4c.router.keys")
+
+UNKNOWN_KID_REFRESH_SECONDS = 10.0
+"""A token with an unknown kid triggers a refetch at most this often (rotation, not a DoS)."""
+
+Fetch = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def http_fetcher(session: aiohttp.ClientSession, url: str) -> Fetch:
+    async def fetch() -> dict[str, Any]:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+            response.raise_for_status()
+            document: dict[str, Any] = await response.json(content_type=None)
+            return document
+    return fetch
+
+
+class KeyCache:
+    """Verifies tunnel tokens against a JWKS that is refreshed every ``max_age`` seconds and
+    when a token names a ``kid`` we do not hold (rate-limited)."""
+
+    def __init__(self, fetch: Fetch, *, issuer: str | None = None, max_age: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self._issuer = issuer
+        self._max_age = max_age
+        self._clock = clock
+        self._keys = KeySet({})
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        async with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None:
+                age = now - self._fetched_at
+                if age < (UNKNOWN_KID_REFRESH_SECONDS if force else self._max_age):
+                    return
+            try:
+                document = await self._fetch()
+                self._keys = KeySet.from_jwks(document)
+            except (TimeoutError, aiohttp.ClientError, TokenError, ValueError) as exc:
+                log.warning("cannot refresh the JWKS: %s", exc)
+                if self._fetched_at is None:
+                    raise TokenError("the router cannot fetch the control plane's keys") from exc
+                return
+            finally:
+                self._fetched_at = now
+
+    async def verify_tunnel(self, token: str, hostname: str) -> dict[str, Any]:
+        """The token's claims if it is valid and binds ``hostname``; else TokenError."""
+        kid = unverified_kid(token)
+        await self.refresh()
+        if kid not in self._keys:
+            await self.refresh(force=True)
+        return verify_tunnel(token, self._keys, hostname=hostname, issuer=self._issuer)

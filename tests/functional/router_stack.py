@@ -1,0 +1,68 @@
+"""Fixtures for the router's functional tests: a router, a listener link and an upstream.
+
+Imported by the ``test_router_*`` modules (``from tests.functional.router_stack import ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edge_router import testing
+from edge_router.server import Router
+from protocol.tokens import SigningKey
+
+INSTANCE = "abc123"
+HOST = f"{INSTANCE}.{testing.DOMAIN}"
+
+
+@dataclass
+class Stack:
+    key: SigningKey
+    router: Router
+    links: testing.Links
+    upstream: tuple[str, int]
+    client: aiohttp.ClientSession
+
+    @property
+    def base(self) -> str:
+        host, port = self.router.addresses[0]
+        return f"http://{host}:{port}"
+
+    def router_connections(self) -> list[object]:
+        return list(self.router.proxy.connections) if self.router.proxy else []
+
+    async def get(self, path: str, host: str = HOST,
+                  headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        return await self.client.get(self.base + path, headers={"Host": host, **(headers or {})})
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, int]]:
+    runner = web.AppRunner(testing.upstream_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    yield host, port
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def stack(upstream: tuple[str, int]) -> AsyncIterator[Stack]:
+    key = SigningKey.generate()
+    router = await testing.start_router(key, access_log=True)
+    links = testing.Links()
+    client = aiohttp.ClientSession(auto_decompress=False)
+    await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
+                      hostname=HOST, upstream=upstream)
+    yield Stack(key, router, links, upstream, client)
+    await client.close()
+    await links.close()
+    await router.stop()
+
+
