@@ -205,9 +205,3 @@ class Daemon:
         except QueueError as exc:
             # It comes back after the visibility timeout; handling it again is a no-op.
             log.warning("could not delete %s: %s", received.message_id, exc)
-
-
-def load_daemon(settings: RunSettings, docker_client: docker.DockerClient) -> Daemon:
-    identity, key = NodeIdentity.load(settings.data_dir)
-    return Daemon(identity=identity, key=key, settings=settings, docker_client=docker_client)
-

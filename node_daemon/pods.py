@@ -32,6 +32,7 @@ import docker
 import docker.errors
 from docker.utils import parse_repository_tag
 
+from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
 from protocol import pod
 from protocol.messages import RegistryAccess, StartInstance
@@ -44,10 +45,6 @@ ENV_STORAGE = "DIT4C_STORAGE"
 """The storage helper's settings: the start command's ``storage`` object as JSON."""
 STORAGE_MOUNT = "/mnt"
 
-DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
-    role: ("python3", "-m", f"helpers.{role}")
-    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
-}
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
                                     "pids_limit": 128}
 PROBE_INTERVAL = 0.05
