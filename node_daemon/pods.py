@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +153,7 @@ class PodRunner:
     def __init__(self, client: docker.DockerClient, settings: PodSettings) -> None:
         self._client = client
         self.settings = settings
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pod")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -281,8 +281,23 @@ class PodRunner:
 
     def create(self, start: StartInstance) -> None:
         """Create and start every container of the pod, reusing what exists."""
+        for future in self._bring_up(start):
+            future.result()
+
+    def _bring_up(self, start: StartInstance) -> list[Future[None]]:
+        """Start the namespace holder; return futures that start the rest.
+
+        The joined containers are created while the holder starts, and started in parallel
+        (a launch is mostly engine round trips; overlapping them is most of its speed).
+        """
         existing = self.containers(start.instance_id)
         netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
+        joined = [role for role in roles_for(start) if role != ROLE_NETNS]
+
+        def make(role: str) -> PodContainer:
+            return existing.get(role) or self._create(start, role, netns)
+
+        made = {role: self._pool.submit(make, role) for role in joined}
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
@@ -290,15 +305,14 @@ class PodRunner:
             self._start(netns, ROLE_NETNS)
 
         def bring_up(role: str) -> None:
-            container = existing.get(role) or self._create(start, role, netns)
+            # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
+            container = made[role].result()
             if container.status == "running" and restart_joined:
                 self._client.api.restart(container.id, timeout=5)
             elif container.status != "running":
                 self._start(container, role)
 
-        for future in [self._pool.submit(bring_up, role)
-                       for role in roles_for(start) if role != ROLE_NETNS]:
-            future.result()
+        return [self._pool.submit(bring_up, role) for role in joined]
 
     def check(self, start: StartInstance) -> str | None:
         """None if every container of the pod runs; else why not (user-facing)."""
@@ -326,36 +340,56 @@ class PodRunner:
             reason += " (out of memory)"
         return f"{reason}: {tail[-300:]}" if tail else reason
 
-    def wait_ready(self, start: StartInstance, timeout: float) -> None:
-        """Return once the tool answers HTTP on its port inside the pod's namespace."""
+    def wait_ready(self, start: StartInstance, timeout: float,
+                   starting: Sequence[Future[None]] = ()) -> None:
+        """Return once every container runs and the tool answers HTTP on its port inside the
+        pod's namespace. ``starting``: container starts still under way (probing overlaps
+        them); their errors are raised here."""
         deadline = time.monotonic() + timeout
+        netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
         while True:
-            reason = self.check(start)
-            if reason is not None:
-                raise LaunchError(reason)
-            netns = self.containers(start.instance_id)[ROLE_NETNS]
+            if all(f.done() for f in starting):
+                for future in starting:
+                    future.result()
+                reason = self.check(start)
+                if reason is not None:
+                    raise LaunchError(reason)
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            api = self._client.api
-            try:
-                run = api.exec_create(netns.id, ["python3", "-c", _PROBE, str(start.port),
-                                                 f"{slice_:.2f}"])
-                api.exec_start(run["Id"])
-                exit_code = api.exec_inspect(run["Id"])["ExitCode"]
-            except docker.errors.APIError as exc:
-                if exc.status_code in (404, 409):  # the holder stopped: check() says why
-                    continue
-                raise
-            if exit_code == 0:
-                return
+            if self._probe(netns_id, start.port, slice_):
+                for future in starting:
+                    future.result()
+                reason = self.check(start)
+                if reason is None:
+                    return
+                raise LaunchError(reason)
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool did not answer on port {start.port} within "
                                   f"{timeout:.0f} s")
 
+    def _probe(self, netns_id: str, port: int, seconds: float) -> bool:
+        """True if the tool answered within ``seconds``; False also if the holder stopped
+        (the caller's check() then says why)."""
+        api = self._client.api
+        try:
+            run = api.exec_create(netns_id, ["python3", "-c", _PROBE, str(port),
+                                             f"{seconds:.2f}"])
+            api.exec_start(run["Id"])
+            return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
+        except docker.errors.APIError as exc:
+            if exc.status_code in (404, 409):
+                time.sleep(PROBE_INTERVAL)
+                return False
+            raise
+
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
         self.ensure_image(start.image, start.registry, progress)
-        self.create(start)
-        self.wait_ready(start, timeout)
+        starting = self._bring_up(start)
+        try:
+            self.wait_ready(start, timeout, starting)
+        finally:
+            for future in starting:  # never leave a start running behind a failure
+                future.exception()
 
     # -- lifecycle -----------------------------------------------------------------------
 
