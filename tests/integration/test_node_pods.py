@@ -346,3 +346,18 @@ def test_heartbeats_and_metrics(h: Harness):
     assert "dit4c_node_launch_seconds_bucket" in text
     assert "dit4c_node_queue_poll_errors_total 0.0" in text
     h.node.send(DiscardInstance(instance_id=iid))
+
+
+def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
+    from scripts import images
+
+    iid = new_id()
+    # The helper base image's command is a bare `python3`: with no input it exits at once.
+    h.node.send(sample_start(iid, images.HELPER_BASE))
+    event = h.wait_state(iid, "failed")
+    assert "the tool exited with code 0" in (event.reason or ""), event.reason
+    # Kept, stopped, for its logs; discard removes it.
+    assert {c.status for c in h.pod(iid).values()} == {"exited"}
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+    assert h.pod(iid) == {}
