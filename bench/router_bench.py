@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,7 +269,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         work = Path(keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         root = work / "www"
-        root.mkdir()
+        root.mkdir(exist_ok=True)
         (root / "small").write_bytes(SMALL_BODY)
         with (root / "big").open("wb") as f:
             f.truncate(BIG)
@@ -284,8 +282,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             procs.start("upstream", ["nginx", "-c", str(nginx_conf(
                 work, "upstream", up, f"root {root}; sendfile on; tcp_nopush on;"))])
             procs.start("nginx", ["nginx", "-c", str(nginx_conf(work, "proxy", ports["nginx"], (
-                f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
-                f'proxy_set_header Connection ""; proxy_buffering off; }}'
+                "location / { proxy_pass http://backend; proxy_http_version 1.1; "
+                'proxy_set_header Connection ""; proxy_buffering off; }'
             ), f"upstream backend {{ server 127.0.0.1:{up}; keepalive 64; }}"))])
             procs.start("chp", [str(chp), "--ip", "127.0.0.1", "--port", str(ports["chp"]),
                                 "--api-ip", "127.0.0.1", "--api-port", str(ports["chp_api"]),
