@@ -98,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.unacked = 0
         self.out: list[bytes | memoryview] = []
+        self.flush_scheduled = False
         self.last_active = time.monotonic()
         self.head_started = 0.0
 
@@ -302,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
                 self.out.clear()
                 self._upstream_failed(502)
                 return
-        self._flush()
+        self._flush_soon()
         if self.write_paused:
             self.unacked += size
         elif self.stream is not None:
@@ -316,7 +317,16 @@ class ClientConnection(asyncio.Protocol):
             self.pending[0].bytes_out += len(data)
         self.out.append(data)
 
+    def _flush_soon(self) -> None:
+        """Flush once the event loop has handed us every message it read in this round:
+        the tunnel brings bulk data as many 32 KiB messages, and one large send is far
+        cheaper than many small ones."""
+        if self.out and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
     def _flush(self) -> None:
+        self.flush_scheduled = False
         out = self.out
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))

@@ -47,7 +47,7 @@ KINDS: Final = frozenset({OPEN, DATA, EOF, CLOSE, WINDOW})
 
 HEADER: Final = struct.Struct("!BII")
 CREDIT: Final = struct.Struct("!I")
-DEFAULT_WINDOW: Final = 4 * 1024 * 1024
+DEFAULT_WINDOW: Final = 1024 * 1024
 """Initial per-stream credit in each direction (bytes)."""
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 """Largest WebSocket message either side sends; receivers refuse larger ones."""
