@@ -243,3 +243,33 @@ def verify_node(token: str, keys: KeySet, *, node_id: str) -> dict[str, Any]:
     if claims["sub"] != node_id:
         raise TokenError("token is for another node")
     return claims
+
+
+ACCESS_TOKEN_MAX_LIFETIME = 300
+"""Upper bound of an instance access token's life: how long a revoked user may keep access."""
+
+
+def access_claims(*, issuer: str, instance_id: str, username: str, client_id: str,
+                  lifetime: int = ACCESS_TOKEN_MAX_LIFETIME,
+                  now: float | None = None) -> dict[str, Any]:
+    """An access token for one instance, signed by the portal's OAuth2 server for its helper."""
+    iat = int(now if now is not None else time.time())
+    return {"iss": issuer, "aud": instance_audience(instance_id), "sub": username,
+            "client_id": client_id, "iat": iat,
+            "exp": iat + min(lifetime, ACCESS_TOKEN_MAX_LIFETIME), "jti": uuid.uuid4().hex}
+
+
+def verify_access(token: str, keys: KeySet, *, instance_id: str, issuer: str | None = None,
+                  leeway: int = DEFAULT_LEEWAY_SECONDS) -> dict[str, Any]:
+    """Verify an instance access token: this instance's audience, a user, a short life."""
+    claims = verify(token, keys, audience=instance_audience(instance_id), issuer=issuer,
+                    required=("sub",), max_lifetime=ACCESS_TOKEN_MAX_LIFETIME, leeway=leeway)
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise TokenError("access token names no user")
+    return claims
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The PKCE S256 ``code_challenge`` of ``verifier`` (RFC 7636 4.2): helper and portal agree."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

@@ -86,3 +86,33 @@ def test_bad_jwks_are_refused():
     for doc in ({}, {"keys": "x"}, {"keys": [{"kid": "a", "kty": "oct", "k": "c2VjcmV0"}]}):
         with pytest.raises(TokenError):
             t.KeySet.from_jwks(doc)
+
+
+def test_access_token_is_bound_to_one_instance_and_short(key, keys):
+    token = key.sign(t.access_claims(issuer="p", instance_id="i1", username="alice",
+                                     client_id="c1", lifetime=3600))
+    claims = t.verify_access(token, keys, instance_id="i1")
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == t.ACCESS_TOKEN_MAX_LIFETIME
+    with pytest.raises(TokenError, match="another audience"):
+        t.verify_access(token, keys, instance_id="i2")
+
+
+def test_long_lived_access_token_is_refused(key, keys):
+    now = int(time.time())
+    claims = {**t.access_claims(issuer="p", instance_id="i1", username="a", client_id="c"),
+              "exp": now + 3600}
+    with pytest.raises(TokenError, match="lifetime"):
+        t.verify_access(key.sign(claims), keys, instance_id="i1")
+
+
+def test_expired_access_token_is_refused(key, keys):
+    claims = t.access_claims(issuer="p", instance_id="i1", username="a", client_id="c",
+                             now=time.time() - 400)
+    with pytest.raises(TokenError, match="expired"):
+        t.verify_access(key.sign(claims), keys, instance_id="i1")
+
+
+def test_pkce_challenge_matches_rfc_7636_appendix_b():
+    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    assert t.pkce_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"

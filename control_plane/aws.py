@@ -1,0 +1,45 @@
+"""AWS clients made lazily from one boto3 session (Lambda cold starts pay only for what is used).
+
+``DIT4C_AWS_ENDPOINT_URL`` (see :mod:`control_plane.config`) points every client at one endpoint,
+which is how the local stack and the tests reach moto.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from control_plane.config import Config
+
+
+class Clients:
+    """``clients.get("sqs")``: one client per service, made on first use, shared afterwards."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._session: Any = None
+
+    def get(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(service)
+                if client is None:
+                    client = self._make(service)
+                    self._clients[service] = client
+        return client
+
+    def _make(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        if self._session is None:
+            self._session = boto3.session.Session(region_name=self._config.region)
+        return self._session.client(
+            service,
+            endpoint_url=self._config.aws_endpoint_url,
+            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
+                              connect_timeout=5, read_timeout=20),
+        )

@@ -1,0 +1,190 @@
+"""The control plane's one configuration object, read once from the environment.
+
+Names are ``template.yaml``'s ``Globals`` (set by SAM on Lambda) plus, for non-AWS deployments
+such as the local stack (see docs/contracts.md):
+
+- ``DIT4C_AWS_ENDPOINT_URL``: one endpoint for every AWS client (moto server locally).
+- ``DIT4C_ROUTER_PUBLIC_PORT``: port in instance URLs (unset: the scheme's default).
+- ``DIT4C_POD_PORTAL_URL``: the portal as pods reach it (default: ``DIT4C_PORTAL_URL``).
+
+Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
+:data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from control_plane.errors import ConfigError
+
+REQUIRED = (
+    "DIT4C_PORTAL_URL",
+    "DIT4C_ROUTER_DOMAIN",
+    "DIT4C_USERS_TABLE",
+    "DIT4C_SESSIONS_TABLE",
+    "DIT4C_IMAGES_TABLE",
+    "DIT4C_INSTANCES_TABLE",
+    "DIT4C_SHARES_TABLE",
+    "DIT4C_CLUSTERS_TABLE",
+    "DIT4C_NODES_TABLE",
+    "DIT4C_TOKENS_TABLE",
+    "DIT4C_OAUTH_CLIENTS_TABLE",
+    "DIT4C_EVENTS_QUEUE_URL",
+    "DIT4C_EVENTS_QUEUE_ARN",
+    "DIT4C_NODE_COMMANDS_DLQ_ARN",
+    "DIT4C_NODE_QUEUE_PREFIX",
+    "DIT4C_NODE_ROLE_ARN",
+    "DIT4C_REVOCATIONS_TOPIC_ARN",
+    "DIT4C_SIGNING_KEY_PARAMETER",
+)
+
+DEFAULTS: Mapping[str, str] = {
+    "DIT4C_ROUTER_SCHEME": "https",
+    "DIT4C_ROUTER_TUNNEL_URLS": "",
+    "DIT4C_MAX_RUNNING_PER_USER": "4",
+    "DIT4C_SESSION_HOURS": "12",
+    "DIT4C_NODE_SILENT_SECONDS": "90",
+    "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
+    "DIT4C_JOIN_TOKEN_HOURS": "24",
+    "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
+    "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
+    "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
+    "DIT4C_STORAGE_BUCKET": "",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tables:
+    users: str
+    sessions: str
+    images: str
+    instances: str
+    shares: str
+    clusters: str
+    nodes: str
+    tokens: str
+    oauth_clients: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    portal_url: str
+    pod_portal_url: str
+    router_domain: str
+    router_scheme: str
+    router_public_port: int | None
+    router_tunnel_urls: tuple[str, ...]
+    max_running_per_user: int
+    tables: Tables
+    events_queue_url: str
+    events_queue_arn: str
+    node_commands_dlq_arn: str
+    node_queue_prefix: str
+    node_role_arn: str
+    revocations_topic_arn: str
+    signing_key_parameter: str
+    storage_bucket: str
+    aws_endpoint_url: str | None
+    region: str
+    session_seconds: int
+    node_silent_seconds: int
+    transition_timeout_seconds: int
+    join_token_seconds: int
+    node_credentials_seconds: int
+    login_failures_per_account: int
+    login_failures_per_address: int
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.portal_url.startswith("https://")
+
+    def instance_hostname(self, instance_id: str) -> str:
+        return f"{instance_id}.{self.router_domain}".lower()
+
+    def instance_url(self, instance_id: str) -> str:
+        port = f":{self.router_public_port}" if self.router_public_port else ""
+        return f"{self.router_scheme}://{self.instance_hostname(instance_id)}{port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        source = os.environ if env is None else env
+        missing = [name for name in REQUIRED if not source.get(name)]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+
+        def get(name: str) -> str:
+            return source.get(name) or DEFAULTS[name]
+
+        def number(name: str, minimum: int = 1) -> int:
+            text = get(name)
+            try:
+                value = int(text)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}")
+            return value
+
+        portal_url = _url(source["DIT4C_PORTAL_URL"], "DIT4C_PORTAL_URL")
+        pod_portal = source.get("DIT4C_POD_PORTAL_URL")
+        scheme = get("DIT4C_ROUTER_SCHEME")
+        if scheme not in ("http", "https"):
+            raise ConfigError("DIT4C_ROUTER_SCHEME must be http or https")
+        port_text = source.get("DIT4C_ROUTER_PUBLIC_PORT")
+        port = None
+        if port_text:
+            port = number("DIT4C_ROUTER_PUBLIC_PORT")
+            if port > 65535:
+                raise ConfigError("DIT4C_ROUTER_PUBLIC_PORT must be a port number")
+        tunnels = tuple(u.strip() for u in get("DIT4C_ROUTER_TUNNEL_URLS").split(",") if u.strip())
+        for url in tunnels:
+            if urlsplit(url).scheme not in ("ws", "wss"):
+                raise ConfigError(f"DIT4C_ROUTER_TUNNEL_URLS: {url!r} is not a ws:// or wss:// URL")
+        return cls(
+            portal_url=portal_url,
+            pod_portal_url=_url(pod_portal, "DIT4C_POD_PORTAL_URL") if pod_portal else portal_url,
+            router_domain=source["DIT4C_ROUTER_DOMAIN"].strip(".").lower(),
+            router_scheme=scheme,
+            router_public_port=port,
+            router_tunnel_urls=tunnels,
+            max_running_per_user=number("DIT4C_MAX_RUNNING_PER_USER"),
+            tables=Tables(
+                users=source["DIT4C_USERS_TABLE"],
+                sessions=source["DIT4C_SESSIONS_TABLE"],
+                images=source["DIT4C_IMAGES_TABLE"],
+                instances=source["DIT4C_INSTANCES_TABLE"],
+                shares=source["DIT4C_SHARES_TABLE"],
+                clusters=source["DIT4C_CLUSTERS_TABLE"],
+                nodes=source["DIT4C_NODES_TABLE"],
+                tokens=source["DIT4C_TOKENS_TABLE"],
+                oauth_clients=source["DIT4C_OAUTH_CLIENTS_TABLE"],
+            ),
+            events_queue_url=source["DIT4C_EVENTS_QUEUE_URL"],
+            events_queue_arn=source["DIT4C_EVENTS_QUEUE_ARN"],
+            node_commands_dlq_arn=source["DIT4C_NODE_COMMANDS_DLQ_ARN"],
+            node_queue_prefix=source["DIT4C_NODE_QUEUE_PREFIX"],
+            node_role_arn=source["DIT4C_NODE_ROLE_ARN"],
+            revocations_topic_arn=source["DIT4C_REVOCATIONS_TOPIC_ARN"],
+            signing_key_parameter=source["DIT4C_SIGNING_KEY_PARAMETER"],
+            storage_bucket=get("DIT4C_STORAGE_BUCKET"),
+            aws_endpoint_url=source.get("DIT4C_AWS_ENDPOINT_URL") or None,
+            region=source.get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
+            node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),
+            transition_timeout_seconds=number("DIT4C_TRANSITION_TIMEOUT_SECONDS"),
+            join_token_seconds=number("DIT4C_JOIN_TOKEN_HOURS") * 3600,
+            node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
+            login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),
+            login_failures_per_address=number("DIT4C_LOGIN_FAILURES_PER_ADDRESS"),
+        )
+
+
+def _url(value: str, name: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+    return value.strip().rstrip("/")

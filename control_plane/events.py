@@ -1,0 +1,127 @@
+"""The events consumer: ``instance_state`` and ``node_heartbeat`` from nodes, idempotently.
+
+SQS delivers at least once and in any order, so:
+
+- a state report is applied only if the state machine allows the move from where the record is
+  now (a late ``starting`` after ``running`` is ignored; a repeat changes nothing), and only
+  when it comes from the node the instance is placed on;
+- progress is applied only when newer (by ``sent_at``) than the last applied report;
+- a heartbeat is applied only when newer than the last applied heartbeat.
+
+A lost conditional write (someone moved the record meanwhile) is retried on a fresh read.
+Malformed messages are logged and dropped: redelivering them cannot make them valid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from control_plane.catalog import Catalog
+from control_plane.instances import Instances
+from control_plane.messaging import Messenger
+from control_plane.nodes import Nodes
+from control_plane.table import ConditionFailed, Item
+from protocol.errors import MessageError
+from protocol.messages import InstanceActivity, InstanceStateEvent, Message, NodeHeartbeat, decode
+from protocol.states import InstanceState
+
+log = logging.getLogger("dit4c.control_plane.events")
+S = InstanceState
+RETRIES = 5
+
+
+class Events:
+    def __init__(self, instances: Instances, nodes: Nodes, catalog: Catalog,
+                 messenger: Messenger) -> None:
+        self.instances = instances
+        self.nodes = nodes
+        self.catalog = catalog
+        self.messenger = messenger
+
+    def handle_text(self, body: str) -> str:
+        """Decode and apply one queue message; returns what happened (for logs and tests)."""
+        try:
+            message = decode(body)
+        except MessageError as exc:
+            log.warning("dropped malformed event: %s", exc)
+            return "malformed"
+        return self.handle(message)
+
+    def handle(self, message: Message) -> str:
+        if isinstance(message, InstanceStateEvent):
+            return self.instance_state(message)
+        if isinstance(message, NodeHeartbeat):
+            applied = self.nodes.heartbeat(
+                message.node_id, sent_at=message.sent_at, version=message.version,
+                cpu_total=message.cpu_total, memory_mb_total=message.memory_mb_total,
+                cpu_used=message.cpu_used, memory_mb_used=message.memory_mb_used,
+                load=message.load, running=message.running)
+            return "heartbeat" if applied else "stale heartbeat"
+        if isinstance(message, InstanceActivity):
+            return "activity"
+        log.warning("dropped %s: not an event", message.TYPE)
+        return "not an event"
+
+    def instance_state(self, event: InstanceStateEvent) -> str:
+        try:
+            new = S(event.state)
+        except ValueError:
+            log.warning("dropped instance_state with unknown state %r", event.state)
+            return "unknown state"
+        for _ in range(RETRIES):
+            item = self.instances.get(event.instance_id)
+            if item is None:
+                return "unknown instance"
+            if item.get("node_id") != event.node_id:
+                return "other node"
+            try:
+                return self._apply(item, new, event)
+            except ConditionFailed:
+                continue
+        log.warning("gave up on %s after %d lost races", event.id, RETRIES)
+        raise RuntimeError(f"event {event.id} lost {RETRIES} races; let SQS redeliver it")
+
+    def _apply(self, item: Item, new: InstanceState, event: InstanceStateEvent) -> str:
+        current = S(item["state"])
+        newer = event.sent_at > item.get("last_report_at", "")
+        if new == current:
+            if event.progress and newer:
+                self.instances.update_fields(item, {"progress": {**item.get("progress", {}),
+                                                                 **event.progress},
+                                                    "last_report_at": event.sent_at})
+                return "progress"
+            return "duplicate"
+        if not current.can_become(new):
+            return "ignored"
+        fields: dict[str, object] = {"last_report_at": max(event.sent_at,
+                                                           item.get("last_report_at", ""))}
+        if event.progress:
+            fields["progress"] = {**item.get("progress", {}), **event.progress}
+        if new == S.FAILED:
+            fields["reason"] = event.reason or "the node reported a failure"
+        elif new == S.STOPPED and current == S.SAVING:
+            fields["reason"] = event.reason or "saving failed; the instance is stopped"
+        extra = []
+        if new == S.SAVED:
+            image_id = item["instance_id"]
+            fields["saved_image_id"] = image_id
+            fields["progress"] = {**item.get("progress", {}), "save": 100}
+            extra.append({"Put": {"TableName": self.catalog.images.name,
+                                  "Item": _saved_item(item, str(
+                                      event.image or item.get("saved_image", item["image"])))}})
+        self.instances.transition(item, new, fields=fields, extra=extra)
+        log.info("instance %s: %s -> %s", item["instance_id"], current.value, new.value)
+        if new == S.FAILED:
+            self.messenger.revoke(item["instance_id"], item["hostname"], "failed")
+        return new.value
+
+
+def _saved_item(item: Item, image: str) -> dict[str, object]:
+    from control_plane.clock import now_iso
+    from control_plane.table import serialize
+
+    return serialize({"image_id": item["instance_id"], "owner": item["owner"],
+                      "name": f"{item.get('name', 'instance')} (saved)", "image": image,
+                      "port": item["port"], "cpu": item["cpu"], "memory_mb": item["memory_mb"],
+                      "tags": ["saved"], "source_instance": item["instance_id"],
+                      "created_at": now_iso()})

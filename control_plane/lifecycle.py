@@ -1,0 +1,205 @@
+"""What users do with instances: launch, list, stop, save, discard, delete, share.
+
+Access (:meth:`Lifecycle.can_access`): the owner, a user the instance is shared with, or an admin.
+Anyone else gets 404, exactly as for an id that does not exist. Grantees may see and stop a
+shared instance; saving, discarding, deleting and sharing belong to the owner (and admins).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from control_plane import validate
+from control_plane.accounts import User, check_username
+from control_plane.catalog import Catalog
+from control_plane.config import Config
+from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
+from control_plane.instance_clients import ClientRegistrar
+from control_plane.instances import Instances, instance_json
+from control_plane.messaging import Messenger
+from control_plane.nodes import Nodes
+from control_plane.scheduler import Scheduler
+from control_plane.shares import Shares
+from control_plane.table import ConditionFailed, Item
+from protocol.messages import DiscardInstance, SaveInstance, StopInstance
+from protocol.states import InstanceState
+
+S = InstanceState
+DEFAULT_CLUSTER = "default"
+COUNTED = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
+
+
+class Lifecycle:
+    def __init__(self, *, config: Config, instances: Instances, catalog: Catalog, shares: Shares,
+                 nodes: Nodes, scheduler: Scheduler, messenger: Messenger,
+                 registrar: ClientRegistrar, accounts_exist: Any) -> None:
+        self.config = config
+        self.instances = instances
+        self.catalog = catalog
+        self.shares = shares
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.messenger = messenger
+        self.registrar = registrar
+        self.accounts_exist = accounts_exist
+
+    # --- access -----------------------------------------------------------------------
+
+    def can_access(self, username: str, instance_id: str, *, admin: bool = False) -> bool:
+        """True for the owner, a share grantee, or an admin (the OAuth server's question)."""
+        if not validate.ID.match(instance_id):
+            return False
+        item = self.instances.get(instance_id)
+        if item is None:
+            return False
+        return admin or item["owner"] == username or self.shares.has(
+            "instance", instance_id, username)
+
+    def visible(self, user: User, instance_id: str) -> Item:
+        item = self.instances.get(validate.ident(instance_id, "instance"))
+        if item is not None and (user.admin or item["owner"] == user.username
+                                 or self.shares.has("instance", instance_id, user.username)):
+            return item
+        raise NotFound(f"no instance {instance_id!r}")
+
+    def owned(self, user: User, instance_id: str) -> Item:
+        item = self.visible(user, instance_id)
+        if not user.admin and item["owner"] != user.username:
+            raise Forbidden("only the owner can do this")
+        return item
+
+    def list_for(self, user: User) -> list[dict[str, Any]]:
+        items = self.instances.of_owner(user.username)
+        shared = self.shares.shared_with("instance", user.username)
+        if shared:
+            items += self.instances.table.batch_get([{"instance_id": i} for i in shared])
+        return [instance_json(i) for i in items]
+
+    # --- launch -----------------------------------------------------------------------
+
+    def launch(self, user: User, body: dict[str, Any]) -> Item:
+        image = self.catalog.get_for(validate.string(body, "image_id", max_len=64),
+                                     user.username, admin=user.admin)
+        cluster_id = validate.string(body, "cluster_id", default=DEFAULT_CLUSTER, max_len=64)
+        self.nodes.get_cluster(cluster_id)
+        name = validate.string(body, "name", default=image["name"], max_len=100)
+        mine = self.instances.of_owner(user.username)
+        running = sum(1 for i in mine if S(i["state"]) in COUNTED)
+        limit = self.config.max_running_per_user
+        if running >= limit:
+            raise TooManyRequests(
+                f"you already have {running} running or starting instances (the limit is "
+                f"{limit}); stop one before launching another")
+        instance_id = secrets.token_hex(8)
+        item = self.instances.create({
+            "instance_id": instance_id, "owner": user.username, "name": name,
+            "image_id": image["image_id"], "image": image["image"], "port": image["port"],
+            "cpu": image["cpu"], "memory_mb": image["memory_mb"], "cluster_id": cluster_id,
+            "hostname": self.config.instance_hostname(instance_id),
+            "url": self.config.instance_url(instance_id)})
+        return self.scheduler.place(item)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def stop(self, user: User, instance_id: str) -> Item:
+        item = self.visible(user, instance_id)
+        state = S(item["state"])
+        if state in (S.STOPPING, S.STOPPED):
+            return item
+        if not state.can_become(S.STOPPING):
+            raise Conflict(f"instance is {state.value}; only a live instance can be stopped")
+        if state == S.PENDING:  # never placed: nothing to tell a node
+            item = self._move(item, S.STOPPING)
+            return self._move(item, S.STOPPED, fields={"reason": "stopped before it was placed"})
+        item = self._move(item, S.STOPPING)
+        self.messenger.send(item["node_queue_url"], StopInstance(instance_id=instance_id))
+        return item
+
+    def save(self, user: User, instance_id: str) -> Item:
+        item = self.owned(user, instance_id)
+        if item["state"] != S.STOPPED:
+            raise Conflict(f"instance is {item['state']}; stop it before saving")
+        if not item.get("node_queue_url"):
+            raise Conflict("instance never ran: there is nothing to save")
+        owner = re.sub(r"[^a-z0-9._-]", "-", item["owner"])
+        target = f"dit4c-saved/{owner}/{item['instance_id']}:latest"
+        item = self._move(item, S.SAVING, fields={"progress": {"save": 0},
+                                                  "saved_image": target})
+        self.messenger.send(item["node_queue_url"],
+                            SaveInstance(instance_id=instance_id, image=target))
+        return item
+
+    def discard(self, user: User, instance_id: str) -> Item:
+        item = self.owned(user, instance_id)
+        if item["state"] == S.DISCARDED:
+            return item
+        if not S(item["state"]).can_become(S.DISCARDED):
+            raise Conflict(f"instance is {item['state']}; stop it before discarding")
+        item = self._move(item, S.DISCARDED)
+        self._forget(item, "discarded")
+        return item
+
+    def delete(self, user: User, instance_id: str) -> None:
+        item = self.owned(user, instance_id)
+        state = S(item["state"])
+        if state in (S.STOPPED, S.FAILED):
+            item = self._move(item, S.DISCARDED)
+            self._forget(item, "deleted")
+        elif state == S.PENDING:
+            item = self._move(item, S.STOPPING)
+            item = self._move(item, S.STOPPED)
+        elif state not in (S.SAVED, S.DISCARDED):
+            raise Conflict(f"instance is {state.value}; stop it before deleting")
+        try:
+            self.instances.delete(item)
+        except ConditionFailed:
+            raise Conflict("instance changed meanwhile; try again") from None
+        self.shares.remove_all("instance", item["instance_id"])
+        self.messenger.revoke(item["instance_id"], item["hostname"], "deleted")
+
+    def share(self, user: User, instance_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        item = self.owned(user, instance_id)
+        grantee, revoke = self._grant_body(body, item["owner"])
+        if revoke:
+            if self.shares.revoke("instance", instance_id, grantee):
+                self.messenger.revoke(instance_id, item["hostname"], "access changed")
+        else:
+            self.shares.grant("instance", instance_id, grantee, user.username)
+        return {"id": instance_id, "shared_with": self.shares.grantees("instance", instance_id)}
+
+    def share_image(self, user: User, image_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        item = self.catalog.get_for(image_id, user.username, admin=user.admin)
+        if item["owner"] != user.username and not user.admin:
+            raise Forbidden("only the owner can share this image")
+        grantee, revoke = self._grant_body(body, item["owner"])
+        if revoke:
+            self.shares.revoke("image", image_id, grantee)
+        else:
+            self.shares.grant("image", image_id, grantee, user.username)
+        return {"id": image_id, "shared_with": self.shares.grantees("image", image_id)}
+
+    def _grant_body(self, body: dict[str, Any], owner: str) -> tuple[str, bool]:
+        grantee = check_username(validate.string(body, "username", max_len=64))
+        revoke = validate.boolean(body, "revoke")
+        if grantee == owner:
+            raise BadRequest("the owner always has access")
+        if not revoke and not self.accounts_exist(grantee):
+            raise NotFound(f"no user {grantee!r}")
+        return grantee, revoke
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _move(self, item: Item, new: InstanceState, **kwargs: Any) -> Item:
+        try:
+            return self.instances.transition(item, new, **kwargs)
+        except ConditionFailed:
+            raise Conflict("instance changed meanwhile; reload and try again") from None
+
+    def _forget(self, item: Item, reason: str) -> None:
+        if item.get("node_queue_url"):
+            self.messenger.send(item["node_queue_url"],
+                                DiscardInstance(instance_id=item["instance_id"]))
+        self.registrar.forget(item["instance_id"])
+        self.messenger.revoke(item["instance_id"], item["hostname"], reason)

@@ -1,0 +1,28 @@
+"""Outgoing messages: commands to a node's queue (SQS) and revocations to edge routers (SNS)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from protocol.messages import Message, Revocation
+
+log = logging.getLogger("dit4c.control_plane.messaging")
+
+
+class Messenger:
+    """``send`` puts one command on a node's queue; ``revoke`` tells every edge router."""
+
+    def __init__(self, sqs: Any, sns: Any, revocations_topic_arn: str) -> None:
+        self.sqs = sqs
+        self.sns = sns
+        self.topic = revocations_topic_arn
+
+    def send(self, queue_url: str, message: Message) -> None:
+        self.sqs.send_message(QueueUrl=queue_url, MessageBody=message.encode())
+        log.info("sent %s %s to %s", message.TYPE, message.id, queue_url.rsplit("/", 1)[-1])
+
+    def revoke(self, instance_id: str, hostname: str, reason: str) -> None:
+        message = Revocation(instance_id=instance_id, hostname=hostname, reason=reason)
+        self.sns.publish(TopicArn=self.topic, Message=message.encode())
+        log.info("revoked %s: %s", instance_id, reason)

@@ -1,0 +1,236 @@
+// The dit4c portal: a small single-page UI over the JSON API (/api/...). No framework and no
+// build step, so the Lambda package stays small and the page works from the local stack as is.
+"use strict";
+
+const CSRF_HEADER = "X-CSRF-Token";
+const POLL_MS = 2000;
+let me = null;
+let pollTimer = null;
+
+function $(id) { return document.getElementById(id); }
+
+function csrfToken() {
+  // Double-submit: the API sets a readable CSRF cookie beside the HttpOnly session cookie and
+  // expects the same value back in a header on every state-changing call.
+  for (const part of document.cookie.split(";")) {
+    const [name, ...rest] = part.trim().split("=");
+    if (name.toLowerCase().includes("csrf")) return decodeURIComponent(rest.join("="));
+  }
+  return me && me.csrf_token ? me.csrf_token : "";
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers[CSRF_HEADER] = csrfToken();
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+  if (!response.ok) {
+    const message = data && data.error ? data.error.message : `${response.status} ${response.statusText}`;
+    const error = new Error(message);
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+function flash(message, kind) {
+  const el = $("flash");
+  el.textContent = message;
+  el.className = kind || "error";
+  el.hidden = !message;
+}
+
+function listOf(data, key) {
+  if (Array.isArray(data)) return data;
+  return (data && data[key]) || [];
+}
+
+// Only a same-origin path may follow a login: anything else would be an open redirect.
+function safeNext() {
+  const next = new URLSearchParams(location.search).get("next");
+  if (!next || !next.startsWith("/") || next.startsWith("//") || next.startsWith("/\\")) return null;
+  return next;
+}
+
+function show(view) {
+  for (const section of document.querySelectorAll("main > section")) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  $("nav").hidden = view === "login";
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+// --- views ----------------------------------------------------------------------------------
+
+async function renderInstances() {
+  const data = await api("GET", "/api/instances");
+  const rows = listOf(data, "instances");
+  const body = $("instances");
+  body.replaceChildren();
+  $("no-instances").hidden = rows.length > 0;
+  for (const inst of rows) {
+    const id = inst.instance_id || inst.id;
+    const progress = inst.progress && Object.keys(inst.progress).length
+      ? " " + Object.entries(inst.progress).map(([k, v]) => `${k} ${v}%`).join(", ") : "";
+    const state = el("td", { "class": `state state-${inst.state}`, "data-testid": "state" },
+      inst.state + progress, inst.reason ? el("div", { "class": "reason" }, inst.reason) : null);
+    const open = inst.url && inst.state === "running"
+      ? el("a", { href: inst.url, target: "_blank", rel: "noopener" }, "open") : "";
+    const actions = el("td", { "class": "actions" });
+    const act = (label, method, suffix) => actions.append(el("button", {
+      type: "button", "data-action": label,
+      onclick: async () => {
+        try { await api(method, `/api/instances/${id}${suffix}`); await renderInstances(); }
+        catch (e) { flash(e.message); }
+      },
+    }, label));
+    if (["running", "starting", "scheduled", "pending"].includes(inst.state)) act("stop", "POST", "/stop");
+    if (inst.state === "stopped") { act("save", "POST", "/save"); act("discard", "POST", "/discard"); }
+    if (["saved", "discarded", "failed", "stopped"].includes(inst.state)) act("delete", "DELETE", "");
+    body.append(el("tr", { "data-instance": id },
+      el("td", {}, inst.name || id), el("td", {}, inst.image_name || inst.image || inst.image_id || ""),
+      state, el("td", {}, open), actions));
+  }
+}
+
+async function renderImages() {
+  const data = await api("GET", "/api/images");
+  const list = $("images");
+  list.replaceChildren();
+  for (const image of listOf(data, "images")) {
+    const id = image.image_id || image.id;
+    list.append(el("li", { "data-image": id },
+      el("h3", {}, image.name || image.display_name || image.image),
+      el("code", {}, image.image || image.ref || ""),
+      el("button", {
+        type: "button", "data-action": "launch",
+        onclick: async () => {
+          try {
+            await api("POST", "/api/instances", { image_id: id });
+            flash("Launching…", "info");
+            location.hash = "#/";
+          } catch (e) { flash(e.message); }
+        },
+      }, "Launch")));
+  }
+}
+
+async function renderAdmin() {
+  const data = await api("GET", "/api/clusters");
+  const holder = $("clusters");
+  holder.replaceChildren();
+  for (const cluster of listOf(data, "clusters")) {
+    const id = cluster.cluster_id || cluster.id;
+    const nodes = listOf(await api("GET", `/api/clusters/${id}/nodes`), "nodes");
+    const table = el("table", {}, el("thead", {}, el("tr", {},
+      el("th", {}, "Node"), el("th", {}, "State"), el("th", {}, "CPU"), el("th", {}, "Memory (MB)"),
+      el("th", {}, "Heartbeat"))));
+    const tbody = el("tbody");
+    for (const node of nodes) {
+      tbody.append(el("tr", {}, el("td", {}, node.name || node.node_id),
+        el("td", {}, node.state || ""),
+        el("td", {}, `${node.cpu_used ?? "?"} / ${node.cpu_total ?? node.cpu ?? "?"}`),
+        el("td", {}, `${node.memory_mb_used ?? "?"} / ${node.memory_mb_total ?? node.memory_mb ?? "?"}`),
+        el("td", {}, node.heartbeat_age_seconds != null ? `${Math.round(node.heartbeat_age_seconds)} s ago` : "never")));
+    }
+    table.append(tbody);
+    holder.append(el("h3", {}, cluster.name || id), table);
+  }
+}
+
+async function route() {
+  clearInterval(pollTimer);
+  flash("");
+  try {
+    me = await api("GET", "/api/me");
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) { me = null; show("login"); await renderProviders(); return; }
+    flash(e.message); return;
+  }
+  $("whoami").textContent = me.username || "";
+  $("nav-admin").hidden = !me.admin;
+  const view = (location.hash.replace(/^#\//, "") || "instances").split("/")[0];
+  try {
+    if (view === "images") { show("images"); await renderImages(); }
+    else if (view === "admin" && me.admin) { show("admin"); await renderAdmin(); }
+    else {
+      show("instances");
+      await renderInstances();
+      pollTimer = setInterval(() => renderInstances().catch((e) => flash(e.message)), POLL_MS);
+    }
+  } catch (e) { flash(e.message); }
+}
+
+async function renderProviders() {
+  const holder = $("providers");
+  holder.replaceChildren();
+  let providers = [];
+  try { providers = listOf(await api("GET", "/api/login/providers"), "providers"); } catch (e) { return; }
+  for (const p of providers) {
+    const next = safeNext();
+    const href = p.login_url + (next ? (p.login_url.includes("?") ? "&" : "?") + "next=" + encodeURIComponent(next) : "");
+    holder.append(el("a", { "class": "provider", href }, `Log in with ${p.display_name || p.name}`));
+  }
+}
+
+// --- forms ----------------------------------------------------------------------------------
+
+function formJson(form) {
+  const out = {};
+  for (const input of form.querySelectorAll("input")) {
+    if (input.type === "checkbox") out[input.name] = input.checked;
+    else if (input.type === "number") out[input.name] = Number(input.value);
+    else out[input.name] = input.value;
+  }
+  return out;
+}
+
+function onSubmit(id, handler) {
+  $(id).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try { await handler(formJson(event.target)); event.target.reset(); }
+    catch (e) { flash(e.message); }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  onSubmit("login-form", async (body) => {
+    await api("POST", "/api/login", body);
+    const next = safeNext();
+    if (next) { location.assign(next); return; }
+    await route();
+  });
+  onSubmit("user-form", async (body) => {
+    await api("POST", "/api/users", body);
+    flash(`User ${body.username} created.`, "info");
+  });
+  onSubmit("image-form", async (body) => {
+    await api("POST", "/api/images", body);
+    flash(`Image ${body.name} added.`, "info");
+  });
+  $("logout").addEventListener("click", async () => {
+    try { await api("POST", "/api/logout"); } catch (e) { /* already logged out */ }
+    me = null;
+    location.hash = "#/";
+    await route();
+  });
+  window.addEventListener("hashchange", route);
+  route();
+});

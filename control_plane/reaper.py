@@ -1,0 +1,128 @@
+"""The scheduled reaper: repairs what silent nodes and stuck transitions left behind.
+
+- A node whose last heartbeat is older than ``node_silent_seconds``: its ``scheduled``
+  instances go back to ``pending`` (and are placed again); its ``starting``, ``running`` and
+  ``stopping`` instances fail with a reason naming the node.
+- ``pending`` instances are placed again; past their deadline they fail ("no room").
+- ``scheduled`` past the deadline: placed again elsewhere (at most ``MAX_ATTEMPTS``), then fail.
+- ``starting``/``stopping`` past the deadline fail; ``saving`` past it returns to ``stopped``.
+
+Every move is the same conditional write as everywhere else, so a reaper racing an event or
+another reaper changes nothing twice. Finding work uses the by-cluster, by-node and sparse
+by-transition indexes; only the (small) clusters table is scanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from control_plane.clock import now_iso
+from control_plane.instances import Instances
+from control_plane.messaging import Messenger
+from control_plane.nodes import DECOMMISSIONED, Nodes
+from control_plane.scheduler import Scheduler
+from control_plane.table import ConditionFailed, Item
+from protocol.states import InstanceState
+
+log = logging.getLogger("dit4c.control_plane.reaper")
+S = InstanceState
+MAX_ATTEMPTS = 3
+
+
+class Reaper:
+    def __init__(self, instances: Instances, nodes: Nodes, scheduler: Scheduler,
+                 messenger: Messenger, *, node_silent_seconds: int,
+                 transition_timeout: int) -> None:
+        self.instances = instances
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.messenger = messenger
+        self.silent = node_silent_seconds
+        self.timeout = transition_timeout
+
+    def run(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"silent_nodes": [], "replaced": [], "failed": [],
+                                  "placed": []}
+        now = time.time()
+        for cluster in self.nodes.clusters.scan():
+            for node in self.nodes.in_cluster(cluster["cluster_id"]):
+                silent = now - node.get("last_heartbeat", 0) > self.silent
+                gone = silent or node.get("status") == DECOMMISSIONED
+                if gone and self._lost_node(node, report):
+                    report["silent_nodes"].append(node["node_id"])
+        deadline = now_iso()
+        for instance_id in self.instances.in_transition(S.PENDING):
+            self._pending(instance_id, deadline, report)
+        for state in (S.SCHEDULED, S.STARTING, S.STOPPING, S.SAVING):
+            for instance_id in self.instances.in_transition(state, before=deadline):
+                self._stuck(instance_id, report)
+        return report
+
+    def _lost_node(self, node: Item, report: dict[str, Any]) -> bool:
+        touched = False
+        name = node.get("name") or node["node_id"]
+        for item in self.instances.on_node(node["node_id"]):
+            state = S(item["state"])
+            if state == S.SCHEDULED:
+                touched |= self._try(lambda i=item: self.scheduler.release_and_repend(
+                    i, f"node {name} stopped responding; placing again"), report, "replaced",
+                    item)
+            elif state in (S.STARTING, S.RUNNING, S.STOPPING):
+                touched |= self._fail(item, f"node {name} stopped responding", report)
+        return touched
+
+    def _pending(self, instance_id: str, deadline: str, report: dict[str, Any]) -> None:
+        item = self.instances.get(instance_id)
+        if item is None or item["state"] != S.PENDING:
+            return
+        placed = self.scheduler.place(item)
+        if placed["state"] == S.SCHEDULED:
+            report["placed"].append(instance_id)
+        elif placed["state"] == S.PENDING and placed.get("transition_deadline", "") < deadline:
+            self._fail(placed, f"no node in cluster {item['cluster_id']} had room for "
+                               f"{item['cpu']:g} CPU and {item['memory_mb']} MB in time", report)
+
+    def _stuck(self, instance_id: str, report: dict[str, Any]) -> None:
+        item = self.instances.get(instance_id)
+        if item is None or item.get("transition_deadline", "9") >= now_iso():
+            return
+        state = S(item["state"])
+        minutes = max(1, self.timeout // 60)
+        if state == S.SCHEDULED:
+            if item.get("attempts", 0) >= MAX_ATTEMPTS:
+                self._fail(item, f"no node started the instance after {MAX_ATTEMPTS} tries",
+                           report)
+            else:
+                self._try(lambda: self.scheduler.release_and_repend(
+                    item, "the node did not pick the instance up; placing again"),
+                    report, "replaced", item)
+        elif state == S.STARTING:
+            self._fail(item, f"the instance did not start within {minutes} minutes", report)
+        elif state == S.STOPPING:
+            self._fail(item, f"the node did not confirm the stop within {minutes} minutes",
+                       report)
+        elif state == S.SAVING:
+            self._try(lambda: self.instances.transition(
+                item, S.STOPPED, fields={"reason": f"saving did not finish within {minutes} "
+                                                   "minutes; the instance is stopped"}),
+                report, "failed", item)
+
+    def _fail(self, item: Item, reason: str, report: dict[str, Any]) -> bool:
+        if self._try(lambda: self.instances.transition(item, S.FAILED,
+                                                       fields={"reason": reason}),
+                     report, "failed", item):
+            self.messenger.revoke(item["instance_id"], item["hostname"], "failed")
+            log.info("failed %s: %s", item["instance_id"], reason)
+            return True
+        return False
+
+    @staticmethod
+    def _try(action: Any, report: dict[str, Any], key: str, item: Item) -> bool:
+        try:
+            action()
+        except ConditionFailed:
+            return False  # someone else moved it: their move wins
+        report[key].append(item["instance_id"])
+        return True

@@ -1,0 +1,107 @@
+"""Placement: choose a node with room, reserve it, and send the node a complete ``start_instance``.
+
+A placement is one DynamoDB transaction of two conditional updates: the node's reserved room
+grows only if the room is still there (and the node still active), and the instance moves
+``pending -> scheduled`` only if nobody else moved it. Two launches can therefore never
+over-commit a node, and one instance can never be placed twice.
+
+Candidates are the cluster's active nodes whose last heartbeat is recent, most free memory first
+(spreading load); a lost race on one node moves on to the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from control_plane.config import Config
+from control_plane.instance_clients import ClientRegistrar
+from control_plane.instances import Instances
+from control_plane.keys import KeyStore
+from control_plane.messaging import Messenger
+from control_plane.nodes import ACTIVE, Nodes, milli
+from control_plane.table import ConditionFailed, Item
+from protocol import pod
+from protocol.messages import OAuthClient, StartInstance
+from protocol.states import InstanceState
+from protocol.tokens import tunnel_claims
+
+log = logging.getLogger("dit4c.control_plane.scheduler")
+S = InstanceState
+
+
+class Scheduler:
+    def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
+                 messenger: Messenger, registrar: ClientRegistrar) -> None:
+        self.config = config
+        self.instances = instances
+        self.nodes = nodes
+        self.keys = keys
+        self.messenger = messenger
+        self.registrar = registrar
+
+    def candidates(self, item: Item) -> list[Item]:
+        now = time.time()
+        cpu, mem = milli(item["cpu"]), item["memory_mb"]
+        fits = [n for n in self.nodes.in_cluster(item["cluster_id"])
+                if n.get("status", ACTIVE) == ACTIVE
+                and now - n.get("last_heartbeat", 0) < self.config.node_silent_seconds
+                and n["cpu_milli_total"] - n["cpu_milli_reserved"] >= cpu
+                and n["memory_mb_total"] - n["memory_mb_reserved"] >= mem]
+        return sorted(fits, key=lambda n: n["memory_mb_reserved"] - n["memory_mb_total"])
+
+    def place(self, item: Item) -> Item:
+        """Try to place a pending instance; returns it scheduled, or still pending with a note."""
+        for node in self.candidates(item):
+            try:
+                placed = self.instances.transition(
+                    item, S.SCHEDULED, reserve_on=node,
+                    fields={"node_id": node["node_id"], "node_queue_url": node["queue_url"],
+                            "reason": None, "attempts": item.get("attempts", 0) + 1})
+            except ConditionFailed:
+                fresh = self.instances.get(item["instance_id"])
+                if fresh is None or fresh["state"] != S.PENDING:
+                    return fresh or item
+                item = fresh
+                continue
+            log.info("placed %s on node %s", item["instance_id"], node["node_id"])
+            self.messenger.send(node["queue_url"], self.start_message(placed))
+            return placed
+        note = (f"waiting for a node in cluster {item['cluster_id']} with room for "
+                f"{item['cpu']:g} CPU and {item['memory_mb']} MB")
+        if item.get("reason") != note:
+            try:
+                item = self.instances.update_fields(item, {"reason": note})
+            except ConditionFailed:
+                return self.instances.get(item["instance_id"]) or item
+        return item
+
+    def start_message(self, item: Item) -> StartInstance:
+        instance_id = item["instance_id"]
+        hostname = self.config.instance_hostname(instance_id)
+        url = self.config.instance_url(instance_id)
+        client_id, secret = self.registrar.register(
+            instance_id=instance_id, owner=item["owner"], redirect_uri=url + pod.CALLBACK_PATH)
+        token = self.keys.sign(tunnel_claims(issuer=self.config.portal_url,
+                                             instance_id=instance_id, hostname=hostname))
+        return StartInstance(
+            instance_id=instance_id, image=item["image"], port=item["port"],
+            cpu=float(item["cpu"]), memory_mb=item["memory_mb"], hostname=hostname, url=url,
+            tunnel_token=token, router_urls=list(self.config.router_tunnel_urls),
+            oauth=OAuthClient(
+                client_id=client_id, client_secret=secret,
+                authorize_url=f"{self.config.portal_url}/oauth/authorize",
+                token_url=f"{self.config.pod_portal_url}/oauth/token",
+                jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
+        )
+
+    def release_and_repend(self, item: Item, reason: str) -> Item:
+        """A scheduled instance whose node is gone goes back to pending (room released)."""
+        moved = self.instances.transition(item, S.PENDING, fields={"reason": reason},
+                                          remove=("node_id", "node_queue_url"))
+        return moved
+
+
+def summary(item: Item) -> dict[str, Any]:
+    return {"instance_id": item["instance_id"], "state": item["state"]}

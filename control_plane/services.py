@@ -1,0 +1,130 @@
+"""Wiring: every domain object built once from a :class:`Config` and AWS clients.
+
+Lambda keeps a process warm between requests, so :func:`current` builds the services on first use
+and reuses them; :func:`use` swaps them (tests, the local stack with another environment).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane import __version__
+from control_plane.accounts import Accounts, User
+from control_plane.aws import Clients
+from control_plane.catalog import Catalog
+from control_plane.config import Config
+from control_plane.events import Events
+from control_plane.instance_clients import ClientRegistrar, TableClientRegistrar
+from control_plane.instances import Instances
+from control_plane.keys import KeyStore
+from control_plane.lifecycle import Lifecycle
+from control_plane.messaging import Messenger
+from control_plane.nodes import Nodes
+from control_plane.reaper import Reaper
+from control_plane.scheduler import Scheduler
+from control_plane.shares import Shares
+from control_plane.table import Table
+
+
+@dataclass
+class Services:
+    config: Config
+    clients: Clients
+    accounts: Accounts
+    keys: KeyStore
+    catalog: Catalog
+    shares: Shares
+    nodes: Nodes
+    instances: Instances
+    messenger: Messenger
+    registrar: ClientRegistrar
+    scheduler: Scheduler
+    lifecycle: Lifecycle
+    events: Events
+    reaper: Reaper
+
+    @classmethod
+    def build(cls, config: Config, clients: Clients | None = None,
+              registrar: ClientRegistrar | None = None) -> Services:
+        clients = clients or Clients(config)
+        ddb = clients.get("dynamodb")
+        t = config.tables
+
+        def table(name: str) -> Table:
+            return Table(ddb, name)
+
+        accounts = Accounts(table(t.users), table(t.sessions), table(t.tokens),
+                            session_seconds=config.session_seconds,
+                            failures_per_account=config.login_failures_per_account,
+                            failures_per_address=config.login_failures_per_address)
+        keys = KeyStore(clients.get("ssm"), config.signing_key_parameter)
+        shares = Shares(table(t.shares))
+        catalog = Catalog(table(t.images), shares)
+        nodes = Nodes(config=config, clusters=table(t.clusters), nodes=table(t.nodes),
+                      tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"))
+        instances = Instances(table(t.instances), table(t.nodes),
+                              transition_timeout=config.transition_timeout_seconds)
+        messenger = Messenger(clients.get("sqs"), clients.get("sns"),
+                              config.revocations_topic_arn)
+        registrar = registrar or TableClientRegistrar(table(t.oauth_clients))
+        scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
+                              messenger=messenger, registrar=registrar)
+        lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
+                              shares=shares, nodes=nodes, scheduler=scheduler,
+                              messenger=messenger, registrar=registrar,
+                              accounts_exist=accounts.exists)
+        events = Events(instances, nodes, catalog, messenger)
+        reaper = Reaper(instances, nodes, scheduler, messenger,
+                        node_silent_seconds=config.node_silent_seconds,
+                        transition_timeout=config.transition_timeout_seconds)
+        return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
+                   messenger, registrar, scheduler, lifecycle, events, reaper)
+
+    def can_access(self, username: str, instance_id: str) -> bool:
+        """Owner, share grantee, or admin: may this user reach this instance?"""
+        try:
+            user: User = self.accounts.get_user(username)
+        except Exception:
+            return False
+        return self.lifecycle.can_access(username, instance_id, admin=user.admin)
+
+    def health(self) -> dict[str, Any]:
+        """Version and the state of each dependency (one cheap call each)."""
+        checks = {
+            "dynamodb": lambda: self.clients.get("dynamodb").describe_table(
+                TableName=self.config.tables.users),
+            "sqs": lambda: self.clients.get("sqs").get_queue_attributes(
+                QueueUrl=self.config.events_queue_url, AttributeNames=["QueueArn"]),
+            "ssm": self.keys.check,
+        }
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                check()
+                results[name] = "ok"
+            except Exception as exc:
+                results[name] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in results.values())
+        return {"status": "ok" if ok else "degraded", "version": __version__,
+                "dependencies": results}
+
+
+_current: Services | None = None
+_lock = threading.Lock()
+
+
+def current() -> Services:
+    global _current  # noqa: PLW0603 - the one per-process instance Lambda keeps warm
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = Services.build(Config.from_env())
+    return _current
+
+
+def use(services: Services | None) -> None:
+    """Replace (or, with None, forget) the process's services."""
+    global _current  # noqa: PLW0603
+    _current = services

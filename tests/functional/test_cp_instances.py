@@ -1,0 +1,260 @@
+"""Instances end to end through the API, the node queue, the events consumer and the reaper."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from control_plane.bootstrap import ensure_local_defaults
+from control_plane.catalog import CatalogEntry
+from protocol import pod
+from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
+from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
+
+CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                        memory_mb=512, tags=["demo"])]
+
+
+@pytest.fixture
+def local(cp_services):
+    return ensure_local_defaults("admin-password-1", CATALOG, cp_services)
+
+
+@pytest.fixture
+def node(local, cp_client):
+    r = cp_client().post("/api/nodes/enroll", {
+        "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
+        "name": "node-1", "cpu": 2, "memory_mb": 1024})
+    assert r.status_code == 201, r.body
+    return r.json
+
+
+def _image_id(client):
+    return next(i["id"] for i in client.get("/api/images").json["images"]
+                if i["image"] == "dit4c/test-tool:busybox")
+
+
+def _messages(queue_url):
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out: list[object] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages",
+                                                                                  [])
+        if not got:
+            return out
+        for m in got:
+            out.append(decode(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _event(cp_chalice, *messages):
+    from control_plane.app import on_event
+
+    event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
+    result = cp_chalice.lambda_.invoke("on_event", event).payload
+    assert on_event is not None
+    return result
+
+
+def _reap(cp_chalice):
+    event = cp_chalice.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    return cp_chalice.lambda_.invoke("reap", event)
+
+
+def _revocations(cp_env):
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.get_queue_url(QueueName=cp_env["DIT4C_REVOCATIONS_TOPIC_ARN"].rsplit(":", 1)[1]
+                            .replace("RevocationsTopic", "RouterRevocationsQueue"))["QueueUrl"]
+    return [decode(m) for m in
+            (x["Body"] for x in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+             .get("Messages", []))]
+
+
+def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp_chalice,
+                                                  cp_env):
+    alice = cp_user("alice")
+    r = alice.post("/api/instances", {"image_id": _image_id(alice)})
+    assert r.status_code == 202, r.body
+    inst = r.json
+    assert inst["state"] == "scheduled" and inst["node_id"] == node["node_id"]
+    assert inst["url"] is None
+    (start,) = _messages(node["queue_url"])
+    assert isinstance(start, StartInstance)
+    iid = inst["id"]
+    assert start.instance_id == iid
+    assert start.hostname == f"{iid}.apps.test"
+    assert start.url == f"http://{iid}.apps.test:8080"
+    assert start.image == "dit4c/test-tool:busybox" and start.port == 8080
+    assert start.cpu == 1 and start.memory_mb == 512
+    assert start.router_urls == ["ws://router.test:8080/.dit4c/tunnel"]
+    assert start.oauth.authorize_url == "http://portal.test:8000/oauth/authorize"
+    assert start.oauth.token_url == "http://host.docker.internal:8000/oauth/token"
+    assert start.oauth.jwks_url == "http://host.docker.internal:8000/.well-known/jwks.json"
+    assert start.oauth.client_id and start.oauth.client_secret
+    client = cp_services.registrar.table.get({"client_id": start.oauth.client_id})
+    assert client["redirect_uris"] == [start.url + pod.CALLBACK_PATH]
+    jwks = alice.get("/.well-known/jwks.json").json
+    claims = verify_tunnel(start.tunnel_token, KeySet.from_jwks(jwks), hostname=start.hostname)
+    assert claims["aud"] == AUD_TUNNEL and claims["sub"] == iid
+
+    # the node reports progress, then running (out of order and duplicated)
+    nid = node["node_id"]
+    running = InstanceStateEvent(node_id=nid, instance_id=iid, state="running")
+    pulling = InstanceStateEvent(node_id=nid, instance_id=iid, state="starting",
+                                 progress={"pull": 40}, sent_at="2000-01-01T00:00:00.000Z")
+    assert _event(cp_chalice, running, running, pulling) == {"batchItemFailures": []}
+    got = alice.get(f"/api/instances/{iid}").json
+    assert got["state"] == "running" and got["url"] == start.url
+
+    # stop: the node is told; its report releases the room
+    stopped = alice.post(f"/api/instances/{iid}/stop")
+    assert stopped.status_code == 202 and stopped.json["state"] == "stopping"
+    assert [m.TYPE for m in _messages(node["queue_url"])] == ["stop_instance"]
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
+    assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+
+    # save: saving with progress, then saved -> a saved image of the owner
+    saving = alice.post(f"/api/instances/{iid}/save").json
+    assert saving["state"] == "saving"
+    (save,) = _messages(node["queue_url"])
+    assert save.TYPE == "save_instance"
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saving",
+                                          progress={"save": 50}))
+    assert alice.get(f"/api/instances/{iid}").json["progress"]["save"] == 50
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
+                                          image=save.image))
+    done = alice.get(f"/api/instances/{iid}").json
+    assert done["state"] == "saved" and done["saved_image_id"]
+    saved = [i for i in alice.get("/api/images").json["images"] if i["kind"] == "saved"]
+    assert [i["image"] for i in saved] == [save.image]
+
+    # a derived instance from the saved image
+    derived = alice.post("/api/instances", {"image_id": saved[0]["id"]})
+    assert derived.status_code == 202 and derived.json["image"] == save.image
+
+    # delete removes it from the list and tells the routers
+    assert alice.delete(f"/api/instances/{iid}").status_code == 204
+    assert iid not in [i["id"] for i in alice.get("/api/instances").json["instances"]]
+    assert any(r.instance_id == iid for r in _revocations(cp_env))
+
+
+def test_other_users_instances_are_not_found(cp_user, node):
+    alice, bob = cp_user("alice"), cp_user("bob")
+    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    for method, path in [("GET", ""), ("POST", "/stop"), ("POST", "/save"),
+                         ("POST", "/discard"), ("DELETE", ""), ("POST", "/share")]:
+        r = bob.request(method, f"/api/instances/{iid}{path}", {"username": "bob"})
+        assert r.status_code == 404, (path, r.body)
+        assert r.json["error"]["code"] == "not_found"
+    assert bob.get("/api/instances").json["instances"] == []
+
+
+def test_sharing_grants_and_revokes(cp_user, node, cp_env):
+    alice, bob = cp_user("alice"), cp_user("bob")
+    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    assert alice.post(f"/api/instances/{iid}/share", {"username": "bob"}).json[
+        "shared_with"] == ["bob"]
+    assert bob.get(f"/api/instances/{iid}").status_code == 200
+    assert [i["id"] for i in bob.get("/api/instances").json["instances"]] == [iid]
+    assert bob.post(f"/api/instances/{iid}/share", {"username": "carol"}).status_code == 403
+    assert alice.post(f"/api/instances/{iid}/share", {"username": "nobody"}).status_code == 404
+    assert alice.post(f"/api/instances/{iid}/share",
+                      {"username": "bob", "revoke": True}).json["shared_with"] == []
+    assert bob.get(f"/api/instances/{iid}").status_code == 404
+    assert any(r.instance_id == iid and r.reason == "access changed"
+               for r in _revocations(cp_env))
+
+
+def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node):
+    alice = cp_user("alice")
+    image = _image_id(alice)
+    for _ in range(3):  # MaxRunningInstancesPerUser in the fixture
+        assert alice.post("/api/instances", {"image_id": image}).status_code == 202
+    r = alice.post("/api/instances", {"image_id": image})
+    assert r.status_code == 429
+    assert "limit is 3" in r.json["error"]["message"]
+
+
+def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalice,
+                                                        cp_services):
+    alice = cp_user("alice")
+    image = _image_id(alice)
+    first = alice.post("/api/instances", {"image_id": image}).json
+    second = alice.post("/api/instances", {"image_id": image}).json
+    third = alice.post("/api/instances", {"image_id": image}).json  # node has 2 CPU, 1024 MB
+    assert first["state"] == "scheduled" and second["state"] == "scheduled"
+    assert third["state"] == "pending" and "room" in third["reason"]
+    node_item = cp_services.nodes.get(node["node_id"])
+    assert node_item["cpu_milli_reserved"] == 2000
+    assert node_item["memory_mb_reserved"] == 1024
+    # the deadline passes: the reaper fails it with a reason people can read
+    cp_services.instances.table.update({"instance_id": third["id"]},
+                                       "SET transition_deadline = :d",
+                                       vals={":d": "2000-01-01T00:00:00.000Z"})
+    _reap(cp_chalice)
+    failed = alice.get(f"/api/instances/{third['id']}").json
+    assert failed["state"] == "failed" and "had room" in failed["reason"]
+
+
+@pytest.mark.usefixtures("local")
+def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chalice,
+                                                          cp_services, cp_client):
+    alice = cp_user("alice")
+    image = _image_id(alice)
+    a = alice.post("/api/instances", {"image_id": image}).json
+    b = alice.post("/api/instances", {"image_id": image}).json
+    nid = node["node_id"]
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
+    second = cp_client().post("/api/nodes/enroll", {
+        "join_token": cp_services.nodes.create_join_token("default")["token"],
+        "public_jwk": SigningKey.generate().public_jwk(), "name": "node-2", "cpu": 2,
+        "memory_mb": 1024}).json
+    cp_services.nodes.nodes.update({"node_id": nid}, "SET last_heartbeat = :t",
+                                   vals={":t": 0})
+    report = _reap(cp_chalice).payload
+    assert nid in report["silent_nodes"]
+    got_a = alice.get(f"/api/instances/{a['id']}").json
+    assert got_a["state"] == "failed" and "node-1 stopped responding" in got_a["reason"]
+    got_b = alice.get(f"/api/instances/{b['id']}").json
+    assert got_b["state"] == "scheduled" and got_b["node_id"] == second["node_id"]
+    assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+
+
+def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
+    nid = node["node_id"]
+
+    def beat(sent_at, load):
+        return NodeHeartbeat(node_id=nid, version="1", cpu_total=2, memory_mb_total=1024,
+                             cpu_used=0.5, memory_mb_used=100, load=load, running=[],
+                             sent_at=sent_at)
+
+    _event(cp_chalice, beat("2030-01-01T00:00:02.000Z", 2.0),
+           beat("2030-01-01T00:00:01.000Z", 1.0))
+    assert cp_services.nodes.get(nid)["load"] == 2.0
+
+
+def test_drained_node_gets_no_placements(cp_user, node, cp_admin):
+    assert cp_admin.post(f"/api/nodes/{node['node_id']}/drain").status_code == 200
+    alice = cp_user("alice")
+    r = alice.post("/api/instances", {"image_id": _image_id(alice)})
+    assert r.json["state"] == "pending"
+
+
+def test_malformed_events_are_dropped_not_retried(cp_chalice):
+    event = cp_chalice.events.generate_sqs_event(["not json", json.dumps({"type": "x"})])
+    assert cp_chalice.lambda_.invoke("on_event", event).payload == {"batchItemFailures": []}
+
+
+def test_bootstrap_is_idempotent(cp_services, cp_client):
+    first = ensure_local_defaults("first-password", CATALOG, cp_services)
+    second = ensure_local_defaults("second-password", CATALOG, cp_services)
+    assert first.cluster_id == second.cluster_id == "default"
+    assert first.join_token != second.join_token
+    client = cp_client()
+    assert client.login("admin", "first-password").status_code == 401
+    assert client.login("admin", "second-password").status_code == 200
+    assert len(client.get("/api/images").json["images"]) == 1
+    assert [c["id"] for c in client.get("/api/clusters").json["clusters"]] == ["default"]

@@ -1,0 +1,172 @@
+"""Clusters, join tokens, enrolment and node credentials — including the attacks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+import jwt
+import pytest
+from moto.sts.models import sts_backends
+
+from protocol.tokens import SigningKey, node_claims
+
+
+def _enroll(cp_admin, client, cluster_id="default", key=None, **extra):
+    token = cp_admin.post(f"/api/clusters/{cluster_id}/join-tokens").json["token"]
+    key = key or SigningKey.generate()
+    body = {"join_token": token, "public_jwk": key.public_jwk(), "name": "node-1", "cpu": 4,
+            "memory_mb": 8192, **extra}
+    return key, client.post("/api/nodes/enroll", body), token
+
+
+@pytest.fixture
+def cluster(cp_admin):
+    r = cp_admin.post("/api/clusters", {"name": "lab"})
+    assert r.status_code == 201, r.body
+    return r.json["id"]
+
+
+def test_enroll_makes_a_queue_with_redrive_and_returns_contract_fields(cp_admin, cp_client,
+                                                                      cluster, cp_env):
+    _, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    assert r.status_code == 201, r.body
+    assert set(r.json) == {"node_id", "cluster_id", "queue_url", "events_queue_url"}
+    assert r.json["cluster_id"] == cluster
+    assert r.json["events_queue_url"] == cp_env["DIT4C_EVENTS_QUEUE_URL"]
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    attrs = sqs.get_queue_attributes(QueueUrl=r.json["queue_url"],
+                                     AttributeNames=["All"])["Attributes"]
+    assert attrs["QueueArn"].endswith(cp_env["DIT4C_NODE_QUEUE_PREFIX"] + r.json["node_id"])
+    assert json.loads(attrs["RedrivePolicy"])["deadLetterTargetArn"] == \
+        cp_env["DIT4C_NODE_COMMANDS_DLQ_ARN"]
+
+
+def test_join_token_is_one_time(cp_admin, cp_client, cluster):
+    token = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json["token"]
+    body = {"join_token": token, "public_jwk": SigningKey.generate().public_jwk(),
+            "name": "n", "cpu": 1, "memory_mb": 1024}
+    assert cp_client().post("/api/nodes/enroll", body).status_code == 201
+    second = cp_client().post("/api/nodes/enroll", body)
+    assert second.status_code == 401
+    assert second.json["error"]["code"] == "unauthorized"
+
+
+def test_expired_join_token_is_refused(cp_admin, cp_client, cluster, cp_services):
+    token = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json["token"]
+    import hashlib
+
+    cp_services.nodes.tokens.update(
+        {"token_key": "join:" + hashlib.sha256(token.encode()).hexdigest()},
+        "SET expires_at = :e", vals={":e": int(time.time()) - 1})
+    body = {"join_token": token, "public_jwk": SigningKey.generate().public_jwk(),
+            "name": "n", "cpu": 1, "memory_mb": 1024}
+    r = cp_client().post("/api/nodes/enroll", body)
+    assert r.status_code == 401 and "expired" in r.json["error"]["message"]
+
+
+@pytest.mark.parametrize("patch", [
+    {"public_jwk": {"kty": "oct", "k": "c2VjcmV0"}},
+    {"public_jwk": "not a jwk"},
+    {"cpu": "four"},
+    {"memory_mb": -1},
+    {"name": "../../etc"},
+    {"join_token": 5},
+])
+def test_enroll_bad_input_is_400_and_keeps_the_token(cp_admin, cp_client, cluster, patch):
+    token = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json["token"]
+    body = {"join_token": token, "public_jwk": SigningKey.generate().public_jwk(),
+            "name": "n", "cpu": 1, "memory_mb": 1024}
+    r = cp_client().post("/api/nodes/enroll", {**body, **patch})
+    assert r.status_code == 400, r.body
+    assert set(r.json["error"]) == {"code", "message"}
+    assert cp_client().post("/api/nodes/enroll", body).status_code == 201
+
+
+def test_join_tokens_need_an_admin(cp_user, cluster):
+    alice = cp_user("alice")
+    assert alice.post(f"/api/clusters/{cluster}/join-tokens").status_code == 403
+    assert alice.post("/api/clusters", {"name": "x"}).status_code == 403
+
+
+def _credentials(client, node_id, token):
+    return client.post(f"/api/nodes/{node_id}/credentials",
+                       headers={"authorization": f"Bearer {token}"})
+
+
+def test_credentials_are_scoped_by_a_session_policy(cp_admin, cp_client, cluster, cp_env):
+    key, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    node_id = r.json["node_id"]
+    c = _credentials(cp_client(), node_id, key.sign(node_claims(node_id=node_id)))
+    assert c.status_code == 200, c.body
+    assert {"access_key_id", "secret_access_key", "session_token", "expiration", "region",
+            "queue_url", "events_queue_url", "endpoint_url"} == set(c.json)
+    assert c.json["queue_url"] == r.json["queue_url"]
+    role = sts_backends["123456789012"]["aws"].assumed_roles[-1]
+    assert role.role_arn == cp_env["DIT4C_NODE_ROLE_ARN"]
+    policy = json.loads(role.policy)
+    resources = {s["Resource"]: s["Action"] for s in policy["Statement"]}
+    queue_arn = [a for a in resources if "node-" in a]
+    assert queue_arn and set(resources[queue_arn[0]]) >= {"sqs:ReceiveMessage",
+                                                          "sqs:DeleteMessage"}
+    assert "sqs:SendMessage" not in resources[queue_arn[0]]
+    assert resources[cp_env["DIT4C_EVENTS_QUEUE_ARN"]] == "sqs:SendMessage"
+    assert len(resources) == 2
+
+
+def test_replayed_jti_is_refused(cp_admin, cp_client, cluster):
+    key, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    node_id = r.json["node_id"]
+    token = key.sign(node_claims(node_id=node_id))
+    assert _credentials(cp_client(), node_id, token).status_code == 200
+    again = _credentials(cp_client(), node_id, token)
+    assert again.status_code == 401 and "replayed" in again.json["error"]["message"]
+
+
+def test_forged_expired_and_unsigned_tokens_are_refused(cp_admin, cp_client, cluster):
+    key, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    node_id = r.json["node_id"]
+    other = SigningKey(key.kid, SigningKey.generate().private_key)  # same kid, wrong key
+    expired = key.sign(node_claims(node_id=node_id, now=time.time() - 3600))
+    long_lived = key.sign({**node_claims(node_id=node_id), "exp": int(time.time()) + 3600})
+    unsigned = jwt.encode(node_claims(node_id=node_id), None, algorithm="none",  # type: ignore[arg-type]
+                          headers={"kid": key.kid})
+    hs256 = jwt.encode(node_claims(node_id=node_id), "secret-key-of-32-bytes-or-more-xx",
+                       algorithm="HS256", headers={"kid": key.kid})
+    for token in (other.sign(node_claims(node_id=node_id)), expired, long_lived, unsigned,
+                  hs256, "garbage", ""):
+        c = _credentials(cp_client(), node_id, token)
+        assert c.status_code == 401, (token, c.body)
+    assert cp_client().post(f"/api/nodes/{node_id}/credentials").status_code == 401
+
+
+def test_token_of_another_node_is_refused(cp_admin, cp_client, cluster):
+    key_a, a, _ = _enroll(cp_admin, cp_client(), cluster)
+    _, b, _ = _enroll(cp_admin, cp_client(), cluster)
+    token = key_a.sign(node_claims(node_id=a.json["node_id"]))
+    assert _credentials(cp_client(), b.json["node_id"], token).status_code == 401
+    assert _credentials(cp_client(), "0123abcd", token).status_code == 401
+
+
+def test_decommissioned_node_gets_no_credentials(cp_admin, cp_client, cluster):
+    key, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    node_id = r.json["node_id"]
+    assert cp_admin.post(f"/api/nodes/{node_id}/decommission").status_code == 200
+    c = _credentials(cp_client(), node_id, key.sign(node_claims(node_id=node_id)))
+    assert c.status_code == 403
+
+
+def test_node_list_drain_and_heartbeat_age(cp_admin, cp_client, cluster):
+    _, r, _ = _enroll(cp_admin, cp_client(), cluster)
+    node_id = r.json["node_id"]
+    nodes = cp_admin.get(f"/api/clusters/{cluster}/nodes").json["nodes"]
+    assert [n["id"] for n in nodes] == [node_id]
+    assert nodes[0]["capacity"] == {"cpu": 4, "memory_mb": 8192}
+    assert nodes[0]["heartbeat_age_seconds"] < 5
+    assert cp_admin.post(f"/api/nodes/{node_id}/drain").json["status"] == "draining"
+    assert cp_admin.post(f"/api/nodes/{node_id}/activate").json["status"] == "active"
+    assert cp_admin.post(f"/api/nodes/{node_id}/decommission").json["status"] == \
+        "decommissioned"
+    assert cp_admin.post(f"/api/nodes/{node_id}/activate").status_code == 409
+    assert cp_admin.get("/api/clusters/nope/nodes").status_code == 404
