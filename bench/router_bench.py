@@ -118,7 +118,7 @@ http {{
     return conf
 
 
-def wait_http(port: int, host: str, path: str = "/small", limit: float = 30) -> None:
+def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> None:
     deadline = time.monotonic() + limit
     while True:
         try:
@@ -252,7 +252,7 @@ def idle_tunnels(procs: Processes, env: dict[str, str], key: SigningKey, count: 
 def main() -> int:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--tunnels", type=int, default=10000)
     parser.add_argument("--skip-idle", action="store_true")
     args = parser.parse_args()
