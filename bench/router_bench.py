@@ -86,6 +86,14 @@ class Processes:
             proc.kill()
             proc.wait()
 
+    def report(self) -> None:
+        """Print the exit status and log tail of every process that has died."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                print(f"{proc.args} exited with {proc.returncode}", file=sys.stderr)
+        for log in sorted(self.work.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -268,6 +276,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     with tempfile.TemporaryDirectory(prefix="dit4c-bench-") as tmp:
         work = Path(keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o755)  # nginx workers run as www-data when started by root
         root = work / "www"
         root.mkdir(exist_ok=True)
         (root / "small").write_bytes(SMALL_BODY)
@@ -310,8 +319,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                     ("nginx reverse proxy", ports["nginx"], "localhost"),
                     (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], "localhost"),
                     ("dit4c router + tunnel + listener", ports["router"], HOST)]
-            for _, port, host in ways:
-                wait_http(port, host)
+            for name, port, host in ways:
+                try:
+                    wait_http(port, host)
+                except RuntimeError:
+                    procs.report()
+                    raise RuntimeError(f"{name} did not start (logs in {work})") from None
             rows = []
             for name, port, host in ways:
                 print(f"measuring {name} ...", file=sys.stderr)

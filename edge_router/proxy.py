@@ -118,6 +118,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
         self.state = CLOSED
+        self.transport = None
+        self.out.clear()
         if self.stream is not None:
             self.stream.close("client disconnected")
             self.stream = None
