@@ -90,7 +90,7 @@ class Processes:
         """Print the exit status and log tail of every process that has died."""
         for proc in self.procs:
             if proc.poll() is not None:
-                print(f"{proc.args} exited with {proc.returncode}", file=sys.stderr)
+                print(f"{proc.args!r} exited with {proc.returncode}", file=sys.stderr)
         for log in sorted(self.work.glob("*.log")):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
 
