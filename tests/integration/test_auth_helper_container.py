@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import boto3
 import docker
 import docker.errors
 import pytest
@@ -29,6 +31,7 @@ from moto import mock_aws
 
 from edge_router import testing as edge_testing
 from protocol import pod
+from protocol.messages import Revocation
 from protocol.tokens import SigningKey
 from protocol.tunnel import TUNNEL_PATH
 from scripts import images
@@ -66,8 +69,9 @@ class RouterThread:
     """The real edge router on its own event loop in a thread, so module-scoped pods can use it
     from every test's loop. Verifies tunnel tokens with ``key``."""
 
-    def __init__(self, key: SigningKey, host: str) -> None:
+    def __init__(self, key: SigningKey, host: str, sqs: Any, revocations_url: str) -> None:
         self.key, self.host = key, host
+        self.sqs, self.revocations_url = sqs, revocations_url
         self.address: tuple[str, int] | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,7 +81,9 @@ class RouterThread:
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        router = await edge_testing.start_router(self.key, listen=((self.host, 0),))
+        router = await edge_testing.start_router(
+            self.key, listen=((self.host, 0),), sqs=self.sqs,
+            revocations_queue_url=self.revocations_url)
         try:
             self.address = router.addresses[0]
             self._ready.set()
@@ -130,9 +136,18 @@ def pods(
             portal_url = stack.enter_context(portal.serve(gateway))
             hosts = {"portal.dit4c.test": (gateway, int(portal_url.rsplit(":", 1)[1]))}
             tunnel_key = SigningKey.generate()
-            router = stack.enter_context(RouterThread(tunnel_key, gateway)) if via_router \
-                else None
-            for instance in ("a", "b", "w"):
+            sqs = boto3.client("sqs", region_name="us-east-1")
+            revocations = sqs.create_queue(QueueName=unique_name("revocations"))["QueueUrl"]
+            router = stack.enter_context(RouterThread(tunnel_key, gateway, sqs, revocations)) \
+                if via_router else None
+
+            def revoke(instance: str) -> None:
+                message = Revocation(instance_id=instance, hostname=f"{instance}.dit4c.test",
+                                     reason="discarded")
+                sqs.send_message(QueueUrl=revocations, MessageBody=message.encode())
+
+            # d: only end to end, for the revocation scenario (its route dies for good).
+            for instance in ("a", "b", "w", "d") if via_router else ("a", "b", "w"):
                 tool_port = ECHO_PORT if instance == "w" else images.TEST_TOOL_PORT
                 # Direct: the test reaches the helper from outside its (own) network namespace.
                 inside = "127.0.0.1" if via_router else "0.0.0.0"  # noqa: S104
@@ -168,7 +183,9 @@ def pods(
                 else:
                     run(tool_image, **shared)
             markers = {"a": "dit4c test tool", "b": "dit4c test tool", "w": "dit4c echo tool"}
-            yield Stack(portal, hosts, markers), made
+            if via_router:
+                markers["d"] = "dit4c test tool"
+            yield Stack(portal, hosts, markers, revoke=revoke if via_router else None), made
     finally:
         for container in made:
             with contextlib.suppress(docker.errors.NotFound):
