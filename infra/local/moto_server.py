@@ -1,0 +1,67 @@
+"""moto's server mode inside this process, on one loopback address.
+
+Like ``moto.server.ThreadedMotoServer``, but it binds in the caller's thread, so a port that is
+taken is an ``OSError`` at once instead of a thread that dies while ``start()`` waits forever,
+and ``stop()`` closes the listening socket. moto keeps every service's state in this process's
+memory; :mod:`infra.local.snapshot` saves and restores what must outlive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from infra.local.aws import AwsEndpoint
+
+log = logging.getLogger("dit4c.local.moto")
+
+
+class MotoServer:
+    """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AwsEndpoint:
+        # werkzeug logs every request at INFO on its own handler; keep warnings only.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="moto-server", daemon=True
+        )
+        self._thread.start()
+        log.info("moto serving on %s", self.endpoint.url)
+        return self.endpoint
+
+    @property
+    def endpoint(self) -> AwsEndpoint:
+        if self._server is None:
+            raise RuntimeError("MotoServer.start() first")
+        host, port = self._server.server_address[:2]
+        if isinstance(host, bytes):
+            host = host.decode()
+        return AwsEndpoint(f"http://{host}:{port}")
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; harmless when not started."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None

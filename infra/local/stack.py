@@ -1,0 +1,518 @@
+"""The orchestrator behind ``make run``: start every part, wait until ready, stop on a signal.
+
+Start order (each step registers its own undo, so a failure at any step, a signal, or a child
+that dies stops exactly what was started, in reverse order):
+
+1. data directory (locked: one stack per directory), leftovers of a killed run stopped,
+   admin password;
+2. the Docker engine and the pods network (its gateway is the host's address for pods);
+3. moto on loopback; the template's resources; the snapshot restored, periodic snapshots on;
+4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
+   trigger and the schedule of the template's functions; ``ensure_local_defaults`` (admin,
+   default cluster, demo catalog, a join token);
+5. the edge router (``python -m edge_router``) and the node daemon (``join`` once, then
+   ``run``) as child processes;
+6. ready when the health check answers 200, the router answers, and a heartbeat of the node has
+   come through the events queue.
+
+A child that exits while the stack runs stops the whole stack with its exit code and the end of
+its log: a half-working stack would look ready and fail later in confusing ways. Stopping saves
+a last snapshot after everything that writes has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from infra.local import children, network
+from infra.local.aws import AwsEndpoint
+from infra.local.catalog import demo_catalog
+from infra.local.config import LocalConfig
+from infra.local.datadir import AdminPassword, DataDir
+from infra.local.errors import ChildFailed, LocalStackError, TemplateError
+from infra.local.functions import Handler, ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.moto_server import MotoServer
+from infra.local.portal import PortalServer
+from infra.local.provision import Provisioner, Stack
+from infra.local.snapshot import PeriodicSnapshots, Snapshotter
+from infra.local.template import (
+    ApiTrigger,
+    FunctionSpec,
+    ScheduleTrigger,
+    SqsTrigger,
+    Template,
+)
+
+log = logging.getLogger("dit4c.local.stack")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOIN_TIMEOUT = 60.0
+NODE_IDENTITY_FILE = "node.json"  # node_daemon.config.IDENTITY_FILE
+HEARTBEAT_TYPE = "node_heartbeat"  # protocol.messages.NodeHeartbeat.TYPE
+POLL_INTERVAL = 0.25
+
+
+class _Interrupted(Exception):
+    """A stop was asked for (SIGINT/SIGTERM) while the stack was starting."""
+
+
+def component_missing(module: str) -> bool:
+    """True while a part has not landed on this branch (its entry module does not exist)."""
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:
+        return True
+
+
+@dataclass
+class _State:
+    """What the start-up found out, for readiness and the ready block."""
+
+    password: AdminPassword | None = None
+    gateway: str = ""
+    aws: AwsEndpoint | None = None
+    stack: Stack | None = None
+    cluster_id: str | None = None
+    node_id: str | None = None
+    heartbeats: set[str] = field(default_factory=set)
+    missing: dict[str, str] = field(default_factory=dict)
+    """Part -> why it is not running (a component that has not landed yet)."""
+
+
+class LocalStack:
+    """See the module docstring. ``run()`` blocks until stopped and returns the exit status."""
+
+    def __init__(
+        self,
+        config: LocalConfig,
+        template: Template | None = None,
+        out: TextIO = sys.stdout,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._config = config
+        self._template = template
+        self._out = out
+        # Children get the environment the stack was started with, minus AWS credentials and
+        # the admin password: the node must live on its own STS credentials.
+        self._base_env = {
+            k: v for k, v in (os.environ if environ is None else environ).items()
+            if not k.startswith("AWS_") and k != "DIT4C_ADMIN_PASSWORD"
+        }
+        self._data = DataDir(config.data_dir)
+        self._state = _State()
+        self._children: list[children.Child] = []
+        self._stopping = threading.Event()
+        self._heartbeat_lock = threading.Lock()
+
+    # -- the whole run -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.monotonic()
+        previous = self._install_signal_handlers()
+        status = 0
+        with contextlib.ExitStack() as undo:
+            try:
+                self._start(undo)
+                self._wait_ready()
+                self._print_ready(time.monotonic() - started)
+                self._watch()
+            except _Interrupted:
+                log.info("stop requested while starting")
+            except (LocalStackError, OSError) as exc:
+                self._report(str(exc))
+                status = 1
+            except Exception as exc:
+                log.exception("the local stack failed")
+                self._report(f"unexpected {type(exc).__name__}: {exc} (a bug; traceback above)")
+                status = 1
+            stop_started = time.monotonic()
+            self._say("stopping ...")
+            try:
+                undo.close()
+            except Exception as exc:
+                log.exception("stopping did not finish cleanly")
+                self._report(f"stopping did not finish cleanly: {exc}")
+                status = 1
+            self._say(f"stopped in {time.monotonic() - stop_started:.1f} s")
+        self._restore_signal_handlers(previous)
+        return status
+
+    def stop(self) -> None:
+        """Ask a running ``run()`` to stop (what SIGINT/SIGTERM do); safe from any thread."""
+        self._stopping.set()
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _start(self, undo: contextlib.ExitStack) -> None:
+        config, data = self._config, self._data
+        data.prepare()
+        data.lock()
+        undo.callback(data.unlock)
+        for name in children.stop_leftovers(data.run):
+            self._say(f"stopped {name} left running by an earlier stack")
+        self._state.password = data.admin_password(config.admin_password)
+        self._check_stop()
+
+        docker = network.docker_client()
+        undo.callback(docker.close)
+        self._state.gateway = network.ensure_pods_network(
+            docker, config.pods_network, config.docker_labels
+        )
+        self._check_stop()
+
+        moto = MotoServer("127.0.0.1", config.aws_port)
+        aws = moto.start()
+        self._state.aws = aws
+        undo.callback(moto.stop)
+        template = self._template or Template.load()
+        stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
+        self._state.stack = stack
+        snapshotter = Snapshotter(
+            aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
+        )
+        restored = snapshotter.restore()
+        log.info("restored %s", restored)
+        # Registered before anything can write, so it runs after everything has stopped.
+        undo.callback(self._final_snapshot, snapshotter)
+        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds)
+        periodic.start()
+        undo.callback(periodic.stop)
+        self._check_stop()
+
+        os.environ.update(self._control_plane_env(aws, stack))
+        self._start_functions(undo, stack, aws)
+        self._bootstrap()
+        snapshotter.save()  # the admin account and cluster are on disk from the first start
+        self._check_stop()
+
+        self._start_router(undo, aws, stack)
+        self._start_node(undo, aws, stack)
+
+    def _parameters(self) -> dict[str, str]:
+        config = self._config
+        return {
+            "PortalUrl": config.portal_url,
+            "RouterDomain": config.public_host,
+            "RouterScheme": "http",
+            "RouterTunnelUrls": config.pod_tunnel_url,
+        }
+
+    def _control_plane_env(self, aws: AwsEndpoint, stack: Stack) -> dict[str, str]:
+        return {
+            **aws.environment(),
+            **stack.environment,
+            "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
+            "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+        }
+
+    def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
+        sqs = aws.client("sqs")
+        for spec in stack.functions.values():
+            for trigger in spec.triggers:
+                if isinstance(trigger, ApiTrigger):
+                    continue  # served below, once for all of the function's paths
+                handler = self._handler(spec)
+                if handler is None:
+                    continue
+                if isinstance(trigger, SqsTrigger):
+                    url = stack.sqs_sources[spec.logical_id]
+                    arn = sqs.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["QueueArn"]
+                    )["Attributes"]["QueueArn"]
+                    pump = SqsPump(
+                        spec, handler, sqs, queue_url=url, queue_arn=arn,
+                        batch_size=trigger.batch_size, region=aws.region,
+                        observer=self._observe_event,
+                    )
+                    pump.start()
+                    undo.callback(pump.stop)
+                elif isinstance(trigger, ScheduleTrigger):
+                    timer = ScheduleTimer(
+                        spec, handler, f"{stack.name}-{spec.logical_id}{trigger.name}",
+                        trigger.interval_seconds, aws.region,
+                    )
+                    timer.start()
+                    undo.callback(timer.stop)
+        api = [s for s in stack.functions.values()
+               if any(isinstance(t, ApiTrigger) for t in s.triggers)]
+        for spec in api:
+            portal = PortalServer(
+                load_app(spec),
+                [("127.0.0.1", self._config.portal_port),
+                 (self._state.gateway, self._config.portal_port)],
+                timeout=spec.timeout_seconds, memory_mb=spec.memory_mb,
+                function_name=spec.logical_id,
+            )
+            portal.start()
+            undo.callback(portal.stop)
+
+    def _handler(self, spec: FunctionSpec) -> Handler | None:
+        try:
+            return load_handler(spec)
+        except TemplateError as exc:
+            if component_missing(spec.module):
+                raise
+            # The module is there but not the function: a part that has not landed yet.
+            self._state.missing[spec.logical_id] = str(exc).removeprefix(f"{spec.logical_id}: ")
+            return None
+
+    def _bootstrap(self) -> None:
+        if component_missing("control_plane.bootstrap"):
+            self._state.missing["bootstrap"] = (
+                "control_plane.bootstrap is not on this branch yet: no admin account, cluster, "
+                "catalog or join token"
+            )
+            return
+        bootstrap = importlib.import_module("control_plane.bootstrap")
+        assert self._state.password is not None
+        defaults = bootstrap.ensure_local_defaults(self._state.password.value, demo_catalog())
+        self._state.cluster_id = defaults.cluster_id
+        self._join_token = defaults.join_token
+
+    def _start_router(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
+        if component_missing("edge_router.__main__"):
+            self._state.missing["router"] = "edge_router has no __main__ on this branch yet"
+            return
+        config = self._config
+        listen = ",".join(f"{host}:{config.router_port}"
+                          for host in ("127.0.0.1", self._state.gateway))
+        env = {
+            **self._child_env(),
+            **aws.environment(),
+            "DIT4C_ROUTER_DOMAIN": config.public_host,
+            "DIT4C_ROUTER_LISTEN": listen,
+            "DIT4C_ROUTER_JWKS_URL": f"{config.local_portal_url}/.well-known/jwks.json",
+            "DIT4C_ROUTER_REVOCATIONS_QUEUE_URL": stack.resources["RouterRevocationsQueue"].ref,
+            "DIT4C_ROUTER_EVENTS_QUEUE_URL": stack.environment["DIT4C_EVENTS_QUEUE_URL"],
+            "DIT4C_ROUTER_ID": "local",
+        }
+        self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
+
+    def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
+        if component_missing("node_daemon.__main__"):
+            self._state.missing["node"] = "node_daemon has no __main__ on this branch yet"
+            return
+        if "bootstrap" in self._state.missing:
+            self._state.missing["node"] = "no join token without control_plane.bootstrap"
+            return
+        node_dir = self._data.node
+        self._forget_unknown_node(aws, stack)
+        if not (node_dir / NODE_IDENTITY_FILE).exists():
+            self._join(node_dir)
+        self._state.node_id = _node_id(node_dir)
+        env = {
+            **self._child_env(),
+            "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
+        }
+        argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
+        self._start_child(undo, "node-daemon", argv, env)
+
+    def _join(self, node_dir: Path) -> None:
+        argv = [
+            sys.executable, "-m", "node_daemon", "join",
+            "--portal", self._config.local_portal_url, "--token", self._join_token,
+            "--data-dir", str(node_dir), "--name", "local",
+        ]
+        join = children.Child("node-join", argv, self._child_env(), log_dir=self._data.logs,
+                              run_dir=self._data.run, cwd=REPO_ROOT)
+        join.start()
+        try:
+            code = join.wait(JOIN_TIMEOUT)
+        except Exception:
+            join.stop(self._config.stop_grace)
+            raise ChildFailed(
+                f"node-join did not finish within {JOIN_TIMEOUT:.0f} s; end of "
+                f"{join.log_path}:\n{join.tail()}"
+            ) from None
+        if code != 0:
+            raise ChildFailed(
+                f"node-join exited with status {code}; end of {join.log_path}:\n{join.tail()}"
+            )
+
+    def _forget_unknown_node(self, aws: AwsEndpoint, stack: Stack) -> None:
+        """A node identity the control plane does not know (its state was lost) is set aside."""
+        node_dir = self._data.node
+        node_id = _node_id(node_dir)
+        if node_id is None:
+            return
+        item = aws.client("dynamodb").get_item(
+            TableName=stack.environment["DIT4C_NODES_TABLE"], Key={"node_id": {"S": node_id}}
+        )
+        if "Item" in item:
+            return
+        aside = node_dir.with_name(f"node.unknown-{int(time.time())}")
+        node_dir.rename(aside)
+        self._say(f"node {node_id} is unknown to the control plane (its state was lost): "
+                  f"moved {node_dir} to {aside} and joining again")
+
+    def _child_env(self) -> dict[str, str]:
+        pythonpath = os.pathsep.join(
+            p for p in (str(REPO_ROOT), self._base_env.get("PYTHONPATH", "")) if p
+        )
+        return {**self._base_env, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+
+    def _start_child(
+        self, undo: contextlib.ExitStack, name: str, argv: list[str], env: dict[str, str]
+    ) -> None:
+        child = children.Child(name, argv, env, log_dir=self._data.logs, run_dir=self._data.run,
+                               cwd=REPO_ROOT)
+        child.start()
+        self._children.append(child)
+        undo.callback(self._stop_child, child)
+
+    def _stop_child(self, child: children.Child) -> None:
+        code = child.stop(self._config.stop_grace)
+        log.info("%s stopped (status %s)", child.name, code)
+
+    def _final_snapshot(self, snapshotter: Snapshotter) -> None:
+        summary = snapshotter.save()
+        self._say(f"saved {summary} to {snapshotter.manifest_path}")
+
+    # -- readiness and watching ----------------------------------------------------------------
+
+    def _observe_event(self, body: str) -> None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(body)
+            if message.get("type") == HEARTBEAT_TYPE:
+                with self._heartbeat_lock:
+                    self._state.heartbeats.add(str(message.get("node_id")))
+
+    def _wait_ready(self) -> None:
+        config = self._config
+        checks: dict[str, Callable[[], bool]] = {
+            "portal health": lambda: _http_status(f"{config.local_portal_url}/api/health") == 200,
+        }
+        if "router" not in self._state.missing:
+            checks["edge router"] = lambda: _http_status(
+                f"http://127.0.0.1:{config.router_port}/",
+                host=f"nothing.{config.public_host}:{config.router_port}",
+            ) is not None
+        if "node" not in self._state.missing:
+            checks["node heartbeat"] = self._heartbeat_seen
+        deadline = time.monotonic() + config.ready_timeout
+        pending = dict(checks)
+        while pending:
+            self._check_stop()
+            self._check_children()
+            for name, check in list(pending.items()):
+                if check():
+                    log.info("ready: %s", name)
+                    del pending[name]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise ChildFailed(
+                    f"not ready after {config.ready_timeout:.0f} s (DIT4C_READY_TIMEOUT): "
+                    f"waiting for {', '.join(pending)}; logs in {self._data.logs}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _heartbeat_seen(self) -> bool:
+        with self._heartbeat_lock:
+            return self._state.node_id in self._state.heartbeats
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(POLL_INTERVAL):
+            self._check_children()
+
+    def _check_children(self) -> None:
+        for child in self._children:
+            code = child.poll()
+            if code is not None:
+                raise ChildFailed(
+                    f"{child.name} exited unexpectedly with status {code}; the stack stops. "
+                    f"End of {child.log_path}:\n{child.tail()}"
+                )
+
+    def _check_stop(self) -> None:
+        if self._stopping.is_set():
+            raise _Interrupted
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _print_ready(self, seconds: float) -> None:
+        config, state = self._config, self._state
+        assert state.password is not None and state.aws is not None
+        router = f"http://{config.public_host}:{config.router_port}"
+        lines = [
+            f"dit4c local stack ready in {seconds:.1f} s",
+            f"  portal:     {config.portal_url}",
+            f"  login:      admin / {state.password.value}   ({state.password.source})",
+            f"  instances:  http://<instance id>.{config.public_host}:{config.router_port}/",
+            f"  router:     {router}   (pods dial {config.pod_tunnel_url})",
+        ]
+        if state.node_id:
+            lines.append(f"  node:       {state.node_id} in cluster {state.cluster_id}, pods on "
+                         f"network {config.pods_network} (gateway {state.gateway})")
+        lines += [
+            f"  AWS (moto): {state.aws.url}",
+            f"  data:       {self._data.root}   (logs in {self._data.logs})",
+        ]
+        for part, why in state.missing.items():
+            lines.append(f"  NOT RUNNING {part}: {why}")
+        lines.append("Ctrl-C stops everything.")
+        print("\n".join(lines), file=self._out, flush=True)
+
+    def _say(self, text: str) -> None:
+        print(f"dit4c: {text}", file=self._out, flush=True)
+
+    def _report(self, text: str) -> None:
+        print(f"dit4c: error: {text}", file=sys.stderr, flush=True)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping.set()
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _node_id(node_dir: Path) -> str | None:
+    try:
+        return str(json.loads((node_dir / NODE_IDENTITY_FILE).read_text())["node_id"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LocalStackError(
+            f"{node_dir / NODE_IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
+            "join a new node"
+        ) from exc
+
+
+def _http_status(url: str, host: str | None = None) -> int | None:
+    """The HTTP status of a GET (any status counts), or None when nothing answers."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - our URL
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None

@@ -1,0 +1,390 @@
+"""Commands and reconciliation: records -> pods -> reported states.
+
+The agent owns the order of effects that makes the node safe to kill at any moment:
+
+1. a command changes the instance's durable record (what it should be);
+2. the pod is brought to that (:meth:`Agent._converge`, the one place that does it);
+3. the new state is written to the record, then sent to the events queue (an unsent state is
+   retried by :meth:`Agent.flush`);
+4. only then does the caller delete the command from the queue.
+
+:meth:`Agent.reconcile` runs the same :meth:`Agent._converge` for every record, so a daemon
+restarted after SIGKILL finishes (or rolls back) whatever it was doing, and removes containers
+of instances it has no record of. Work on one instance is serialised by a per-instance lock;
+different instances proceed concurrently.
+
+Ordering rules (SQS delivers at least once, in any order):
+
+- a start for an instance that is already known is a duplicate: it finishes a half-done launch
+  or does nothing; a start after a stop or discard is stale and ignored;
+- a stop before any start leaves a stopped record, so the late start is ignored;
+- a stop, save or start after a discard is ignored; a discard always removes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+
+from node_daemon import __version__
+from node_daemon.errors import LaunchError, NodeDaemonError, PodError
+from node_daemon.metrics import NodeMetrics
+from node_daemon.pods import PodRunner
+from node_daemon.records import Desired, InstanceRecord, RecordStore
+from protocol.messages import (
+    DiscardInstance,
+    InstanceStateEvent,
+    Message,
+    NodeHeartbeat,
+    SaveInstance,
+    StartInstance,
+    StopInstance,
+)
+from protocol.states import InstanceState as S
+
+log = logging.getLogger("dit4c.node.agent")
+state_log = logging.getLogger("dit4c.node.state")
+
+DEFAULT_GRACE_SECONDS = 10.0
+PROGRESS_EVERY_SECONDS = 1.0
+
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpu: float
+    memory_mb: int
+
+
+def _needs(start: dict[str, Any] | None) -> tuple[float, int]:
+    if not start:
+        return 0.0, 0
+    return float(start.get("cpu", 0)), int(start.get("memory_mb", 0))
+
+
+class Agent:
+    """Applies node commands and reconciles; see the module docstring for the guarantees.
+
+    ``send`` puts one message on the events queue and raises on failure; the agent never lets
+    a failed send undo or block pod work.
+    """
+
+    def __init__(self, *, node_id: str, capacity: Capacity, records: RecordStore,
+                 pods: PodRunner, send: Send, metrics: NodeMetrics,
+                 launch_timeout: float) -> None:
+        self.node_id = node_id
+        self.capacity = capacity
+        self.records = records
+        self.pods = pods
+        self._send = send
+        self.metrics = metrics
+        self.launch_timeout = launch_timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def handle(self, message: Message) -> None:
+        """Apply one command; returns once its effect is durable (then delete the message).
+
+        Raises NodeDaemonError or a Docker connection error when the effect could not be made
+        (the message stays on the queue and comes back).
+        """
+        instance_id = getattr(message, "instance_id", None)
+        if not isinstance(instance_id, str):
+            raise NodeDaemonError(f"{message.TYPE} is not a node command")
+        self.records.get(instance_id)  # validates the id before anything else
+        async with self._lock(instance_id):
+            record = self.records.get(instance_id)
+            if isinstance(message, StartInstance):
+                await self._on_start(message, record)
+            elif isinstance(message, StopInstance):
+                await self._on_stop(message, record)
+            elif isinstance(message, SaveInstance):
+                await self._on_save(message, record)
+            elif isinstance(message, DiscardInstance):
+                await self._on_discard(record, instance_id)
+            else:
+                raise NodeDaemonError(f"{message.TYPE} is not a node command")
+
+    async def _on_start(self, start: StartInstance, record: InstanceRecord | None) -> None:
+        if record is not None:
+            if record.desired is not Desired.RUNNING:
+                log.info("start of %s ignored: it is already %s", start.instance_id,
+                         record.desired)
+                return
+            await self._converge(record, present=True)  # a duplicate: finish or no-op
+            return
+        record = InstanceRecord(start.instance_id, Desired.RUNNING, start=start.to_dict())
+        shortfall = self._shortfall(start)
+        if shortfall:
+            record.start = None  # nothing will run: keep no secrets
+            record.state = S.FAILED
+            record.reason = shortfall
+            self.records.put(record)
+            self.metrics.launches.labels("no_room").inc()
+            await self._announce(record, None)
+            return
+        self.records.put(record)
+        await self._converge(record, present=True, received=time.monotonic())
+
+    def _shortfall(self, start: StartInstance) -> str | None:
+        cpu_used, mem_used = self._used()
+        if (cpu_used + start.cpu > self.capacity.cpu + 1e-9
+                or mem_used + start.memory_mb > self.capacity.memory_mb):
+            return (f"node has no room: the instance needs {start.cpu:g} CPU and "
+                    f"{start.memory_mb} MB; free are {self.capacity.cpu - cpu_used:g} CPU and "
+                    f"{self.capacity.memory_mb - mem_used} MB")
+        return None
+
+    def _active(self) -> list[InstanceRecord]:
+        return [r for r in self.records.all()
+                if r.desired is Desired.RUNNING and r.state != S.FAILED and r.start]
+
+    def _used(self) -> tuple[float, int]:
+        needs = [_needs(r.start) for r in self._active()]
+        return sum(c for c, _ in needs), sum(m for _, m in needs)
+
+    async def _on_stop(self, stop: StopInstance, record: InstanceRecord | None) -> None:
+        if record is None:
+            # The stop overtook its start: remember it, so the start is ignored when it comes.
+            record = InstanceRecord(stop.instance_id, Desired.STOPPED)
+        elif record.desired is not Desired.RUNNING:
+            log.info("stop of %s ignored: it is already %s", stop.instance_id, record.desired)
+            return
+        record.desired = Desired.STOPPED
+        self.records.put(record)
+        await self._converge(record, present=True, grace=stop.grace_seconds)
+
+    async def _on_save(self, save: SaveInstance, record: InstanceRecord | None) -> None:
+        if record is None or record.desired is Desired.DISCARDED or (
+                record.start is None and record.desired is not Desired.SAVED):
+            log.info("save of %s ignored: nothing of it runs on this node", save.instance_id)
+            return
+        if record.desired is Desired.SAVED:
+            await self._converge(record, present=True)  # duplicate: finish or no-op
+            return
+        record.desired = Desired.SAVED
+        record.save_image = save.image
+        self.records.put(record)
+        await self._converge(record, present=True)
+
+    async def _on_discard(self, record: InstanceRecord | None, instance_id: str) -> None:
+        if record is None:
+            record = InstanceRecord(instance_id, Desired.DISCARDED)
+        record.desired = Desired.DISCARDED
+        self.records.put(record)
+        await self._converge(record, present=True)
+
+    # -- converging one instance ---------------------------------------------------------
+
+    async def _converge(self, record: InstanceRecord, *, present: bool,
+                        grace: float = DEFAULT_GRACE_SECONDS,
+                        received: float | None = None) -> None:
+        """Bring the pod to ``record.desired`` and record/report the resulting state.
+
+        ``present``: whether the engine has anything of this instance (reconcile knows;
+        commands assume so).
+        """
+        if record.desired is Desired.RUNNING:
+            await self._converge_running(record, present, received)
+        elif record.desired is Desired.STOPPED:
+            if present:
+                await asyncio.to_thread(self.pods.stop, record.instance_id, grace)
+            if record.state not in (S.STOPPED, S.FAILED):
+                await self._set_state(record, S.STOPPED)
+        elif record.desired is Desired.SAVED:
+            if record.state != S.SAVED:
+                await self._save(record, grace)
+        else:
+            if present:
+                await asyncio.to_thread(self.pods.remove, record.instance_id)
+            record.start = None  # drop the secrets with the pod
+            if record.state != S.DISCARDED:
+                await self._set_state(record, S.DISCARDED)
+            else:
+                self.records.put(record)
+
+    async def _converge_running(self, record: InstanceRecord, present: bool,
+                                received: float | None) -> None:
+        start = record.start_message()
+        if record.state == S.FAILED or start is None:
+            if present:
+                await asyncio.to_thread(self.pods.stop, record.instance_id, 0)
+            if record.state != S.FAILED:
+                await self._set_state(record, S.FAILED, reason="the start command was lost")
+            return
+        if record.state == S.RUNNING:
+            reason = await asyncio.to_thread(self.pods.check, start)
+            if reason is not None:
+                # A container of a running pod exited (the tool, or a helper it needs).
+                await asyncio.to_thread(self.pods.stop, record.instance_id, 0)
+                await self._set_state(record, S.FAILED, reason=reason)
+            return
+        await self._launch(record, start, received)
+
+    async def _launch(self, record: InstanceRecord, start: StartInstance,
+                      received: float | None) -> None:
+        began = received if received is not None else time.monotonic()
+        if record.state != S.STARTING:
+            await self._set_state(record, S.STARTING)
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
+
+        def progress(percent: int) -> None:  # called from the Docker thread
+            nonlocal last_sent
+            now = time.monotonic()
+            if percent < 100 and now - last_sent < PROGRESS_EVERY_SECONDS:
+                return
+            last_sent = now
+            event = self._event(record, S.STARTING, progress={"pull": percent})
+            asyncio.run_coroutine_threadsafe(self._send_quietly(event), loop)
+
+        try:
+            await asyncio.to_thread(self.pods.launch, start, self.launch_timeout, progress)
+        except LaunchError as exc:
+            self.metrics.launches.labels("failed").inc()
+            # Stopped, not removed: the containers and their logs stay until discard.
+            await asyncio.to_thread(self.pods.stop, record.instance_id, 0)
+            await self._set_state(record, S.FAILED, reason=str(exc))
+            return
+        self.metrics.launches.labels("running").inc()
+        self.metrics.launch_seconds.observe(time.monotonic() - began)
+        await self._set_state(record, S.RUNNING)
+
+    async def _save(self, record: InstanceRecord, grace: float) -> None:
+        assert record.save_image is not None
+        await asyncio.to_thread(self.pods.stop, record.instance_id, grace)
+        if record.state != S.SAVING:
+            await self._set_state(record, S.SAVING)
+        try:
+            image_id = await asyncio.to_thread(self.pods.commit, record.instance_id,
+                                               record.save_image)
+        except PodError as exc:
+            # saving -> stopped: the container is kept, the user can try again.
+            record.desired = Desired.STOPPED
+            await self._set_state(record, S.STOPPED, reason=str(exc))
+            return
+        # Until the image server lands the committed image stays on this node; the upload
+        # helper will push it from here.
+        log.info("saved %s as %s (%s)", record.instance_id, record.save_image, image_id[:19])
+        record.saved_image = record.save_image
+        await self._set_state(record, S.SAVED)
+
+    # -- states and events ---------------------------------------------------------------
+
+    def _event(self, record: InstanceRecord, state: str,
+               progress: dict[str, int] | None = None) -> InstanceStateEvent:
+        return InstanceStateEvent(
+            node_id=self.node_id, instance_id=record.instance_id, state=state,
+            reason=record.reason if state == S.FAILED or record.reason else None,
+            progress=progress or {},
+            image=record.saved_image if state == S.SAVED else None)
+
+    async def _set_state(self, record: InstanceRecord, state: S,
+                         reason: str | None = None) -> None:
+        previous = record.state
+        record.state = state
+        record.reason = reason
+        self.records.put(record)
+        await self._announce(record, previous)
+
+    async def _announce(self, record: InstanceRecord, previous: str | None) -> None:
+        state_log.info("instance=%s state=%s previous=%s reason=%r node=%s",
+                       record.instance_id, record.state, previous, record.reason, self.node_id)
+        self._refresh_gauge()
+        await self._report(record)
+
+    async def _report(self, record: InstanceRecord) -> None:
+        assert record.state is not None
+        if await self._send_quietly(self._event(record, record.state)):
+            record.reported = record.state
+            self.records.put(record)
+
+    async def _send_quietly(self, message: Message) -> bool:
+        try:
+            await self._send(message)
+        except NodeDaemonError as exc:
+            self.metrics.event_send_errors.inc()
+            log.warning("event %s not sent (will retry): %s", message.TYPE, exc)
+            return False
+        return True
+
+    async def flush(self) -> int:
+        """Send every recorded state the events queue has not accepted yet; return how many."""
+        sent = 0
+        for record in self.records.all():
+            if record.state is not None and record.state != record.reported:
+                async with self._lock(record.instance_id):
+                    fresh = self.records.get(record.instance_id)
+                    if fresh and fresh.state is not None and fresh.state != fresh.reported:
+                        await self._report(fresh)
+                        sent += int(fresh.reported == fresh.state)
+        return sent
+
+    # -- reconciling ---------------------------------------------------------------------
+
+    async def reconcile(self) -> dict[str, int]:
+        """Compare pods found on the engine with the records and repair the difference.
+
+        Returns counts: instances by state, plus ``leftovers`` removed (pods with no record).
+        """
+        found = await asyncio.to_thread(self.pods.instances)
+        for record in self.records.all():
+            present = found.pop(record.instance_id, None) is not None
+            lock = self._lock(record.instance_id)
+            if lock.locked():
+                continue  # a command is working on it right now
+            async with lock:
+                fresh = self.records.get(record.instance_id)
+                if fresh is None:
+                    continue
+                try:
+                    await self._converge(fresh, present=present)
+                except (NodeDaemonError, docker.errors.DockerException) as exc:
+                    log.error("reconcile of %s failed (retried next time): %r",
+                              fresh.instance_id, exc)
+        for instance_id, kinds in found.items():
+            # Made by this node but unknown to it (e.g. a data dir restored from backup).
+            log.warning("removing leftovers of unknown instance %s: %s", instance_id,
+                        ", ".join(kinds))
+            await asyncio.to_thread(self.pods.remove, instance_id)
+        await self.flush()
+        self.records.prune_tombstones()
+        counts = self._refresh_gauge()
+        counts["leftovers"] = len(found)
+        log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        return counts
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.state or "unknown" for r in self.records.all()))
+
+    def _refresh_gauge(self) -> dict[str, int]:
+        counts = self.counts()
+        self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
+        return counts
+
+    def heartbeat(self) -> NodeHeartbeat:
+        records = self.records.all()
+        cpu_used, mem_used = self._used()
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        return NodeHeartbeat(
+            node_id=self.node_id, version=__version__, cpu_total=self.capacity.cpu,
+            memory_mb_total=self.capacity.memory_mb, cpu_used=cpu_used,
+            memory_mb_used=mem_used, load=load,
+            running=sorted(r.instance_id for r in records if r.state == S.RUNNING
+                           and r.desired is Desired.RUNNING))

@@ -1,0 +1,213 @@
+"""The long-running node daemon: polling, heartbeats, reconciliation, shutdown.
+
+Everything is outbound: the daemon calls the portal for credentials, long-polls its own SQS
+queue, and sends events; it listens only on a loopback port for metrics. Losing the network or
+the control plane is survived: each loop backs off (1 s doubling to 60 s, with jitter) and
+resumes when calls succeed again. On SIGTERM it stops polling, finishes the commands in hand and
+exits, leaving pods running (they outlive the daemon; the next start reconciles them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import docker
+import docker.errors
+
+from node_daemon.agent import Agent, Capacity
+from node_daemon.config import (
+    METRICS_ADDRESS_FILE,
+    RECORDS_DIR,
+    NodeIdentity,
+    RunSettings,
+)
+from node_daemon.credentials import CredentialBroker
+from node_daemon.errors import NodeDaemonError, QueueError
+from node_daemon.files import ensure_private_dir, write_atomic
+from node_daemon.metrics import NodeMetrics, serve, stop_serving
+from node_daemon.network import ensure_pods_network
+from node_daemon.pods import PodRunner, PodSettings
+from node_daemon.portal import PortalClient
+from node_daemon.queues import NodeQueues, Received
+from node_daemon.records import INSTANCE_ID, RecordStore
+from protocol.errors import MessageError
+from protocol.messages import NODE_COMMANDS, decode
+from protocol.tokens import SigningKey
+
+log = logging.getLogger("dit4c.node.daemon")
+
+REJECTED_DIR = "rejected"
+"""Bodies of commands that could not be understood, kept for a human before deletion."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter: 1 s doubling up to ``cap``."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self._first, self._cap, self._next = first, cap, first
+
+    def next(self) -> float:
+        delay = random.uniform(self._next / 2, self._next)  # noqa: S311 - jitter, not crypto
+        self._next = min(self._cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+class Daemon:
+    """One node's agent loops. :meth:`run` returns after ``stopping`` is set and the commands
+    in hand are finished."""
+
+    def __init__(self, *, identity: NodeIdentity, key: SigningKey, settings: RunSettings,
+                 docker_client: docker.DockerClient) -> None:
+        self.identity = identity
+        self.key = key
+        self.settings = settings
+        self.docker = docker_client
+        self.metrics = NodeMetrics()
+        self.records = RecordStore(settings.data_dir / RECORDS_DIR)
+        self.pods = PodRunner(docker_client, PodSettings(
+            node_id=identity.node_id, network=settings.pods_network,
+            helpers_image=settings.helpers_image, labels=dict(settings.labels),
+            helper_commands=dict(settings.helper_commands)))
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.metrics_address: str | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
+        gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
+                                          settings.pods_network, settings.labels)
+        server, address = serve(self.metrics, *settings.metrics_listen)
+        self.metrics_address = address
+        write_atomic(settings.data_dir / METRICS_ADDRESS_FILE, address.encode())
+        log.info("node %s (%s) running: pods network %s (gateway %s), metrics "
+                 "http://%s/metrics, capacity %g CPU %d MB", self.identity.node_id,
+                 self.identity.name, settings.pods_network, gateway, address,
+                 self.identity.cpu, self.identity.memory_mb)
+        try:
+            async with aiohttp.ClientSession() as session:
+                portal = PortalClient(self.identity.portal_url, session)
+                broker = CredentialBroker(
+                    lambda: portal.credentials(self.identity.node_id, self.key))
+                queues = NodeQueues(broker)
+                agent = Agent(node_id=self.identity.node_id,
+                              capacity=Capacity(self.identity.cpu, self.identity.memory_mb),
+                              records=self.records, pods=self.pods, send=queues.send_event,
+                              metrics=self.metrics,
+                              launch_timeout=settings.launch_timeout_seconds)
+                background = [
+                    asyncio.create_task(self._every(settings.reconcile_seconds, agent.reconcile,
+                                                    "reconcile", stopping)),
+                    asyncio.create_task(self._every(
+                        settings.heartbeat_seconds,
+                        lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),
+                ]
+                try:
+                    await self._poll(queues, agent, stopping)
+                    # Finish the commands in hand; pods keep running.
+                    if self._inflight:
+                        log.info("stopping: finishing %d command(s) in hand", len(self._inflight))
+                        await asyncio.gather(*self._inflight, return_exceptions=True)
+                finally:
+                    for task in background:
+                        task.cancel()
+                    await asyncio.gather(*background, return_exceptions=True)
+        finally:
+            await asyncio.to_thread(stop_serving, server)
+            await asyncio.to_thread(self.pods.close)
+            log.info("node %s stopped; pods left running", self.identity.node_id)
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[object]], what: str,
+                     stopping: asyncio.Event) -> None:
+        """Run ``work`` now and then every ``seconds``; failures are logged, never fatal."""
+        while not stopping.is_set():
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except (NodeDaemonError, docker.errors.DockerException, OSError) as exc:
+                log.warning("%s failed (retried in %.0f s): %r", what, seconds, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+    async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
+        await agent.flush()
+        await queues.send_event(agent.heartbeat())
+
+    async def _poll(self, queues: NodeQueues, agent: Agent, stopping: asyncio.Event) -> None:
+        backoff = Backoff()
+        stop_wait = asyncio.create_task(stopping.wait())
+        try:
+            while not stopping.is_set():
+                receive = asyncio.create_task(queues.receive(self.settings.poll_wait_seconds))
+                await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    # Abandon the long poll: anything it still receives becomes visible again
+                    # after the queue's visibility timeout, undeleted.
+                    receive.cancel()
+                    break
+                try:
+                    messages = receive.result()
+                except QueueError as exc:
+                    self.metrics.poll_errors.inc()
+                    delay = backoff.next()
+                    log.warning("polling failed, retrying in %.1f s: %s", delay, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), delay)
+                    continue
+                backoff.reset()
+                for received in messages:
+                    task = asyncio.create_task(self._handle(received, queues, agent))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+        finally:
+            stop_wait.cancel()
+
+    async def _handle(self, received: Received, queues: NodeQueues, agent: Agent) -> None:
+        try:
+            message = decode(received.body)
+            if not isinstance(message, NODE_COMMANDS):
+                raise MessageError(f"{message.TYPE} is not a node command")
+            instance_id = getattr(message, "instance_id", "")
+            if not INSTANCE_ID.match(instance_id):
+                raise MessageError(f"instance id {instance_id!r} is not [A-Za-z0-9_-]{{1,63}}")
+        except MessageError as exc:
+            self._reject(received, str(exc))
+            await self._delete(received, queues)
+            return
+        try:
+            await agent.handle(message)
+        except (NodeDaemonError, docker.errors.DockerException, OSError) as exc:
+            self.metrics.messages.labels(message.TYPE, "retry").inc()
+            log.error("%s %s for %s failed, it will come back: %r", message.TYPE, message.id,
+                      getattr(message, "instance_id", "?"), exc)
+            return
+        self.metrics.messages.labels(message.TYPE, "done").inc()
+        await self._delete(received, queues)
+
+    def _reject(self, received: Received, why: str) -> None:
+        self.metrics.messages.labels("invalid", "rejected").inc()
+        directory = self.settings.data_dir / REJECTED_DIR
+        ensure_private_dir(directory)
+        path = directory / f"{received.message_id}.json"
+        write_atomic(path, received.body.encode())
+        log.error("rejected command %s (kept in %s): %s", received.message_id, path, why)
+
+    async def _delete(self, received: Received, queues: NodeQueues) -> None:
+        try:
+            await queues.delete(received.receipt)
+        except QueueError as exc:
+            # It comes back after the visibility timeout; handling it again is a no-op.
+            log.warning("could not delete %s: %s", received.message_id, exc)
+
+
+def load_daemon(settings: RunSettings, docker_client: docker.DockerClient) -> Daemon:
+    identity, key = NodeIdentity.load(settings.data_dir)
+    return Daemon(identity=identity, key=key, settings=settings, docker_client=docker_client)
+

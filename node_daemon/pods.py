@@ -1,0 +1,397 @@
+"""Pods over the Docker API.
+
+A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instance`` and
+``dit4c.role`` (plus the configured extra labels), sharing one network namespace:
+
+- ``netns`` — owns the namespace: the helpers image running ``sleep infinity`` under Docker's
+  init, on the pods network with ``host.docker.internal`` mapped to the host gateway. A
+  dedicated holder (rather than the listener) means a helper that crashes or is restarted never
+  takes the pod's network away from the tool.
+- ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
+  settings from :mod:`protocol.pod`, unprivileged, all capabilities dropped;
+- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage;
+- ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
+  own environment only, no Docker socket, not privileged.
+
+No port is published on the host. Every method here is synchronous (call it from a thread)
+and idempotent: run twice, it finds and reuses what the first run made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.utils import parse_repository_tag
+
+from node_daemon.errors import LaunchError, PodError
+from protocol import pod
+from protocol.messages import RegistryAccess, StartInstance
+
+log = logging.getLogger("dit4c.node.pods")
+
+ROLE_NETNS = "netns"
+"""The namespace holder's role label (this daemon's own; not a helper)."""
+ENV_STORAGE = "DIT4C_STORAGE"
+"""The storage helper's settings: the start command's ``storage`` object as JSON."""
+STORAGE_MOUNT = "/mnt"
+
+DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
+    role: ("python3", "-m", f"helpers.{role}")
+    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
+}
+HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
+                                    "pids_limit": 128}
+PROBE_INTERVAL = 0.05
+PROBE_SLICE = 5.0
+"""Seconds one readiness exec keeps trying before the daemon looks at the containers again."""
+
+# Runs inside the pod's namespace (the netns container has python3): exit 0 once the tool
+# answers HTTP on its port, 1 when the slice runs out.
+_PROBE = """
+import socket, sys, time
+port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n")
+            head = b""
+            while len(head) < 5:
+                chunk = s.recv(5 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+            if head.startswith(b"HTTP/"):
+                sys.exit(0)
+    except OSError:
+        pass
+    if time.monotonic() > until:
+        sys.exit(1)
+    time.sleep(%s)
+""" % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    node_id: str
+    network: str = pod.PODS_NETWORK
+    helpers_image: str = "dit4c/helpers:dev"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    helper_commands: Mapping[str, Sequence[str]] = field(
+        default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
+
+
+def container_name(instance_id: str, role: str) -> str:
+    return f"dit4c-{instance_id}-{role}"
+
+
+def roles_for(start: StartInstance) -> list[str]:
+    roles = [ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
+    if start.storage is not None:
+        roles.append(pod.ROLE_STORAGE)
+    return [*roles, pod.ROLE_TOOL]
+
+
+def helper_env(start: StartInstance, role: str) -> dict[str, str]:
+    """Each helper's own settings, and nothing else (the contract of protocol/pod.py)."""
+    if role == pod.ROLE_LISTENER:
+        return {pod.ENV_TUNNEL_TOKEN: start.tunnel_token,
+                pod.ENV_ROUTER_URLS: ",".join(start.router_urls),
+                pod.ENV_HOSTNAME: start.hostname,
+                pod.ENV_UPSTREAM: f"127.0.0.1:{pod.AUTH_PORT}"}
+    if role == pod.ROLE_AUTH:
+        return {pod.ENV_AUTH_LISTEN: f"127.0.0.1:{pod.AUTH_PORT}",
+                pod.ENV_AUTH_UPSTREAM: f"http://127.0.0.1:{start.port}",
+                pod.ENV_INSTANCE_ID: start.instance_id,
+                pod.ENV_PUBLIC_URL: start.url,
+                pod.ENV_OAUTH_CLIENT_ID: start.oauth.client_id,
+                pod.ENV_OAUTH_CLIENT_SECRET: start.oauth.client_secret,
+                pod.ENV_OAUTH_AUTHORIZE_URL: start.oauth.authorize_url,
+                pod.ENV_OAUTH_TOKEN_URL: start.oauth.token_url,
+                pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
+    if role == pod.ROLE_STORAGE and start.storage is not None:
+        storage = start.storage
+        return {ENV_STORAGE: json.dumps({
+            "kind": storage.kind, "bucket": storage.bucket, "prefix": storage.prefix,
+            "credentials": storage.credentials, "endpoint_url": storage.endpoint_url})}
+    return {}
+
+
+def _registry_auth(registry: RegistryAccess | None) -> dict[str, str] | None:
+    return {"registrytoken": registry.token} if registry is not None else None
+
+
+class PodRunner:
+    """Creates, checks, stops, commits and removes pods on ``client`` for one node.
+
+    Methods raise :class:`LaunchError` (with a user-facing reason) when a pod cannot come up,
+    and :class:`PodError` when the engine refuses other work; removing what is already gone is
+    success. Engine connection errors (``docker.errors.DockerException``) propagate: the
+    caller retries later.
+    """
+
+    def __init__(self, client: docker.DockerClient, settings: PodSettings) -> None:
+        self._client = client
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pod")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- finding -------------------------------------------------------------------------
+
+    def labels(self, instance_id: str, role: str) -> dict[str, str]:
+        return {**self.settings.labels, pod.LABEL_NODE: self.settings.node_id,
+                pod.LABEL_INSTANCE: instance_id, pod.LABEL_ROLE: role}
+
+    def _filters(self, instance_id: str | None = None) -> dict[str, Any]:
+        labels = [f"{pod.LABEL_NODE}={self.settings.node_id}"]
+        if instance_id is not None:
+            labels.append(f"{pod.LABEL_INSTANCE}={instance_id}")
+        return {"label": labels}
+
+    def containers(self, instance_id: str) -> dict[str, Container]:
+        """The pod's containers by role (any status)."""
+        found = self._client.containers.list(all=True, filters=self._filters(instance_id))
+        return {c.labels.get(pod.LABEL_ROLE, "?"): c for c in found}
+
+    def instances(self) -> dict[str, list[str]]:
+        """Every instance id that has a container, volume or network of this node: kinds."""
+        found: dict[str, list[str]] = {}
+        filters = self._filters()
+        for c in self._client.containers.list(all=True, filters=filters):
+            found.setdefault(c.labels.get(pod.LABEL_INSTANCE, ""), []).append("container")
+        for v in self._client.volumes.list(filters=filters):
+            labels = v.attrs.get("Labels") or {}
+            found.setdefault(labels.get(pod.LABEL_INSTANCE, ""), []).append("volume")
+        found.pop("", None)
+        return found
+
+    # -- launching -----------------------------------------------------------------------
+
+    def ensure_image(self, image: str, registry: RegistryAccess | None,
+                     progress: Callable[[int], None]) -> None:
+        """Use ``image`` if present; else pull it, calling ``progress(percent)`` as it goes."""
+        try:
+            self._client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise LaunchError(f"image reference {image!r} is invalid: "
+                              f"{exc.explanation or exc}") from exc
+        repository, tag = parse_repository_tag(image)
+        totals: dict[str, tuple[int, int]] = {}
+        last = -1
+        try:
+            for event in self._client.api.pull(repository, tag=tag or "latest", stream=True,
+                                               decode=True,
+                                               auth_config=_registry_auth(registry)):
+                if "error" in event:
+                    raise LaunchError(f"pulling {image} failed: {event['error']}")
+                detail = event.get("progressDetail") or {}
+                if event.get("id") and detail.get("total"):
+                    totals[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+                    done = sum(c for c, _ in totals.values())
+                    whole = sum(t for _, t in totals.values())
+                    percent = min(99, done * 100 // max(whole, 1))
+                    if percent >= last + 5:
+                        last = percent
+                        progress(percent)
+        except docker.errors.APIError as exc:
+            raise LaunchError(f"pulling {image} failed: {exc.explanation or exc}") from exc
+        progress(100)
+
+    def _create(self, start: StartInstance, role: str, netns: Container | None) -> Container:
+        name = container_name(start.instance_id, role)
+        common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
+                                  "detach": True, "privileged": False}
+        if role == ROLE_NETNS:
+            spec = {**common, "image": self.settings.helpers_image,
+                    "command": ["sleep", "infinity"], "init": True,
+                    "network": self.settings.network,
+                    "hostname": start.instance_id[:63],
+                    "extra_hosts": {"host.docker.internal": "host-gateway"},
+                    "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
+                    "security_opt": ["no-new-privileges"]}
+        else:
+            assert netns is not None
+            common["network_mode"] = f"container:{netns.id}"
+            volumes = {}
+            if start.storage is not None and role in (pod.ROLE_TOOL, pod.ROLE_STORAGE):
+                volume = self._storage_volume(start.instance_id)
+                volumes = {volume: {"bind": STORAGE_MOUNT, "mode": "rw"}}
+            if role == pod.ROLE_TOOL:
+                spec = {**common, "image": start.image, "environment": dict(start.env),
+                        "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
+                        "pids_limit": start.pids_limit, "volumes": volumes}
+            else:
+                spec = {**common, "image": self.settings.helpers_image,
+                        "command": list(self.settings.helper_commands[role]),
+                        "environment": helper_env(start, role), "init": True,
+                        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+                        "volumes": volumes, **HELPER_LIMITS}
+        try:
+            return self._client.containers.create(**spec)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # made by an earlier, interrupted attempt
+                return self._client.containers.get(name)
+            raise LaunchError(f"cannot create the {role} container: "
+                              f"{exc.explanation or exc}") from exc
+
+    def _storage_volume(self, instance_id: str) -> str:
+        name = container_name(instance_id, "storage")
+        try:
+            self._client.volumes.get(name)
+        except docker.errors.NotFound:
+            self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
+        return name
+
+    def _start(self, container: Container, role: str) -> None:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise LaunchError(f"cannot start the {role} container: "
+                              f"{exc.explanation or exc}") from exc
+
+    def create(self, start: StartInstance) -> None:
+        """Create and start every container of the pod, reusing what exists."""
+        existing = self.containers(start.instance_id)
+        netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
+        netns.reload()
+        restart_joined = False
+        if netns.status != "running":
+            # Containers that joined a previous run of this namespace lost it with it.
+            restart_joined = ROLE_NETNS in existing
+            self._start(netns, ROLE_NETNS)
+
+        def bring_up(role: str) -> None:
+            container = existing.get(role) or self._create(start, role, netns)
+            container.reload()
+            if container.status == "running" and restart_joined:
+                container.restart(timeout=5)
+            elif container.status != "running":
+                self._start(container, role)
+
+        for future in [self._pool.submit(bring_up, role)
+                       for role in roles_for(start) if role != ROLE_NETNS]:
+            future.result()
+
+    def check(self, start: StartInstance) -> str | None:
+        """None if every container of the pod runs; else why not (user-facing)."""
+        existing = self.containers(start.instance_id)
+        for role in roles_for(start):
+            container = existing.get(role)
+            if container is None:
+                return f"the {role} container is missing"
+            if container.status != "running":
+                return _exit_reason(container, role)
+        return None
+
+    def wait_ready(self, start: StartInstance, timeout: float) -> None:
+        """Return once the tool answers HTTP on its port inside the pod's namespace."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reason = self.check(start)
+            if reason is not None:
+                raise LaunchError(reason)
+            netns = self.containers(start.instance_id)[ROLE_NETNS]
+            slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
+            try:
+                result = netns.exec_run(["python3", "-c", _PROBE, str(start.port),
+                                         f"{slice_:.2f}"])
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # the holder stopped: check() says why next time
+                    continue
+                raise
+            if result.exit_code == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise LaunchError(f"the tool did not answer on port {start.port} within "
+                                  f"{timeout:.0f} s")
+
+    def launch(self, start: StartInstance, timeout: float,
+               progress: Callable[[int], None]) -> None:
+        self.ensure_image(start.image, start.registry, progress)
+        self.create(start)
+        self.wait_ready(start, timeout)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self, instance_id: str, grace: float) -> None:
+        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
+        existing = self.containers(instance_id)
+        netns = existing.pop(ROLE_NETNS, None)
+
+        def stop_one(container: Container) -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.stop(timeout=int(grace))
+
+        for future in [self._pool.submit(stop_one, c) for c in existing.values()]:
+            future.result()
+        if netns is not None:
+            stop_one(netns)
+
+    def commit(self, instance_id: str, image: str) -> str:
+        """Commit the tool container as ``image``; return the new image id."""
+        tool = self.containers(instance_id).get(pod.ROLE_TOOL)
+        if tool is None:
+            raise PodError(f"instance {instance_id} has no tool container to save")
+        repository, tag = parse_repository_tag(image)
+        labels = {**self.settings.labels, pod.LABEL_INSTANCE: instance_id}
+        changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
+        try:
+            committed = tool.commit(repository=repository, tag=tag or "latest",
+                                    message=f"dit4c: saved instance {instance_id}",
+                                    changes=changes)
+        except docker.errors.APIError as exc:
+            raise PodError(f"saving {instance_id} as {image} failed: "
+                           f"{exc.explanation or exc}") from exc
+        return str(committed.id)
+
+    def remove(self, instance_id: str) -> None:
+        """Remove every container, volume and network of the pod."""
+        filters = self._filters(instance_id)
+
+        def remove_one(container: Container) -> None:
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: removal already in progress
+                    raise
+
+        containers = self._client.containers.list(all=True, filters=filters)
+        for future in [self._pool.submit(remove_one, c) for c in containers]:
+            future.result()
+        for volume in self._client.volumes.list(filters=filters):
+            with contextlib.suppress(docker.errors.NotFound):
+                volume.remove(force=True)
+        for network in self._client.networks.list(filters=filters):
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+
+
+def _exit_reason(container: Container, role: str) -> str:
+    state = container.attrs.get("State", {})
+    if container.status == "created":
+        return f"the {role} container was created but never started"
+    what = "tool" if role == pod.ROLE_TOOL else f"{role} helper"
+    reason = f"the {what} exited with code {state.get('ExitCode', '?')}"
+    if state.get("OOMKilled"):
+        reason += " (out of memory)"
+    try:
+        tail = container.logs(tail=3).decode(errors="replace").strip()
+    except docker.errors.APIError:
+        tail = ""
+    return f"{reason}: {tail[-300:]}" if tail else reason

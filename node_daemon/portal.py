@@ -1,0 +1,119 @@
+"""The control plane's two node endpoints (contract: docs/contracts.md, "Node API").
+
+- ``POST /api/nodes/enroll`` ``{join_token, public_jwk, name, cpu, memory_mb}`` -> 201
+  ``{node_id, cluster_id, queue_url, events_queue_url}``
+- ``POST /api/nodes/{id}/credentials`` with ``Authorization: Bearer <node JWT>`` -> 200
+  ``{access_key_id, secret_access_key, session_token, expiration, region, queue_url,
+  events_queue_url, endpoint_url}``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from node_daemon.errors import PortalError
+from protocol.tokens import SigningKey, node_claims
+
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    node_id: str
+    cluster_id: str
+    queue_url: str
+    events_queue_url: str
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    """Short-lived STS credentials scoped to this node's queues."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: datetime
+    region: str
+    queue_url: str
+    events_queue_url: str
+    endpoint_url: str | None
+
+
+def _require(body: Any, fields: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise PortalError(f"{what}: the portal answered with something other than an object")
+    missing = [f for f in fields if not isinstance(body.get(f), str) or not body[f]]
+    if missing:
+        raise PortalError(f"{what}: the portal's answer lacks {', '.join(missing)}")
+    return body
+
+
+def parse_expiration(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PortalError(f"credentials: expiration {text!r} is not an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class PortalClient:
+    """Calls the portal at ``base_url`` over ``session`` (owned by the caller)."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = session
+
+    async def _post(self, path: str, body: dict[str, Any], what: str,
+                    headers: dict[str, str] | None = None) -> Any:
+        url = f"{self._base}{path}"
+        try:
+            async with self._session.post(url, json=body, headers=headers,
+                                          timeout=DEFAULT_TIMEOUT) as response:
+                try:
+                    payload = await response.json(content_type=None)
+                except ValueError:
+                    payload = None
+                if response.status >= 400:
+                    detail = ""
+                    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+                        detail = f": {payload['error'].get('message', '')}"
+                    raise PortalError(f"{what} refused by {url} ({response.status}){detail}",
+                                      status=response.status)
+                return payload
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise PortalError(f"{what}: cannot reach {url}: {exc!r}") from None
+
+    async def enroll(self, *, join_token: str, key: SigningKey, name: str, cpu: float,
+                     memory_mb: int) -> Enrolment:
+        body = await self._post(
+            "/api/nodes/enroll",
+            {"join_token": join_token, "public_jwk": key.public_jwk(), "name": name,
+             "cpu": cpu, "memory_mb": memory_mb},
+            "enrolment")
+        fields = _require(body, ("node_id", "cluster_id", "queue_url", "events_queue_url"),
+                          "enrolment")
+        return Enrolment(fields["node_id"], fields["cluster_id"], fields["queue_url"],
+                         fields["events_queue_url"])
+
+    async def credentials(self, node_id: str, key: SigningKey) -> AwsCredentials:
+        token = key.sign(node_claims(node_id=node_id))
+        body = await self._post(f"/api/nodes/{node_id}/credentials", {}, "credentials",
+                                headers={"Authorization": f"Bearer {token}"})
+        fields = _require(body, ("access_key_id", "secret_access_key", "session_token",
+                                 "expiration", "region", "queue_url", "events_queue_url"),
+                          "credentials")
+        endpoint = fields.get("endpoint_url")
+        return AwsCredentials(
+            access_key_id=fields["access_key_id"],
+            secret_access_key=fields["secret_access_key"],
+            session_token=fields["session_token"],
+            expiration=parse_expiration(fields["expiration"]),
+            region=fields["region"],
+            queue_url=fields["queue_url"],
+            events_queue_url=fields["events_queue_url"],
+            endpoint_url=endpoint if isinstance(endpoint, str) and endpoint else None,
+        )

@@ -1,0 +1,360 @@
+"""The node daemon as a real process against the real Docker engine, moto's SQS and a fake
+control plane (node_daemon.testing): pods come up, answer, stop, save, and go away; commands
+are idempotent and ordered; pods are isolated from each other; the tool sees no secrets."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from node_daemon.network import ensure_pods_network
+from node_daemon.testing import EventLog, FakePortal, MotoServer, NodeProcess, sample_start
+from protocol import pod
+from protocol.messages import DiscardInstance, SaveInstance, StopInstance
+
+pytestmark = [pytest.mark.docker]
+
+STANDIN_HELPER = ["python3", "-c", "import signal; signal.pause()"]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def portal(moto: MotoServer) -> Iterator[FakePortal]:
+    fake = FakePortal(moto)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def events(portal: FakePortal) -> EventLog:
+    return EventLog(portal)
+
+
+@pytest.fixture(scope="module")
+def pods_network(docker_client: docker.DockerClient, run_labels: dict[str, str],
+                 unique_name: Callable[[str], str]) -> str:
+    name = unique_name("pods")
+    ensure_pods_network(docker_client, name, run_labels)
+    return name  # removed with everything else labelled by this run
+
+
+@pytest.fixture(scope="module")
+def helper_commands(docker_client: docker.DockerClient, helpers_image: str) -> dict[str, list[str]]:
+    """The real helpers once they exist in the image; until then a stand-in that stays up.
+
+    The daemon never depends on what a helper does to call a pod running (the tool answering
+    is the test), but it does report a helper that exits, so a missing module would fail every
+    launch.
+    """
+    probe = ("import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) "
+             "for m in ('helpers.listener', 'helpers.auth')) else 1)")
+    try:
+        docker_client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
+    except docker.errors.ContainerError:
+        return {pod.ROLE_LISTENER: STANDIN_HELPER, pod.ROLE_AUTH: STANDIN_HELPER}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def node_env(pods_network: str, run_labels: dict[str, str],
+             helper_commands: dict[str, list[str]], tool_image: str) -> dict[str, str]:
+    return {"DIT4C_NODE_PODS_NETWORK": pods_network,
+            "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
+            "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+            "DIT4C_NODE_RECONCILE_SECONDS": "2",
+            "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "60",
+            "DIT4C_NODE_HELPER_COMMANDS": json.dumps(helper_commands)}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
+         node_env: dict[str, str]) -> Iterator[NodeProcess]:
+    process = NodeProcess(portal, tmp_path_factory.mktemp("nodes") / "main", node_env)
+    process.join()
+    process.start()
+    yield process
+    process.stop()
+
+
+@dataclass
+class Harness:
+    """What most tests here need: the engine, the running node, its events, the tool image."""
+
+    client: docker.DockerClient
+    node: NodeProcess
+    events: EventLog
+    tool_image: str
+    pods_network: str
+    run_labels: dict[str, str]
+
+    def wait_state(self, instance_id: str, state: str, timeout: float = 60):
+        return wait_state(self.events, self.node, instance_id, state, timeout)
+
+    def pod(self, instance_id: str):
+        return pod_containers(self.client, instance_id)
+
+
+@pytest.fixture
+def h(docker_client, node, events, tool_image, run_labels) -> Harness:
+    return Harness(docker_client, node, events, tool_image,
+                   node.env["DIT4C_NODE_PODS_NETWORK"], run_labels)
+
+
+def wait_state(events: EventLog, node: NodeProcess, instance_id: str, state: str,
+               timeout: float = 60):
+    try:
+        return events.wait_state(instance_id, state, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- node log ---\n{node.log_text()[-4000:]}") from None
+
+
+def pod_containers(client: docker.DockerClient, instance_id: str):
+    return {c.labels[pod.LABEL_ROLE]: c for c in client.containers.list(
+        all=True, filters={"label": f"{pod.LABEL_INSTANCE}={instance_id}"})}
+
+
+def new_id() -> str:
+    return "i" + uuid.uuid4().hex[:12]
+
+
+def exec_out(container, argv: list[str]) -> tuple[int, str]:
+    result = container.exec_run(argv)
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def test_launch_answer_stop_save_discard(h: Harness):
+    docker_client, node, events = h.client, h.node, h.events
+    tool_image, pods_network, run_labels = h.tool_image, h.pods_network, h.run_labels
+    iid = new_id()
+    start = sample_start(iid, tool_image, cpu=0.5, memory_mb=96, pids_limit=64,
+                         env={"TOOL_SETTING": "x"})
+    node.send(start)
+    wait_state(events, node, iid, "running")
+    assert [e.state for e in events.states(iid)] == ["starting", "running"]
+
+    containers = pod_containers(docker_client, iid)
+    assert set(containers) == {"netns", "listener", "auth", "tool"}
+    for role, container in containers.items():
+        assert container.status == "running", role
+        assert container.labels[pod.LABEL_NODE] == node.node_id
+        assert container.labels[pod.LABEL_INSTANCE] == iid
+        for key, value in run_labels.items():
+            assert container.labels[key] == value
+        host_config = container.attrs["HostConfig"]
+        assert not host_config["PortBindings"], f"{role} publishes a host port"
+        assert not host_config["Privileged"]
+        assert not any("docker.sock" in b for b in host_config.get("Binds") or [])
+    netns = containers["netns"]
+    assert list(netns.attrs["NetworkSettings"]["Networks"]) == [pods_network]
+    for role in ("listener", "auth", "tool"):
+        assert containers[role].attrs["HostConfig"]["NetworkMode"] == f"container:{netns.id}"
+    tool_config = containers["tool"].attrs["HostConfig"]
+    assert tool_config["NanoCpus"] == 500_000_000
+    assert tool_config["Memory"] == 96 * 1024 * 1024
+    assert tool_config["PidsLimit"] == 64
+
+    # The tool answers inside the pod: the auth helper's upstream, from the auth container.
+    code, page = exec_out(containers["auth"], [
+        "python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+        "'http://127.0.0.1:8080/', timeout=5).read().decode())"])
+    assert code == 0, page
+    assert "html" in page.lower()
+
+    node.send(StopInstance(instance_id=iid, grace_seconds=2))
+    wait_state(events, node, iid, "stopped")
+    assert {c.status for c in pod_containers(docker_client, iid).values()} == {"exited"}
+
+    saved = f"dit4c-test-saved/{iid}:v1"
+    node.send(SaveInstance(instance_id=iid, image=saved))
+    event = wait_state(events, node, iid, "saved")
+    assert event.image == saved
+    image = docker_client.images.get(saved)
+    assert image.labels[pod.LABEL_INSTANCE] == iid
+    for key, value in run_labels.items():
+        assert image.labels[key] == value  # so the test run's cleanup removes it
+
+    node.send(DiscardInstance(instance_id=iid))
+    wait_state(events, node, iid, "discarded")
+    assert pod_containers(docker_client, iid) == {}
+    assert docker_client.volumes.list(filters={"label": f"{pod.LABEL_INSTANCE}={iid}"}) == []
+    assert [e.state for e in events.states(iid)] == [
+        "starting", "running", "stopped", "saving", "saved", "discarded"]
+
+
+def wait_drained(h: Harness, timeout: float = 30) -> None:
+    """Until the node's queue holds nothing, visible or in flight: every command handled."""
+    import time
+
+    url = h.node.portal.queue_url(h.node.node_id)
+    deadline = time.monotonic() + timeout
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    while True:
+        attrs = h.node.portal.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        if all(attrs["Attributes"][n] == "0" for n in names):
+            return
+        assert time.monotonic() < deadline, f"queue not drained: {attrs['Attributes']}"
+        time.sleep(0.2)
+
+
+def http_get_from(container, address: str) -> str:
+    """An HTTP request from inside ``container`` (busybox nc: its static wget crashes)."""
+    _, out = exec_out(container, ["sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | "
+                                  f"nc -w 3 {address} 8080"])
+    return out
+
+
+def test_duplicate_start_makes_one_pod(h: Harness):
+    iid = new_id()
+    start = sample_start(iid, h.tool_image)
+    h.node.send(start)
+    h.node.send(start)  # SQS delivering twice
+    h.node.send(sample_start(iid, h.tool_image))  # the control plane re-sending
+    h.wait_state(iid, "running")
+    wait_drained(h)
+    assert sorted(h.pod(iid)) == ["auth", "listener", "netns", "tool"]
+    assert [e.state for e in h.events.states(iid)] == ["starting", "running"]
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+
+
+def test_stop_before_start_and_commands_after_discard(h: Harness):
+    early = new_id()
+    h.node.send(StopInstance(instance_id=early))
+    h.wait_state(early, "stopped")
+    h.node.send(sample_start(early, h.tool_image))  # overtaken by its stop: never runs
+    late = new_id()
+    h.node.send(sample_start(late, h.tool_image))
+    h.wait_state(late, "running")
+    h.node.send(DiscardInstance(instance_id=late))
+    h.wait_state(late, "discarded")
+    h.node.send(StopInstance(instance_id=late))
+    h.node.send(sample_start(late, h.tool_image))
+    wait_drained(h)
+    h.events.poll()
+    assert h.pod(early) == {}
+    assert h.pod(late) == {}
+    assert [e.state for e in h.events.states(early)] == ["stopped"]
+    assert [e.state for e in h.events.states(late)] == ["starting", "running", "discarded"]
+
+
+def test_start_without_room_fails_with_reason(h: Harness):
+    iid = new_id()
+    h.node.send(sample_start(iid, h.tool_image, memory_mb=10 * h.node.memory_mb))
+    event = h.wait_state(iid, "failed")
+    assert "no room" in (event.reason or "")
+    assert h.pod(iid) == {}
+
+
+def test_missing_image_fails_with_reason(h: Harness):
+    iid = new_id()
+    h.node.send(sample_start(iid, f"dit4c-test-absent/{iid}:none"))
+    event = h.wait_state(iid, "failed")
+    assert "pulling" in (event.reason or ""), event.reason
+    assert h.pod(iid) == {}
+
+
+def test_pods_cannot_reach_each_other(h: Harness):
+    first, second = new_id(), new_id()
+    for iid in (first, second):
+        h.node.send(sample_start(iid, h.tool_image))
+    for iid in (first, second):
+        h.wait_state(iid, "running")
+    netns = h.pod(second)["netns"]
+    address = netns.attrs["NetworkSettings"]["Networks"][h.pods_network]["IPAddress"]
+    # Control: the second pod's tool does answer at that address (from the host).
+    with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as answer:
+        assert answer.status == 200
+    tool = h.pod(first)["tool"]
+    assert "HTTP/1.1 200" in http_get_from(tool, "127.0.0.1"), "a pod reaches its own tool"
+    # The attack: the first pod's tool asks for the second pod's page.
+    answer = http_get_from(tool, address)
+    assert "HTTP/" not in answer, f"pod {first} reached pod {second}: {answer}"
+    for iid in (first, second):
+        h.node.send(DiscardInstance(instance_id=iid))
+
+
+def test_tool_sees_no_helper_secrets(h: Harness):
+    iid = new_id()
+    start = sample_start(iid, h.tool_image, env={"TOOL_ONLY": "yes"})
+    h.node.send(start)
+    h.wait_state(iid, "running")
+    containers = h.pod(iid)
+    secrets = [start.tunnel_token, start.oauth.client_secret]
+
+    def config_env(role: str) -> str:
+        return "\n".join(containers[role].attrs["Config"]["Env"] or [])
+
+    # The attack: read every environment the tool can see, and look for the Docker socket.
+    code, seen = exec_out(containers["tool"], ["sh", "-c", "env; cat /proc/*/environ"])
+    assert "TOOL_ONLY=yes" in seen
+    for secret in secrets:
+        assert secret not in seen
+        assert secret not in config_env("tool")
+    code, _ = exec_out(containers["tool"], ["ls", "/var/run/docker.sock"])
+    assert code != 0
+    # Each helper has its own settings only.
+    assert start.tunnel_token in config_env("listener")
+    assert start.oauth.client_secret not in config_env("listener")
+    assert start.oauth.client_secret in config_env("auth")
+    assert start.tunnel_token not in config_env("auth")
+    h.node.send(DiscardInstance(instance_id=iid))
+
+
+def test_helper_exit_is_reported(h: Harness):
+    iid = new_id()
+    h.node.send(sample_start(iid, h.tool_image))
+    h.wait_state(iid, "running")
+    h.pod(iid)["listener"].kill()
+    event = h.wait_state(iid, "failed", timeout=30)  # the reconcile timer notices
+    assert "listener helper exited" in (event.reason or ""), event.reason
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+    assert h.pod(iid) == {}
+
+
+def test_bad_commands_are_kept_and_dropped(h: Harness):
+    url = h.node.portal.queue_url(h.node.node_id)
+    h.node.portal.sqs.send_message(QueueUrl=url, MessageBody="not json")
+    bad = sample_start("../escape", h.tool_image)
+    h.node.portal.sqs.send_message(QueueUrl=url, MessageBody=bad.encode())
+    wait_drained(h)
+    kept = sorted(p.read_text() for p in (h.node.data_dir / "rejected").iterdir())
+    assert "not json" in kept
+    assert any("../escape" in body for body in kept)
+    assert "rejected command" in h.node.log_text()
+
+
+def test_heartbeats_and_metrics(h: Harness):
+    iid = new_id()
+    h.node.send(sample_start(iid, h.tool_image))
+    h.wait_state(iid, "running")
+    h.events.wait_for(lambda: any(iid in b.running for b in h.events.heartbeats()), 15,
+                      "a heartbeat naming the running instance")
+    beat = next(b for b in h.events.heartbeats() if iid in b.running)
+    assert beat.node_id == h.node.node_id
+    assert beat.cpu_total == h.node.cpu
+    assert beat.memory_mb_total == h.node.memory_mb
+    assert beat.cpu_used >= 0.5
+    assert beat.version
+    address = (h.node.data_dir / "metrics-address").read_text()
+    assert address.startswith("127.0.0.1:")
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    assert 'dit4c_node_pods{state="running"}' in text
+    assert 'dit4c_node_launches_total{result="running"}' in text
+    assert "dit4c_node_launch_seconds_bucket" in text
+    assert "dit4c_node_queue_poll_errors_total 0.0" in text
+    h.node.send(DiscardInstance(instance_id=iid))
