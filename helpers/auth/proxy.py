@@ -30,7 +30,7 @@ WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
     "sec-websocket-protocol", "sec-websocket-accept",
 })
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 """Connect quickly or fail; after that a tool may stream or long-poll for as long as it likes."""
