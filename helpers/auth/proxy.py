@@ -140,10 +140,16 @@ class Upstream:
                                           headers=_response_headers(upstream.headers,
                                                                     self._cookie_names))
             await response.prepare(request)
-            if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    await response.write(chunk)
-            await response.write_eof()
+            try:
+                if request.method != "HEAD":
+                    async for chunk in upstream.content.iter_chunked(CHUNK):
+                        await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+                # Headers are gone already: all we can do is cut the response short.
+                log.info("%s %s cut short: %r", request.method, request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
             return response
 
     async def forward_websocket(self, request: web.Request,
