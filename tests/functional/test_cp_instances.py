@@ -221,6 +221,14 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     got_b = alice.get(f"/api/instances/{b['id']}").json
     assert got_b["state"] == "scheduled" and got_b["node_id"] == second["node_id"]
     assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+    told = [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])
+            if m.TYPE == "discard_instance"]
+    assert sorted(told) == sorted([("discard_instance", a["id"]), ("discard_instance", b["id"])])
+    # when the old node comes back still running b, it is told again to discard it
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=b["id"], state="running"))
+    assert [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])] == \
+        [("discard_instance", b["id"])]
+    assert alice.get(f"/api/instances/{b['id']}").json["node_id"] == second["node_id"]
 
 
 def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
