@@ -72,15 +72,15 @@ class StackProcess:
     def output(self) -> str:
         return "\n".join(["-- stdout", *self.lines, "-- stderr", *self.errors[-80:]])
 
-    def interrupt(self) -> float:
-        """SIGINT (Ctrl-C); returns how long the stack took to exit."""
+    def interrupt(self, sig: signal.Signals = signal.SIGINT) -> float:
+        """SIGINT (Ctrl-C) or SIGTERM; returns how long the stack took to exit."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(sig)
         try:
             self.process.wait(STOP_DEADLINE)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"still running {STOP_DEADLINE} s after SIGINT:\n{self.output()}"
+                f"still running {STOP_DEADLINE} s after {sig.name}:\n{self.output()}"
             ) from None
         return time.monotonic() - started
 
@@ -396,7 +396,59 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
         listed = {i["id"]: i for i in json.loads(body)["instances"]}
         assert instance["id"] in listed
         assert listed[instance["id"]]["state"] == "running"
+        again.interrupt(signal.SIGTERM)
+        assert again.process.returncode == 0, again.output()
+    finally:
+        again.kill()
+
+
+def _children(data_dir: Path) -> dict[str, int]:
+    return {p.stem: json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")}
+
+
+def test_a_child_that_dies_stops_the_stack_with_its_log(stack_env):
+    data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    stack = StackProcess(stack_env)
+    try:
+        stack.wait_ready()
+        router = _children(data_dir)["edge-router"]
+        os.kill(router, signal.SIGKILL)
+        stack.process.wait(STOP_DEADLINE + 5)
+        assert stack.process.returncode == 1
+        errors = "\n".join(stack.errors)
+        assert f"edge-router exited unexpectedly with status {-signal.SIGKILL}" in errors
+        assert "edge-router.log" in errors
+        ports = [port_of(stack_env, n) for n in ("DIT4C_PORTAL_PORT", "DIT4C_AWS_PORT")]
+        assert not [p for p in ports if _listening(p)]
+        assert _children(data_dir) == {}
+    finally:
+        stack.kill()
+
+
+def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env):
+    data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    killed = StackProcess(stack_env)
+    try:
+        killed.wait_ready()
+        orphans = _children(data_dir)
+        killed.process.kill()  # no clean-up at all: the children live on
+        killed.process.wait(10)
+        assert all(_alive(pid) for pid in orphans.values())
+    finally:
+        killed.kill()
+
+    again = StackProcess(stack_env)
+    try:
+        again.wait_ready()
+        said = "\n".join(again.lines)
+        for name in orphans:
+            assert f"stopped {name} left running by an earlier stack" in said
+        assert not [pid for pid in orphans.values() if _alive(pid)]
+        password = (data_dir / "admin-password").read_text().strip()
+        assert log_in(Browser(), port_of(stack_env, "DIT4C_PORTAL_PORT"), "alice",
+                      "alice-password-1") == 200
+        assert f"admin / {password}" in said
         again.interrupt()
-        assert again.process.returncode == 0
+        assert again.process.returncode == 0, again.output()
     finally:
         again.kill()
