@@ -127,6 +127,15 @@ def test_a_running_pump_delivers_and_stops_promptly(queue):
         running.stop()
 
 
+def test_stopping_the_pump_hands_over_what_is_still_queued(queue):
+    sqs, url, _ = queue
+    for n in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=f"last-{n}")
+    bodies: list[str] = []
+    pump(queue, lambda event, context: bodies.extend(r["body"] for r in event["Records"])).stop()
+    assert sorted(bodies) == sorted(f"last-{n}" for n in range(12))
+
+
 def test_the_schedule_sends_a_scheduled_event():
     events = []
     timer = ScheduleTimer(spec(), lambda event, context: events.append((event, context)),
