@@ -340,12 +340,12 @@ class NodeProcess:
         self.node_id = ""
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "node_daemon", *args, "--data-dir", str(self.data_dir)]
 
     def join(self) -> str:
         done = subprocess.run(
-            self._argv("join", "--portal", self.portal.url, "--token",
+            self.argv("join", "--portal", self.portal.url, "--token",
                        self.portal.new_join_token(), "--cpu", str(self.cpu),
                        "--memory-mb", str(self.memory_mb), "--name", self.data_dir.name),
             env=self.env, capture_output=True, text=True, timeout=60, check=False)
@@ -356,7 +356,7 @@ class NodeProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self._argv("run"), env=self.env, stdout=log,
+        self.process = subprocess.Popen(self.argv("run"), env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT)
         log.close()
 

@@ -79,6 +79,8 @@ def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
                      str(joined.data_dir): {"bind": "/var/lib/dit4c-node", "mode": "rw"}},
             environment={**{k: v for k, v in settings.items() if k.startswith("DIT4C_")},
                          "PYTHONPATH": "/opt/dit4c:/opt/deps",
+                         # The host's network: never the default port another node may hold.
+                         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
                          "DIT4C_NODE_DATA_DIR": "/var/lib/dit4c-node"})
 
     events = EventLog(portal)

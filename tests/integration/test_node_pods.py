@@ -4,6 +4,7 @@ are idempotent and ordered; pods are isolated from each other; the tool sees no 
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -361,3 +362,20 @@ def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
     h.node.send(DiscardInstance(instance_id=iid))
     h.wait_state(iid, "discarded")
     assert h.pod(iid) == {}
+
+
+def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
+    import socket
+
+    other = NodeProcess(h.node.portal, tmp_path / "other", h.node.env)
+    other.join()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*other.argv("run"), "--metrics-listen", f"127.0.0.1:{port}"], env=other.env,
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
