@@ -379,3 +379,29 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
     assert done.returncode == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_storage_helper_and_tool_share_a_pod_volume(h: Harness):
+    from protocol.messages import StorageAccess
+
+    iid = new_id()
+    secret = f"storage-secret-{uuid.uuid4().hex}"
+    start = sample_start(iid, h.tool_image, storage=StorageAccess(
+        kind="s3", bucket="b", prefix=f"users/{iid}/",
+        credentials={"aws_secret_access_key": secret}))
+    h.node.send(start)
+    h.wait_state(iid, "running")
+    containers = h.pod(iid)
+    assert sorted(containers) == ["auth", "listener", "netns", "storage", "tool"]
+    code, _ = exec_out(containers["tool"], ["sh", "-c", "echo kept > /mnt/file"])
+    assert code == 0
+    assert exec_out(containers["storage"], ["cat", "/mnt/file"]) == (0, "kept\n")
+    storage_env = "\n".join(containers["storage"].attrs["Config"]["Env"])
+    assert secret in storage_env
+    for role in ("tool", "listener", "auth"):
+        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
+    volume_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
+    assert len(h.client.volumes.list(filters=volume_filter)) == 1
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+    assert h.client.volumes.list(filters=volume_filter) == []
