@@ -148,6 +148,9 @@ def test_launch_answer_stop_save_discard(h: Harness):
         assert not any("docker.sock" in b for b in host_config.get("Binds") or [])
     netns = containers["netns"]
     assert list(netns.attrs["NetworkSettings"]["Networks"]) == [pods_network]
+    assert netns.attrs["HostConfig"]["ExtraHosts"] == ["host.docker.internal:host-gateway"]
+    code, hosts = exec_out(containers["tool"], ["cat", "/etc/hosts"])
+    assert "host.docker.internal" in hosts  # the joined containers share the holder's hosts
     for role in ("listener", "auth", "tool"):
         assert containers[role].attrs["HostConfig"]["NetworkMode"] == f"container:{netns.id}"
     tool_config = containers["tool"].attrs["HostConfig"]
