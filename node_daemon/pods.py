@@ -4,7 +4,7 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
 ``dit4c.role`` (plus the configured extra labels), sharing one network namespace:
 
 - ``netns`` — owns the namespace: the helpers image running ``sleep infinity`` under Docker's
-  init, on the pods network with ``host.docker.internal`` mapped to the host gateway. A
+  init, on the pods network with ``host.docker.internal`` mapped to that bridge's gateway. A
   dedicated holder (rather than the listener) means a helper that crashes or is restarted never
   takes the pod's network away from the tool.
 - ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
@@ -34,6 +34,7 @@ from docker.utils import parse_repository_tag
 
 from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
+from node_daemon.network import ensure_pods_network
 from protocol import pod
 from protocol.messages import RegistryAccess, StartInstance
 
@@ -158,6 +159,12 @@ class PodRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    def _pods_gateway(self) -> str:
+        # Not Docker's "host-gateway": that is docker0's address, and the host's services
+        # (portal, edge routers of the local stack) listen on the pods bridge's gateway only.
+        # Asking each time also brings back a pods network someone removed.
+        return ensure_pods_network(self._client, self.settings.network, self.settings.labels)
+
     # -- finding -------------------------------------------------------------------------
 
     def labels(self, instance_id: str, role: str) -> dict[str, str]:
@@ -233,7 +240,7 @@ class PodRunner:
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
                     "hostname": start.instance_id[:63],
-                    "extra_hosts": {"host.docker.internal": "host-gateway"},
+                    "extra_hosts": {"host.docker.internal": self._pods_gateway()},
                     "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
                     "security_opt": ["no-new-privileges"]}
         else:
