@@ -148,7 +148,9 @@ def test_launch_answer_stop_save_discard(h: Harness):
         assert not any("docker.sock" in b for b in host_config.get("Binds") or [])
     netns = containers["netns"]
     assert list(netns.attrs["NetworkSettings"]["Networks"]) == [pods_network]
-    assert netns.attrs["HostConfig"]["ExtraHosts"] == ["host.docker.internal:host-gateway"]
+    # The host as the pods bridge's gateway (where the local stack listens), not docker0.
+    gateway = ensure_pods_network(docker_client, pods_network)
+    assert netns.attrs["HostConfig"]["ExtraHosts"] == [f"host.docker.internal:{gateway}"]
     code, hosts = exec_out(containers["tool"], ["cat", "/etc/hosts"])
     assert "host.docker.internal" in hosts  # the joined containers share the holder's hosts
     for role in ("listener", "auth", "tool"):
