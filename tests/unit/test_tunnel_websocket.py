@@ -68,8 +68,11 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+Pair = tuple[TunnelSocket, FakeTransport, list[tuple[int, bytes]]]
+
+
 @pytest.fixture
-async def socket_pair() -> tuple[TunnelSocket, FakeTransport, list[tuple[int, bytes]]]:
+async def socket_pair() -> Pair:
     opened: list[tuple[int, bytes]] = []
     mux = Mux(on_open=lambda sid, first: opened.append((sid, bytes(first))))
     sock = TunnelSocket(mux, lambda reason: None, heartbeat=1.0)
@@ -78,7 +81,7 @@ async def socket_pair() -> tuple[TunnelSocket, FakeTransport, list[tuple[int, by
     return sock, transport, opened
 
 
-async def test_frames_split_anywhere_reach_the_mux(socket_pair: tuple) -> None:
+async def test_frames_split_anywhere_reach_the_mux(socket_pair: Pair) -> None:
     sock, _, opened = socket_pair
     big = os.urandom(300_000)
     data = (client_frame(BINARY, tunnel.encode(tunnel.OPEN, 1, b"small"))
@@ -90,7 +93,7 @@ async def test_frames_split_anywhere_reach_the_mux(socket_pair: tuple) -> None:
     assert opened == [(1, b"small"), (2, big), (3, b"")]
 
 
-async def test_ping_gets_pong_and_close_is_answered(socket_pair: tuple) -> None:
+async def test_ping_gets_pong_and_close_is_answered(socket_pair: Pair) -> None:
     sock, transport, _ = socket_pair
     sock.data_received(client_frame(PING, b"hi"))
     assert server_frames(bytes(transport.written)) == [(PONG, b"hi")]
@@ -106,7 +109,7 @@ async def test_ping_gets_pong_and_close_is_answered(socket_pair: tuple) -> None:
     bytes((0x82 | 0x40, 0x80 | 1)) + bytes(5),  # RSV1 without an extension
     bytes((0x82, 0x80 | 127)) + struct.pack("!Q", 1 << 40),
 ])
-async def test_protocol_errors_close_the_tunnel(socket_pair: tuple, bad: bytes) -> None:
+async def test_protocol_errors_close_the_tunnel(socket_pair: Pair, bad: bytes) -> None:
     sock, transport, _ = socket_pair
     sock.data_received(bad)
     assert transport.closed and sock.mux.closed
@@ -114,7 +117,7 @@ async def test_protocol_errors_close_the_tunnel(socket_pair: tuple, bad: bytes) 
     assert code == websocket.CLOSE_PROTOCOL
 
 
-async def test_queued_frames_go_out_as_binary_messages_once_per_round(socket_pair: tuple) -> None:
+async def test_queued_frames_go_out_as_binary_messages_once_per_round(socket_pair: Pair) -> None:
     sock, transport, _ = socket_pair
     for i in range(3):
         sock.mux.outbox.put(tunnel.encode(tunnel.DATA, i, b"abc"))
