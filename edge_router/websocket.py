@@ -146,7 +146,7 @@ class TunnelSocket(asyncio.Protocol):
                 self._need = header + 4 + size
                 break
             mask = data[start - 4:start]
-            payload = bytearray(data[start:start + size])
+            payload = bytearray(memoryview(data)[start:start + size])  # the one copy
             unmask(mask, payload)
             pos = start + size
             fin = first & 0x80
