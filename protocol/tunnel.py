@@ -161,14 +161,16 @@ class Outbox:
 class Stream:
     """One multiplexed byte stream with credit-based flow control in both directions."""
 
-    __slots__ = ("_owed", "_pending", "closed", "credit", "eof_received", "eof_sent", "id",
-                 "mux", "sink")
+    __slots__ = ("_owed", "_pending", "allowance", "closed", "credit", "eof_received",
+                 "eof_sent", "id", "mux", "sink")
 
     def __init__(self, mux: Mux, stream_id: int, sink: Sink) -> None:
         self.mux = mux
         self.id = stream_id
         self.sink = sink
         self.credit = mux.window
+        self.allowance = mux.window
+        """Bytes the peer may still send us: a peer that ignores its credit is cut off."""
         self._pending: bytes = b""
         self._owed = 0
         self.eof_sent = False
@@ -221,6 +223,7 @@ class Stream:
             return
         self._owed += size
         if self._owed * 4 >= self.mux.window:
+            self.allowance += self._owed
             self.mux.outbox.put(encode(WINDOW, self.id, CREDIT.pack(self._owed)))
             self._owed = 0
 
@@ -278,7 +281,7 @@ class Mux:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         stream = Stream(self, stream_id, sink)
         self.streams[stream_id] = stream
-        stream.credit -= len(first)
+        stream.credit -= len(first)  # the peer counts OPEN's bytes against our window
         self.outbox.put(HEADER.pack(OPEN, stream_id, len(first)) + first)
         return stream
 
@@ -296,6 +299,9 @@ class Mux:
             stream = self.streams.get(stream_id)
             if kind == DATA:
                 if stream is not None:
+                    stream.allowance -= len(payload)
+                    if stream.allowance < 0:
+                        raise TunnelError(f"stream {stream_id} sent beyond its window")
                     stream.sink.stream_data(payload)
             elif kind == WINDOW:
                 if len(payload) != CREDIT.size:
@@ -315,7 +321,12 @@ class Mux:
                 if len(self.streams) >= self.max_streams:
                     self.outbox.put(encode(CLOSE, stream_id, b"too many streams"))
                     continue
+                if len(payload) > self.window:
+                    raise TunnelError(f"stream {stream_id} opened beyond its window")
                 self.on_open(stream_id, payload)
+                opened = self.streams.get(stream_id)
+                if opened is not None:
+                    opened.allowance -= len(payload)
 
     def close(self, reason: str) -> None:
         """The tunnel is gone: every stream's sink hears ``stream_closed``."""
