@@ -307,7 +307,11 @@ class Mux:
                 if len(payload) != CREDIT.size:
                     raise TunnelError("bad WINDOW frame")
                 if stream is not None:
-                    stream._granted(CREDIT.unpack(payload)[0])
+                    granted = CREDIT.unpack(payload)[0]
+                    if stream.credit + granted > self.window:
+                        # More than we ever sent: the peer would let us buffer without end.
+                        raise TunnelError(f"stream {stream_id} granted beyond its window")
+                    stream._granted(granted)
             elif kind == EOF:
                 if stream is not None and not stream.eof_received:
                     stream.eof_received = True

@@ -133,3 +133,12 @@ def test_granted_credit_allows_exactly_that_much_more() -> None:
     router.feed(tunnel.encode(DATA, stream.id, b"x" * 100))
     with pytest.raises(TunnelError):
         router.feed(tunnel.encode(DATA, stream.id, b"x"))
+
+
+def test_a_peer_cannot_grant_more_than_was_sent() -> None:
+    router = Mux(window=100)
+    stream = router.open(RecordingSink(), b"head")
+    assert stream is not None
+    router.feed(tunnel.encode(WINDOW, stream.id, tunnel.CREDIT.pack(4)))  # for the OPEN bytes
+    with pytest.raises(TunnelError, match="granted beyond"):
+        router.feed(tunnel.encode(WINDOW, stream.id, tunnel.CREDIT.pack(1)))
