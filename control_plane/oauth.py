@@ -58,6 +58,9 @@ REFRESH_LIFETIME = 12 * 3600
 SCOPES = frozenset({"instance"})
 """The one scope there is: use the instance. Omitting ``scope`` means the same."""
 
+MAX_STATE = 1024
+"""``state`` is echoed into a Location header: keep it bounded."""
+
 CODE_PREFIX = "oauth-code#"
 REFRESH_PREFIX = "oauth-refresh#"
 REVOKED_PREFIX = "oauth-grant-revoked#"
@@ -258,6 +261,9 @@ class OAuthServer:
             raise InvalidRequest("redirect_uri does not match the client's registered URI")
         # From here on the redirect URI is trusted: errors go back to the client.
         state = params.get("state")
+        if state is not None and len(state) > MAX_STATE:
+            raise InvalidRequest(f"state longer than {MAX_STATE} characters",
+                                 redirect_uri=client.redirect_uri)
         back = {"redirect_uri": client.redirect_uri, "state": state}
         if params.get("response_type") != "code":
             raise UnsupportedResponseType("response_type must be 'code'", **back)

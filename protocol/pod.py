@@ -20,6 +20,10 @@ CALLBACK_PATH: Final = "/.dit4c/auth/callback"
 
 LOGOUT_PATH: Final = "/.dit4c/auth/logout"
 
+REVOKE_PATH: Final = "/.dit4c/auth/revoke"
+"""Back-channel: the portal POSTs a revocation token (``protocol.tokens.revocation_claims``)
+here, through the router, to end a user's sessions at once when their access is revoked."""
+
 # --- roles (label dit4c.role) ---------------------------------------------------------------
 ROLE_TOOL: Final = "tool"
 ROLE_LISTENER: Final = "listener"

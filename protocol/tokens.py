@@ -269,6 +269,29 @@ def verify_access(token: str, keys: KeySet, *, instance_id: str, issuer: str | N
     return claims
 
 
+def revocation_audience(instance_id: str) -> str:
+    return f"dit4c:instance:{instance_id}:revoke"
+
+
+ALL_USERS = "*"
+"""``sub`` of a revocation that ends every session of the instance."""
+
+
+def revocation_claims(*, issuer: str, instance_id: str, username: str = ALL_USERS,
+                      lifetime: int = 60, now: float | None = None) -> dict[str, Any]:
+    """The portal tells an instance's auth helper to end ``username``'s sessions now."""
+    iat = int(now if now is not None else time.time())
+    return {"iss": issuer, "aud": revocation_audience(instance_id), "sub": username,
+            "iat": iat, "exp": iat + min(lifetime, ACCESS_TOKEN_MAX_LIFETIME),
+            "jti": uuid.uuid4().hex}
+
+
+def verify_revocation(token: str, keys: KeySet, *, instance_id: str) -> dict[str, Any]:
+    """A revocation for this instance (its own audience: an access token is not one)."""
+    return verify(token, keys, audience=revocation_audience(instance_id), required=("sub",),
+                  max_lifetime=ACCESS_TOKEN_MAX_LIFETIME)
+
+
 def pkce_challenge(verifier: str) -> str:
     """The PKCE S256 ``code_challenge`` of ``verifier`` (RFC 7636 4.2): helper and portal agree."""
     digest = hashlib.sha256(verifier.encode("ascii")).digest()

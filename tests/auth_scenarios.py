@@ -32,7 +32,7 @@ from tests.auth_harness import Browser, PortalHarness
 
 TOKEN_LIFETIME = 6
 PORTAL = "http://portal.dit4c.test"
-DEFAULT_ACCESS = {"a": {"alice", "sam"}, "b": {"bob"}, "w": {"alice"}}
+DEFAULT_ACCESS = {"a": {"alice", "sam"}, "b": {"bob"}, "w": {"alice"}, "d": {"alice"}}
 
 # The echo tool: HTTP answers describe the request; /ws echoes; /set-cookie tries to set the
 # helper's cookie. Runs as `python3 -c ECHO_TOOL HOST PORT` on aiohttp 3.8 and current alike,
@@ -87,6 +87,8 @@ class Stack:
     hosts: dict[str, tuple[str, int]]
     markers: dict[str, str]
     """Text the tool behind each instance serves at ``/``."""
+    revoke: Callable[[str], None] | None = None
+    """Send the router a revocation for an instance (end to end only; instance ``d``)."""
     browsers: list[Browser] = field(default_factory=list)
 
     def url(self, instance: str, path: str = "/") -> str:
@@ -427,6 +429,22 @@ async def cookie_of_instance_a_is_useless_on_b(stack: Stack) -> None:
     assert not browser.jar.filter_cookies(URL(stack.url("b")))
 
 
+async def discarded_instance_is_cut_off_at_once_by_the_router(stack: Stack) -> None:
+    if stack.revoke is None:
+        pytest.skip("needs the edge router (end-to-end path)")
+    browser = await _login(stack, "alice", "d")
+    stack.revoke("d")
+    # The auth session is still valid; the router's revocation alone must end access, and
+    # within seconds (it long-polls its queue), not at the token's expiry.
+    deadline = time.monotonic() + 15
+    while (status := (await _status(browser, stack.url("d")))[0]) == 200:
+        assert time.monotonic() < deadline, "the route still answers after the revocation"
+        await asyncio.sleep(0.2)
+    assert status in (404, 410, 502, 503), status
+    await asyncio.sleep(2)  # the listener redials with its (now revoked) token: still refused
+    assert (await _status(browser, stack.url("d")))[0] != 200
+
+
 def _with(url: str, **params: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query=urlencode(params)))
@@ -444,5 +462,5 @@ SCENARIOS: list[Scenario] = [
     code_issued_for_another_instance_is_refused,
     code_without_the_right_pkce_verifier_is_refused,
     callback_with_a_state_from_another_browser_is_refused, forged_tokens_are_refused,
-    cookie_of_instance_a_is_useless_on_b,
+    cookie_of_instance_a_is_useless_on_b, discarded_instance_is_cut_off_at_once_by_the_router,
 ]

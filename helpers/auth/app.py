@@ -42,6 +42,8 @@ log = logging.getLogger("dit4c.auth")
 RENEW_TICK = 1.0
 """How often the renewal task looks for sessions with open WebSockets that are due."""
 SWEEP_EVERY = 300.0
+READ_BUFFER = 1024 * 1024
+"""Bytes buffered per tool response: large downloads move in few, big writes."""
 
 
 class AuthHelper:
@@ -75,7 +77,7 @@ class AuthHelper:
         tool_http = aiohttp.ClientSession(
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0), read_bufsize=READ_BUFFER,
         )
         c = self.config
         self._portal = Portal(portal_http, instance_id=c.instance_id, client_id=c.client_id,
@@ -116,7 +118,8 @@ class AuthHelper:
         session = self.sessions.get(cookie_value(request, self.session_cookie))
         if session is not None and not await self.ensure_fresh(session):
             session = None
-        websocket = web.WebSocketResponse().can_prepare(request).ok
+        websocket = (request.method == "GET"
+                     and request.headers.get("Upgrade", "").lower() == "websocket")
         if session is None:
             if request.method in ("GET", "HEAD") and not websocket:
                 return self.start_login(request)

@@ -30,7 +30,7 @@ WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
     "sec-websocket-protocol", "sec-websocket-accept",
 })
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 """Connect quickly or fail; after that a tool may stream or long-poll for as long as it likes."""
@@ -140,10 +140,16 @@ class Upstream:
                                           headers=_response_headers(upstream.headers,
                                                                     self._cookie_names))
             await response.prepare(request)
-            if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    await response.write(chunk)
-            await response.write_eof()
+            try:
+                if request.method != "HEAD":
+                    async for chunk in upstream.content.iter_chunked(CHUNK):
+                        await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+                # Headers are gone already: all we can do is cut the response short.
+                log.info("%s %s cut short: %r", request.method, request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
             return response
 
     async def forward_websocket(self, request: web.Request,

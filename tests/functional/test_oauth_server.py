@@ -256,6 +256,14 @@ def test_pkce_other_than_s256_is_refused(portal, http, clients, method):
     assert "code" not in query
 
 
+def test_oversized_state_is_refused_without_echoing_it(portal, http, clients):
+    _, challenge = new_verifier()
+    response = authorize(http, login(portal, "alice"), clients["a"][0], A_REDIRECT, challenge,
+                         state="x" * 5000)
+    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert query["error"] == ["invalid_request"] and "state" not in query
+
+
 def test_missing_challenge_is_refused(portal, http, clients):
     response = authorize(http, login(portal, "alice"), clients["a"][0], A_REDIRECT, "")
     assert parse_qs(urlsplit(response.headers["Location"]).query)["error"] == ["invalid_request"]

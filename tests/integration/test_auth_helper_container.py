@@ -1,26 +1,39 @@
 """The auth helper in its real container (``dit4c/helpers:dev``: Debian bookworm's aiohttp 3.8,
-python3-jwt, python3-cryptography), in front of real tools sharing its network namespace, as
-the node daemon composes a pod; the portal's real OAuth2 server listens on the network's gateway.
+python3-jwt, python3-cryptography), in front of real tools sharing its network namespace; the
+portal's real OAuth2 server listens on the network's gateway.
+
+Two paths, every scenario of ``tests/auth_scenarios.py`` (attacks included) on each:
+
+- ``direct``: the browser talks to the auth helpers' container addresses;
+- ``through-router`` (end to end): pods composed as the node daemon does it (the listener helper
+  owns the network namespace and tunnels out to the real edge router on the gateway; auth helper
+  and tool join it), and the browser talks only to the router.
 
 Pods: ``a`` and ``b`` serve the busybox test tool, ``w`` the echo tool (HTTP + WebSocket, run
 with the image's own python3). The browser is a cookie-jar client that resolves
-``*.dit4c.test`` to the helpers' container addresses. Every scenario of
-``tests/auth_scenarios.py`` runs, attacks included.
+``*.dit4c.test`` to the helpers (direct) or to the router.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import boto3
 import docker
 import docker.errors
 import pytest
 from docker.models.containers import Container
 from moto import mock_aws
 
+from edge_router import testing as edge_testing
 from protocol import pod
+from protocol.messages import Revocation
+from protocol.tokens import SigningKey
+from protocol.tunnel import TUNNEL_PATH
 from scripts import images
 from scripts.build_images import ImageBuilder
 from tests.auth_harness import PortalHarness
@@ -52,14 +65,57 @@ def _helpers_image_id(docker_client: docker.DockerClient, builder: ImageBuilder)
     raise AssertionError(f"{images.HELPERS} keeps being rebuilt from another checkout")
 
 
-@pytest.fixture(scope="module")
+class RouterThread:
+    """The real edge router on its own event loop in a thread, so module-scoped pods can use it
+    from every test's loop. Verifies tunnel tokens with ``key``."""
+
+    def __init__(self, key: SigningKey, host: str, sqs: Any, revocations_url: str) -> None:
+        self.key, self.host = key, host
+        self.sqs, self.revocations_url = sqs, revocations_url
+        self.address: tuple[str, int] | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True,
+                                        name="auth-test-router")
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        router = await edge_testing.start_router(
+            self.key, listen=((self.host, 0),), sqs=self.sqs,
+            revocations_queue_url=self.revocations_url)
+        try:
+            self.address = router.addresses[0]
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await router.stop()
+
+    def __enter__(self) -> RouterThread:
+        self._thread.start()
+        assert self._ready.wait(30), "router did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module", params=["direct", "through-router"])
 def pods(
+    request: pytest.FixtureRequest,
+    *,
     docker_client: docker.DockerClient,
     image_builder: ImageBuilder,
     tool_image: str,
     run_labels: dict[str, str],
     unique_name: Callable[[str], str],
 ) -> Iterator[tuple[Stack, list[Container]]]:
+    """Pods a, b, w. ``direct``: the browser talks to each auth helper, whose network namespace
+    the tool shares. ``through-router``: composed as the node daemon does it, the listener owns
+    the namespace and tunnels to the real edge router, which the browser talks to."""
+    via_router = request.param == "through-router"
     helpers_id = _helpers_image_id(docker_client, image_builder)
     network = docker_client.networks.create(unique_name("auth-net"), driver="bridge",
                                             labels=run_labels, check_duplicate=True)
@@ -74,31 +130,62 @@ def pods(
     try:
         network.reload()
         gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        with mock_aws():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock_aws())
             portal = PortalHarness(issuer=PORTAL, access_lifetime=TOKEN_LIFETIME)
-            with portal.serve(gateway) as portal_url:
-                hosts = {"portal.dit4c.test": (gateway, int(portal_url.rsplit(":", 1)[1]))}
-                for instance in ("a", "b", "w"):
-                    tool_port = ECHO_PORT if instance == "w" else images.TEST_TOOL_PORT
-                    env = helper_env(portal, instance, listen=f"0.0.0.0:{pod.AUTH_PORT}",
-                                     upstream=f"http://127.0.0.1:{tool_port}",
-                                     token_base=portal_url)
-                    helper = run(helpers_id, command=["python3", "-m", "helpers.auth"],
-                                 environment=env, network=network.name)
-                    shared = {"network_mode": f"container:{helper.id}"}
-                    if instance == "w":
-                        tool = run(helpers_id, command=["python3", "-c", ECHO_TOOL,
-                                                        "127.0.0.1", str(ECHO_PORT)], **shared)
-                        _wait_for_log(tool, "listening")
-                    else:
-                        run(tool_image, **shared)
-                    helper.reload()
-                    address = helper.attrs["NetworkSettings"]["Networks"][network.name][
+            portal_url = stack.enter_context(portal.serve(gateway))
+            hosts = {"portal.dit4c.test": (gateway, int(portal_url.rsplit(":", 1)[1]))}
+            tunnel_key = SigningKey.generate()
+            sqs = boto3.client("sqs", region_name="us-east-1")
+            revocations = sqs.create_queue(QueueName=unique_name("revocations"))["QueueUrl"]
+            router = stack.enter_context(RouterThread(tunnel_key, gateway, sqs, revocations)) \
+                if via_router else None
+
+            def revoke(instance: str) -> None:
+                message = Revocation(instance_id=instance, hostname=f"{instance}.dit4c.test",
+                                     reason="discarded")
+                sqs.send_message(QueueUrl=revocations, MessageBody=message.encode())
+
+            # d: only end to end, for the revocation scenario (its route dies for good).
+            for instance in ("a", "b", "w", "d") if via_router else ("a", "b", "w"):
+                tool_port = ECHO_PORT if instance == "w" else images.TEST_TOOL_PORT
+                # Direct: the test reaches the helper from outside its (own) network namespace.
+                inside = "127.0.0.1" if via_router else "0.0.0.0"  # noqa: S104
+                listen = f"{inside}:{pod.AUTH_PORT}"
+                env = helper_env(portal, instance, listen=listen,
+                                 upstream=f"http://127.0.0.1:{tool_port}",
+                                 token_base=portal_url)
+                if router is not None and router.address is not None:
+                    owner = run(helpers_id, command=["python3", "-m", "helpers.listener"],
+                                network=network.name, environment={
+                                    pod.ENV_TUNNEL_TOKEN: edge_testing.token(tunnel_key,
+                                                                             instance),
+                                    pod.ENV_ROUTER_URLS: "ws://{}:{}{}".format(
+                                        *router.address, TUNNEL_PATH),
+                                    pod.ENV_HOSTNAME: f"{instance}.{edge_testing.DOMAIN}",
+                                    pod.ENV_UPSTREAM: f"127.0.0.1:{pod.AUTH_PORT}",
+                                })
+                    run(helpers_id, command=["python3", "-m", "helpers.auth"], environment=env,
+                        network_mode=f"container:{owner.id}")
+                    hosts[f"{instance}.dit4c.test"] = router.address
+                else:
+                    owner = run(helpers_id, command=["python3", "-m", "helpers.auth"],
+                                environment=env, network=network.name)
+                    owner.reload()
+                    address = owner.attrs["NetworkSettings"]["Networks"][network.name][
                         "IPAddress"]
                     hosts[f"{instance}.dit4c.test"] = (address, pod.AUTH_PORT)
-                markers = {"a": "dit4c test tool", "b": "dit4c test tool",
-                           "w": "dit4c echo tool"}
-                yield Stack(portal, hosts, markers), made
+                shared = {"network_mode": f"container:{owner.id}"}
+                if instance == "w":
+                    tool = run(helpers_id, command=["python3", "-c", ECHO_TOOL,
+                                                    "127.0.0.1", str(ECHO_PORT)], **shared)
+                    _wait_for_log(tool, "listening")
+                else:
+                    run(tool_image, **shared)
+            markers = {"a": "dit4c test tool", "b": "dit4c test tool", "w": "dit4c echo tool"}
+            if via_router:
+                markers["d"] = "dit4c test tool"
+            yield Stack(portal, hosts, markers, revoke=revoke if via_router else None), made
     finally:
         for container in made:
             with contextlib.suppress(docker.errors.NotFound):

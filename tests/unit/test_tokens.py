@@ -116,3 +116,16 @@ def test_expired_access_token_is_refused(key, keys):
 def test_pkce_challenge_matches_rfc_7636_appendix_b():
     verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
     assert t.pkce_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def test_revocation_tokens_are_not_access_tokens(key, keys):
+    revocation = key.sign(t.revocation_claims(issuer="p", instance_id="i1", username="sam"))
+    assert t.verify_revocation(revocation, keys, instance_id="i1")["sub"] == "sam"
+    with pytest.raises(TokenError, match="another audience"):
+        t.verify_access(revocation, keys, instance_id="i1")
+    access = key.sign(t.access_claims(issuer="p", instance_id="i1", username="sam",
+                                      client_id="c"))
+    with pytest.raises(TokenError, match="another audience"):
+        t.verify_revocation(access, keys, instance_id="i1")
+    with pytest.raises(TokenError, match="another audience"):
+        t.verify_revocation(revocation, keys, instance_id="i2")

@@ -1,0 +1,99 @@
+"""The auth helper's pieces in-process: https cookies, the open-redirect guard, cookie stripping,
+the bounded store of logins in progress."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from helpers.auth.app import AuthHelper, _safe_path
+from helpers.auth.config import AuthConfig
+from helpers.auth.proxy import _response_headers, strip_cookies
+from helpers.auth.sessions import MAX_PENDING_LOGINS, SessionStore
+from protocol import pod
+from protocol.tokens import pkce_challenge
+
+
+def config(public_url: str) -> AuthConfig:
+    return AuthConfig.from_env({
+        pod.ENV_AUTH_LISTEN: "127.0.0.1:7781", pod.ENV_AUTH_UPSTREAM: "http://127.0.0.1:8888",
+        pod.ENV_INSTANCE_ID: "abc", pod.ENV_PUBLIC_URL: public_url,
+        pod.ENV_OAUTH_CLIENT_ID: "instance-abc", pod.ENV_OAUTH_CLIENT_SECRET: "s3cret",
+        pod.ENV_OAUTH_AUTHORIZE_URL: "https://portal.example/oauth/authorize",
+        pod.ENV_OAUTH_TOKEN_URL: "http://host.docker.internal:8000/oauth/token",
+        pod.ENV_OAUTH_JWKS_URL: "http://host.docker.internal:8000/.well-known/jwks.json",
+    })
+
+
+def test_under_https_cookies_are_secure_and_host_prefixed():
+    helper = AuthHelper(config("https://abc.apps.example"))
+    response = helper.start_login(make_mocked_request("GET", "/lab?x=1"))
+    cookie = response.cookies["__Host-dit4c-login"]
+    assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert cookie["path"] == "/" and not cookie["domain"]
+    location = urlsplit(response.headers["Location"])
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert location.netloc == "portal.example"
+    assert query["redirect_uri"] == "https://abc.apps.example" + pod.CALLBACK_PATH
+    assert query["code_challenge_method"] == "S256" and query["client_id"] == "instance-abc"
+    login = helper.sessions.finish_login(query["state"])
+    assert login is not None and login.next_path == "/lab?x=1"
+    assert pkce_challenge(login.verifier) == query["code_challenge"]
+    assert helper.sessions.finish_login(query["state"]) is None  # a state works once
+
+
+def test_under_http_cookies_are_not_secure():
+    helper = AuthHelper(config("http://abc.localhost:8080"))
+    response = helper.start_login(make_mocked_request("GET", "/"))
+    cookie = response.cookies["dit4c-login"]
+    assert not cookie["secure"] and cookie["httponly"]
+
+
+@pytest.mark.parametrize(("path", "safe"), [
+    ("/lab/tree?x=1", "/lab/tree?x=1"),
+    ("//evil.example/x", "/"),
+    ("/\\evil.example", "/"),
+    ("https://evil.example/", "/"),
+    ("", "/"),
+])
+def test_after_login_only_paths_on_this_host(path, safe):
+    assert _safe_path(path) == safe
+
+
+def test_strip_cookies_keeps_the_tools_own():
+    names = {"dit4c-auth", "dit4c-login", "__Host-dit4c-auth"}
+    header = "a=1; dit4c-auth=xyz; _xsrf=2|ab; __Host-dit4c-auth=q;dit4c-login=n"
+    assert strip_cookies(header, names) == "a=1; _xsrf=2|ab"
+    assert strip_cookies("dit4c-auth=x", names) == ""
+
+
+def test_tool_cannot_set_the_helpers_cookies():
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    upstream = CIMultiDict([("Set-Cookie", "dit4c-auth=evil; Path=/"),
+                            ("Set-Cookie", "__Host-dit4c-auth=evil; Path=/; Secure"),
+                            ("Set-Cookie", "theme=dark; Path=/"),
+                            ("Connection", "keep-alive, X-Private"), ("X-Private", "1"),
+                            ("Content-Type", "text/plain")])
+    kept = _response_headers(CIMultiDictProxy(upstream), {"dit4c-auth", "__Host-dit4c-auth"})
+    assert kept.getall("Set-Cookie") == ["theme=dark; Path=/"]
+    assert "X-Private" not in kept and "Connection" not in kept
+    assert kept["Content-Type"] == "text/plain"
+
+
+def test_logins_in_progress_are_bounded():
+    store = SessionStore()
+    first = store.start_login("n", "/")
+    for _ in range(MAX_PENDING_LOGINS):
+        store.start_login("n", "/")
+    assert store.finish_login(first.state) is None  # the oldest made room
+
+
+def test_logins_in_progress_expire():
+    now = [1000.0]
+    store = SessionStore(clock=lambda: now[0])
+    login = store.start_login("n", "/")
+    now[0] += 601
+    assert store.finish_login(login.state) is None
