@@ -51,9 +51,13 @@ class Scheduler:
                 and n["memory_mb_total"] - n["memory_mb_reserved"] >= mem]
         return sorted(fits, key=lambda n: n["memory_mb_reserved"] - n["memory_mb_total"])
 
-    def place(self, item: Item) -> Item:
-        """Try to place a pending instance; returns it scheduled, or still pending with a note."""
-        for node in self.candidates(item):
+    def place(self, item: Item, candidates: list[Item] | None = None) -> Item:
+        """Try to place a pending instance; returns it scheduled, or still pending with a note.
+
+        ``candidates`` (default: a fresh :meth:`candidates` read) may be stale: the conditional
+        reservation refuses a node whose room went meanwhile.
+        """
+        for node in self.candidates(item) if candidates is None else candidates:
             try:
                 placed = self.instances.transition(
                     item, S.SCHEDULED, reserve_on=node,

@@ -16,17 +16,20 @@ variable                               meaning                                  
 ``DIT4C_AWS_ENDPOINT_URL``             one endpoint for AWS clients (moto)         AWS default
 ``DIT4C_ROUTER_ID``                    this router's name in activity reports      hostname
 ``DIT4C_ROUTER_ACTIVITY_INTERVAL``     seconds between activity reports            60
-``DIT4C_ROUTER_MAX_STREAMS``           concurrent streams per tunnel               1000
+``DIT4C_ROUTER_MAX_STREAMS``           concurrent streams per tunnel               256
 ``DIT4C_ROUTER_MAX_TUNNELS_PER_HOST``  tunnels one hostname may hold               4
 ``DIT4C_ROUTER_MAX_HEADER_BYTES``      largest request head                        32768
 ``DIT4C_ROUTER_HEADER_TIMEOUT``        seconds to receive a request head           15
 ``DIT4C_ROUTER_IDLE_TIMEOUT``          seconds a keep-alive connection may idle    75
 ``DIT4C_ROUTER_READ_TIMEOUT``          seconds without a byte either way while     300
                                        a request or upgraded connection is open
-``DIT4C_ROUTER_STREAM_WINDOW``         per-stream flow-control window (bytes)      1048576
 ``DIT4C_ROUTER_HEARTBEAT``             tunnel ping interval, seconds               15
 ``DIT4C_ROUTER_ACCESS_LOG``            1: one log line per request                 1
 =====================================  =========================================  ==========
+
+The per-stream flow-control window is part of the wire format (``protocol.tunnel``), not a
+setting: both ends must agree on it. A tunnel therefore holds at most
+``MAX_STREAMS * DEFAULT_WINDOW`` bytes of undelivered data in the router.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge_router.errors import ConfigError
-from protocol.tunnel import DEFAULT_WINDOW
 
 Address = tuple[str, int]
 
@@ -70,13 +72,12 @@ class RouterConfig:
     aws_endpoint_url: str | None = None
     router_id: str = "router"
     activity_interval: float = 60.0
-    max_streams: int = 1000
+    max_streams: int = 256
     max_tunnels_per_host: int = 4
     max_header_bytes: int = 32768
     header_timeout: float = 15.0
     idle_timeout: float = 75.0
     read_timeout: float = 300.0
-    stream_window: int = DEFAULT_WINDOW
     heartbeat: float = 15.0
     access_log: bool = True
     jwks_refresh: float = 300.0
@@ -133,13 +134,12 @@ class RouterConfig:
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             router_id=get("ROUTER_ID") or socket.gethostname(),
             activity_interval=number("ROUTER_ACTIVITY_INTERVAL", 60.0),
-            max_streams=int(number("ROUTER_MAX_STREAMS", 1000, int)),
+            max_streams=int(number("ROUTER_MAX_STREAMS", 256, int)),
             max_tunnels_per_host=int(number("ROUTER_MAX_TUNNELS_PER_HOST", 4, int)),
             max_header_bytes=int(number("ROUTER_MAX_HEADER_BYTES", 32768, int)),
             header_timeout=number("ROUTER_HEADER_TIMEOUT", 15.0),
             idle_timeout=number("ROUTER_IDLE_TIMEOUT", 75.0),
             read_timeout=number("ROUTER_READ_TIMEOUT", 300.0),
-            stream_window=int(number("ROUTER_STREAM_WINDOW", DEFAULT_WINDOW, int)),
             heartbeat=number("ROUTER_HEARTBEAT", 15.0),
             access_log=(get("ROUTER_ACCESS_LOG") or "1") not in ("0", "false", "no"),
         )

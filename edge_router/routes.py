@@ -69,7 +69,7 @@ class RouteTable:
 
     def check(self, hostname: str, instance_id: str, issued_at: float) -> None:
         """Raise :class:`TunnelRefused` unless a tunnel for ``hostname`` may connect."""
-        if self.instance_id(hostname) != instance_id:
+        if self.instance_id(hostname) != instance_id.lower():
             raise TunnelRefused(f"{hostname} is not instance {instance_id!r} under "
                                 f"{self.domain}")
         revoked = self._revoked.get(hostname)

@@ -25,6 +25,7 @@ from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
 from edge_router.routes import RouteTable
 from edge_router.tunnels import TunnelEndpoint
+from protocol.tunnel import DEFAULT_WINDOW
 
 log = logging.getLogger("dit4c.router")
 
@@ -61,7 +62,7 @@ class Router:
             self._session = aiohttp.ClientSession()
             fetch = http_fetcher(self._session, cfg.jwks_url)
         keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh)
-        self.endpoint = TunnelEndpoint(self.routes, keys, self.stats, window=cfg.stream_window,
+        self.endpoint = TunnelEndpoint(self.routes, keys, self.stats, window=DEFAULT_WINDOW,
                                        max_streams=cfg.max_streams, heartbeat=cfg.heartbeat)
         tunnel_runner = web.AppRunner(self.endpoint.app(), access_log=None,
                                       handle_signals=False)

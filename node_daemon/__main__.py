@@ -11,15 +11,9 @@ import socket
 import sys
 from pathlib import Path
 
-import aiohttp
-import docker
-import docker.errors
-
 from node_daemon import __version__
 from node_daemon.config import IDENTITY_FILE, NodeIdentity, RunSettings, default_data_dir
-from node_daemon.daemon import load_daemon
-from node_daemon.errors import NodeDaemonError
-from node_daemon.portal import PortalClient
+from node_daemon.errors import ConfigError, NodeDaemonError
 from protocol.tokens import SigningKey
 
 log = logging.getLogger("dit4c.node")
@@ -55,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run the agent (until SIGTERM; pods keep running)",
         description="Run the agent: fetch credentials, poll the node's queue, run pods, send "
-                    "events and heartbeats. Flags override DIT4C_NODE_* environment variables.")
+                    "events and heartbeats. On SIGTERM it stops polling, finishes the command "
+                    "in hand and exits; pods keep running. Flags override DIT4C_NODE_* "
+                    "environment variables (see docs/node-daemon.md).")
     run.add_argument("--data-dir", type=Path, default=None, help="as given to join")
     run.add_argument("--pods-network", default=None,
                      help="bridge network for pods (DIT4C_NODE_PODS_NETWORK, default dit4c-pods)")
@@ -77,6 +73,10 @@ async def _join(args: argparse.Namespace) -> int:
         print(f"join: {data_dir} already holds a node identity; use another --data-dir or "
               "remove it first", file=sys.stderr)
         return 2
+    import aiohttp  # here, not at the top: `--help` stays fast
+
+    from node_daemon.portal import PortalClient
+
     key = SigningKey.generate()
     async with aiohttp.ClientSession() as session:
         enrolment = await PortalClient(args.portal, session).enroll(
@@ -93,6 +93,12 @@ async def _join(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     settings = RunSettings.from_sources(vars(args), os.environ)
+    identity, key = NodeIdentity.load(settings.data_dir)  # fail fast, before the engine
+    import docker
+    import docker.errors
+
+    from node_daemon.daemon import Daemon
+
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -100,7 +106,7 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"run: no Docker engine answers: {exc}", file=sys.stderr)
         return 1
     try:
-        daemon = load_daemon(settings, client)
+        daemon = Daemon(identity=identity, key=key, settings=settings, docker_client=client)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(_join(args) if args.command == "join" else _run(args))
+    except ConfigError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 2
     except NodeDaemonError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
-        return 2 if args.command == "join" or "Config" in type(exc).__name__ else 1
+        return 1
 
 
 if __name__ == "__main__":

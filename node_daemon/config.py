@@ -21,7 +21,7 @@ from typing import Any
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
-from node_daemon.pods import DEFAULT_HELPER_COMMANDS
+from protocol import pod
 from protocol.errors import TokenError
 from protocol.pod import PODS_NETWORK
 from protocol.tokens import SigningKey
@@ -33,6 +33,10 @@ METRICS_ADDRESS_FILE = "metrics-address"
 """Written by ``run`` once the metrics server listens: ``host:port`` (useful with port 0)."""
 
 DEFAULT_HELPERS_IMAGE = "dit4c/helpers:dev"
+DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
+    role: ("python3", "-m", f"helpers.{role}")
+    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
+}
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RECONCILE_SECONDS = 60.0

@@ -41,6 +41,8 @@ from protocol.tokens import SigningKey
 
 log = logging.getLogger("dit4c.node.daemon")
 
+MAX_IN_FLIGHT = 16
+"""Commands handled at once; polling pauses at this many (the rest wait safely in the queue)."""
 REJECTED_DIR = "rejected"
 """Bodies of commands that could not be understood, kept for a human before deletion."""
 
@@ -133,6 +135,9 @@ class Daemon:
                 raise
             except (NodeDaemonError, docker.errors.DockerException, OSError) as exc:
                 log.warning("%s failed (retried in %.0f s): %r", what, seconds, exc)
+            except Exception:
+                # A bug: say so loudly, but keep the node alive and its pods looked after.
+                log.exception("%s failed unexpectedly (retried in %.0f s)", what, seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), seconds)
 
@@ -145,7 +150,13 @@ class Daemon:
         stop_wait = asyncio.create_task(stopping.wait())
         try:
             while not stopping.is_set():
-                receive = asyncio.create_task(queues.receive(self.settings.poll_wait_seconds))
+                if len(self._inflight) >= MAX_IN_FLIGHT:
+                    await asyncio.wait({stop_wait, *self._inflight},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                receive = asyncio.create_task(queues.receive(
+                    self.settings.poll_wait_seconds,
+                    max_messages=min(10, MAX_IN_FLIGHT - len(self._inflight))))
                 await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
                     # Abandon the long poll: anything it still receives becomes visible again
@@ -188,6 +199,11 @@ class Daemon:
             log.error("%s %s for %s failed, it will come back: %r", message.TYPE, message.id,
                       getattr(message, "instance_id", "?"), exc)
             return
+        except Exception:
+            self.metrics.messages.labels(message.TYPE, "retry").inc()
+            log.exception("%s %s failed unexpectedly, it will come back", message.TYPE,
+                          message.id)
+            return
         self.metrics.messages.labels(message.TYPE, "done").inc()
         await self._delete(received, queues)
 
@@ -205,9 +221,3 @@ class Daemon:
         except QueueError as exc:
             # It comes back after the visibility timeout; handling it again is a no-op.
             log.warning("could not delete %s: %s", received.message_id, exc)
-
-
-def load_daemon(settings: RunSettings, docker_client: docker.DockerClient) -> Daemon:
-    identity, key = NodeIdentity.load(settings.data_dir)
-    return Daemon(identity=identity, key=key, settings=settings, docker_client=docker_client)
-

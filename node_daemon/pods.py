@@ -4,7 +4,7 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
 ``dit4c.role`` (plus the configured extra labels), sharing one network namespace:
 
 - ``netns`` — owns the namespace: the helpers image running ``sleep infinity`` under Docker's
-  init, on the pods network with ``host.docker.internal`` mapped to the host gateway. A
+  init, on the pods network with ``host.docker.internal`` mapped to that bridge's gateway. A
   dedicated holder (rather than the listener) means a helper that crashes or is restarted never
   takes the pod's network away from the tool.
 - ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
@@ -24,16 +24,17 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 from docker.utils import parse_repository_tag
 
+from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
+from node_daemon.network import ensure_pods_network
 from protocol import pod
 from protocol.messages import RegistryAccess, StartInstance
 
@@ -45,10 +46,6 @@ ENV_STORAGE = "DIT4C_STORAGE"
 """The storage helper's settings: the start command's ``storage`` object as JSON."""
 STORAGE_MOUNT = "/mnt"
 
-DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
-    role: ("python3", "-m", f"helpers.{role}")
-    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
-}
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
                                     "pids_limit": 128}
 PROBE_INTERVAL = 0.05
@@ -78,6 +75,21 @@ while True:
         sys.exit(1)
     time.sleep(%s)
 """ % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+
+
+@dataclass(frozen=True)
+class PodContainer:
+    id: str
+    name: str
+    role: str
+    status: str
+    """Docker's state: created, running, exited, ..."""
+
+
+def _row(row: dict[str, Any]) -> PodContainer:
+    names = row.get("Names") or ["?"]
+    return PodContainer(row["Id"], names[0].lstrip("/"), row["Labels"].get(pod.LABEL_ROLE, "?"),
+                        row.get("State", "?"))
 
 
 @dataclass(frozen=True)
@@ -142,10 +154,16 @@ class PodRunner:
     def __init__(self, client: docker.DockerClient, settings: PodSettings) -> None:
         self._client = client
         self.settings = settings
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pod")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def _pods_gateway(self) -> str:
+        # Not Docker's "host-gateway": that is docker0's address, and the host's services
+        # (portal, edge routers of the local stack) listen on the pods bridge's gateway only.
+        # Asking each time also brings back a pods network someone removed.
+        return ensure_pods_network(self._client, self.settings.network, self.settings.labels)
 
     # -- finding -------------------------------------------------------------------------
 
@@ -159,19 +177,20 @@ class PodRunner:
             labels.append(f"{pod.LABEL_INSTANCE}={instance_id}")
         return {"label": labels}
 
-    def containers(self, instance_id: str) -> dict[str, Container]:
-        """The pod's containers by role (any status)."""
-        found = self._client.containers.list(all=True, filters=self._filters(instance_id))
-        return {c.labels.get(pod.LABEL_ROLE, "?"): c for c in found}
+    def containers(self, instance_id: str) -> dict[str, PodContainer]:
+        """The pod's containers by role (any status), from one listing call (never racing a
+        concurrent removal the way a list-then-inspect does)."""
+        rows = self._client.api.containers(all=True, filters=self._filters(instance_id))
+        return {row["Labels"].get(pod.LABEL_ROLE, "?"): _row(row) for row in rows}
 
     def instances(self) -> dict[str, list[str]]:
-        """Every instance id that has a container, volume or network of this node: kinds."""
+        """Every instance id that has a container or volume of this node: what it has."""
         found: dict[str, list[str]] = {}
         filters = self._filters()
-        for c in self._client.containers.list(all=True, filters=filters):
-            found.setdefault(c.labels.get(pod.LABEL_INSTANCE, ""), []).append("container")
-        for v in self._client.volumes.list(filters=filters):
-            labels = v.attrs.get("Labels") or {}
+        for row in self._client.api.containers(all=True, filters=filters):
+            found.setdefault(row["Labels"].get(pod.LABEL_INSTANCE, ""), []).append("container")
+        for volume in self._client.api.volumes(filters=filters).get("Volumes") or []:
+            labels = volume.get("Labels") or {}
             found.setdefault(labels.get(pod.LABEL_INSTANCE, ""), []).append("volume")
         found.pop("", None)
         return found
@@ -211,7 +230,8 @@ class PodRunner:
             raise LaunchError(f"pulling {image} failed: {exc.explanation or exc}") from exc
         progress(100)
 
-    def _create(self, start: StartInstance, role: str, netns: Container | None) -> Container:
+    def _create(self, start: StartInstance, role: str,
+                netns: PodContainer | None) -> PodContainer:
         name = container_name(start.instance_id, role)
         common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
                                   "detach": True, "privileged": False}
@@ -220,7 +240,7 @@ class PodRunner:
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
                     "hostname": start.instance_id[:63],
-                    "extra_hosts": {"host.docker.internal": "host-gateway"},
+                    "extra_hosts": {"host.docker.internal": self._pods_gateway()},
                     "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
                     "security_opt": ["no-new-privileges"]}
         else:
@@ -241,10 +261,13 @@ class PodRunner:
                         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
                         "volumes": volumes, **HELPER_LIMITS}
         try:
-            return self._client.containers.create(**spec)
+            made = self._client.containers.create(**spec)
+            return PodContainer(made.id, name, role, "created")
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # made by an earlier, interrupted attempt
-                return self._client.containers.get(name)
+                found = self.containers(start.instance_id).get(role)
+                if found is not None:
+                    return found
             raise LaunchError(f"cannot create the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
@@ -256,18 +279,32 @@ class PodRunner:
             self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
         return name
 
-    def _start(self, container: Container, role: str) -> None:
+    def _start(self, container: PodContainer, role: str) -> None:
         try:
-            container.start()
+            self._client.api.start(container.id)
         except docker.errors.APIError as exc:
             raise LaunchError(f"cannot start the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
     def create(self, start: StartInstance) -> None:
         """Create and start every container of the pod, reusing what exists."""
+        for future in self._bring_up(start):
+            future.result()
+
+    def _bring_up(self, start: StartInstance) -> list[Future[None]]:
+        """Start the namespace holder; return futures that start the rest.
+
+        The joined containers are created while the holder starts, and started in parallel
+        (a launch is mostly engine round trips; overlapping them is most of its speed).
+        """
         existing = self.containers(start.instance_id)
         netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
-        netns.reload()
+        joined = [role for role in roles_for(start) if role != ROLE_NETNS]
+
+        def make(role: str) -> PodContainer:
+            return existing.get(role) or self._create(start, role, netns)
+
+        made = {role: self._pool.submit(make, role) for role in joined}
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
@@ -275,16 +312,14 @@ class PodRunner:
             self._start(netns, ROLE_NETNS)
 
         def bring_up(role: str) -> None:
-            container = existing.get(role) or self._create(start, role, netns)
-            container.reload()
+            # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
+            container = made[role].result()
             if container.status == "running" and restart_joined:
-                container.restart(timeout=5)
+                self._client.api.restart(container.id, timeout=5)
             elif container.status != "running":
                 self._start(container, role)
 
-        for future in [self._pool.submit(bring_up, role)
-                       for role in roles_for(start) if role != ROLE_NETNS]:
-            future.result()
+        return [self._pool.submit(bring_up, role) for role in joined]
 
     def check(self, start: StartInstance) -> str | None:
         """None if every container of the pod runs; else why not (user-facing)."""
@@ -294,36 +329,74 @@ class PodRunner:
             if container is None:
                 return f"the {role} container is missing"
             if container.status != "running":
-                return _exit_reason(container, role)
+                return self._exit_reason(container)
         return None
 
-    def wait_ready(self, start: StartInstance, timeout: float) -> None:
-        """Return once the tool answers HTTP on its port inside the pod's namespace."""
+    def _exit_reason(self, container: PodContainer) -> str:
+        role = container.role
+        if container.status == "created":
+            return f"the {role} container was created but never started"
+        try:
+            state = self._client.api.inspect_container(container.id).get("State", {})
+            tail = self._client.api.logs(container.id, tail=3).decode(errors="replace").strip()
+        except docker.errors.NotFound:
+            return f"the {role} container is missing"
+        what = "tool" if role == pod.ROLE_TOOL else f"{role} helper"
+        reason = f"the {what} exited with code {state.get('ExitCode', '?')}"
+        if state.get("OOMKilled"):
+            reason += " (out of memory)"
+        return f"{reason}: {tail[-300:]}" if tail else reason
+
+    def wait_ready(self, start: StartInstance, timeout: float,
+                   starting: Sequence[Future[None]] = ()) -> None:
+        """Return once every container runs and the tool answers HTTP on its port inside the
+        pod's namespace. ``starting``: container starts still under way (probing overlaps
+        them); their errors are raised here."""
         deadline = time.monotonic() + timeout
+        netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
         while True:
-            reason = self.check(start)
-            if reason is not None:
-                raise LaunchError(reason)
-            netns = self.containers(start.instance_id)[ROLE_NETNS]
+            if all(f.done() for f in starting):
+                for future in starting:
+                    future.result()
+                reason = self.check(start)
+                if reason is not None:
+                    raise LaunchError(reason)
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            try:
-                result = netns.exec_run(["python3", "-c", _PROBE, str(start.port),
-                                         f"{slice_:.2f}"])
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # the holder stopped: check() says why next time
-                    continue
-                raise
-            if result.exit_code == 0:
-                return
+            if self._probe(netns_id, start.port, slice_):
+                for future in starting:
+                    future.result()
+                reason = self.check(start)
+                if reason is None:
+                    return
+                raise LaunchError(reason)
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool did not answer on port {start.port} within "
                                   f"{timeout:.0f} s")
 
+    def _probe(self, netns_id: str, port: int, seconds: float) -> bool:
+        """True if the tool answered within ``seconds``; False also if the holder stopped
+        (the caller's check() then says why)."""
+        api = self._client.api
+        try:
+            run = api.exec_create(netns_id, ["python3", "-c", _PROBE, str(port),
+                                             f"{seconds:.2f}"])
+            api.exec_start(run["Id"])
+            return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
+        except docker.errors.APIError as exc:
+            if exc.status_code in (404, 409):
+                time.sleep(PROBE_INTERVAL)
+                return False
+            raise
+
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
         self.ensure_image(start.image, start.registry, progress)
-        self.create(start)
-        self.wait_ready(start, timeout)
+        starting = self._bring_up(start)
+        try:
+            self.wait_ready(start, timeout, starting)
+        finally:
+            for future in starting:  # never leave a start running behind a failure
+                future.exception()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -332,9 +405,9 @@ class PodRunner:
         existing = self.containers(instance_id)
         netns = existing.pop(ROLE_NETNS, None)
 
-        def stop_one(container: Container) -> None:
+        def stop_one(container: PodContainer) -> None:
             with contextlib.suppress(docker.errors.NotFound):
-                container.stop(timeout=int(grace))
+                self._client.api.stop(container.id, timeout=int(grace))
 
         for future in [self._pool.submit(stop_one, c) for c in existing.values()]:
             future.result()
@@ -350,28 +423,28 @@ class PodRunner:
         labels = {**self.settings.labels, pod.LABEL_INSTANCE: instance_id}
         changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
         try:
-            committed = tool.commit(repository=repository, tag=tag or "latest",
-                                    message=f"dit4c: saved instance {instance_id}",
-                                    changes=changes)
+            committed = self._client.api.commit(
+                tool.id, repository=repository, tag=tag or "latest",
+                message=f"dit4c: saved instance {instance_id}", changes=changes)
         except docker.errors.APIError as exc:
             raise PodError(f"saving {instance_id} as {image} failed: "
                            f"{exc.explanation or exc}") from exc
-        return str(committed.id)
+        return str(committed["Id"])
 
     def remove(self, instance_id: str) -> None:
         """Remove every container, volume and network of the pod."""
         filters = self._filters(instance_id)
 
-        def remove_one(container: Container) -> None:
+        def remove_one(container: PodContainer) -> None:
             try:
-                container.remove(force=True, v=True)
+                self._client.api.remove_container(container.id, force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: removal already in progress
                     raise
 
-        containers = self._client.containers.list(all=True, filters=filters)
+        containers = self.containers(instance_id).values()
         for future in [self._pool.submit(remove_one, c) for c in containers]:
             future.result()
         for volume in self._client.volumes.list(filters=filters):
@@ -380,18 +453,3 @@ class PodRunner:
         for network in self._client.networks.list(filters=filters):
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
-
-
-def _exit_reason(container: Container, role: str) -> str:
-    state = container.attrs.get("State", {})
-    if container.status == "created":
-        return f"the {role} container was created but never started"
-    what = "tool" if role == pod.ROLE_TOOL else f"{role} helper"
-    reason = f"the {what} exited with code {state.get('ExitCode', '?')}"
-    if state.get("OOMKilled"):
-        reason += " (out of memory)"
-    try:
-        tail = container.logs(tail=3).decode(errors="replace").strip()
-    except docker.errors.APIError:
-        tail = ""
-    return f"{reason}: {tail[-300:]}" if tail else reason

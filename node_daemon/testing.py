@@ -46,22 +46,34 @@ REGION = "us-east-1"
 
 
 class MotoServer:
-    """moto's server mode on 127.0.0.1, any free port; ``endpoint`` is its URL."""
+    """moto's server mode on 127.0.0.1, any free port; ``endpoint`` is its URL.
+
+    :meth:`stop` then :meth:`start` is an outage: the same port comes back with the same queues
+    (moto keeps its state in the process, not in the server).
+    """
 
     def __init__(self) -> None:
         # One log line per request otherwise, on stderr.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._port = 0
+        self.start()
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self._port,
+                                          verbose=False)
         self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        host, self._port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self._port}"
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint,
                             aws_access_key_id="test", aws_secret_access_key="test")  # noqa: S106
 
     def stop(self) -> None:
+        server = self._server._server  # stop() alone leaves the socket listening
         self._server.stop()
+        if server is not None:
+            server.server_close()  # refuse connections, as a host that went away would
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -89,16 +101,19 @@ class FakePortal:
     """The control plane's node endpoints over moto, at ``url`` once :meth:`start` returned.
 
     ``credential_lifetime`` sets the ``expiration`` it hands out (the real control plane asks
-    STS for at least 15 minutes; tests use seconds to watch refreshes). ``available`` False
-    makes every call answer 503, as an unreachable control plane would fail.
+    STS for at least 15 minutes; tests use seconds to watch refreshes). ``visibility_timeout``
+    is the node queues': how long a message received by a killed daemon stays hidden.
+    ``available`` False makes every call answer 503, as an unreachable control plane would.
     """
 
-    def __init__(self, moto: MotoServer, credential_lifetime: float = 3600) -> None:
+    def __init__(self, moto: MotoServer, credential_lifetime: float = 3600,
+                 visibility_timeout: int = 30) -> None:
         self.moto = moto
         self.sqs = moto.client("sqs")
         self.events_queue_url: str = self.sqs.create_queue(
             QueueName=f"dit4c-events-{uuid.uuid4().hex[:8]}")["QueueUrl"]
         self.credential_lifetime = credential_lifetime
+        self.visibility_timeout = visibility_timeout
         self.available = True
         self.cluster_id = "cluster-" + uuid.uuid4().hex[:8]
         self.join_tokens: set[str] = set()
@@ -135,8 +150,9 @@ class FakePortal:
         self.join_tokens.discard(body["join_token"])
         node_id = "node-" + uuid.uuid4().hex[:12]
         queue_url = await asyncio.to_thread(
-            lambda: self.sqs.create_queue(QueueName=f"dit4c-{node_id}",
-                                          Attributes={"VisibilityTimeout": "30"})["QueueUrl"])
+            lambda: self.sqs.create_queue(
+                QueueName=f"dit4c-{node_id}",
+                Attributes={"VisibilityTimeout": str(self.visibility_timeout)})["QueueUrl"])
         self.nodes[node_id] = {"keys": KeySet({kid: key}), "queue_url": queue_url,
                                "name": body["name"], "cpu": body["cpu"],
                                "memory_mb": body["memory_mb"]}
@@ -258,6 +274,38 @@ class EventLog:
         self.wait_for(lambda: any(e.state == state for e in self.states(instance_id)),
                       timeout, f"{instance_id} -> {state}")
         return next(e for e in self.states(instance_id) if e.state == state)
+
+
+STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
+
+
+def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
+    """The real helpers once the image has them; until then a stand-in that stays up.
+
+    The daemon never depends on what a helper does to call a pod running (the tool answering
+    is the test), but it does report a helper that exits, so an absent module would fail
+    every launch. With the real helpers present this returns {} (the daemon's defaults).
+    """
+    import docker.errors
+
+    probe = ("import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) "
+             "for m in ('helpers.listener', 'helpers.auth')) else 1)")
+    try:
+        client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
+    except docker.errors.ContainerError:
+        return {"listener": list(STANDIN_HELPER), "auth": list(STANDIN_HELPER)}
+    return {}
+
+
+def node_env(*, pods_network: str, labels: dict[str, str],
+             helper_commands: dict[str, list[str]], **extra: str) -> dict[str, str]:
+    """``DIT4C_NODE_*`` settings for a test node: its own pods network and labels, fast timers."""
+    return {"DIT4C_NODE_PODS_NETWORK": pods_network,
+            "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
+            "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+            "DIT4C_NODE_RECONCILE_SECONDS": "2",
+            "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "60",
+            "DIT4C_NODE_HELPER_COMMANDS": json.dumps(helper_commands), **extra}
 
 
 def sample_start(instance_id: str, image: str, *, port: int = 8080, cpu: float = 0.5,

@@ -164,12 +164,13 @@ async function route() {
     if (e.status === 401 || e.status === 403) { me = null; show("login"); await renderProviders(); return; }
     flash(e.message); return;
   }
-  $("whoami").textContent = me.username || "";
-  $("nav-admin").hidden = !me.admin;
+  const user = me.user || me;
+  $("whoami").textContent = user.username || "";
+  $("nav-admin").hidden = !user.admin;
   const view = (location.hash.replace(/^#\//, "") || "instances").split("/")[0];
   try {
     if (view === "images") { show("images"); await renderImages(); }
-    else if (view === "admin" && me.admin) { show("admin"); await renderAdmin(); }
+    else if (view === "admin" && user.admin) { show("admin"); await renderAdmin(); }
     else {
       show("instances");
       await renderInstances();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,6 +19,10 @@ LOCAL_ACCESS_KEY: Final = "local-stack-key"
 LOCAL_SECRET_KEY: Final = "local-stack-secret"  # noqa: S105 - moto ignores it
 
 
+_CLIENTS: dict[tuple[str, str, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class AwsEndpoint:
     """One endpoint URL for every AWS service (moto's server mode), with fixed local credentials.
@@ -30,6 +35,17 @@ class AwsEndpoint:
     region: str = DEFAULT_REGION
 
     def client(self, service: str) -> Any:
+        """A client of ``service``; one per endpoint and service, shared (clients are
+        thread-safe, and making one costs a quarter of a second)."""
+        if self.url is None:
+            return self._new_client(service)  # under mock_aws: made inside the mock, not cached
+        key = (self.url, self.region, service)
+        with _CLIENTS_LOCK:
+            if key not in _CLIENTS:
+                _CLIENTS[key] = self._new_client(service)
+            return _CLIENTS[key]
+
+    def _new_client(self, service: str) -> Any:
         session = boto3.session.Session(
             aws_access_key_id=LOCAL_ACCESS_KEY,
             aws_secret_access_key=LOCAL_SECRET_KEY,

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from scripts import images
 
+if TYPE_CHECKING:
+    from control_plane.catalog import CatalogEntry
 
-def demo_catalog() -> list[Any]:
-    """``control_plane.catalog.CatalogEntry`` values (imported here: the env must be set first)."""
-    entry = importlib.import_module("control_plane.catalog").CatalogEntry
+
+def demo_catalog() -> list[CatalogEntry]:
+    """The entries ``ensure_local_defaults`` upserts (imported late: the env is set first)."""
+    from control_plane.catalog import CatalogEntry
+
     return [
-        entry(
+        CatalogEntry(
             name="Test tool (busybox httpd)",
             image=images.TEST_TOOL,
             port=images.TEST_TOOL_PORT,

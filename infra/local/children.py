@@ -72,6 +72,11 @@ class Child:
         self._forget()
         return code
 
+    def terminate(self) -> None:
+        """SIGTERM the process group, without waiting (``stop`` waits)."""
+        if self._process is not None and self._process.poll() is None:
+            _signal_group(self._process.pid, signal.SIGTERM)
+
     def stop(self, grace: float) -> int | None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds; returns the exit code."""
         process = self._process

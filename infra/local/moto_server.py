@@ -40,7 +40,8 @@ class MotoServer:
             self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler
         )
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="moto-server", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            name="moto-server", daemon=True,
         )
         self._thread.start()
         log.info("moto serving on %s", self.endpoint.url)

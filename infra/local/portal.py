@@ -72,7 +72,7 @@ class PortalServer:
                     from exc
             self._servers.append(server)
             thread = threading.Thread(
-                target=server.server.serve_forever, kwargs={"poll_interval": 0.2},
+                target=server.server.serve_forever, kwargs={"poll_interval": 0.1},
                 name=f"portal-{host}:{port}", daemon=True,
             )
             thread.start()
@@ -87,6 +87,19 @@ class PortalServer:
             thread.join(timeout=5)
         self._servers.clear()
         self._threads.clear()
+
+
+def use_process_logging(app: Chalice) -> None:
+    """Undo Chalice's Lambda logging set-up so the app logs like the rest of the stack.
+
+    Chalice gives its app logger (named after the app, here the parent of every ``dit4c.*``
+    logger) a stdout handler, a level of its own and ``propagate = False``: right on Lambda,
+    but locally it would pull every part's log lines out of the stack's own log.
+    """
+    for handler in list(app.log.handlers):
+        app.log.removeHandler(handler)
+    app.log.propagate = True
+    app.log.setLevel(logging.NOTSET)
 
 
 def _make_request_local(app: Chalice) -> None:

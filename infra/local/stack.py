@@ -23,7 +23,6 @@ a last snapshot after everything that writes has stopped.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -44,19 +43,13 @@ from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
 from infra.local.datadir import AdminPassword, DataDir
-from infra.local.errors import ChildFailed, LocalStackError, TemplateError
-from infra.local.functions import Handler, ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.errors import ChildFailed, LocalStackError
+from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
-from infra.local.portal import PortalServer
+from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
-from infra.local.template import (
-    ApiTrigger,
-    FunctionSpec,
-    ScheduleTrigger,
-    SqsTrigger,
-    Template,
-)
+from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 
 log = logging.getLogger("dit4c.local.stack")
 
@@ -71,14 +64,6 @@ class _Interrupted(Exception):
     """A stop was asked for (SIGINT/SIGTERM) while the stack was starting."""
 
 
-def component_missing(module: str) -> bool:
-    """True while a part has not landed on this branch (its entry module does not exist)."""
-    try:
-        return importlib.util.find_spec(module) is None
-    except ModuleNotFoundError:
-        return True
-
-
 @dataclass
 class _State:
     """What the start-up found out, for readiness and the ready block."""
@@ -90,8 +75,6 @@ class _State:
     cluster_id: str | None = None
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
-    missing: dict[str, str] = field(default_factory=dict)
-    """Part -> why it is not running (a component that has not landed yet)."""
 
 
 class LocalStack:
@@ -221,21 +204,31 @@ class LocalStack:
         }
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
+        # The API first: importing the app is where Chalice sets up its logging, undone here
+        # before any other function runs.
+        for spec in stack.functions.values():
+            if any(isinstance(t, ApiTrigger) for t in spec.triggers):
+                app = load_app(spec)
+                use_process_logging(app)
+                portal = PortalServer(
+                    app,
+                    [("127.0.0.1", self._config.portal_port),
+                     (self._state.gateway, self._config.portal_port)],
+                    timeout=spec.timeout_seconds, memory_mb=spec.memory_mb,
+                    function_name=spec.logical_id,
+                )
+                portal.start()
+                undo.callback(portal.stop)
         sqs = aws.client("sqs")
         for spec in stack.functions.values():
             for trigger in spec.triggers:
-                if isinstance(trigger, ApiTrigger):
-                    continue  # served below, once for all of the function's paths
-                handler = self._handler(spec)
-                if handler is None:
-                    continue
                 if isinstance(trigger, SqsTrigger):
                     url = stack.sqs_sources[spec.logical_id]
                     arn = sqs.get_queue_attributes(
                         QueueUrl=url, AttributeNames=["QueueArn"]
                     )["Attributes"]["QueueArn"]
                     pump = SqsPump(
-                        spec, handler, sqs, queue_url=url, queue_arn=arn,
+                        spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
                         observer=self._observe_event,
                     )
@@ -243,51 +236,22 @@ class LocalStack:
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
                     timer = ScheduleTimer(
-                        spec, handler, f"{stack.name}-{spec.logical_id}{trigger.name}",
+                        spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
                         trigger.interval_seconds, aws.region,
                     )
                     timer.start()
                     undo.callback(timer.stop)
-        api = [s for s in stack.functions.values()
-               if any(isinstance(t, ApiTrigger) for t in s.triggers)]
-        for spec in api:
-            portal = PortalServer(
-                load_app(spec),
-                [("127.0.0.1", self._config.portal_port),
-                 (self._state.gateway, self._config.portal_port)],
-                timeout=spec.timeout_seconds, memory_mb=spec.memory_mb,
-                function_name=spec.logical_id,
-            )
-            portal.start()
-            undo.callback(portal.stop)
-
-    def _handler(self, spec: FunctionSpec) -> Handler | None:
-        try:
-            return load_handler(spec)
-        except TemplateError as exc:
-            if component_missing(spec.module):
-                raise
-            # The module is there but not the function: a part that has not landed yet.
-            self._state.missing[spec.logical_id] = str(exc).removeprefix(f"{spec.logical_id}: ")
-            return None
 
     def _bootstrap(self) -> None:
-        if component_missing("control_plane.bootstrap"):
-            self._state.missing["bootstrap"] = (
-                "control_plane.bootstrap is not on this branch yet: no admin account, cluster, "
-                "catalog or join token"
-            )
-            return
-        bootstrap = importlib.import_module("control_plane.bootstrap")
+        # Imported once the environment is set, like the handlers.
+        from control_plane.bootstrap import ensure_local_defaults
+
         assert self._state.password is not None
-        defaults = bootstrap.ensure_local_defaults(self._state.password.value, demo_catalog())
+        defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id
         self._join_token = defaults.join_token
 
     def _start_router(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
-        if component_missing("edge_router.__main__"):
-            self._state.missing["router"] = "edge_router has no __main__ on this branch yet"
-            return
         config = self._config
         listen = ",".join(f"{host}:{config.router_port}"
                           for host in ("127.0.0.1", self._state.gateway))
@@ -304,12 +268,6 @@ class LocalStack:
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
-        if component_missing("node_daemon.__main__"):
-            self._state.missing["node"] = "node_daemon has no __main__ on this branch yet"
-            return
-        if "bootstrap" in self._state.missing:
-            self._state.missing["node"] = "no join token without control_plane.bootstrap"
-            return
         node_dir = self._data.node
         self._forget_unknown_node(aws, stack)
         if not (node_dir / NODE_IDENTITY_FILE).exists():
@@ -372,12 +330,18 @@ class LocalStack:
         child = children.Child(name, argv, env, log_dir=self._data.logs, run_dir=self._data.run,
                                cwd=REPO_ROOT)
         child.start()
+        if not self._children:
+            undo.callback(self._stop_children)
         self._children.append(child)
-        undo.callback(self._stop_child, child)
 
-    def _stop_child(self, child: children.Child) -> None:
-        code = child.stop(self._config.stop_grace)
-        log.info("%s stopped (status %s)", child.name, code)
+    def _stop_children(self) -> None:
+        """Every child at once: each gets SIGTERM now, so the grace periods overlap."""
+        running = list(self._children)
+        for child in running:
+            child.terminate()
+        for child in running:
+            code = child.stop(self._config.stop_grace)
+            log.info("%s stopped (status %s)", child.name, code)
 
     def _final_snapshot(self, snapshotter: Snapshotter) -> None:
         summary = snapshotter.save()
@@ -396,14 +360,12 @@ class LocalStack:
         config = self._config
         checks: dict[str, Callable[[], bool]] = {
             "portal health": lambda: _http_status(f"{config.local_portal_url}/api/health") == 200,
-        }
-        if "router" not in self._state.missing:
-            checks["edge router"] = lambda: _http_status(
+            "edge router": lambda: _http_status(
                 f"http://127.0.0.1:{config.router_port}/",
                 host=f"nothing.{config.public_host}:{config.router_port}",
-            ) is not None
-        if "node" not in self._state.missing:
-            checks["node heartbeat"] = self._heartbeat_seen
+            ) is not None,
+            "node heartbeat": self._heartbeat_seen,
+        }
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -463,8 +425,6 @@ class LocalStack:
             f"  AWS (moto): {state.aws.url}",
             f"  data:       {self._data.root}   (logs in {self._data.logs})",
         ]
-        for part, why in state.missing.items():
-            lines.append(f"  NOT RUNNING {part}: {why}")
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), file=self._out, flush=True)
 

@@ -11,6 +11,7 @@ import pytest
 from edge_router import testing
 from edge_router.proxy import ClientConnection
 from protocol.tokens import SigningKey
+from protocol.tunnel import DEFAULT_WINDOW
 from tests.functional.router_stack import HOST, INSTANCE, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
@@ -146,7 +147,7 @@ async def test_a_slow_reader_stalls_neither_others_nor_router_memory(stack: Stac
         async with await stack.get("/") as response:
             assert await response.text() == "hello from the tool\n"
     await asyncio.sleep(0.3)
-    window = stack.router.config.stream_window
+    window = DEFAULT_WINDOW
     buffered = sum(c.transport.get_write_buffer_size() for c in stack.router_connections()
                    if isinstance(c, ClientConnection) and c.transport is not None)
     assert buffered <= window + 256 * 1024, buffered

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 
 from edge_router import testing
+from protocol.tokens import SigningKey
 from tests.functional.router_stack import HOST, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
@@ -116,3 +120,82 @@ async def test_100_concurrent_streams_over_one_tunnel(stack: Stack) -> None:
                 return await r.text()
         results = await asyncio.gather(*(one(i) for i in range(100)))
     assert results == ["slept\n"] * 100
+
+
+async def test_client_disconnect_reaches_the_upstream(stack: Stack) -> None:
+    """The browser goes away mid-request: the pod's upstream connection is closed too."""
+    lost = asyncio.Event()
+    arrived = asyncio.Event()
+
+    class Upstream(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            arrived.set()  # and never answer
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, "127.0.0.1", 0)
+    links = testing.Links()
+    other = f"hang1.{testing.DOMAIN}"
+    await links.start([testing.tunnel_url(stack.router)],
+                      token=testing.token(stack.key, "hang1"), hostname=other,
+                      upstream=server.sockets[0].getsockname()[:2])
+    try:
+        host, port = stack.router.addresses[0]
+        _, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /slow HTTP/1.1\r\nHost: {other}\r\n\r\n".encode())
+        await asyncio.wait_for(arrived.wait(), 5)
+        writer.close()
+        await asyncio.wait_for(lost.wait(), 5)
+    finally:
+        await links.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_https_listener(upstream: tuple[str, int], tmp_path: Path) -> None:
+    cert, key_file = self_signed(tmp_path, f"*.{testing.DOMAIN}")
+    key = SigningKey.generate()
+    router = await testing.start_router(key, tls_listen=(("127.0.0.1", 0),), tls_cert=cert,
+                                        tls_key=key_file)
+    links = testing.Links()
+    try:
+        await links.start([testing.tunnel_url(router)], token=testing.token(key, "abc123"),
+                          hostname=HOST, upstream=upstream)
+        context = ssl.create_default_context(cafile=cert)
+        host, port = router.tls_addresses[0]
+        async with aiohttp.ClientSession() as client, client.get(
+                f"https://{host}:{port}/headers",
+                server_hostname=HOST, ssl=context,
+                headers={"Host": HOST}) as response:
+            seen = await response.json()
+        assert seen["X-Forwarded-Proto"] == "https"
+    finally:
+        await links.close()
+        await router.stop()
+
+
+def self_signed(directory: Path, name: str) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(private.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return str(cert_path), str(key_path)

@@ -16,6 +16,7 @@ from moto import mock_aws
 
 from edge_router import testing
 from edge_router.server import Router
+from helpers.listener.links import RouterLink
 from protocol.messages import Revocation
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER
@@ -169,3 +170,56 @@ async def test_one_router_of_two_down_instance_still_reachable(
         await links.close()
         await first.stop()
         await second.stop()
+
+
+async def test_heartbeats_drop_a_silent_listener() -> None:
+    """A peer that completes the handshake and then never answers a ping is dropped."""
+    key = SigningKey.generate()
+    router = await testing.start_router(key, heartbeat=0.3)
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                testing.tunnel_url(router), autoping=False,
+                headers={"Authorization": f"Bearer {testing.token(key, INSTANCE)}",
+                         HOST_HEADER: HOST}):
+            assert router.routes.tunnel_count == 1
+
+            async def dropped() -> bool:
+                return router.routes.tunnel_count == 0
+            assert await wait_for(dropped, 5) < 5
+    finally:
+        await router.stop()
+
+
+async def test_heartbeats_make_the_listener_redial_a_silent_router(
+        upstream: tuple[str, int]) -> None:
+    from aiohttp import web
+
+    accepted: list[float] = []
+
+    async def silent(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        accepted.append(time.monotonic())
+        await asyncio.sleep(30)  # never reads, never pongs
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/t", silent)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    session = aiohttp.ClientSession()
+    link = RouterLink(session, f"ws://{host}:{port}/t", token="t", hostname=HOST,
+                      upstream=upstream, heartbeat=0.3)
+    task = asyncio.ensure_future(link.run())
+    try:
+        async def redialled() -> bool:
+            return len(accepted) >= 2
+        assert await wait_for(redialled, 5) < 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await session.close()
+        await runner.cleanup()

@@ -1,8 +1,7 @@
 """``python -m infra.local run`` as a real process: ready, health, 404 page, Ctrl-C, restart.
 
 The stack runs on free ports, with a temporary data directory and its own pods network
-(labelled with this test run, so cleanup finds it). Checks of a part that has not landed on
-this branch yet are skipped with the reason naming the missing module.
+(labelled with this test run, so cleanup finds it).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.local.stack import REPO_ROOT, component_missing
+from infra.local.stack import REPO_ROOT
 
 pytestmark = pytest.mark.docker
 
@@ -36,12 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def missing(module: str) -> str | None:
-    if component_missing(module):
-        return f"{module} has not landed on this branch yet"
-    return None
 
 
 class StackProcess:
@@ -191,8 +184,6 @@ def test_the_portal_listens_on_the_pods_gateway_too_but_not_everywhere(
 
 
 def test_an_unknown_host_gets_a_404_page(running, stack_env):
-    if reason := missing("edge_router.__main__"):
-        pytest.skip(reason)
     port = port_of(stack_env, "DIT4C_ROUTER_PORT")
     status, _, body = get(port, "/", host=f"nothing.localhost:{port}")
     assert status == 404
@@ -200,8 +191,6 @@ def test_an_unknown_host_gets_a_404_page(running, stack_env):
 
 
 def test_the_node_is_enrolled_and_sends_heartbeats(running, stack_env):
-    if reason := missing("node_daemon.__main__") or missing("control_plane.bootstrap"):
-        pytest.skip(reason)
     identity = json.loads((Path(stack_env["DIT4C_DATA_DIR"]) / "node" / "node.json").read_text())
     assert identity["node_id"] in "\n".join(running.lines)
 
@@ -275,8 +264,6 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
                             Key={"cluster_id": {"S": "made-before-the-restart"}})
         aws.close()
         assert "Item" in item
-        if reason := missing("control_plane.bootstrap"):
-            pytest.skip(f"admin login after restart not checked: {reason}")
         assert _login(ports[0], password) == 200
         again.interrupt()
         assert again.process.returncode == 0

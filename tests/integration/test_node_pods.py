@@ -4,7 +4,6 @@ are idempotent and ordered; pods are isolated from each other; the tool sees no 
 
 from __future__ import annotations
 
-import json
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,14 +13,19 @@ import docker
 import pytest
 
 from node_daemon.network import ensure_pods_network
-from node_daemon.testing import EventLog, FakePortal, MotoServer, NodeProcess, sample_start
+from node_daemon.testing import (
+    EventLog,
+    FakePortal,
+    MotoServer,
+    NodeProcess,
+    helper_commands_for,
+    node_env,
+    sample_start,
+)
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance
 
 pytestmark = [pytest.mark.docker]
-
-STANDIN_HELPER = ["python3", "-c", "import signal; signal.pause()"]
-
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
@@ -53,36 +57,20 @@ def pods_network(docker_client: docker.DockerClient, run_labels: dict[str, str],
 
 @pytest.fixture(scope="module")
 def helper_commands(docker_client: docker.DockerClient, helpers_image: str) -> dict[str, list[str]]:
-    """The real helpers once they exist in the image; until then a stand-in that stays up.
-
-    The daemon never depends on what a helper does to call a pod running (the tool answering
-    is the test), but it does report a helper that exits, so a missing module would fail every
-    launch.
-    """
-    probe = ("import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) "
-             "for m in ('helpers.listener', 'helpers.auth')) else 1)")
-    try:
-        docker_client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
-    except docker.errors.ContainerError:
-        return {pod.ROLE_LISTENER: STANDIN_HELPER, pod.ROLE_AUTH: STANDIN_HELPER}
-    return {}
+    return helper_commands_for(docker_client, helpers_image)
 
 
 @pytest.fixture(scope="module")
-def node_env(pods_network: str, run_labels: dict[str, str],
-             helper_commands: dict[str, list[str]], tool_image: str) -> dict[str, str]:
-    return {"DIT4C_NODE_PODS_NETWORK": pods_network,
-            "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
-            "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
-            "DIT4C_NODE_RECONCILE_SECONDS": "2",
-            "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "60",
-            "DIT4C_NODE_HELPER_COMMANDS": json.dumps(helper_commands)}
+def node_settings(pods_network: str, run_labels: dict[str, str],
+                  helper_commands: dict[str, list[str]], tool_image: str) -> dict[str, str]:
+    return node_env(pods_network=pods_network, labels=run_labels,
+                    helper_commands=helper_commands)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
-         node_env: dict[str, str]) -> Iterator[NodeProcess]:
-    process = NodeProcess(portal, tmp_path_factory.mktemp("nodes") / "main", node_env)
+         node_settings: dict[str, str]) -> Iterator[NodeProcess]:
+    process = NodeProcess(portal, tmp_path_factory.mktemp("nodes") / "main", node_settings)
     process.join()
     process.start()
     yield process
@@ -358,3 +346,18 @@ def test_heartbeats_and_metrics(h: Harness):
     assert "dit4c_node_launch_seconds_bucket" in text
     assert "dit4c_node_queue_poll_errors_total 0.0" in text
     h.node.send(DiscardInstance(instance_id=iid))
+
+
+def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
+    from scripts import images
+
+    iid = new_id()
+    # The helper base image's command is a bare `python3`: with no input it exits at once.
+    h.node.send(sample_start(iid, images.HELPER_BASE))
+    event = h.wait_state(iid, "failed")
+    assert "the tool exited with code 0" in (event.reason or ""), event.reason
+    # Kept, stopped, for its logs; discard removes it.
+    assert {c.status for c in h.pod(iid).values()} == {"exited"}
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+    assert h.pod(iid) == {}

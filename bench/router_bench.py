@@ -1,0 +1,359 @@
+"""Edge router benchmark: one upstream reached four ways, in one run on this machine.
+
+    python -m bench.router_bench [--duration 10] [--tunnels 10000] [--skip-idle]
+
+The upstream is nginx serving static files (a 13-byte page, a 1 GiB file). It is reached
+(1) directly, (2) through nginx as a reverse proxy, (3) through configurable-http-proxy (npm,
+installed by this script into ``~/.cache/dit4c/chp``, never into the repository) and (4) through
+``python -m edge_router`` + tunnel + ``python -m helpers.listener`` (separate processes, as in
+production). For each: small-request rate with keep-alive (wrk), p50/p99 latency at a fixed rate
+(an open-loop client here), and the throughput of a 1 GiB download (curl). Then the resident
+memory of a router holding ``--tunnels`` idle tunnels. Prints a Markdown table.
+
+Per-request access logs are off for every proxy (nginx ``access_log off``, CHP's default, the
+router's ``DIT4C_ROUTER_ACCESS_LOG=0``) so that the figures compare the proxying itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol import pod
+from protocol.tokens import SigningKey, tunnel_claims
+from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
+
+CHP_VERSION = "5.3.0"
+CACHE = Path(os.environ.get("DIT4C_CACHE_DIR", Path.home() / ".cache" / "dit4c"))
+DOMAIN = "bench.test"
+INSTANCE = "bench1"
+HOST = f"{INSTANCE}.{DOMAIN}"
+BIG = 1024 ** 3
+SMALL_BODY = b"hello, bench\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ensure_chp() -> Path:
+    """configurable-http-proxy from npm, pinned, in the cache directory."""
+    prefix = CACHE / "chp"
+    binary = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
+    installed = prefix / "node_modules" / "configurable-http-proxy" / "package.json"
+    if not (binary.exists() and json.loads(installed.read_text())["version"] == CHP_VERSION):
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                        f"configurable-http-proxy@{CHP_VERSION}"], check=True)
+    return binary
+
+
+@dataclass
+class Processes:
+    work: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        log = (self.work / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def report(self) -> None:
+        """Print the exit status and log tail of every process that has died."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                print(f"{proc.args!r} exited with {proc.returncode}", file=sys.stderr)
+        for log in sorted(self.work.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                self.stop(proc)
+
+
+def nginx_conf(work: Path, name: str, port: int, body: str, http_extra: str = "") -> Path:
+    conf = work / f"{name}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  {http_extra}
+  access_log off;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi;
+  uwsgi_temp_path {work}/{name}-uwsgi;
+  scgi_temp_path {work}/{name}-scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    {body}
+  }}
+}}
+""")
+    return conf
+
+
+def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                             headers={"Host": host})
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} ({host}) did not answer {path}")
+        time.sleep(0.2)
+
+
+def wrk_rate(port: int, host: str, duration: int, connections: int = 50) -> float:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {host}",
+         f"http://127.0.0.1:{port}/small"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if match is None or errors is not None:
+        raise RuntimeError(f"wrk failed:\n{out}")
+    return float(match.group(1))
+
+
+async def _fixed_rate(port: int, host: str, rate: int, duration: float,
+                      connections: int = 32) -> list[float]:
+    """Open loop: request i is due at i/rate; its latency counts from then (no coordinated
+    omission). Keep-alive connections are taken from a pool."""
+    request = f"GET /small HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def one(due: float) -> None:
+        reader, writer = await pool.get()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        latencies.append(loop.time() - due)
+        pool.put_nowait((reader, writer))
+
+    start = loop.time() + 0.1
+    tasks = []
+    for i in range(int(rate * duration)):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        _, writer = pool.get_nowait()
+        writer.close()
+    return latencies
+
+
+def latency(port: int, host: str, rate: int, duration: float) -> tuple[float, float]:
+    values = sorted(asyncio.run(_fixed_rate(port, host, rate, duration)))
+    p50 = statistics.median(values)
+    p99 = values[int(len(values) * 0.99) - 1]
+    return p50 * 1000, p99 * 1000
+
+
+def download(port: int, host: str) -> float:
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", "-w",
+         "%{size_download} %{time_total}", f"http://127.0.0.1:{port}/big"],
+        capture_output=True, text=True, check=True).stdout.split()
+    size, seconds = int(out[0]), float(out[1])
+    if size != BIG:
+        raise RuntimeError(f"downloaded {size} bytes, not {BIG}")
+    return size / seconds / 1e6
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def _open_tunnels(port: int, key: SigningKey, count: int) -> list[object]:
+    import aiohttp
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets: list[object] = []
+    semaphore = asyncio.Semaphore(100)
+
+    async def one(i: int) -> None:
+        token = key.sign(tunnel_claims(issuer="bench", instance_id=f"idle{i}",
+                                       hostname=f"idle{i}.{DOMAIN}"))
+        async with semaphore:
+            ws = await session.ws_connect(
+                f"ws://127.0.0.1:{port}{TUNNEL_PATH}", heartbeat=None, autoping=True,
+                headers={"Authorization": f"Bearer {token}", HOST_HEADER: f"idle{i}.{DOMAIN}"})
+        sockets.append(ws)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    sockets.append(session)
+    return sockets
+
+
+def idle_tunnels(procs: Processes, env: dict[str, str], key: SigningKey, count: int
+                 ) -> tuple[float, float, float]:
+    """(RSS MB before, RSS MB after, KB per tunnel) of a fresh router holding idle tunnels."""
+    port, metrics = free_port(), free_port()
+    router = procs.start("router-idle", [sys.executable, "-m", "edge_router"], {
+        **env, "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{port}",
+        "DIT4C_ROUTER_METRICS_LISTEN": f"127.0.0.1:{metrics}"})
+    wait_http(metrics, "x", "/metrics")
+    before = rss_kb(router.pid)
+
+    async def hold() -> int:
+        sockets = await _open_tunnels(port, key, count)
+        await asyncio.sleep(3)
+        after = rss_kb(router.pid)
+        for ws in sockets[:-1]:
+            await ws.close()  # type: ignore[attr-defined]
+        await sockets[-1].close()  # type: ignore[attr-defined]
+        return after
+
+    after = asyncio.run(hold())
+    procs.stop(router)
+    return before / 1024, after / 1024, (after - before) / count
+
+
+def main() -> int:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--tunnels", type=int, default=10000)
+    parser.add_argument("--skip-idle", action="store_true")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "curl", "npm", "node"):
+        if shutil.which(tool) is None:
+            print(f"router_bench: {tool} is required (apt-get install wrk nginx curl npm)")
+            return 2
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    chp = ensure_chp()
+    key = SigningKey.generate()
+    keep = os.environ.get("DIT4C_BENCH_KEEP")
+    with tempfile.TemporaryDirectory(prefix="dit4c-bench-") as tmp:
+        work = Path(keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o755)  # nginx workers run as www-data when started by root
+        root = work / "www"
+        root.mkdir(exist_ok=True)
+        (root / "small").write_bytes(SMALL_BODY)
+        with (root / "big").open("wb") as f:
+            f.truncate(BIG)
+        (root / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+        procs = Processes(work)
+        try:
+            ports = {name: free_port() for name in ("upstream", "nginx", "chp", "chp_api",
+                                                    "router", "metrics")}
+            up = ports["upstream"]
+            procs.start("upstream", ["nginx", "-c", str(nginx_conf(
+                work, "upstream", up, f"root {root}; sendfile on; tcp_nopush on;"))])
+            procs.start("nginx", ["nginx", "-c", str(nginx_conf(work, "proxy", ports["nginx"], (
+                "location / { proxy_pass http://backend; proxy_http_version 1.1; "
+                'proxy_set_header Connection ""; proxy_buffering off; }'
+            ), f"upstream backend {{ server 127.0.0.1:{up}; keepalive 64; }}"))])
+            procs.start("chp", [str(chp), "--ip", "127.0.0.1", "--port", str(ports["chp"]),
+                                "--api-ip", "127.0.0.1", "--api-port", str(ports["chp_api"]),
+                                "--default-target", f"http://127.0.0.1:{up}",
+                                "--log-level", "warn"],
+                        {"CONFIGPROXY_AUTH_TOKEN": key.kid})
+            router_env = {
+                "DIT4C_ROUTER_DOMAIN": DOMAIN,
+                "DIT4C_ROUTER_JWKS_URL": f"http://127.0.0.1:{up}/jwks.json",
+                "DIT4C_ROUTER_ACCESS_LOG": "0",
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            }
+            procs.start("router", [sys.executable, "-m", "edge_router"], {
+                **router_env, "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{ports['router']}",
+                "DIT4C_ROUTER_METRICS_LISTEN": f"127.0.0.1:{ports['metrics']}"})
+            wait_http(ports["metrics"], "x", "/metrics")
+            token = key.sign(tunnel_claims(issuer="bench", instance_id=INSTANCE, hostname=HOST))
+            procs.start("listener", [sys.executable, "-m", "helpers.listener"], {
+                "PYTHONPATH": router_env["PYTHONPATH"],
+                pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: HOST,
+                pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{ports['router']}{TUNNEL_PATH}",
+                pod.ENV_UPSTREAM: f"127.0.0.1:{up}"})
+            ways = [("direct (nginx static)", up, "localhost"),
+                    ("nginx reverse proxy", ports["nginx"], "localhost"),
+                    (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], "localhost"),
+                    ("dit4c router + tunnel + listener", ports["router"], HOST)]
+            for name, port, host in ways:
+                try:
+                    wait_http(port, host)
+                except RuntimeError:
+                    procs.report()
+                    raise RuntimeError(f"{name} did not start (logs in {work})") from None
+            rows = []
+            for name, port, host in ways:
+                print(f"measuring {name} ...", file=sys.stderr)
+                rate = wrk_rate(port, host, args.duration)
+                p50, p99 = latency(port, host, args.rate, args.duration)
+                mbps = download(port, host)
+                rows.append((name, rate, p50, p99, mbps))
+            idle = None
+            if not args.skip_idle:
+                print(f"measuring {args.tunnels} idle tunnels ...", file=sys.stderr)
+                idle = idle_tunnels(procs, router_env, key, args.tunnels)
+        finally:
+            procs.stop_all()
+    chp_rate = rows[2][1]
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} "
+          f"({os.cpu_count()} CPUs); wrk -t1 -c50 -d{args.duration}s; latency open loop at "
+          f"{args.rate} req/s for {args.duration}s over 32 keep-alive connections\n")
+    print("| path | small requests/s (keep-alive) | vs CHP | p50 ms | p99 ms "
+          "| 1 GiB download MB/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, p50, p99, mbps in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / chp_rate:.2f}x | {p50:.2f} | {p99:.2f} "
+              f"| {mbps:,.0f} |")
+    if idle is not None:
+        before, after, per = idle
+        print(f"\n{args.tunnels} idle tunnels on one router: RSS {before:.1f} MB -> "
+              f"{after:.1f} MB, {per:.1f} KB per tunnel")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Credentials and queues: the node proves itself with its own JWT, holds short-lived STS
+credentials, refreshes them before they expire, and talks to SQS with them (moto server)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+
+from node_daemon.credentials import CredentialBroker
+from node_daemon.errors import PortalError, QueueError
+from node_daemon.portal import PortalClient
+from node_daemon.queues import NodeQueues
+from node_daemon.testing import FakePortal, MotoServer
+from protocol.messages import InstanceStateEvent, StopInstance, decode
+from protocol.tokens import SigningKey
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def portal(moto: MotoServer) -> Iterator[FakePortal]:
+    fake = FakePortal(moto)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def client(portal: FakePortal) -> AsyncIterator[PortalClient]:
+    async with aiohttp.ClientSession() as session:
+        yield PortalClient(portal.url, session)
+
+
+async def enrol(client: PortalClient, portal: FakePortal) -> tuple[str, SigningKey]:
+    key = SigningKey.generate()
+    enrolment = await client.enroll(join_token=portal.new_join_token(), key=key, name="n",
+                                    cpu=1, memory_mb=512)
+    return enrolment.node_id, key
+
+
+async def test_credentials_need_the_nodes_own_key(client: PortalClient, portal: FakePortal):
+    node_id, key = await enrol(client, portal)
+    creds = await client.credentials(node_id, key)
+    assert creds.queue_url == portal.queue_url(node_id)
+    assert creds.endpoint_url == portal.moto.endpoint
+    assert creds.expiration > datetime.now(UTC)
+    # The attack: another key claiming to be this node.
+    with pytest.raises(PortalError) as refused:
+        await client.credentials(node_id, SigningKey.generate())
+    assert refused.value.status == 401 and refused.value.permanent
+    assert "unknown key" in str(refused.value)
+
+
+async def test_broker_refreshes_before_expiry(client: PortalClient, portal: FakePortal):
+    node_id, key = await enrol(client, portal)
+    now = [datetime.now(UTC).timestamp()]
+    broker = CredentialBroker(lambda: client.credentials(node_id, key), clock=lambda: now[0])
+    first = await broker.current()
+    assert await broker.current() is first
+    assert broker.fetches == 1
+    # An hour's credentials are replaced 5 minutes (the largest margin) before they expire.
+    now[0] = first.expiration.timestamp() - 301
+    assert await broker.current() is first
+    now[0] = first.expiration.timestamp() - 299
+    second = await broker.current()
+    assert second is not first and broker.fetches == 2
+    assert second.expiration > first.expiration or second.session_token != first.session_token
+
+
+async def test_broker_retries_after_a_failed_fetch(client: PortalClient, portal: FakePortal):
+    node_id, key = await enrol(client, portal)
+    broker = CredentialBroker(lambda: client.credentials(node_id, key))
+    portal.available = False
+    try:
+        with pytest.raises(PortalError) as unavailable:
+            await broker.current()
+        assert unavailable.value.status == 503 and not unavailable.value.permanent
+    finally:
+        portal.available = True
+    assert (await broker.current()).queue_url == portal.queue_url(node_id)
+
+
+async def test_queues_with_broker_credentials(client: PortalClient, portal: FakePortal):
+    node_id, key = await enrol(client, portal)
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    command = StopInstance(instance_id="abc")
+    portal.send(node_id, command)
+    received = await queues.receive(wait_seconds=1)
+    assert [decode(r.body) for r in received] == [command]
+    await queues.delete(received[0].receipt)
+    assert await queues.receive(wait_seconds=0) == []
+    event = InstanceStateEvent(node_id=node_id, instance_id="abc", state="stopped")
+    await queues.send_event(event)
+    answer = portal.sqs.receive_message(QueueUrl=portal.events_queue_url, WaitTimeSeconds=1)
+    assert [decode(m["Body"]) for m in answer["Messages"]] == [event]
+
+
+async def test_queue_errors_name_the_queue(client: PortalClient, portal: FakePortal):
+    node_id, key = await enrol(client, portal)
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    portal.sqs.delete_queue(QueueUrl=portal.queue_url(node_id))
+    with pytest.raises(QueueError) as failed:
+        await queues.receive(wait_seconds=0)
+    assert portal.queue_url(node_id) in str(failed.value)

@@ -1,0 +1,155 @@
+"""The whole system as a user meets it: a real Chromium against ``python -m infra.local run``.
+
+The stack runs on free ports with its own data directory and pods network; the browser logs in
+to the portal, launches the busybox tool from the catalog, and opens the instance through the
+edge router, the pod's listener and auth helpers and the portal's OAuth2 server — then the
+same for an anonymous visitor (login, back to the deep link), another user (403) and, after
+discard, nobody (the route is gone).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_local_stack import StackProcess, free_port
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TOOL_TEXT = "busybox httpd is serving this page"
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, unique_name, run_labels, docker_client) -> Iterator[dict[str, Any]]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (make deps installs Debian's chromium)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+    portal, router = free_port(), free_port()
+    env.update({
+        "DIT4C_DATA_DIR": str(tmp_path_factory.mktemp("e2e") / "data"),
+        "DIT4C_PORTAL_PORT": str(portal),
+        "DIT4C_ROUTER_PORT": str(router),
+        "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_STACK_NAME": "dit4c-e2e",
+        "DIT4C_ADMIN_PASSWORD": "admin-e2e-password",
+        "DIT4C_NODE_PODS_NETWORK": unique_name("e2e-pods"),
+        "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
+        "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
+        "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+    })
+    process = StackProcess(env)
+    try:
+        process.wait_ready()
+        yield {"portal": f"http://localhost:{portal}", "router_port": router,
+               "password": env["DIT4C_ADMIN_PASSWORD"], "process": process}
+    finally:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(stack) -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def log_in(page: Any, username: str, password: str) -> None:
+    page.fill("#login-form input[name=username]", username)
+    page.fill("#login-form input[name=password]", password)
+    page.click("#login-form button[type=submit]")
+
+
+@pytest.fixture(scope="module")
+def launched(stack, browser) -> Iterator[dict[str, Any]]:
+    """The admin logs in, makes a second user, launches the tool and waits for it to run."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(stack["portal"] + "/")
+    log_in(page, "admin", stack["password"])
+    page.wait_for_selector("#view-instances:not([hidden])", timeout=WAIT_MS)
+
+    page.goto(stack["portal"] + "/#/admin")
+    page.wait_for_selector("#view-admin:not([hidden])")
+    page.fill("#user-form input[name=username]", "bob")
+    page.fill("#user-form input[name=password]", "bob-password-1")
+    page.click("#user-form button[type=submit]")
+    page.wait_for_selector("#flash.info")
+
+    page.goto(stack["portal"] + "/#/images")
+    page.click("li[data-image] button[data-action=launch] >> nth=0")
+    page.wait_for_selector("#view-instances:not([hidden])")
+    running = page.wait_for_selector("tr[data-instance] td.state-running", timeout=WAIT_MS * 2)
+    row = running.evaluate_handle("cell => cell.closest('tr')").as_element()
+    assert row is not None
+    instance_id = row.get_attribute("data-instance")
+    link = row.query_selector("a[href]")
+    assert link is not None
+    url = link.get_attribute("href")
+    assert url == f"http://{instance_id}.localhost:{stack['router_port']}"
+    yield {"id": instance_id, "url": url, "admin": context, "page": page}
+    context.close()
+
+
+def test_the_owner_opens_the_tool_from_the_portal(launched):
+    page = launched["admin"].new_page()
+    page.goto(launched["url"] + "/")
+    page.wait_for_selector(f"text={TOOL_TEXT}", timeout=WAIT_MS)
+    assert page.url.startswith(launched["url"])
+
+
+def test_an_anonymous_visitor_logs_in_and_comes_back_to_the_deep_link(stack, browser, launched):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(launched["url"] + "/index.html?from=deep-link")
+        page.wait_for_selector("#view-login:not([hidden])", timeout=WAIT_MS)
+        assert page.url.startswith(stack["portal"] + "/login")
+        log_in(page, "admin", stack["password"])
+        page.wait_for_url(re.compile(re.escape(launched["url"]) + r"/index\.html\?from=deep-link"),
+                          timeout=WAIT_MS)
+        page.wait_for_selector(f"text={TOOL_TEXT}")
+    finally:
+        context.close()
+
+
+def test_another_user_gets_a_403_page(stack, browser, launched):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(stack["portal"] + "/")
+        log_in(page, "bob", "bob-password-1")
+        page.wait_for_selector("#view-instances:not([hidden])", timeout=WAIT_MS)
+        assert page.locator("tr[data-instance]").count() == 0  # bob sees none of admin's
+        response = page.goto(launched["url"] + "/")
+        assert response is not None
+        page.wait_for_load_state()
+        assert page.url.startswith(launched["url"]) or page.url.startswith(stack["portal"])
+        assert response.status == 403 or page.locator("text=403").count() > 0
+        assert page.locator(f"text={TOOL_TEXT}").count() == 0
+    finally:
+        context.close()
+
+
+def test_after_stop_and_discard_the_instance_is_gone(launched):
+    page = launched["page"]
+    row = f"tr[data-instance='{launched['id']}']"
+    page.click(f"{row} button[data-action=stop]")
+    page.wait_for_selector(f"{row} td.state-stopped", timeout=WAIT_MS)
+    page.click(f"{row} button[data-action=discard]")
+    page.wait_for_selector(f"{row} td.state-discarded", timeout=WAIT_MS)
+    tool = launched["admin"].new_page()
+    response = tool.goto(launched["url"] + "/")
+    assert response is not None and response.status in (404, 502, 503)
+    assert tool.locator(f"text={TOOL_TEXT}").count() == 0

@@ -1,0 +1,112 @@
+"""An image the node does not have is pulled, with progress reported as events: the image
+server is Debian's docker-registry (CNCF Distribution) on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from node_daemon.network import ensure_pods_network
+from node_daemon.testing import (
+    EventLog,
+    FakePortal,
+    MotoServer,
+    NodeProcess,
+    helper_commands_for,
+    node_env,
+    sample_start,
+)
+from protocol.messages import DiscardInstance
+
+pytestmark = [pytest.mark.docker]
+
+
+def free_port() -> int:
+    # The registry cannot report the port it got for :0, so take a free one and hand it over.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry is not installed (make deps installs it)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "docker-registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def settings(docker_client: docker.DockerClient, run_labels: dict[str, str], unique_name,
+             helpers_image: str) -> dict[str, str]:
+    network = unique_name("pods")
+    ensure_pods_network(docker_client, network, run_labels)
+    return node_env(pods_network=network, labels=run_labels,
+                    helper_commands=helper_commands_for(docker_client, helpers_image))
+
+
+@pytest.mark.timeout(180)
+def test_absent_image_is_pulled_with_progress(tmp_path: Path, registry: str,
+                                              docker_client: docker.DockerClient,
+                                              settings: dict[str, str], tool_image: str):
+    client = docker_client
+    reference = f"{registry}/dit4c-test/tool:{uuid.uuid4().hex[:8]}"
+    client.images.get(tool_image).tag(reference)
+    for line in client.api.push(reference, stream=True, decode=True):
+        assert "error" not in line, line
+    client.images.remove(reference)  # the node must pull it
+    moto = MotoServer()
+    portal = FakePortal(moto)
+    portal.start()
+    node = NodeProcess(portal, tmp_path / "node", settings)
+    try:
+        node.join()
+        node.start()
+        events = EventLog(portal)
+        iid = "p" + uuid.uuid4().hex[:12]
+        node.send(sample_start(iid, reference))
+        try:
+            events.wait_state(iid, "running", 90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{node.log_text()[-3000:]}") from None
+        pulls = [e.progress["pull"] for e in events.states(iid) if "pull" in e.progress]
+        assert 100 in pulls, pulls  # events may arrive in any order
+        assert all(e.state == "starting" for e in events.states(iid) if e.progress)
+        node.send(DiscardInstance(instance_id=iid))
+        events.wait_state(iid, "discarded", 30)
+    finally:
+        node.stop()
+        portal.stop()
+        moto.stop()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(reference, force=True)

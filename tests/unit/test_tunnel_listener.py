@@ -1,0 +1,36 @@
+"""The listener helper's settings and reconnect backoff."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.listener.__main__ import SettingsError, settings
+from helpers.listener.links import BACKOFF_CAP, backoff
+from protocol import pod
+
+GOOD = {pod.ENV_TUNNEL_TOKEN: "t", pod.ENV_ROUTER_URLS: "ws://a/.dit4c/tunnel, wss://b/x",
+        pod.ENV_HOSTNAME: "Abc.Example.org", pod.ENV_UPSTREAM: "127.0.0.1:7781"}
+
+
+def test_settings_are_read_and_normalised() -> None:
+    token, urls, hostname, upstream = settings(GOOD)
+    assert (token, urls, hostname, upstream) == (
+        "t", ["ws://a/.dit4c/tunnel", "wss://b/x"], "abc.example.org", ("127.0.0.1", 7781))
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (pod.ENV_TUNNEL_TOKEN, ""), (pod.ENV_ROUTER_URLS, "http://a/"),
+    (pod.ENV_UPSTREAM, "nohost"), (pod.ENV_UPSTREAM, "h:port"), (pod.ENV_HOSTNAME, " "),
+])
+def test_a_bad_setting_is_named(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        settings({**GOOD, name: value})
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    lows = [backoff(n, rand=lambda a, b: a) for n in range(12)]
+    highs = [backoff(n, rand=lambda a, b: b) for n in range(12)]
+    assert lows[0] == 0.125 and highs[0] == 0.25
+    assert all(h == 2 * lo for lo, h in zip(lows, highs, strict=True))
+    assert highs == sorted(highs) and max(highs) == BACKOFF_CAP
+    assert backoff(1000) <= BACKOFF_CAP
