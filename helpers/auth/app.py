@@ -97,7 +97,7 @@ class AuthHelper:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             for session in self.sessions.all():
-                await self._close_websockets(session, "helper shutting down")
+                self._close_websockets(session, "helper shutting down")
             await tool_http.close()
             await portal_http.close()
 
@@ -245,12 +245,12 @@ class AuthHelper:
 
     async def _end(self, session: Session, reason: str) -> None:
         self.sessions.drop(session)
-        await self._close_websockets(session, reason)
+        self._close_websockets(session, reason)
 
     @staticmethod
-    async def _close_websockets(session: Session, reason: str) -> None:
-        for ws in list(session.websockets):
-            await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+    def _close_websockets(session: Session, reason: str) -> None:
+        for link in list(session.websockets):
+            link.end(reason)
 
     async def _renew_forever(self) -> None:
         """Sessions with open WebSockets get no requests to renew them: renew them here."""
