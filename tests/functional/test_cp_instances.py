@@ -299,6 +299,15 @@ def test_admins_see_and_act_on_any_instance(cp_user, node, cp_admin):
     alice = cp_user("alice")
     iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
     assert cp_admin.get(f"/api/instances/{iid}").json["owner"] == "alice"
+    unplaced = alice.post("/api/instances", {"image_id": _image_id(alice),
+                                             "cluster_id": "lab"})
+    assert unplaced.status_code == 404  # no such cluster: nothing made
+    cp_admin.post(f"/api/nodes/{node['node_id']}/drain")
+    waiting = alice.post("/api/instances", {"image_id": _image_id(alice)}).json
+    assert waiting["state"] == "pending" and waiting["node_id"] is None
+    listed = {i["id"] for i in cp_admin.get("/api/instances?all=true").json["instances"]}
+    assert {iid, waiting["id"]} <= listed
+    assert alice.get("/api/instances?all=true").status_code == 403
     assert cp_admin.post(f"/api/instances/{iid}/stop").status_code == 202
 
 
