@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from infra.local import children, network
+from infra.local import children, network, registry
 from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
@@ -75,6 +76,10 @@ class _State:
     cluster_id: str | None = None
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
+    registry: str | None = None
+    """host:port of the image server, when one runs."""
+    registry_missing: str = ""
+    """Why no image server runs."""
 
 
 class LocalStack:
@@ -184,6 +189,7 @@ class LocalStack:
         self._check_stop()
 
         self._start_router(undo, aws, stack)
+        self._start_registry(undo)
         self._start_node(undo, aws, stack)
 
     def _parameters(self) -> dict[str, str]:
@@ -266,6 +272,21 @@ class LocalStack:
             "DIT4C_ROUTER_ID": "local",
         }
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
+
+    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+        program = registry.binary()
+        if program is None:
+            self._state.registry_missing = f"{registry.BINARY} is not installed"
+            return
+        port = self._config.registry_port
+        if not _port_free("127.0.0.1", port):
+            # Optional: a taken port is reported, not fatal.
+            self._state.registry_missing = f"127.0.0.1:{port} is in use (DIT4C_REGISTRY_PORT)"
+            return
+        config = registry.write_config(self._data.root / "registry", port)
+        self._start_child(undo, "image-server", [program, "serve", str(config)],
+                          self._child_env())
+        self._state.registry = f"127.0.0.1:{self._config.registry_port}"
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
@@ -366,6 +387,10 @@ class LocalStack:
             ) is not None,
             "node heartbeat": self._heartbeat_seen,
         }
+        if self._state.registry is not None:
+            checks["image server"] = lambda: _http_status(
+                f"http://{self._state.registry}/v2/"
+            ) == 200
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -421,6 +446,11 @@ class LocalStack:
         if state.node_id:
             lines.append(f"  node:       {state.node_id} in cluster {state.cluster_id}, pods on "
                          f"network {config.pods_network} (gateway {state.gateway})")
+        if state.registry is not None:
+            lines.append(f"  images:     {state.registry}   (docker-registry, loopback only; no "
+                         "auth until the portal serves /registry/token)")
+        else:
+            lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [
             f"  AWS (moto): {state.aws.url}",
             f"  data:       {shown(self._data.root)}   (logs in {shown(self._data.logs)})",
@@ -463,6 +493,17 @@ def _node_id(node_dir: Path) -> str | None:
             f"{node_dir / NODE_IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
             "join a new node"
         ) from exc
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        # As servers bind: connections in TIME_WAIT from an earlier run do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _http_status(url: str, host: str | None = None) -> int | None:
