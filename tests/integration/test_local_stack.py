@@ -284,11 +284,6 @@ def test_a_second_stack_on_the_same_data_dir_is_refused(running, stack_env):
 
 
 def test_a_launched_tool_is_reached_through_the_router_after_logging_in(running, stack_env):
-    from control_plane.app import app
-
-    if "/oauth/authorize" not in app.routes:
-        pytest.skip("control_plane.app does not register the OAuth routes (/oauth/authorize, "
-                    "/oauth/token) yet: the auth helper cannot log anyone in")
     portal = port_of(stack_env, "DIT4C_PORTAL_PORT")
     router = port_of(stack_env, "DIT4C_ROUTER_PORT")
     password = (Path(stack_env["DIT4C_DATA_DIR"]) / "admin-password").read_text().strip()
