@@ -8,10 +8,10 @@ that dies stops exactly what was started, in reverse order):
 2. the Docker engine and the pods network (its gateway is the host's address for pods);
 3. moto on loopback; the template's resources; the snapshot restored, periodic snapshots on;
 4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
-   trigger and the schedule of the template's functions; ``ensure_local_defaults`` (admin,
-   default cluster, demo catalog, a join token);
-5. the edge router (``python -m edge_router``) and the node daemon (``join`` once, then
-   ``run``) as child processes;
+   trigger and the schedule of the template's functions;
+5. the edge router (``python -m edge_router``) and the image server as child processes, then
+   ``ensure_local_defaults`` (admin, default cluster, demo catalog, a join token) while they
+   start, then the node daemon (``join`` once, then ``run``);
 6. ready when the health check answers 200, the router answers, and a heartbeat of the node has
    come through the events queue.
 
@@ -51,13 +51,13 @@ from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
+from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
+from protocol.messages import NodeHeartbeat
 
 log = logging.getLogger("dit4c.local.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOIN_TIMEOUT = 60.0
-NODE_IDENTITY_FILE = "node.json"  # node_daemon.config.IDENTITY_FILE
-HEARTBEAT_TYPE = "node_heartbeat"  # protocol.messages.NodeHeartbeat.TYPE
 POLL_INTERVAL = 0.25
 
 
@@ -184,12 +184,13 @@ class LocalStack:
 
         os.environ.update(self._control_plane_env(aws, stack))
         self._start_functions(undo, stack, aws)
+        # The router and the image server start before the bootstrap: their start-up (other
+        # processes, other cores) overlaps it.
+        self._start_router(undo, aws, stack)
+        self._start_registry(undo)
         self._bootstrap()
         snapshotter.save()  # the admin account and cluster are on disk from the first start
         self._check_stop()
-
-        self._start_router(undo, aws, stack)
-        self._start_registry(undo)
         self._start_node(undo, aws, stack)
 
     def _parameters(self) -> dict[str, str]:
@@ -291,12 +292,16 @@ class LocalStack:
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
         self._forget_unknown_node(aws, stack)
-        if not (node_dir / NODE_IDENTITY_FILE).exists():
+        if not (node_dir / IDENTITY_FILE).exists():
             self._join(node_dir)
         self._state.node_id = _node_id(node_dir)
         env = {
             **self._child_env(),
             "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
+            # A free port unless asked for one: a fixed default would clash with another stack.
+            "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
+                "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
+            ),
         }
         argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
         self._start_child(undo, "node-daemon", argv, env)
@@ -373,7 +378,7 @@ class LocalStack:
     def _observe_event(self, body: str) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             message = json.loads(body)
-            if message.get("type") == HEARTBEAT_TYPE:
+            if message.get("type") == NodeHeartbeat.TYPE:
                 with self._heartbeat_lock:
                     self._state.heartbeats.add(str(message.get("node_id")))
 
@@ -446,6 +451,9 @@ class LocalStack:
         if state.node_id:
             lines.append(f"  node:       {state.node_id} in cluster {state.cluster_id}, pods on "
                          f"network {config.pods_network} (gateway {state.gateway})")
+            metrics = self._data.node / METRICS_ADDRESS_FILE
+            with contextlib.suppress(OSError):
+                lines.append(f"              metrics http://{metrics.read_text().strip()}/metrics")
         if state.registry is not None:
             lines.append(f"  images:     {state.registry}   (docker-registry, loopback only; no "
                          "auth until the portal serves /registry/token)")
@@ -485,12 +493,12 @@ class LocalStack:
 
 def _node_id(node_dir: Path) -> str | None:
     try:
-        return str(json.loads((node_dir / NODE_IDENTITY_FILE).read_text())["node_id"])
+        return str(json.loads((node_dir / IDENTITY_FILE).read_text())["node_id"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LocalStackError(
-            f"{node_dir / NODE_IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
+            f"{node_dir / IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
             "join a new node"
         ) from exc
 
