@@ -72,8 +72,8 @@ class _State:
     password: AdminPassword | None = None
     gateway: str = ""
     aws: AwsEndpoint | None = None
-    stack: Stack | None = None
     cluster_id: str | None = None
+    join_token: str = ""
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
     registry: str | None = None
@@ -169,7 +169,6 @@ class LocalStack:
         undo.callback(moto.stop)
         template = self._template or Template.load()
         stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
-        self._state.stack = stack
         snapshotter = Snapshotter(
             aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
         )
@@ -256,7 +255,7 @@ class LocalStack:
         assert self._state.password is not None
         defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id
-        self._join_token = defaults.join_token
+        self._state.join_token = defaults.join_token
 
     def _start_router(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         config = self._config
@@ -309,7 +308,7 @@ class LocalStack:
     def _join(self, node_dir: Path) -> None:
         argv = [
             sys.executable, "-m", "node_daemon", "join",
-            "--portal", self._config.local_portal_url, "--token", self._join_token,
+            "--portal", self._config.local_portal_url, "--token", self._state.join_token,
             "--data-dir", str(node_dir), "--name", "local",
         ]
         join = children.Child("node-join", argv, self._child_env(), log_dir=self._data.logs,
