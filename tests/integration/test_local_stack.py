@@ -469,3 +469,23 @@ def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env)
         assert again.process.returncode == 0, again.output()
     finally:
         again.kill()
+
+
+def test_a_pods_network_that_lets_pods_reach_each_other_is_refused(docker_network, tmp_path):
+    # The fixture's network is a plain bridge: inter-container traffic on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+    env.update({
+        "DIT4C_DATA_DIR": str(tmp_path / "data"),
+        "DIT4C_PORTAL_PORT": str(free_port()),
+        "DIT4C_ROUTER_PORT": str(free_port()),
+        "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_REGISTRY_PORT": str(free_port()),
+        "DIT4C_NODE_PODS_NETWORK": docker_network.name,
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    assert f"pods network {docker_network.name} (DIT4C_NODE_PODS_NETWORK)" in result.stderr
+    assert "could reach each other" in result.stderr
