@@ -147,7 +147,7 @@ class Daemon:
 
     async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
         await agent.flush()
-        await queues.send_event(agent.heartbeat())
+        await queues.send_event(await agent.heartbeat())
 
     async def _poll(self, queues: NodeQueues, agent: Agent, stopping: asyncio.Event) -> None:
         backoff = Backoff()
