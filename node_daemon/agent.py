@@ -282,8 +282,7 @@ class Agent:
                progress: dict[str, int] | None = None) -> InstanceStateEvent:
         return InstanceStateEvent(
             node_id=self.node_id, instance_id=record.instance_id, state=state,
-            reason=record.reason if state == S.FAILED or record.reason else None,
-            progress=progress or {},
+            reason=record.reason, progress=progress or {},
             image=record.saved_image if state == S.SAVED else None)
 
     async def _set_state(self, record: InstanceRecord, state: S,
