@@ -18,7 +18,13 @@ from moto import mock_aws
 
 from control_plane.oauth import CODE_LIFETIME
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, instance_audience, pkce_challenge, verify_access
+from protocol.tokens import (
+    KeySet,
+    instance_audience,
+    pkce_challenge,
+    verify_access,
+    verify_revocation,
+)
 from tests.auth_harness import PortalHarness
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
@@ -369,3 +375,16 @@ def test_register_refuses_a_bad_redirect_uri(portal):
     for bad in ("javascript:alert(1)", "/relative", "http://a.test/cb#frag"):
         with pytest.raises(InvalidRequest):
             portal.server.register_client("c", bad)
+
+
+def test_back_channel_to_an_unreachable_helper_reports_failure(portal, clients):
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    assert portal.server.notify_revoked("a", "http://a.dit4c.test", "sam",
+                                        via="http://127.0.0.1:1") is False
+    request = portal.server.revocation_request("a", "http://a.dit4c.test:8080", "sam",
+                                               via="http://127.0.0.1:8080")
+    assert request.url == "http://127.0.0.1:8080/.dit4c/auth/revoke"
+    assert request.headers["Host"] == "a.dit4c.test:8080"
+    token = request.headers["Authorization"].removeprefix("Bearer ")
+    claims = verify_revocation(token, KeySet.from_jwks(portal.jwks()), instance_id="a")
+    assert claims["sub"] == "sam"
