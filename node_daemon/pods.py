@@ -52,12 +52,13 @@ PROBE_INTERVAL = 0.05
 PROBE_SLICE = 5.0
 """Seconds one readiness exec keeps trying before the daemon looks at the containers again."""
 
-# Runs inside the pod's namespace (the netns container has python3): exit 0 once the tool
-# answers HTTP on its port, 1 when the slice runs out.
+# Runs inside the pod's namespace (the netns container has python3): exit 0 once every given
+# port (the tool's, then the auth helper's) answers HTTP, 1 when the slice runs out. The auth
+# helper is waited for too: "running" means a browser sent to the instance URL gets through.
 _PROBE = """
 import socket, sys, time
-port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-while True:
+ports, until = [int(p) for p in sys.argv[1].split(",")], time.monotonic() + float(sys.argv[2])
+def answers(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n")
@@ -67,10 +68,13 @@ while True:
                 if not chunk:
                     break
                 head += chunk
-            if head.startswith(b"HTTP/"):
-                sys.exit(0)
+            return head.startswith(b"HTTP/")
     except OSError:
-        pass
+        return False
+while ports:
+    if answers(ports[0]):
+        ports.pop(0)
+        continue
     if time.monotonic() > until:
         sys.exit(1)
     time.sleep(%s)
@@ -349,8 +353,8 @@ class PodRunner:
 
     def wait_ready(self, start: StartInstance, timeout: float,
                    starting: Sequence[Future[None]] = ()) -> None:
-        """Return once every container runs and the tool answers HTTP on its port inside the
-        pod's namespace. ``starting``: container starts still under way (probing overlaps
+        """Return once every container runs and the tool and the auth helper answer HTTP inside
+        the pod's namespace. ``starting``: container starts still under way (probing overlaps
         them); their errors are raised here."""
         deadline = time.monotonic() + timeout
         netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
@@ -362,7 +366,7 @@ class PodRunner:
                 if reason is not None:
                     raise LaunchError(reason)
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            if self._probe(netns_id, start.port, slice_):
+            if self._probe(netns_id, (start.port, pod.AUTH_PORT), slice_):
                 for future in starting:
                     future.result()
                 reason = self.check(start)
@@ -370,16 +374,16 @@ class PodRunner:
                     return
                 raise LaunchError(reason)
             if time.monotonic() >= deadline:
-                raise LaunchError(f"the tool did not answer on port {start.port} within "
-                                  f"{timeout:.0f} s")
+                raise LaunchError(f"the tool (port {start.port}) or its auth helper did not "
+                                  f"answer within {timeout:.0f} s")
 
-    def _probe(self, netns_id: str, port: int, seconds: float) -> bool:
-        """True if the tool answered within ``seconds``; False also if the holder stopped
-        (the caller's check() then says why)."""
+    def _probe(self, netns_id: str, ports: Sequence[int], seconds: float) -> bool:
+        """True if every port answered HTTP within ``seconds``; False also if the holder
+        stopped (the caller's check() then says why)."""
         api = self._client.api
         try:
-            run = api.exec_create(netns_id, ["python3", "-c", _PROBE, str(port),
-                                             f"{seconds:.2f}"])
+            run = api.exec_create(netns_id, ["python3", "-c", _PROBE,
+                                             ",".join(map(str, ports)), f"{seconds:.2f}"])
             api.exec_start(run["Id"])
             return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
         except docker.errors.APIError as exc:
