@@ -40,10 +40,6 @@ from protocol.messages import RegistryAccess, StartInstance
 
 log = logging.getLogger("dit4c.node.pods")
 
-ROLE_NETNS = "netns"
-"""The namespace holder's role label (this daemon's own; not a helper)."""
-ENV_STORAGE = "DIT4C_STORAGE"
-"""The storage helper's settings: the start command's ``storage`` object as JSON."""
 STORAGE_MOUNT = "/mnt"
 
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
@@ -111,7 +107,7 @@ def container_name(instance_id: str, role: str) -> str:
 
 
 def roles_for(start: StartInstance) -> list[str]:
-    roles = [ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
+    roles = [pod.ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
     if start.storage is not None:
         roles.append(pod.ROLE_STORAGE)
     return [*roles, pod.ROLE_TOOL]
@@ -136,7 +132,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
                 pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
     if role == pod.ROLE_STORAGE and start.storage is not None:
         storage = start.storage
-        return {ENV_STORAGE: json.dumps({
+        return {pod.ENV_STORAGE: json.dumps({
             "kind": storage.kind, "bucket": storage.bucket, "prefix": storage.prefix,
             "credentials": storage.credentials, "endpoint_url": storage.endpoint_url})}
     return {}
@@ -239,7 +235,7 @@ class PodRunner:
         name = container_name(start.instance_id, role)
         common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
                                   "detach": True, "privileged": False}
-        if role == ROLE_NETNS:
+        if role == pod.ROLE_NETNS:
             spec = {**common, "image": self.settings.helpers_image,
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
@@ -302,8 +298,8 @@ class PodRunner:
         (a launch is mostly engine round trips; overlapping them is most of its speed).
         """
         existing = self.containers(start.instance_id)
-        netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
-        joined = [role for role in roles_for(start) if role != ROLE_NETNS]
+        netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
+        joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
 
         def make(role: str) -> PodContainer:
             return existing.get(role) or self._create(start, role, netns)
@@ -312,8 +308,8 @@ class PodRunner:
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
-            restart_joined = ROLE_NETNS in existing
-            self._start(netns, ROLE_NETNS)
+            restart_joined = pod.ROLE_NETNS in existing
+            self._start(netns, pod.ROLE_NETNS)
 
         def bring_up(role: str) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
@@ -357,7 +353,7 @@ class PodRunner:
         the pod's namespace. ``starting``: container starts still under way (probing overlaps
         them); their errors are raised here."""
         deadline = time.monotonic() + timeout
-        netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
+        netns_id = self.containers(start.instance_id)[pod.ROLE_NETNS].id
         while True:
             if all(f.done() for f in starting):
                 for future in starting:
@@ -407,7 +403,7 @@ class PodRunner:
     def stop(self, instance_id: str, grace: float) -> None:
         """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
         existing = self.containers(instance_id)
-        netns = existing.pop(ROLE_NETNS, None)
+        netns = existing.pop(pod.ROLE_NETNS, None)
 
         def stop_one(container: PodContainer) -> None:
             with contextlib.suppress(docker.errors.NotFound):
