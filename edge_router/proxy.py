@@ -59,6 +59,11 @@ class ProxyContext:
             connection.check_timeouts(now)
         self.tunnels.check(now)
 
+    def close_all(self) -> None:
+        """Shutting down: drop every client connection (their streams end with them)."""
+        for connection in list(self.connections):
+            connection._abort()
+
 
 @dataclass(slots=True)
 class Pending:
