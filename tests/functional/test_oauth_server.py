@@ -388,3 +388,9 @@ def test_back_channel_to_an_unreachable_helper_reports_failure(portal, clients):
     token = request.headers["Authorization"].removeprefix("Bearer ")
     claims = verify_revocation(token, KeySet.from_jwks(portal.jwks()), instance_id="a")
     assert claims["sub"] == "sam"
+
+
+def test_back_channel_to_a_localhost_instance_goes_to_loopback(portal):
+    request = portal.server.revocation_request("a", "http://a.localhost:8080", "sam")
+    assert request.url == "http://127.0.0.1:8080/.dit4c/auth/revoke"
+    assert request.headers["Host"] == "a.localhost:8080"
