@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -206,6 +207,26 @@ def download(port: int, host: str) -> float:
     return size / seconds / 1e6
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children (nginx workers)."""
+    wanted = set(pids)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int(_stat(int(entry.name))[1]) in pids:
+                    wanted.add(int(entry.name))
+    total = 0
+    for pid in wanted:
+        with contextlib.suppress(OSError, IndexError):
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -288,13 +309,15 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             ports = {name: free_port() for name in ("upstream", "nginx", "chp", "chp_api",
                                                     "router", "metrics")}
             up = ports["upstream"]
-            procs.start("upstream", ["nginx", "-c", str(nginx_conf(
+            upstream_proc = procs.start("upstream", ["nginx", "-c", str(nginx_conf(
                 work, "upstream", up, f"root {root}; sendfile on; tcp_nopush on;"))])
-            procs.start("nginx", ["nginx", "-c", str(nginx_conf(work, "proxy", ports["nginx"], (
+            proxy_conf = nginx_conf(work, "proxy", ports["nginx"], (
                 "location / { proxy_pass http://backend; proxy_http_version 1.1; "
                 'proxy_set_header Connection ""; proxy_buffering off; }'
-            ), f"upstream backend {{ server 127.0.0.1:{up}; keepalive 64; }}"))])
-            procs.start("chp", [str(chp), "--ip", "127.0.0.1", "--port", str(ports["chp"]),
+            ), f"upstream backend {{ server 127.0.0.1:{up}; keepalive 64; }}")
+            nginx_proc = procs.start("nginx", ["nginx", "-c", str(proxy_conf)])
+            chp_proc = procs.start("chp", [
+                                str(chp), "--ip", "127.0.0.1", "--port", str(ports["chp"]),
                                 "--api-ip", "127.0.0.1", "--api-port", str(ports["chp_api"]),
                                 "--default-target", f"http://127.0.0.1:{up}",
                                 "--log-level", "warn"],
@@ -305,33 +328,39 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                 "DIT4C_ROUTER_ACCESS_LOG": "0",
                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
             }
-            procs.start("router", [sys.executable, "-m", "edge_router"], {
+            router_proc = procs.start("router", [sys.executable, "-m", "edge_router"], {
                 **router_env, "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{ports['router']}",
                 "DIT4C_ROUTER_METRICS_LISTEN": f"127.0.0.1:{ports['metrics']}"})
             wait_http(ports["metrics"], "x", "/metrics")
             token = key.sign(tunnel_claims(issuer="bench", instance_id=INSTANCE, hostname=HOST))
-            procs.start("listener", [sys.executable, "-m", "helpers.listener"], {
+            listener_proc = procs.start("listener", [sys.executable, "-m", "helpers.listener"], {
                 "PYTHONPATH": router_env["PYTHONPATH"],
                 pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: HOST,
                 pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{ports['router']}{TUNNEL_PATH}",
                 pod.ENV_UPSTREAM: f"127.0.0.1:{up}"})
-            ways = [("direct (nginx static)", up, "localhost"),
-                    ("nginx reverse proxy", ports["nginx"], "localhost"),
-                    (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], "localhost"),
-                    ("dit4c router + tunnel + listener", ports["router"], HOST)]
-            for name, port, host in ways:
+            ways = [("direct (nginx static)", up, "localhost", [upstream_proc.pid]),
+                    ("nginx reverse proxy", ports["nginx"], "localhost", [nginx_proc.pid]),
+                    (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], "localhost",
+                     [chp_proc.pid]),
+                    ("dit4c router + tunnel + listener", ports["router"], HOST,
+                     [router_proc.pid, listener_proc.pid])]
+            for name, port, host, _ in ways:
                 try:
                     wait_http(port, host)
                 except RuntimeError:
                     procs.report()
                     raise RuntimeError(f"{name} did not start (logs in {work})") from None
             rows = []
-            for name, port, host in ways:
+            for name, port, host, pids in ways:
                 print(f"measuring {name} ...", file=sys.stderr)
+                before = cpu_seconds(pids)
                 rate = wrk_rate(port, host, args.duration)
+                per_request = (cpu_seconds(pids) - before) / (rate * args.duration) * 1e6
                 p50, p99 = latency(port, host, args.rate, args.duration)
+                before = cpu_seconds(pids)
                 mbps = download(port, host)
-                rows.append((name, rate, p50, p99, mbps))
+                per_gib = cpu_seconds(pids) - before
+                rows.append((name, rate, p50, p99, mbps, per_request, per_gib))
             idle = None
             if not args.skip_idle:
                 print(f"measuring {args.tunnels} idle tunnels ...", file=sys.stderr)
@@ -342,12 +371,14 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} "
           f"({os.cpu_count()} CPUs); wrk -t1 -c50 -d{args.duration}s; latency open loop at "
           f"{args.rate} req/s for {args.duration}s over 32 keep-alive connections\n")
-    print("| path | small requests/s (keep-alive) | vs CHP | p50 ms | p99 ms "
-          "| 1 GiB download MB/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, rate, p50, p99, mbps in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / chp_rate:.2f}x | {p50:.2f} | {p99:.2f} "
-              f"| {mbps:,.0f} |")
+    print("| path | small requests/s (keep-alive) | vs CHP | CPU µs per request | p50 ms "
+          "| p99 ms | 1 GiB download MB/s | CPU s per GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, p50, p99, mbps, per_request, per_gib in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / chp_rate:.2f}x | {per_request:.0f} "
+              f"| {p50:.2f} | {p99:.2f} | {mbps:,.0f} | {per_gib:.2f} |")
+    print("\n(CPU: user + system time of the proxy's own processes — for the router, router and "
+          "listener together; for 'direct', the nginx serving the files.)")
     if idle is not None:
         before, after, per = idle
         print(f"\n{args.tunnels} idle tunnels on one router: RSS {before:.1f} MB -> "

@@ -93,12 +93,25 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
     ("GET", "/.well-known/jwks.json"): ("The portal's public signing keys", None, 200, "JWKS",
                                         ()),
     ("GET", "/api/openapi.json"): ("This document", None, 200, None, ()),
+    ("GET", "/oauth/authorize"): ("OAuth2 authorization endpoint for instances' auth helpers "
+                                  "(RFC 6749 4.1; redirects)", None, 302, None, (400, 403)),
+    ("POST", "/oauth/token"): ("OAuth2 token endpoint (form body, client authentication; "
+                               "RFC 6749 errors)", None, 200, None, (400, 401)),
     ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
     ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
     ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),
     ("POST", "/api/login"): ("Log in with a local account; sets the session cookie", "Login",
                              200, "Session", (400, 401, 413, 415, 429)),
     ("POST", "/api/logout"): ("End the session", None, 204, None, (403,)),
+    ("GET", "/api/login/providers"): ("Configured identity providers", None, 200,
+                                      _obj({"providers": {"type": "array", "items": _obj({
+                                          "name": _STR, "display_name": _STR, "kind": _STR,
+                                          "login_url": _STR})}}), ()),
+    ("GET", "/api/login/{provider}"): ("Start logging in with a provider (302 to it)", None,
+                                       302, None, (404,)),
+    ("GET", "/api/login/{provider}/callback"): ("The provider sends the browser back here "
+                                                "(302 to the portal, session cookie set)", None,
+                                                302, None, (400, 401, 404)),
     ("GET", "/api/me"): ("The session's user and CSRF token", None, 200, "Session", (401,)),
     ("POST", "/api/users"): ("Create a local account (admin)", "NewUser", 201, "User",
                              (400, *_AUTH, 409, 413, 415)),

@@ -54,7 +54,7 @@ class KeyCache:
             try:
                 document = await self._fetch()
                 self._keys = KeySet.from_jwks(document)
-            except (TimeoutError, aiohttp.ClientError, TokenError, ValueError) as exc:
+            except (OSError, aiohttp.ClientError, TokenError, ValueError) as exc:
                 log.warning("cannot refresh the JWKS: %s", exc)
                 if self._fetched_at is None:
                     raise TokenError("the router cannot fetch the control plane's keys") from exc

@@ -8,7 +8,7 @@ another host waits until the earlier responses are complete and then gets a stre
 so bytes of one instance's connection never reach another instance.
 
 A request for ``TUNNEL_PATH`` on a host that is not an instance is handed, bytes and socket, to
-the aiohttp application that serves tunnels.
+the tunnel endpoint (:mod:`edge_router.tunnels`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from edge_router.errors import BadRequest
 from edge_router.metrics import Stats
 from edge_router.pages import error_response
 from edge_router.routes import RouteTable, Tunnel
+from edge_router.tunnels import TunnelEndpoint
 from protocol.tunnel import TUNNEL_PATH, Stream
 
 access_log = logging.getLogger("dit4c.router.access")
@@ -48,14 +49,15 @@ class ProxyContext:
     config: RouterConfig
     routes: RouteTable
     stats: Stats
-    tunnel_protocol: Callable[[], asyncio.Protocol]
-    """Makes the aiohttp protocol that serves the tunnel endpoint on a handed-over socket."""
+    tunnels: TunnelEndpoint
+    """Takes over connections whose request is for the tunnel endpoint."""
     connections: set[ClientConnection] = field(default_factory=set)
 
     def sweep(self, now: float) -> None:
-        """Enforce timeouts; called about once a second."""
+        """Enforce timeouts and tunnel heartbeats; called about once a second."""
         for connection in list(self.connections):
             connection.check_timeouts(now)
+        self.tunnels.check(now)
 
 
 @dataclass(slots=True)
@@ -220,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
         if instance_id is None:
             if (head.target.split(b"?", 1)[0] == TUNNEL_TARGET and self.stream is None
                     and not self.pending):
-                self._hand_over()
+                self._hand_over(head, end + 4)
             else:
                 self._fail(404)
             return False
@@ -265,17 +267,14 @@ class ClientConnection(asyncio.Protocol):
         self.r_state, self.r_buf = R_HEAD, b""
         return True
 
-    def _hand_over(self) -> None:
-        """Give this socket and its bytes to the tunnel endpoint (aiohttp)."""
+    def _hand_over(self, head: http1.RequestHead, head_size: int) -> None:
+        """Give this socket, and the bytes after the head, to the tunnel endpoint."""
         assert self.transport is not None
         self.ctx.connections.discard(self)
         self.state = CLOSED
-        protocol = self.ctx.tunnel_protocol()
-        data, self.buf = bytes(self.buf), bytearray()
-        self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        protocol.data_received(data)
-        self.transport = None
+        leftover, self.buf = bytes(self.buf[head_size:]), bytearray()
+        transport, self.transport = self.transport, None
+        self.ctx.tunnels.accept(transport, head, leftover, self.client_ip)
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
@@ -305,11 +304,10 @@ class ClientConnection(asyncio.Protocol):
                 self.out.clear()
                 self._upstream_failed(502)
                 return
+        # Credit goes back once these bytes are in the socket's buffer and it is not backed up
+        # (in _flush / resume_writing): the router then holds at most window + high-water.
+        self.unacked += size
         self._flush_soon()
-        if self.write_paused:
-            self.unacked += size
-        elif self.stream is not None:
-            self.stream.consumed(size)
 
     def _write(self, data: bytes | memoryview) -> None:
         """Queue bytes for the client; :meth:`_flush` sends them in one write (one syscall
@@ -323,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
         """Flush once the event loop has handed us every message it read in this round:
         the tunnel brings bulk data as many 32 KiB messages, and one large send is far
         cheaper than many small ones."""
-        if self.out and not self.flush_scheduled:
+        if (self.out or self.unacked) and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 
@@ -333,6 +331,9 @@ class ClientConnection(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        if self.unacked and not self.write_paused and self.stream is not None:
+            self.stream.consumed(self.unacked)
+            self.unacked = 0
 
     def _responses(self, data: memoryview) -> None:
         pos, end = 0, len(data)

@@ -64,13 +64,7 @@ class Router:
         keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh)
         self.endpoint = TunnelEndpoint(self.routes, keys, self.stats, window=DEFAULT_WINDOW,
                                        max_streams=cfg.max_streams, heartbeat=cfg.heartbeat)
-        tunnel_runner = web.AppRunner(self.endpoint.app(), access_log=None,
-                                      handle_signals=False)
-        await tunnel_runner.setup()
-        self._runners.append(tunnel_runner)
-        server = tunnel_runner.server
-        assert server is not None
-        ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, server)
+        ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, self.endpoint)
         loop = asyncio.get_running_loop()
         for host, port in cfg.listen:
             srv = await loop.create_server(client_factory(ctx, b"http"), host, port,

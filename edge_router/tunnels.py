@@ -1,27 +1,39 @@
 """The tunnel endpoint: listener helpers dial in over WebSocket and serve one hostname each.
 
-The handshake carries ``Authorization: Bearer <tunnel token>`` and the host in
+The proxy hands over any connection whose request is for ``TUNNEL_PATH`` on a host that is not
+an instance. The handshake carries ``Authorization: Bearer <tunnel token>`` and the host in
 ``protocol.tunnel.HOST_HEADER``; the token must be signed by the control plane, unexpired, not
 revoked, and bind exactly that host, which must be ``<token sub>.<domain>``. Anything else is
-refused before the upgrade with 401/403 and a plain-text reason.
+refused before the upgrade (400/401/403/429, plain-text reason). Then the connection becomes an
+:class:`edge_router.websocket.TunnelSocket` carrying a :class:`protocol.tunnel.Mux`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-
-from aiohttp import web
+from http import HTTPStatus
 
 from edge_router.errors import TunnelRefused
+from edge_router.http1 import RequestHead
 from edge_router.keys import KeyCache
 from edge_router.metrics import Stats
 from edge_router.routes import RouteTable, Tunnel
+from edge_router.websocket import CLOSE_GOING_AWAY, CLOSE_POLICY, TunnelSocket, accept_key
 from protocol.errors import TokenError
-from protocol.tunnel import HOST_HEADER, MAX_MESSAGE_BYTES, TUNNEL_PATH, Mux, serve
+from protocol.tunnel import HOST_HEADER, Mux
 
 log = logging.getLogger("dit4c.router.tunnel")
 
-CLOSE_REVOKED = 4003
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def plain_response(status: int, text: str) -> bytes:
+    body = (text + "\n").encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; "
+            f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode() + body
 
 
 class TunnelEndpoint:
@@ -35,58 +47,85 @@ class TunnelEndpoint:
         self.window = window
         self.max_streams = max_streams
         self.heartbeat = heartbeat
-        self.sockets: set[web.WebSocketResponse] = set()
+        self.sockets: set[TunnelSocket] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get(TUNNEL_PATH, self.handle)
-        return app
+    def accept(self, transport: asyncio.Transport, head: RequestHead, leftover: bytes,
+               remote: str) -> None:
+        """Take over ``transport`` (its protocol is replaced once the handshake succeeds)."""
+        transport.pause_reading()
+        task = asyncio.ensure_future(self._handshake(transport, head, leftover, remote))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
-    async def _verify(self, request: web.Request) -> tuple[str, str, float]:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+    async def _verify(self, head: RequestHead) -> tuple[bytes, str, str, float]:
+        headers = {name.lower(): value for name, value in head.headers}
+        key = headers.get(b"sec-websocket-key", b"")
+        if (head.method != b"GET" or (head.upgrade or b"").lower() != b"websocket"
+                or headers.get(b"sec-websocket-version") != b"13" or not key):
+            raise TunnelRefused("a WebSocket upgrade (version 13) is required", 400)
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TunnelRefused("a tunnel token is required (Authorization: Bearer)", 401)
-        hostname = request.headers.get(HOST_HEADER, "").strip().lower()
+        hostname = headers.get(HOST_HEADER.lower().encode(), b"").decode("latin-1")
+        hostname = hostname.strip().lower()
         if not hostname:
             raise TunnelRefused(f"the {HOST_HEADER} header is required", 400)
         try:
-            claims = await self.keys.verify_tunnel(token.strip(), hostname)
+            claims = await asyncio.wait_for(
+                self.keys.verify_tunnel(token.strip(), hostname), HANDSHAKE_TIMEOUT)
         except TokenError as exc:
             raise TunnelRefused(str(exc), 401) from None
+        except TimeoutError:
+            raise TunnelRefused("the router cannot check tokens right now", 503) from None
         instance_id = str(claims["sub"])
         self.routes.check(hostname, instance_id, float(claims["iat"]))
-        return hostname, instance_id, float(claims["iat"])
+        return key, hostname, instance_id, float(claims["iat"])
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handshake(self, transport: asyncio.Transport, head: RequestHead,
+                         leftover: bytes, remote: str) -> None:
         try:
-            hostname, instance_id, issued_at = await self._verify(request)
+            key, hostname, instance_id, issued_at = await self._verify(head)
+            if transport.is_closing():
+                return
+            mux = Mux(window=self.window, max_streams=self.max_streams)
+            sock = TunnelSocket(mux, lambda reason: None, heartbeat=self.heartbeat)
+            tunnel = Tunnel(hostname, instance_id, issued_at, mux,
+                            lambda reason: sock.close(CLOSE_POLICY, reason))
+            self.routes.add(tunnel)  # checks again: a revocation may have come meanwhile
         except TunnelRefused as exc:
             self.stats.tunnels_refused += 1
-            log.warning("tunnel refused from %s: %s", request.remote, exc)
-            return web.Response(status=exc.status, text=f"{exc}\n")
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_MESSAGE_BYTES,
-                                   compress=False)
-        await ws.prepare(request)
-        mux = Mux(window=self.window, max_streams=self.max_streams)
-        tunnel = Tunnel(hostname, instance_id, issued_at, mux, mux.close)
-        try:
-            self.routes.add(tunnel)  # checked again: a revocation may have come meanwhile
-        except TunnelRefused as exc:
-            await ws.close(code=CLOSE_REVOKED, message=str(exc).encode()[:120])
-            return ws
-        self.stats.tunnels_opened += 1
-        self.sockets.add(ws)
-        log.info("tunnel up: %s from %s", hostname, request.remote)
-        try:
-            reason = await serve(ws, mux)
-        finally:
-            self.sockets.discard(ws)
+            log.warning("tunnel refused from %s: %s", remote, exc)
+            transport.write(plain_response(exc.status, str(exc)))
+            transport.close()
+            return
+
+        def closed(reason: str) -> None:
             self.routes.remove(tunnel)
-            mux.close("tunnel closed")
-        log.info("tunnel down: %s (%s)", hostname, reason)
-        return ws
+            self.sockets.discard(sock)
+            log.info("tunnel down: %s (%s)", hostname, reason)
+
+        sock.on_closed = closed
+        self.stats.tunnels_opened += 1
+        self.sockets.add(sock)
+        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key)
+                        + b"\r\n\r\n")
+        transport.set_protocol(sock)
+        sock.connection_made(transport)
+        if leftover:
+            sock.data_received(leftover)
+        transport.resume_reading()
+        log.info("tunnel up: %s from %s", hostname, remote)
+
+    def check(self, now: float) -> None:
+        for sock in list(self.sockets):
+            sock.check(now)
 
     async def close_all(self) -> None:
-        for ws in list(self.sockets):
-            await ws.close(code=1001, message=b"router shutting down")
+        for task in list(self._handshakes):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
+        for sock in list(self.sockets):
+            sock.close(CLOSE_GOING_AWAY, "router shutting down")

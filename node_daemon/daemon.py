@@ -83,9 +83,13 @@ class Daemon:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
-        gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
-                                          settings.pods_network, settings.labels)
         server, address = serve(self.metrics, *settings.metrics_listen)
+        try:
+            gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
+                                              settings.pods_network, settings.labels)
+        except BaseException:
+            await asyncio.to_thread(stop_serving, server)
+            raise
         self.metrics_address = address
         write_atomic(settings.data_dir / METRICS_ADDRESS_FILE, address.encode())
         log.info("node %s (%s) running: pods network %s (gateway %s), metrics "

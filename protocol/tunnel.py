@@ -52,9 +52,12 @@ DEFAULT_WINDOW: Final = 1024 * 1024
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 """Largest WebSocket message either side sends; receivers refuse larger ones."""
 MAX_DATA: Final = 32 * 1024
-"""Largest DATA payload. aiohttp's WebSocket reader slows down badly on messages much larger
-than its 64 KiB read buffer (1 GiB through one socket: ~850 MB/s in 16-32 KiB messages,
-~150 MB/s in 4 MiB ones), so bulk data moves as many moderate messages."""
+"""Largest DATA payload towards the listener. Its reader is aiohttp's, which slows down badly on
+messages much larger than its 64 KiB read buffer (1 GiB through one socket: ~850 MB/s in
+16-32 KiB messages, ~150 MB/s in 4 MiB ones), so bulk data moves as many moderate messages."""
+MAX_DATA_TO_ROUTER: Final = 256 * 1024
+"""Largest DATA payload towards the router, whose own WebSocket reader takes any size at one
+copy: one message per upstream read (asyncio reads at most 256 KiB)."""
 BATCH_BYTES: Final = MAX_DATA + HEADER.size
 """Small frames queued together are sent as one message up to this size."""
 
@@ -67,7 +70,7 @@ def encode(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(kind, stream_id, len(payload)) + payload
 
 
-def decode(message: bytes) -> Iterator[tuple[int, int, memoryview]]:
+def decode(message: bytes | bytearray) -> Iterator[tuple[int, int, memoryview]]:
     """The frames of one message; raise :class:`TunnelError` on any malformed frame."""
     view = memoryview(message)
     offset, end = 0, len(view)
@@ -101,21 +104,31 @@ class Sink(Protocol):
 
 
 class Outbox:
-    """Frames waiting for the WebSocket; one pump task per tunnel drains it in batches."""
+    """Frames waiting for the WebSocket. Either one pump task per tunnel drains it in batches
+    (:meth:`pump`, the listener over aiohttp), or the owner sets ``on_put`` and drains it with
+    :meth:`take` (the router's own WebSocket, once per event-loop round)."""
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._size = 0
         self._wake = asyncio.Event()
         self.closed = False
+        self.on_put: Callable[[], None] | None = None
+        self.batch_bytes = BATCH_BYTES
 
     def put(self, frame: bytes) -> None:
         if self.closed:
             return
         self._parts.append(frame)
         self._size += len(frame)
-        if not self._wake.is_set():
+        if self.on_put is not None:
+            self.on_put()
+        elif not self._wake.is_set():
             self._wake.set()
+
+    def take(self) -> list[bytes]:
+        parts, self._parts, self._size = self._parts, [], 0
+        return parts
 
     @property
     def size(self) -> int:
@@ -132,11 +145,11 @@ class Outbox:
             self._wake.clear()
             if self.closed:
                 return
-            parts, self._parts, self._size = self._parts, [], 0
+            parts = self.take()
             batch: list[bytes] = []
             batch_size = 0
             for part in parts:
-                if batch and batch_size + len(part) > BATCH_BYTES:
+                if batch and batch_size + len(part) > self.batch_bytes:
                     await send(b"".join(batch) if len(batch) > 1 else batch[0])
                     batch, batch_size = [], 0
                 batch.append(part)
@@ -148,14 +161,16 @@ class Outbox:
 class Stream:
     """One multiplexed byte stream with credit-based flow control in both directions."""
 
-    __slots__ = ("_owed", "_pending", "closed", "credit", "eof_received", "eof_sent", "id",
-                 "mux", "sink")
+    __slots__ = ("_owed", "_pending", "allowance", "closed", "credit", "eof_received",
+                 "eof_sent", "id", "mux", "sink")
 
     def __init__(self, mux: Mux, stream_id: int, sink: Sink) -> None:
         self.mux = mux
         self.id = stream_id
         self.sink = sink
         self.credit = mux.window
+        self.allowance = mux.window
+        """Bytes the peer may still send us: a peer that ignores its credit is cut off."""
         self._pending: bytes = b""
         self._owed = 0
         self.eof_sent = False
@@ -177,12 +192,13 @@ class Stream:
         sendable = min(size, self.credit)
         if sendable:
             put = self.mux.outbox.put
-            if sendable <= MAX_DATA:
+            max_data = self.mux.max_data
+            if sendable <= max_data:
                 put(HEADER.pack(DATA, self.id, sendable) + data[:sendable])
             else:
                 view = memoryview(data)
-                for start in range(0, sendable, MAX_DATA):
-                    piece = view[start:min(start + MAX_DATA, sendable)]
+                for start in range(0, sendable, max_data):
+                    piece = view[start:min(start + max_data, sendable)]
                     put(HEADER.pack(DATA, self.id, len(piece)) + piece)
             self.credit -= sendable
         if sendable == size:
@@ -207,6 +223,7 @@ class Stream:
             return
         self._owed += size
         if self._owed * 4 >= self.mux.window:
+            self.allowance += self._owed
             self.mux.outbox.put(encode(WINDOW, self.id, CREDIT.pack(self._owed)))
             self._owed = 0
 
@@ -244,10 +261,13 @@ class Mux:
     """
 
     def __init__(self, *, window: int = DEFAULT_WINDOW, max_streams: int = 1000,
-                 on_open: Callable[[int, memoryview], None] | None = None) -> None:
+                 on_open: Callable[[int, memoryview], None] | None = None,
+                 max_data: int = MAX_DATA) -> None:
         self.window = window
         self.max_streams = max_streams
+        self.max_data = max_data
         self.outbox = Outbox()
+        self.outbox.batch_bytes = max(BATCH_BYTES, max_data + HEADER.size)
         self.streams: dict[int, Stream] = {}
         self.on_open = on_open
         self._next_id = 1
@@ -261,7 +281,7 @@ class Mux:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         stream = Stream(self, stream_id, sink)
         self.streams[stream_id] = stream
-        stream.credit -= len(first)
+        stream.credit -= len(first)  # the peer counts OPEN's bytes against our window
         self.outbox.put(HEADER.pack(OPEN, stream_id, len(first)) + first)
         return stream
 
@@ -273,18 +293,25 @@ class Mux:
     def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
 
-    def feed(self, message: bytes) -> None:  # noqa: PLR0912 - one branch per frame kind
+    def feed(self, message: bytes | bytearray) -> None:  # noqa: PLR0912 - one branch per frame kind
         """Dispatch one received message; raise :class:`TunnelError` if the peer misbehaves."""
         for kind, stream_id, payload in decode(message):
             stream = self.streams.get(stream_id)
             if kind == DATA:
                 if stream is not None:
+                    stream.allowance -= len(payload)
+                    if stream.allowance < 0:
+                        raise TunnelError(f"stream {stream_id} sent beyond its window")
                     stream.sink.stream_data(payload)
             elif kind == WINDOW:
                 if len(payload) != CREDIT.size:
                     raise TunnelError("bad WINDOW frame")
                 if stream is not None:
-                    stream._granted(CREDIT.unpack(payload)[0])
+                    granted = CREDIT.unpack(payload)[0]
+                    if stream.credit + granted > self.window:
+                        # More than we ever sent: the peer would let us buffer without end.
+                        raise TunnelError(f"stream {stream_id} granted beyond its window")
+                    stream._granted(granted)
             elif kind == EOF:
                 if stream is not None and not stream.eof_received:
                     stream.eof_received = True
@@ -298,7 +325,12 @@ class Mux:
                 if len(self.streams) >= self.max_streams:
                     self.outbox.put(encode(CLOSE, stream_id, b"too many streams"))
                     continue
+                if len(payload) > self.window:
+                    raise TunnelError(f"stream {stream_id} opened beyond its window")
                 self.on_open(stream_id, payload)
+                opened = self.streams.get(stream_id)
+                if opened is not None:
+                    opened.allowance -= len(payload)
 
     def close(self, reason: str) -> None:
         """The tunnel is gone: every stream's sink hears ``stream_closed``."""

@@ -13,6 +13,7 @@ from helpers.listener.upstream import UpstreamConnection
 from protocol.tunnel import (
     DEFAULT_WINDOW,
     HOST_HEADER,
+    MAX_DATA_TO_ROUTER,
     MAX_MESSAGE_BYTES,
     Mux,
     serve,
@@ -91,7 +92,7 @@ class RouterLink:
             self.url, headers=headers, heartbeat=self.heartbeat, autoping=True,
             max_msg_size=MAX_MESSAGE_BYTES, compress=0,
         ) as ws:
-            mux = Mux(window=self.window)
+            mux = Mux(window=self.window, max_data=MAX_DATA_TO_ROUTER)
             mux.on_open = self._opener(mux)
             log.info("tunnel to %s up for %s", self.url, self.hostname)
             self.connected.set()

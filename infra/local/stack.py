@@ -42,7 +42,7 @@ from infra.local import children, network
 from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
-from infra.local.datadir import AdminPassword, DataDir
+from infra.local.datadir import AdminPassword, DataDir, shown
 from infra.local.errors import ChildFailed, LocalStackError
 from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
@@ -423,7 +423,7 @@ class LocalStack:
                          f"network {config.pods_network} (gateway {state.gateway})")
         lines += [
             f"  AWS (moto): {state.aws.url}",
-            f"  data:       {self._data.root}   (logs in {self._data.logs})",
+            f"  data:       {shown(self._data.root)}   (logs in {shown(self._data.logs)})",
         ]
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), file=self._out, flush=True)

@@ -94,7 +94,7 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     assert start.oauth.token_url == "http://host.docker.internal:8000/oauth/token"
     assert start.oauth.jwks_url == "http://host.docker.internal:8000/.well-known/jwks.json"
     assert start.oauth.client_id and start.oauth.client_secret
-    client = cp_services.registrar.table.get({"client_id": start.oauth.client_id})
+    client = cp_services.oauth._clients.get({"client_id": start.oauth.client_id})
     assert client["redirect_uris"] == [start.url + pod.CALLBACK_PATH]
     jwks = alice.get("/.well-known/jwks.json").json
     claims = verify_tunnel(start.tunnel_token, KeySet.from_jwks(jwks), hostname=start.hostname)

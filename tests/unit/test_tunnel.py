@@ -108,3 +108,37 @@ def test_closing_the_mux_tells_every_sink() -> None:
     mux.close("tunnel lost")
     assert [s.closed for s in sinks] == ["tunnel lost"] * 3
     assert mux.open(RecordingSink()) is None
+
+
+def test_a_peer_that_ignores_its_credit_is_cut_off() -> None:
+    router = Mux(window=100)
+    stream = router.open(RecordingSink())
+    assert stream is not None
+    router.feed(tunnel.encode(DATA, stream.id, b"x" * 100))
+    stream.consumed(20)  # below a quarter of the window: no grant yet, nothing allowed
+    with pytest.raises(TunnelError, match="beyond its window"):
+        router.feed(tunnel.encode(DATA, stream.id, b"y"))
+    pod = Mux(window=100, on_open=lambda sid, first: None)
+    with pytest.raises(TunnelError, match="beyond its window"):
+        pod.feed(tunnel.encode(OPEN, 7, b"z" * 101))
+
+
+def test_granted_credit_allows_exactly_that_much_more() -> None:
+    router = Mux(window=100)
+    stream = router.open(RecordingSink())
+    assert stream is not None
+    router.feed(tunnel.encode(DATA, stream.id, b"x" * 100))
+    stream.consumed(100)
+    assert frames(router)[-1] == (WINDOW, stream.id, tunnel.CREDIT.pack(100))
+    router.feed(tunnel.encode(DATA, stream.id, b"x" * 100))
+    with pytest.raises(TunnelError):
+        router.feed(tunnel.encode(DATA, stream.id, b"x"))
+
+
+def test_a_peer_cannot_grant_more_than_was_sent() -> None:
+    router = Mux(window=100)
+    stream = router.open(RecordingSink(), b"head")
+    assert stream is not None
+    router.feed(tunnel.encode(WINDOW, stream.id, tunnel.CREDIT.pack(4)))  # for the OPEN bytes
+    with pytest.raises(TunnelError, match="granted beyond"):
+        router.feed(tunnel.encode(WINDOW, stream.id, tunnel.CREDIT.pack(1)))
