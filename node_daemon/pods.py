@@ -102,6 +102,28 @@ class PodSettings:
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
 
 
+# Prints the modules among its arguments that this python3 cannot import.
+_FIND_MODULES = """
+import importlib.util, sys
+def found(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+print(" ".join(m for m in sys.argv[1:] if not found(m)))
+"""
+
+
+def missing_modules(client: docker.DockerClient, image: str, modules: Sequence[str],
+                    labels: Mapping[str, str] | None = None) -> set[str]:
+    """The Python modules among ``modules`` that ``image``'s ``python3`` cannot import (one
+    throwaway container, no network, no capabilities)."""
+    output = client.containers.run(image, ["python3", "-c", _FIND_MODULES, *modules],
+                                   remove=True, network_mode="none", cap_drop=["ALL"],
+                                   labels=dict(labels or {}))
+    return set(output.decode(errors="replace").split())
+
+
 def container_name(instance_id: str, role: str) -> str:
     return f"dit4c-{instance_id}-{role}"
 
@@ -155,6 +177,8 @@ class PodRunner:
         self._client = client
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
+        self._modules: dict[str, dict[str, bool]] = {}
+        """Per helpers image id: helper module -> the image has it (images do not change)."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -388,8 +412,40 @@ class PodRunner:
                 return False
             raise
 
+    def check_helpers(self, start: StartInstance) -> None:
+        """Raise :class:`LaunchError` at once if the helpers image lacks the module of a helper
+        this pod runs (a start with storage before ``helpers.storage`` exists), rather than
+        letting the helper exit after the pod was made. Only helpers run as ``python3 -m
+        <module>`` are checked (a site's own command is its own), once per image id."""
+        modules = {}
+        for role in roles_for(start):
+            argv = list(self.settings.helper_commands.get(role, ()))
+            if len(argv) == 3 and argv[:2] == ["python3", "-m"]:
+                modules[role] = argv[2]
+        if not modules:
+            return
+        image = self.settings.helpers_image
+        try:
+            image_id = self._client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            raise LaunchError(f"the helpers image {image} is not on this node") from None
+        known = self._modules.setdefault(image_id, {})
+        unknown = sorted(set(modules.values()) - set(known))
+        if unknown:
+            try:
+                missing = missing_modules(self._client, image, unknown, self.settings.labels)
+            except docker.errors.ContainerError as exc:
+                raise LaunchError(f"cannot look into the helpers image {image}: "
+                                  f"{exc.stderr!r}") from exc
+            known.update({module: module not in missing for module in unknown})
+        absent = [f"{role} helper ({module})" for role, module in modules.items()
+                  if not known[module]]
+        if absent:
+            raise LaunchError(f"the helpers image {image} has no {' and no '.join(absent)}")
+
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
+        self.check_helpers(start)
         self.ensure_image(start.image, start.registry, progress)
         starting = self._bring_up(start)
         try:

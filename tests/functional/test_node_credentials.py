@@ -15,25 +15,16 @@ import pytest
 from node_daemon.credentials import CredentialBroker
 from node_daemon.errors import PortalError, QueueError
 from node_daemon.portal import PortalClient
-from node_daemon.queues import NodeQueues, VisibilityKeeper
-from node_daemon.testing import FakePortal, MotoServer
+from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
+from node_daemon.testing import FakePortal, fake_control_plane
 from protocol.messages import InstanceStateEvent, StopInstance, decode
 from protocol.tokens import SigningKey
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def portal(moto: MotoServer) -> Iterator[FakePortal]:
-    fake = FakePortal(moto)
-    fake.start()
-    yield fake
-    fake.stop()
+def portal() -> Iterator[FakePortal]:
+    with fake_control_plane() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -116,19 +107,23 @@ async def test_queue_errors_name_the_queue(client: PortalClient, portal: FakePor
 
 
 @pytest.fixture(scope="module")
-def brief_portal(moto: MotoServer) -> Iterator[FakePortal]:
+def brief_portal() -> Iterator[FakePortal]:
     """Its command queues hide a received message for 2 s only."""
-    fake = FakePortal(moto, visibility_timeout=2)
-    fake.start()
-    yield fake
-    fake.stop()
+    with fake_control_plane(visibility_timeout=2) as fake:
+        yield fake
 
 
 def visible_ids(portal: FakePortal, node_id: str) -> set[str]:
     """Instance ids of the commands another receiver sees now (without hiding them)."""
     answer = portal.sqs.receive_message(QueueUrl=portal.queue_url(node_id), WaitTimeSeconds=1,
                                         MaxNumberOfMessages=10, VisibilityTimeout=0)
-    return {decode(m["Body"]).instance_id for m in answer.get("Messages", [])}
+    return {instance_of(m["Body"]) for m in answer.get("Messages", [])}
+
+
+def instance_of(body: str) -> str:
+    command = decode(body)
+    assert isinstance(command, StopInstance)
+    return command.instance_id
 
 
 async def test_a_message_in_hand_stays_hidden_until_the_work_ends(brief_portal: FakePortal):
@@ -139,10 +134,10 @@ async def test_a_message_in_hand_stays_hidden_until_the_work_ends(brief_portal: 
         assert await queues.visibility_timeout() == 2
         brief_portal.send(node_id, StopInstance(instance_id="held"))
         brief_portal.send(node_id, StopInstance(instance_id="loose"))
-        received = {}
+        received: dict[str, Received] = {}
         while len(received) < 2:
             for r in await queues.receive(wait_seconds=1):
-                received[decode(r.body).instance_id] = r
+                received[instance_of(r.body)] = r
         seen: set[str] = set()
         async with VisibilityKeeper(queues).holding(received["held"]):
             # Three timeouts' worth of work: the message not held comes back, the held one not.
