@@ -31,6 +31,7 @@ import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from protocol import pod
 from protocol.errors import MessageError, TokenError
 from protocol.messages import (
     InstanceStateEvent,
@@ -277,14 +278,17 @@ class EventLog:
 
 
 STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
+STANDIN_AUTH = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
+"""The auth stand-in answers HTTP on AUTH_PORT, which the daemon's readiness probe waits for."""
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
-    """The real helpers where the image has them; a stand-in that stays up for the others.
+    """The real helpers where the image has them; a stand-in that stays up (and, for auth,
+    answers HTTP on its port) for the others.
 
-    The daemon never depends on what a helper does to call a pod running (the tool answering
-    is the test), but it does report a helper that exits, so an absent module would fail
-    every launch. With every helper present this returns {} (the daemon's defaults).
+    The daemon calls a pod running once the tool and the auth helper answer HTTP, and it
+    reports a helper that exits, so an absent module would fail every launch. With every
+    helper present this returns {} (the daemon's defaults).
     """
     import docker.errors
 
@@ -295,7 +299,7 @@ def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]
         try:
             client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
         except docker.errors.ContainerError:
-            commands[role] = list(STANDIN_HELPER)
+            commands[role] = list(STANDIN_AUTH if role == "auth" else STANDIN_HELPER)
     return commands
 
 
