@@ -85,7 +85,7 @@ OPS = st.lists(st.one_of(
 
 @pytest.mark.timeout(150)
 # No shrinking: each step is several moto calls, and a failure prints its full op list anyway.
-@settings(max_examples=int(os.environ.get("CP_PROP_EXAMPLES", "30")), deadline=None,
+@settings(max_examples=int(os.environ.get("CP_PROP_EXAMPLES", "25")), deadline=None,
           derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
