@@ -23,7 +23,9 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+from infra.local import registry
 from infra.local.stack import REPO_ROOT
+from scripts.images import TEST_TOOL
 
 pytestmark = pytest.mark.docker
 
@@ -41,6 +43,8 @@ class StackProcess:
     """One ``python -m infra.local run`` with its output collected line by line."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        # Never the default 5001 in a test: `make run` may hold it.
+        env.setdefault("DIT4C_REGISTRY_PORT", str(free_port()))
         self.env = env
         self.lines: list[str] = []
         self.errors: list[str] = []
@@ -106,6 +110,7 @@ def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[
         "DIT4C_PORTAL_PORT": str(free_port()),
         "DIT4C_ROUTER_PORT": str(free_port()),
         "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_REGISTRY_PORT": str(free_port()),
         "DIT4C_STACK_NAME": "dit4c-test",
         "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
@@ -279,11 +284,6 @@ def test_a_second_stack_on_the_same_data_dir_is_refused(running, stack_env):
 
 
 def test_a_launched_tool_is_reached_through_the_router_after_logging_in(running, stack_env):
-    from control_plane.app import app
-
-    if "/oauth/authorize" not in app.routes:
-        pytest.skip("control_plane.app does not register the OAuth routes (/oauth/authorize, "
-                    "/oauth/token) yet: the auth helper cannot log anyone in")
     portal = port_of(stack_env, "DIT4C_PORTAL_PORT")
     router = port_of(stack_env, "DIT4C_ROUTER_PORT")
     password = (Path(stack_env["DIT4C_DATA_DIR"]) / "admin-password").read_text().strip()
@@ -349,7 +349,26 @@ def _login(port: int, password: str) -> int:
                body={"username": "admin", "password": password})[0]
 
 
-def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env):
+def _push_test_tool(docker_client, registry_port: int) -> str:
+    """Push the test tool to the stack's image server; returns the repository name."""
+    repository = f"127.0.0.1:{registry_port}/dit4c/test-tool"
+    docker_client.images.get(TEST_TOOL).tag(repository, "busybox")
+    try:
+        for line in docker_client.api.push(repository, tag="busybox", stream=True, decode=True):
+            assert "error" not in line, line
+    finally:
+        docker_client.images.remove(f"{repository}:busybox")
+    return "dit4c/test-tool"
+
+
+def _registry_catalog(registry_port: int) -> list[str]:
+    status, _, body = get(registry_port, "/v2/_catalog")
+    assert status == 200, body
+    repositories: list[str] = json.loads(body)["repositories"]
+    return repositories
+
+
+def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env, docker_client):
     data_dir = Path(stack_env["DIT4C_DATA_DIR"])
     portal, router, aws_port = (
         port_of(stack_env, n)
@@ -364,13 +383,18 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
     )
     assert status == 201, body
     instance = launch_test_tool(admin, portal)
+    registry_port = port_of(stack_env, "DIT4C_REGISTRY_PORT")
+    pushed = _push_test_tool(docker_client, registry_port) if registry.binary() else None
     child_pids = [json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")]
-    assert len(child_pids) == 2  # edge router and node daemon
+    # edge router, node daemon, and the image server when docker-registry is installed
+    assert len(child_pids) == (3 if registry.binary() else 2)
 
     took = running.interrupt()
 
     assert running.process.returncode == 0, running.output()
-    assert not [p for p in (portal, router, aws_port) if _listening(p)], "something listens"
+    assert not [p for p in (portal, router, aws_port, registry_port) if _listening(p)], (
+        "something still listens"
+    )
     assert not [p for p in child_pids if _alive(p)], "a child process survived"
     assert "stopped in" in "\n".join(running.lines)
     print(f"stopped in {took:.1f} s")
@@ -387,6 +411,8 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
         listed = {i["id"]: i for i in json.loads(body)["instances"]}
         assert instance["id"] in listed
         assert listed[instance["id"]]["state"] == "running"
+        if pushed is not None:
+            assert pushed in _registry_catalog(registry_port)
         again.interrupt(signal.SIGTERM)
         assert again.process.returncode == 0, again.output()
     finally:
@@ -443,3 +469,23 @@ def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env)
         assert again.process.returncode == 0, again.output()
     finally:
         again.kill()
+
+
+def test_a_pods_network_that_lets_pods_reach_each_other_is_refused(docker_network, tmp_path):
+    # The fixture's network is a plain bridge: inter-container traffic on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+    env.update({
+        "DIT4C_DATA_DIR": str(tmp_path / "data"),
+        "DIT4C_PORTAL_PORT": str(free_port()),
+        "DIT4C_ROUTER_PORT": str(free_port()),
+        "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_REGISTRY_PORT": str(free_port()),
+        "DIT4C_NODE_PODS_NETWORK": docker_network.name,
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    assert f"pods network {docker_network.name} (DIT4C_NODE_PODS_NETWORK)" in result.stderr
+    assert "could reach each other" in result.stderr
