@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
+from control_plane.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
 from control_plane.passwords import MAX_PASSWORD_BYTES, check_password, dummy_check, hash_password
 from control_plane.table import ConditionFailed, Item, Table
 
@@ -114,12 +114,6 @@ class Accounts:
             vals={":p": provider, ":f": False, ":t": int(time.time())})
         if item.get("provider") != provider:
             raise Conflict(f"user {username!r} belongs to another login provider")
-        return _user(item)
-
-    def get_user(self, username: str) -> User:
-        item = self.users.get({"username": username})
-        if item is None:
-            raise NotFound(f"no user {username!r}")
         return _user(item)
 
     def exists(self, username: str) -> bool:

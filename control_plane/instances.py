@@ -7,6 +7,11 @@ state already moved and changes nothing. Legal moves come from :mod:`protocol.st
 While an instance holds room on a node (``reserved``), leaving the active states releases that
 room in the same DynamoDB transaction as the state change, so capacity is returned exactly once.
 
+The per-user limit is exact under concurrency: the owner's user item holds ``live`` (instances in
+:data:`COUNTED` states), raised in the same transaction that creates an instance (conditional on
+staying within the limit) and lowered in the same transaction as the one move that leaves those
+states for good.
+
 Instances in a transitional state carry ``transition`` (= the state) and ``transition_deadline``
 (ISO time): the sparse ``by-transition`` index lets the reaper find stuck ones without a Scan.
 """
@@ -17,11 +22,13 @@ from typing import Any
 
 from control_plane.clock import now_iso
 from control_plane.errors import Conflict
-from control_plane.table import ConditionFailed, Item, Table, transact
+from control_plane.table import ConditionFailed, Item, Table, serialize, transact
 from protocol.states import InstanceState
 
 S = InstanceState
 TRANSITIONAL = (S.PENDING, S.SCHEDULED, S.STARTING, S.STOPPING, S.SAVING)
+COUNTED = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
+"""States that count against the per-user limit (once left, never re-entered)."""
 UNPLACED = "unplaced"
 """``node_id`` of an instance on no node: keeps every instance in the ``by-node`` index, so an
 admin can list them all with Queries (no node id is ever this word: ids are hex)."""
@@ -54,21 +61,32 @@ def instance_json(item: Item) -> dict[str, Any]:
 class Instances:
     """Instance records; ``nodes`` is the NodesTable (capacity release on leaving active states)."""
 
-    def __init__(self, table: Table, nodes: Table, *, transition_timeout: int) -> None:
+    def __init__(self, table: Table, nodes: Table, users: Table, *,
+                 transition_timeout: int) -> None:
         self.table = table
         self.nodes = nodes
+        self.users = users
         self.transition_timeout = transition_timeout
 
     def get(self, instance_id: str) -> Item | None:
         return self.table.get({"instance_id": instance_id})
 
-    def create(self, item: Item) -> Item:
+    def create(self, item: Item, *, limit: int) -> Item:
+        """Put a new pending instance; ConditionFailed when its owner is at ``limit``."""
         full = {**item, "state": S.PENDING.value, "version": 1, "progress": {},
                 "node_id": UNPLACED,
                 "created_at": now_iso(), "updated_at": now_iso(),
                 "transition": S.PENDING.value,
                 "transition_deadline": now_iso(self.transition_timeout)}
-        self.table.put(full, condition="attribute_not_exists(instance_id)")
+        transact(self.table.client, [
+            {"Put": {"TableName": self.table.name, "Item": serialize(full),
+                     "ConditionExpression": "attribute_not_exists(instance_id)"}},
+            self.users.update_op(
+                {"username": item["owner"]}, "SET live = if_not_exists(live, :zero) + :one",
+                condition="attribute_exists(username) AND "
+                          "(attribute_not_exists(live) OR live < :limit)",
+                vals={":zero": 0, ":one": 1, ":limit": limit}),
+        ])
         return full
 
     def of_owner(self, owner: str) -> list[Item]:
@@ -109,6 +127,10 @@ class Instances:
         else:
             removes |= {"transition", "transition_deadline"}
         ops = list(extra or [])
+        if old in COUNTED and new not in COUNTED:
+            ops.append(self.users.update_op(
+                {"username": item["owner"]}, "SET live = if_not_exists(live, :one) - :one",
+                vals={":one": 1}))
         releasing = bool(item.get("reserved")) and not new.active
         if releasing:
             removes.add("reserved")

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from control_plane.errors import Conflict, NotFound
-from protocol.tokens import KeySet, SigningKey, load_public_jwk
+from protocol.tokens import SigningKey
 
 
 class KeyStore:
@@ -47,9 +47,6 @@ class KeyStore:
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.keys()]}
-
-    def key_set(self) -> KeySet:
-        return KeySet({k.kid: load_public_jwk(k.public_jwk()) for k in self.keys()})
 
     def rotate(self) -> SigningKey:
         """Add a new signing key; the old ones stay published."""

@@ -30,7 +30,6 @@ from protocol.states import InstanceState
 
 S = InstanceState
 DEFAULT_CLUSTER = "default"
-COUNTED = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
 
 
 class Lifecycle:
@@ -85,20 +84,19 @@ class Lifecycle:
         cluster_id = validate.string(body, "cluster_id", default=DEFAULT_CLUSTER, max_len=64)
         self.nodes.get_cluster(cluster_id)
         name = validate.string(body, "name", default=image["name"], max_len=100)
-        mine = self.instances.of_owner(user.username)
-        running = sum(1 for i in mine if S(i["state"]) in COUNTED)
         limit = self.config.max_running_per_user
-        if running >= limit:
-            raise TooManyRequests(
-                f"you already have {running} running or starting instances (the limit is "
-                f"{limit}); stop one before launching another")
         instance_id = secrets.token_hex(8)
-        item = self.instances.create({
-            "instance_id": instance_id, "owner": user.username, "name": name,
-            "image_id": image["image_id"], "image": image["image"], "port": image["port"],
-            "cpu": image["cpu"], "memory_mb": image["memory_mb"], "cluster_id": cluster_id,
-            "hostname": self.config.instance_hostname(instance_id),
-            "url": self.config.instance_url(instance_id)})
+        try:
+            item = self.instances.create({
+                "instance_id": instance_id, "owner": user.username, "name": name,
+                "image_id": image["image_id"], "image": image["image"], "port": image["port"],
+                "cpu": image["cpu"], "memory_mb": image["memory_mb"], "cluster_id": cluster_id,
+                "hostname": self.config.instance_hostname(instance_id),
+                "url": self.config.instance_url(instance_id)}, limit=limit)
+        except ConditionFailed:
+            raise TooManyRequests(
+                f"you already have {limit} instances running or starting (the limit is "
+                f"{limit}); stop one before launching another") from None
         return self.scheduler.place(item)
 
     # --- lifecycle --------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from control_plane.config import Config
 from control_plane.instance_clients import ClientRegistrar
@@ -113,7 +112,3 @@ class Scheduler:
             self.messenger.send(item["node_queue_url"],
                                 DiscardInstance(instance_id=item["instance_id"]))
         return moved
-
-
-def summary(item: Item) -> dict[str, Any]:
-    return {"instance_id": item["instance_id"], "state": item["state"]}

@@ -70,7 +70,7 @@ class Services:
         catalog = Catalog(table(t.images), shares)
         nodes = Nodes(config=config, clusters=table(t.clusters), nodes=table(t.nodes),
                       tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"))
-        instances = Instances(table(t.instances), table(t.nodes),
+        instances = Instances(table(t.instances), table(t.nodes), table(t.users),
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
                               config.revocations_topic_arn)

@@ -36,12 +36,6 @@ def string(body: Mapping[str, Any], name: str, *, default: str | None = None,
     return value.strip()
 
 
-def optional_string(body: Mapping[str, Any], name: str, *, max_len: int = 200) -> str | None:
-    if body.get(name) is None:
-        return None
-    return string(body, name, max_len=max_len)
-
-
 def integer(body: Mapping[str, Any], name: str, *, default: int | None = None,
             low: int = 0, high: int = 2**31) -> int:
     value = body.get(name, default)

@@ -170,14 +170,22 @@ def test_sharing_grants_and_revokes(cp_user, node, cp_env):
     assert alice.get(f"/api/instances/{iid}").status_code == 200
 
 
-def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node):
+def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node, cp_chalice):
     alice = cp_user("alice")
     image = _image_id(alice)
-    for _ in range(3):  # MaxRunningInstancesPerUser in the fixture
-        assert alice.post("/api/instances", {"image_id": image}).status_code == 202
+    launched = [alice.post("/api/instances", {"image_id": image}) for _ in range(3)]
+    assert [r.status_code for r in launched] == [202] * 3  # the fixture's limit is 3
     r = alice.post("/api/instances", {"image_id": image})
     assert r.status_code == 429
     assert "limit is 3" in r.json["error"]["message"]
+    assert len(alice.get("/api/instances").json["instances"]) == 3  # nothing was made
+    # a stopped instance no longer counts
+    first = launched[0].json
+    alice.post(f"/api/instances/{first['id']}/stop")
+    assert alice.post("/api/instances", {"image_id": image}).status_code == 429  # stopping
+    _event(cp_chalice, InstanceStateEvent(node_id=first["node_id"], instance_id=first["id"],
+                                          state="stopped"))
+    assert alice.post("/api/instances", {"image_id": image}).status_code == 202
 
 
 def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalice,

@@ -6,6 +6,7 @@ heartbeats (reordered), stops, node silence and reaper runs must never produce:
 
 - a state outside ``protocol.states`` or a move the transition table does not allow;
 - an instance holding room on a node while not live, or a live instance holding none;
+- a user whose count of live instances (the per-user limit) differs from what they have;
 - a node whose reserved room differs from the sum of what its instances hold (a double
   placement or a double release), or exceeds its capacity (over-commit).
 """
@@ -28,6 +29,7 @@ from control_plane.accounts import User
 from control_plane.aws import Clients
 from control_plane.catalog import CatalogEntry
 from control_plane.config import Config
+from control_plane.instances import COUNTED
 from control_plane.nodes import milli
 from control_plane.services import Services
 from control_plane.table import ConditionFailed
@@ -85,7 +87,7 @@ OPS = st.lists(st.one_of(
 
 @pytest.mark.timeout(150)
 # No shrinking: each step is several moto calls, and a failure prints its full op list anyway.
-@settings(max_examples=int(os.environ.get("CP_PROP_EXAMPLES", "30")), deadline=None,
+@settings(max_examples=int(os.environ.get("CP_PROP_EXAMPLES", "25")), deadline=None,
           derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
@@ -116,7 +118,8 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
          nodes: list[dict[str, Any]], ids: list[str]) -> None:
     sent: list[InstanceStateEvent] = []
     last_seen: dict[str, S] = {}
-    user = User("prop", admin=False)
+    user = User(f"p{cluster}", admin=False)
+    svc.accounts.users.put({"username": user.username, "admin": False})
 
     for op in ops:
         kind = op[0]
@@ -128,9 +131,10 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
             first = svc.lifecycle.launch(user, {"image_id": image["id"], "cluster_id": cluster})
             ids.append(first["instance_id"])
             pending = svc.instances.create({
-                "instance_id": uuid.uuid4().hex[:16], "owner": "prop", "name": "s",
+                "instance_id": uuid.uuid4().hex[:16], "owner": user.username, "name": "s",
                 "image_id": image["id"], "image": image["image"], "port": 80, "cpu": 1,
-                "memory_mb": 512, "cluster_id": cluster, "hostname": "h", "url": "u"})
+                "memory_mb": 512, "cluster_id": cluster, "hostname": "h", "url": "u"},
+                limit=1000)
             stale = [svc.nodes.get(n["node_id"]) for n in nodes]
             ids.append(svc.scheduler.place(pending, candidates=stale)["instance_id"])
         elif kind == "event" and ids:
@@ -182,6 +186,9 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
                 held[item["node_id"]][1] += item["memory_mb"]
             else:
                 assert state not in LIVE, item
+        counted = sum(1 for i in items if S(i["state"]) in COUNTED)
+        owner = svc.accounts.users.get({"username": user.username}) or {}
+        assert owner.get("live", 0) == counted
         for n in nodes:
             node = svc.nodes.get(n["node_id"])
             assert [node["cpu_milli_reserved"], node["memory_mb_reserved"]] == \

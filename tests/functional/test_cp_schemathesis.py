@@ -69,7 +69,7 @@ def cp_live() -> Iterator[dict[str, Any]]:
 
 @pytest.mark.timeout(120)
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_no_input_makes_a_server_error(case: Any,
                                        cp_live: dict[str, Any]) -> None:
