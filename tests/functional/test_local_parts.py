@@ -358,3 +358,16 @@ def test_a_bad_setting_stops_the_command_before_anything_starts(tmp_path, env, m
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_an_unusable_data_directory_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"],
+        env={**os.environ, "DIT4C_DATA_DIR": str(blocker / "data")},
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2
+    assert f"cannot use data directory {blocker / 'data'} (DIT4C_DATA_DIR)" in result.stderr
