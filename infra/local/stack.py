@@ -129,6 +129,8 @@ class LocalStack:
                 self._report(f"unexpected {type(exc).__name__}: {exc} (a bug; traceback above)")
                 status = 1
             stop_started = time.monotonic()
+            # Every loop of this process sees it at once (the pump drains after the children).
+            self._stopping.set()
             self._say("stopping ...")
             try:
                 undo.close()
@@ -176,7 +178,7 @@ class LocalStack:
         log.info("restored %s", restored)
         # Registered before anything can write, so it runs after everything has stopped.
         undo.callback(self._final_snapshot, snapshotter)
-        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds)
+        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds, self._stopping)
         periodic.start()
         undo.callback(periodic.stop)
         self._check_stop()
@@ -236,14 +238,14 @@ class LocalStack:
                     pump = SqsPump(
                         spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
-                        observer=self._observe_event,
+                        observer=self._observe_event, stopping=self._stopping,
                     )
                     pump.start()
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
                     timer = ScheduleTimer(
                         spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
-                        trigger.interval_seconds, aws.region,
+                        trigger.interval_seconds, aws.region, stopping=self._stopping,
                     )
                     timer.start()
                     undo.callback(timer.stop)

@@ -371,3 +371,21 @@ def test_an_unusable_data_directory_is_named(tmp_path):
     )
     assert result.returncode == 2
     assert f"cannot use data directory {blocker / 'data'} (DIT4C_DATA_DIR)" in result.stderr
+
+
+def test_stopping_does_not_wait_for_a_slow_scheduled_run():
+    inside, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(event, context):
+        inside.set()
+        release.wait(30)
+        finished.set()
+
+    timer = ScheduleTimer(spec(), slow, "rule", 0.01, "us-east-1")
+    timer.start()
+    try:
+        assert inside.wait(30)
+        timer.stop(wait=0.1)
+        assert not finished.is_set(), "stop() waited for the run to finish"
+    finally:
+        release.set()
