@@ -42,7 +42,7 @@ Observer = Callable[[str], None]
 POLL_WAIT_SECONDS = 1
 """Short long-polls, so that stopping the pump takes about a second."""
 
-STOP_WAIT_SECONDS = 3.0
+STOP_WAIT_SECONDS = 2.0
 
 
 def _load(spec: FunctionSpec) -> Any:
@@ -112,7 +112,7 @@ class SqsPump:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, drain_seconds: float = 2.0) -> None:
+    def stop(self, drain_seconds: float = 1.5) -> None:
         """Stop polling, then hand over what is still waiting (for up to ``drain_seconds``):
         queued messages are not part of the snapshot, so the last events of stopping children
         would otherwise be lost."""
