@@ -12,8 +12,8 @@ that dies stops exactly what was started, in reverse order):
 5. the edge router (``python -m edge_router``) and the image server as child processes, then
    ``ensure_local_defaults`` (admin, default cluster, demo catalog, a join token) while they
    start, then the node daemon (``join`` once, then ``run``);
-6. ready when the health check answers 200, the router answers, and a heartbeat of the node has
-   come through the events queue.
+6. ready when the health check answers 200, the router answers, the image server answers, and
+   a heartbeat of the node has come through the events queue.
 
 A child that exits while the stack runs stops the whole stack with its exit code and the end of
 its log: a half-working stack would look ready and fail later in confusing ways. Stopping saves
@@ -316,14 +316,18 @@ class LocalStack:
         join = children.Child("node-join", argv, self._child_env(), log_dir=self._data.logs,
                               run_dir=self._data.run, cwd=REPO_ROOT)
         join.start()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         try:
-            code = join.wait(JOIN_TIMEOUT)
-        except Exception:
+            while (code := join.poll()) is None:
+                self._check_stop()
+                if time.monotonic() > deadline:
+                    raise ChildFailed(
+                        f"node-join did not finish within {JOIN_TIMEOUT:.0f} s; end of "
+                        f"{join.log_path}:\n{join.tail()}"
+                    )
+                time.sleep(POLL_INTERVAL)
+        finally:
             join.stop(self._config.stop_grace)
-            raise ChildFailed(
-                f"node-join did not finish within {JOIN_TIMEOUT:.0f} s; end of "
-                f"{join.log_path}:\n{join.tail()}"
-            ) from None
         if code != 0:
             raise ChildFailed(
                 f"node-join exited with status {code}; end of {join.log_path}:\n{join.tail()}"
