@@ -217,7 +217,11 @@ def launch() -> dict[str, Any]:
 
 @route("/api/instances")
 def list_instances() -> dict[str, Any]:
-    return {"instances": _svc().lifecycle.list_for(_session().user)}
+    user = _session().user
+    query: Any = _request().query_params or {}
+    if query.get("all") in ("1", "true"):
+        return {"instances": _svc().lifecycle.list_all(user)}
+    return {"instances": _svc().lifecycle.list_for(user)}
 
 
 @route("/api/instances/{instance_id}")

@@ -19,7 +19,7 @@ from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
 from control_plane.instance_clients import ClientRegistrar
-from control_plane.instances import Instances, instance_json
+from control_plane.instances import UNPLACED, Instances, instance_json
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.scheduler import Scheduler
@@ -59,6 +59,16 @@ class Lifecycle:
         if not user.admin and item["owner"] != user.username:
             raise Forbidden("only the owner can do this")
         return item
+
+    def list_all(self, user: User) -> list[dict[str, Any]]:
+        """Every instance (admins): one Query per node, plus the unplaced ones."""
+        if not user.admin:
+            raise Forbidden("only admins list every instance")
+        node_ids = [UNPLACED] + [n["node_id"] for c in self.nodes.clusters.scan()
+                                 for n in self.nodes.in_cluster(c["cluster_id"])]
+        items = [i for node_id in node_ids for i in self.instances.on_node(node_id)]
+        return [instance_json(i) for i in sorted(items, key=lambda i: i["created_at"],
+                                                 reverse=True)]
 
     def list_for(self, user: User) -> list[dict[str, Any]]:
         items = self.instances.of_owner(user.username)

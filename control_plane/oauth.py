@@ -420,11 +420,15 @@ class OAuthServer:
                            username: str = ALL_USERS, *, via: str | None = None) -> BackChannel:
         """The signed request that makes the instance's auth helper end ``username``'s sessions
         at once (every session for ``ALL_USERS``). ``via``: where to send it when the instance
-        URL does not resolve from here (the local stack's ``*.localhost``): the router's base
-        URL; the ``Host`` header then names the instance."""
+        URL does not resolve from here: the router's base URL; the ``Host`` header then names
+        the instance. ``*.localhost`` instance URLs (the local stack) go to 127.0.0.1."""
         token = self._signer.sign(revocation_claims(
             issuer=self._issuer, instance_id=instance_id, username=username, now=self._clock()))
         public = urlsplit(instance_url)
+        host = public.hostname or ""
+        if via is None and (host == "localhost" or host.endswith(".localhost")):
+            # RFC 6761: *.localhost is loopback, but Python's resolver does not know it.
+            via = urlunsplit(public._replace(netloc=f"127.0.0.1:{public.port or 80}", path=""))
         base = (via or instance_url).rstrip("/")
         return BackChannel(base + REVOKE_PATH,
                            {"Authorization": f"Bearer {token}", "Host": public.netloc})

@@ -76,9 +76,12 @@ SCHEMAS: dict[str, Any] = {
                          "session_token": _STR, "expiration": _STR, "region": _STR,
                          "queue_url": _STR, "events_queue_url": _STR,
                          "endpoint_url": {"type": "string", "nullable": True}}),
-    "Node": _obj({"id": _STR, "cluster_id": _STR, "name": _STR, "status": _STR,
-                  "capacity": {"type": "object"}, "reserved": {"type": "object"},
-                  "usage": {"type": "object"}, "running": {"type": "array", "items": _STR},
+    "Node": _obj({"id": _STR, "cluster_id": _STR, "name": _STR,
+                  "state": {"type": "string", "enum": ["active", "draining", "decommissioned"]},
+                  "cpu_total": _NUM, "memory_mb_total": _INT, "cpu_reserved": _NUM,
+                  "memory_mb_reserved": _INT, "cpu_used": _NUM, "memory_mb_used": _INT,
+                  "load": _NUM, "running": {"type": "array", "items": _STR},
+                  "version": {"type": "string", "nullable": True},
                   "heartbeat_age_seconds": {"type": "number", "nullable": True}}),
     "Health": _obj({"status": _STR, "version": _STR,
                     "dependencies": {"type": "object", "additionalProperties": _STR}}),
@@ -127,9 +130,10 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
                                                (400, *_AUTH, 404, 413, 415)),
     ("POST", "/api/instances"): ("Launch an instance", "Launch", 202, "Instance",
                                  (400, *_AUTH, 404, 413, 415, 429)),
-    ("GET", "/api/instances"): ("Own instances and those shared with me", None, 200,
+    ("GET", "/api/instances"): ("Own instances and those shared with me (admins: ?all=true "
+                                "lists every instance)", None, 200,
                                 _obj({"instances": {"type": "array",
-                                                    "items": _ref("Instance")}}), (401,)),
+                                                    "items": _ref("Instance")}}), _AUTH),
     ("GET", "/api/instances/{instance_id}"): ("One instance", None, 200, "Instance",
                                               (401, 404)),
     ("POST", "/api/instances/{instance_id}/stop"): ("Stop", None, 202, "Instance",
@@ -170,6 +174,16 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
                                                     200, "Node", (*_AUTH, 404)),
 }
 
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/api/instances"): [{"name": "all", "in": "query", "required": False,
+                                 "schema": {"type": "string", "enum": ["true", "false"]}}],
+    ("GET", "/api/login/{provider}"): [{"name": "next", "in": "query", "required": False,
+                                        "schema": {"type": "string"}}],
+    ("GET", "/api/login/{provider}/callback"): [
+        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+        for n in ("code", "state", "error")],
+}
+
 _ERROR_TEXT = {400: "bad input", 401: "not logged in / bad credentials or token",
                403: "not allowed (or missing CSRF token)", 404: "unknown id (or not yours)",
                409: "wrong state for this request", 413: "body too large",
@@ -186,9 +200,11 @@ def spec(app: Any, extra: dict[tuple[str, str], Any] | None = None) -> dict[str,
             op: dict[str, Any] = {"summary": summary,
                                   "operationId": f"{method.lower()}_{_slug(path)}"}
             params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-            if params:
-                op["parameters"] = [{"name": p, "in": "path", "required": True,
-                                     "schema": {"type": "string"}} for p in params]
+            parameters = [{"name": p, "in": "path", "required": True,
+                           "schema": {"type": "string"}} for p in params]
+            parameters += QUERY_PARAMETERS.get((method, path), [])
+            if parameters:
+                op["parameters"] = parameters
             if request:
                 op["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(request)}}}

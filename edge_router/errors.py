@@ -4,7 +4,8 @@
     ├── ConfigError          a DIT4C_ROUTER_* setting is missing or invalid (fails start-up)
     ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream)
     │   └── HeadTooLarge     a request head over the limit (431)
-    └── TunnelRefused        a tunnel's token or host was refused (status 401/403)
+    ├── TunnelRefused        a tunnel's token or host was refused (status 401/403)
+    └── KeysUnavailable      no JWKS could be fetched yet: tunnels get 503 and retry soon
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ class TunnelRefused(RouterError):
     def __init__(self, message: str, status: int = 403) -> None:
         super().__init__(message)
         self.status = status
+
+
+class KeysUnavailable(RouterError):
+    """The control plane's keys have never been fetched; not the token's fault."""

@@ -59,6 +59,11 @@ class ProxyContext:
             connection.check_timeouts(now)
         self.tunnels.check(now)
 
+    def close_all(self) -> None:
+        """Shutting down: drop every client connection (their streams end with them)."""
+        for connection in list(self.connections):
+            connection._abort()
+
 
 @dataclass(slots=True)
 class Pending:
@@ -341,14 +346,10 @@ class ClientConnection(asyncio.Protocol):
             if self.r_state == R_HEAD:
                 if not self.pending:
                     raise BadRequest("response without a request")
-                self.r_buf += bytes(data[pos:])
-                head_end = self.r_buf.find(b"\r\n\r\n")
+                head_end, earlier = self._find_head(data, pos, end)
                 if head_end < 0:
-                    if len(self.r_buf) > MAX_RESPONSE_HEAD:
-                        raise BadRequest("response head too large")
                     return
-                consumed_here = len(self.r_buf) - (end - pos)  # bytes from earlier calls
-                pos += head_end + 4 - consumed_here
+                pos += head_end + 4 - earlier
                 head_bytes, self.r_buf = self.r_buf[:head_end], b""
                 self._response_head(head_bytes)
             elif self.r_state == R_BODY:
@@ -362,6 +363,22 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._write(data[pos:])
                 return
+
+    def _find_head(self, data: memoryview, pos: int, end: int) -> tuple[int, int]:
+        """Add the start of ``data[pos:]`` to ``r_buf`` until it holds a whole head: (offset
+        of the blank line in ``r_buf`` or -1, bytes ``r_buf`` held before). Copies a few KiB
+        at first, never a large body behind a small head."""
+        earlier = len(self.r_buf)
+        limit = min(end, pos + MAX_RESPONSE_HEAD + 4 - earlier)
+        probe = min(limit, pos + 4096)
+        self.r_buf += bytes(data[pos:probe])
+        head_end = self.r_buf.find(b"\r\n\r\n", max(0, earlier - 3))
+        if head_end < 0 and probe < limit:
+            self.r_buf += bytes(data[probe:limit])
+            head_end = self.r_buf.find(b"\r\n\r\n", max(0, earlier - 3))
+        if head_end < 0 and (limit < end or len(self.r_buf) > MAX_RESPONSE_HEAD):
+            raise BadRequest("response head too large")
+        return head_end, earlier
 
     def _response_head(self, head_bytes: bytes) -> None:
         request = self.pending[0]

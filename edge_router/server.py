@@ -140,6 +140,8 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.proxy is not None:
+            self.proxy.close_all()
         if self.endpoint is not None:
             await self.endpoint.close_all()
         for runner in self._runners:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from http import HTTPStatus
 
-from edge_router.errors import TunnelRefused
+from edge_router.errors import KeysUnavailable, TunnelRefused
 from edge_router.http1 import RequestHead
 from edge_router.keys import KeyCache
 from edge_router.metrics import Stats
@@ -76,6 +76,8 @@ class TunnelEndpoint:
                 self.keys.verify_tunnel(token.strip(), hostname), HANDSHAKE_TIMEOUT)
         except TokenError as exc:
             raise TunnelRefused(str(exc), 401) from None
+        except KeysUnavailable as exc:
+            raise TunnelRefused(str(exc), 503) from None
         except TimeoutError:
             raise TunnelRefused("the router cannot check tokens right now", 503) from None
         instance_id = str(claims["sub"])

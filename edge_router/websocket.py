@@ -73,6 +73,8 @@ class TunnelSocket(asyncio.Protocol):
         self._have = 0
         self._need = 0
         """Bytes the incomplete frame at the start of ``_chunks`` needs in all."""
+        self._pending_frame: tuple[int, bytes, int, int] | None = None
+        """(first byte, mask, header length, payload size) of that frame, once known."""
         self._fragments: list[bytes] = []
         self._flush_scheduled = False
         self._closing = False
@@ -92,16 +94,15 @@ class TunnelSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
-        if self._chunks:
-            # A large frame arrives in many reads: collect them and join once it is whole,
-            # instead of re-copying the growing prefix on every read.
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return
-            data = b"".join(self._chunks)
-            self._chunks.clear()
         try:
+            if self._chunks:
+                # A large frame arrives in many reads: collect them, then copy its payload
+                # out once, instead of re-copying the growing prefix on every read.
+                self._chunks.append(data)
+                self._have += len(data)
+                if self._have < self._need:
+                    return
+                data = self._complete_pending()
             used = self._frames(data)
         except TunnelError as exc:
             log.warning("tunnel protocol error: %s", exc)
@@ -117,13 +118,40 @@ class TunnelSocket(asyncio.Protocol):
 
     # --- frames in -------------------------------------------------------------------------
 
-    def _frames(self, data: bytes) -> int:  # noqa: PLR0912 - one branch per frame field
+    def _complete_pending(self) -> bytes:
+        """The buffered bytes, or — when they hold a whole large frame whose header was
+        parsed — that frame handled straight from the chunks and the bytes after it."""
+        chunks, self._chunks = self._chunks, []
+        frame = self._pending_frame
+        if frame is None:
+            return b"".join(chunks)
+        self._pending_frame = None
+        first, mask, offset, size = frame
+        payload = bytearray(size)
+        filled = 0
+        rest: list[bytes | memoryview] = []
+        for chunk in chunks:
+            view = memoryview(chunk)
+            if offset >= len(view):
+                offset -= len(view)
+                continue
+            take = view[offset:offset + size - filled]
+            payload[filled:filled + len(take)] = take
+            filled += len(take)
+            if offset + len(take) < len(view):
+                rest.append(view[offset + len(take):])
+            offset = 0
+        unmask(mask, payload)
+        self._frame(first, payload)
+        return b"".join(rest)
+
+    def _frames(self, data: bytes) -> int:
         """Handle every complete frame in ``data``; return how many bytes were used."""
         pos, end = 0, len(data)
         self._need = 0  # until a frame's full size is known, any new byte may complete it
         while end - pos >= 2 and not self._closing:
             first, second = data[pos], data[pos + 1]
-            opcode, size = first & 0x0F, second & 0x7F
+            size = second & 0x7F
             header = 2
             if size == 126:
                 if end - pos < 4:
@@ -143,32 +171,36 @@ class TunnelSocket(asyncio.Protocol):
                 raise TunnelError("frame too large")
             start = pos + header + 4
             if end - start < size:
+                if end - start >= 0:
+                    self._pending_frame = (first, data[start - 4:start], header + 4, size)
                 self._need = header + 4 + size
                 break
-            mask = data[start - 4:start]
             payload = bytearray(memoryview(data)[start:start + size])  # the one copy
-            unmask(mask, payload)
+            unmask(data[start - 4:start], payload)
             pos = start + size
-            fin = first & 0x80
-            if opcode == BINARY or (opcode == CONTINUATION and self._fragments):
-                if not fin or self._fragments:
-                    self._fragments.append(bytes(payload))
-                    if sum(map(len, self._fragments)) > MAX_MESSAGE_BYTES:
-                        raise TunnelError("message too large")
-                    if not fin:
-                        continue
-                    payload = bytearray(b"".join(self._fragments))
-                    self._fragments.clear()
-                self.mux.feed(payload)
-            elif opcode == PING:
-                self._send(PONG, bytes(payload))
-            elif opcode == PONG:
-                pass
-            elif opcode == CLOSE:
-                self.close(CLOSE_NORMAL, "closed by the listener")
-            else:
-                raise TunnelError(f"unexpected opcode {opcode}")
+            self._frame(first, payload)
         return pos
+
+    def _frame(self, first: int, payload: bytearray) -> None:
+        opcode, fin = first & 0x0F, first & 0x80
+        if opcode == BINARY or (opcode == CONTINUATION and self._fragments):
+            if not fin or self._fragments:
+                self._fragments.append(bytes(payload))
+                if sum(map(len, self._fragments)) > MAX_MESSAGE_BYTES:
+                    raise TunnelError("message too large")
+                if not fin:
+                    return
+                payload = bytearray(b"".join(self._fragments))
+                self._fragments.clear()
+            self.mux.feed(payload)
+        elif opcode == PING:
+            self._send(PONG, bytes(payload))
+        elif opcode == PONG:
+            pass
+        elif opcode == CLOSE:
+            self.close(CLOSE_NORMAL, "closed by the listener")
+        else:
+            raise TunnelError(f"unexpected opcode {opcode}")
 
     # --- frames out ------------------------------------------------------------------------
 

@@ -40,10 +40,6 @@ from protocol.messages import RegistryAccess, StartInstance
 
 log = logging.getLogger("dit4c.node.pods")
 
-ROLE_NETNS = "netns"
-"""The namespace holder's role label (this daemon's own; not a helper)."""
-ENV_STORAGE = "DIT4C_STORAGE"
-"""The storage helper's settings: the start command's ``storage`` object as JSON."""
 STORAGE_MOUNT = "/mnt"
 
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
@@ -106,12 +102,34 @@ class PodSettings:
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
 
 
+# Prints the modules among its arguments that this python3 cannot import.
+_FIND_MODULES = """
+import importlib.util, sys
+def found(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+print(" ".join(m for m in sys.argv[1:] if not found(m)))
+"""
+
+
+def missing_modules(client: docker.DockerClient, image: str, modules: Sequence[str],
+                    labels: Mapping[str, str] | None = None) -> set[str]:
+    """The Python modules among ``modules`` that ``image``'s ``python3`` cannot import (one
+    throwaway container, no network, no capabilities)."""
+    output = client.containers.run(image, ["python3", "-c", _FIND_MODULES, *modules],
+                                   remove=True, network_mode="none", cap_drop=["ALL"],
+                                   labels=dict(labels or {}))
+    return set(output.decode(errors="replace").split())
+
+
 def container_name(instance_id: str, role: str) -> str:
     return f"dit4c-{instance_id}-{role}"
 
 
 def roles_for(start: StartInstance) -> list[str]:
-    roles = [ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
+    roles = [pod.ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
     if start.storage is not None:
         roles.append(pod.ROLE_STORAGE)
     return [*roles, pod.ROLE_TOOL]
@@ -136,7 +154,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
                 pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
     if role == pod.ROLE_STORAGE and start.storage is not None:
         storage = start.storage
-        return {ENV_STORAGE: json.dumps({
+        return {pod.ENV_STORAGE: json.dumps({
             "kind": storage.kind, "bucket": storage.bucket, "prefix": storage.prefix,
             "credentials": storage.credentials, "endpoint_url": storage.endpoint_url})}
     return {}
@@ -159,6 +177,8 @@ class PodRunner:
         self._client = client
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
+        self._modules: dict[str, dict[str, bool]] = {}
+        """Per helpers image id: helper module -> the image has it (images do not change)."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -239,7 +259,7 @@ class PodRunner:
         name = container_name(start.instance_id, role)
         common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
                                   "detach": True, "privileged": False}
-        if role == ROLE_NETNS:
+        if role == pod.ROLE_NETNS:
             spec = {**common, "image": self.settings.helpers_image,
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
@@ -302,8 +322,8 @@ class PodRunner:
         (a launch is mostly engine round trips; overlapping them is most of its speed).
         """
         existing = self.containers(start.instance_id)
-        netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
-        joined = [role for role in roles_for(start) if role != ROLE_NETNS]
+        netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
+        joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
 
         def make(role: str) -> PodContainer:
             return existing.get(role) or self._create(start, role, netns)
@@ -312,8 +332,8 @@ class PodRunner:
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
-            restart_joined = ROLE_NETNS in existing
-            self._start(netns, ROLE_NETNS)
+            restart_joined = pod.ROLE_NETNS in existing
+            self._start(netns, pod.ROLE_NETNS)
 
         def bring_up(role: str) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
@@ -357,7 +377,7 @@ class PodRunner:
         the pod's namespace. ``starting``: container starts still under way (probing overlaps
         them); their errors are raised here."""
         deadline = time.monotonic() + timeout
-        netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
+        netns_id = self.containers(start.instance_id)[pod.ROLE_NETNS].id
         while True:
             if all(f.done() for f in starting):
                 for future in starting:
@@ -392,8 +412,40 @@ class PodRunner:
                 return False
             raise
 
+    def check_helpers(self, start: StartInstance) -> None:
+        """Raise :class:`LaunchError` at once if the helpers image lacks the module of a helper
+        this pod runs (a start with storage before ``helpers.storage`` exists), rather than
+        letting the helper exit after the pod was made. Only helpers run as ``python3 -m
+        <module>`` are checked (a site's own command is its own), once per image id."""
+        modules = {}
+        for role in roles_for(start):
+            argv = list(self.settings.helper_commands.get(role, ()))
+            if len(argv) == 3 and argv[:2] == ["python3", "-m"]:
+                modules[role] = argv[2]
+        if not modules:
+            return
+        image = self.settings.helpers_image
+        try:
+            image_id = self._client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            raise LaunchError(f"the helpers image {image} is not on this node") from None
+        known = self._modules.setdefault(image_id, {})
+        unknown = sorted(set(modules.values()) - set(known))
+        if unknown:
+            try:
+                missing = missing_modules(self._client, image, unknown, self.settings.labels)
+            except docker.errors.ContainerError as exc:
+                raise LaunchError(f"cannot look into the helpers image {image}: "
+                                  f"{exc.stderr!r}") from exc
+            known.update({module: module not in missing for module in unknown})
+        absent = [f"{role} helper ({module})" for role, module in modules.items()
+                  if not known[module]]
+        if absent:
+            raise LaunchError(f"the helpers image {image} has no {' and no '.join(absent)}")
+
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
+        self.check_helpers(start)
         self.ensure_image(start.image, start.registry, progress)
         starting = self._bring_up(start)
         try:
@@ -407,7 +459,7 @@ class PodRunner:
     def stop(self, instance_id: str, grace: float) -> None:
         """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
         existing = self.containers(instance_id)
-        netns = existing.pop(ROLE_NETNS, None)
+        netns = existing.pop(pod.ROLE_NETNS, None)
 
         def stop_one(container: PodContainer) -> None:
             with contextlib.suppress(docker.errors.NotFound):

@@ -8,12 +8,16 @@ Until the real control plane serves the node endpoints, the node daemon is exerc
   :mod:`protocol.tokens` (replayed ``jti`` refused), and STS credentials from moto;
 - :class:`EventLog` — reads the events queue the way the control plane would.
 
-Both servers run on their own threads, so synchronous tests and the benchmark can use them.
+Both servers run on their own threads, so synchronous tests and the benchmark can use them;
+:func:`fake_control_plane` starts and stops the pair. The node tests share the rest too:
+:func:`node_env` (a test node's settings and pods network), :class:`NodeProcess` (the daemon as
+a process), :func:`sample_start`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from protocol import pod
 from protocol.errors import MessageError, TokenError
 from protocol.messages import (
     InstanceStateEvent,
@@ -74,6 +79,22 @@ class MotoServer:
         self._server.stop()
         if server is not None:
             server.server_close()  # refuse connections, as a host that went away would
+
+
+@contextlib.contextmanager
+def fake_control_plane(**options: Any) -> Iterator[FakePortal]:
+    """A started :class:`FakePortal` (``options`` as its constructor's) on a moto server of its
+    own (``portal.moto``); both are stopped on leaving."""
+    moto = MotoServer()
+    try:
+        portal = FakePortal(moto, **options)
+        portal.start()
+        try:
+            yield portal
+        finally:
+            portal.stop()
+    finally:
+        moto.stop()
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -233,11 +254,15 @@ class FakePortal:
 
 
 class EventLog:
-    """Everything the node sent to the events queue, read as the control plane would."""
+    """Everything the node sent to the events queue, read as the control plane would.
 
-    def __init__(self, portal: FakePortal) -> None:
+    With ``node``, a wait that times out shows the tail of that node's log too.
+    """
+
+    def __init__(self, portal: FakePortal, node: NodeProcess | None = None) -> None:
         self._sqs = portal.sqs
         self._url = portal.events_queue_url
+        self._node = node
         self.events: list[Message] = []
 
     def poll(self, wait: int = 1) -> list[Message]:
@@ -266,8 +291,9 @@ class EventLog:
             if time.monotonic() > deadline:
                 seen = [(getattr(e, "instance_id", "-"), getattr(e, "state", e.TYPE),
                          getattr(e, "reason", None)) for e in self.events]
+                log = "" if self._node is None else self._node.log_tail()
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
-                                     f"events so far: {seen}")
+                                     f"events so far: {seen}{log}")
             self.poll()
 
     def wait_state(self, instance_id: str, state: str, timeout: float = 60) -> InstanceStateEvent:
@@ -277,31 +303,35 @@ class EventLog:
 
 
 STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
+STANDIN_AUTH = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
+"""The auth stand-in answers HTTP on AUTH_PORT, which the daemon's readiness probe waits for."""
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
-    """The real helpers where the image has them; a stand-in that stays up for the others.
+    """The real helpers where the image has them; a stand-in that stays up (and, for auth,
+    answers HTTP on its port) for the others.
 
-    The daemon never depends on what a helper does to call a pod running (the tool answering
-    is the test), but it does report a helper that exits, so an absent module would fail
-    every launch. With every helper present this returns {} (the daemon's defaults).
+    The daemon calls a pod running once the tool and the auth helper answer HTTP, and it
+    reports a helper that exits, so an absent module would fail every launch. With every
+    helper present this returns {} (the daemon's defaults).
     """
-    import docker.errors
+    from node_daemon.pods import missing_modules
 
-    commands = {}
-    for role in ("listener", "auth", "storage"):
-        probe = ("import importlib.util, sys; "
-                 f"sys.exit(0 if importlib.util.find_spec('helpers.{role}') else 1)")
-        try:
-            client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
-        except docker.errors.ContainerError:
-            commands[role] = list(STANDIN_HELPER)
-    return commands
+    roles = ("listener", "auth", "storage")
+    missing = missing_modules(client, helpers_image, [f"helpers.{role}" for role in roles])
+    return {role: list(STANDIN_AUTH if role == "auth" else STANDIN_HELPER)
+            for role in roles if f"helpers.{role}" in missing}
 
 
-def node_env(*, pods_network: str, labels: dict[str, str],
-             helper_commands: dict[str, list[str]], **extra: str) -> dict[str, str]:
-    """``DIT4C_NODE_*`` settings for a test node: its own pods network and labels, fast timers."""
+def node_env(client: Any, *, pods_network: str, labels: dict[str, str], helpers_image: str,
+             **extra: str) -> dict[str, str]:
+    """``DIT4C_NODE_*`` settings for a test node: its own pods network (made here) and labels,
+    the helpers of ``helpers_image`` (:func:`helper_commands_for`), fast timers; ``extra``
+    added as is."""
+    from node_daemon.network import ensure_pods_network
+
+    ensure_pods_network(client, pods_network, labels)
+    helper_commands = helper_commands_for(client, helpers_image)
     return {"DIT4C_NODE_PODS_NETWORK": pods_network,
             "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
             "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
@@ -375,8 +405,29 @@ class NodeProcess:
             self.process.kill()
             self.process.wait(10)
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[NodeProcess]:
+        """Joined and started; killed on leaving."""
+        self.join()
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return f"\n--- node log ---\n{self.log_text()[-chars:]}"
+
+    @contextlib.contextmanager
+    def explaining(self, what: str = "") -> Iterator[None]:
+        """An AssertionError raised inside gets ``what`` and the tail of this node's log."""
+        try:
+            yield
+        except AssertionError as exc:
+            raise AssertionError(f"{what}{exc}{self.log_tail()}") from None
 
     def send(self, message: Message) -> None:
         self.portal.send(self.node_id, message)

@@ -500,6 +500,33 @@ async def discarded_instance_is_cut_off_at_once_by_the_router(stack: Stack) -> N
     assert (await _status(browser, stack.url("d")))[0] != 200
 
 
+async def garbage_gets_a_clear_refusal_never_a_crash(stack: Stack) -> None:
+    anonymous = stack.browser(None)
+    callback = stack.url("a", pod.CALLBACK_PATH)
+    cases: list[tuple[str, str, dict[str, str], int]] = [
+        ("GET", callback, {}, 400),
+        ("GET", callback + "?state=&code=", {}, 400),
+        ("GET", callback + "?state=%ff%fe&code=%00", {"Cookie": "dit4c-login=x"}, 400),
+        ("GET", callback + "?error=access_denied&state=nope", {}, 400),
+        ("GET", stack.url("a"), {"Cookie": "dit4c-auth=\"; ;=;;dit4c-auth"}, 302),
+        ("GET", stack.url("a"), {"Cookie": "dit4c-auth=" + "x" * 4000}, 302),
+        ("POST", stack.url("a", pod.REVOKE_PATH), {"Authorization": "Bearer " + "x" * 4000},
+         403),
+        ("POST", stack.url("a", "/anything"), {}, 401),
+        ("GET", stack.url("a", pod.LOGOUT_PATH), {"Cookie": "dit4c-auth=unknown"}, 200),
+    ]
+    for method, url, headers, expected in cases:
+        async with anonymous.session.request(method, url, headers=headers,
+                                             allow_redirects=False) as response:
+            assert response.status == expected, (method, url, headers, response.status)
+    async with anonymous.session.post(stack.url("a", pod.REVOKE_PATH),
+                                      data=b"token=" + b"x" * 100_000,
+                                      headers={"Content-Type":
+                                               "application/x-www-form-urlencoded"}
+                                      ) as response:
+        assert response.status == 403
+
+
 def _with(url: str, **params: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query=urlencode(params)))
@@ -520,5 +547,6 @@ SCENARIOS: list[Scenario] = [
     code_issued_for_another_instance_is_refused,
     code_without_the_right_pkce_verifier_is_refused,
     callback_with_a_state_from_another_browser_is_refused, forged_tokens_are_refused,
-    cookie_of_instance_a_is_useless_on_b, discarded_instance_is_cut_off_at_once_by_the_router,
+    cookie_of_instance_a_is_useless_on_b, garbage_gets_a_clear_refusal_never_a_crash,
+    discarded_instance_is_cut_off_at_once_by_the_router,
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,3 +200,38 @@ def self_signed(directory: Path, name: str) -> tuple[str, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     return str(cert_path), str(key_path)
+
+
+async def test_response_heads_split_anywhere_and_bodies_behind_them(stack: Stack) -> None:
+    """An upstream that dribbles its head byte by byte, then sends head and 1 MB body in one
+    write: both responses arrive intact and in order on one client connection."""
+    big = os.urandom(1 << 20)
+
+    async def upstream_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Slow: yes\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        writer.write(b"hello")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(upstream_side, "127.0.0.1", 0)
+    links = testing.Links()
+    other = f"dribble.{testing.DOMAIN}"
+    await links.start([testing.tunnel_url(stack.router)],
+                      token=testing.token(stack.key, "dribble"), hostname=other,
+                      upstream=server.sockets[0].getsockname()[:2])
+    try:
+        for expected in (b"hello", big):
+            async with stack.client.get(stack.base + "/", headers={"Host": other}) as response:
+                assert response.status == 200
+                assert await response.read() == expected
+    finally:
+        await links.close()
+        server.close()
+        await server.wait_closed()

@@ -15,14 +15,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from node_daemon.network import ensure_pods_network
 from node_daemon.testing import (
     EventLog,
     FakePortal,
-    MotoServer,
     NodeProcess,
-    helper_commands_for,
-    node_env,
+    fake_control_plane,
     sample_start,
 )
 from protocol import pod
@@ -37,32 +34,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def portal() -> Iterator[FakePortal]:
-    moto = MotoServer()
     # The stopped daemon's last long poll may take a message; it comes back after this.
-    fake = FakePortal(moto, visibility_timeout=5)
-    fake.start()
-    yield fake
-    fake.stop()
-    moto.stop()
-
-
-@pytest.fixture
-def settings(docker_client: docker.DockerClient, run_labels: dict[str, str], unique_name,
-             helpers_image: str) -> dict[str, str]:
-    network = unique_name("pods")
-    ensure_pods_network(docker_client, network, run_labels)
-    return node_env(pods_network=network, labels=run_labels,
-                    helper_commands=helper_commands_for(docker_client, helpers_image))
+    with fake_control_plane(visibility_timeout=5) as fake:
+        yield fake
 
 
 @pytest.mark.timeout(180)
 def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
         tmp_path: Path, portal: FakePortal, docker_client: docker.DockerClient,
-        settings: dict[str, str], tool_image: str):
+        node_settings: dict[str, str], tool_image: str):
     if os.environ.get("DOCKER_HOST", f"unix://{SOCKET}") != f"unix://{SOCKET}":
         pytest.skip("the engine is not on the default socket")
     client = docker_client
-    joined = NodeProcess(portal, tmp_path / "node", settings)
+    joined = NodeProcess(portal, tmp_path / "node", node_settings)
     joined.join()
     # Our repository and its pinned packages, on the helper base image's Python 3.11: the
     # same files a built image would hold, with no registry needed to make it.
@@ -72,12 +56,12 @@ def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
         return client.containers.run(
             images.HELPER_BASE, ["python3", "-m", "node_daemon", "run"], detach=True,
             name=f"dit4c-test-node-{uuid.uuid4().hex[:8]}", network_mode="host", user="root",
-            working_dir="/opt/dit4c", labels=dict(settings_labels(settings)),
+            working_dir="/opt/dit4c", labels=dict(settings_labels(node_settings)),
             volumes={SOCKET: {"bind": SOCKET, "mode": "rw"},
                      str(REPO): {"bind": "/opt/dit4c", "mode": "ro"},
                      str(site_packages): {"bind": "/opt/deps", "mode": "ro"},
                      str(joined.data_dir): {"bind": "/var/lib/dit4c-node", "mode": "rw"}},
-            environment={**{k: v for k, v in settings.items() if k.startswith("DIT4C_")},
+            environment={**{k: v for k, v in node_settings.items() if k.startswith("DIT4C_")},
                          "PYTHONPATH": "/opt/dit4c:/opt/deps",
                          # The host's network: never the default port another node may hold.
                          "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",

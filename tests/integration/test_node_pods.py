@@ -4,10 +4,11 @@ are idempotent and ordered; pods are isolated from each other; the tool sees no 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import docker
@@ -17,65 +18,33 @@ from node_daemon.network import ensure_pods_network
 from node_daemon.testing import (
     EventLog,
     FakePortal,
-    MotoServer,
     NodeProcess,
-    helper_commands_for,
-    node_env,
+    fake_control_plane,
     sample_start,
 )
 from protocol import pod
-from protocol.messages import DiscardInstance, SaveInstance, StopInstance
+from protocol.messages import DiscardInstance, SaveInstance, StopInstance, StorageAccess
+from scripts import images
 
 pytestmark = [pytest.mark.docker]
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def portal(moto: MotoServer) -> Iterator[FakePortal]:
-    fake = FakePortal(moto)
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def events(portal: FakePortal) -> EventLog:
-    return EventLog(portal)
-
-
-@pytest.fixture(scope="module")
-def pods_network(docker_client: docker.DockerClient, run_labels: dict[str, str],
-                 unique_name: Callable[[str], str]) -> str:
-    name = unique_name("pods")
-    ensure_pods_network(docker_client, name, run_labels)
-    return name  # removed with everything else labelled by this run
-
-
-@pytest.fixture(scope="module")
-def helper_commands(docker_client: docker.DockerClient, helpers_image: str) -> dict[str, list[str]]:
-    return helper_commands_for(docker_client, helpers_image)
-
-
-@pytest.fixture(scope="module")
-def node_settings(pods_network: str, run_labels: dict[str, str],
-                  helper_commands: dict[str, list[str]], tool_image: str) -> dict[str, str]:
-    return node_env(pods_network=pods_network, labels=run_labels,
-                    helper_commands=helper_commands)
+def portal() -> Iterator[FakePortal]:
+    with fake_control_plane() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
-    process = NodeProcess(portal, tmp_path_factory.mktemp("nodes") / "main", node_settings)
-    process.join()
-    process.start()
-    yield process
-    process.stop()
+    data_dir = tmp_path_factory.mktemp("nodes") / "main"
+    with NodeProcess(portal, data_dir, node_settings).running() as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def events(portal: FakePortal, node: NodeProcess) -> EventLog:
+    return EventLog(portal, node)
 
 
 @dataclass
@@ -90,7 +59,7 @@ class Harness:
     run_labels: dict[str, str]
 
     def wait_state(self, instance_id: str, state: str, timeout: float = 60):
-        return wait_state(self.events, self.node, instance_id, state, timeout)
+        return self.events.wait_state(instance_id, state, timeout)
 
     def pod(self, instance_id: str):
         return pod_containers(self.client, instance_id)
@@ -100,14 +69,6 @@ class Harness:
 def h(docker_client, node, events, tool_image, run_labels) -> Harness:
     return Harness(docker_client, node, events, tool_image,
                    node.env["DIT4C_NODE_PODS_NETWORK"], run_labels)
-
-
-def wait_state(events: EventLog, node: NodeProcess, instance_id: str, state: str,
-               timeout: float = 60):
-    try:
-        return events.wait_state(instance_id, state, timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- node log ---\n{node.log_text()[-4000:]}") from None
 
 
 def pod_containers(client: docker.DockerClient, instance_id: str):
@@ -131,7 +92,7 @@ def test_launch_answer_stop_save_discard(h: Harness):
     start = sample_start(iid, tool_image, cpu=0.5, memory_mb=96, pids_limit=64,
                          env={"TOOL_SETTING": "x"})
     node.send(start)
-    wait_state(events, node, iid, "running")
+    events.wait_state(iid, "running")
     assert [e.state for e in events.states(iid)] == ["starting", "running"]
 
     containers = pod_containers(docker_client, iid)
@@ -168,12 +129,12 @@ def test_launch_answer_stop_save_discard(h: Harness):
     assert "html" in page.lower()
 
     node.send(StopInstance(instance_id=iid, grace_seconds=2))
-    wait_state(events, node, iid, "stopped")
+    events.wait_state(iid, "stopped")
     assert {c.status for c in pod_containers(docker_client, iid).values()} == {"exited"}
 
     saved = f"dit4c-test-saved/{iid}:v1"
     node.send(SaveInstance(instance_id=iid, image=saved))
-    event = wait_state(events, node, iid, "saved")
+    event = events.wait_state(iid, "saved")
     assert event.image == saved
     image = docker_client.images.get(saved)
     assert image.labels[pod.LABEL_INSTANCE] == iid
@@ -181,7 +142,7 @@ def test_launch_answer_stop_save_discard(h: Harness):
         assert image.labels[key] == value  # so the test run's cleanup removes it
 
     node.send(DiscardInstance(instance_id=iid))
-    wait_state(events, node, iid, "discarded")
+    events.wait_state(iid, "discarded")
     assert pod_containers(docker_client, iid) == {}
     assert docker_client.volumes.list(filters={"label": f"{pod.LABEL_INSTANCE}={iid}"}) == []
     assert [e.state for e in events.states(iid)] == [
@@ -387,8 +348,6 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
 
 
 def test_storage_helper_and_tool_share_a_pod_volume(h: Harness):
-    from protocol.messages import StorageAccess
-
     iid = new_id()
     secret = f"storage-secret-{uuid.uuid4().hex}"
     start = sample_start(iid, h.tool_image, storage=StorageAccess(
@@ -410,3 +369,22 @@ def test_storage_helper_and_tool_share_a_pod_volume(h: Harness):
     h.node.send(DiscardInstance(instance_id=iid))
     h.wait_state(iid, "discarded")
     assert h.client.volumes.list(filters=volume_filter) == []
+
+
+def test_a_helper_missing_from_the_helpers_image_fails_the_start_at_once(h: Harness,
+                                                                        tmp_path):
+    # As a start with storage does while the helpers image has no helpers.storage: the
+    # module the storage helper would run is not in the image.
+    absent = {"storage": ["python3", "-m", "helpers.no_such_helper"]}
+    settings = {**h.node.env, "DIT4C_NODE_HELPER_COMMANDS": json.dumps(absent)}
+    with NodeProcess(h.node.portal, tmp_path / "plain", settings).running() as plain:
+        iid = new_id()
+        plain.send(sample_start(iid, h.tool_image, storage=StorageAccess(
+            kind="s3", bucket="b", prefix=f"users/{iid}/", credentials={})))
+        failed = h.wait_state(iid, "failed")
+        assert failed.reason == (f"the helpers image {images.HELPERS} has no storage helper "
+                                 "(helpers.no_such_helper)")
+        assert [e.state for e in h.events.states(iid)] == ["starting", "failed"]
+        assert h.pod(iid) == {}  # found before anything was made
+        plain.send(DiscardInstance(instance_id=iid))
+        h.wait_state(iid, "discarded")

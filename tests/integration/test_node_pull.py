@@ -17,14 +17,10 @@ import docker
 import docker.errors
 import pytest
 
-from node_daemon.network import ensure_pods_network
 from node_daemon.testing import (
     EventLog,
-    FakePortal,
-    MotoServer,
     NodeProcess,
-    helper_commands_for,
-    node_env,
+    fake_control_plane,
     sample_start,
 )
 from protocol.messages import DiscardInstance
@@ -66,47 +62,31 @@ def registry(tmp_path: Path) -> Iterator[str]:
         process.wait(10)
 
 
-@pytest.fixture
-def settings(docker_client: docker.DockerClient, run_labels: dict[str, str], unique_name,
-             helpers_image: str) -> dict[str, str]:
-    network = unique_name("pods")
-    ensure_pods_network(docker_client, network, run_labels)
-    return node_env(pods_network=network, labels=run_labels,
-                    helper_commands=helper_commands_for(docker_client, helpers_image))
-
-
 @pytest.mark.timeout(180)
 def test_absent_image_is_pulled_with_progress(tmp_path: Path, registry: str,
                                               docker_client: docker.DockerClient,
-                                              settings: dict[str, str], tool_image: str):
+                                              node_settings: dict[str, str], tool_image: str):
     client = docker_client
     reference = f"{registry}/dit4c-test/tool:{uuid.uuid4().hex[:8]}"
     client.images.get(tool_image).tag(reference)
     for line in client.api.push(reference, stream=True, decode=True):
         assert "error" not in line, line
     client.images.remove(reference)  # the node must pull it
-    moto = MotoServer()
-    portal = FakePortal(moto)
-    portal.start()
-    node = NodeProcess(portal, tmp_path / "node", settings)
     try:
-        node.join()
-        node.start()
-        events = EventLog(portal)
-        iid = "p" + uuid.uuid4().hex[:12]
-        node.send(sample_start(iid, reference))
-        try:
-            events.wait_state(iid, "running", 90)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{node.log_text()[-3000:]}") from None
-        pulls = [e.progress["pull"] for e in events.states(iid) if "pull" in e.progress]
-        assert 100 in pulls, pulls  # events may arrive in any order
-        assert all(e.state == "starting" for e in events.states(iid) if e.progress)
-        node.send(DiscardInstance(instance_id=iid))
-        events.wait_state(iid, "discarded", 30)
+        with (fake_control_plane() as portal,
+              NodeProcess(portal, tmp_path / "node", node_settings).running() as node):
+            _pull_and_discard(node, EventLog(portal, node), reference)
     finally:
-        node.stop()
-        portal.stop()
-        moto.stop()
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(reference, force=True)
+
+
+def _pull_and_discard(node: NodeProcess, events: EventLog, reference: str) -> None:
+    iid = "p" + uuid.uuid4().hex[:12]
+    node.send(sample_start(iid, reference))
+    events.wait_state(iid, "running", 90)
+    pulls = [e.progress["pull"] for e in events.states(iid) if "pull" in e.progress]
+    assert 100 in pulls, pulls  # events may arrive in any order
+    assert all(e.state == "starting" for e in events.states(iid) if e.progress)
+    node.send(DiscardInstance(instance_id=iid))
+    events.wait_state(iid, "discarded", 30)

@@ -13,18 +13,16 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from node_daemon.network import ensure_pods_network
 from node_daemon.testing import (
     EventLog,
     FakePortal,
     MotoServer,
     NodeProcess,
-    helper_commands_for,
-    node_env,
+    fake_control_plane,
     sample_start,
 )
 from protocol import pod
-from protocol.messages import DiscardInstance
+from protocol.messages import DiscardInstance, SaveInstance, StopInstance
 
 pytestmark = [pytest.mark.docker]
 
@@ -32,41 +30,23 @@ ROLES = ["auth", "listener", "netns", "tool"]
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def portal(moto: MotoServer) -> Iterator[FakePortal]:
+def portal() -> Iterator[FakePortal]:
     # Short-lived credentials: the daemon refreshes every few seconds, also during an outage.
     # A message a killed daemon's long poll took comes back after the visibility timeout
     # (as on SQS): keep it short so the tests need not wait 30 s for it.
-    fake = FakePortal(moto, credential_lifetime=36, visibility_timeout=5)
-    fake.start()
-    yield fake
-    fake.stop()
+    with fake_control_plane(credential_lifetime=36, visibility_timeout=5) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
-def settings(docker_client: docker.DockerClient, run_labels: dict[str, str],
-             unique_name: Callable[[str], str], helpers_image: str,
-             tool_image: str) -> dict[str, str]:
-    network = unique_name("pods")
-    ensure_pods_network(docker_client, network, run_labels)
-    return node_env(pods_network=network, labels=run_labels,
-                    helper_commands=helper_commands_for(docker_client, helpers_image),
-                    DIT4C_NODE_RECONCILE_SECONDS="3", DIT4C_TOOL_IMAGE=tool_image)
+def settings(node_settings: dict[str, str], tool_image: str) -> dict[str, str]:
+    return {**node_settings, "DIT4C_NODE_RECONCILE_SECONDS": "3", "DIT4C_TOOL_IMAGE": tool_image}
 
 
 @pytest.fixture
 def node(tmp_path, portal: FakePortal, settings: dict[str, str]) -> Iterator[NodeProcess]:
-    process = NodeProcess(portal, tmp_path / "node", settings)
-    process.join()
-    process.start()
-    yield process
-    process.stop()
+    with NodeProcess(portal, tmp_path / "node", settings).running() as process:
+        yield process
 
 
 def node_containers(client: docker.DockerClient, node_id: str) -> dict[str, list[str]]:
@@ -85,6 +65,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def reported(events: EventLog, instance_id: str, state: str) -> Callable[[], bool]:
+    """A predicate: the node has sent ``state`` for the instance (reads the queue each time)."""
+    def check() -> bool:
+        events.poll(0)
+        return any(e.state == state for e in events.states(instance_id))
+    return check
+
+
 def restart(node: NodeProcess) -> None:
     node.signal(signal.SIGKILL)
     node.wait(10)
@@ -93,15 +81,14 @@ def restart(node: NodeProcess) -> None:
 
 @pytest.mark.timeout(180)
 def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, portal: FakePortal):
-    events = EventLog(portal)
+    events = EventLog(portal, node)
     client = docker_client
 
     def has_container(iid: str) -> Callable[[], bool]:
         return lambda: iid in node_containers(client, node.node_id)
 
     def started(iid: str) -> Callable[[], bool]:
-        return lambda: any(e.state == "starting" for e in events.states(iid)) or (
-            bool(events.poll(0)) and False)
+        return reported(events, iid, "starting")
 
     # Kill points along a launch: before the command is read, as soon as the pod's first
     # container exists, once part of the pod exists, and right after the launch began.
@@ -119,16 +106,11 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
         if isinstance(point, float):
             time.sleep(point)
         else:
-            try:
+            with node.explaining():
                 wait_until(point(iid), 60, f"{label} of {iid}")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{node.log_text()[-5000:]}") from None
         restart(node)
-        try:
+        with node.explaining(f"after a kill at {label}: "):
             events.wait_state(iid, "running", 60)
-        except AssertionError as exc:
-            raise AssertionError(f"after a kill at {label}: {exc}\n{node.log_text()[-3000:]}") \
-                from None
 
     # Converged: one whole pod per instance, nothing else of this node.
     found = node_containers(client, node.node_id)
@@ -137,6 +119,17 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
         states = [c.status for c in client.containers.list(
             all=True, filters={"label": f"{pod.LABEL_INSTANCE}={iid}"})]
         assert states == ["running"] * 4, (iid, states)
+
+    # Killed mid-save: the restart finishes it.
+    saving = launched[0]
+    node.send(StopInstance(instance_id=saving, grace_seconds=1))
+    events.wait_state(saving, "stopped", 30)
+    saved_as = f"dit4c-test-saved/{saving}:v1"
+    node.send(SaveInstance(instance_id=saving, image=saved_as))
+    wait_until(reported(events, saving, "saving"), 30, "the save to begin")
+    restart(node)
+    assert events.wait_state(saving, "saved", 60).image == saved_as
+    assert client.images.get(saved_as).labels[pod.LABEL_INSTANCE] == saving
 
     # Killed mid-discard: the restart finishes it.
     for iid in launched:
@@ -151,7 +144,7 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
 
 def test_sigterm_finishes_the_command_in_hand_and_leaves_pods(node: NodeProcess, docker_client,
                                                               portal: FakePortal):
-    events = EventLog(portal)
+    events = EventLog(portal, node)
     first = "t" + uuid.uuid4().hex[:12]
     node.send(sample_start(first, node.env["DIT4C_TOOL_IMAGE"]))
     events.wait_state(first, "running", 60)
@@ -187,25 +180,49 @@ def test_sigterm_finishes_the_command_in_hand_and_leaves_pods(node: NodeProcess,
     assert attrs["ApproximateNumberOfMessagesNotVisible"] == "0", "the start was not deleted"
 
 
+def metric(node: NodeProcess, line_start: str) -> float:
+    """The value of the first metrics line of ``node`` that starts with ``line_start``."""
+    with urllib.request.urlopen(f"http://{(node.data_dir / 'metrics-address').read_text()}"
+                                "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith(line_start))
+
+
+def test_a_command_longer_than_the_visibility_timeout_is_handled_once(
+        tmp_path, settings: dict[str, str], portal: FakePortal):
+    # A tool that never answers on the port asked for: the launch takes its whole timeout,
+    # more than twice the queue's 5 s visibility timeout.
+    slow = {**settings, "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "12"}
+    with NodeProcess(portal, tmp_path / "node", slow).running() as node:
+        events = EventLog(portal, node)
+        iid = "v" + uuid.uuid4().hex[:12]
+        node.send(sample_start(iid, node.env["DIT4C_TOOL_IMAGE"], port=9999))
+        assert "did not answer within 12 s" in (events.wait_state(iid, "failed", 60).reason
+                                                or "")
+        time.sleep(6)  # a copy delivered again now would be seen below
+        done = 'dit4c_node_messages_total{outcome="done",type="start_instance"}'
+        assert metric(node, done) == 1.0
+        attrs = portal.sqs.get_queue_attributes(QueueUrl=portal.queue_url(node.node_id),
+                                                AttributeNames=["All"])["Attributes"]
+        assert (attrs["ApproximateNumberOfMessages"],
+                attrs["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0")
+        node.send(DiscardInstance(instance_id=iid))  # the failed pod's containers
+        events.wait_state(iid, "discarded", 30)
+
+
 @pytest.mark.timeout(180)
-def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], moto: MotoServer,
-                                         portal: FakePortal):
+def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], portal: FakePortal):
     # Short polls, so that the outage (shorter than one 20 s poll, to keep the test short)
     # is met by several polls.
-    node = NodeProcess(portal, tmp_path / "node", {**settings,
-                                                    "DIT4C_NODE_POLL_WAIT_SECONDS": "1"})
-    node.join()
-    node.start()
-    try:
-        _outage(node, moto, portal)
-    finally:
-        node.stop()
+    short_polls = {**settings, "DIT4C_NODE_POLL_WAIT_SECONDS": "1"}
+    with NodeProcess(portal, tmp_path / "node", short_polls).running() as node:
+        _outage(node, portal.moto, portal)
 
 
 def _outage(node: NodeProcess, moto: MotoServer, portal: FakePortal) -> None:
-    events = EventLog(portal)
+    events = EventLog(portal, node)
     wait_until((node.data_dir / "metrics-address").exists, 30, "metrics")
-    metrics_url = f"http://{(node.data_dir / 'metrics-address').read_text()}/metrics"
     time.sleep(1)
     moto.stop()
     portal.available = False
@@ -214,11 +231,7 @@ def _outage(node: NodeProcess, moto: MotoServer, portal: FakePortal) -> None:
     finally:
         portal.available = True
         moto.start()
-    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
-        text = answer.read().decode()
-    errors = next(float(line.split()[-1]) for line in text.splitlines()
-                  if line.startswith("dit4c_node_queue_poll_errors_total"))
-    assert errors >= 2
+    assert metric(node, "dit4c_node_queue_poll_errors_total") >= 2
     iid = "o" + uuid.uuid4().hex[:12]
     node.send(sample_start(iid, node.env["DIT4C_TOOL_IMAGE"]))
     events.wait_state(iid, "running", 60)

@@ -41,6 +41,13 @@ async def sized(request):
         await response.write(block[:min(size, 65536)])
         size -= 65536
     return response
+async def echo(request):
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    async for chunk in request.content.iter_chunked(65536):
+        await response.write(chunk)
+    return response
 async def ws(request):
     sock = web.WebSocketResponse()
     await sock.prepare(request)
@@ -51,6 +58,7 @@ app = web.Application()
 app.router.add_get("/", hello)
 app.router.add_get("/bytes/{n}", sized)
 app.router.add_get("/ws", ws)
+app.router.add_post("/echo", echo)
 web.run_app(app, host="127.0.0.1", port=PORT, print=None)
 """.replace("PORT", str(pod.AUTH_PORT))
 
@@ -61,12 +69,27 @@ def gateway(network: Network) -> str:
     return address
 
 
+class Routers:
+    """The router on the host; a test may restart it (``restart``); all are stopped after."""
+
+    def __init__(self, key: SigningKey, first: Router) -> None:
+        self.key = key
+        self.current = first
+        self.made = [first]
+
+    async def restart(self) -> None:
+        await self.current.stop()
+        self.current = await testing.start_router(self.key, listen=(self.current.addresses[0],))
+        self.made.append(self.current)
+
+
 @pytest.fixture
-async def router(docker_network: Network) -> AsyncIterator[tuple[Router, SigningKey]]:
+async def routers(docker_network: Network) -> AsyncIterator[Routers]:
     key = SigningKey.generate()
-    router = await testing.start_router(key, listen=((gateway(docker_network), 0),))
-    yield router, key
-    await router.stop()
+    made = Routers(key, await testing.start_router(key, listen=((gateway(docker_network), 0),)))
+    yield made
+    for router in made.made:
+        await router.stop()
 
 
 async def wait_until(check: Callable[[], Any], limit: float) -> None:
@@ -78,9 +101,9 @@ async def wait_until(check: Callable[[], Any], limit: float) -> None:
 
 @pytest.mark.timeout(120)
 async def test_listener_in_the_helpers_image_serves_through_the_router(
-        router: tuple[Router, SigningKey], helpers_image: str, run_container: Any) -> None:
-    r, key = router
-    host, port = r.addresses[0]
+        routers: Routers, helpers_image: str, run_container: Any) -> None:
+    key = routers.key
+    host, port = routers.current.addresses[0]
     tool = run_container(helpers_image, command=["python3", "-c", TOOL])
     run_container(
         helpers_image, command=["python3", "-m", "helpers.listener"],
@@ -108,3 +131,26 @@ async def test_listener_in_the_helpers_image_serves_through_the_router(
             for i in range(5):
                 await ws.send_str(f"ping {i}")
                 assert await ws.receive_str(timeout=10) == f"ping {i}"
+
+        upload = hashlib.sha256()
+        echoed = hashlib.sha256()
+        block = bytes(range(256)) * 256
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(SIZE // len(block)):
+                upload.update(block)
+                yield block
+        async with client.post(f"{base}/echo", data=body(), headers={"Host": HOST}) as response:
+            async for chunk in response.content.iter_chunked(1 << 20):
+                echoed.update(chunk)
+        assert echoed.hexdigest() == upload.hexdigest()
+
+    # The router restarts on the same address: the listener in the pod is back within 5 s.
+    await routers.restart()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as client:
+        async def back() -> bool:
+            async with client.get(base + "/", headers={"Host": HOST}) as response:
+                return response.status == 200
+        await wait_until(back, 5)
+    assert time.monotonic() - started < 5
