@@ -189,6 +189,15 @@ def test_the_portal_serves_concurrent_requests_each_with_its_own_request():
             pass
 
 
+def test_a_taken_moto_port_is_named():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"127.0.0.1:{port} \(DIT4C_AWS_PORT\)"):
+            MotoServer("127.0.0.1", port).start()
+
+
 def test_an_address_in_use_is_named():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -196,7 +205,7 @@ def test_an_address_in_use_is_named():
         port = taken.getsockname()[1]
         server = PortalServer(Chalice(app_name="t"), [("127.0.0.1", port)], timeout=5,
                               memory_mb=128, function_name="Api")
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(DIT4C_PORTAL"):
             server.start()
 
 
