@@ -1,13 +1,14 @@
-"""Who may reach an instance: its owner, a user it is shared with, or an admin.
+"""Who may reach an instance: its owner or a user it is shared with.
 
 :meth:`Access.can_access` is the question the OAuth2 server asks at every grant (so revoking a
-share ends access at the next token renewal); :meth:`Access.visible` is the API's version, which
-answers 404 for an instance the user may not see, exactly as for one that does not exist.
+share ends access at the next token renewal). Admins are not in it: they manage every instance
+through the API, but a user's tool (their notebooks, their terminal) opens only for the people
+its owner chose, as with JupyterHub's ``admin_access`` off. :meth:`Access.visible` is the API's
+version, which answers 404 for an instance the user may not see, exactly as for one that does
+not exist.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from control_plane import validate
 from control_plane.accounts import User
@@ -18,21 +19,18 @@ from control_plane.table import Item
 
 
 class Access:
-    def __init__(self, instances: Instances, shares: Shares,
-                 is_admin: Callable[[str], bool]) -> None:
+    def __init__(self, instances: Instances, shares: Shares) -> None:
         self.instances = instances
         self.shares = shares
-        self.is_admin = is_admin
 
     def can_access(self, username: str, instance_id: str) -> bool:
-        """True for the owner, a share grantee or an admin; False for unknown ids or users."""
+        """True for the owner or a share grantee; False for anyone else and unknown ids."""
         if not validate.ID.match(instance_id):
             return False
         item = self.instances.get(instance_id)
         if item is None:
             return False
-        return (item["owner"] == username or self.shares.has("instance", instance_id, username)
-                or self.is_admin(username))
+        return item["owner"] == username or self.shares.has("instance", instance_id, username)
 
     def visible(self, user: User, instance_id: str) -> Item:
         item = self.instances.get(validate.ident(instance_id, "instance"))

@@ -21,3 +21,9 @@ class ClientRegistrar(Protocol):
 
     def forget(self, instance_id: str) -> None:
         ...
+
+    def notify_revoked(self, instance_id: str, instance_url: str, username: str) -> bool:
+        """Best effort: make the instance's auth helper end ``username``'s sessions now.
+
+        The access token's short lifetime bounds access when the helper cannot be reached."""
+        ...

@@ -163,8 +163,11 @@ class Lifecycle:
         item = self.owned(user, instance_id)
         grantee, revoke = self._grant_body(body, item["owner"])
         if revoke:
+            # Only the grantee loses access: end their sessions in the pod (the next token
+            # renewal re-checks access anyway). A router revocation here would close the
+            # pod's tunnel and cut off the owner too.
             if self.shares.revoke("instance", instance_id, grantee):
-                self.messenger.revoke(instance_id, item["hostname"], "access changed")
+                self.registrar.notify_revoked(instance_id, item["url"], grantee)
         else:
             self.shares.grant("instance", instance_id, grantee, user.username)
         return {"id": instance_id, "shared_with": self.shares.grantees("instance", instance_id)}

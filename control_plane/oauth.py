@@ -13,6 +13,9 @@ Flow (RFC 6749 authorization code + RFC 7636 PKCE S256, confidential clients):
    ``protocol.tokens.instance_audience(id)``, ``sub`` = username) and a rotating refresh token.
    Every grant re-checks access, so revoking a share or discarding the instance ends access at
    the next renewal: within the access token's lifetime.
+4. At once, when asked: :meth:`OAuthServer.notify_revoked` POSTs a signed revocation to the
+   instance's ``/.dit4c/auth/revoke`` (through the router), and its auth helper ends that user's
+   sessions and WebSockets.
 
 Codes and refresh tokens live in the tokens table under ``oauth-code#<sha256>`` and
 ``oauth-refresh#<sha256>`` (never in clear). Redemption is a conditional write, so a code or

@@ -74,7 +74,7 @@ class Services:
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
                               config.revocations_topic_arn)
-        access = Access(instances, shares, accounts.is_admin)
+        access = Access(instances, shares)
         oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
                             issuer=config.portal_url, can_access=access.can_access)
         registrar = registrar or oauth

@@ -94,8 +94,11 @@ def test_launch_registers_the_client_and_the_portal_session_signs_in(wired):
                            issuer=svc.config.portal_url)
     assert claims["sub"] == "alice"
 
-    # Another user: 403 page. Shared with: in. Share revoked: the refresh is refused.
+    # Another user: 403 page; an admin too (admins manage instances through the API, but a
+    # user's tool opens only for the people its owner chose). Shared with: in. Share revoked:
+    # the refresh is refused.
     assert authorize(portal, bob, start, pkce_challenge("x" * 43)).status_code == 403
+    assert authorize(portal, admin, start, pkce_challenge("x" * 43)).status_code == 403
     assert alice.post(f"/api/instances/{iid}/share", {"username": "bob"}).status_code == 200
     status, bobs = sign_in(portal, bob, start)
     assert status == 200, bobs
