@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except LocalStackError as exc:
         print(f"dit4c: error: {exc}", file=sys.stderr)
         return 2
-    _access_log(config)
+    try:
+        _log_files(config)
+    except OSError as exc:
+        print(f"dit4c: error: cannot use data directory {config.data_dir} (DIT4C_DATA_DIR): "
+              f"{exc}", file=sys.stderr)
+        return 2
     status = LocalStack(config).run()
     # Everything the stack started is stopped and its files are closed. Skip the interpreter's
     # teardown: freeing moto's in-memory state and thousands of modules takes seconds, and
@@ -41,15 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(status)
 
 
-def _access_log(config: LocalConfig) -> None:
-    """The portal's one line per request goes to a file, not the terminal."""
+def _log_files(config: LocalConfig) -> None:
+    """The stack's own log to ``logs/stack.log`` as well as the terminal; the portal's one line
+    per request only to ``logs/portal-access.log``."""
     logs = config.data_dir / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "portal-access.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access = logging.getLogger("dit4c.local.portal.access")
-    access.addHandler(handler)
-    access.propagate = False
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    stack_log = logging.FileHandler(logs / "stack.log")
+    stack_log.setFormatter(formatter)
+    logging.getLogger().addHandler(stack_log)
+    # boto's "Found credentials in environment variables" and the like say nothing here.
+    for name in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    access = logging.FileHandler(logs / "portal-access.log")
+    access.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access_log = logging.getLogger("dit4c.local.portal.access")
+    access_log.addHandler(access)
+    access_log.propagate = False
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ Observer = Callable[[str], None]
 POLL_WAIT_SECONDS = 1
 """Short long-polls, so that stopping the pump takes about a second."""
 
+STOP_WAIT_SECONDS = 2.0
+
 
 def _load(spec: FunctionSpec) -> Any:
     try:
@@ -93,6 +95,7 @@ class SqsPump:
         batch_size: int,
         region: str,
         observer: Observer | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self._spec = spec
         self._handler = handler
@@ -102,20 +105,20 @@ class SqsPump:
         self._batch_size = min(batch_size, 10)  # ReceiveMessage's limit
         self._region = region
         self._observer = observer
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sqs-{spec.logical_id}",
                                         daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, drain_seconds: float = 2.0) -> None:
+    def stop(self, drain_seconds: float = 1.5) -> None:
         """Stop polling, then hand over what is still waiting (for up to ``drain_seconds``):
         queued messages are not part of the snapshot, so the last events of stopping children
         would otherwise be lost."""
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=POLL_WAIT_SECONDS + 10)
+            self._thread.join(timeout=POLL_WAIT_SECONDS + 2)
         deadline = time.monotonic() + drain_seconds
         try:
             while time.monotonic() < deadline and self.run_once(0):
@@ -196,24 +199,30 @@ class ScheduleTimer:
     """One ``rate(...)`` schedule: see the module docstring. ``start()`` runs it in a thread."""
 
     def __init__(
-        self, spec: FunctionSpec, handler: Handler, rule_name: str, interval: float, region: str
+        self, spec: FunctionSpec, handler: Handler, rule_name: str, interval: float, region: str,
+        *, stopping: threading.Event | None = None,
     ) -> None:
         self._spec = spec
         self._handler = handler
         self._rule_arn = f"arn:aws:events:{region}:{ACCOUNT_ID}:rule/{rule_name}"
         self._interval = interval
         self._region = region
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"schedule-{spec.logical_id}",
                                         daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = STOP_WAIT_SECONDS) -> None:
+        """Stop the timer; a run in progress gets ``wait`` seconds, then is left to finish on
+        its own (a daemon thread): stopping the stack must not wait for a slow reap."""
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=self._spec.timeout_seconds)
+            self._thread.join(timeout=wait)
+            if self._thread.is_alive():
+                log.warning("%s still running after %.0f s; not waiting for it",
+                            self._spec.logical_id, wait)
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):

@@ -1,14 +1,16 @@
 """moto's server mode inside this process, on one loopback address.
 
 Like ``moto.server.ThreadedMotoServer``, but it binds in the caller's thread, so a port that is
-taken is an ``OSError`` at once instead of a thread that dies while ``start()`` waits forever,
-and ``stop()`` closes the listening socket. moto keeps every service's state in this process's
-memory; :mod:`infra.local.snapshot` saves and restores what must outlive it.
+taken is an ``OSError`` naming it at once (instead of a thread that dies while ``start()`` waits
+forever, or werkzeug's ``sys.exit``), and ``stop()`` closes the listening socket. moto keeps
+every service's state in this process's memory; :mod:`infra.local.snapshot` saves and restores
+what must outlive it.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from moto.moto_server.werkzeug_app import (
@@ -36,9 +38,23 @@ class MotoServer:
         # werkzeug logs every request at INFO on its own handler; keep warnings only.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler
-        )
+        # Bound here, not by werkzeug: on a taken port werkzeug prints and calls sys.exit().
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self._host, self._port))
+            listener.listen(128)
+            self._server = make_server(
+                self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler,
+                fd=listener.fileno(),
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"moto cannot listen on {self._host}:{self._port} (DIT4C_AWS_PORT): "
+                f"{exc.strerror}"
+            ) from exc
+        finally:
+            listener.close()  # the server holds its own duplicate of the socket
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
             name="moto-server", daemon=True,

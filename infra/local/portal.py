@@ -68,8 +68,11 @@ class PortalServer:
                 )
             except OSError as exc:
                 self.stop()
-                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") \
-                    from exc
+                raise OSError(
+                    exc.errno,
+                    f"the portal cannot listen on {host}:{port} (DIT4C_PORTAL_PORT): "
+                    f"{exc.strerror}",
+                ) from exc
             self._servers.append(server)
             thread = threading.Thread(
                 target=server.server.serve_forever, kwargs={"poll_interval": 0.1},

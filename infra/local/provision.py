@@ -5,8 +5,10 @@
 queue, SNS topics and SQS subscriptions, queue policies, S3 buckets, IAM roles). A resource that
 already exists is reused, so a restart of the local stack and a second call are harmless.
 Dependencies are created on demand when a ``Ref``/``GetAtt`` reaches them, so template order
-does not matter. Physical names are deterministic: ``<stack name>-<LogicalId>`` (buckets in
-lower case), like CloudFormation's without the random suffix.
+does not matter. A resource of a kind it does not create (an alarm, a Lambda permission) is
+skipped, and only an error when something the stack needs refers to it. Physical names are
+deterministic: ``<stack name>-<LogicalId>`` (buckets in lower case), like CloudFormation's
+without the random suffix.
 
 The result, :class:`Stack`, maps each logical id to what ``Ref`` and ``GetAtt`` give, and holds
 the resolved ``Globals.Function.Environment.Variables``: the environment of the control plane.
@@ -71,6 +73,8 @@ class Stack:
     functions: Mapping[str, FunctionSpec]
     sqs_sources: Mapping[str, str] = field(default_factory=dict)
     """Function logical id -> URL of the queue its SQS trigger reads."""
+    skipped: tuple[str, ...] = ()
+    """Resources of kinds the local stack does not create, that nothing it needs refers to."""
 
     def of_type(self, resource_type: str) -> list[Physical]:
         return [r for r in self.resources.values() if r.type == resource_type]
@@ -86,8 +90,15 @@ class Provisioner:
 
     def provision(self, template: Template, parameters: Mapping[str, str | Sequence[str]]) -> Stack:
         run = _Run(self, template, template.parameter_values(parameters))
+        skipped = []
         for logical_id in template.resources:
-            if template.resource_type(logical_id) in _NOT_PROVISIONED:
+            resource_type = template.resource_type(logical_id)
+            if resource_type in _NOT_PROVISIONED:
+                continue
+            if not run.can_create(resource_type):
+                # Cloud-only (an alarm, a permission ...): fine unless something refers to it.
+                log.info("not created locally: %s (%s)", logical_id, resource_type)
+                skipped.append(logical_id)
                 continue
             run.physical(logical_id, where=logical_id)
         environment = {
@@ -108,6 +119,7 @@ class Provisioner:
             environment=environment,
             functions=functions,
             sqs_sources=sqs_sources,
+            skipped=tuple(skipped),
         )
 
     def client(self, service: str) -> Any:
@@ -153,6 +165,9 @@ class _Run:
             "AWS::S3::Bucket": self._bucket,
             "AWS::IAM::Role": self._role,
         }
+
+    def can_create(self, resource_type: str) -> bool:
+        return resource_type in self._creators
 
     # -- lookups -------------------------------------------------------------------------------
 

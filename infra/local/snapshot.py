@@ -330,10 +330,12 @@ class PeriodicSnapshots:
     safety net, the one at shutdown is the one that must succeed.
     """
 
-    def __init__(self, snapshotter: Snapshotter, interval: float) -> None:
+    def __init__(
+        self, snapshotter: Snapshotter, interval: float, stopping: threading.Event | None = None
+    ) -> None:
         self._snapshotter = snapshotter
         self._interval = interval
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
 
     def start(self) -> None:

@@ -12,8 +12,8 @@ that dies stops exactly what was started, in reverse order):
 5. the edge router (``python -m edge_router``) and the image server as child processes, then
    ``ensure_local_defaults`` (admin, default cluster, demo catalog, a join token) while they
    start, then the node daemon (``join`` once, then ``run``);
-6. ready when the health check answers 200, the router answers, and a heartbeat of the node has
-   come through the events queue.
+6. ready when the health check answers 200, the router answers, the image server answers, and
+   a heartbeat of the node has come through the events queue.
 
 A child that exits while the stack runs stops the whole stack with its exit code and the end of
 its log: a half-working stack would look ready and fail later in confusing ways. Stopping saves
@@ -129,6 +129,8 @@ class LocalStack:
                 self._report(f"unexpected {type(exc).__name__}: {exc} (a bug; traceback above)")
                 status = 1
             stop_started = time.monotonic()
+            # Every loop of this process sees it at once (the pump drains after the children).
+            self._stopping.set()
             self._say("stopping ...")
             try:
                 undo.close()
@@ -176,7 +178,7 @@ class LocalStack:
         log.info("restored %s", restored)
         # Registered before anything can write, so it runs after everything has stopped.
         undo.callback(self._final_snapshot, snapshotter)
-        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds)
+        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds, self._stopping)
         periodic.start()
         undo.callback(periodic.stop)
         self._check_stop()
@@ -236,14 +238,14 @@ class LocalStack:
                     pump = SqsPump(
                         spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
-                        observer=self._observe_event,
+                        observer=self._observe_event, stopping=self._stopping,
                     )
                     pump.start()
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
                     timer = ScheduleTimer(
                         spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
-                        trigger.interval_seconds, aws.region,
+                        trigger.interval_seconds, aws.region, stopping=self._stopping,
                     )
                     timer.start()
                     undo.callback(timer.stop)
@@ -314,14 +316,18 @@ class LocalStack:
         join = children.Child("node-join", argv, self._child_env(), log_dir=self._data.logs,
                               run_dir=self._data.run, cwd=REPO_ROOT)
         join.start()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         try:
-            code = join.wait(JOIN_TIMEOUT)
-        except Exception:
+            while (code := join.poll()) is None:
+                self._check_stop()
+                if time.monotonic() > deadline:
+                    raise ChildFailed(
+                        f"node-join did not finish within {JOIN_TIMEOUT:.0f} s; end of "
+                        f"{join.log_path}:\n{join.tail()}"
+                    )
+                time.sleep(POLL_INTERVAL)
+        finally:
             join.stop(self._config.stop_grace)
-            raise ChildFailed(
-                f"node-join did not finish within {JOIN_TIMEOUT:.0f} s; end of "
-                f"{join.log_path}:\n{join.tail()}"
-            ) from None
         if code != 0:
             raise ChildFailed(
                 f"node-join exited with status {code}; end of {join.log_path}:\n{join.tail()}"

@@ -189,6 +189,15 @@ def test_the_portal_serves_concurrent_requests_each_with_its_own_request():
             pass
 
 
+def test_a_taken_moto_port_is_named():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"127.0.0.1:{port} \(DIT4C_AWS_PORT\)"):
+            MotoServer("127.0.0.1", port).start()
+
+
 def test_an_address_in_use_is_named():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -196,7 +205,7 @@ def test_an_address_in_use_is_named():
         port = taken.getsockname()[1]
         server = PortalServer(Chalice(app_name="t"), [("127.0.0.1", port)], timeout=5,
                               memory_mb=128, function_name="Api")
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(DIT4C_PORTAL"):
             server.start()
 
 
@@ -358,3 +367,34 @@ def test_a_bad_setting_stops_the_command_before_anything_starts(tmp_path, env, m
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_an_unusable_data_directory_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"],
+        env={**os.environ, "DIT4C_DATA_DIR": str(blocker / "data")},
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2
+    assert f"cannot use data directory {blocker / 'data'} (DIT4C_DATA_DIR)" in result.stderr
+
+
+def test_stopping_does_not_wait_for_a_slow_scheduled_run():
+    inside, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(event, context):
+        inside.set()
+        release.wait(30)
+        finished.set()
+
+    timer = ScheduleTimer(spec(), slow, "rule", 0.01, "us-east-1")
+    timer.start()
+    try:
+        assert inside.wait(30)
+        timer.stop(wait=0.1)
+        assert not finished.is_set(), "stop() waited for the run to finish"
+    finally:
+        release.set()

@@ -268,6 +268,18 @@ def test_a_reference_to_a_resource_the_stack_cannot_create_is_named(endpoint, st
         provision(endpoint, stack_name, Template.loads(text))
 
 
+def test_a_cloud_only_resource_nothing_refers_to_is_skipped(endpoint, stack_name):
+    text = DEFAULT_TEMPLATE.read_text().replace(
+        "\nResources:\n",
+        "\nResources:\n  Alarm:\n    Type: AWS::CloudWatch::Alarm\n"
+        "    Properties: {Namespace: !Ref EventsQueue}\n",
+        1,
+    )
+    stack = provision(endpoint, stack_name, Template.loads(text))
+    assert stack.skipped == ("Alarm",)
+    assert "Alarm" not in stack.resources
+
+
 @pytest.mark.parametrize(
     ("snippet", "message"),
     [
