@@ -144,8 +144,8 @@ class VisibilityKeeper:
             yield
         finally:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            # Its own cancellation is a result here; one of the caller's still propagates.
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def _keep(self, received: Received) -> None:
         while True:
