@@ -122,6 +122,11 @@ class Accounts:
             raise NotFound(f"no user {username!r}")
         return _user(item)
 
+    def is_admin(self, username: str) -> bool:
+        item = self.users.get({"username": username}, consistent=False) \
+            if USERNAME.match(username) else None
+        return bool(item and item.get("admin"))
+
     def exists(self, username: str) -> bool:
         return self.users.get({"username": username}, consistent=False) is not None
 

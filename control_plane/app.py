@@ -9,18 +9,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
-from control_plane import portal_routes, services, web
-from control_plane.accounts import Session
+from control_plane import portal_routes, web
+from control_plane.oauth_routes import oauth_blueprint
+
+if TYPE_CHECKING:
+    from control_plane.accounts import Session
+    from control_plane.services import Services
 
 app = Chalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
 app.register_middleware(web.rewrite_framework_errors, "http")
-app.register_blueprint(portal_routes.blueprint)
 log = logging.getLogger("dit4c.control_plane.app")
+
+
+def _svc() -> Services:
+    from control_plane import services  # the domain modules load at the first request
+
+    return services.current()
+
+
+def _session_username(request: Request) -> str | None:
+    session = web.session_of(request, _svc().accounts.session)
+    return session.user.username if session else None
+
+
+app.register_blueprint(portal_routes.blueprint)
+app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
+                                       session_username=_session_username))
 
 
 def route(path: str, method: str = "GET", status: int = 200
@@ -37,10 +56,6 @@ def _request() -> Request:
     request = app.current_request
     assert request is not None, "only called while handling a request"
     return request
-
-
-def _svc() -> services.Services:
-    return services.current()
 
 
 def _session() -> Session:
@@ -103,6 +118,45 @@ def logout() -> Response:
     return Response(body="", status_code=204, headers={"Set-Cookie": cookie})
 
 
+@route("/api/login/providers")
+def login_providers() -> dict[str, Any]:
+    return {"providers": _svc().logins.listing()}
+
+
+@route("/api/login/{provider}")
+def login_start(provider: str) -> Response:
+    from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
+
+    svc = _svc()
+    query: Any = _request().query_params or {}
+    next_path = query.get("next")
+    location, binding = svc.logins.start(provider, next_path if isinstance(next_path, str)
+                                         else None)
+    cookie = web.cookie(LOGIN_COOKIE, binding, STATE_SECONDS, path="/api/login",
+                        secure=svc.config.secure_cookies)
+    return Response(body="", status_code=302, headers={"Location": location,
+                                                       "Set-Cookie": cookie,
+                                                       "Cache-Control": "no-store"})
+
+
+@route("/api/login/{provider}/callback")
+def login_callback(provider: str) -> Response:
+    from control_plane.login_providers import LOGIN_COOKIE
+
+    svc = _svc()
+    request = _request()
+    params = {k: v for k, v in (request.query_params or {}).items() if isinstance(v, str)}
+    session, next_path = svc.logins.finish(provider, params,
+                                           web.cookie_value(request, LOGIN_COOKIE))
+    cookies = [web.session_cookie(session.session_id, svc.config.session_seconds,
+                                  secure=svc.config.secure_cookies),
+               web.cookie(LOGIN_COOKIE, "", 0, path="/api/login",
+                          secure=svc.config.secure_cookies)]
+    return Response(body="", status_code=302, headers={"Location": next_path,
+                                                       "Set-Cookie": cookies,
+                                                       "Cache-Control": "no-store"})
+
+
 @route("/api/me")
 def me() -> dict[str, Any]:
     session = _session()
@@ -163,7 +217,11 @@ def launch() -> dict[str, Any]:
 
 @route("/api/instances")
 def list_instances() -> dict[str, Any]:
-    return {"instances": _svc().lifecycle.list_for(_session().user)}
+    user = _session().user
+    query: Any = _request().query_params or {}
+    if query.get("all") in ("1", "true"):
+        return {"instances": _svc().lifecycle.list_all(user)}
+    return {"instances": _svc().lifecycle.list_for(user)}
 
 
 @route("/api/instances/{instance_id}")

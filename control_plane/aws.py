@@ -15,11 +15,12 @@ from control_plane.config import Config
 class Clients:
     """``clients.get("sqs")``: one client per service, made on first use, shared afterwards."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, session: Any = None) -> None:
+        """``session``: a boto3 Session to share (tests: making one parses botocore's models)."""
         self._config = config
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._session: Any = None
+        self._session: Any = session
 
     def get(self, service: str) -> Any:
         client = self._clients.get(service)

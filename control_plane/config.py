@@ -97,6 +97,8 @@ class Config:
     node_credentials_seconds: int
     login_failures_per_account: int
     login_failures_per_address: int
+    login_providers: str = ""
+    """``DIT4C_LOGIN_PROVIDERS``: JSON list, see :mod:`control_plane.login_providers`."""
 
     @property
     def secure_cookies(self) -> bool:
@@ -180,6 +182,7 @@ class Config:
             node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
             login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),
             login_failures_per_address=number("DIT4C_LOGIN_FAILURES_PER_ADDRESS"),
+            login_providers=source.get("DIT4C_LOGIN_PROVIDERS", ""),
         )
 
 

@@ -4,7 +4,8 @@ SQS delivers at least once and in any order, so:
 
 - a state report is applied only if the state machine allows the move from where the record is
   now (a late ``starting`` after ``running`` is ignored; a repeat changes nothing), and only
-  when it comes from the node the instance is placed on;
+  when it comes from the node the instance is placed on; a node reporting a live pod for an
+  instance placed elsewhere (or gone) is told to discard it;
 - progress is applied only when newer (by ``sent_at``) than the last applied report;
 - a heartbeat is applied only when newer than the last applied heartbeat.
 
@@ -16,13 +17,21 @@ from __future__ import annotations
 
 import logging
 
+from control_plane import validate
 from control_plane.catalog import Catalog
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.table import ConditionFailed, Item
 from protocol.errors import MessageError
-from protocol.messages import InstanceActivity, InstanceStateEvent, Message, NodeHeartbeat, decode
+from protocol.messages import (
+    DiscardInstance,
+    InstanceActivity,
+    InstanceStateEvent,
+    Message,
+    NodeHeartbeat,
+    decode,
+)
 from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.control_plane.events")
@@ -69,17 +78,29 @@ class Events:
             log.warning("dropped instance_state with unknown state %r", event.state)
             return "unknown state"
         for _ in range(RETRIES):
-            item = self.instances.get(event.instance_id)
+            item = self.instances.get(event.instance_id) \
+                if validate.ID.match(event.instance_id) else None
             if item is None:
-                return "unknown instance"
+                return self._foreign(event, new)
             if item.get("node_id") != event.node_id:
-                return "other node"
+                return self._foreign(event, new)
             try:
                 return self._apply(item, new, event)
             except ConditionFailed:
                 continue
         log.warning("gave up on %s after %d lost races", event.id, RETRIES)
         raise RuntimeError(f"event {event.id} lost {RETRIES} races; let SQS redeliver it")
+
+    def _foreign(self, event: InstanceStateEvent, new: InstanceState) -> str:
+        """A node runs an instance placed elsewhere (or deleted): tell it to discard it."""
+        if new not in (S.STARTING, S.RUNNING):
+            return "other node"
+        node = self.nodes.nodes.get({"node_id": event.node_id}, consistent=False) \
+            if validate.ID.match(event.node_id) else None
+        if node is None:
+            return "other node"
+        self.messenger.send(node["queue_url"], DiscardInstance(instance_id=event.instance_id))
+        return "discarded elsewhere"
 
     def _apply(self, item: Item, new: InstanceState, event: InstanceStateEvent) -> str:
         current = S(item["state"])

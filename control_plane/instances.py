@@ -22,6 +22,9 @@ from protocol.states import InstanceState
 
 S = InstanceState
 TRANSITIONAL = (S.PENDING, S.SCHEDULED, S.STARTING, S.STOPPING, S.SAVING)
+UNPLACED = "unplaced"
+"""``node_id`` of an instance on no node: keeps every instance in the ``by-node`` index, so an
+admin can list them all with Queries (no node id is ever this word: ids are hex)."""
 INSTANCE_FIELDS = ("image_id", "image", "port", "cpu", "memory_mb", "cluster_id", "name")
 
 
@@ -34,7 +37,7 @@ def instance_json(item: Item) -> dict[str, Any]:
         "image_id": item.get("image_id"),
         "image": item.get("image"),
         "cluster_id": item.get("cluster_id"),
-        "node_id": item.get("node_id"),
+        "node_id": None if item.get("node_id") == UNPLACED else item.get("node_id"),
         "state": state,
         "version": item["version"],
         "cpu": item.get("cpu"),
@@ -61,6 +64,7 @@ class Instances:
 
     def create(self, item: Item) -> Item:
         full = {**item, "state": S.PENDING.value, "version": 1, "progress": {},
+                "node_id": UNPLACED,
                 "created_at": now_iso(), "updated_at": now_iso(),
                 "transition": S.PENDING.value,
                 "transition_deadline": now_iso(self.transition_timeout)}

@@ -96,7 +96,7 @@ class KeyStore:
     def _save(self, entries: list[dict[str, Any]]) -> None:
         self._ssm.put_parameter(Name=self._name, Value=json.dumps({"keys": entries}),
                                 Type="SecureString", Overwrite=True)
-        with self._lock:
+        with self._lock:  # this process sees the change now; others within cache_seconds
             self._cached = None
 
 

@@ -1,6 +1,6 @@
 """What users do with instances: launch, list, stop, save, discard, delete, share.
 
-Access (:meth:`Lifecycle.can_access`): the owner, a user the instance is shared with, or an admin.
+Access (:mod:`control_plane.access`): the owner, a user the instance is shared with, or an admin.
 Anyone else gets 404, exactly as for an id that does not exist. Grantees may see and stop a
 shared instance; saving, discarding, deleting and sharing belong to the owner (and admins).
 """
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from control_plane import validate
+from control_plane.access import Access
 from control_plane.accounts import User, check_username
 from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
 from control_plane.instance_clients import ClientRegistrar
-from control_plane.instances import Instances, instance_json
+from control_plane.instances import UNPLACED, Instances, instance_json
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.scheduler import Scheduler
@@ -34,8 +36,10 @@ COUNTED = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
 class Lifecycle:
     def __init__(self, *, config: Config, instances: Instances, catalog: Catalog, shares: Shares,
                  nodes: Nodes, scheduler: Scheduler, messenger: Messenger,
-                 registrar: ClientRegistrar, accounts_exist: Any) -> None:
+                 registrar: ClientRegistrar, access: Access,
+                 accounts_exist: Callable[[str], bool]) -> None:
         self.config = config
+        self.access = access
         self.instances = instances
         self.catalog = catalog
         self.shares = shares
@@ -47,28 +51,24 @@ class Lifecycle:
 
     # --- access -----------------------------------------------------------------------
 
-    def can_access(self, username: str, instance_id: str, *, admin: bool = False) -> bool:
-        """True for the owner, a share grantee, or an admin (the OAuth server's question)."""
-        if not validate.ID.match(instance_id):
-            return False
-        item = self.instances.get(instance_id)
-        if item is None:
-            return False
-        return admin or item["owner"] == username or self.shares.has(
-            "instance", instance_id, username)
-
     def visible(self, user: User, instance_id: str) -> Item:
-        item = self.instances.get(validate.ident(instance_id, "instance"))
-        if item is not None and (user.admin or item["owner"] == user.username
-                                 or self.shares.has("instance", instance_id, user.username)):
-            return item
-        raise NotFound(f"no instance {instance_id!r}")
+        return self.access.visible(user, instance_id)
 
     def owned(self, user: User, instance_id: str) -> Item:
         item = self.visible(user, instance_id)
         if not user.admin and item["owner"] != user.username:
             raise Forbidden("only the owner can do this")
         return item
+
+    def list_all(self, user: User) -> list[dict[str, Any]]:
+        """Every instance (admins): one Query per node, plus the unplaced ones."""
+        if not user.admin:
+            raise Forbidden("only admins list every instance")
+        node_ids = [UNPLACED] + [n["node_id"] for c in self.nodes.clusters.scan()
+                                 for n in self.nodes.in_cluster(c["cluster_id"])]
+        items = [i for node_id in node_ids for i in self.instances.on_node(node_id)]
+        return [instance_json(i) for i in sorted(items, key=lambda i: i["created_at"],
+                                                 reverse=True)]
 
     def list_for(self, user: User) -> list[dict[str, Any]]:
         items = self.instances.of_owner(user.username)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -49,7 +50,16 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from control_plane.table import ConditionFailed, Table
-from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, access_claims, pkce_challenge
+from protocol.pod import REVOKE_PATH
+from protocol.tokens import (
+    ACCESS_TOKEN_MAX_LIFETIME,
+    ALL_USERS,
+    access_claims,
+    pkce_challenge,
+    revocation_claims,
+)
+
+log = logging.getLogger("dit4c.control_plane.oauth")
 
 CODE_LIFETIME = 60
 """Seconds an authorization code can be redeemed in (RFC 6749 recommends at most 10 minutes)."""
@@ -137,6 +147,31 @@ class Client:
     client_id: str
     instance_id: str
     redirect_uri: str
+
+
+@dataclass(frozen=True)
+class BackChannel:
+    """A POST with no body to an auth helper's ``REVOKE_PATH``."""
+
+    url: str
+    headers: dict[str, str]
+
+
+BACK_CHANNEL_TIMEOUT = 5.0
+
+
+def _post(request: BackChannel) -> int:
+    # urllib, not aiohttp: this runs in Lambda.
+    import urllib.error
+    import urllib.request
+
+    sent = urllib.request.Request(request.url, data=b"", headers=request.headers,  # noqa: S310
+                                  method="POST")
+    try:
+        with urllib.request.urlopen(sent, timeout=BACK_CHANNEL_TIMEOUT) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _hash(secret: str) -> str:
@@ -378,6 +413,42 @@ class OAuthServer:
             })
             body["refresh_token"] = refresh
         return body
+
+    # --- back-channel ----------------------------------------------------------------------
+
+    def revocation_request(self, instance_id: str, instance_url: str,
+                           username: str = ALL_USERS, *, via: str | None = None) -> BackChannel:
+        """The signed request that makes the instance's auth helper end ``username``'s sessions
+        at once (every session for ``ALL_USERS``). ``via``: where to send it when the instance
+        URL does not resolve from here: the router's base URL; the ``Host`` header then names
+        the instance. ``*.localhost`` instance URLs (the local stack) go to 127.0.0.1."""
+        token = self._signer.sign(revocation_claims(
+            issuer=self._issuer, instance_id=instance_id, username=username, now=self._clock()))
+        public = urlsplit(instance_url)
+        host = public.hostname or ""
+        if via is None and (host == "localhost" or host.endswith(".localhost")):
+            # RFC 6761: *.localhost is loopback, but Python's resolver does not know it.
+            via = urlunsplit(public._replace(netloc=f"127.0.0.1:{public.port or 80}", path=""))
+        base = (via or instance_url).rstrip("/")
+        return BackChannel(base + REVOKE_PATH,
+                           {"Authorization": f"Bearer {token}", "Host": public.netloc})
+
+    def notify_revoked(self, instance_id: str, instance_url: str, username: str = ALL_USERS,
+                       *, via: str | None = None,
+                       post: Callable[[BackChannel], int] | None = None) -> bool:
+        """Best effort: True when the helper confirmed. When it cannot be reached the access
+        token's lifetime still bounds access (the next renewal re-checks it)."""
+        request = self.revocation_request(instance_id, instance_url, username, via=via)
+        try:
+            status = (post or _post)(request)
+        except OSError as exc:
+            log.warning("back-channel revocation of %s on %s failed: %s", username,
+                        instance_id, exc)
+            return False
+        if status != 200:
+            log.warning("back-channel revocation of %s on %s answered %d", username,
+                        instance_id, status)
+        return status == 200
 
     # --- storage ---------------------------------------------------------------------------
 

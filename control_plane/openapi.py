@@ -76,9 +76,12 @@ SCHEMAS: dict[str, Any] = {
                          "session_token": _STR, "expiration": _STR, "region": _STR,
                          "queue_url": _STR, "events_queue_url": _STR,
                          "endpoint_url": {"type": "string", "nullable": True}}),
-    "Node": _obj({"id": _STR, "cluster_id": _STR, "name": _STR, "status": _STR,
-                  "capacity": {"type": "object"}, "reserved": {"type": "object"},
-                  "usage": {"type": "object"}, "running": {"type": "array", "items": _STR},
+    "Node": _obj({"id": _STR, "cluster_id": _STR, "name": _STR,
+                  "state": {"type": "string", "enum": ["active", "draining", "decommissioned"]},
+                  "cpu_total": _NUM, "memory_mb_total": _INT, "cpu_reserved": _NUM,
+                  "memory_mb_reserved": _INT, "cpu_used": _NUM, "memory_mb_used": _INT,
+                  "load": _NUM, "running": {"type": "array", "items": _STR},
+                  "version": {"type": "string", "nullable": True},
                   "heartbeat_age_seconds": {"type": "number", "nullable": True}}),
     "Health": _obj({"status": _STR, "version": _STR,
                     "dependencies": {"type": "object", "additionalProperties": _STR}}),
@@ -93,12 +96,25 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
     ("GET", "/.well-known/jwks.json"): ("The portal's public signing keys", None, 200, "JWKS",
                                         ()),
     ("GET", "/api/openapi.json"): ("This document", None, 200, None, ()),
+    ("GET", "/oauth/authorize"): ("OAuth2 authorization endpoint for instances' auth helpers "
+                                  "(RFC 6749 4.1; redirects)", None, 302, None, (400, 403)),
+    ("POST", "/oauth/token"): ("OAuth2 token endpoint (form body, client authentication; "
+                               "RFC 6749 errors)", None, 200, None, (400, 401)),
     ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
     ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
     ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),
     ("POST", "/api/login"): ("Log in with a local account; sets the session cookie", "Login",
                              200, "Session", (400, 401, 413, 415, 429)),
     ("POST", "/api/logout"): ("End the session", None, 204, None, (403,)),
+    ("GET", "/api/login/providers"): ("Configured identity providers", None, 200,
+                                      _obj({"providers": {"type": "array", "items": _obj({
+                                          "name": _STR, "display_name": _STR, "kind": _STR,
+                                          "login_url": _STR})}}), ()),
+    ("GET", "/api/login/{provider}"): ("Start logging in with a provider (302 to it)", None,
+                                       302, None, (404,)),
+    ("GET", "/api/login/{provider}/callback"): ("The provider sends the browser back here "
+                                                "(302 to the portal, session cookie set)", None,
+                                                302, None, (400, 401, 404)),
     ("GET", "/api/me"): ("The session's user and CSRF token", None, 200, "Session", (401,)),
     ("POST", "/api/users"): ("Create a local account (admin)", "NewUser", 201, "User",
                              (400, *_AUTH, 409, 413, 415)),
@@ -114,9 +130,10 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
                                                (400, *_AUTH, 404, 413, 415)),
     ("POST", "/api/instances"): ("Launch an instance", "Launch", 202, "Instance",
                                  (400, *_AUTH, 404, 413, 415, 429)),
-    ("GET", "/api/instances"): ("Own instances and those shared with me", None, 200,
+    ("GET", "/api/instances"): ("Own instances and those shared with me (admins: ?all=true "
+                                "lists every instance)", None, 200,
                                 _obj({"instances": {"type": "array",
-                                                    "items": _ref("Instance")}}), (401,)),
+                                                    "items": _ref("Instance")}}), _AUTH),
     ("GET", "/api/instances/{instance_id}"): ("One instance", None, 200, "Instance",
                                               (401, 404)),
     ("POST", "/api/instances/{instance_id}/stop"): ("Stop", None, 202, "Instance",
@@ -157,6 +174,16 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
                                                     200, "Node", (*_AUTH, 404)),
 }
 
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/api/instances"): [{"name": "all", "in": "query", "required": False,
+                                 "schema": {"type": "string", "enum": ["true", "false"]}}],
+    ("GET", "/api/login/{provider}"): [{"name": "next", "in": "query", "required": False,
+                                        "schema": {"type": "string"}}],
+    ("GET", "/api/login/{provider}/callback"): [
+        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+        for n in ("code", "state", "error")],
+}
+
 _ERROR_TEXT = {400: "bad input", 401: "not logged in / bad credentials or token",
                403: "not allowed (or missing CSRF token)", 404: "unknown id (or not yours)",
                409: "wrong state for this request", 413: "body too large",
@@ -173,9 +200,11 @@ def spec(app: Any, extra: dict[tuple[str, str], Any] | None = None) -> dict[str,
             op: dict[str, Any] = {"summary": summary,
                                   "operationId": f"{method.lower()}_{_slug(path)}"}
             params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-            if params:
-                op["parameters"] = [{"name": p, "in": "path", "required": True,
-                                     "schema": {"type": "string"}} for p in params]
+            parameters = [{"name": p, "in": "path", "required": True,
+                           "schema": {"type": "string"}} for p in params]
+            parameters += QUERY_PARAMETERS.get((method, path), [])
+            if parameters:
+                op["parameters"] = parameters
             if request:
                 op["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(request)}}}

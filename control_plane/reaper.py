@@ -24,6 +24,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import DECOMMISSIONED, Nodes
 from control_plane.scheduler import Scheduler
 from control_plane.table import ConditionFailed, Item
+from protocol.messages import DiscardInstance
 from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.control_plane.reaper")
@@ -114,6 +115,9 @@ class Reaper:
                                                        fields={"reason": reason}),
                      report, "failed", item):
             self.messenger.revoke(item["instance_id"], item["hostname"], "failed")
+            if item.get("node_queue_url"):  # whatever the node still holds must go
+                self.messenger.send(item["node_queue_url"],
+                                    DiscardInstance(instance_id=item["instance_id"]))
             log.info("failed %s: %s", item["instance_id"], reason)
             return True
         return False

@@ -17,13 +17,13 @@ from typing import Any
 
 from control_plane.config import Config
 from control_plane.instance_clients import ClientRegistrar
-from control_plane.instances import Instances
+from control_plane.instances import UNPLACED, Instances
 from control_plane.keys import KeyStore
 from control_plane.messaging import Messenger
 from control_plane.nodes import ACTIVE, Nodes, milli
 from control_plane.table import ConditionFailed, Item
 from protocol import pod
-from protocol.messages import OAuthClient, StartInstance
+from protocol.messages import DiscardInstance, OAuthClient, StartInstance
 from protocol.states import InstanceState
 from protocol.tokens import tunnel_claims
 
@@ -101,9 +101,17 @@ class Scheduler:
         )
 
     def release_and_repend(self, item: Item, reason: str) -> Item:
-        """A scheduled instance whose node is gone goes back to pending (room released)."""
-        moved = self.instances.transition(item, S.PENDING, fields={"reason": reason},
-                                          remove=("node_id", "node_queue_url"))
+        """A scheduled instance whose node is gone goes back to pending (room released).
+
+        The old node is told to discard the instance, so that a pod it may still start when it
+        comes back never serves the instance beside its new placement.
+        """
+        moved = self.instances.transition(item, S.PENDING,
+                                          fields={"reason": reason, "node_id": UNPLACED},
+                                          remove=("node_queue_url",))
+        if item.get("node_queue_url"):
+            self.messenger.send(item["node_queue_url"],
+                                DiscardInstance(instance_id=item["instance_id"]))
         return moved
 
 

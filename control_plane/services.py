@@ -11,17 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane import __version__
-from control_plane.accounts import Accounts, User
+from control_plane.access import Access
+from control_plane.accounts import Accounts
 from control_plane.aws import Clients
 from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.events import Events
-from control_plane.instance_clients import ClientRegistrar, TableClientRegistrar
+from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.keys import KeyStore
 from control_plane.lifecycle import Lifecycle
+from control_plane.login_providers import LoginProviders, parse_providers
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
@@ -44,6 +47,9 @@ class Services:
     lifecycle: Lifecycle
     events: Events
     reaper: Reaper
+    access: Access
+    oauth: OAuthServer
+    logins: LoginProviders
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -68,27 +74,29 @@ class Services:
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
                               config.revocations_topic_arn)
-        registrar = registrar or TableClientRegistrar(table(t.oauth_clients))
+        access = Access(instances, shares, accounts.is_admin)
+        oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
+                            issuer=config.portal_url, can_access=access.can_access)
+        registrar = registrar or oauth
         scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
                               messenger=messenger, registrar=registrar)
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
-                              messenger=messenger, registrar=registrar,
+                              messenger=messenger, registrar=registrar, access=access,
                               accounts_exist=accounts.exists)
         events = Events(instances, nodes, catalog, messenger)
         reaper = Reaper(instances, nodes, scheduler, messenger,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
+        logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
+                                accounts, config.portal_url)
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
-                   messenger, registrar, scheduler, lifecycle, events, reaper)
+                   messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
+                   logins)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""
-        try:
-            user: User = self.accounts.get_user(username)
-        except Exception:
-            return False
-        return self.lifecycle.can_access(username, instance_id, admin=user.admin)
+        return self.access.can_access(username, instance_id)
 
     def health(self) -> dict[str, Any]:
         """Version and the state of each dependency (one cheap call each)."""

@@ -7,16 +7,20 @@ condition raises :class:`ConditionFailed`, which callers turn into the error tha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-
 Item = dict[str, Any]
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+
+@functools.cache
+def _codecs() -> tuple[Any, Any]:
+    # boto3 costs ~150 ms to import: pay it at the first item, not at the app's import.
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer(), TypeDeserializer()
 
 
 class ConditionFailed(Exception):
@@ -46,16 +50,18 @@ def _from_dynamo(value: Any) -> Any:
 
 
 def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items()}
+    serializer = _codecs()[0]
+    return {k: serializer.serialize(_to_dynamo(v)) for k, v in item.items()}
 
 
 def deserialize(raw: Mapping[str, Any]) -> Item:
-    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
+    deserializer = _codecs()[1]
+    return {k: _from_dynamo(deserializer.deserialize(v)) for k, v in raw.items()}
 
 
 def values(names: Mapping[str, Any]) -> dict[str, Any]:
     """``{":a": 1}`` -> DynamoDB attribute values."""
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in names.items()}
+    return serialize(names)
 
 
 class Table:

@@ -20,11 +20,10 @@ import json
 import logging
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Request, Response
 
-from control_plane.accounts import Session, User
 from control_plane.errors import (
     BadRequest,
     ControlPlaneError,
@@ -32,6 +31,9 @@ from control_plane.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from control_plane.accounts import Session, User
 
 log = logging.getLogger("dit4c.control_plane.web")
 
@@ -76,7 +78,7 @@ def client_address(request: Request) -> str:
     return str(identity.get("sourceIp") or "unknown")
 
 
-def session_token(request: Request) -> str | None:
+def cookie_value(request: Request, name: str) -> str | None:
     header = request.headers.get("cookie")
     if not header:
         return None
@@ -84,8 +86,12 @@ def session_token(request: Request) -> str | None:
         jar = SimpleCookie(header)
     except CookieError:
         return None
-    morsel = jar.get(SESSION_COOKIE)
+    morsel = jar.get(name)
     return morsel.value if morsel else None
+
+
+def session_token(request: Request) -> str | None:
+    return cookie_value(request, SESSION_COOKIE)
 
 
 def session_of(request: Request, find: Callable[[str], Session | None]) -> Session | None:
@@ -111,12 +117,17 @@ def require_admin(session: Session) -> User:
     return session.user
 
 
-def session_cookie(token: str, max_age: int, *, secure: bool) -> str:
-    parts = [f"{SESSION_COOKIE}={token}", "Path=/", "HttpOnly", "SameSite=Lax",
+def cookie(name: str, value: str, max_age: int, *, secure: bool, path: str = "/") -> str:
+    """An HttpOnly, SameSite=Lax cookie (``Secure`` when the portal is https)."""
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax",
              f"Max-Age={max_age}"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
+
+
+def session_cookie(token: str, max_age: int, *, secure: bool) -> str:
+    return cookie(SESSION_COOKIE, token, max_age, secure=secure)
 
 
 def endpoint(fn: Callable[..., Any], status: int = 200) -> Callable[..., Response]:

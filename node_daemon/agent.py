@@ -104,9 +104,9 @@ class Agent:
         instance_id = getattr(message, "instance_id", None)
         if not isinstance(instance_id, str):
             raise NodeDaemonError(f"{message.TYPE} is not a node command")
-        self.records.get(instance_id)  # validates the id before anything else
+        await self._get(instance_id)  # validates the id before taking a lock for it
         async with self._lock(instance_id):
-            record = self.records.get(instance_id)
+            record = await self._get(instance_id)
             if isinstance(message, StartInstance):
                 await self._on_start(message, record)
             elif isinstance(message, StopInstance):
@@ -127,34 +127,28 @@ class Agent:
             await self._converge(record, present=True)  # a duplicate: finish or no-op
             return
         record = InstanceRecord(start.instance_id, Desired.RUNNING, start=start.to_dict())
-        shortfall = self._shortfall(start)
+        shortfall = _shortfall(self.capacity, start, await self._all())
         if shortfall:
             record.start = None  # nothing will run: keep no secrets
             record.state = S.FAILED
             record.reason = shortfall
-            self.records.put(record)
+            await self._put(record)
             self.metrics.launches.labels("no_room").inc()
             await self._announce(record, None)
             return
-        self.records.put(record)
+        await self._put(record)
         await self._converge(record, present=True, received=time.monotonic())
 
-    def _shortfall(self, start: StartInstance) -> str | None:
-        cpu_used, mem_used = self._used()
-        if (cpu_used + start.cpu > self.capacity.cpu + 1e-9
-                or mem_used + start.memory_mb > self.capacity.memory_mb):
-            return (f"node has no room: the instance needs {start.cpu:g} CPU and "
-                    f"{start.memory_mb} MB; free are {self.capacity.cpu - cpu_used:g} CPU and "
-                    f"{self.capacity.memory_mb - mem_used} MB")
-        return None
+    # -- durable records, off the event loop (each write is fsynced) -------------------
 
-    def _active(self) -> list[InstanceRecord]:
-        return [r for r in self.records.all()
-                if r.desired is Desired.RUNNING and r.state != S.FAILED and r.start]
+    async def _get(self, instance_id: str) -> InstanceRecord | None:
+        return await asyncio.to_thread(self.records.get, instance_id)
 
-    def _used(self) -> tuple[float, int]:
-        needs = [_needs(r.start) for r in self._active()]
-        return sum(c for c, _ in needs), sum(m for _, m in needs)
+    async def _put(self, record: InstanceRecord) -> None:
+        await asyncio.to_thread(self.records.put, record)
+
+    async def _all(self) -> list[InstanceRecord]:
+        return await asyncio.to_thread(self.records.all)
 
     async def _on_stop(self, stop: StopInstance, record: InstanceRecord | None) -> None:
         if record is None:
@@ -164,7 +158,7 @@ class Agent:
             log.info("stop of %s ignored: it is already %s", stop.instance_id, record.desired)
             return
         record.desired = Desired.STOPPED
-        self.records.put(record)
+        await self._put(record)
         await self._converge(record, present=True, grace=stop.grace_seconds)
 
     async def _on_save(self, save: SaveInstance, record: InstanceRecord | None) -> None:
@@ -177,14 +171,14 @@ class Agent:
             return
         record.desired = Desired.SAVED
         record.save_image = save.image
-        self.records.put(record)
+        await self._put(record)
         await self._converge(record, present=True)
 
     async def _on_discard(self, record: InstanceRecord | None, instance_id: str) -> None:
         if record is None:
             record = InstanceRecord(instance_id, Desired.DISCARDED)
         record.desired = Desired.DISCARDED
-        self.records.put(record)
+        await self._put(record)
         await self._converge(record, present=True)
 
     # -- converging one instance ---------------------------------------------------------
@@ -214,7 +208,7 @@ class Agent:
             if record.state != S.DISCARDED:
                 await self._set_state(record, S.DISCARDED)
             else:
-                self.records.put(record)
+                await self._put(record)
 
     async def _converge_running(self, record: InstanceRecord, present: bool,
                                 received: float | None) -> None:
@@ -288,8 +282,7 @@ class Agent:
                progress: dict[str, int] | None = None) -> InstanceStateEvent:
         return InstanceStateEvent(
             node_id=self.node_id, instance_id=record.instance_id, state=state,
-            reason=record.reason if state == S.FAILED or record.reason else None,
-            progress=progress or {},
+            reason=record.reason, progress=progress or {},
             image=record.saved_image if state == S.SAVED else None)
 
     async def _set_state(self, record: InstanceRecord, state: S,
@@ -297,20 +290,20 @@ class Agent:
         previous = record.state
         record.state = state
         record.reason = reason
-        self.records.put(record)
+        await self._put(record)
         await self._announce(record, previous)
 
     async def _announce(self, record: InstanceRecord, previous: str | None) -> None:
         state_log.info("instance=%s state=%s previous=%s reason=%r node=%s",
                        record.instance_id, record.state, previous, record.reason, self.node_id)
-        self._refresh_gauge()
+        await self._refresh_gauge()
         await self._report(record)
 
     async def _report(self, record: InstanceRecord) -> None:
         assert record.state is not None
         if await self._send_quietly(self._event(record, record.state)):
             record.reported = record.state
-            self.records.put(record)
+            await self._put(record)
 
     async def _send_quietly(self, message: Message) -> bool:
         try:
@@ -324,10 +317,10 @@ class Agent:
     async def flush(self) -> int:
         """Send every recorded state the events queue has not accepted yet; return how many."""
         sent = 0
-        for record in self.records.all():
+        for record in await self._all():
             if record.state is not None and record.state != record.reported:
                 async with self._lock(record.instance_id):
-                    fresh = self.records.get(record.instance_id)
+                    fresh = await self._get(record.instance_id)
                     if fresh and fresh.state is not None and fresh.state != fresh.reported:
                         await self._report(fresh)
                         sent += int(fresh.reported == fresh.state)
@@ -341,13 +334,13 @@ class Agent:
         Returns counts: instances by state, plus ``leftovers`` removed (pods with no record).
         """
         found = await asyncio.to_thread(self.pods.instances)
-        for record in self.records.all():
+        for record in await self._all():
             present = found.pop(record.instance_id, None) is not None
             lock = self._lock(record.instance_id)
             if lock.locked():
                 continue  # a command is working on it right now
             async with lock:
-                fresh = self.records.get(record.instance_id)
+                fresh = await self._get(record.instance_id)
                 if fresh is None:
                     continue
                 try:
@@ -361,23 +354,23 @@ class Agent:
                         ", ".join(kinds))
             await asyncio.to_thread(self.pods.remove, instance_id)
         await self.flush()
-        self.records.prune_tombstones()
-        counts = self._refresh_gauge()
+        await asyncio.to_thread(self.records.prune_tombstones)
+        counts = await self._refresh_gauge()
         counts["leftovers"] = len(found)
         log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return counts
 
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(r.state or "unknown" for r in self.records.all()))
+    async def counts(self) -> dict[str, int]:
+        return dict(Counter(r.state or "unknown" for r in await self._all()))
 
-    def _refresh_gauge(self) -> dict[str, int]:
-        counts = self.counts()
+    async def _refresh_gauge(self) -> dict[str, int]:
+        counts = await self.counts()
         self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
         return counts
 
-    def heartbeat(self) -> NodeHeartbeat:
-        records = self.records.all()
-        cpu_used, mem_used = self._used()
+    async def heartbeat(self) -> NodeHeartbeat:
+        records = await self._all()
+        cpu_used, mem_used = _used(records)
         try:
             load = os.getloadavg()[0]
         except OSError:
@@ -388,3 +381,21 @@ class Agent:
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
                            and r.desired is Desired.RUNNING))
+
+
+def _used(records: list[InstanceRecord]) -> tuple[float, int]:
+    """CPU and memory held by the instances that run or are about to."""
+    needs = [_needs(r.start) for r in records
+             if r.desired is Desired.RUNNING and r.state != S.FAILED and r.start]
+    return sum(c for c, _ in needs), sum(m for _, m in needs)
+
+
+def _shortfall(capacity: Capacity, start: StartInstance,
+               records: list[InstanceRecord]) -> str | None:
+    cpu_used, mem_used = _used(records)
+    if (cpu_used + start.cpu > capacity.cpu + 1e-9
+            or mem_used + start.memory_mb > capacity.memory_mb):
+        return (f"node has no room: the instance needs {start.cpu:g} CPU and "
+                f"{start.memory_mb} MB; free are {capacity.cpu - cpu_used:g} CPU and "
+                f"{capacity.memory_mb - mem_used} MB")
+    return None

@@ -33,7 +33,7 @@ from node_daemon.metrics import NodeMetrics, serve, stop_serving
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
-from node_daemon.queues import NodeQueues, Received
+from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
 from node_daemon.records import INSTANCE_ID, RecordStore
 from protocol.errors import MessageError
 from protocol.messages import NODE_COMMANDS, decode
@@ -83,9 +83,13 @@ class Daemon:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
-        gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
-                                          settings.pods_network, settings.labels)
         server, address = serve(self.metrics, *settings.metrics_listen)
+        try:
+            gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
+                                              settings.pods_network, settings.labels)
+        except BaseException:
+            await asyncio.to_thread(stop_serving, server)
+            raise
         self.metrics_address = address
         write_atomic(settings.data_dir / METRICS_ADDRESS_FILE, address.encode())
         log.info("node %s (%s) running: pods network %s (gateway %s), metrics "
@@ -111,7 +115,7 @@ class Daemon:
                         lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),
                 ]
                 try:
-                    await self._poll(queues, agent, stopping)
+                    await self._poll(queues, VisibilityKeeper(queues), agent, stopping)
                     # Finish the commands in hand; pods keep running.
                     if self._inflight:
                         log.info("stopping: finishing %d command(s) in hand", len(self._inflight))
@@ -143,9 +147,10 @@ class Daemon:
 
     async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
         await agent.flush()
-        await queues.send_event(agent.heartbeat())
+        await queues.send_event(await agent.heartbeat())
 
-    async def _poll(self, queues: NodeQueues, agent: Agent, stopping: asyncio.Event) -> None:
+    async def _poll(self, queues: NodeQueues, keeper: VisibilityKeeper, agent: Agent,
+                    stopping: asyncio.Event) -> None:
         backoff = Backoff()
         stop_wait = asyncio.create_task(stopping.wait())
         try:
@@ -174,13 +179,14 @@ class Daemon:
                     continue
                 backoff.reset()
                 for received in messages:
-                    task = asyncio.create_task(self._handle(received, queues, agent))
+                    task = asyncio.create_task(self._handle(received, queues, keeper, agent))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
         finally:
             stop_wait.cancel()
 
-    async def _handle(self, received: Received, queues: NodeQueues, agent: Agent) -> None:
+    async def _handle(self, received: Received, queues: NodeQueues, keeper: VisibilityKeeper,
+                      agent: Agent) -> None:
         try:
             message = decode(received.body)
             if not isinstance(message, NODE_COMMANDS):
@@ -193,7 +199,9 @@ class Daemon:
             await self._delete(received, queues)
             return
         try:
-            await agent.handle(message)
+            # A long command (a big pull, a slow save) keeps its message hidden meanwhile.
+            async with keeper.holding(received):
+                await agent.handle(message)
         except (NodeDaemonError, docker.errors.DockerException, OSError) as exc:
             self.metrics.messages.labels(message.TYPE, "retry").inc()
             log.error("%s %s for %s failed, it will come back: %r", message.TYPE, message.id,

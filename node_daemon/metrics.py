@@ -6,6 +6,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from node_daemon.errors import ConfigError
+
 LAUNCH_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -38,7 +40,11 @@ class NodeMetrics:
 
 def serve(metrics: NodeMetrics, host: str, port: int) -> tuple[WSGIServer, str]:
     """Serve ``/metrics`` on ``host:port`` (port 0: any); return the server and ``host:port``."""
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                          "choose another DIT4C_NODE_METRICS_LISTEN / --metrics-listen") from None
     bound_host, bound_port = server.server_address[:2]
     if isinstance(bound_host, bytes):
         bound_host = bound_host.decode()

@@ -40,10 +40,6 @@ from protocol.messages import RegistryAccess, StartInstance
 
 log = logging.getLogger("dit4c.node.pods")
 
-ROLE_NETNS = "netns"
-"""The namespace holder's role label (this daemon's own; not a helper)."""
-ENV_STORAGE = "DIT4C_STORAGE"
-"""The storage helper's settings: the start command's ``storage`` object as JSON."""
 STORAGE_MOUNT = "/mnt"
 
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 500_000_000,
@@ -52,12 +48,13 @@ PROBE_INTERVAL = 0.05
 PROBE_SLICE = 5.0
 """Seconds one readiness exec keeps trying before the daemon looks at the containers again."""
 
-# Runs inside the pod's namespace (the netns container has python3): exit 0 once the tool
-# answers HTTP on its port, 1 when the slice runs out.
+# Runs inside the pod's namespace (the netns container has python3): exit 0 once every given
+# port (the tool's, then the auth helper's) answers HTTP, 1 when the slice runs out. The auth
+# helper is waited for too: "running" means a browser sent to the instance URL gets through.
 _PROBE = """
 import socket, sys, time
-port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-while True:
+ports, until = [int(p) for p in sys.argv[1].split(",")], time.monotonic() + float(sys.argv[2])
+def answers(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n")
@@ -67,10 +64,13 @@ while True:
                 if not chunk:
                     break
                 head += chunk
-            if head.startswith(b"HTTP/"):
-                sys.exit(0)
+            return head.startswith(b"HTTP/")
     except OSError:
-        pass
+        return False
+while ports:
+    if answers(ports[0]):
+        ports.pop(0)
+        continue
     if time.monotonic() > until:
         sys.exit(1)
     time.sleep(%s)
@@ -107,7 +107,7 @@ def container_name(instance_id: str, role: str) -> str:
 
 
 def roles_for(start: StartInstance) -> list[str]:
-    roles = [ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
+    roles = [pod.ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
     if start.storage is not None:
         roles.append(pod.ROLE_STORAGE)
     return [*roles, pod.ROLE_TOOL]
@@ -132,7 +132,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
                 pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
     if role == pod.ROLE_STORAGE and start.storage is not None:
         storage = start.storage
-        return {ENV_STORAGE: json.dumps({
+        return {pod.ENV_STORAGE: json.dumps({
             "kind": storage.kind, "bucket": storage.bucket, "prefix": storage.prefix,
             "credentials": storage.credentials, "endpoint_url": storage.endpoint_url})}
     return {}
@@ -235,7 +235,7 @@ class PodRunner:
         name = container_name(start.instance_id, role)
         common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
                                   "detach": True, "privileged": False}
-        if role == ROLE_NETNS:
+        if role == pod.ROLE_NETNS:
             spec = {**common, "image": self.settings.helpers_image,
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
@@ -298,8 +298,8 @@ class PodRunner:
         (a launch is mostly engine round trips; overlapping them is most of its speed).
         """
         existing = self.containers(start.instance_id)
-        netns = existing.get(ROLE_NETNS) or self._create(start, ROLE_NETNS, None)
-        joined = [role for role in roles_for(start) if role != ROLE_NETNS]
+        netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
+        joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
 
         def make(role: str) -> PodContainer:
             return existing.get(role) or self._create(start, role, netns)
@@ -308,8 +308,8 @@ class PodRunner:
         restart_joined = False
         if netns.status != "running":
             # Containers that joined a previous run of this namespace lost it with it.
-            restart_joined = ROLE_NETNS in existing
-            self._start(netns, ROLE_NETNS)
+            restart_joined = pod.ROLE_NETNS in existing
+            self._start(netns, pod.ROLE_NETNS)
 
         def bring_up(role: str) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
@@ -349,11 +349,11 @@ class PodRunner:
 
     def wait_ready(self, start: StartInstance, timeout: float,
                    starting: Sequence[Future[None]] = ()) -> None:
-        """Return once every container runs and the tool answers HTTP on its port inside the
-        pod's namespace. ``starting``: container starts still under way (probing overlaps
+        """Return once every container runs and the tool and the auth helper answer HTTP inside
+        the pod's namespace. ``starting``: container starts still under way (probing overlaps
         them); their errors are raised here."""
         deadline = time.monotonic() + timeout
-        netns_id = self.containers(start.instance_id)[ROLE_NETNS].id
+        netns_id = self.containers(start.instance_id)[pod.ROLE_NETNS].id
         while True:
             if all(f.done() for f in starting):
                 for future in starting:
@@ -362,7 +362,7 @@ class PodRunner:
                 if reason is not None:
                     raise LaunchError(reason)
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            if self._probe(netns_id, start.port, slice_):
+            if self._probe(netns_id, (start.port, pod.AUTH_PORT), slice_):
                 for future in starting:
                     future.result()
                 reason = self.check(start)
@@ -370,16 +370,16 @@ class PodRunner:
                     return
                 raise LaunchError(reason)
             if time.monotonic() >= deadline:
-                raise LaunchError(f"the tool did not answer on port {start.port} within "
-                                  f"{timeout:.0f} s")
+                raise LaunchError(f"the tool (port {start.port}) or its auth helper did not "
+                                  f"answer within {timeout:.0f} s")
 
-    def _probe(self, netns_id: str, port: int, seconds: float) -> bool:
-        """True if the tool answered within ``seconds``; False also if the holder stopped
-        (the caller's check() then says why)."""
+    def _probe(self, netns_id: str, ports: Sequence[int], seconds: float) -> bool:
+        """True if every port answered HTTP within ``seconds``; False also if the holder
+        stopped (the caller's check() then says why)."""
         api = self._client.api
         try:
-            run = api.exec_create(netns_id, ["python3", "-c", _PROBE, str(port),
-                                             f"{seconds:.2f}"])
+            run = api.exec_create(netns_id, ["python3", "-c", _PROBE,
+                                             ",".join(map(str, ports)), f"{seconds:.2f}"])
             api.exec_start(run["Id"])
             return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
         except docker.errors.APIError as exc:
@@ -403,7 +403,7 @@ class PodRunner:
     def stop(self, instance_id: str, grace: float) -> None:
         """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
         existing = self.containers(instance_id)
-        netns = existing.pop(ROLE_NETNS, None)
+        netns = existing.pop(pod.ROLE_NETNS, None)
 
         def stop_one(container: PodContainer) -> None:
             with contextlib.suppress(docker.errors.NotFound):

@@ -31,6 +31,7 @@ import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from protocol import pod
 from protocol.errors import MessageError, TokenError
 from protocol.messages import (
     InstanceStateEvent,
@@ -277,24 +278,29 @@ class EventLog:
 
 
 STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
+STANDIN_AUTH = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
+"""The auth stand-in answers HTTP on AUTH_PORT, which the daemon's readiness probe waits for."""
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
-    """The real helpers once the image has them; until then a stand-in that stays up.
+    """The real helpers where the image has them; a stand-in that stays up (and, for auth,
+    answers HTTP on its port) for the others.
 
-    The daemon never depends on what a helper does to call a pod running (the tool answering
-    is the test), but it does report a helper that exits, so an absent module would fail
-    every launch. With the real helpers present this returns {} (the daemon's defaults).
+    The daemon calls a pod running once the tool and the auth helper answer HTTP, and it
+    reports a helper that exits, so an absent module would fail every launch. With every
+    helper present this returns {} (the daemon's defaults).
     """
     import docker.errors
 
-    probe = ("import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) "
-             "for m in ('helpers.listener', 'helpers.auth')) else 1)")
-    try:
-        client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
-    except docker.errors.ContainerError:
-        return {"listener": list(STANDIN_HELPER), "auth": list(STANDIN_HELPER)}
-    return {}
+    commands = {}
+    for role in ("listener", "auth", "storage"):
+        probe = ("import importlib.util, sys; "
+                 f"sys.exit(0 if importlib.util.find_spec('helpers.{role}') else 1)")
+        try:
+            client.containers.run(helpers_image, ["python3", "-c", probe], remove=True)
+        except docker.errors.ContainerError:
+            commands[role] = list(STANDIN_AUTH if role == "auth" else STANDIN_HELPER)
+    return commands
 
 
 def node_env(*, pods_network: str, labels: dict[str, str],
@@ -340,12 +346,12 @@ class NodeProcess:
         self.node_id = ""
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "node_daemon", *args, "--data-dir", str(self.data_dir)]
 
     def join(self) -> str:
         done = subprocess.run(
-            self._argv("join", "--portal", self.portal.url, "--token",
+            self.argv("join", "--portal", self.portal.url, "--token",
                        self.portal.new_join_token(), "--cpu", str(self.cpu),
                        "--memory-mb", str(self.memory_mb), "--name", self.data_dir.name),
             env=self.env, capture_output=True, text=True, timeout=60, check=False)
@@ -356,7 +362,7 @@ class NodeProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self._argv("run"), env=self.env, stdout=log,
+        self.process = subprocess.Popen(self.argv("run"), env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT)
         log.close()
 

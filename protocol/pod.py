@@ -3,7 +3,7 @@
 The node daemon starts each helper from the helpers image (``dit4c/helpers:dev`` locally) with
 ``python3 -m helpers.<name>`` and hands it exactly the settings below as environment variables;
 a helper reads only its own, and the tool container gets none of them. All containers of a pod
-share one network namespace (the listener helper's), so they talk over ``127.0.0.1``:
+share one network namespace (held by the ``netns`` container), so they talk over ``127.0.0.1``:
 
     edge router <-tunnel- listener --http--> auth (AUTH_PORT) --http/ws--> tool (its own port)
 """
@@ -30,6 +30,8 @@ ROLE_LISTENER: Final = "listener"
 ROLE_AUTH: Final = "auth"
 ROLE_STORAGE: Final = "storage"
 ROLE_UPLOAD: Final = "upload"
+ROLE_NETNS: Final = "netns"
+"""The namespace holder: the helpers image running ``sleep infinity``; the others join it."""
 
 # --- labels on every container, network and volume of a pod ---------------------------------
 LABEL_INSTANCE: Final = "dit4c.instance"
@@ -61,6 +63,10 @@ ENV_OAUTH_TOKEN_URL: Final = "DIT4C_OAUTH_TOKEN_URL"  # noqa: S105
 """Pod-facing (the portal as the pod reaches it, e.g. via host.docker.internal)."""
 ENV_OAUTH_JWKS_URL: Final = "DIT4C_OAUTH_JWKS_URL"
 """Pod-facing."""
+
+# --- storage helper (python3 -m helpers.storage) --------------------------------------------
+ENV_STORAGE: Final = "DIT4C_STORAGE"
+"""The start command's ``storage`` object (``protocol.messages.StorageAccess``) as JSON."""
 
 PODS_NETWORK: Final = "dit4c-pods"
 """The bridge network pods join; inter-container traffic is disabled on it."""

@@ -27,7 +27,7 @@ import pytest
 from yarl import URL
 
 from protocol import pod
-from protocol.tokens import SigningKey, access_claims
+from protocol.tokens import ALL_USERS, SigningKey, access_claims, revocation_claims
 from tests.auth_harness import Browser, PortalHarness
 
 TOKEN_LIFETIME = 6
@@ -98,6 +98,13 @@ class Stack:
         made = Browser(self.hosts, username)
         self.browsers.append(made)
         return made
+
+    async def back_channel(self, instance: str, username: str) -> bool:
+        """The portal's back-channel revocation, sent to the instance's public address."""
+        address, port = self.hosts[f"{instance}.dit4c.test"]
+        return await asyncio.to_thread(
+            self.portal.server.notify_revoked, instance, self.url(instance).rstrip("/"),
+            username, via=f"http://{address}:{port}")
 
     def reset(self) -> None:
         self.portal.access = {k: set(v) for k, v in DEFAULT_ACCESS.items()}
@@ -227,6 +234,54 @@ async def revoked_share_ends_access_within_the_token_lifetime(stack: Stack) -> N
     status, location = await _status(browser, stack.url("a"))
     assert status == 302 and location.startswith(f"{PORTAL}/oauth/authorize"), location
     assert (await browser.get(stack.url("a"))).status == 403
+
+
+async def revoked_share_ends_at_once_through_the_back_channel(stack: Stack) -> None:
+    sam = await _login(stack, "sam", "a")
+    alice = await _login(stack, "alice", "a")
+    stack.portal.access["a"].discard("sam")
+    assert await stack.back_channel("a", "sam")
+    # No waiting for the token to expire: sam is out now, and the portal refuses him again.
+    status, location = await _status(sam, stack.url("a"))
+    assert status == 302 and location.startswith(f"{PORTAL}/oauth/authorize"), location
+    assert (await sam.get(stack.url("a"))).status == 403
+    assert (await _status(alice, stack.url("a")))[0] == 200  # others keep their sessions
+
+
+async def back_channel_revocation_closes_open_websockets_at_once(stack: Stack) -> None:
+    browser = await _login(stack, "alice", "w")
+    async with browser.session.ws_connect(stack.url("w", "/ws")) as ws:
+        await ws.receive(timeout=10)
+        assert await stack.back_channel("w", ALL_USERS)
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+
+async def back_channel_refuses_what_the_portal_did_not_sign(stack: Stack) -> None:
+    browser = await _login(stack, "alice", "a")
+    signer, other = stack.portal.signer, SigningKey.generate()
+    revoke_alice = revocation_claims(issuer=PORTAL, instance_id="a", username="alice")
+    forged = {
+        "another key": other.sign(revoke_alice),
+        "another key under the portal's kid": jwt.encode(
+            revoke_alice, other.private_key, algorithm="ES256", headers={"kid": signer.kid}),
+        "an access token": signer.sign(access_claims(
+            issuer=PORTAL, instance_id="a", username="alice", client_id="instance-a")),
+        "for another instance": signer.sign(revocation_claims(
+            issuer=PORTAL, instance_id="b", username="alice")),
+        "expired": signer.sign(revocation_claims(issuer=PORTAL, instance_id="a",
+                                                 username="alice", now=time.time() - 1000)),
+        "garbage": "not-a-token",
+    }
+    url = stack.url("a", pod.REVOKE_PATH)
+    for name, token in forged.items():
+        async with browser.session.post(url, headers={"Authorization": f"Bearer {token}"}
+                                        ) as response:
+            assert response.status == 403, name
+    async with browser.session.get(url) as response:
+        assert response.status == 405
+    assert (await _status(browser, stack.url("a")))[0] == 200  # alice is still in
 
 
 async def logout_ends_the_session(stack: Stack) -> None:
@@ -445,6 +500,33 @@ async def discarded_instance_is_cut_off_at_once_by_the_router(stack: Stack) -> N
     assert (await _status(browser, stack.url("d")))[0] != 200
 
 
+async def garbage_gets_a_clear_refusal_never_a_crash(stack: Stack) -> None:
+    anonymous = stack.browser(None)
+    callback = stack.url("a", pod.CALLBACK_PATH)
+    cases: list[tuple[str, str, dict[str, str], int]] = [
+        ("GET", callback, {}, 400),
+        ("GET", callback + "?state=&code=", {}, 400),
+        ("GET", callback + "?state=%ff%fe&code=%00", {"Cookie": "dit4c-login=x"}, 400),
+        ("GET", callback + "?error=access_denied&state=nope", {}, 400),
+        ("GET", stack.url("a"), {"Cookie": "dit4c-auth=\"; ;=;;dit4c-auth"}, 302),
+        ("GET", stack.url("a"), {"Cookie": "dit4c-auth=" + "x" * 4000}, 302),
+        ("POST", stack.url("a", pod.REVOKE_PATH), {"Authorization": "Bearer " + "x" * 4000},
+         403),
+        ("POST", stack.url("a", "/anything"), {}, 401),
+        ("GET", stack.url("a", pod.LOGOUT_PATH), {"Cookie": "dit4c-auth=unknown"}, 200),
+    ]
+    for method, url, headers, expected in cases:
+        async with anonymous.session.request(method, url, headers=headers,
+                                             allow_redirects=False) as response:
+            assert response.status == expected, (method, url, headers, response.status)
+    async with anonymous.session.post(stack.url("a", pod.REVOKE_PATH),
+                                      data=b"token=" + b"x" * 100_000,
+                                      headers={"Content-Type":
+                                               "application/x-www-form-urlencoded"}
+                                      ) as response:
+        assert response.status == 403
+
+
 def _with(url: str, **params: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query=urlencode(params)))
@@ -455,12 +537,16 @@ SCENARIOS: list[Scenario] = [
     owner_gets_the_tool, shared_user_gets_the_tool, other_user_gets_403,
     anonymous_is_sent_to_login_and_back_to_the_deep_link,
     session_renews_before_the_token_expires,
-    revoked_share_ends_access_within_the_token_lifetime, logout_ends_the_session,
+    revoked_share_ends_access_within_the_token_lifetime,
+    revoked_share_ends_at_once_through_the_back_channel,
+    back_channel_revocation_closes_open_websockets_at_once,
+    back_channel_refuses_what_the_portal_did_not_sign, logout_ends_the_session,
     helper_cookies_never_reach_the_tool, request_bodies_stream_both_ways,
     websocket_through_the_helper, revoked_access_closes_open_websockets,
     tampered_redirect_uri_is_refused, replayed_code_is_refused,
     code_issued_for_another_instance_is_refused,
     code_without_the_right_pkce_verifier_is_refused,
     callback_with_a_state_from_another_browser_is_refused, forged_tokens_are_refused,
-    cookie_of_instance_a_is_useless_on_b, discarded_instance_is_cut_off_at_once_by_the_router,
+    cookie_of_instance_a_is_useless_on_b, garbage_gets_a_clear_refusal_never_a_crash,
+    discarded_instance_is_cut_off_at_once_by_the_router,
 ]

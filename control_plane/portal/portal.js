@@ -79,9 +79,15 @@ function el(tag, attrs, ...children) {
 
 // --- views ----------------------------------------------------------------------------------
 
-async function renderInstances() {
+let shownInstances = "";
+
+async function renderInstances(force) {
   const data = await api("GET", "/api/instances");
   const rows = listOf(data, "instances");
+  // Redraw only when something changed: a table rebuilt under the pointer loses clicks.
+  const fingerprint = JSON.stringify(rows);
+  if (!force && fingerprint === shownInstances) return;
+  shownInstances = fingerprint;
   const body = $("instances");
   body.replaceChildren();
   $("no-instances").hidden = rows.length > 0;
@@ -97,7 +103,7 @@ async function renderInstances() {
     const act = (label, method, suffix) => actions.append(el("button", {
       type: "button", "data-action": label,
       onclick: async () => {
-        try { await api(method, `/api/instances/${id}${suffix}`); await renderInstances(); }
+        try { await api(method, `/api/instances/${id}${suffix}`); await renderInstances(true); }
         catch (e) { flash(e.message); }
       },
     }, label));
@@ -173,7 +179,7 @@ async function route() {
     else if (view === "admin" && user.admin) { show("admin"); await renderAdmin(); }
     else {
       show("instances");
-      await renderInstances();
+      await renderInstances(true);
       pollTimer = setInterval(() => renderInstances().catch((e) => flash(e.message)), POLL_MS);
     }
   } catch (e) { flash(e.message); }

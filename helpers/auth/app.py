@@ -5,6 +5,7 @@ Every request goes through :meth:`AuthHelper.handle`:
     CALLBACK_PATH  -> finish a login this browser started, set the session cookie, go back to
                       the page first asked for
     LOGOUT_PATH    -> end the session
+    REVOKE_PATH    -> (POST, from the portal, signed) end a user's sessions at once
     anything else  -> with a live session: proxy to the tool (HTTP or WebSocket);
                       without: GET/HEAD go to the portal's authorize endpoint, the rest get 401
 
@@ -35,13 +36,14 @@ from helpers.auth.proxy import Upstream, cookie_value
 from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_secret
 from protocol import pod
 from protocol.errors import TokenError
-from protocol.tokens import pkce_challenge
+from protocol.tokens import ALL_USERS, pkce_challenge
 
 log = logging.getLogger("dit4c.auth")
 
 RENEW_TICK = 1.0
 """How often the renewal task looks for sessions with open WebSockets that are due."""
 SWEEP_EVERY = 300.0
+MAX_REVOKE_BODY = 16 * 1024
 READ_BUFFER = 1024 * 1024
 """Bytes buffered per tool response: large downloads move in few, big writes."""
 
@@ -59,7 +61,8 @@ class AuthHelper:
         self.login_cookie = f"{prefix}dit4c-login"
         self.own_cookies = frozenset(
             f"{p}{name}" for p in ("", "__Host-") for name in ("dit4c-auth", "dit4c-login"))
-        self._http: aiohttp.ClientSession | None = None
+        self._own_paths = {pod.CALLBACK_PATH: self.callback, pod.LOGOUT_PATH: self.logout,
+                           pod.REVOKE_PATH: self.revoke}
         self._portal: Portal | None = None
         self._upstream: Upstream | None = None
 
@@ -94,7 +97,7 @@ class AuthHelper:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             for session in self.sessions.all():
-                await self._close_websockets(session, "helper shutting down")
+                self._close_websockets(session, "helper shutting down")
             await tool_http.close()
             await portal_http.close()
 
@@ -111,10 +114,9 @@ class AuthHelper:
     # --- the gate --------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.path == pod.CALLBACK_PATH:
-            return await self.callback(request)
-        if request.path == pod.LOGOUT_PATH:
-            return await self.logout(request)
+        own = self._own_paths.get(request.path)
+        if own is not None:
+            return await own(request)
         session = self.sessions.get(cookie_value(request, self.session_cookie))
         if session is not None and not await self.ensure_fresh(session):
             session = None
@@ -185,6 +187,33 @@ class AuthHelper:
         self._set_cookie(response, self.session_cookie, "", max_age=0)
         return response
 
+    async def revoke(self, request: web.Request) -> web.StreamResponse:
+        """Back-channel from the portal: end the sessions of the user a signed token names."""
+        if request.method != "POST":
+            return web.json_response({"error": "POST a revocation token"}, status=405)
+        token = ""
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        elif request.content_length is not None and request.content_length <= MAX_REVOKE_BODY:
+            token = (await request.post()).get("token", "")  # type: ignore[assignment]
+        try:
+            if not isinstance(token, str) or not token:
+                raise TokenError("no revocation token")
+            claims = await self.portal.verify_revocation(token)
+        except TokenError as exc:
+            log.warning("revocation refused: %s", exc)
+            return web.json_response({"error": str(exc)}, status=403)
+        except PortalError as exc:
+            log.error("revocation not checked: %s", exc)
+            return web.json_response({"error": "portal unavailable"}, status=502)
+        ended = [s for s in self.sessions.all()
+                 if claims["sub"] in (ALL_USERS, s.username)]
+        for session in ended:
+            await self._end(session, "access revoked")
+        log.info("revocation for %s ended %d session(s)", claims["sub"], len(ended))
+        return web.json_response({"ended": len(ended)})
+
     # --- sessions --------------------------------------------------------------------------
 
     async def ensure_fresh(self, session: Session) -> bool:
@@ -216,12 +245,12 @@ class AuthHelper:
 
     async def _end(self, session: Session, reason: str) -> None:
         self.sessions.drop(session)
-        await self._close_websockets(session, reason)
+        self._close_websockets(session, reason)
 
     @staticmethod
-    async def _close_websockets(session: Session, reason: str) -> None:
-        for ws in list(session.websockets):
-            await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+    def _close_websockets(session: Session, reason: str) -> None:
+        for link in list(session.websockets):
+            link.end(reason)
 
     async def _renew_forever(self) -> None:
         """Sessions with open WebSockets get no requests to renew them: renew them here."""

@@ -22,7 +22,7 @@ import aiohttp
 
 from helpers.auth.errors import GrantRefused, PortalError
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, unverified_kid, verify_access
+from protocol.tokens import KeySet, unverified_kid, verify_access, verify_revocation
 
 log = logging.getLogger("dit4c.auth.portal")
 
@@ -105,11 +105,18 @@ class Portal:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid access token for this instance; TokenError otherwise."""
-        kid = unverified_kid(token)
-        if kid not in self._keys:
+        return verify_access(token, await self._keys_for(token),
+                             instance_id=self._instance_id, leeway=RECEIPT_LEEWAY)
+
+    async def verify_revocation(self, token: str) -> dict[str, Any]:
+        """The claims of a valid revocation for this instance; TokenError otherwise."""
+        return verify_revocation(token, await self._keys_for(token),
+                                 instance_id=self._instance_id)
+
+    async def _keys_for(self, token: str) -> KeySet:
+        if unverified_kid(token) not in self._keys:
             await self._refresh_keys()
-        return verify_access(token, self._keys, instance_id=self._instance_id,
-                             leeway=RECEIPT_LEEWAY)
+        return self._keys
 
     async def _refresh_keys(self) -> None:
         async with self._keys_lock:

@@ -153,11 +153,11 @@ class Upstream:
             return response
 
     async def forward_websocket(self, request: web.Request,
-                                on_open: set[web.WebSocketResponse]) -> web.StreamResponse:
+                                on_open: set[WebSocketLink]) -> web.StreamResponse:
         """Connect to the tool first, then accept the browser with the protocol the tool chose.
 
-        The browser side is added to ``on_open`` while it lasts, so that whoever owns that set
-        (the session) can close it when access ends.
+        A :class:`WebSocketLink` is in ``on_open`` while the pair lasts, so that whoever owns
+        that set (the session) can end it when access ends.
         """
         headers = _forward_headers(request, self._cookie_names, self._scheme, websocket=True)
         protocols = [
@@ -177,19 +177,40 @@ class Upstream:
             return web.Response(status=502, text="The tool is not answering.\n")
         browser = web.WebSocketResponse(protocols=[tool.protocol] if tool.protocol else (),
                                         autoping=True, max_msg_size=MAX_WS_MESSAGE)
+        link = WebSocketLink()
         try:
             await browser.prepare(request)
-            on_open.add(browser)
-            await _pump_both(browser, tool)
+            on_open.add(link)
+            ended = await _pump_both(browser, tool, link)
         finally:
-            on_open.discard(browser)
+            on_open.discard(link)
+        # Closed here, after the pumps stopped, so that no close races another.
+        if ended:
+            await tool.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+            await browser.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                                message=link.reason.encode())
+        else:
             await tool.close()
             await browser.close()
         return browser
 
 
-async def _pump_both(browser: web.WebSocketResponse,
-                     tool: aiohttp.ClientWebSocketResponse) -> None:
+class WebSocketLink:
+    """One proxied WebSocket pair; :meth:`end` makes the proxy close both (browser: 1008)."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.reason = ""
+
+    def end(self, reason: str) -> None:
+        self.reason = reason
+        self.ended.set()
+
+
+async def _pump_both(browser: web.WebSocketResponse, tool: aiohttp.ClientWebSocketResponse,
+                     link: WebSocketLink) -> bool:
+    """Relay until either side closes (its close code passed on) or the link is ended; True
+    when ended."""
     async def pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
                    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
         async for message in source:
@@ -199,13 +220,15 @@ async def _pump_both(browser: web.WebSocketResponse,
                 await sink.send_bytes(message.data)
             elif message.type == aiohttp.WSMsgType.ERROR:
                 break
-        # The source closed: pass its close code on.
         code = source.close_code or aiohttp.WSCloseCode.OK
         await sink.close(code=code)
 
-    tasks = [asyncio.ensure_future(pump(browser, tool)), asyncio.ensure_future(pump(tool, browser))]
+    ended = asyncio.ensure_future(link.ended.wait())
+    tasks = [asyncio.ensure_future(pump(browser, tool)), asyncio.ensure_future(pump(tool, browser)),
+             ended]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return ended.done() and not ended.cancelled()
     finally:
         for task in tasks:
             task.cancel()

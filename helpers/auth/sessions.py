@@ -18,9 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from helpers.auth.portal import Tokens
+from helpers.auth.proxy import WebSocketLink
 
 LOGIN_LIFETIME = 600.0
 """Seconds a browser has to come back from the portal with the code."""
@@ -50,7 +49,7 @@ class Session:
     tokens: Tokens
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    websockets: set[web.WebSocketResponse] = field(default_factory=set)
+    websockets: set[WebSocketLink] = field(default_factory=set)
 
     @property
     def username(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from infra.local.config import LocalConfig
@@ -30,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dit4c: error: {exc}", file=sys.stderr)
         return 2
     _access_log(config)
-    return LocalStack(config).run()
+    status = LocalStack(config).run()
+    # Everything the stack started is stopped and its files are closed. Skip the interpreter's
+    # teardown: freeing moto's in-memory state and thousands of modules takes seconds, and
+    # Ctrl-C should give the terminal back at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _access_log(config: LocalConfig) -> None:

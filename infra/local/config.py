@@ -12,6 +12,8 @@ variable                       meaning                                          
 ``DIT4C_AWS_PORT``             moto's port (loopback only); 0 picks a free one.   8001
                                Keep it fixed: queue URLs saved in the data
                                carry it
+``DIT4C_REGISTRY_PORT``        image server's port (loopback only), when Debian's  5001
+                               ``docker-registry`` is installed
 ``DIT4C_STACK_NAME``           prefix of every table, queue, topic and bucket     ``dit4c-local``
 ``DIT4C_NODE_PODS_NETWORK``    the pods' bridge network (shared with the node     ``dit4c-pods``
                                daemon, which reads the same variable)
@@ -46,6 +48,7 @@ class LocalConfig:
     portal_port: int = 8000
     router_port: int = 8080
     aws_port: int = 8001
+    registry_port: int = 5001
     stack_name: str = "dit4c-local"
     pods_network: str = PODS_NETWORK
     docker_labels: Mapping[str, str] = field(default_factory=dict)
@@ -94,14 +97,18 @@ class LocalConfig:
             raise ConfigError("DIT4C_ADMIN_PASSWORD must be at least 8 characters")
         portal_port = port("DIT4C_PORTAL_PORT", 8000)
         router_port = port("DIT4C_ROUTER_PORT", 8080)
-        if portal_port == router_port:
-            raise ConfigError("DIT4C_PORTAL_PORT and DIT4C_ROUTER_PORT must differ")
+        registry_port = port("DIT4C_REGISTRY_PORT", 5001)
+        if len({portal_port, router_port, registry_port}) < 3:
+            raise ConfigError(
+                "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT and DIT4C_REGISTRY_PORT must differ"
+            )
         return cls(
             data_dir=Path(get("DIT4C_DATA_DIR") or ".dit4c").absolute(),
             admin_password=password,
             portal_port=portal_port,
             router_port=router_port,
             aws_port=port("DIT4C_AWS_PORT", 8001, allow_zero=True),
+            registry_port=registry_port,
             stack_name=stack_name,
             pods_network=get("DIT4C_NODE_PODS_NETWORK") or PODS_NETWORK,
             docker_labels=parse_labels(get("DIT4C_NODE_LABELS") or ""),

@@ -100,21 +100,21 @@ class DataDir:
         if given is not None:
             return AdminPassword(given, "from DIT4C_ADMIN_PASSWORD")
         path = self.root / PASSWORD_FILE
-        shown = _shown(path)
+        where = shown(path)
         try:
             stored = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             stored = ""
         if stored:
-            return AdminPassword(stored, f"generated, kept in {shown}")
+            return AdminPassword(stored, f"generated, kept in {where}")
         password = secrets.token_urlsafe(12)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(password + "\n")
-        return AdminPassword(password, f"generated, kept in {shown}")
+        return AdminPassword(password, f"generated, kept in {where}")
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """The path relative to the working directory when inside it (as the README shows it)."""
     try:
         return str(path.relative_to(Path.cwd()))

@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -108,10 +109,19 @@ class SqsPump:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, drain_seconds: float = 2.0) -> None:
+        """Stop polling, then hand over what is still waiting (for up to ``drain_seconds``):
+        queued messages are not part of the snapshot, so the last events of stopping children
+        would otherwise be lost."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=POLL_WAIT_SECONDS + 10)
+        deadline = time.monotonic() + drain_seconds
+        try:
+            while time.monotonic() < deadline and self.run_once(0):
+                pass
+        except (ClientError, BotoCoreError) as exc:
+            log.error("%s: cannot drain %s: %s", self._spec.logical_id, self._queue_url, exc)
 
     def _run(self) -> None:
         while not self._stopping.is_set():

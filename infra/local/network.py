@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Mapping
 
 import docker
 import docker.errors
 
-from infra.local.errors import DockerUnavailable
-
-ICC_OPTION = "com.docker.network.bridge.enable_icc"
+from infra.local.errors import ConfigError, DockerUnavailable
+from node_daemon.errors import NodeDaemonError
+from node_daemon.network import ensure_pods_network as ensure
 
 
 def docker_client() -> docker.DockerClient:
@@ -40,31 +38,10 @@ def ensure_pods_network(
 ) -> str:
     """The pods bridge network exists (inter-container traffic off); returns its gateway IPv4.
 
-    The node daemon owns this logic (``node_daemon.network.ensure_pods_network``); the stack
-    calls it so that the portal and router can listen on the gateway before the node starts.
+    The node daemon owns this logic; the stack calls it first so that the portal and router can
+    listen on the gateway before the node starts. Its errors are reported as this stack's.
     """
-    if importlib.util.find_spec("node_daemon.network") is not None:
-        node_network = importlib.import_module("node_daemon.network")
-        return str(node_network.ensure_pods_network(client, name, labels))
-    return _ensure_until_node_daemon_lands(client, name, labels)
-
-
-def _ensure_until_node_daemon_lands(
-    client: docker.DockerClient, name: str, labels: Mapping[str, str]
-) -> str:
-    # Temporary: the node daemon's own function replaces this as soon as it is on main.
-    existing = [n for n in client.networks.list(names=[name]) if n.name == name]
-    if existing:
-        network = existing[0]
-        network.reload()
-    else:
-        network = client.networks.create(
-            name, driver="bridge", options={ICC_OPTION: "false"}, labels=dict(labels),
-            check_duplicate=True,
-        )
-        network.reload()
-    for config in network.attrs.get("IPAM", {}).get("Config") or []:
-        gateway = config.get("Gateway")
-        if gateway and ":" not in gateway:
-            return str(gateway)
-    raise DockerUnavailable(f"network {name} has no IPv4 gateway")
+    try:
+        return ensure(client, name, labels)
+    except NodeDaemonError as exc:
+        raise ConfigError(f"pods network {name} (DIT4C_NODE_PODS_NETWORK): {exc}") from exc

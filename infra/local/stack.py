@@ -8,10 +8,10 @@ that dies stops exactly what was started, in reverse order):
 2. the Docker engine and the pods network (its gateway is the host's address for pods);
 3. moto on loopback; the template's resources; the snapshot restored, periodic snapshots on;
 4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
-   trigger and the schedule of the template's functions; ``ensure_local_defaults`` (admin,
-   default cluster, demo catalog, a join token);
-5. the edge router (``python -m edge_router``) and the node daemon (``join`` once, then
-   ``run``) as child processes;
+   trigger and the schedule of the template's functions;
+5. the edge router (``python -m edge_router``) and the image server as child processes, then
+   ``ensure_local_defaults`` (admin, default cluster, demo catalog, a join token) while they
+   start, then the node daemon (``join`` once, then ``run``);
 6. ready when the health check answers 200, the router answers, and a heartbeat of the node has
    come through the events queue.
 
@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,11 +39,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from infra.local import children, network
+from infra.local import children, network, registry
 from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
-from infra.local.datadir import AdminPassword, DataDir
+from infra.local.datadir import AdminPassword, DataDir, shown
 from infra.local.errors import ChildFailed, LocalStackError
 from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
@@ -50,13 +51,13 @@ from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
+from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
+from protocol.messages import NodeHeartbeat
 
 log = logging.getLogger("dit4c.local.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOIN_TIMEOUT = 60.0
-NODE_IDENTITY_FILE = "node.json"  # node_daemon.config.IDENTITY_FILE
-HEARTBEAT_TYPE = "node_heartbeat"  # protocol.messages.NodeHeartbeat.TYPE
 POLL_INTERVAL = 0.25
 
 
@@ -71,10 +72,14 @@ class _State:
     password: AdminPassword | None = None
     gateway: str = ""
     aws: AwsEndpoint | None = None
-    stack: Stack | None = None
     cluster_id: str | None = None
+    join_token: str = ""
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
+    registry: str | None = None
+    """host:port of the image server, when one runs."""
+    registry_missing: str = ""
+    """Why no image server runs."""
 
 
 class LocalStack:
@@ -164,7 +169,6 @@ class LocalStack:
         undo.callback(moto.stop)
         template = self._template or Template.load()
         stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
-        self._state.stack = stack
         snapshotter = Snapshotter(
             aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
         )
@@ -179,11 +183,13 @@ class LocalStack:
 
         os.environ.update(self._control_plane_env(aws, stack))
         self._start_functions(undo, stack, aws)
+        # The router and the image server start before the bootstrap: their start-up (other
+        # processes, other cores) overlaps it.
+        self._start_router(undo, aws, stack)
+        self._start_registry(undo)
         self._bootstrap()
         snapshotter.save()  # the admin account and cluster are on disk from the first start
         self._check_stop()
-
-        self._start_router(undo, aws, stack)
         self._start_node(undo, aws, stack)
 
     def _parameters(self) -> dict[str, str]:
@@ -249,7 +255,7 @@ class LocalStack:
         assert self._state.password is not None
         defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id
-        self._join_token = defaults.join_token
+        self._state.join_token = defaults.join_token
 
     def _start_router(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         config = self._config
@@ -267,15 +273,34 @@ class LocalStack:
         }
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
 
+    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+        program = registry.binary()
+        if program is None:
+            self._state.registry_missing = f"{registry.BINARY} is not installed"
+            return
+        port = self._config.registry_port
+        if not _port_free("127.0.0.1", port):
+            # Optional: a taken port is reported, not fatal.
+            self._state.registry_missing = f"127.0.0.1:{port} is in use (DIT4C_REGISTRY_PORT)"
+            return
+        config = registry.write_config(self._data.root / "registry", port)
+        self._start_child(undo, "image-server", [program, "serve", str(config)],
+                          self._child_env())
+        self._state.registry = f"127.0.0.1:{self._config.registry_port}"
+
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
         self._forget_unknown_node(aws, stack)
-        if not (node_dir / NODE_IDENTITY_FILE).exists():
+        if not (node_dir / IDENTITY_FILE).exists():
             self._join(node_dir)
         self._state.node_id = _node_id(node_dir)
         env = {
             **self._child_env(),
             "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
+            # A free port unless asked for one: a fixed default would clash with another stack.
+            "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
+                "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
+            ),
         }
         argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
         self._start_child(undo, "node-daemon", argv, env)
@@ -283,7 +308,7 @@ class LocalStack:
     def _join(self, node_dir: Path) -> None:
         argv = [
             sys.executable, "-m", "node_daemon", "join",
-            "--portal", self._config.local_portal_url, "--token", self._join_token,
+            "--portal", self._config.local_portal_url, "--token", self._state.join_token,
             "--data-dir", str(node_dir), "--name", "local",
         ]
         join = children.Child("node-join", argv, self._child_env(), log_dir=self._data.logs,
@@ -352,7 +377,7 @@ class LocalStack:
     def _observe_event(self, body: str) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             message = json.loads(body)
-            if message.get("type") == HEARTBEAT_TYPE:
+            if message.get("type") == NodeHeartbeat.TYPE:
                 with self._heartbeat_lock:
                     self._state.heartbeats.add(str(message.get("node_id")))
 
@@ -366,6 +391,10 @@ class LocalStack:
             ) is not None,
             "node heartbeat": self._heartbeat_seen,
         }
+        if self._state.registry is not None:
+            checks["image server"] = lambda: _http_status(
+                f"http://{self._state.registry}/v2/"
+            ) == 200
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -421,9 +450,17 @@ class LocalStack:
         if state.node_id:
             lines.append(f"  node:       {state.node_id} in cluster {state.cluster_id}, pods on "
                          f"network {config.pods_network} (gateway {state.gateway})")
+            metrics = self._data.node / METRICS_ADDRESS_FILE
+            with contextlib.suppress(OSError):
+                lines.append(f"              metrics http://{metrics.read_text().strip()}/metrics")
+        if state.registry is not None:
+            lines.append(f"  images:     {state.registry}   (docker-registry, loopback only; no "
+                         "auth until the portal serves /registry/token)")
+        else:
+            lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [
             f"  AWS (moto): {state.aws.url}",
-            f"  data:       {self._data.root}   (logs in {self._data.logs})",
+            f"  data:       {shown(self._data.root)}   (logs in {shown(self._data.logs)})",
         ]
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), file=self._out, flush=True)
@@ -455,14 +492,25 @@ class LocalStack:
 
 def _node_id(node_dir: Path) -> str | None:
     try:
-        return str(json.loads((node_dir / NODE_IDENTITY_FILE).read_text())["node_id"])
+        return str(json.loads((node_dir / IDENTITY_FILE).read_text())["node_id"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LocalStackError(
-            f"{node_dir / NODE_IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
+            f"{node_dir / IDENTITY_FILE} is unreadable ({exc}); move {node_dir} aside to "
             "join a new node"
         ) from exc
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        # As servers bind: connections in TIME_WAIT from an earlier run do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _http_status(url: str, host: str | None = None) -> int | None:

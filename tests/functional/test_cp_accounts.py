@@ -157,3 +157,15 @@ def test_signing_key_is_a_secure_string(cp_services):
     ssm = boto3.client("ssm", region_name="us-east-1")
     param = ssm.get_parameter(Name=cp_services.config.signing_key_parameter)["Parameter"]
     assert param["Type"] == "SecureString"
+
+
+def test_key_commands(cp_services, capsys):
+    from control_plane.__main__ import main
+
+    first = cp_services.keys.current().kid
+    assert main(["keys", "rotate"]) == 0
+    kids = capsys.readouterr().out.split()
+    assert kids[1:] == [first, kids[0]]
+    assert main(["keys", "retire", first]) == 0
+    assert capsys.readouterr().out.split() == [kids[0]]
+    assert main(["keys", "bogus"]) == 2

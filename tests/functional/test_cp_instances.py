@@ -94,7 +94,7 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     assert start.oauth.token_url == "http://host.docker.internal:8000/oauth/token"
     assert start.oauth.jwks_url == "http://host.docker.internal:8000/.well-known/jwks.json"
     assert start.oauth.client_id and start.oauth.client_secret
-    client = cp_services.registrar.table.get({"client_id": start.oauth.client_id})
+    client = cp_services.oauth._clients.get({"client_id": start.oauth.client_id})
     assert client["redirect_uris"] == [start.url + pod.CALLBACK_PATH]
     jwks = alice.get("/.well-known/jwks.json").json
     claims = verify_tunnel(start.tunnel_token, KeySet.from_jwks(jwks), hostname=start.hostname)
@@ -221,6 +221,14 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     got_b = alice.get(f"/api/instances/{b['id']}").json
     assert got_b["state"] == "scheduled" and got_b["node_id"] == second["node_id"]
     assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+    told = [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])
+            if m.TYPE == "discard_instance"]
+    assert sorted(told) == sorted([("discard_instance", a["id"]), ("discard_instance", b["id"])])
+    # when the old node comes back still running b, it is told again to discard it
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=b["id"], state="running"))
+    assert [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])] == \
+        [("discard_instance", b["id"])]
+    assert alice.get(f"/api/instances/{b['id']}").json["node_id"] == second["node_id"]
 
 
 def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
@@ -258,3 +266,65 @@ def test_bootstrap_is_idempotent(cp_services, cp_client):
     assert client.login("admin", "second-password").status_code == 200
     assert len(client.get("/api/images").json["images"]) == 1
     assert [c["id"] for c in client.get("/api/clusters").json["clusters"]] == ["default"]
+
+
+def _saved_image(alice, node, cp_chalice):
+    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    nid = node["node_id"]
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="running"),
+           InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
+    assert alice.post(f"/api/instances/{iid}/save").status_code == 202
+    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
+                                          image="dit4c-saved/alice/x:latest"))
+    return alice.get(f"/api/instances/{iid}").json["saved_image_id"]
+
+
+def test_saved_images_are_private_until_shared(cp_user, node, cp_chalice):
+    alice, bob = cp_user("alice"), cp_user("bob")
+    image_id = _saved_image(alice, node, cp_chalice)
+    assert image_id not in [i["id"] for i in bob.get("/api/images").json["images"]]
+    assert bob.post("/api/instances", {"image_id": image_id}).status_code == 404
+    assert bob.post(f"/api/images/{image_id}/share", {"username": "bob"}).status_code == 404
+    assert alice.post(f"/api/images/{image_id}/share", {"username": "bob"}).json[
+        "shared_with"] == ["bob"]
+    assert image_id in [i["id"] for i in bob.get("/api/images").json["images"]]
+    assert bob.post("/api/instances", {"image_id": image_id}).status_code == 202
+    assert bob.delete(f"/api/images/{image_id}").status_code == 403
+    alice.post(f"/api/images/{image_id}/share", {"username": "bob", "revoke": True})
+    assert bob.post("/api/instances", {"image_id": image_id}).status_code == 404
+    assert alice.delete(f"/api/images/{image_id}").status_code == 204
+
+
+def test_admins_see_and_act_on_any_instance(cp_user, node, cp_admin):
+    alice = cp_user("alice")
+    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    assert cp_admin.get(f"/api/instances/{iid}").json["owner"] == "alice"
+    unplaced = alice.post("/api/instances", {"image_id": _image_id(alice),
+                                             "cluster_id": "lab"})
+    assert unplaced.status_code == 404  # no such cluster: nothing made
+    cp_admin.post(f"/api/nodes/{node['node_id']}/drain")
+    waiting = alice.post("/api/instances", {"image_id": _image_id(alice)}).json
+    assert waiting["state"] == "pending" and waiting["node_id"] is None
+    listed = {i["id"] for i in cp_admin.get("/api/instances?all=true").json["instances"]}
+    assert {iid, waiting["id"]} <= listed
+    assert alice.get("/api/instances?all=true").status_code == 403
+    assert cp_admin.post(f"/api/instances/{iid}/stop").status_code == 202
+
+
+def test_state_conflicts_are_409_with_the_state_named(cp_user, node):
+    alice = cp_user("alice")
+    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    r = alice.post(f"/api/instances/{iid}/save")
+    assert r.status_code == 409 and "scheduled" in r.json["error"]["message"]
+    assert alice.delete(f"/api/instances/{iid}").status_code == 409
+    assert alice.post(f"/api/instances/{iid}/discard").status_code == 409
+
+
+@pytest.mark.parametrize("body", [{"image_id": 5}, {"image_id": "nope"}, {},
+                                  {"image_id": "abc", "cluster_id": "nope"}])
+def test_bad_launches_are_4xx(cp_user, node, body):
+    alice = cp_user("alice")
+    if body.get("image_id") == "abc":
+        body = {**body, "image_id": _image_id(alice)}
+    r = alice.post("/api/instances", body)
+    assert r.status_code in (400, 404), r.body

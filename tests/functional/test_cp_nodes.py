@@ -162,11 +162,12 @@ def test_node_list_drain_and_heartbeat_age(cp_admin, cp_client, cluster):
     node_id = r.json["node_id"]
     nodes = cp_admin.get(f"/api/clusters/{cluster}/nodes").json["nodes"]
     assert [n["id"] for n in nodes] == [node_id]
-    assert nodes[0]["capacity"] == {"cpu": 4, "memory_mb": 8192}
+    assert (nodes[0]["cpu_total"], nodes[0]["memory_mb_total"]) == (4, 8192)
+    assert (nodes[0]["cpu_reserved"], nodes[0]["memory_mb_reserved"]) == (0, 0)
     assert nodes[0]["heartbeat_age_seconds"] < 5
-    assert cp_admin.post(f"/api/nodes/{node_id}/drain").json["status"] == "draining"
-    assert cp_admin.post(f"/api/nodes/{node_id}/activate").json["status"] == "active"
-    assert cp_admin.post(f"/api/nodes/{node_id}/decommission").json["status"] == \
+    assert cp_admin.post(f"/api/nodes/{node_id}/drain").json["state"] == "draining"
+    assert cp_admin.post(f"/api/nodes/{node_id}/activate").json["state"] == "active"
+    assert cp_admin.post(f"/api/nodes/{node_id}/decommission").json["state"] == \
         "decommissioned"
     assert cp_admin.post(f"/api/nodes/{node_id}/activate").status_code == 409
     assert cp_admin.get("/api/clusters/nope/nodes").status_code == 404

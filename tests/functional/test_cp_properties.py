@@ -25,6 +25,7 @@ from moto import mock_aws
 
 from control_plane import services
 from control_plane.accounts import User
+from control_plane.aws import Clients
 from control_plane.catalog import CatalogEntry
 from control_plane.config import Config
 from control_plane.nodes import milli
@@ -34,7 +35,7 @@ from protocol.messages import InstanceStateEvent, NodeHeartbeat
 from protocol.states import TRANSITIONS, InstanceState
 from protocol.tokens import SigningKey
 
-from .conftest import CP_PARAMETERS, cp_provision
+from .conftest import CP_PARAMETERS, cp_boto_session, cp_provision
 
 S = InstanceState
 STATES = [s.value for s in S]
@@ -49,7 +50,7 @@ def cp_props() -> Iterator[Services]:
     with mock_aws():
         env = cp_provision(f"pt{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
         config = dataclasses.replace(Config.from_env(env), max_running_per_user=1000)
-        svc = Services.build(config)
+        svc = Services.build(config, Clients(config, session=cp_boto_session()))
         services.use(svc)
         try:
             yield svc

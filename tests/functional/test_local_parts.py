@@ -127,6 +127,15 @@ def test_a_running_pump_delivers_and_stops_promptly(queue):
         running.stop()
 
 
+def test_stopping_the_pump_hands_over_what_is_still_queued(queue):
+    sqs, url, _ = queue
+    for n in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=f"last-{n}")
+    bodies: list[str] = []
+    pump(queue, lambda event, context: bodies.extend(r["body"] for r in event["Records"])).stop()
+    assert sorted(bodies) == sorted(f"last-{n}" for n in range(12))
+
+
 def test_the_schedule_sends_a_scheduled_event():
     events = []
     timer = ScheduleTimer(spec(), lambda event, context: events.append((event, context)),
@@ -314,3 +323,38 @@ def test_configuration_defaults_and_overrides(tmp_path):
 def test_bad_configuration_is_named(env, message):
     with pytest.raises(ConfigError, match=message):
         LocalConfig.from_env(env)
+
+
+def test_without_a_docker_engine_the_stack_says_so_and_starts_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+    env.update({
+        "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
+        "DIT4C_DATA_DIR": str(tmp_path / "data"),
+        "DIT4C_PORTAL_PORT": str(free_port()),
+        "DIT4C_ROUTER_PORT": str(free_port()),
+        "DIT4C_AWS_PORT": str(free_port()),
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"], env=env, capture_output=True, text=True,
+        timeout=120, check=False, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 1
+    assert "no Docker engine answers" in result.stderr
+    assert "make deps" in result.stderr
+    assert list((tmp_path / "data" / "run").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"DIT4C_PORTAL_PORT": "eighty"}, "DIT4C_PORTAL_PORT must be a port number")],
+)
+def test_a_bad_setting_stops_the_command_before_anything_starts(tmp_path, env, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"],
+        env={**os.environ, "DIT4C_DATA_DIR": str(tmp_path / "data"), **env},
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -18,6 +18,7 @@ from moto import mock_aws
 from infra.local import cfn_yaml
 from infra.local.aws import AwsEndpoint
 from infra.local.errors import TemplateError
+from infra.local.intrinsics import Resolver
 from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import DEFAULT_TEMPLATE, ScheduleTrigger, SqsTrigger, Template
@@ -312,3 +313,48 @@ Resources:
 def test_a_broken_template_is_a_template_error(text):
     with pytest.raises(TemplateError):
         Template.loads(text)
+
+
+# -- intrinsic functions on their own ------------------------------------------------------------
+
+
+def _resolver() -> Resolver:
+    def lookup(logical_id: str, attribute: str | None, where: str) -> str:
+        if logical_id != "Queue":
+            raise TemplateError(f"{where}: no {logical_id}")
+        return {None: "https://q/url", "Arn": "arn:q"}[attribute]
+
+    return Resolver(
+        {"Urls": ["ws://a", "ws://b"], "Name": "n"}, {"AWS::Region": "us-east-1"}, lookup
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"Fn::Sub": "${!Literal}-${Name}"}, "${Literal}-n"),
+        ({"Fn::Sub": "${Queue.Arn}/${AWS::Region}"}, "arn:q/us-east-1"),
+        ({"Fn::Sub": ["${x}-${Name}", {"x": {"Ref": "Queue"}}]}, "https://q/url-n"),
+        ({"Fn::Select": [1, {"Ref": "Urls"}]}, "ws://b"),
+        ({"Fn::Split": [",", "a,b"]}, ["a", "b"]),
+        ({"Fn::Join": ["", ["x", {"Fn::GetAtt": "Queue.Arn"}]]}, "xarn:q"),
+        ({"Keep": 1, "Drop": {"Ref": "AWS::NoValue"}}, {"Keep": 1}),
+        ([{"Ref": "AWS::NoValue"}, "kept"], ["kept"]),
+    ],
+)
+def test_intrinsics_evaluate_as_cloudformation_does(value, expected):
+    assert _resolver().resolve(value, "here") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"Fn::Sub": "${Urls}"}, "is a list; join it first"),
+        ({"Fn::Select": [5, {"Ref": "Urls"}]}, "index 5 out of range"),
+        ({"Fn::If": ["c", 1, 2]}, "Fn::If is not supported"),
+        ({"Ref": 3}, "Ref needs a name"),
+    ],
+)
+def test_bad_intrinsics_are_named(value, message):
+    with pytest.raises(TemplateError, match=message):
+        _resolver().resolve(value, "here")

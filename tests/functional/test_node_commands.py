@@ -127,3 +127,4 @@ def test_bad_settings_fail_fast_naming_them(joined: Path, variable: str, value: 
     assert done.returncode == 2
     assert message in done.stderr
     assert variable in done.stderr or "DIT4C_NODE_LABELS" in done.stderr
+

@@ -1,8 +1,11 @@
 """Credentials and queues: the node proves itself with its own JWT, holds short-lived STS
-credentials, refreshes them before they expire, and talks to SQS with them (moto server)."""
+credentials, refreshes them before they expire, and talks to SQS with them (moto server),
+keeping a message hidden while the work on it lasts."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
@@ -12,7 +15,7 @@ import pytest
 from node_daemon.credentials import CredentialBroker
 from node_daemon.errors import PortalError, QueueError
 from node_daemon.portal import PortalClient
-from node_daemon.queues import NodeQueues
+from node_daemon.queues import NodeQueues, VisibilityKeeper
 from node_daemon.testing import FakePortal, MotoServer
 from protocol.messages import InstanceStateEvent, StopInstance, decode
 from protocol.tokens import SigningKey
@@ -110,3 +113,45 @@ async def test_queue_errors_name_the_queue(client: PortalClient, portal: FakePor
     with pytest.raises(QueueError) as failed:
         await queues.receive(wait_seconds=0)
     assert portal.queue_url(node_id) in str(failed.value)
+
+
+@pytest.fixture(scope="module")
+def brief_portal(moto: MotoServer) -> Iterator[FakePortal]:
+    """Its command queues hide a received message for 2 s only."""
+    fake = FakePortal(moto, visibility_timeout=2)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def visible_ids(portal: FakePortal, node_id: str) -> set[str]:
+    """Instance ids of the commands another receiver sees now (without hiding them)."""
+    answer = portal.sqs.receive_message(QueueUrl=portal.queue_url(node_id), WaitTimeSeconds=1,
+                                        MaxNumberOfMessages=10, VisibilityTimeout=0)
+    return {decode(m["Body"]).instance_id for m in answer.get("Messages", [])}
+
+
+async def test_a_message_in_hand_stays_hidden_until_the_work_ends(brief_portal: FakePortal):
+    async with aiohttp.ClientSession() as session:
+        client = PortalClient(brief_portal.url, session)
+        node_id, key = await enrol(client, brief_portal)
+        queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+        assert await queues.visibility_timeout() == 2
+        brief_portal.send(node_id, StopInstance(instance_id="held"))
+        brief_portal.send(node_id, StopInstance(instance_id="loose"))
+        received = {}
+        while len(received) < 2:
+            for r in await queues.receive(wait_seconds=1):
+                received[decode(r.body).instance_id] = r
+        seen: set[str] = set()
+        async with VisibilityKeeper(queues).holding(received["held"]):
+            # Three timeouts' worth of work: the message not held comes back, the held one not.
+            until = time.monotonic() + 6
+            while time.monotonic() < until:
+                seen |= await asyncio.to_thread(visible_ids, brief_portal, node_id)
+        assert seen == {"loose"}
+        # The work is over: extending stops, and the held message comes back as any other.
+        until = time.monotonic() + 6
+        while "held" not in seen and time.monotonic() < until:
+            seen |= await asyncio.to_thread(visible_ids, brief_portal, node_id)
+        assert "held" in seen

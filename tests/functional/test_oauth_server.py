@@ -18,7 +18,13 @@ from moto import mock_aws
 
 from control_plane.oauth import CODE_LIFETIME
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, instance_audience, pkce_challenge, verify_access
+from protocol.tokens import (
+    KeySet,
+    instance_audience,
+    pkce_challenge,
+    verify_access,
+    verify_revocation,
+)
 from tests.auth_harness import PortalHarness
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
@@ -369,3 +375,52 @@ def test_register_refuses_a_bad_redirect_uri(portal):
     for bad in ("javascript:alert(1)", "/relative", "http://a.test/cb#frag"):
         with pytest.raises(InvalidRequest):
             portal.server.register_client("c", bad)
+
+
+def test_back_channel_to_an_unreachable_helper_reports_failure(portal, clients):
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    assert portal.server.notify_revoked("a", "http://a.dit4c.test", "sam",
+                                        via="http://127.0.0.1:1") is False
+    request = portal.server.revocation_request("a", "http://a.dit4c.test:8080", "sam",
+                                               via="http://127.0.0.1:8080")
+    assert request.url == "http://127.0.0.1:8080/.dit4c/auth/revoke"
+    assert request.headers["Host"] == "a.dit4c.test:8080"
+    token = request.headers["Authorization"].removeprefix("Bearer ")
+    claims = verify_revocation(token, KeySet.from_jwks(portal.jwks()), instance_id="a")
+    assert claims["sub"] == "sam"
+
+
+def test_back_channel_to_a_localhost_instance_goes_to_loopback(portal):
+    request = portal.server.revocation_request("a", "http://a.localhost:8080", "sam")
+    assert request.url == "http://127.0.0.1:8080/.dit4c/auth/revoke"
+    assert request.headers["Host"] == "a.localhost:8080"
+
+
+@pytest.mark.parametrize(("body", "headers"), [
+    (b"", {}),
+    (b"\xff\xfe\x00", {}),
+    (b"grant_type=authorization_code&code=%ff%fe&code_verifier=" + b"a" * 43, {}),
+    (b"a" * 20000, {}),
+    (b"grant_type=refresh_token&refresh_token=x", {"Authorization": "Basic"}),
+    (b"grant_type=refresh_token&refresh_token=x",
+     {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode()}),
+    (b"grant_type=refresh_token&refresh_token=x", {"Authorization": "Basic " + "A" * 5000}),
+    (b"grant_type=refresh_token&grant_type=refresh_token", {}),
+    (b"client_id=&client_secret=", {}),
+])
+def test_garbage_at_the_token_endpoint_gets_a_4xx(portal, http, clients, body, headers):
+    response = http.post("/oauth/token", body=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", **basic(*clients["a"]), **headers})
+    assert 400 <= response.status_code < 500, response.body
+    assert json.loads(response.body)["error"]
+
+
+@pytest.mark.parametrize("query", [
+    "", "client_id=%ff", "redirect_uri=%00&client_id=instance-a", "state=" + "%ff" * 10,
+    "client_id=instance-a&redirect_uri=http%3A%2F%2Fa.dit4c.test%2F.dit4c%2Fauth%2Fcallback"
+    "&response_type=code&code_challenge_method=S256&code_challenge=" + "%ff" * 43,
+])
+def test_garbage_at_the_authorize_endpoint_gets_a_4xx_or_a_redirect(portal, http, clients,
+                                                                     query):
+    response = http.get(f"/oauth/authorize?{query}", headers=login(portal, "alice"))
+    assert response.status_code in (302, 400), response.body

@@ -1,9 +1,7 @@
-"""The OAuth2 server wired into the real control plane exactly as docs/oauth.md says: the real
-``Services`` (KeyStore signer, tables, shares, ``can_access``), the scheduler registering each
-launched instance through ``OAuthServer.register``, sessions from ``POST /api/login``.
-
-Until ``control_plane/app.py`` registers the blueprint itself, a second Chalice app here carries
-it beside the real one; both share the process's services.
+"""The OAuth2 server as the control plane wires it (``Services.oauth``, the blueprint in
+``control_plane/app.py``): the real ``Services`` (KeyStore signer, tables, shares, access), the
+scheduler registering each launched instance through ``OAuthServer.register``, sessions from
+``POST /api/login``, all through the real Chalice app.
 """
 
 from __future__ import annotations
@@ -16,17 +14,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import boto3
 import pytest
-from chalice.app import Chalice
 from chalice.test import Client
 
-from control_plane import oauth_routes, services, web
 from control_plane.bootstrap import ensure_local_defaults
 from control_plane.catalog import CatalogEntry
-from control_plane.config import Config
-from control_plane.keys import KeyStore
 from control_plane.oauth import OAuthServer
 from control_plane.services import Services
-from control_plane.table import Table
 from protocol.messages import InstanceStateEvent, StartInstance, decode
 from protocol.tokens import KeySet, SigningKey, pkce_challenge, verify_access
 from tests.functional.conftest import ADMIN_PASSWORD, USER_PASSWORD, CPClient
@@ -35,33 +28,11 @@ CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=80
                         memory_mb=256, tags=[])]
 
 
-def session_username(request):
-    found = web.session_of(request, services.current().accounts.session)
-    return found.user.username if found else None
-
-
 @pytest.fixture
-def wired(cp_env, monkeypatch) -> Iterator[tuple[Services, Client, Client]]:
-    for name, value in cp_env.items():
-        monkeypatch.setenv(name, value)
-    config = Config.from_env(cp_env)
-    ddb = boto3.client("dynamodb", region_name="us-east-1")
-    # Its own KeyStore over the same SSM parameter, as another Lambda process would have.
-    keys = KeyStore(boto3.client("ssm", region_name="us-east-1"), config.signing_key_parameter)
-    oauth = OAuthServer(clients=Table(ddb, config.tables.oauth_clients),
-                        tokens=Table(ddb, config.tables.tokens), signer=keys,
-                        issuer=config.portal_url,
-                        can_access=lambda u, i: services.current().can_access(u, i))
-    svc = Services.build(config, registrar=oauth)
-    services.use(svc)
-    oauth_app = Chalice(app_name="oauth-wiring")
-    oauth_app.register_blueprint(oauth_routes.oauth_blueprint(
-        get_server=lambda: oauth, session_username=session_username))
-    from control_plane.app import app
-
-    with Client(app) as api, Client(oauth_app) as portal:
-        yield svc, api, portal
-    services.use(None)
+def wired(cp_services: Services, cp_chalice: Client) -> Iterator[tuple[Services, Client, Client]]:
+    assert isinstance(cp_services.oauth, OAuthServer)
+    assert cp_services.registrar is cp_services.oauth
+    yield cp_services, cp_chalice, cp_chalice
 
 
 def browser(api: Client, username: str, password: str = USER_PASSWORD) -> CPClient:

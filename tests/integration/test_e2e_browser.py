@@ -150,6 +150,7 @@ def test_after_stop_and_discard_the_instance_is_gone(launched):
     page.click(f"{row} button[data-action=discard]")
     page.wait_for_selector(f"{row} td.state-discarded", timeout=WAIT_MS)
     tool = launched["admin"].new_page()
-    response = tool.goto(launched["url"] + "/")
+    # A fresh query string: the browser may otherwise answer from its cache.
+    response = tool.goto(launched["url"] + "/?after-discard")
     assert response is not None and response.status in (404, 502, 503)
     assert tool.locator(f"text={TOOL_TEXT}").count() == 0

@@ -19,11 +19,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-import boto3
 import pytest
 
+from infra.local import registry
 from infra.local.stack import REPO_ROOT
+from scripts.images import TEST_TOOL
 
 pytestmark = pytest.mark.docker
 
@@ -41,6 +43,8 @@ class StackProcess:
     """One ``python -m infra.local run`` with its output collected line by line."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        # Never the default 5001 in a test: `make run` may hold it.
+        env.setdefault("DIT4C_REGISTRY_PORT", str(free_port()))
         self.env = env
         self.lines: list[str] = []
         self.errors: list[str] = []
@@ -72,15 +76,15 @@ class StackProcess:
     def output(self) -> str:
         return "\n".join(["-- stdout", *self.lines, "-- stderr", *self.errors[-80:]])
 
-    def interrupt(self) -> float:
-        """SIGINT (Ctrl-C); returns how long the stack took to exit."""
+    def interrupt(self, sig: signal.Signals = signal.SIGINT) -> float:
+        """SIGINT (Ctrl-C) or SIGTERM; returns how long the stack took to exit."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(sig)
         try:
             self.process.wait(STOP_DEADLINE)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"still running {STOP_DEADLINE} s after SIGINT:\n{self.output()}"
+                f"still running {STOP_DEADLINE} s after {sig.name}:\n{self.output()}"
             ) from None
         return time.monotonic() - started
 
@@ -106,6 +110,7 @@ def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[
         "DIT4C_PORTAL_PORT": str(free_port()),
         "DIT4C_ROUTER_PORT": str(free_port()),
         "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_REGISTRY_PORT": str(free_port()),
         "DIT4C_STACK_NAME": "dit4c-test",
         "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
@@ -146,6 +151,76 @@ def get(
 
 def port_of(env: dict[str, str], name: str) -> int:
     return int(env[name])
+
+
+class Browser:
+    """Just enough of a browser: cookies per host name (not port, as browsers do), redirects,
+    and ``*.localhost`` resolved to 127.0.0.1 (Python's resolver does not)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, dict[str, str]] = {}
+        self.csrf = ""
+
+    def request(
+        self, url: str, method: str = "GET", body: Any = None, follow: bool = True
+    ) -> tuple[int, str, bytes]:
+        """Returns the final (status, url, body)."""
+        for _ in range(10):
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            jar = self.cookies.setdefault(host, {})
+            headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())} if jar else {}
+            if self.csrf and method != "GET":
+                headers["X-CSRF-Token"] = self.csrf
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            status, response_headers, content, cookies = _exchange(
+                parts.port or 80, path, host=parts.netloc, method=method, body=body,
+                headers=headers,
+            )
+            for cookie in cookies:
+                name, _, rest = cookie.partition("=")
+                value = rest.split(";", 1)[0]
+                if "max-age=0" in cookie.lower() or not value:
+                    jar.pop(name, None)
+                else:
+                    jar[name] = value
+            location = response_headers.get("location")
+            if not (follow and status in (301, 302, 303, 307) and location):
+                return status, url, content
+            url = urljoin(url, location)
+            method, body = "GET", None
+        raise AssertionError(f"too many redirects, last {url}")
+
+
+def _exchange(
+    port: int, path: str, *, host: str, method: str, body: Any, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes, list[str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        all_headers = {"Host": host, **headers}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            all_headers["Content-Type"] = "application/json"
+        connection.request(method, path, body=payload, headers=all_headers)
+        response = connection.getresponse()
+        cookies = response.msg.get_all("Set-Cookie") or []
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read(), cookies)
+    finally:
+        connection.close()
+
+
+def log_in(browser: Browser, portal: int, username: str, password: str) -> int:
+    status, _, body = browser.request(
+        f"http://localhost:{portal}/api/login", "POST",
+        {"username": username, "password": password},
+    )
+    if status == 200:
+        browser.csrf = json.loads(body)["csrf_token"]
+    return status
 
 
 # -- a running stack ---------------------------------------------------------------------------
@@ -208,6 +283,50 @@ def test_a_second_stack_on_the_same_data_dir_is_refused(running, stack_env):
     assert get(port_of(stack_env, "DIT4C_PORTAL_PORT"), "/api/health")[0] == 200
 
 
+def test_a_launched_tool_is_reached_through_the_router_after_logging_in(running, stack_env):
+    portal = port_of(stack_env, "DIT4C_PORTAL_PORT")
+    router = port_of(stack_env, "DIT4C_ROUTER_PORT")
+    password = (Path(stack_env["DIT4C_DATA_DIR"]) / "admin-password").read_text().strip()
+    browser = Browser()
+    assert log_in(browser, portal, "admin", password) == 200
+    instance = launch_test_tool(browser, portal)
+    assert instance["url"] == f"http://{instance['id']}.localhost:{router}"
+
+    # The pod dials the router through the pods gateway; until its tunnel is up the router
+    # answers 404 for the host, and 502 until the pod's auth helper answers.
+    deadline = time.monotonic() + 60
+    while True:
+        status, url, body = browser.request(instance["url"] + "/")
+        if status not in (404, 502) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # Anonymous -> portal authorize (admin's session) -> callback: the auth helper redeems the
+    # code at the portal through the pods gateway -> the tool.
+    assert status == 200, (status, url, body[:300])
+    assert b"busybox httpd is serving this page" in body
+    assert url.startswith(instance["url"])
+
+
+def launch_test_tool(browser: Browser, portal: int) -> dict[str, Any]:
+    status, _, body = browser.request(f"http://localhost:{portal}/api/images")
+    assert status == 200, body
+    (tool,) = [i for i in json.loads(body)["images"] if i["image"] == "dit4c/test-tool:busybox"]
+    status, _, body = browser.request(
+        f"http://localhost:{portal}/api/instances", "POST", {"image_id": tool["id"]}
+    )
+    assert status == 202, body
+    instance_id = json.loads(body)["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        status, _, body = browser.request(f"http://localhost:{portal}/api/instances/{instance_id}")
+        instance: dict[str, Any] = json.loads(body)
+        if instance["state"] in ("running", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert instance["state"] == "running", instance
+    return instance
+
+
 # -- stop and start again ----------------------------------------------------------------------
 
 
@@ -230,24 +349,52 @@ def _login(port: int, password: str) -> int:
                body={"username": "admin", "password": password})[0]
 
 
-def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env):
+def _push_test_tool(docker_client, registry_port: int) -> str:
+    """Push the test tool to the stack's image server; returns the repository name."""
+    repository = f"127.0.0.1:{registry_port}/dit4c/test-tool"
+    docker_client.images.get(TEST_TOOL).tag(repository, "busybox")
+    try:
+        for line in docker_client.api.push(repository, tag="busybox", stream=True, decode=True):
+            assert "error" not in line, line
+    finally:
+        docker_client.images.remove(f"{repository}:busybox")
+    return "dit4c/test-tool"
+
+
+def _registry_catalog(registry_port: int) -> list[str]:
+    status, _, body = get(registry_port, "/v2/_catalog")
+    assert status == 200, body
+    repositories: list[str] = json.loads(body)["repositories"]
+    return repositories
+
+
+def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env, docker_client):
     data_dir = Path(stack_env["DIT4C_DATA_DIR"])
-    ports = [port_of(stack_env, n)
-             for n in ("DIT4C_PORTAL_PORT", "DIT4C_ROUTER_PORT", "DIT4C_AWS_PORT")]
-    aws = boto3.client(
-        "dynamodb", endpoint_url=f"http://127.0.0.1:{ports[2]}", region_name="us-east-1",
-        aws_access_key_id="test", aws_secret_access_key="test",
+    portal, router, aws_port = (
+        port_of(stack_env, n)
+        for n in ("DIT4C_PORTAL_PORT", "DIT4C_ROUTER_PORT", "DIT4C_AWS_PORT")
     )
-    aws.put_item(TableName="dit4c-test-ClustersTable",
-                 Item={"cluster_id": {"S": "made-before-the-restart"}})
-    aws.close()
-    child_pids = [json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")]
     password = (data_dir / "admin-password").read_text().strip()
+    admin = Browser()
+    assert log_in(admin, portal, "admin", password) == 200
+    status, _, body = admin.request(
+        f"http://localhost:{portal}/api/users", "POST",
+        {"username": "alice", "password": "alice-password-1"},
+    )
+    assert status == 201, body
+    instance = launch_test_tool(admin, portal)
+    registry_port = port_of(stack_env, "DIT4C_REGISTRY_PORT")
+    pushed = _push_test_tool(docker_client, registry_port) if registry.binary() else None
+    child_pids = [json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")]
+    # edge router, node daemon, and the image server when docker-registry is installed
+    assert len(child_pids) == (3 if registry.binary() else 2)
 
     took = running.interrupt()
 
     assert running.process.returncode == 0, running.output()
-    assert not [p for p in ports if _listening(p)], "something still listens"
+    assert not [p for p in (portal, router, aws_port, registry_port) if _listening(p)], (
+        "something still listens"
+    )
     assert not [p for p in child_pids if _alive(p)], "a child process survived"
     assert "stopped in" in "\n".join(running.lines)
     print(f"stopped in {took:.1f} s")
@@ -256,16 +403,89 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
     try:
         again.wait_ready()
         assert f"admin / {password}" in "\n".join(again.lines)
-        aws = boto3.client(
-            "dynamodb", endpoint_url=f"http://127.0.0.1:{ports[2]}", region_name="us-east-1",
-            aws_access_key_id="test", aws_secret_access_key="test",
-        )
-        item = aws.get_item(TableName="dit4c-test-ClustersTable",
-                            Key={"cluster_id": {"S": "made-before-the-restart"}})
-        aws.close()
-        assert "Item" in item
-        assert _login(ports[0], password) == 200
-        again.interrupt()
-        assert again.process.returncode == 0
+        assert log_in(Browser(), portal, "alice", "alice-password-1") == 200
+        admin = Browser()
+        assert log_in(admin, portal, "admin", password) == 200
+        status, _, body = admin.request(f"http://localhost:{portal}/api/instances")
+        assert status == 200, body
+        listed = {i["id"]: i for i in json.loads(body)["instances"]}
+        assert instance["id"] in listed
+        assert listed[instance["id"]]["state"] == "running"
+        if pushed is not None:
+            assert pushed in _registry_catalog(registry_port)
+        again.interrupt(signal.SIGTERM)
+        assert again.process.returncode == 0, again.output()
     finally:
         again.kill()
+
+
+def _children(data_dir: Path) -> dict[str, int]:
+    return {p.stem: json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")}
+
+
+def test_a_child_that_dies_stops_the_stack_with_its_log(stack_env):
+    data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    stack = StackProcess(stack_env)
+    try:
+        stack.wait_ready()
+        router = _children(data_dir)["edge-router"]
+        os.kill(router, signal.SIGKILL)
+        stack.process.wait(STOP_DEADLINE + 5)
+        assert stack.process.returncode == 1
+        errors = "\n".join(stack.errors)
+        assert f"edge-router exited unexpectedly with status {-signal.SIGKILL}" in errors
+        assert "edge-router.log" in errors
+        ports = [port_of(stack_env, n) for n in ("DIT4C_PORTAL_PORT", "DIT4C_AWS_PORT")]
+        assert not [p for p in ports if _listening(p)]
+        assert _children(data_dir) == {}
+    finally:
+        stack.kill()
+
+
+def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env):
+    data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    killed = StackProcess(stack_env)
+    try:
+        killed.wait_ready()
+        orphans = _children(data_dir)
+        killed.process.kill()  # no clean-up at all: the children live on
+        killed.process.wait(10)
+        assert all(_alive(pid) for pid in orphans.values())
+    finally:
+        killed.kill()
+
+    again = StackProcess(stack_env)
+    try:
+        again.wait_ready()
+        said = "\n".join(again.lines)
+        for name in orphans:
+            assert f"stopped {name} left running by an earlier stack" in said
+        assert not [pid for pid in orphans.values() if _alive(pid)]
+        password = (data_dir / "admin-password").read_text().strip()
+        assert log_in(Browser(), port_of(stack_env, "DIT4C_PORTAL_PORT"), "alice",
+                      "alice-password-1") == 200
+        assert f"admin / {password}" in said
+        again.interrupt()
+        assert again.process.returncode == 0, again.output()
+    finally:
+        again.kill()
+
+
+def test_a_pods_network_that_lets_pods_reach_each_other_is_refused(docker_network, tmp_path):
+    # The fixture's network is a plain bridge: inter-container traffic on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+    env.update({
+        "DIT4C_DATA_DIR": str(tmp_path / "data"),
+        "DIT4C_PORTAL_PORT": str(free_port()),
+        "DIT4C_ROUTER_PORT": str(free_port()),
+        "DIT4C_AWS_PORT": str(free_port()),
+        "DIT4C_REGISTRY_PORT": str(free_port()),
+        "DIT4C_NODE_PODS_NETWORK": docker_network.name,
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local", "run"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    assert f"pods network {docker_network.name} (DIT4C_NODE_PODS_NETWORK)" in result.stderr
+    assert "could reach each other" in result.stderr

@@ -4,6 +4,7 @@ are idempotent and ordered; pods are isolated from each other; the tool sees no 
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,6 +148,11 @@ def test_launch_answer_stop_save_discard(h: Harness):
         assert not any("docker.sock" in b for b in host_config.get("Binds") or [])
     netns = containers["netns"]
     assert list(netns.attrs["NetworkSettings"]["Networks"]) == [pods_network]
+    # The host as the pods bridge's gateway (where the local stack listens), not docker0.
+    gateway = ensure_pods_network(docker_client, pods_network)
+    assert netns.attrs["HostConfig"]["ExtraHosts"] == [f"host.docker.internal:{gateway}"]
+    code, hosts = exec_out(containers["tool"], ["cat", "/etc/hosts"])
+    assert "host.docker.internal" in hosts  # the joined containers share the holder's hosts
     for role in ("listener", "auth", "tool"):
         assert containers[role].attrs["HostConfig"]["NetworkMode"] == f"container:{netns.id}"
     tool_config = containers["tool"].attrs["HostConfig"]
@@ -361,3 +367,46 @@ def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
     h.node.send(DiscardInstance(instance_id=iid))
     h.wait_state(iid, "discarded")
     assert h.pod(iid) == {}
+
+
+def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
+    import socket
+
+    other = NodeProcess(h.node.portal, tmp_path / "other", h.node.env)
+    other.join()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*other.argv("run"), "--metrics-listen", f"127.0.0.1:{port}"], env=other.env,
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_storage_helper_and_tool_share_a_pod_volume(h: Harness):
+    from protocol.messages import StorageAccess
+
+    iid = new_id()
+    secret = f"storage-secret-{uuid.uuid4().hex}"
+    start = sample_start(iid, h.tool_image, storage=StorageAccess(
+        kind="s3", bucket="b", prefix=f"users/{iid}/",
+        credentials={"aws_secret_access_key": secret}))
+    h.node.send(start)
+    h.wait_state(iid, "running")
+    containers = h.pod(iid)
+    assert sorted(containers) == ["auth", "listener", "netns", "storage", "tool"]
+    code, _ = exec_out(containers["tool"], ["sh", "-c", "echo kept > /mnt/file"])
+    assert code == 0
+    assert exec_out(containers["storage"], ["cat", "/mnt/file"]) == (0, "kept\n")
+    storage_env = "\n".join(containers["storage"].attrs["Config"]["Env"])
+    assert secret in storage_env
+    for role in ("tool", "listener", "auth"):
+        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
+    volume_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
+    assert len(h.client.volumes.list(filters=volume_filter)) == 1
+    h.node.send(DiscardInstance(instance_id=iid))
+    h.wait_state(iid, "discarded")
+    assert h.client.volumes.list(filters=volume_filter) == []

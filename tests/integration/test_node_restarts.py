@@ -24,7 +24,7 @@ from node_daemon.testing import (
     sample_start,
 )
 from protocol import pod
-from protocol.messages import DiscardInstance
+from protocol.messages import DiscardInstance, SaveInstance, StopInstance
 
 pytestmark = [pytest.mark.docker]
 
@@ -85,6 +85,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def reported(events: EventLog, instance_id: str, state: str) -> Callable[[], bool]:
+    """A predicate: the node has sent ``state`` for the instance (reads the queue each time)."""
+    def check() -> bool:
+        events.poll(0)
+        return any(e.state == state for e in events.states(instance_id))
+    return check
+
+
 def restart(node: NodeProcess) -> None:
     node.signal(signal.SIGKILL)
     node.wait(10)
@@ -100,8 +108,7 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
         return lambda: iid in node_containers(client, node.node_id)
 
     def started(iid: str) -> Callable[[], bool]:
-        return lambda: any(e.state == "starting" for e in events.states(iid)) or (
-            bool(events.poll(0)) and False)
+        return reported(events, iid, "starting")
 
     # Kill points along a launch: before the command is read, as soon as the pod's first
     # container exists, once part of the pod exists, and right after the launch began.
@@ -137,6 +144,17 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
         states = [c.status for c in client.containers.list(
             all=True, filters={"label": f"{pod.LABEL_INSTANCE}={iid}"})]
         assert states == ["running"] * 4, (iid, states)
+
+    # Killed mid-save: the restart finishes it.
+    saving = launched[0]
+    node.send(StopInstance(instance_id=saving, grace_seconds=1))
+    events.wait_state(saving, "stopped", 30)
+    saved_as = f"dit4c-test-saved/{saving}:v1"
+    node.send(SaveInstance(instance_id=saving, image=saved_as))
+    wait_until(reported(events, saving, "saving"), 30, "the save to begin")
+    restart(node)
+    assert events.wait_state(saving, "saved", 60).image == saved_as
+    assert client.images.get(saved_as).labels[pod.LABEL_INSTANCE] == saving
 
     # Killed mid-discard: the restart finishes it.
     for iid in launched:

@@ -1,0 +1,120 @@
+"""The node daemon deployed as a container (docs/node-daemon.md, "As a container"): the
+engine's socket mounted, a data volume, the host's network; it runs pods, SIGTERM stops it
+and leaves them running, and a new container adopts them."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from node_daemon.network import ensure_pods_network
+from node_daemon.testing import (
+    EventLog,
+    FakePortal,
+    MotoServer,
+    NodeProcess,
+    helper_commands_for,
+    node_env,
+    sample_start,
+)
+from protocol import pod
+from protocol.messages import DiscardInstance
+from scripts import images
+
+pytestmark = [pytest.mark.docker]
+
+SOCKET = "/var/run/docker.sock"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def portal() -> Iterator[FakePortal]:
+    moto = MotoServer()
+    # The stopped daemon's last long poll may take a message; it comes back after this.
+    fake = FakePortal(moto, visibility_timeout=5)
+    fake.start()
+    yield fake
+    fake.stop()
+    moto.stop()
+
+
+@pytest.fixture
+def settings(docker_client: docker.DockerClient, run_labels: dict[str, str], unique_name,
+             helpers_image: str) -> dict[str, str]:
+    network = unique_name("pods")
+    ensure_pods_network(docker_client, network, run_labels)
+    return node_env(pods_network=network, labels=run_labels,
+                    helper_commands=helper_commands_for(docker_client, helpers_image))
+
+
+@pytest.mark.timeout(180)
+def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
+        tmp_path: Path, portal: FakePortal, docker_client: docker.DockerClient,
+        settings: dict[str, str], tool_image: str):
+    if os.environ.get("DOCKER_HOST", f"unix://{SOCKET}") != f"unix://{SOCKET}":
+        pytest.skip("the engine is not on the default socket")
+    client = docker_client
+    joined = NodeProcess(portal, tmp_path / "node", settings)
+    joined.join()
+    # Our repository and its pinned packages, on the helper base image's Python 3.11: the
+    # same files a built image would hold, with no registry needed to make it.
+    site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+
+    def run_container() -> docker.models.containers.Container:
+        return client.containers.run(
+            images.HELPER_BASE, ["python3", "-m", "node_daemon", "run"], detach=True,
+            name=f"dit4c-test-node-{uuid.uuid4().hex[:8]}", network_mode="host", user="root",
+            working_dir="/opt/dit4c", labels=dict(settings_labels(settings)),
+            volumes={SOCKET: {"bind": SOCKET, "mode": "rw"},
+                     str(REPO): {"bind": "/opt/dit4c", "mode": "ro"},
+                     str(site_packages): {"bind": "/opt/deps", "mode": "ro"},
+                     str(joined.data_dir): {"bind": "/var/lib/dit4c-node", "mode": "rw"}},
+            environment={**{k: v for k, v in settings.items() if k.startswith("DIT4C_")},
+                         "PYTHONPATH": "/opt/dit4c:/opt/deps",
+                         # The host's network: never the default port another node may hold.
+                         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
+                         "DIT4C_NODE_DATA_DIR": "/var/lib/dit4c-node"})
+
+    events = EventLog(portal)
+    daemon = run_container()
+    iid = "c" + uuid.uuid4().hex[:12]
+    try:
+        joined.send(sample_start(iid, tool_image))
+        try:
+            events.wait_state(iid, "running", 90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{daemon.logs().decode()[-6000:]}") from None
+        # Its metrics are on the host's loopback.
+        address = (joined.data_dir / "metrics-address").read_text()
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as answer:
+            assert 'dit4c_node_pods{state="running"} 1.0' in answer.read().decode()
+
+        daemon.stop(timeout=30)  # SIGTERM
+        assert daemon.wait(timeout=30)["StatusCode"] == 0
+        pod_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
+        assert len(client.containers.list(filters=pod_filter)) == 4, "pods outlive the daemon"
+
+        replacement = run_container()  # an upgrade: a new container, the same data
+        try:
+            joined.send(DiscardInstance(instance_id=iid))
+            events.wait_state(iid, "discarded", 60)
+            assert client.containers.list(all=True, filters=pod_filter) == []
+            time.sleep(0.5)
+            assert [e.state for e in events.states(iid)] == ["starting", "running", "discarded"]
+        finally:
+            replacement.remove(force=True)
+    finally:
+        daemon.remove(force=True)
+
+
+def settings_labels(settings: dict[str, str]) -> dict[str, str]:
+    pairs = (p.split("=", 1) for p in settings["DIT4C_NODE_LABELS"].split(",") if p)
+    return dict(pairs)
