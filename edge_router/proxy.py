@@ -34,6 +34,8 @@ access_log = logging.getLogger("dit4c.router.access")
 log = logging.getLogger("dit4c.router.proxy")
 
 MAX_RESPONSE_HEAD = 64 * 1024
+SWEEP_ACTIVITY_SECONDS = 1.0
+"""Connections that moved bytes within about this long count as activity at each sweep."""
 TUNNEL_TARGET = TUNNEL_PATH.encode()
 
 # Request side states.
@@ -95,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self.stream: Stream | None = None
         self.tunnel: Tunnel | None = None
         self.host = ""
+        self.instance_id = ""
         self.pending: deque[Pending] = deque()
         self.r_state = R_HEAD
         self.r_buf = b""
@@ -269,6 +272,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.ctx.stats.streams_opened += 1
         self.stream, self.tunnel, self.host = stream, tunnel, host
+        self.instance_id = request.instance_id
         self.r_state, self.r_buf = R_HEAD, b""
         return True
 
@@ -502,6 +506,10 @@ class ClientConnection(asyncio.Protocol):
         cfg = self.ctx.config
         if self.state == CLOSED:
             return
+        if self.pending and now - self.last_active < 2 * SWEEP_ACTIVITY_SECONDS:
+            # A WebSocket session or a long transfer is activity too, not only finished
+            # requests: a notebook kept open for hours must not look idle to the culler.
+            self.ctx.routes.last_activity[self.instance_id] = time.time()
         if self.state == HEAD and not self.pending:
             if self.buf:
                 if now - self.head_started > cfg.header_timeout:

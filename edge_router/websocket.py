@@ -194,7 +194,9 @@ class TunnelSocket(asyncio.Protocol):
                 self._fragments.clear()
             self.mux.feed(payload)
         elif opcode == PING:
-            self._send(PONG, bytes(payload))
+            # Answer only while the peer reads what we send: pings cannot make us buffer.
+            if self.transport is not None and self.transport.get_write_buffer_size() < 65536:
+                self._send(PONG, bytes(payload))
         elif opcode == PONG:
             pass
         elif opcode == CLOSE:

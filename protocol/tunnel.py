@@ -13,7 +13,9 @@ Streams are opened by the router only (one per public client connection). Each s
 bidirectional byte pipe with its own credit-based flow control: a side may have at most
 ``window`` unacknowledged bytes in flight per stream, and the receiver grants more (``WINDOW``)
 only once it has handed the bytes on to a sink that is not itself backed up. A slow reader
-therefore stalls its own stream only, and the memory a stream can pin is bounded.
+therefore stalls its own stream only, and the memory a stream can pin is bounded. Each side
+enforces the other's accounting: DATA beyond the granted credit, an OPEN larger than the
+window, or a grant of more than was ever sent is a :class:`TunnelError` (the tunnel closes).
 
 =========  ============================================================================
 ``OPEN``   router -> listener: a new stream; payload is its first bytes (may be empty)
@@ -24,7 +26,8 @@ therefore stalls its own stream only, and the memory a stream can pin is bounded
 =========  ============================================================================
 
 Pure Python on asyncio only: the listener runs this on Debian's Python with aiohttp 3.8, the router
-on the development virtualenv; neither's WebSocket API is touched here.
+on the development virtualenv. :func:`serve` carries a mux over any aiohttp WebSocket (the
+listener's); the router drives its own WebSocket through :meth:`Outbox.take`.
 """
 
 from __future__ import annotations

@@ -102,3 +102,15 @@ async def test_activity_is_reported_to_the_events_queue(sqs: Any,
     finally:
         await links.close()
         await router.stop()
+
+
+async def test_an_open_websocket_counts_as_activity(stack: Stack) -> None:
+    """Hours in a notebook are one upgraded request: its traffic must keep the instance
+    active even though no request completes."""
+    async with stack.client.ws_connect(stack.base + "/ws", headers={"Host": HOST}) as ws:
+        stack.router.routes.last_activity.clear()
+        for i in range(8):
+            await ws.send_str(f"typing {i}")
+            await ws.receive_str(timeout=5)
+            await asyncio.sleep(0.2)
+        assert INSTANCE in stack.router.routes.last_activity
