@@ -63,7 +63,7 @@ class Lifecycle:
         """Every instance (admins): one Query per node, plus the unplaced ones."""
         if not user.admin:
             raise Forbidden("only admins list every instance")
-        node_ids = [UNPLACED] + [n["node_id"] for c in self.nodes.clusters.scan()
+        node_ids = [UNPLACED] + [n["node_id"] for c in self.nodes.all_clusters()
                                  for n in self.nodes.in_cluster(c["cluster_id"])]
         items = [i for node_id in node_ids for i in self.instances.on_node(node_id)]
         return [instance_json(i) for i in sorted(items, key=lambda i: i["created_at"],

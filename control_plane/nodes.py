@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,8 @@ from protocol.tokens import KeySet, load_public_jwk, thumbprint, verify_node
 ACTIVE = "active"
 DRAINING = "draining"
 DECOMMISSIONED = "decommissioned"
+CLUSTER_KIND = "cluster"
+"""The by-kind index's partition for every cluster item."""
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -76,12 +79,17 @@ class Nodes:
 
     def create_cluster(self, name: str, *, cluster_id: str | None = None) -> dict[str, Any]:
         item = {"cluster_id": cluster_id or secrets.token_hex(8), "name": name,
-                "created_at": now_iso()}
+                "kind": CLUSTER_KIND, "created_at": now_iso()}
         try:
             self.clusters.put(item, condition="attribute_not_exists(cluster_id)")
         except ConditionFailed:
-            existing = self.clusters.get({"cluster_id": item["cluster_id"]})
-            return _cluster_json(existing or item)
+            # Already there; make sure it is listed (clusters made before the by-kind index
+            # carry no kind).
+            existing = self.clusters.update(
+                {"cluster_id": item["cluster_id"]},
+                "SET #k = :k, created_at = if_not_exists(created_at, :t)",
+                names={"#k": "kind"}, vals={":k": CLUSTER_KIND, ":t": item["created_at"]})
+            return _cluster_json(existing)
         return _cluster_json(item)
 
     def get_cluster(self, cluster_id: str) -> Item:
@@ -91,10 +99,13 @@ class Nodes:
             raise NotFound(f"no cluster {cluster_id!r}")
         return item
 
+    def all_clusters(self) -> Iterator[Item]:
+        """Every cluster, oldest first: one Query of the by-kind index."""
+        return self.clusters.query("#k = :k", index="by-kind", names={"#k": "kind"},
+                                   vals={":k": CLUSTER_KIND})
+
     def list_clusters(self) -> list[dict[str, Any]]:
-        # Clusters are few and this is an admin call; the table has no other access path.
-        return sorted((_cluster_json(i) for i in self.clusters.scan()),
-                      key=lambda c: str(c["created_at"]))
+        return [_cluster_json(i) for i in self.all_clusters()]
 
     def create_join_token(self, cluster_id: str) -> dict[str, Any]:
         self.get_cluster(cluster_id)

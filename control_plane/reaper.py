@@ -9,7 +9,7 @@
 
 Every move is the same conditional write as everywhere else, so a reaper racing an event or
 another reaper changes nothing twice. Finding work uses the by-cluster, by-node and sparse
-by-transition indexes; only the (small) clusters table is scanned.
+by-transition indexes, and the clusters through their by-kind index: no Scan anywhere.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Reaper:
         report: dict[str, Any] = {"silent_nodes": [], "replaced": [], "failed": [],
                                   "placed": []}
         now = time.time()
-        for cluster in self.nodes.clusters.scan():
+        for cluster in self.nodes.all_clusters():
             for node in self.nodes.in_cluster(cluster["cluster_id"]):
                 silent = now - node.get("last_heartbeat", 0) > self.silent
                 gone = silent or node.get("status") == DECOMMISSIONED

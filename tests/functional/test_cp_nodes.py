@@ -171,3 +171,16 @@ def test_node_list_drain_and_heartbeat_age(cp_admin, cp_client, cluster):
         "decommissioned"
     assert cp_admin.post(f"/api/nodes/{node_id}/activate").status_code == 409
     assert cp_admin.get("/api/clusters/nope/nodes").status_code == 404
+
+
+def test_clusters_are_listed_by_their_index_even_ones_made_before_it(cp_admin, cp_services):
+    # A cluster stored before the by-kind index existed (no kind attribute) is not listed
+    # until bootstrap's create_cluster backfills it; listing never scans.
+    cp_services.nodes.clusters.put({"cluster_id": "legacy", "name": "Old",
+                                    "created_at": "2020-01-01T00:00:00.000Z"})
+    made = cp_admin.post("/api/clusters", {"name": "New"}).json
+    listed = [c["id"] for c in cp_admin.get("/api/clusters").json["clusters"]]
+    assert made["id"] in listed and "legacy" not in listed
+    cp_services.nodes.create_cluster("Old", cluster_id="legacy")
+    listed = [c["id"] for c in cp_admin.get("/api/clusters").json["clusters"]]
+    assert listed.index("legacy") < listed.index(made["id"])  # oldest first

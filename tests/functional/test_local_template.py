@@ -206,23 +206,23 @@ def test_an_index_added_to_an_existing_table_is_created(endpoint, stack_name):
     provision(endpoint, stack_name)
     text = DEFAULT_TEMPLATE.read_text().replace(
         """      KeySchema:
-        - {AttributeName: cluster_id, KeyType: HASH}
+        - {AttributeName: username, KeyType: HASH}
 """,
         """      KeySchema:
-        - {AttributeName: cluster_id, KeyType: HASH}
+        - {AttributeName: username, KeyType: HASH}
       GlobalSecondaryIndexes:
-        - IndexName: by-cluster-again
+        - IndexName: by-username-again
           KeySchema:
-            - {AttributeName: cluster_id, KeyType: HASH}
+            - {AttributeName: username, KeyType: HASH}
           Projection: {ProjectionType: ALL}
 """,
         1,
     )
     stack = provision(endpoint, stack_name, Template.loads(text))
     table = endpoint.client("dynamodb").describe_table(
-        TableName=stack.environment["DIT4C_CLUSTERS_TABLE"]
+        TableName=stack.environment["DIT4C_USERS_TABLE"]
     )["Table"]
-    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by-cluster-again"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by-username-again"]
 
 
 def test_the_module_works_under_mock_aws_for_other_parts_tests(stack_name):
