@@ -29,16 +29,10 @@ from moto import mock_aws
 
 from tests.auth_harness import Browser, PortalHarness
 from tests.auth_scenarios import ECHO_TOOL, PORTAL, helper_env
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BODY = b"hello, bench\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Procs:

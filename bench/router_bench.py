@@ -24,7 +24,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from protocol import pod
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
+from tests.ports import free_port
 
 CHP_VERSION = "5.3.0"
 CACHE = Path(os.environ.get("DIT4C_CACHE_DIR", Path.home() / ".cache" / "dit4c"))
@@ -45,13 +45,6 @@ INSTANCE = "bench1"
 HOST = f"{INSTANCE}.{DOMAIN}"
 BIG = 1024 ** 3
 SMALL_BODY = b"hello, bench\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ensure_chp() -> Path:

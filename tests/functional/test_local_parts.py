@@ -31,6 +31,7 @@ from infra.local.functions import ScheduleTimer, SqsPump, load_handler
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer
 from infra.local.template import FunctionSpec
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,6 @@ def endpoint() -> Iterator[AwsEndpoint]:
 
 def spec(handler: str = "m.f") -> FunctionSpec:
     return FunctionSpec(logical_id="Fn", handler=handler, timeout_seconds=5, memory_mb=128)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- SQS trigger and schedule ----------------------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 import requests
 
 from tests.auth_harness import Browser
-from tests.integration.test_local_stack import StackProcess, free_port
+from tests.integration.test_local_stack import StackProcess
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 

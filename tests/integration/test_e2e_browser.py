@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_local_stack import StackProcess, free_port
+from tests.integration.test_local_stack import StackProcess
+from tests.ports import free_port
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 

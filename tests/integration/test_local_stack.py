@@ -26,17 +26,12 @@ import pytest
 from infra.local import registry
 from infra.local.stack import REPO_ROOT
 from scripts.images import TEST_TOOL
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 
 READY_TIMEOUT = 180
 STOP_DEADLINE = 10  # the contract: Ctrl-C stops everything within 10 seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class StackProcess:

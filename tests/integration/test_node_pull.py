@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,15 +23,9 @@ from node_daemon.testing import (
     sample_start,
 )
 from protocol.messages import DiscardInstance
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.docker]
-
-
-def free_port() -> int:
-    # The registry cannot report the port it got for :0, so take a free one and hand it over.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
