@@ -9,7 +9,8 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
   takes the pod's network away from the tool.
 - ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
   settings from :mod:`protocol.pod`, unprivileged, all capabilities dropped;
-- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage;
+- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage (root, only
+  ``DAC_OVERRIDE``: it must read what the tool writes as any uid);
 - ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
   own environment only, no Docker socket, not privileged.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +47,10 @@ STORAGE_MOUNT = "/mnt"
 # runs as root with one capability: DAC_OVERRIDE, to read (and upload) whatever the tool wrote,
 # 0600 files of another uid included. Every other capability stays dropped, no-new-privileges
 # stays set, and only the storage container has the storage credentials.
-STORAGE_PRIVILEGES: Mapping[str, Any] = {"user": "0", "cap_add": ["DAC_OVERRIDE"]}
+# The ready file's folder is a tmpfs, so a restarted helper is waited for again.
+STORAGE_PRIVILEGES: Mapping[str, Any] = {
+    "user": "0", "cap_add": ["DAC_OVERRIDE"],
+    "tmpfs": {posixpath.dirname(pod.STORAGE_READY_FILE): "mode=0700,size=64k"}}
 
 # One core each: a helper idles at almost nothing, but its start (Python importing aiohttp) is
 # on the launch's critical path, and half a core made launches 3.4x a bare `docker run`.

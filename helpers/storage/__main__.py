@@ -61,6 +61,7 @@ def run(mirror: Mirror, interval: float, stop: threading.Event) -> None:
     else:
         log.info("stopped before the initial download finished: nothing synced")
         return
+    READY_FILE.parent.mkdir(parents=True, exist_ok=True)
     READY_FILE.touch()
     log.info("storage ready: %d files in %s", count, mirror.root)
     while True:
