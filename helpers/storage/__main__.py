@@ -50,7 +50,10 @@ def settings(env: dict[str, str]) -> tuple[dict[str, Any], float]:
     return storage, interval
 
 
-def run(mirror: Mirror, interval: float, stop: threading.Event) -> None:
+def run(mirror: Mirror, interval: float, stop: threading.Event,
+        ready_file: Path = READY_FILE) -> None:
+    """Download, make ``ready_file``, then sync every ``interval`` until ``stop`` is set, and
+    once more then."""
     while not stop.is_set():
         try:
             count = mirror.download_all()
@@ -61,8 +64,8 @@ def run(mirror: Mirror, interval: float, stop: threading.Event) -> None:
     else:
         log.info("stopped before the initial download finished: nothing synced")
         return
-    READY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    READY_FILE.touch()
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    ready_file.touch()
     log.info("storage ready: %d files in %s", count, mirror.root)
     while True:
         stopping = stop.wait(interval)

@@ -5,6 +5,8 @@ the initial download."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from helpers.storage.__main__ import settings
+from helpers.storage.__main__ import run, settings
 from helpers.storage.s3 import S3Store
 from helpers.storage.sync import Mirror, StorageError
 from protocol.pod import ENV_STORAGE, ENV_STORAGE_SYNC_SECONDS
@@ -109,3 +111,32 @@ def test_settings_are_checked():
                          ({ENV_STORAGE: good, ENV_STORAGE_SYNC_SECONDS: "x"}, "seconds")]:
         with pytest.raises(StorageError, match=message):
             settings(env)
+
+
+def test_the_loop_syncs_every_interval_and_once_more_when_stopped(endpoint, s3, tmp_path):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key=PREFIX + "a.txt", Body=b"a")
+    root, ready = tmp_path / "mnt", tmp_path / "run" / "ready"
+    root.mkdir()
+    stop = threading.Event()
+    loop = threading.Thread(target=run, args=(mirror_of(endpoint, bucket, root), 0.2, stop,
+                                              ready))
+    loop.start()
+    try:
+        wait_for(ready.exists)
+        assert (root / "a.txt").read_bytes() == b"a"
+        (root / "b.txt").write_bytes(b"b")
+        wait_for(lambda: PREFIX + "b.txt" in objects(client, bucket))
+    finally:
+        (root / "a.txt").unlink()
+        stop.set()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+    assert set(objects(client, bucket)) == {PREFIX + "b.txt"}
+
+
+def wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
