@@ -9,7 +9,8 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
   takes the pod's network away from the tool.
 - ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
   settings from :mod:`protocol.pod`, unprivileged, all capabilities dropped;
-- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage;
+- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage (root, only
+  ``DAC_OVERRIDE``: it must read what the tool writes as any uid);
 - ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
   own environment only, no Docker socket, not privileged.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +43,14 @@ from protocol.messages import RegistryAccess, StartInstance
 log = logging.getLogger("dit4c.node.pods")
 
 STORAGE_MOUNT = "/mnt"
+# The pod volume is made root-owned and the tool may write as any uid, so the storage helper
+# runs as root with one capability: DAC_OVERRIDE, to read (and upload) whatever the tool wrote,
+# 0600 files of another uid included. Every other capability stays dropped, no-new-privileges
+# stays set, and only the storage container has the storage credentials.
+# The ready file's folder is a tmpfs, so a restarted helper is waited for again.
+STORAGE_PRIVILEGES: Mapping[str, Any] = {
+    "user": "0", "cap_add": ["DAC_OVERRIDE"],
+    "tmpfs": {posixpath.dirname(pod.STORAGE_READY_FILE): "mode=0700,size=64k"}}
 
 # One core each: a helper idles at almost nothing, but its start (Python importing aiohttp) is
 # on the launch's critical path, and half a core made launches 3.4x a bare `docker run`.
@@ -77,6 +87,17 @@ while ports:
         sys.exit(1)
     time.sleep(%s)
 """ % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+
+
+# Runs in the storage container: exit 0 once the file argv[1] exists, 1 after argv[2] seconds.
+_WAIT_FILE = """
+import os, sys, time
+until = time.monotonic() + float(sys.argv[2])
+while not os.path.exists(sys.argv[1]):
+    if time.monotonic() > until:
+        sys.exit(1)
+    time.sleep(%s)
+""" % PROBE_INTERVAL  # noqa: UP031 - as _PROBE
 
 
 @dataclass(frozen=True)
@@ -286,6 +307,8 @@ class PodRunner:
                         "environment": helper_env(start, role), "init": True,
                         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
                         "volumes": volumes, **HELPER_LIMITS}
+                if role == pod.ROLE_STORAGE:
+                    spec.update(STORAGE_PRIVILEGES)
         try:
             made = self._client.containers.create(**spec)
             return PodContainer(made.id, name, role, "created")
@@ -392,20 +415,42 @@ class PodRunner:
                 for future in starting:
                     future.result()
                 reason = self.check(start)
-                if reason is None:
+                if reason is not None:
+                    raise LaunchError(reason)
+                if start.storage is None or self._storage_ready(start, deadline):
                     return
-                raise LaunchError(reason)
+                raise LaunchError("the storage helper did not bring the user's files within "
+                                  f"{timeout:.0f} s")
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool (port {start.port}) or its auth helper did not "
                                   f"answer within {timeout:.0f} s")
 
+    def _storage_ready(self, start: StartInstance, deadline: float) -> bool:
+        """True once the storage helper made its ready file (the user's files are in /mnt),
+        False at ``deadline``; :class:`LaunchError` if a container stopped meanwhile."""
+        storage_id = self.containers(start.instance_id)[pod.ROLE_STORAGE].id
+        while True:
+            slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
+            if self._exec_ok(storage_id, ["python3", "-c", _WAIT_FILE, pod.STORAGE_READY_FILE,
+                                          f"{slice_:.2f}"]):
+                return True
+            reason = self.check(start)
+            if reason is not None:
+                raise LaunchError(reason)
+            if time.monotonic() >= deadline:
+                return False
+
     def _probe(self, netns_id: str, ports: Sequence[int], seconds: float) -> bool:
         """True if every port answered HTTP within ``seconds``; False also if the holder
         stopped (the caller's check() then says why)."""
+        return self._exec_ok(netns_id, ["python3", "-c", _PROBE, ",".join(map(str, ports)),
+                                        f"{seconds:.2f}"])
+
+    def _exec_ok(self, container_id: str, argv: list[str]) -> bool:
+        """True if ``argv`` exited 0 in the container; False also if it is not running."""
         api = self._client.api
         try:
-            run = api.exec_create(netns_id, ["python3", "-c", _PROBE,
-                                             ",".join(map(str, ports)), f"{seconds:.2f}"])
+            run = api.exec_create(container_id, argv)
             api.exec_start(run["Id"])
             return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
         except docker.errors.APIError as exc:

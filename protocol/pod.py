@@ -67,6 +67,11 @@ ENV_OAUTH_JWKS_URL: Final = "DIT4C_OAUTH_JWKS_URL"
 # --- storage helper (python3 -m helpers.storage) --------------------------------------------
 ENV_STORAGE: Final = "DIT4C_STORAGE"
 """The start command's ``storage`` object (``protocol.messages.StorageAccess``) as JSON."""
+ENV_STORAGE_SYNC_SECONDS: Final = "DIT4C_STORAGE_SYNC_SECONDS"
+"""Optional: seconds between uploads of the tool's changes (default 30)."""
+STORAGE_READY_FILE: Final = "/run/dit4c/storage-ready"
+"""Made in the storage container once the user's files are in /mnt; the node daemon waits for
+it before it reports the instance running. Its folder is a tmpfs (empty at every start)."""
 
 PODS_NETWORK: Final = "dit4c-pods"
 """The bridge network pods join; inter-container traffic is disabled on it."""

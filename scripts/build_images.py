@@ -58,6 +58,7 @@ BASE_PACKAGES = (
     # through python3-cffi-backend-api-*, so name the real package.
     "python3-cffi-backend",
     "python3-yaml",
+    "python3-boto3",
     "ca-certificates",
 )
 # Bump when the base image's post-debootstrap steps change (the package list is hashed anyway).

@@ -11,8 +11,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import boto3
 import docker
 import pytest
+from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
 from node_daemon.testing import (
@@ -347,23 +349,59 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_storage_helper_and_tool_share_a_pod_volume(h: Harness):
+@pytest.fixture(scope="module")
+def pod_s3(docker_client, node):
+    """moto's S3 on the pods bridge's gateway (pods reach it as host.docker.internal):
+    (boto3 client on the host, endpoint URL as the pod sees it)."""
+    gateway = ensure_pods_network(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"])
+    server = ThreadedMotoServer(ip_address=gateway, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    yield client, f"http://host.docker.internal:{port}"
+    server.stop()
+
+
+def test_storage_helper_brings_the_users_files_and_keeps_the_tools_changes(h: Harness, pod_s3):
+    s3, endpoint = pod_s3
     iid = new_id()
+    bucket, prefix = f"b-{iid}", f"users/{iid}/"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=prefix + "hello.txt", Body=b"from s3\n")
+    s3.put_object(Bucket=bucket, Key=prefix + "old/gone.txt", Body=b"remove me")
     secret = f"storage-secret-{uuid.uuid4().hex}"
     start = sample_start(iid, h.tool_image, storage=StorageAccess(
-        kind="s3", bucket="b", prefix=f"users/{iid}/",
-        credentials={"aws_secret_access_key": secret}))
+        kind="s3", bucket=bucket, prefix=prefix, endpoint_url=endpoint,
+        credentials={"access_key_id": "testing", "secret_access_key": secret}))
     h.node.send(start)
     h.wait_state(iid, "running")
     containers = h.pod(iid)
     assert sorted(containers) == ["auth", "listener", "netns", "storage", "tool"]
-    code, _ = exec_out(containers["tool"], ["sh", "-c", "echo kept > /mnt/file"])
-    assert code == 0
-    assert exec_out(containers["storage"], ["cat", "/mnt/file"]) == (0, "kept\n")
-    storage_env = "\n".join(containers["storage"].attrs["Config"]["Env"])
-    assert secret in storage_env
+    tool = containers["tool"]
+    # "running" waits for the initial download: the files are there at once.
+    assert exec_out(tool, ["cat", "/mnt/hello.txt"]) == (0, "from s3\n")
+    changes = "echo kept > /mnt/file; mkdir /mnt/sub; echo deep > /mnt/sub/new.txt"
+    assert exec_out(tool, ["sh", "-c", f"{changes} && rm /mnt/old/gone.txt"]) == (0, "")
+    # A tool running as another uid, writing a private file, still gets it saved.
+    private = tool.exec_run(["sh", "-c", "umask 077; echo mine > /mnt/private.txt"], user="1234")
+    assert private.exit_code == 0, private.output
+    storage = containers["storage"]
+    assert secret in "\n".join(storage.attrs["Config"]["Env"])
     for role in ("tool", "listener", "auth"):
         assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
+    assert storage.attrs["Config"]["User"] == "0"
+    assert storage.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert storage.attrs["HostConfig"]["CapAdd"] == ["DAC_OVERRIDE"]
+    assert "no-new-privileges" in storage.attrs["HostConfig"]["SecurityOpt"]
+
+    h.node.send(StopInstance(instance_id=iid, grace_seconds=10))
+    h.wait_state(iid, "stopped")  # SIGTERM: the helper syncs once more before exiting
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    stored = {o["Key"][len(prefix):]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+              for o in listed}
+    assert stored == {"hello.txt": b"from s3\n", "file": b"kept\n", "sub/new.txt": b"deep\n",
+                      "private.txt": b"mine\n"}
     volume_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
     assert len(h.client.volumes.list(filters=volume_filter)) == 1
     h.node.send(DiscardInstance(instance_id=iid))
