@@ -27,35 +27,13 @@ from pathlib import Path
 import aiohttp
 from moto import mock_aws
 
+from bench.tools import Processes, nginx_conf, wrk_rate
 from tests.auth_harness import Browser, PortalHarness
 from tests.auth_scenarios import ECHO_TOOL, PORTAL, helper_env
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BODY = b"hello, bench\n"
-
-
-class Procs:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Path:
-        log = self.work / f"{name}.log"
-        with log.open("wb") as out:
-            self.procs.append(subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}))
-        return log
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def wait_for(log: Path, pattern: str, within: float = 30) -> re.Match[str]:
@@ -67,25 +45,14 @@ def wait_for(log: Path, pattern: str, within: float = 30) -> re.Match[str]:
     raise SystemExit(f"{log.name}: no {pattern!r}:\n{log.read_text(errors='replace')}")
 
 
-def nginx(work: Path, procs: Procs, port: int, size: int) -> None:
+def nginx(work: Path, procs: Processes, port: int, size: int) -> None:
     www = work / "www"
     www.mkdir()
     work.chmod(0o755)  # nginx's worker runs as nobody when we are root
     (www / "index.html").write_bytes(SMALL_BODY)
     with (www / "big").open("wb") as f:
         f.truncate(size)  # sparse: the disk is not what we measure
-    conf = work / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path {work}/b; proxy_temp_path {work}/p; fastcgi_temp_path {work}/f;
-  uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
-  server {{ listen 127.0.0.1:{port}; root {www}; }}
-}}
-""")
-    procs.start("nginx", ["nginx", "-c", str(conf), "-p", str(work)])
+    procs.start("nginx", ["nginx", "-c", str(nginx_conf(work, "nginx", port, f"root {www};"))])
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -95,18 +62,6 @@ http {{
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def wrk(url: str, headers: dict[str, str], duration: int) -> float:
-    argv = ["wrk", "-t2", "-c32", f"-d{duration}s"]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
-    if match is None or non2xx is not None:
-        raise SystemExit(f"wrk failed or got errors:\n{out}")
-    return float(match.group(1))
 
 
 def curl_mb_s(url: str, headers: dict[str, str], size: int) -> float:
@@ -153,7 +108,7 @@ def main() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     with tempfile.TemporaryDirectory(prefix="dit4c-auth-bench-") as tmp, mock_aws():
         work = Path(tmp)
-        procs = Procs(work)
+        procs = Processes(work)
         portal = PortalHarness(issuer=PORTAL)
         portal.access = {"n": {"bench"}, "w": {"bench"}}
         try:
@@ -161,18 +116,18 @@ def main() -> None:
                 hosts = {"portal.dit4c.test": ("127.0.0.1", int(portal_url.rsplit(":", 1)[1]))}
                 nginx_port = free_port()
                 nginx(work, procs, nginx_port, size)
-                echo_log = procs.start("echo", [sys.executable, "-c", ECHO_TOOL,
-                                                "127.0.0.1", "0"])
-                echo_port = int(wait_for(echo_log, r"listening (\d+)").group(1))
+                procs.start("echo", [sys.executable, "-c", ECHO_TOOL, "127.0.0.1", "0"])
+                echo_port = int(wait_for(procs.log("echo"), r"listening (\d+)").group(1))
                 upstreams = {"n": nginx_port, "w": echo_port}
                 helper_ports = {}
                 for instance, port in upstreams.items():
                     env = helper_env(portal, instance, listen="127.0.0.1:0",
                                      upstream=f"http://127.0.0.1:{port}", token_base=portal_url)
-                    log = procs.start(f"helper-{instance}",
-                                      [sys.executable, "-m", "helpers.auth"], env)
-                    helper_ports[instance] = int(
-                        wait_for(log, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+                    procs.start(f"helper-{instance}", [sys.executable, "-m", "helpers.auth"],
+                                {"PYTHONPATH": str(ROOT), **env}, cwd=ROOT)
+                    helper_ports[instance] = int(wait_for(
+                        procs.log(f"helper-{instance}"),
+                        r"listening on 127\.0\.0\.1:(\d+)").group(1))
                     hosts[f"{instance}.dit4c.test"] = ("127.0.0.1", helper_ports[instance])
                 cookies = {i: asyncio.run(sign_in(hosts, i)) for i in upstreams}
                 rows = measure(args, size, nginx_port=nginx_port, echo_port=echo_port,
@@ -196,8 +151,9 @@ def measure(args: argparse.Namespace, size: int, *, nginx_port: int, echo_port: 
                               f"http://127.0.0.1:{helper_ports['n']}")
     rows = [
         ("13-byte page, keep-alive (wrk -t2 -c32)",
-         wrk(direct_url + "/index.html", host_n, args.duration),
-         wrk(helper_url + "/index.html", through_n, args.duration), "req/s"),
+         wrk_rate(direct_url + "/index.html", host_n, args.duration, threads=2, connections=32),
+         wrk_rate(helper_url + "/index.html", through_n, args.duration, threads=2,
+                  connections=32), "req/s"),
         (f"{args.size_mb} MiB download (curl)",
          curl_mb_s(direct_url + "/big", host_n, size),
          curl_mb_s(helper_url + "/big", through_n, size), "MB/s"),

@@ -30,9 +30,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.tools import Processes, nginx_conf, wrk_rate
 from protocol import pod
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
@@ -59,67 +59,6 @@ def ensure_chp() -> Path:
     return binary
 
 
-@dataclass
-class Processes:
-    work: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
-        log = (self.work / f"{name}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def report(self) -> None:
-        """Print the exit status and log tail of every process that has died."""
-        for proc in self.procs:
-            if proc.poll() is not None:
-                print(f"{proc.args!r} exited with {proc.returncode}", file=sys.stderr)
-        for log in sorted(self.work.glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                self.stop(proc)
-
-
-def nginx_conf(work: Path, name: str, port: int, body: str, http_extra: str = "") -> Path:
-    conf = work / f"{name}.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/{name}.pid;
-error_log {work}/{name}.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  {http_extra}
-  access_log off;
-  client_body_temp_path {work}/{name}-body;
-  proxy_temp_path {work}/{name}-proxy;
-  fastcgi_temp_path {work}/{name}-fcgi;
-  uwsgi_temp_path {work}/{name}-uwsgi;
-  scgi_temp_path {work}/{name}-scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port};
-    {body}
-  }}
-}}
-""")
-    return conf
-
-
 def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> None:
     deadline = time.monotonic() + limit
     while True:
@@ -134,17 +73,6 @@ def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> 
         if time.monotonic() > deadline:
             raise RuntimeError(f"port {port} ({host}) did not answer {path}")
         time.sleep(0.2)
-
-
-def wrk_rate(port: int, host: str, duration: int, connections: int = 50) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {host}",
-         f"http://127.0.0.1:{port}/small"], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if match is None or errors is not None:
-        raise RuntimeError(f"wrk failed:\n{out}")
-    return float(match.group(1))
 
 
 async def _fixed_rate(port: int, host: str, rate: int, duration: float,
@@ -347,7 +275,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             for name, port, host, pids in ways:
                 print(f"measuring {name} ...", file=sys.stderr)
                 before = cpu_seconds(pids)
-                rate = wrk_rate(port, host, args.duration)
+                rate = wrk_rate(f"http://127.0.0.1:{port}/small", {"Host": host}, args.duration)
                 per_request = (cpu_seconds(pids) - before) / (rate * args.duration) * 1e6
                 p50, p99 = latency(port, host, args.rate, args.duration)
                 before = cpu_seconds(pids)
