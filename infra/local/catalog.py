@@ -23,4 +23,12 @@ def demo_catalog() -> list[CatalogEntry]:
             memory_mb=64,
             tags=["demo"],
         ),
+        CatalogEntry(
+            name="JupyterLab 4.6",
+            image=images.JUPYTERLAB,
+            port=images.JUPYTERLAB_PORT,
+            cpu=1.0,
+            memory_mb=1024,
+            tags=["demo", "jupyter"],
+        ),
     ]

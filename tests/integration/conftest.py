@@ -1,7 +1,8 @@
 """Fixtures for the integration tier: the local images, and throwaway networks and containers.
 
-- ``tool_image`` / ``helpers_image`` (session): the image names, made sure to exist with the
-  current recipe (``scripts.build_images``; reused in milliseconds after ``make images``).
+- ``tool_image`` / ``helpers_image`` / ``jupyterlab_image`` (session): the image names, made
+  sure to exist with the current recipe (``scripts.build_images``; reused in milliseconds after
+  ``make images``).
 - ``docker_network``: a fresh bridge network for this test, labelled, removed afterwards. The
   host reaches containers on it by their IP address on that network (``container_ip``): no
   published host ports, so parallel runs never fight over a port.
@@ -45,6 +46,12 @@ def tool_image(image_builder: ImageBuilder) -> str:
 def helpers_image(image_builder: ImageBuilder) -> str:
     image_builder.ensure([images.HELPER_BASE, images.HELPERS])
     return images.HELPERS
+
+
+@pytest.fixture(scope="session")
+def jupyterlab_image(image_builder: ImageBuilder) -> str:
+    image_builder.ensure([images.HELPER_BASE, images.JUPYTERLAB])
+    return images.JUPYTERLAB
 
 
 @pytest.fixture
