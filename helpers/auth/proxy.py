@@ -96,14 +96,14 @@ def _response_headers(upstream: CIMultiDictProxy[str],
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in connection_listed:
             continue
-        if lower == "set-cookie" and _sets_cookie(value, cookie_names):
+        if lower == "set-cookie" and sets_cookie(value, cookie_names):
             log.warning("dropped the tool's Set-Cookie for a helper cookie")
             continue
         headers.add(name, value)
     return headers
 
 
-def _sets_cookie(value: str, names: Collection[str]) -> bool:
+def sets_cookie(value: str, names: Collection[str]) -> bool:
     try:
         parsed = SimpleCookie()
         parsed.load(value)

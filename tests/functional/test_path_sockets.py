@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from edge_router import testing
 from edge_router.server import Router
 from helpers.auth.app import AuthHelper
 from helpers.auth.config import AuthConfig
 from helpers.auth.portal import Tokens
+from helpers.auth.server import AuthServer
 from protocol import pod
 from protocol.tokens import SigningKey
 from tests import echo_tool
@@ -90,10 +90,9 @@ async def path() -> AsyncIterator[Path]:
     tool = await echo_tool.serve("127.0.0.1", 0, replies=2, connections=connections)
     tool_port = tool.sockets[0].getsockname()[1]
     helper = AuthHelper(helper_config(tool_port))
-    runner = web.AppRunner(helper.web_app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    helper_port = runner.addresses[0][1]
+    server = AuthServer(helper)
+    await server.start("127.0.0.1", 0)
+    helper_port = server.addresses[0][1]
     now = time.time()
     session = helper.sessions.create(Tokens(
         "not checked here", {"sub": "alice", "iat": now, "exp": now + 300}, None))
@@ -107,7 +106,7 @@ async def path() -> AsyncIterator[Path]:
     yield Path(tool_port, connections, helper_port, session.session_id, router)
     await links.close()
     await router.stop()
-    await runner.cleanup()
+    await server.stop()
     tool.close()
 
 
