@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -22,12 +21,11 @@ from typing import Any
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
+from protocol.ids import ID_PATTERN, is_id
 from protocol.messages import StartInstance, decode
 
 log = logging.getLogger("dit4c.node.records")
 
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-"""Instance ids name files and containers, so they are held to a safe alphabet."""
 TOMBSTONE_DAYS = 7
 
 
@@ -72,8 +70,9 @@ class RecordStore:
         self._dir = directory
 
     def _path(self, instance_id: str) -> Path:
-        if not INSTANCE_ID.match(instance_id):
-            raise ConfigError(f"instance id {instance_id!r} is not [A-Za-z0-9_-]{{1,63}}")
+        # Commands are decoded with their ids checked; this guards the file name all the same.
+        if not is_id(instance_id):
+            raise ConfigError(f"instance id {instance_id!r} is not an id ({ID_PATTERN})")
         return self._dir / f"{instance_id}.json"
 
     def get(self, instance_id: str) -> InstanceRecord | None:

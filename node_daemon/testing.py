@@ -37,6 +37,7 @@ from moto.server import ThreadedMotoServer
 
 from protocol import pod
 from protocol.errors import MessageError, TokenError
+from protocol.ids import new_id
 from protocol.messages import (
     InstanceStateEvent,
     Message,
@@ -136,7 +137,7 @@ class FakePortal:
         self.credential_lifetime = credential_lifetime
         self.visibility_timeout = visibility_timeout
         self.available = True
-        self.cluster_id = "cluster-" + uuid.uuid4().hex[:8]
+        self.cluster_id = new_id()
         self.join_tokens: set[str] = set()
         self.nodes: dict[str, dict[str, Any]] = {}
         self.credential_requests = 0
@@ -169,7 +170,7 @@ class FakePortal:
         key = load_public_jwk(jwk)
         kid = str(jwk.get("kid") or thumbprint(jwk))
         self.join_tokens.discard(body["join_token"])
-        node_id = "node-" + uuid.uuid4().hex[:12]
+        node_id = new_id()
         queue_url = await asyncio.to_thread(
             lambda: self.sqs.create_queue(
                 QueueName=f"dit4c-{node_id}",

@@ -29,7 +29,8 @@ def test_round_trip_is_owner_only_and_leaves_no_temporary_files(tmp_path: Path):
     assert store.get("other") is None
 
 
-@pytest.mark.parametrize("bad", ["../escape", "", "a/b", "x" * 64, "-lead", "a b"])
+@pytest.mark.parametrize("bad", ["../escape", "", "a/b", "x" * 64, "-lead", "a b",
+                                 "Abc", "a_b", "a-b"])
 def test_unsafe_instance_ids_are_refused(tmp_path: Path, bad: str):
     store = RecordStore(tmp_path)
     with pytest.raises(ConfigError, match="instance id"):

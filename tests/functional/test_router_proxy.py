@@ -46,7 +46,9 @@ async def test_forwarded_headers_are_ours_and_hop_by_hop_ones_are_gone(stack: St
 
 
 async def test_unknown_host_gets_404(stack: Stack) -> None:
-    for host in ("nope." + testing.DOMAIN, "example.org", testing.DOMAIN, "a.b." + testing.DOMAIN):
+    # Not a label of the id rule (protocol.ids) either: a-b, a_b, 64 characters.
+    for host in ("nope." + testing.DOMAIN, "example.org", testing.DOMAIN, "a.b." + testing.DOMAIN,
+                 "a-b." + testing.DOMAIN, "a_b." + testing.DOMAIN, "x" * 64 + "." + testing.DOMAIN):
         async with await stack.get("/", host=host) as response:
             assert response.status == 404
             assert "no instance" in await response.text()

@@ -65,6 +65,11 @@ async def test_a_token_for_another_host_is_refused(stack: Stack) -> None:
     assert await handshake(stack.router, lying, HOST) == 403
     outside = testing.token(stack.key, "x", hostname="x.example.org")
     assert await handshake(stack.router, outside, "x.example.org") == 403
+    # A validly signed token for a host whose label is no instance id (protocol.ids).
+    for label in ("a-b", "A1"):
+        host = f"{label}.{testing.DOMAIN}"
+        odd = testing.token(stack.key, label, hostname=host)
+        assert await handshake(stack.router, odd, host) == 403
 
 
 async def test_expired_forged_and_missing_tokens_are_refused(stack: Stack) -> None:
