@@ -12,7 +12,7 @@ import pytest
 
 from node_daemon.errors import ConfigError
 from node_daemon.records import TOMBSTONE_DAYS, Desired, InstanceRecord, RecordStore
-from node_daemon.testing import sample_start
+from tests.support.node import sample_start
 
 
 def test_round_trip_is_owner_only_and_leaves_no_temporary_files(tmp_path: Path):

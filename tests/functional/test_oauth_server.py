@@ -25,7 +25,7 @@ from protocol.tokens import (
     verify_access,
     verify_revocation,
 )
-from tests.auth_harness import PortalHarness
+from tests.support.auth_harness import PortalHarness
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
 B_REDIRECT = "http://b.dit4c.test/.dit4c/auth/callback"

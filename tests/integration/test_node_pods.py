@@ -1,5 +1,5 @@
-"""The node daemon as a real process against the real Docker engine, moto's SQS and a fake
-control plane (node_daemon.testing): pods come up, answer, stop, save, and go away; commands
+"""The node daemon as a real process against the real Docker engine and the real control plane
+on moto (tests.support.control_plane): pods come up, answer, stop, save, and go away; commands
 are idempotent and ordered; pods are isolated from each other; the tool sees no secrets."""
 
 from __future__ import annotations
@@ -17,27 +17,26 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
-from node_daemon.testing import (
-    EventLog,
-    FakePortal,
-    NodeProcess,
-    fake_control_plane,
-    sample_start,
-)
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance, StorageAccess
 from scripts import images
+from tests.support.control_plane import ControlPlane, control_plane
+from tests.support.node import (
+    EventLog,
+    NodeProcess,
+    sample_start,
+)
 
 pytestmark = [pytest.mark.docker]
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[FakePortal]:
-    with fake_control_plane() as fake:
-        yield fake
+def portal() -> Iterator[ControlPlane]:
+    with control_plane() as plane:
+        yield plane
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
+def node(tmp_path_factory: pytest.TempPathFactory, portal: ControlPlane,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
     data_dir = tmp_path_factory.mktemp("nodes") / "main"
     with NodeProcess(portal, data_dir, node_settings).running() as process:
@@ -45,7 +44,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
 
 
 @pytest.fixture(scope="module")
-def events(portal: FakePortal, node: NodeProcess) -> EventLog:
+def events(portal: ControlPlane, node: NodeProcess) -> EventLog:
     return EventLog(portal, node)
 
 

@@ -28,7 +28,7 @@ from yarl import URL
 
 from protocol import pod
 from protocol.tokens import ALL_USERS, SigningKey, access_claims, revocation_claims
-from tests.auth_harness import Browser, PortalHarness
+from tests.support.auth_harness import Browser, PortalHarness
 
 TOKEN_LIFETIME = 6
 PORTAL = "http://portal.dit4c.test"
