@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
 
 from control_plane import services
 from control_plane.app import app
@@ -75,12 +77,18 @@ class ControlPlane:
             self._serve(0)
             config = Config.from_env({**self.aws.environment(), **stack.environment,
                                       "DIT4C_PORTAL_URL": self.url})
+            botocore_session = botocore.session.get_session()
             if credential_seconds is not None:
                 config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
+                # Below STS's 900 s minimum, which botocore checks before sending; moto takes
+                # any lifetime.
+                botocore_session.set_default_client_config(
+                    BotoConfig(parameter_validation=False))
             self.config = config
             session = boto3.session.Session(aws_access_key_id=LOCAL_ACCESS_KEY,
                                             aws_secret_access_key=LOCAL_SECRET_KEY,
-                                            region_name=self.aws.region)
+                                            region_name=self.aws.region,
+                                            botocore_session=botocore_session)
             self.services = Services.build(config, Clients(config, session))
             services.use(self.services)
             self.cluster_id: str = self.services.nodes.create_cluster("test")["id"]
