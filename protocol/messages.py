@@ -232,6 +232,12 @@ def decode(text: str | bytes) -> Message:
         raw = json.loads(text)
     except ValueError as exc:
         raise MessageError(f"message is not JSON: {exc}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: object) -> Message:
+    """:func:`decode` for a message already parsed from JSON (the inverse of
+    :meth:`Message.to_dict`), e.g. one kept inside a durable record."""
     if not isinstance(raw, dict):
         raise MessageError("message is not a JSON object")
     kind = raw.get("type")

@@ -24,6 +24,13 @@ def test_round_trip_keeps_every_field():
     assert m.decode(msg.encode()) == msg
 
 
+def test_from_dict_is_the_inverse_of_to_dict():
+    msg = _start(env={"A": "b"})
+    assert m.from_dict(msg.to_dict()) == msg
+    with pytest.raises(MessageError, match="not a JSON object"):
+        m.from_dict([msg.to_dict()])
+
+
 def test_envelope_has_contract_fields():
     raw = json.loads(_start().encode())
     assert raw["type"] == "start_instance" and raw["v"] == 1
