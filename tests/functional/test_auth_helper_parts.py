@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from helpers.auth.app import AuthHelper, _safe_path
 from helpers.auth.config import AuthConfig
@@ -77,8 +78,6 @@ def test_strip_cookies_keeps_the_tools_own():
 
 
 def test_tool_cannot_set_the_helpers_cookies():
-    from multidict import CIMultiDict, CIMultiDictProxy
-
     upstream = CIMultiDict([("Set-Cookie", "dit4c-auth=evil; Path=/"),
                             ("Set-Cookie", "__Host-dit4c-auth=evil; Path=/; Secure"),
                             ("Set-Cookie", "theme=dark; Path=/"),

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from edge_router.proxy import ClientConnection
-from protocol.tokens import SigningKey
 from protocol.tunnel import DEFAULT_WINDOW
 from tests.support import router as harness
-from tests.support.router_stack import HOST, INSTANCE, Stack, stack, upstream
+from tests.support.router_stack import HOST, Stack, serve_stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
 
@@ -91,17 +89,9 @@ async def test_chunked_and_pipelined_requests(stack: Stack) -> None:
 
 @pytest.fixture
 async def strict(upstream: tuple[str, int]) -> AsyncIterator[Stack]:
-    key = SigningKey.generate()
-    router = await harness.start_router(key, header_timeout=0.5, idle_timeout=0.5,
-                                        read_timeout=1.0, max_streams=3)
-    links = harness.Links()
-    client = aiohttp.ClientSession()
-    await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
-                      hostname=HOST, upstream=upstream)
-    yield Stack(key, router, links, upstream, client)
-    await client.close()
-    await links.close()
-    await router.stop()
+    async with serve_stack(upstream, header_timeout=0.5, idle_timeout=0.5, read_timeout=1.0,
+                           max_streams=3) as made:
+        yield made
 
 
 async def test_slow_head_gets_408_and_idle_connections_close(strict: Stack) -> None:

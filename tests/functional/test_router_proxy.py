@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from protocol.tokens import SigningKey
 from tests.support import router as harness
@@ -180,11 +184,6 @@ async def test_https_listener(upstream: tuple[str, int], tmp_path: Path) -> None
 
 
 def self_signed(directory: Path, name: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     private = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)

@@ -12,6 +12,7 @@ import aiohttp
 import boto3
 import jwt
 import pytest
+from aiohttp import web
 from moto import mock_aws
 
 from edge_router.server import Router
@@ -197,8 +198,6 @@ async def test_heartbeats_drop_a_silent_listener() -> None:
 
 async def test_heartbeats_make_the_listener_redial_a_silent_router(
         upstream: tuple[str, int]) -> None:
-    from aiohttp import web
-
     accepted: list[float] = []
 
     async def silent(request: web.Request) -> web.WebSocketResponse:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -195,7 +196,6 @@ def pods(
 
 
 def _wait_for_log(container: Container, text: str, within: float = 30) -> None:
-    import time
     deadline = time.monotonic() + within
     while text not in container.logs().decode(errors="replace"):
         container.reload()

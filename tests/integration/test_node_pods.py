@@ -5,7 +5,9 @@ are idempotent and ordered; pods are isolated from each other; the tool sees no 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -152,8 +154,6 @@ def test_launch_answer_stop_save_discard(h: Harness):
 
 def wait_drained(h: Harness, timeout: float = 30) -> None:
     """Until the node's queue holds nothing, visible or in flight: every command handled."""
-    import time
-
     url = h.node.portal.queue_url(h.node.node_id)
     deadline = time.monotonic() + timeout
     names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
@@ -317,8 +317,6 @@ def test_heartbeats_and_metrics(h: Harness):
 
 
 def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
-    from scripts import images
-
     iid = new_id()
     # The helper base image's command is a bare `python3`: with no input it exits at once.
     h.node.send(sample_start(iid, images.HELPER_BASE))
@@ -332,8 +330,6 @@ def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
 
 
 def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
-    import socket
-
     other = NodeProcess(h.node.portal, tmp_path / "other", h.node.env)
     other.join()
     with socket.socket() as taken:

@@ -5,8 +5,10 @@ Imported by the ``test_router_*`` modules (``from tests.support.router_stack imp
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -52,17 +54,28 @@ async def upstream() -> AsyncIterator[tuple[str, int]]:
     await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def serve_stack(upstream: tuple[str, int], *, decompress: bool = True,
+                      **router_overrides: Any) -> AsyncIterator[Stack]:
+    """A router (``router_overrides`` on its config) with one tunnel for ``HOST`` to
+    ``upstream``, and a client; all stopped on leaving."""
+    key = SigningKey.generate()
+    router = await harness.start_router(key, **router_overrides)
+    links = harness.Links()
+    client = aiohttp.ClientSession(auto_decompress=decompress)
+    try:
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
+                          hostname=HOST, upstream=upstream)
+        yield Stack(key, router, links, upstream, client)
+    finally:
+        await client.close()
+        await links.close()
+        await router.stop()
+
+
 @pytest.fixture
 async def stack(upstream: tuple[str, int]) -> AsyncIterator[Stack]:
-    key = SigningKey.generate()
-    router = await harness.start_router(key, access_log=True)
-    links = harness.Links()
-    client = aiohttp.ClientSession(auto_decompress=False)
-    await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
-                      hostname=HOST, upstream=upstream)
-    yield Stack(key, router, links, upstream, client)
-    await client.close()
-    await links.close()
-    await router.stop()
+    async with serve_stack(upstream, decompress=False, access_log=True) as made:
+        yield made
 
 
