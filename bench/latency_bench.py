@@ -2,12 +2,12 @@
 
     python -m bench.latency_bench [--round-trips 1000] [--load-seconds 10] [--load-rate 1000]
 
-One echo tool (``tests/echo_tool.py``: Nagle on and several small writes per answer, as
+One echo tool (``tests/support/echo_tool.py``: Nagle on and several small writes per answer, as
 tornado/Jupyter do) reached four ways, all separate processes on loopback, in one run:
 
 1. direct;
 2. through the auth helper (``python -m helpers.auth``, signed in through the real OAuth2
-   server of ``tests/auth_harness.py``);
+   server of ``tests/support/auth_harness.py``);
 3. through the edge router + tunnel + listener (``python -m edge_router``,
    ``python -m helpers.listener``) straight to the tool;
 4. the path users take: router + tunnel + listener + auth helper.
@@ -46,10 +46,10 @@ from bench.tools import Processes
 from protocol import pod
 from protocol.tokens import tunnel_claims
 from protocol.tunnel import TUNNEL_PATH
-from tests.auth_harness import PortalHarness
-from tests.auth_scenarios import PORTAL, helper_env
-from tests.echo_tool import REPLIES
 from tests.ports import free_port
+from tests.support.auth_harness import PortalHarness
+from tests.support.auth_scenarios import PORTAL, helper_env
+from tests.support.echo_tool import REPLIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "dit4c.test"
@@ -236,7 +236,8 @@ def start_path(procs: Processes, portal: PortalHarness, portal_url: str
                ) -> list[Way]:
     """The tool, the auth helper, the router and two listeners; the four ways to the tool."""
     env = {"PYTHONPATH": str(ROOT)}
-    procs.start("tool", [sys.executable, "-m", "tests.echo_tool", "127.0.0.1", "0"], env, ROOT)
+    procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool", "127.0.0.1", "0"],
+                env, ROOT)
     tool_port = int(wait_for(procs.log("tool"), r"listening (\d+)").group(1))
     helper = helper_env(portal, "w", listen="127.0.0.1:0",
                         upstream=f"http://127.0.0.1:{tool_port}", token_base=portal_url)

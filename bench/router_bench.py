@@ -7,7 +7,8 @@ The upstream is nginx serving static files (a 13-byte page, a 1 GiB file). It is
 installed by this script into ``~/.cache/dit4c/chp``, never into the repository), (4) through
 ``python -m edge_router`` + tunnel + ``python -m helpers.listener`` (separate processes, as in
 production) and (5) the path users take: (4) + ``python -m helpers.auth`` with a signed-in
-session (the real OAuth2 server of ``tests/auth_harness.py`` on loopback, moto for DynamoDB).
+session (the real OAuth2 server of ``tests/support/auth_harness.py`` on loopback, moto for
+DynamoDB).
 For each: small-request rate with keep-alive (wrk), p50/p99 latency at a fixed rate (an
 open-loop client here), and the throughput of a 1 GiB download (curl). Then the resident
 memory of a router holding ``--tunnels`` idle tunnels. Prints a Markdown table.
@@ -34,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 from moto import mock_aws
 
 from bench.auth_bench import sign_in, wait_for
@@ -41,9 +43,9 @@ from bench.tools import Processes, nginx_conf, wrk_rate
 from protocol import pod
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
-from tests.auth_harness import PortalHarness
-from tests.auth_scenarios import PORTAL, helper_env
 from tests.ports import free_port
+from tests.support.auth_harness import PortalHarness
+from tests.support.auth_scenarios import PORTAL, helper_env
 
 CHP_VERSION = "5.3.0"
 CACHE = Path(os.environ.get("DIT4C_CACHE_DIR", Path.home() / ".cache" / "dit4c"))
@@ -169,7 +171,6 @@ def rss_kb(pid: int) -> int:
 
 
 async def _open_tunnels(port: int, key: SigningKey, count: int) -> list[object]:
-    import aiohttp
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sockets: list[object] = []
     semaphore = asyncio.Semaphore(100)

@@ -4,7 +4,6 @@
     ├── ConfigError          a DIT4C_ROUTER_* setting is missing or invalid (fails start-up)
     ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream;
     │                        also a protocol.errors.HttpError, as protocol.http1 raises)
-    │   └── HeadTooLarge     a request head over the limit (431)
     ├── TunnelRefused        a tunnel's token or host was refused (status 401/403)
     └── KeysUnavailable      no JWKS could be fetched yet: tunnels get 503 and retry soon
 """
@@ -24,10 +23,6 @@ class ConfigError(RouterError):
 
 class BadRequest(RouterError, HttpError):
     status = 400
-
-
-class HeadTooLarge(BadRequest):
-    status = 431
 
 
 class TunnelRefused(RouterError):

@@ -1,6 +1,7 @@
 """The auth helper's gate (helpers/auth/gate.py) in-process: what the browser scenarios of
-``tests/auth_scenarios.py`` do not reach. The tool is the echo tool of ``tests/echo_tool.py``
-(which does not look at the requests it answers); sessions are made in the helper's memory."""
+``tests/support/auth_scenarios.py`` do not reach. The tool is the echo tool of
+``tests/support/echo_tool.py`` (which does not look at the requests it answers); sessions are
+made in the helper's memory."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from helpers.auth.app import AuthHelper
 from helpers.auth.portal import Tokens
 from helpers.auth.server import AuthServer
 from protocol import pod
-from tests import echo_tool
 from tests.functional.test_path_sockets import helper_config
 from tests.ports import free_port
+from tests.support import echo_tool
 
 
 @dataclass

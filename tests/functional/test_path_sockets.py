@@ -1,6 +1,6 @@
 """Why small messages do not wait on the path (protocol/tcp.py), tested at the cause, untimed.
 
-Everything in this process, on loopback: the echo tool of ``tests/echo_tool.py`` (Nagle on,
+Everything in this process, on loopback: the echo tool of ``tests/support/echo_tool.py`` (Nagle on,
 two small writes per answer, as tornado behind Jupyter does), the auth helper's application in
 front of it with a signed-in session, and a router with two listener links, one to the helper
 (the path users take) and one straight to the tool.
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from edge_router import testing
 from edge_router.server import Router
 from helpers.auth.app import AuthHelper
 from helpers.auth.config import AuthConfig
@@ -34,7 +33,8 @@ from helpers.auth.portal import Tokens
 from helpers.auth.server import AuthServer
 from protocol import pod
 from protocol.tokens import SigningKey
-from tests import echo_tool
+from tests.support import echo_tool
+from tests.support import router as testing
 
 SIOCOUTQNSD = 0x894B
 """ioctl: bytes in a socket's send queue not sent yet (linux/sockios.h)."""

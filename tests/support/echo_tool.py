@@ -1,6 +1,6 @@
 """An echo tool that writes the way many real tools do, for the latency bench and its tests.
 
-    python -m tests.echo_tool HOST PORT      (prints "listening <port>" once it accepts)
+    python -m tests.support.echo_tool HOST PORT      (prints "listening <port>" once it accepts)
 
 Real tools leave Nagle's algorithm on (tornado, behind Jupyter, turns ``TCP_NODELAY`` off again
 once the WebSocket handshake is done) and answer one message with several small writes (a
