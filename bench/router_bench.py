@@ -6,12 +6,12 @@ The upstream is nginx serving static files (a 13-byte page, a 1 GiB file). It is
 (1) directly, (2) through nginx as a reverse proxy, (3) through configurable-http-proxy (npm,
 installed by this script into ``~/.cache/dit4c/chp``, never into the repository), (4) through
 ``python -m edge_router`` + tunnel + ``python -m helpers.listener`` (separate processes, as in
-production) and (5) the path users take: (4) + ``python -m helpers.auth`` with a signed-in
-session (the real OAuth2 server of ``tests/support/auth_harness.py`` on loopback, moto for
-DynamoDB).
-For each: small-request rate with keep-alive (wrk), p50/p99 latency at a fixed rate (an
-open-loop client here), and the throughput of a 1 GiB download (curl). Then the resident
-memory of a router holding ``--tunnels`` idle tunnels. Prints a Markdown table.
+production) and (5) the path users take: (4) with the auth helper in the listener's process,
+as in a pod (its gate takes every stream), and a signed-in session (the real OAuth2 server of
+``tests/support/auth_harness.py`` on loopback, moto for DynamoDB). For each: small-request
+rate with keep-alive (wrk), p50/p99 latency at a fixed rate (an open-loop client here), and
+the throughput of a 1 GiB download (curl). Then the resident memory of a router holding
+``--tunnels`` idle tunnels. Prints a Markdown table.
 
 Per-request access logs are off for every proxy (nginx ``access_log off``, CHP's default, the
 router's ``DIT4C_ROUTER_ACCESS_LOG=0``) so that the figures compare the proxying itself.
@@ -215,26 +215,23 @@ def idle_tunnels(procs: Processes, env: dict[str, str], key: SigningKey, count: 
 
 def start_auth_path(procs: Processes, portal: PortalHarness, portal_url: str, key: SigningKey,
                     *, router_port: int, upstream_port: int) -> tuple[dict[str, str], list[int]]:
-    """The path users take: an auth helper (this virtualenv's aiohttp) in front of the
-    upstream and a listener to it; returns a signed-in browser's headers and the pids."""
+    """The path users take, as a pod runs it: one listener process with the auth helper's
+    settings too (its gate serves every stream in-process) in front of the upstream; returns
+    a signed-in browser's headers and the listener's pid."""
     root = str(Path(__file__).resolve().parent.parent)
-    env = helper_env(portal, AUTH_INSTANCE, listen="127.0.0.1:0",
-                     upstream=f"http://127.0.0.1:{upstream_port}", token_base=portal_url)
-    helper = procs.start("helper", [sys.executable, "-m", "helpers.auth"],
-                         {"PYTHONPATH": root, **env})
-    helper_port = int(wait_for(procs.log("helper"),
-                               r"listening on 127\.0\.0\.1:(\d+)").group(1))
     token = key.sign(tunnel_claims(issuer="bench", instance_id=AUTH_INSTANCE,
                                    hostname=AUTH_HOST))
+    env = helper_env(portal, AUTH_INSTANCE, listen="127.0.0.1:0",
+                     upstream=f"http://127.0.0.1:{upstream_port}", token_base=portal_url)
     listener = procs.start("listener-auth", [sys.executable, "-m", "helpers.listener"], {
         "PYTHONPATH": root, pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: AUTH_HOST,
-        pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}",
-        pod.ENV_UPSTREAM: f"127.0.0.1:{helper_port}"})
+        pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}", **env})
+    helper_port = int(wait_for(procs.log("listener-auth"),
+                               r"listening on 127\.0\.0\.1:(\d+)").group(1))
     hosts = {"portal.dit4c.test": ("127.0.0.1", int(portal_url.rsplit(":", 1)[1])),
              f"{AUTH_INSTANCE}.dit4c.test": ("127.0.0.1", helper_port)}
     cookie = asyncio.run(sign_in(hosts, AUTH_INSTANCE, "/small"))
-    return ({"Host": AUTH_HOST, "Cookie": f"dit4c-auth={cookie}"},
-            [listener.pid, helper.pid])
+    return {"Host": AUTH_HOST, "Cookie": f"dit4c-auth={cookie}"}, [listener.pid]
 
 
 def main() -> int:  # noqa: PLR0915 - one linear script
@@ -312,7 +309,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                      [chp_proc.pid]),
                     ("dit4c router + tunnel + listener", ports["router"], {"Host": HOST},
                      [router_proc.pid, listener_proc.pid]),
-                    ("dit4c router + tunnel + listener + auth helper (signed in)",
+                    ("dit4c router + tunnel + listener with auth gate (signed in)",
                      ports["router"], signed_in, [router_proc.pid, *helper_pids])]
             for name, port, headers, _ in ways:
                 try:

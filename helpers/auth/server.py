@@ -24,7 +24,9 @@ class AuthServer:
         self.helper = helper
         self.addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
-        self._gate: asyncio.Server | None = None
+        self.gate: Gate | None = None
+        """Its ``connection`` serves one connection; the listener hands it tunnel streams."""
+        self._server: asyncio.Server | None = None
         self._private: str | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -34,13 +36,13 @@ class AuthServer:
         app_socket = os.path.join(self._private, "app.sock")
         await web.UnixSite(self._runner, app_socket).start()
         loop = asyncio.get_running_loop()
-        self._gate = await loop.create_server(Gate(self.helper, app_socket).connection,
-                                              host, port)
-        self.addresses = [sock.getsockname()[:2] for sock in self._gate.sockets]
+        self.gate = Gate(self.helper, app_socket)
+        self._server = await loop.create_server(self.gate.connection, host, port)
+        self.addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def stop(self) -> None:
-        if self._gate is not None:
-            self._gate.close()
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._private is not None:

@@ -1,24 +1,30 @@
 """The auth helper's gate (helpers/auth/gate.py) in-process: what the browser scenarios of
-``tests/support/auth_scenarios.py`` do not reach. The tool is the echo tool of
+``tests/support/auth_scenarios.py`` do not reach, on a socket and on tunnel streams (as the
+listener runs it in a pod). The tool is the echo tool of
 ``tests/support/echo_tool.py`` (which does not look at the requests it answers); sessions are
 made in the helper's memory."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from helpers.auth.app import AuthHelper
 from helpers.auth.portal import Tokens
 from helpers.auth.server import AuthServer
 from protocol import pod
+from protocol.tokens import SigningKey
 from tests.functional.test_path_sockets import helper_config
 from tests.ports import free_port
 from tests.support import echo_tool
+from tests.support import router as testing
 
 
 @dataclass
@@ -161,3 +167,69 @@ async def test_the_tool_sees_forwarded_headers_and_no_helper_cookie(gate: Gate) 
     finally:
         await server.stop()
         tool.close()
+
+
+# --- the gate serving tunnel streams in the listener's process, as in a pod ----------------
+
+@dataclass
+class PodPath:
+    base: str
+    headers: dict[str, str]
+
+
+@pytest.fixture
+async def pod_path() -> AsyncIterator[PodPath]:
+    """Router -> tunnel -> the gate in-process (helpers/listener/streams.py) -> the router
+    tests' upstream app as the tool (``/bytes/{n}``, ``/echo``, ``/ws``)."""
+    runner = web.AppRunner(testing.upstream_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    server, made = await start(runner.addresses[0][1])
+    assert server.gate is not None
+    key = SigningKey.generate()
+    router = await testing.start_router(key)
+    links = testing.Links()
+    await links.start([testing.tunnel_url(router)], token=testing.token(key, "w"),
+                      hostname=f"w.{testing.DOMAIN}", upstream=server.gate.connection)
+    host, port = router.addresses[0]
+    yield PodPath(f"http://{host}:{port}", {"Host": f"w.{testing.DOMAIN}",
+                                            "Cookie": f"dit4c-auth={made.cookie}"})
+    await links.close()
+    await router.stop()
+    await server.stop()
+    await runner.cleanup()
+
+
+async def test_large_bodies_cross_the_in_process_gate_both_ways(pod_path: PodPath) -> None:
+    size = 20 * 1024 * 1024
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{pod_path.base}/bytes/{size}", headers=pod_path.headers) as got:
+            assert got.status == 200
+            assert len(await got.read()) == size
+        body = hashlib.sha256()
+
+        async def upload() -> AsyncIterator[bytes]:
+            for i in range(80):
+                chunk = bytes([i]) * 256 * 1024
+                body.update(chunk)
+                yield chunk
+
+        echoed = hashlib.sha256()
+        async with client.post(f"{pod_path.base}/echo", data=upload(),
+                               headers=pod_path.headers) as got:
+            assert got.status == 200
+            async for chunk in got.content.iter_chunked(65536):
+                echoed.update(chunk)
+        assert echoed.hexdigest() == body.hexdigest()
+
+
+async def test_websocket_and_sign_in_through_the_in_process_gate(pod_path: PodPath) -> None:
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(f"{pod_path.base}/ws", headers=pod_path.headers) as ws:
+            for i in range(3):
+                await ws.send_str(f"hi {i}")
+                assert (await ws.receive(timeout=10)).data == f"hi {i}"
+        anonymous = {"Host": pod_path.headers["Host"]}
+        async with client.get(f"{pod_path.base}/", headers=anonymous,
+                              allow_redirects=False) as got:
+            assert got.status == 302 and "/oauth/authorize?" in got.headers["Location"]

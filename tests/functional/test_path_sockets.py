@@ -1,9 +1,10 @@
 """Why small messages do not wait on the path (protocol/tcp.py), tested at the cause, untimed.
 
-Everything in this process, on loopback: the echo tool of ``tests/support/echo_tool.py`` (Nagle on,
-two small writes per answer, as tornado behind Jupyter does), the auth helper's application in
-front of it with a signed-in session, and a router with two listener links, one to the helper
-(the path users take) and one straight to the tool.
+Everything in this process, on loopback: the echo tool of ``tests/support/echo_tool.py``
+(Nagle on, two small writes per answer, as tornado behind Jupyter does), the auth helper in
+front of it with a signed-in session, and a router with two listener links: one handing its
+streams to the auth helper's gate in-process (the path users take, as in a pod) and one
+straight to the tool.
 
 - Every socket of ours sends small writes at once: ``TCP_NODELAY``, read back with getsockopt.
 - Every hop that reads from the tool acknowledges at once: once the client has the tool's first
@@ -99,10 +100,10 @@ async def path() -> AsyncIterator[Path]:
     key = SigningKey.generate()
     router = await testing.start_router(key)
     links = testing.Links()
-    for instance, upstream in (("w", helper_port), ("t", tool_port)):
+    assert server.gate is not None
+    for instance, upstream in (("w", server.gate.connection), ("t", ("127.0.0.1", tool_port))):
         await links.start([testing.tunnel_url(router)], token=testing.token(key, instance),
-                          hostname=f"{instance}.{testing.DOMAIN}",
-                          upstream=("127.0.0.1", upstream))
+                          hostname=f"{instance}.{testing.DOMAIN}", upstream=upstream)
     yield Path(tool_port, connections, helper_port, session.session_id, router)
     await links.close()
     await router.stop()
