@@ -6,11 +6,12 @@ One echo tool (``tests/support/echo_tool.py``: Nagle on and several small writes
 tornado/Jupyter do) reached four ways, all separate processes on loopback, in one run:
 
 1. direct;
-2. through the auth helper (``python -m helpers.auth``, signed in through the real OAuth2
-   server of ``tests/support/auth_harness.py``);
+2. through the auth helper alone (``python -m helpers.auth``, signed in through the real
+   OAuth2 server of ``tests/support/auth_harness.py``);
 3. through the edge router + tunnel + listener (``python -m edge_router``,
    ``python -m helpers.listener``) straight to the tool;
-4. the path users take: router + tunnel + listener + auth helper.
+4. the path users take: router + tunnel + a listener running the auth helper in its process,
+   as in a pod (its gate serves every stream), signed in.
 
 For each: sequential round trips of a small WebSocket message (send one, wait for the tool's
 three answers) and of a small HTTP request on a keep-alive connection, p50 and p99; then the
@@ -234,7 +235,8 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 def start_path(procs: Processes, portal: PortalHarness, portal_url: str
                ) -> list[Way]:
-    """The tool, the auth helper, the router and two listeners; the four ways to the tool."""
+    """The tool, the auth helper alone, the router, a listener straight to the tool and one
+    with the auth helper in its process (as in a pod); the four ways to the tool."""
     env = {"PYTHONPATH": str(ROOT)}
     procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool", "127.0.0.1", "0"],
                 env, ROOT)
@@ -250,23 +252,29 @@ def start_path(procs: Processes, portal: PortalHarness, portal_url: str
         "DIT4C_ROUTER_JWKS_URL": f"{portal_url}/.well-known/jwks.json",
         "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{router_port}"}, ROOT)
     wait_for(procs.log("router"), r"edge router for")
-    for instance, upstream in (("t", tool_port), ("w", helper_port)):
+    pod_helper = helper_env(portal, "p", listen="127.0.0.1:0",
+                            upstream=f"http://127.0.0.1:{tool_port}", token_base=portal_url)
+    listeners = {"t": {pod.ENV_UPSTREAM: f"127.0.0.1:{tool_port}"}, "p": pod_helper}
+    for instance, upstream in listeners.items():
         hostname = f"{instance}.{DOMAIN}"
         token = portal.signer.sign(tunnel_claims(issuer=PORTAL, instance_id=instance,
                                                  hostname=hostname))
         procs.start(f"listener-{instance}", [sys.executable, "-m", "helpers.listener"], {
             **env, pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: hostname,
-            pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}",
-            pod.ENV_UPSTREAM: f"127.0.0.1:{upstream}"}, ROOT)
+            pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}", **upstream},
+            ROOT)
         wait_for(procs.log(f"listener-{instance}"), r"tunnel to .* up")
+    pod_port = int(wait_for(procs.log("listener-p"),
+                            r"listening on 127\.0\.0\.1:(\d+)").group(1))
     hosts = {"portal.dit4c.test": ("127.0.0.1", int(portal_url.rsplit(":", 1)[1])),
-             f"w.{DOMAIN}": ("127.0.0.1", helper_port)}
-    cookie = asyncio.run(sign_in(hosts, "w", "/small"))
+             f"w.{DOMAIN}": ("127.0.0.1", helper_port), f"p.{DOMAIN}": ("127.0.0.1", pod_port)}
+    alone, in_pod = (asyncio.run(sign_in(hosts, name, "/small")) for name in ("w", "p"))
     return [
         Way("direct to the tool", tool_port, "127.0.0.1"),
-        Way("auth helper", helper_port, f"w.{DOMAIN}", cookie),
+        Way("auth helper alone", helper_port, f"w.{DOMAIN}", alone),
         Way("router + tunnel + listener", router_port, f"t.{DOMAIN}"),
-        Way("router + tunnel + listener + auth helper", router_port, f"w.{DOMAIN}", cookie),
+        Way("router + tunnel + listener with the auth helper (a pod)", router_port,
+            f"p.{DOMAIN}", in_pod),
     ]
 
 
@@ -282,7 +290,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dit4c-latency-bench-") as tmp, mock_aws():
         procs = Processes(Path(tmp))
         portal = PortalHarness(issuer=PORTAL)
-        portal.access = {"w": {"bench"}}
+        portal.access = {"w": {"bench"}, "p": {"bench"}}
         try:
             with portal.serve("127.0.0.1") as portal_url:
                 ways = start_path(procs, portal, portal_url)

@@ -410,6 +410,16 @@ class ImageBuilder:
             tar.tree(self.repo_root / folder, folder)
         return tar.close()
 
+    def pin(self, name: str, recipe: str) -> str:
+        """Tag the image ``name`` (built from ``recipe``) also as :func:`pinned` and return that
+        name: a checkout that runs its own helpers on a shared engine uses it, since another
+        checkout may move ``name`` to its own build at any moment."""
+        tagged = pinned(name, recipe)
+        if self.current_recipe(tagged) != recipe:
+            repository, tag = tagged.rsplit(":", 1)
+            self.client.images.get(name).tag(repository, tag)
+        return tagged
+
     def helpers(self, force: bool = False) -> Result:
         started = time.monotonic()
         try:
@@ -419,6 +429,12 @@ class ImageBuilder:
         context = self.helpers_context()
         recipe = _sha256(context, base_id)
         if not force and self.current_recipe(images.HELPERS) == recipe:
+            self.pin(images.HELPERS, recipe)
+            return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
+        if not force and self.current_recipe(pinned(images.HELPERS, recipe)) == recipe:
+            # Another checkout moved the name: this recipe's image is still here.
+            repository, tag = images.HELPERS.rsplit(":", 1)
+            self.client.images.get(pinned(images.HELPERS, recipe)).tag(repository, tag)
             return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
         stream = self.client.api.build(
             fileobj=io.BytesIO(context), custom_context=True, tag=images.HELPERS, pull=False,
@@ -431,6 +447,7 @@ class ImageBuilder:
             lines.append(str(chunk.get("stream", "")))
         if self.current_recipe(images.HELPERS) != recipe:
             raise BuildError(f"docker build of {images.HELPERS} left no image:\n{''.join(lines)}")
+        self.pin(images.HELPERS, recipe)
         return Result(images.HELPERS, recipe, "built", time.monotonic() - started)
 
     # -- dit4c/jupyterlab:4.6 -----------------------------------------------------------------
@@ -508,6 +525,11 @@ class ImageBuilder:
         if unknown:
             raise BuildError(f"unknown image(s): {', '.join(sorted(unknown))}")
         return [step(force) for name, step in self.steps().items() if name in wanted]
+
+
+def pinned(name: str, recipe: str) -> str:
+    """``repository:r-<recipe prefix>``: a tag that only ever names one recipe's image."""
+    return f"{name.rsplit(':', 1)[0]}:r-{recipe[:12]}"
 
 
 def _run(argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> None:

@@ -26,7 +26,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from scripts import images
-from scripts.build_images import ImageBuilder
+from scripts.build_images import ImageBuilder, pinned
 from tests.support.node import node_env
 
 RunContainer = Callable[..., Container]
@@ -45,8 +45,10 @@ def tool_image(image_builder: ImageBuilder) -> str:
 
 @pytest.fixture(scope="session")
 def helpers_image(image_builder: ImageBuilder) -> str:
-    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
-    return images.HELPERS
+    """This checkout's helpers image by its recipe tag (``dit4c/helpers:r-<recipe>``): on a
+    shared engine another checkout may move ``dit4c/helpers:dev`` to its own code mid-run."""
+    image_builder.ensure([images.HELPER_BASE])
+    return pinned(images.HELPERS, image_builder.helpers().recipe)
 
 
 @pytest.fixture(scope="session")
@@ -115,4 +117,4 @@ def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str]
                   unique_name: Callable[[str], str], helpers_image: str) -> dict[str, str]:
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
-                    helpers_image=helpers_image)
+                    helpers_image=helpers_image, DIT4C_NODE_HELPERS_IMAGE=helpers_image)

@@ -67,6 +67,7 @@ def system(tmp_path_factory, unique_name, run_labels, *, tool_image, helpers_ima
         "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
     })
     stack = StackProcess(env)
     apis: list[Api] = []
