@@ -125,8 +125,8 @@ def main() -> int:
         portal.access = {"p": {"bench"}}
         try:
             with portal.serve("127.0.0.1") as portal_url:
-                procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool",
-                                     "127.0.0.1", "0"], env, ROOT)
+                tool = procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool",
+                                            "127.0.0.1", "0"], env, ROOT)
                 tool_port = int(wait_for(procs.log("tool"), r"listening (\d+)").group(1))
                 router_port = free_port()
                 router = procs.start("router", [sys.executable, "-m", "edge_router"], {
@@ -150,31 +150,42 @@ def main() -> int:
                 hosts = {"portal.dit4c.test": ("127.0.0.1", int(portal_url.rsplit(":", 1)[1])),
                          f"p.{DOMAIN}": ("127.0.0.1", helper_port)}
                 cookie = asyncio.run(sign_in(hosts, "p", "/small"))
-                way = Way("router + tunnel + listener with the auth helper", router_port,
-                          hostname, cookie)
-                print(f"opening {args.sessions} WebSockets ...", file=sys.stderr)
-                result = asyncio.run(load(way, args.sessions, args.seconds,
-                                          {"router": router.pid, "listener": listener.pid}))
+                pids = {"router": router.pid, "listener": listener.pid, "tool": tool.pid,
+                        "client": os.getpid()}
+                results = {}
+                for way in (Way("direct to the tool", tool_port, "127.0.0.1"),
+                            Way("router + tunnel + listener with the auth helper", router_port,
+                                hostname, cookie)):
+                    print(f"{way.name}: opening {args.sessions} WebSockets ...",
+                          file=sys.stderr)
+                    results[way.name] = asyncio.run(load(way, args.sessions, args.seconds,
+                                                         pids))
         except Exception:
             procs.report()
             raise
         finally:
             procs.stop_all()
-    errors = result["errors"]
-    assert isinstance(errors, list)
-    print(f"\n{args.sessions} WebSockets through one router to one instance, one message a "
-          f"second each for {args.seconds} s; {os.cpu_count()} CPUs, load average at the end "
-          f"{os.getloadavg()[0]:.2f}\n")
-    print("| opened | messages answered | errors | p50 ms | p99 ms | max ms "
-          "| router CPU | router RSS MB (before / peak) | listener CPU | listener RSS MB |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    cpu, before, peak = result["cpu"], result["rss_before"], result["rss_peak"]
-    assert isinstance(cpu, dict) and isinstance(before, dict) and isinstance(peak, dict)
-    print(f"| {result['opened']} | {result['messages']} | {len(errors)} "
-          f"| {result['p50']:.2f} | {result['p99']:.2f} | {result['max']:.2f} "
-          f"| {cpu['router'] * 100:.0f} % | {before['router'] / 1024:.1f} / "
-          f"{peak['router'] / 1024:.1f} | {cpu['listener'] * 100:.0f} % "
-          f"| {before['listener'] / 1024:.1f} / {peak['listener'] / 1024:.1f} |")
+    print(f"\n{args.sessions} WebSockets to one instance, one message a second each for "
+          f"{args.seconds} s (the tool answers each with {REPLIES}); {os.cpu_count()} CPUs, "
+          f"load average at the end {os.getloadavg()[0]:.2f}\n")
+    print("| path | opened | messages answered | errors | p50 ms | p99 ms | max ms "
+          "| router CPU | router RSS MB (before / peak) | listener CPU | listener RSS MB "
+          "| tool CPU | client CPU |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: |")
+    errors: list[str] = []
+    for name, result in results.items():
+        cpu, before, peak = result["cpu"], result["rss_before"], result["rss_peak"]
+        found = result["errors"]
+        assert isinstance(cpu, dict) and isinstance(before, dict) and isinstance(peak, dict)
+        assert isinstance(found, list)
+        errors += found
+        print(f"| {name} | {result['opened']} | {result['messages']} | {len(found)} "
+              f"| {result['p50']:.2f} | {result['p99']:.2f} | {result['max']:.2f} "
+              f"| {cpu['router'] * 100:.0f} % | {before['router'] / 1024:.1f} / "
+              f"{peak['router'] / 1024:.1f} | {cpu['listener'] * 100:.0f} % "
+              f"| {before['listener'] / 1024:.1f} / {peak['listener'] / 1024:.1f} "
+              f"| {cpu['tool'] * 100:.0f} % | {cpu['client'] * 100:.0f} % |")
     for error in errors[:10]:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
