@@ -11,16 +11,18 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chalice.app import Chalice, Rate, Request, Response, SQSEvent
+from chalice.app import Rate, Request, Response, SQSEvent
 
 from control_plane import portal_routes, web
+from control_plane.gateway import GatewayChalice
 from control_plane.oauth_routes import oauth_blueprint
 
 if TYPE_CHECKING:
     from control_plane.accounts import Session
     from control_plane.services import Services
 
-app = Chalice(app_name="dit4c")
+# API Gateway sends every request through one catch-all route: see control_plane/gateway.py.
+app = GatewayChalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
 app.register_middleware(web.rewrite_framework_errors, "http")
 log = logging.getLogger("dit4c.control_plane.app")

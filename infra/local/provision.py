@@ -93,7 +93,7 @@ class Provisioner:
         skipped = []
         for logical_id in template.resources:
             resource_type = template.resource_type(logical_id)
-            if resource_type in _NOT_PROVISIONED:
+            if resource_type in _NOT_PROVISIONED or not run.wanted(logical_id):
                 continue
             if not run.can_create(resource_type):
                 # Cloud-only (an alarm, a permission ...): fine unless something refers to it.
@@ -155,7 +155,8 @@ class _Run:
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
         }
-        self.resolver = Resolver(parameters, pseudo, self._lookup)
+        self.resolver = Resolver(parameters, pseudo, self._lookup,
+                                 template.document.get("Conditions"))
         self._creators: dict[str, Callable[[str, dict[str, Any]], Physical]] = {
             "AWS::DynamoDB::Table": self._table,
             "AWS::SQS::Queue": self._queue,
@@ -168,6 +169,11 @@ class _Run:
 
     def can_create(self, resource_type: str) -> bool:
         return resource_type in self._creators
+
+    def wanted(self, logical_id: str) -> bool:
+        """False for a resource whose ``Condition`` is false (CloudFormation skips it too)."""
+        condition = self.template.resources[logical_id].get("Condition")
+        return condition is None or self.resolver.condition(str(condition), logical_id)
 
     # -- lookups -------------------------------------------------------------------------------
 
