@@ -17,11 +17,15 @@ Lambda hands it (API Gateway, SQS, EventBridge schedule), over moto's server.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
+import functools
 import json
 import selectors
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 import zipfile
@@ -57,12 +61,15 @@ def runtime_python() -> Path:
     return python
 
 
-def packaged_artifact(into: Path) -> Path:
-    """The artifact for this machine, built by ``scripts.package_lambda`` and unzipped."""
+@functools.cache
+def packaged_artifact() -> Path:
+    """The artifact for this machine, built by ``scripts.package_lambda`` and unzipped (once
+    per test process, shared by every test that runs it)."""
     arch = package_lambda.host_arch()
     out, _, _ = package_lambda.build(package_lambda.BUILD / "test" / f"lambda-{arch}.zip",
                                      arch=arch)
-    task = into / "task"
+    task = Path(tempfile.mkdtemp(prefix="task-", dir=out.parent))
+    atexit.register(shutil.rmtree, task, ignore_errors=True)
     with zipfile.ZipFile(out) as archive:
         archive.extractall(task)
     return task

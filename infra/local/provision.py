@@ -75,6 +75,9 @@ class Stack:
     """Function logical id -> URL of the queue its SQS trigger reads."""
     skipped: tuple[str, ...] = ()
     """Resources of kinds the local stack does not create, that nothing it needs refers to."""
+    resolver: Resolver | None = None
+    """Evaluates more of the template's values against what was made (the IAM tests resolve
+    the functions' policies with it)."""
 
     def of_type(self, resource_type: str) -> list[Physical]:
         return [r for r in self.resources.values() if r.type == resource_type]
@@ -120,6 +123,7 @@ class Provisioner:
             functions=functions,
             sqs_sources=sqs_sources,
             skipped=tuple(skipped),
+            resolver=run.resolver,
         )
 
     def client(self, service: str) -> Any:

@@ -82,7 +82,7 @@ class Deployed:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("deploy-shape")
-    artifact = packaged_artifact(tmp)
+    artifact = packaged_artifact()
     with provisioned(f"shape{uuid.uuid4().hex[:6]}") as (endpoint, stack):
         env = function_environment(stack, endpoint)
         config = Config.from_env(env)
