@@ -13,7 +13,7 @@ endif
 STALE_MINUTES ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: run test venv deps images lint unit bench clean-test package
+.PHONY: run test venv deps images lint unit bench clean-test package checkov
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,10 @@ run: venv deps images
 # template's runtime and architecture; prints its size. Deploying: docs/deploy.md.
 package: venv
 	$(PY) -m scripts.package_lambda
+
+# checkov over infra/terraform, from its own virtualenv in the cache directory (scripts/checkov.py).
+checkov: venv
+	$(PY) -m scripts.checkov
 
 # Each bench/<name>.py module measures one part against the same work done directly.
 bench: venv deps images
