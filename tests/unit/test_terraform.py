@@ -73,7 +73,8 @@ def of_type(cfn_type: str) -> dict[str, dict[str, Any]]:
             if r["Type"] == cfn_type}
 
 
-def _one(blocks: Any) -> dict[str, Any]:
+def _one(blocks: Any) -> Any:
+    """A block that python-hcl2 may give as a list of one."""
     return blocks[0] if isinstance(blocks, list) else blocks
 
 
