@@ -58,7 +58,7 @@ run: venv deps images
 # The Lambda artifact build/lambda.zip (requirements.txt + control_plane/ + protocol/) for the
 # template's runtime and architecture; prints its size. Deploying: docs/deploy.md.
 package: venv
-	$(PY) -m scripts.package_lambda
+	$(PY) -m infra.package
 
 # checkov over infra/terraform, from its own virtualenv in the cache directory (scripts/checkov.py).
 checkov: venv

@@ -28,7 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from scripts import package_lambda
+from infra import package
 
 GOAL_MS = 300.0
 
@@ -49,14 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args()
-    target = package_lambda.Target.from_template(arch=package_lambda.host_arch())
-    interpreter = package_lambda.find_python(target.python)
+    target = package.Target.from_template(arch=package.host_arch())
+    interpreter = package.find_python(target.python)
     if interpreter is None:
         sys.exit(f"no Python {target.python} here (the template's runtime): pyenv install it "
                  "or set DIT4C_LAMBDA_PYTHON")
-    out, size, _ = package_lambda.build(package_lambda.BUILD / "bench" / "lambda.zip",
+    out, size, _ = package.build(package.BUILD / "bench" / "lambda.zip",
                                         arch=target.arch)
-    with tempfile.TemporaryDirectory(dir=package_lambda.BUILD) as scratch:
+    with tempfile.TemporaryDirectory(dir=package.BUILD) as scratch:
         task = Path(scratch) / "task"
         with zipfile.ZipFile(out) as archive:
             archive.extractall(task)

@@ -33,6 +33,25 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+import boto3
+from chalice.config import Config as ChaliceConfig
+
+from control_plane import services
+from control_plane.app import app, on_event
+from control_plane.aws import Clients
+from control_plane.bootstrap import ensure_local_defaults
+from control_plane.catalog import CatalogEntry
+from control_plane.config import Config
+from control_plane.services import Services
+from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+from infra.local.functions import SqsPump
+from infra.local.moto_server import MotoServer
+from infra.local.portal import PortalGateway
+from infra.local.provision import Provisioner
+from infra.local.template import Template
+from protocol.messages import InstanceStateEvent, NodeHeartbeat
+from protocol.tokens import SigningKey, node_claims
+
 PRICES: Final = {  # USD per unit, us-east-1 list prices
     "sqs": 0.40e-6,  # per request (standard queue)
     "sns": 0.50e-6,  # per publish
@@ -110,24 +129,7 @@ def cost(units: collections.Counter[str], lambdas: int = 0, api: int = 0) -> flo
 
 
 def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as one table
-    import boto3
-    from chalice.config import Config as ChaliceConfig
 
-    from control_plane import services
-    from control_plane.app import app, on_event
-    from control_plane.aws import Clients
-    from control_plane.bootstrap import ensure_local_defaults
-    from control_plane.catalog import CatalogEntry
-    from control_plane.config import Config
-    from control_plane.services import Services
-    from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
-    from infra.local.functions import SqsPump
-    from infra.local.moto_server import MotoServer
-    from infra.local.portal import PortalGateway
-    from infra.local.provision import Provisioner
-    from infra.local.template import Template
-    from protocol.messages import InstanceStateEvent, NodeHeartbeat
-    from protocol.tokens import SigningKey, node_claims
 
     counter = Counter()
     server = MotoServer(wrap=counter)

@@ -13,7 +13,7 @@ from control_plane.config import Config
 
 SERVICES: Final = frozenset({"dynamodb", "sqs", "sns", "sts", "ssm"})
 """Every AWS service the functions call. The Lambda artifact carries only these services'
-botocore models (``scripts/package_lambda.py``), so a client of any other is refused here,
+botocore models (``infra/package.py``), so a client of any other is refused here,
 in every test, rather than on Lambda."""
 
 

@@ -32,8 +32,8 @@ from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
 from protocol.tokens import SigningKey
-from tests.deploy_harness import PARAMETERS, REGION
-from tests.iam_gate import IamGate
+from tests.support.deploy import PARAMETERS, REGION
+from tests.support.iam_gate import IamGate
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,7 +2,7 @@
 
 The three functions run from the packaged artifact, each in its own process with the
 credentials of its own role (SAM's translation of ``template.yaml``, made in moto and assumed as
-Lambda assumes it), against moto's server behind :class:`tests.iam_gate.IamGate`, which
+Lambda assumes it), against moto's server behind :class:`tests.support.iam_gate.IamGate`, which
 authorises every call as IAM would. A scenario drives everything the functions do: a browser
 (admin, two users) through API Gateway events, a node (enrolment, credentials, its state reports
 and heartbeats) through the events function's SQS batches, and the reaper's schedule. It fails
@@ -30,7 +30,7 @@ from infra.local.provision import Stack
 from infra.local.template import Template
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, decode
 from protocol.tokens import SigningKey, node_claims
-from tests.deploy_harness import (
+from tests.support.deploy import (
     REGION,
     FunctionProcess,
     HttpRequest,
@@ -41,7 +41,7 @@ from tests.deploy_harness import (
     scheduled_event,
     sqs_event,
 )
-from tests.iam_gate import IamGate, function_credentials, function_policies, unused_grants
+from tests.support.iam_gate import IamGate, function_credentials, function_policies, unused_grants
 
 pytestmark = pytest.mark.timeout(300)
 

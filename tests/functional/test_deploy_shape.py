@@ -33,7 +33,7 @@ from control_plane.services import Services
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from infra.local.portal import PortalGateway
 from protocol.messages import NodeHeartbeat
-from tests.deploy_harness import (
+from tests.support.deploy import (
     REGION,
     FunctionError,
     FunctionProcess,

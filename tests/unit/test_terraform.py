@@ -20,6 +20,7 @@ import hcl2
 import pytest
 
 from infra.local.template import Template
+from tests.support.iam_gate import function_policies
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 FUNCTIONS = {"ApiFunction": "api_function", "EventsFunction": "events_function",
@@ -317,7 +318,6 @@ def test_node_and_router_roles_are_the_same(role: str):
 
 
 def test_the_managed_policies_sam_adds_are_attached_in_terraform_too():
-    from tests.iam_gate import function_policies
 
     translated = function_policies(template())
     spec = _locals()["functions"]

@@ -1,6 +1,6 @@
 """Build the Lambda deployment artifact: ``build/lambda.zip`` (``make package``).
 
-``python -m scripts.package_lambda [--arch arm64|x86_64] [--out PATH]``
+``python -m infra.package [--arch arm64|x86_64] [--out PATH]``
 
 What goes in, for the runtime and architecture ``template.yaml``'s ``Globals.Function`` names:
 
@@ -34,6 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from control_plane.aws import SERVICES
+from infra.local.template import Template
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 BUILD: Final = REPO_ROOT / "build"
@@ -69,7 +72,6 @@ class Target:
     @classmethod
     def from_template(cls, path: Path = REPO_ROOT / "template.yaml",
                       arch: str | None = None) -> Target:
-        from infra.local.template import Template
 
         function = Template.load(path).document.get("Globals", {}).get("Function", {})
         runtime = str(function.get("Runtime", ""))
@@ -155,7 +157,6 @@ def _prune_models(tree: Path, services: frozenset[str]) -> None:
 
 def requirements_tree(requirements: Path, platform: Target) -> Path:
     """The installed, pruned requirements for ``platform`` (cached by content)."""
-    from control_plane.aws import SERVICES
 
     lines, chalice = _requirements(requirements)
     key = hashlib.sha256("\n".join([RECIPE_VERSION, platform.python, platform.arch,

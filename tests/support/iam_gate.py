@@ -31,6 +31,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import boto3
+from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, IAMRequest, PermissionResult
+from moto.iam.aws_managed_policies import aws_managed_policies_data
+from moto.iam.models import iam_backends
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException
 
 from infra.local.aws import ACCOUNT_ID, AwsEndpoint
 from infra.local.provision import Stack
@@ -55,8 +62,6 @@ class FunctionPolicies:
 
 def function_policies(template: Template) -> dict[str, FunctionPolicies]:
     """Every ``AWS::Serverless::Function``'s role, through SAM's translator."""
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.translator import Translator
 
     document = copy.deepcopy(dict(template.document))
     # The translator wants code in S3; where the code is does not change a policy.
@@ -88,7 +93,6 @@ def _arn_text(arn: Any) -> str:
 
 def managed_policy_document(arn: str) -> dict[str, Any]:
     """An AWS managed policy's document (moto ships AWS's list)."""
-    from moto.iam.aws_managed_policies import aws_managed_policies_data
 
     name = arn.rsplit("/", 1)[-1]
     policy = json.loads(aws_managed_policies_data)[name]
@@ -244,7 +248,6 @@ class IamGate:
 
     def _check(self, environ: dict[str, Any], body: bytes
                ) -> tuple[str, list[tuple[str, str]], bytes] | None:
-        from werkzeug.datastructures import EnvironHeaders
 
         headers = dict(EnvironHeaders(environ))
         authorization = headers.get("Authorization", "")
@@ -279,8 +282,6 @@ class IamGate:
 
     def _authorise(self, signed: _Signed, action: str, resource: str) -> str | None:
         """None when allowed, else the denied principal's session name."""
-        from moto.iam.access_control import IAMPolicy, IAMRequest, PermissionResult
-        from werkzeug.exceptions import HTTPException
 
         principal, allowed = "?", False
         try:
@@ -330,7 +331,6 @@ def _trusted(role_arn: str, caller_arn: str) -> bool:
     """Does the role's trust policy let ``caller_arn`` assume it? A principal of the account
     itself (``arn:aws:iam::ACCOUNT:root``) hands the decision to the caller's own policies, as
     in IAM (moto compares the ARNs literally, which refuses every role session)."""
-    from moto.iam.models import iam_backends
 
     role = iam_backends[ACCOUNT_ID]["aws"].get_role_by_arn(role_arn)
     trust = json.loads(role.assume_role_policy_document)
@@ -350,7 +350,6 @@ def unused_grants(policies: FunctionPolicies, stack: Stack,
                   used: set[tuple[str, str]]) -> list[str]:
     """Each action of each statement of the function's own policies that no allowed request
     used on any of the statement's resources: what the template allows beyond need."""
-    from moto.iam.access_control import IAMPolicyStatement
 
     assert stack.resolver is not None
     unused = []

@@ -5,7 +5,7 @@ Lambda hands it (API Gateway, SQS, EventBridge schedule), over moto's server.
   machine's architecture (the same requirements, sources and pruning; only the wheels' platform
   tag differs from the arm64 build) and unzips it.
 - :class:`FunctionProcess` runs its handlers in an interpreter of the template's runtime version
-  that sees nothing but the artifact (``tests/lambda_runtime.py``), with the environment and
+  that sees nothing but the artifact (``tests/support/lambda_runtime.py``), with the environment and
   credentials given: one process per function, warm between invocations.
 - :func:`http_api_event` / :func:`rest_api_event` are what API Gateway sends through the
   template's catch-all route (HTTP API payload format 1.0, ``$default`` stage) or a REST API's
@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlencode
 
+from infra import package
 from infra.local.aws import ACCOUNT_ID, AwsEndpoint
 from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
-from scripts import package_lambda
 
 RUNTIME = Path(__file__).resolve().parent / "lambda_runtime.py"
 REGION = "us-east-1"
@@ -52,8 +53,8 @@ class FunctionError(Exception):
 
 def runtime_python() -> Path:
     """An interpreter of the template's runtime version, or an error saying how to get one."""
-    version = package_lambda.Target.from_template().python
-    python = package_lambda.find_python(version)
+    version = package.Target.from_template().python
+    python = package.find_python(version)
     if python is None:
         raise RuntimeError(f"the deployment tests run the artifact on Python {version} (the "
                            f"template's runtime): install it (pyenv install {version}) or set "
@@ -63,10 +64,10 @@ def runtime_python() -> Path:
 
 @functools.cache
 def packaged_artifact() -> Path:
-    """The artifact for this machine, built by ``scripts.package_lambda`` and unzipped (once
+    """The artifact for this machine, built by ``infra.package`` and unzipped (once
     per test process, shared by every test that runs it)."""
-    arch = package_lambda.host_arch()
-    out, _, _ = package_lambda.build(package_lambda.BUILD / "test" / f"lambda-{arch}.zip",
+    arch = package.host_arch()
+    out, _, _ = package.build(package.BUILD / "test" / f"lambda-{arch}.zip",
                                      arch=arch)
     task = Path(tempfile.mkdtemp(prefix="task-", dir=out.parent))
     atexit.register(shutil.rmtree, task, ignore_errors=True)
@@ -142,7 +143,6 @@ class HttpRequest:
     @property
     def target(self) -> str:
         """Path and query string, as a browser sends them."""
-        from urllib.parse import urlencode
 
         return self.path + (f"?{urlencode(list(self.query))}" if self.query else "")
 

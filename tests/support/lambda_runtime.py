@@ -1,6 +1,6 @@
 """A Lambda runtime for tests: the packaged artifact's handlers in an interpreter of their own.
 
-``python3.13 -I -S tests/lambda_runtime.py ARTIFACT_DIR`` imports nothing but the standard
+``python3.13 -I -S tests/support/lambda_runtime.py ARTIFACT_DIR`` imports nothing but the standard
 library and what is in ``ARTIFACT_DIR`` (``-I -S``: no site-packages, no PYTHONPATH), as Lambda
 runs ``/var/task``. It reads one JSON request per line on stdin,
 ``{"handler": "module.attribute", "event": {...}}``, calls the handler with the event and a
@@ -8,7 +8,7 @@ context like Lambda's, and writes one JSON line per request to its original stdo
 ``{"result": ...}`` or ``{"error": "<type>", "message": ..., "trace": ...}``. What the handler
 logs or prints goes to stderr (Chalice logs to stdout on Lambda). Handlers are imported on first
 use and kept, like a warm Lambda container. This file is run by path and imports no project
-module (tests/deploy_harness.py drives it).
+module (tests/support/deploy.py drives it).
 """
 
 import importlib
