@@ -214,6 +214,7 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
                      _show(calls) + ", 4 API requests", launch))
     finally:
         services.use(None)
+        server.reset()
         server.stop()
 
     def node_hour_at(beat_seconds: float) -> float:

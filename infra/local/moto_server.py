@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,14 @@ class MotoServer:
         if isinstance(host, bytes):
             host = host.decode()
         return AwsEndpoint(f"http://{host}:{port}")
+
+    def reset(self) -> None:
+        """Forget every service's state (moto's ``/moto-api/reset``). moto keeps it per process,
+        not per server: a test done with its resources resets, so the next finds none."""
+        url = f"{self.endpoint.url}/moto-api/reset"  # http://<our loopback address>
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
 
     def stop(self) -> None:
         """Stop serving and close the socket; harmless when not started."""

@@ -273,9 +273,9 @@ data "aws_iam_policy_document" "reaper_function" {
 locals {
   # Function -> its own statements and the AWS managed policies SAM gives it.
   functions = {
-    api_function    = { policy = data.aws_iam_policy_document.api_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole"] }
-    events_function = { policy = data.aws_iam_policy_document.events_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole", "service-role/AWSLambdaSQSQueueExecutionRole"] }
-    reaper_function = { policy = data.aws_iam_policy_document.reaper_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole"] }
+    api_function    = { short = "api", policy = data.aws_iam_policy_document.api_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole"] }
+    events_function = { short = "events", policy = data.aws_iam_policy_document.events_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole", "service-role/AWSLambdaSQSQueueExecutionRole"] }
+    reaper_function = { short = "reaper", policy = data.aws_iam_policy_document.reaper_function.json, managed = ["service-role/AWSLambdaBasicExecutionRole"] }
   }
   managed_attachments = merge([for function, spec in local.functions : {
     for policy in spec.managed : "${function}/${policy}" => { function = function, policy = policy }
@@ -284,7 +284,7 @@ locals {
 
 resource "aws_iam_role" "function" {
   for_each           = local.functions
-  name_prefix        = "${var.name}-${replace(each.key, "_", "-")}-"
+  name_prefix        = "${var.name}-${each.value.short}-"
   assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
 }
 

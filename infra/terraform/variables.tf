@@ -6,8 +6,9 @@ variable "name" {
   default     = "dit4c"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,30}$", var.name))
-    error_message = "name: lower-case letters, digits and '-', starting with a letter, at most 31."
+    # IAM role name prefixes are at most 38 characters: "<name>-events-" must fit.
+    condition     = can(regex("^[a-z][a-z0-9-]{0,23}$", var.name))
+    error_message = "name: lower-case letters, digits and '-', starting with a letter, at most 24."
   }
 }
 

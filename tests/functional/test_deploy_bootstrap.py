@@ -63,6 +63,7 @@ def server() -> Iterator[tuple[AwsEndpoint, IamGate]]:
     moto = MotoServer(wrap=gate)
     endpoint = moto.start()
     yield endpoint, gate
+    moto.reset()
     moto.stop()
 
 

@@ -245,6 +245,7 @@ def provisioned(stack_name: str, server: MotoServer | None = None
     try:
         yield endpoint, Provisioner(endpoint, stack_name).provision(Template.load(), PARAMETERS)
     finally:
+        server.reset()
         server.stop()
 
 
