@@ -37,7 +37,8 @@ def function_of_stack(stack: str, region: str | None = None) -> str:
         if "does not exist" in message:
             raise DeploymentError(f"stack {stack!r} has no {API_FUNCTION_LOGICAL_ID} (is it a "
                                   f"dit4c stack, in this region?): {message}") from None
-        raise DeploymentError(f"cannot read stack {stack!r}: {_describe(exc)}") from None
+        raise DeploymentError(
+            f"cannot read stack {stack!r}: {describe_client_error(exc)}") from None
     return str(resource["StackResourceDetail"]["PhysicalResourceId"])
 
 
@@ -49,7 +50,8 @@ def function_environment(function: str, region: str | None = None) -> dict[str, 
     try:
         configuration = client.get_function_configuration(FunctionName=function)
     except ClientError as exc:
-        raise DeploymentError(f"cannot read function {function!r}: {_describe(exc)}") from None
+        raise DeploymentError(
+            f"cannot read function {function!r}: {describe_client_error(exc)}") from None
     variables = dict((configuration.get("Environment") or {}).get("Variables") or {})
     if not any(name.startswith("DIT4C_") for name in variables):
         raise DeploymentError(f"function {function!r} has no DIT4C_ settings: it is not the "
@@ -58,11 +60,7 @@ def function_environment(function: str, region: str | None = None) -> dict[str, 
     return variables
 
 
-def _describe(exc: Any) -> str:
+def describe_client_error(exc: Any) -> str:
+    """One line for a botocore ``ClientError``: the operation, the code, AWS's message."""
     error = exc.response.get("Error", {})
     return f"{exc.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}"
-
-
-def describe_client_error(exc: Any) -> str:
-    """One line for a botocore ``ClientError`` (the operation, the code, AWS's message)."""
-    return _describe(exc)
