@@ -9,58 +9,15 @@ Scan. Catalog entries are upserted by image reference (bootstrap) through a seco
 from __future__ import annotations
 
 import contextlib
-import secrets
-from dataclasses import dataclass, field
-from typing import Any
 
-from control_plane import validate
+from control_plane.bodies import NewImage
 from control_plane.clock import now_iso
 from control_plane.errors import Forbidden, NotFound
 from control_plane.shares import Shares
 from control_plane.table import ConditionFailed, Item, Table
+from protocol.ids import is_id, new_id
 
 CATALOG_OWNER = "_catalog"
-DEFAULT_CPU = 1.0
-DEFAULT_MEMORY_MB = 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class CatalogEntry:
-    """What an admin (or the local bootstrap) puts in the catalog."""
-
-    name: str
-    image: str
-    port: int
-    cpu: float = DEFAULT_CPU
-    memory_mb: int = DEFAULT_MEMORY_MB
-    tags: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> CatalogEntry:
-        return cls(
-            name=validate.string(body, "name", max_len=100),
-            image=validate.image_ref(body),
-            port=validate.integer(body, "port", low=1, high=65535),
-            cpu=validate.number(body, "cpu", default=DEFAULT_CPU),
-            memory_mb=validate.integer(body, "memory_mb", default=DEFAULT_MEMORY_MB, low=16,
-                                       high=validate.MAX_MEMORY_MB),
-            tags=validate.string_list(body, "tags"),
-        )
-
-
-def image_json(item: Item) -> dict[str, Any]:
-    return {
-        "id": item["image_id"],
-        "name": item["name"],
-        "image": item["image"],
-        "port": item["port"],
-        "cpu": item["cpu"],
-        "memory_mb": item["memory_mb"],
-        "tags": item.get("tags", []),
-        "kind": "catalog" if item["owner"] == CATALOG_OWNER else "saved",
-        "owner": None if item["owner"] == CATALOG_OWNER else item["owner"],
-        "created_at": item["created_at"],
-    }
 
 
 class Catalog:
@@ -68,7 +25,7 @@ class Catalog:
         self.images = images
         self.shares = shares
 
-    def list_for(self, username: str) -> list[dict[str, Any]]:
+    def list_for(self, username: str) -> list[Item]:
         items = list(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
                                        vals={":o": CATALOG_OWNER}))
         items += self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
@@ -78,10 +35,10 @@ class Catalog:
         wanted = [{"image_id": i} for i in shared if i not in seen]
         if wanted:
             items += self.images.batch_get(wanted)
-        return [image_json(i) for i in items if i.get("owner") and "name" in i]
+        return [i for i in items if i.get("owner") and "name" in i]
 
     def get(self, image_id: str) -> Item:
-        item = self.images.get({"image_id": validate.ident(image_id, "image")})
+        item = self.images.get({"image_id": image_id}) if is_id(image_id) else None
         if item is None or "name" not in item:
             raise NotFound(f"no image {image_id!r}")
         return item
@@ -95,32 +52,24 @@ class Catalog:
             return item
         raise NotFound(f"no image {image_id!r}")
 
-    def add(self, entry: CatalogEntry) -> dict[str, Any]:
+    def add(self, entry: NewImage) -> Item:
         """Upsert by image reference: the same reference keeps its id."""
-        new_id = secrets.token_hex(8)
+        fresh = new_id()
         ref_key = {"image_id": f"ref:{entry.image}"}
         try:
-            self.images.put({**ref_key, "target": new_id},
+            self.images.put({**ref_key, "target": fresh},
                             condition="attribute_not_exists(image_id)")
-            image_id = new_id
+            image_id = fresh
         except ConditionFailed:
             ref = self.images.get(ref_key)
-            image_id = ref["target"] if ref else new_id
+            image_id = ref["target"] if ref else fresh
         item = {"image_id": image_id, "owner": CATALOG_OWNER, "name": entry.name,
                 "image": entry.image, "port": entry.port, "cpu": entry.cpu,
                 "memory_mb": entry.memory_mb, "tags": entry.tags}
         existing = self.images.get({"image_id": image_id})
         item["created_at"] = existing["created_at"] if existing else now_iso()
         self.images.put(item)
-        return image_json(item)
-
-    def add_saved(self, *, owner: str, name: str, image: str, port: int, cpu: float,
-                  memory_mb: int, source_instance: str) -> dict[str, Any]:
-        item = {"image_id": secrets.token_hex(8), "owner": owner, "name": name, "image": image,
-                "port": port, "cpu": cpu, "memory_mb": memory_mb, "tags": ["saved"],
-                "source_instance": source_instance, "created_at": now_iso()}
-        self.images.put(item)
-        return image_json(item)
+        return item
 
     def remove(self, image_id: str, username: str, *, admin: bool) -> None:
         item = self.get_for(image_id, username, admin=admin)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 
-from control_plane import validate
 from control_plane.catalog import Catalog
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.table import ConditionFailed, Item
 from protocol.errors import MessageError
+from protocol.ids import is_id
 from protocol.messages import (
     DiscardInstance,
     InstanceActivity,
@@ -78,8 +78,7 @@ class Events:
             log.warning("dropped instance_state with unknown state %r", event.state)
             return "unknown state"
         for _ in range(RETRIES):
-            item = self.instances.get(event.instance_id) \
-                if validate.ID.match(event.instance_id) else None
+            item = self.instances.get(event.instance_id) if is_id(event.instance_id) else None
             if item is None:
                 return self._foreign(event, new)
             if item.get("node_id") != event.node_id:
@@ -96,7 +95,7 @@ class Events:
         if new not in (S.STARTING, S.RUNNING):
             return "other node"
         node = self.nodes.nodes.get({"node_id": event.node_id}, consistent=False) \
-            if validate.ID.match(event.node_id) else None
+            if is_id(event.node_id) else None
         if node is None:
             return "other node"
         self.messenger.send(node["queue_url"], DiscardInstance(instance_id=event.instance_id))

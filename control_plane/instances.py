@@ -35,29 +35,6 @@ admin can list them all with Queries (no node id is ever this word: ids are hex)
 INSTANCE_FIELDS = ("image_id", "image", "port", "cpu", "memory_mb", "cluster_id", "name")
 
 
-def instance_json(item: Item) -> dict[str, Any]:
-    state = item["state"]
-    return {
-        "id": item["instance_id"],
-        "name": item.get("name", ""),
-        "owner": item["owner"],
-        "image_id": item.get("image_id"),
-        "image": item.get("image"),
-        "cluster_id": item.get("cluster_id"),
-        "node_id": None if item.get("node_id") == UNPLACED else item.get("node_id"),
-        "state": state,
-        "version": item["version"],
-        "cpu": item.get("cpu"),
-        "memory_mb": item.get("memory_mb"),
-        "url": item.get("url") if state == S.RUNNING else None,
-        "progress": item.get("progress", {}),
-        "reason": item.get("reason"),
-        "saved_image_id": item.get("saved_image_id"),
-        "created_at": item.get("created_at"),
-        "updated_at": item.get("updated_at"),
-    }
-
-
 class Instances:
     """Instance records; ``nodes`` is the NodesTable (capacity release on leaving active states)."""
 
@@ -200,4 +177,4 @@ class Instances:
             vals={":c": sign * cpu, ":m": sign * mem})
 
 
-__all__ = ["INSTANCE_FIELDS", "TRANSITIONAL", "ConditionFailed", "Instances", "instance_json"]
+__all__ = ["INSTANCE_FIELDS", "TRANSITIONAL", "ConditionFailed", "Instances"]

@@ -8,28 +8,27 @@ shared instance; saving, discarding, deleting and sharing belong to the owner (a
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
-from control_plane import validate
 from control_plane.access import Access
-from control_plane.accounts import User, check_username
+from control_plane.accounts import User
+from control_plane.bodies import Launch, Share
 from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
 from control_plane.instance_clients import ClientRegistrar
-from control_plane.instances import UNPLACED, Instances, instance_json
+from control_plane.instances import UNPLACED, Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.table import ConditionFailed, Item
+from protocol.ids import new_id
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance
 from protocol.states import InstanceState
 
 S = InstanceState
-DEFAULT_CLUSTER = "default"
 
 
 class Lifecycle:
@@ -59,33 +58,31 @@ class Lifecycle:
             raise Forbidden("only the owner can do this")
         return item
 
-    def list_all(self, user: User) -> list[dict[str, Any]]:
+    def list_all(self, user: User) -> list[Item]:
         """Every instance (admins): one Query per node, plus the unplaced ones."""
         if not user.admin:
             raise Forbidden("only admins list every instance")
         node_ids = [UNPLACED] + [n["node_id"] for c in self.nodes.all_clusters()
                                  for n in self.nodes.in_cluster(c["cluster_id"])]
         items = [i for node_id in node_ids for i in self.instances.on_node(node_id)]
-        return [instance_json(i) for i in sorted(items, key=lambda i: i["created_at"],
-                                                 reverse=True)]
+        return sorted(items, key=lambda i: i["created_at"], reverse=True)
 
-    def list_for(self, user: User) -> list[dict[str, Any]]:
+    def list_for(self, user: User) -> list[Item]:
         items = self.instances.of_owner(user.username)
         shared = self.shares.shared_with("instance", user.username)
         if shared:
             items += self.instances.table.batch_get([{"instance_id": i} for i in shared])
-        return [instance_json(i) for i in items]
+        return items
 
     # --- launch -----------------------------------------------------------------------
 
-    def launch(self, user: User, body: dict[str, Any]) -> Item:
-        image = self.catalog.get_for(validate.string(body, "image_id", max_len=64),
-                                     user.username, admin=user.admin)
-        cluster_id = validate.string(body, "cluster_id", default=DEFAULT_CLUSTER, max_len=64)
+    def launch(self, user: User, body: Launch) -> Item:
+        image = self.catalog.get_for(body.image_id, user.username, admin=user.admin)
+        cluster_id = body.cluster_id
         self.nodes.get_cluster(cluster_id)
-        name = validate.string(body, "name", default=image["name"], max_len=100)
+        name = body.name or image["name"]
         limit = self.config.max_running_per_user
-        instance_id = secrets.token_hex(8)
+        instance_id = new_id()
         try:
             item = self.instances.create({
                 "instance_id": instance_id, "owner": user.username, "name": name,
@@ -157,9 +154,10 @@ class Lifecycle:
         self.shares.remove_all("instance", item["instance_id"])
         self.messenger.revoke(item["instance_id"], item["hostname"], "deleted")
 
-    def share(self, user: User, instance_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def share(self, user: User, instance_id: str, body: Share) -> list[str]:
+        """Grant or revoke; returns who the instance is shared with now."""
         item = self.owned(user, instance_id)
-        grantee, revoke = self._grant_body(body, item["owner"])
+        grantee, revoke = self._grantee(body, item["owner"])
         if revoke:
             # Only the grantee loses access: end their sessions in the pod (the next token
             # renewal re-checks access anyway). A router revocation here would close the
@@ -168,27 +166,26 @@ class Lifecycle:
                 self.registrar.notify_revoked(instance_id, item["url"], grantee)
         else:
             self.shares.grant("instance", instance_id, grantee, user.username)
-        return {"id": instance_id, "shared_with": self.shares.grantees("instance", instance_id)}
+        return self.shares.grantees("instance", instance_id)
 
-    def share_image(self, user: User, image_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def share_image(self, user: User, image_id: str, body: Share) -> list[str]:
+        """Grant or revoke; returns who the image is shared with now."""
         item = self.catalog.get_for(image_id, user.username, admin=user.admin)
         if item["owner"] != user.username and not user.admin:
             raise Forbidden("only the owner can share this image")
-        grantee, revoke = self._grant_body(body, item["owner"])
+        grantee, revoke = self._grantee(body, item["owner"])
         if revoke:
             self.shares.revoke("image", image_id, grantee)
         else:
             self.shares.grant("image", image_id, grantee, user.username)
-        return {"id": image_id, "shared_with": self.shares.grantees("image", image_id)}
+        return self.shares.grantees("image", image_id)
 
-    def _grant_body(self, body: dict[str, Any], owner: str) -> tuple[str, bool]:
-        grantee = check_username(validate.string(body, "username", max_len=64))
-        revoke = validate.boolean(body, "revoke")
-        if grantee == owner:
+    def _grantee(self, body: Share, owner: str) -> tuple[str, bool]:
+        if body.username == owner:
             raise BadRequest("the owner always has access")
-        if not revoke and not self.accounts_exist(grantee):
-            raise NotFound(f"no user {grantee!r}")
-        return grantee, revoke
+        if not body.revoke and not self.accounts_exist(body.username):
+            raise NotFound(f"no user {body.username!r}")
+        return body.username, body.revoke
 
     # --- helpers ----------------------------------------------------------------------
 

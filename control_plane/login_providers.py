@@ -33,6 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane import replies
 from control_plane.accounts import Accounts, Session
 from control_plane.errors import BadRequest, ConfigError, NotFound, Unauthorized
 from control_plane.table import ConditionFailed, Table
@@ -56,9 +57,9 @@ class Provider:
     github_url: str = "https://github.com"
     api_url: str = "https://api.github.com"
 
-    def public(self, portal_url: str) -> dict[str, str]:
-        return {"name": self.name, "display_name": self.display_name, "kind": self.kind,
-                "login_url": f"/api/login/{self.name}"}
+    def public(self) -> replies.Provider:
+        return replies.Provider(name=self.name, display_name=self.display_name,
+                                kind=self.kind, login_url=f"/api/login/{self.name}")
 
 
 def parse_providers(text: str | None) -> dict[str, Provider]:
@@ -131,8 +132,8 @@ class LoginProviders:
         self.http = http or HttpJson()
         self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def listing(self) -> list[dict[str, str]]:
-        return [p.public(self.portal_url) for p in self.providers.values()]
+    def listing(self) -> list[replies.Provider]:
+        return [p.public() for p in self.providers.values()]
 
     def provider(self, name: str) -> Provider:
         provider = self.providers.get(name)

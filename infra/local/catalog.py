@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 from scripts import images
 
 if TYPE_CHECKING:
-    from control_plane.catalog import CatalogEntry
+    from control_plane.bodies import NewImage
 
 
-def demo_catalog() -> list[CatalogEntry]:
+def demo_catalog() -> list[NewImage]:
     """The entries ``ensure_local_defaults`` upserts (imported late: the env is set first)."""
-    from control_plane.catalog import CatalogEntry
+    from control_plane.bodies import NewImage
 
     return [
-        CatalogEntry(
+        NewImage(
             name="Test tool (busybox httpd)",
             image=images.TEST_TOOL,
             port=images.TEST_TOOL_PORT,

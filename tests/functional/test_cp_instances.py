@@ -7,14 +7,14 @@ import json
 import boto3
 import pytest
 
+from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
 from protocol import pod
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
 from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
 
-CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
-                        memory_mb=512, tags=["demo"])]
+CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                    memory_mb=512, tags=["demo"])]
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     nid = node["node_id"]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
     second = cp_client().post("/api/nodes/enroll", {
-        "join_token": cp_services.nodes.create_join_token("default")["token"],
+        "join_token": cp_services.nodes.create_join_token("default").token,
         "public_jwk": SigningKey.generate().public_jwk(), "name": "node-2", "cpu": 2,
         "memory_mb": 1024}).json
     cp_services.nodes.nodes.update({"node_id": nid}, "SET last_heartbeat = :t",
