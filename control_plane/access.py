@@ -13,8 +13,8 @@ from __future__ import annotations
 from control_plane.accounts import User
 from control_plane.errors import NotFound
 from control_plane.instances import Instances
+from control_plane.records import Instance
 from control_plane.shares import Shares
-from control_plane.table import Item
 from protocol.ids import is_id
 
 
@@ -28,11 +28,11 @@ class Access:
         item = self.instances.get(instance_id) if is_id(instance_id) else None
         if item is None:
             return False
-        return item["owner"] == username or self.shares.has("instance", instance_id, username)
+        return item.owner == username or self.shares.has("instance", instance_id, username)
 
-    def visible(self, user: User, instance_id: str) -> Item:
+    def visible(self, user: User, instance_id: str) -> Instance:
         item = self.instances.get(instance_id) if is_id(instance_id) else None
-        if item is not None and (user.admin or item["owner"] == user.username
+        if item is not None and (user.admin or item.owner == user.username
                                  or self.shares.has("instance", instance_id, user.username)):
             return item
         raise NotFound(f"no instance {instance_id!r}")

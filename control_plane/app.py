@@ -20,6 +20,7 @@ from control_plane.bodies import Body
 from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
+from control_plane.records import NodeStatus
 
 if TYPE_CHECKING:
     from control_plane.services import Services
@@ -286,17 +287,17 @@ def node_credentials(node_id: str) -> replies.Credentials:
 
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")
 def drain_node(session: Session, node_id: str) -> replies.Node:
-    return replies.Node.of(_svc().nodes.set_status(node_id, "draining"))
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.DRAINING))
 
 
 @route("/api/nodes/{node_id}/activate", "POST", auth="admin")
 def activate_node(session: Session, node_id: str) -> replies.Node:
-    return replies.Node.of(_svc().nodes.set_status(node_id, "active"))
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.ACTIVE))
 
 
 @route("/api/nodes/{node_id}/decommission", "POST", auth="admin")
 def decommission_node(session: Session, node_id: str) -> replies.Node:
-    return replies.Node.of(_svc().nodes.set_status(node_id, "decommissioned"))
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.DECOMMISSIONED))
 
 
 # --- events and schedule ----------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Every JSON answer of the API, typed once: the routes return these, the OpenAPI document
 describes them (:func:`control_plane.schema.json_schema`), and nothing else states their shape.
 
-Answers about stored things are made from the table's items by their ``of`` constructors, which
-decide what a caller sees (``url`` only while running, no internal fields).
+Answers about stored things are made from records (:mod:`control_plane.records`) by their ``of``
+constructors, which decide what a caller sees (``url`` only while running, no internal fields).
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+from control_plane import records
 from control_plane.accounts import User
-from control_plane.catalog import CATALOG_OWNER
-from control_plane.instances import UNPLACED
+from control_plane.records import NodeStatus
 from control_plane.schema import field, json_object
-from control_plane.table import Item
 from protocol.states import InstanceState
 
 
@@ -66,12 +65,11 @@ class Image:
     created_at: str
 
     @classmethod
-    def of(cls, item: Item) -> Image:
-        catalog = item["owner"] == CATALOG_OWNER
-        return cls(id=item["image_id"], name=item["name"], image=item["image"],
-                   port=item["port"], cpu=item["cpu"], memory_mb=item["memory_mb"],
-                   tags=item.get("tags", []), kind="catalog" if catalog else "saved",
-                   owner=None if catalog else item["owner"], created_at=item["created_at"])
+    def of(cls, image: records.Image) -> Image:
+        return cls(id=image.image_id, name=image.name, image=image.image, port=image.port,
+                   cpu=image.cpu, memory_mb=image.memory_mb, tags=image.tags,
+                   kind="catalog" if image.in_catalog else "saved",
+                   owner=None if image.in_catalog else image.owner, created_at=image.created_at)
 
 
 @json_object
@@ -106,17 +104,16 @@ class Instance:
     updated_at: str
 
     @classmethod
-    def of(cls, item: Item) -> Instance:
-        state = InstanceState(item["state"])
+    def of(cls, instance: records.Instance) -> Instance:
+        running = instance.state == InstanceState.RUNNING
         return cls(
-            id=item["instance_id"], name=item.get("name", ""), owner=item["owner"],
-            image_id=item["image_id"], image=item["image"], cluster_id=item["cluster_id"],
-            node_id=None if item.get("node_id") == UNPLACED else item.get("node_id"),
-            state=state, version=item["version"], cpu=item["cpu"],
-            memory_mb=item["memory_mb"], url=item.get("url") if state == InstanceState.RUNNING
-            else None, progress=item.get("progress", {}), reason=item.get("reason"),
-            saved_image_id=item.get("saved_image_id"), created_at=item["created_at"],
-            updated_at=item["updated_at"])
+            id=instance.instance_id, name=instance.name, owner=instance.owner,
+            image_id=instance.image_id, image=instance.image, cluster_id=instance.cluster_id,
+            node_id=instance.placed_on, state=instance.state, version=instance.version,
+            cpu=instance.cpu, memory_mb=instance.memory_mb,
+            url=instance.url if running else None, progress=instance.progress,
+            reason=instance.reason, saved_image_id=instance.saved_image_id,
+            created_at=instance.created_at, updated_at=instance.updated_at)
 
 
 @json_object
@@ -131,9 +128,8 @@ class Cluster:
     created_at: str | None
 
     @classmethod
-    def of(cls, item: Item) -> Cluster:
-        return cls(id=item["cluster_id"], name=item.get("name", ""),
-                   created_at=item.get("created_at"))
+    def of(cls, cluster: records.Cluster) -> Cluster:
+        return cls(id=cluster.cluster_id, name=cluster.name, created_at=cluster.created_at)
 
 
 @json_object
@@ -177,7 +173,7 @@ class Node:
     id: str
     cluster_id: str
     name: str
-    state: Literal["active", "draining", "decommissioned"]
+    state: NodeStatus
     cpu_total: float
     memory_mb_total: int
     cpu_reserved: float
@@ -191,19 +187,18 @@ class Node:
     heartbeat_age_seconds: float | None
 
     @classmethod
-    def of(cls, item: Item, now: float | None = None) -> Node:
+    def of(cls, node: records.Node, now: float | None = None) -> Node:
         now = time.time() if now is None else now
-        beat = item.get("last_heartbeat")
         return cls(
-            id=item["node_id"], cluster_id=item["cluster_id"], name=item.get("name", ""),
-            state=item.get("status", "active"), cpu_total=item["cpu_milli_total"] / 1000,
-            memory_mb_total=item["memory_mb_total"],
-            cpu_reserved=item.get("cpu_milli_reserved", 0) / 1000,
-            memory_mb_reserved=item.get("memory_mb_reserved", 0),
-            cpu_used=item.get("cpu_used", 0), memory_mb_used=item.get("memory_mb_used", 0),
-            load=item.get("load", 0), running=item.get("running", []),
-            version=item.get("daemon_version"), enrolled_at=item.get("enrolled_at"),
-            heartbeat_age_seconds=None if beat is None else max(0, round(now - beat, 1)))
+            id=node.node_id, cluster_id=node.cluster_id, name=node.name, state=node.status,
+            cpu_total=node.cpu_milli_total / 1000, memory_mb_total=node.memory_mb_total,
+            cpu_reserved=node.cpu_milli_reserved / 1000,
+            memory_mb_reserved=node.memory_mb_reserved, cpu_used=node.cpu_used or 0.0,
+            memory_mb_used=node.memory_mb_used or 0, load=node.load or 0.0,
+            running=node.running or [],
+            version=node.daemon_version, enrolled_at=node.enrolled_at,
+            heartbeat_age_seconds=max(0, round(now - node.last_heartbeat, 1))
+            if node.last_heartbeat else None)
 
 
 @json_object
