@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from control_plane.bodies import NewImage
 from scripts import images
-
-if TYPE_CHECKING:
-    from control_plane.bodies import NewImage
 
 
 def demo_catalog() -> list[NewImage]:
-    """The entries ``ensure_local_defaults`` upserts (imported late: the env is set first)."""
-    from control_plane.bodies import NewImage
-
+    """The entries ``ensure_local_defaults`` upserts."""
     return [
         NewImage(
             name="Test tool (busybox httpd)",
