@@ -39,8 +39,8 @@ from chalice.config import Config as ChaliceConfig
 from control_plane import services
 from control_plane.app import app, on_event
 from control_plane.aws import Clients
+from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
 from control_plane.config import Config
 from control_plane.services import Services
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
@@ -145,7 +145,7 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
                                         region_name="us-east-1")
         svc = Services.build(config, Clients(config, session=session))
         services.use(svc)
-        defaults = ensure_local_defaults("cost-bench-password", [CatalogEntry(
+        defaults = ensure_local_defaults("cost-bench-password", [NewImage(
             name="Tool", image="tool:1", port=8080)])
         gateway = PortalGateway(app, ChaliceConfig.create(lambda_timeout=29))
 

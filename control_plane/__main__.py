@@ -20,6 +20,14 @@ import getpass
 import os
 import sys
 
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+
+from control_plane import deployment, services
+from control_plane.bootstrap import bootstrap as run
+from control_plane.config import Config
+from control_plane.errors import ControlPlaneError
+from control_plane.services import Services
+
 
 def _password() -> str:
     given = os.environ.get("DIT4C_ADMIN_PASSWORD")
@@ -34,14 +42,6 @@ def _password() -> str:
 
 
 def bootstrap(args: argparse.Namespace) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
-
-    from control_plane import deployment
-    from control_plane.bootstrap import bootstrap as run
-    from control_plane.config import Config
-    from control_plane.errors import ControlPlaneError
-    from control_plane.services import Services
-
     try:
         password = _password()
         function = args.function or deployment.function_of_stack(args.stack, args.region)
@@ -72,8 +72,6 @@ def bootstrap(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from control_plane import services
-
     store = services.current().keys
     if args.action == "rotate":
         print(store.rotate().kid)

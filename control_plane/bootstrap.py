@@ -19,18 +19,17 @@ from typing import Final
 
 from control_plane import services
 from control_plane.accounts import check_new_password
-from control_plane.catalog import CatalogEntry
+from control_plane.bodies import DEFAULT_CLUSTER, NewImage, NewUser
 from control_plane.errors import Conflict
-from control_plane.lifecycle import DEFAULT_CLUSTER
 
 ADMIN_USERNAME = "admin"
 
 DEMO_CATALOG: Final = (
     # Public images that serve HTTP without a login of their own (the auth helper is the
     # login); nodes pull them from Docker Hub.
-    CatalogEntry(name="Hello (nginx demo page)", image="nginxdemos/hello:plain-text", port=80,
+    NewImage(name="Hello (nginx demo page)", image="nginxdemos/hello:plain-text", port=80,
                  cpu=0.25, memory_mb=64, tags=["demo"]),
-    CatalogEntry(name="whoami (request echo)", image="traefik/whoami:v1.10", port=80,
+    NewImage(name="whoami (request echo)", image="traefik/whoami:v1.10", port=80,
                  cpu=0.25, memory_mb=64, tags=["demo"]),
 )
 """The demo catalog a fresh cloud deployment starts with (the local stack has its own:
@@ -54,7 +53,7 @@ class Bootstrapped:
     join_token: str
 
 
-def ensure_defaults(svc: services.Services, catalog: Sequence[CatalogEntry]) -> None:
+def ensure_defaults(svc: services.Services, catalog: Sequence[NewImage]) -> None:
     """The default cluster, the catalog entries and the signing key; idempotent."""
     svc.nodes.create_cluster("Default cluster", cluster_id=DEFAULT_CLUSTER)
     for entry in catalog:
@@ -62,17 +61,17 @@ def ensure_defaults(svc: services.Services, catalog: Sequence[CatalogEntry]) -> 
     svc.keys.current()  # the signing key exists before the first verifier asks for the JWKS
 
 
-def ensure_local_defaults(admin_password: str, catalog: Sequence[CatalogEntry],
+def ensure_local_defaults(admin_password: str, catalog: Sequence[NewImage],
                           svc: services.Services | None = None) -> LocalDefaults:
     svc = svc or services.current()
     svc.accounts.set_password(ADMIN_USERNAME, admin_password, admin=True)
     ensure_defaults(svc, catalog)
-    token = svc.nodes.create_join_token(DEFAULT_CLUSTER)["token"]
+    token = svc.nodes.create_join_token(DEFAULT_CLUSTER).token
     return LocalDefaults(cluster_id=DEFAULT_CLUSTER, join_token=token)
 
 
 def bootstrap(svc: services.Services, admin_password: str,
-              catalog: Sequence[CatalogEntry] = DEMO_CATALOG) -> Bootstrapped:
+              catalog: Sequence[NewImage] = DEMO_CATALOG) -> Bootstrapped:
     """A fresh deployment made usable; see the module docstring."""
     check_new_password(admin_password)
     if svc.accounts.exists(ADMIN_USERNAME):
@@ -80,14 +79,15 @@ def bootstrap(svc: services.Services, admin_password: str,
                                   "(nothing changed; log in and make join tokens in the portal)")
     ensure_defaults(svc, catalog)
     try:
-        svc.accounts.create_user(ADMIN_USERNAME, admin_password, admin=True)
+        svc.accounts.create_user(NewUser(username=ADMIN_USERNAME, password=admin_password,
+                                         admin=True))
     except Conflict:
         raise AlreadyBootstrapped(f"already bootstrapped: user {ADMIN_USERNAME!r} was made "
                                   "meanwhile (nothing changed)") from None
-    token = svc.nodes.create_join_token(DEFAULT_CLUSTER)["token"]
+    token = svc.nodes.create_join_token(DEFAULT_CLUSTER).token
     return Bootstrapped(portal_url=svc.config.portal_url, cluster_id=DEFAULT_CLUSTER,
                         join_token=token)
 
 
-__all__ = ["DEMO_CATALOG", "AlreadyBootstrapped", "Bootstrapped", "CatalogEntry",
-           "LocalDefaults", "bootstrap", "ensure_defaults", "ensure_local_defaults"]
+__all__ = ["DEMO_CATALOG", "AlreadyBootstrapped", "Bootstrapped", "LocalDefaults", "bootstrap",
+           "ensure_defaults", "ensure_local_defaults"]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
+from botocore.exceptions import ClientError
+
 API_FUNCTION_LOGICAL_ID = "ApiFunction"
 
 
@@ -20,15 +23,11 @@ class DeploymentError(Exception):
 
 
 def _client(service: str, region: str | None) -> Any:
-    import boto3
-
     return boto3.session.Session(region_name=region).client(service)
 
 
 def function_of_stack(stack: str, region: str | None = None) -> str:
     """The physical name of the stack's API function."""
-    from botocore.exceptions import ClientError
-
     try:
         resource = _client("cloudformation", region).describe_stack_resource(
             StackName=stack, LogicalResourceId=API_FUNCTION_LOGICAL_ID)
@@ -44,8 +43,6 @@ def function_of_stack(stack: str, region: str | None = None) -> str:
 
 def function_environment(function: str, region: str | None = None) -> dict[str, str]:
     """The environment the API function runs with, plus the region it runs in."""
-    from botocore.exceptions import ClientError
-
     client = _client("lambda", region)
     try:
         configuration = client.get_function_configuration(FunctionName=function)

@@ -22,10 +22,10 @@ import boto3
 import pytest
 
 from control_plane.aws import Clients
+from control_plane.bodies import DEFAULT_CLUSTER, Enroll, Login
 from control_plane.bootstrap import DEMO_CATALOG
 from control_plane.config import Config
 from control_plane.errors import Unauthorized
-from control_plane.lifecycle import DEFAULT_CLUSTER
 from control_plane.services import Services
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, AwsEndpoint
 from infra.local.moto_server import MotoServer
@@ -122,15 +122,15 @@ def test_a_fresh_deployment_becomes_usable(deployment: Deployment):
     assert join[:6] == ["python", "-m", "node_daemon", "join", "--portal",
                         PARAMETERS["PortalUrl"]]
     svc = deployment.services()
-    assert svc.accounts.login("admin", PASSWORD, "203.0.113.1").user.admin
+    assert svc.accounts.login(Login(username="admin", password=PASSWORD), "203.0.113.1").user.admin
     assert svc.nodes.get_cluster(DEFAULT_CLUSTER)
-    images = {i["image"] for i in svc.catalog.list_for("admin")}
+    images = {i.image for i in svc.catalog.list_for("admin")}
     assert images == {entry.image for entry in DEMO_CATALOG}
     assert svc.keys.jwks()["keys"]
-    enrolled = svc.nodes.enroll({"join_token": join[join.index("--token") + 1],
-                                 "public_jwk": SigningKey.generate().public_jwk(),
-                                 "name": "first", "cpu": 2, "memory_mb": 2048})
-    assert enrolled["cluster_id"] == DEFAULT_CLUSTER
+    enrolled = svc.nodes.enroll(Enroll(join_token=join[join.index("--token") + 1],
+                                       public_jwk=SigningKey.generate().public_jwk(),
+                                       name="first", cpu=2, memory_mb=2048))
+    assert enrolled.cluster_id == DEFAULT_CLUSTER
 
 
 def test_a_second_bootstrap_changes_nothing(deployment: Deployment):
@@ -141,9 +141,10 @@ def test_a_second_bootstrap_changes_nothing(deployment: Deployment):
                   env={"DIT4C_ADMIN_PASSWORD": "another-password-2"})
     assert "already bootstrapped" in _one_line_error(second)
     svc = deployment.services()
-    assert svc.accounts.login("admin", PASSWORD, "203.0.113.2")
+    assert svc.accounts.login(Login(username="admin", password=PASSWORD), "203.0.113.2")
     with pytest.raises(Unauthorized):
-        svc.accounts.login("admin", "another-password-2", "203.0.113.2")
+        svc.accounts.login(Login(username="admin", password="another-password-2"),
+                           "203.0.113.2")
 
 
 @pytest.mark.parametrize(("args", "named"), [
@@ -173,7 +174,7 @@ def test_a_bad_password_is_refused_before_anything_is_made(deployment: Deploymen
     assert "password" in error
     svc = deployment.services()
     assert not svc.accounts.exists("admin")
-    assert svc.nodes.list_clusters() == []
+    assert list(svc.nodes.all_clusters()) == []
 
 
 def test_missing_permissions_are_named_and_nothing_is_made(deployment: Deployment):
@@ -196,4 +197,4 @@ def test_missing_permissions_are_named_and_nothing_is_made(deployment: Deploymen
     assert "AccessDenied" in error and "dynamodb:GetItem" in error
     svc = deployment.services()
     assert not svc.accounts.exists("admin")
-    assert svc.nodes.list_clusters() == []
+    assert list(svc.nodes.all_clusters()) == []

@@ -305,7 +305,7 @@ def test_a_call_the_template_does_not_allow_fails_naming_the_action(world: World
                                     region_name=REGION)
     before = len(world.gate.denied())
     report = Services.build(config, Clients(config, session=session)).health()
-    assert report["dependencies"]["sqs"].startswith("error")
+    assert report.dependencies["sqs"].startswith("error")
     (denial,) = world.gate.denied()[before:]
     assert denial.action == "sqs:GetQueueAttributes"
     assert denial.resource.endswith("-EventsQueue")
