@@ -42,7 +42,7 @@ import aiohttp
 import requests
 
 from bench.node_bench import percentile
-from control_plane.catalog import CatalogEntry
+from control_plane.bodies import NewImage, NewUser
 from node_daemon.credentials import CredentialBroker
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues
@@ -169,12 +169,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script
     with control_plane() as plane, tempfile.TemporaryDirectory() as tmp:
         svc = plane.services
         count_calls(svc.clients, calls)
-        image = svc.catalog.add(CatalogEntry(name="bench", image="dit4c/test-tool:busybox",
-                                             port=8080, cpu=TOOL_CPU,
-                                             memory_mb=TOOL_MEMORY_MB))
+        image = svc.catalog.add(NewImage(name="bench", image="dit4c/test-tool:busybox",
+                                         port=8080, cpu=TOOL_CPU, memory_mb=TOOL_MEMORY_MB))
         users = [f"user{i:03d}" for i in range(args.launches)]
         for name in users:
-            svc.accounts.create_user(name, PASSWORD, admin=False)
+            svc.accounts.create_user(NewUser(username=name, password=PASSWORD))
         stop = threading.Event()
         consumers = [threading.Thread(target=consume_events, args=(plane, stop), daemon=True)
                      for _ in range(args.consumers)]
@@ -210,7 +209,7 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script
         def launch(http: requests.Session) -> tuple[str, float]:
             began = time.monotonic()
             response = http.post(f"{plane.url}/api/instances",
-                                 json={"image_id": image["id"], "cluster_id": plane.cluster_id},
+                                 json={"image_id": image.image_id, "cluster_id": plane.cluster_id},
                                  timeout=120)
             response.raise_for_status()
             answered[response.json()["id"]] = time.monotonic() - began

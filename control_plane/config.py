@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
+from protocol.ids import instance_host
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",
@@ -46,7 +47,8 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_ROUTER_TUNNEL_URLS": "",
     "DIT4C_MAX_RUNNING_PER_USER": "4",
     "DIT4C_SESSION_HOURS": "12",
-    "DIT4C_NODE_SILENT_SECONDS": "90",
+    # Nodes send a heartbeat every 240 s (node_daemon.config): silent = two missed, and a bit.
+    "DIT4C_NODE_SILENT_SECONDS": "600",
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
@@ -105,7 +107,7 @@ class Config:
         return self.portal_url.startswith("https://")
 
     def instance_hostname(self, instance_id: str) -> str:
-        return f"{instance_id}.{self.router_domain}".lower()
+        return instance_host(instance_id, self.router_domain)
 
     def instance_url(self, instance_id: str) -> str:
         port = f":{self.router_public_port}" if self.router_public_port else ""
