@@ -142,15 +142,22 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.ctx.stats.bytes_in += len(data)
         state = self.state
-        if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
-            self._forward_body(data)
-            return
-        if state == CLOSED:
-            return
-        if state == HEAD and not self.buf:
-            self.head_started = self.last_active
-        self.buf += data
-        self._process()
+        try:
+            if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
+                self._forward_body(data)
+                return
+            if state == CLOSED:
+                return
+            if state == HEAD and not self.buf:
+                self.head_started = self.last_active
+            self.buf += data
+            self._process()
+        except HttpError as exc:  # a body's framing (chunk sizes, line ends)
+            log.info("malformed request body from %s: %s", self.client_ip, exc)
+            if len(self.pending) == 1 and not self.pending[0].status:
+                self._fail(400, self.pending.popleft())
+            else:  # an earlier response is under way: a 400 now would be read as its end
+                self._abort()
 
     def eof_received(self) -> bool:
         if self.state == HEAD and not self.buf and not self.pending:

@@ -321,11 +321,18 @@ class GateConnection(asyncio.Protocol):
                 if self.client_frames.close_seen:
                     self._close()  # the browser answered our close: the handshake is done
                 return
-        if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
-            self._forward_body(data)
-        elif state != CLOSED:
-            self.buf += data
-            self._process()
+        try:
+            if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
+                self._forward_body(data)
+            elif state != CLOSED:
+                self.buf += data
+                self._process()
+        except HttpError:  # a body's framing (chunk sizes, line ends)
+            if len(self.pending) == 1 and not self.pending[0].answered and not self.out:
+                self.pending.clear()
+                self._fail(400)
+            else:
+                self._abort()
 
     def eof_received(self) -> bool:
         if self.state == CLOSING or (self.state == HEAD and not self.buf and not self.pending):

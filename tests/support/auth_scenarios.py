@@ -35,6 +35,14 @@ TOKEN_LIFETIME = 6
 PORTAL = "http://portal.dit4c.test"
 DEFAULT_ACCESS = {"a": {"alice", "sam"}, "b": {"bob"}, "w": {"alice"}, "d": {"alice"}}
 
+# What a tool tries, to set the helper's session cookie: well-formed, and malformed in ways
+# that Python's SimpleCookie drops (so a filter built on it missed them) while browsers store
+# them all the same; a nameless cookie comes back as its bare value, "dit4c-auth=...".
+PLANTED_COOKIES = ["dit4c-auth=from-the-tool; Path=/", "dit4c-auth=from the tool; Path=/",
+                   'dit4c-auth="from-the-tool; Path=/', "dit4c-auth=from\\the-tool",
+                   " dit4c-auth =from-the-tool; Expires=Wed, 21 Oct 2099 07:28:00 GMT; x",
+                   "=dit4c-auth=from-the-tool; Path=/", "dit4c-login=from-the-tool"]
+
 # The echo tool: HTTP answers describe the request; /ws echoes; /set-cookie tries to set the
 # helper's cookie. Runs as `python3 -c ECHO_TOOL HOST PORT` on aiohttp 3.8 and current alike,
 # and prints "listening <port>" once it accepts connections.
@@ -54,11 +62,13 @@ async def ws(request):
     return sock
 
 async def echo(request):
+    PLANTED_COOKIES = %r
     if request.path == "/ws":
         return await ws(request)
     if request.path == "/set-cookie":
         response = web.Response(text="dit4c echo tool: cookies")
-        response.headers.add("Set-Cookie", "dit4c-auth=from-the-tool; Path=/")
+        for planted in PLANTED_COOKIES:
+            response.headers.add("Set-Cookie", planted)
         response.headers.add("Set-Cookie", "tool=1; Path=/")
         return response
     body = await request.read()
@@ -77,7 +87,7 @@ async def main(host, port):
     await asyncio.Event().wait()
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
-'''
+''' % (PLANTED_COOKIES,)  # noqa: UP031 - the tool's own braces would fight format()
 
 
 @dataclass
@@ -316,7 +326,7 @@ async def helper_cookies_never_reach_the_tool(stack: Stack) -> None:
     async with browser.session.get(stack.url("w", "/set-cookie")) as response:
         set_cookies = response.headers.getall("Set-Cookie", [])
     assert any(c.startswith("tool=1") for c in set_cookies)
-    assert not any(c.startswith("dit4c-auth") for c in set_cookies)
+    assert len(set_cookies) == 1, set_cookies  # every planted one dropped
 
 
 async def request_bodies_stream_both_ways(stack: Stack) -> None:
