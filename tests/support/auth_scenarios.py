@@ -443,6 +443,61 @@ async def callback_with_a_state_from_another_browser_is_refused(stack: Stack) ->
     assert _session_cookie(victim, "a") is None
 
 
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+FOREIGN_ORIGINS = ("http://a.dit4c.test", "null", "http://w.dit4c.test.evil.example",
+                   "https://w.dit4c.test")
+
+
+async def requests_from_another_origin_are_refused(stack: Stack) -> None:
+    # A page of instance a (same-site: the Lax cookie goes along) at alice's own instance w.
+    browser = await _login(stack, "alice", "w")
+    own = stack.url("w").rstrip("/")
+
+    async def send(method: str, **headers: str) -> int:
+        async with browser.session.request(method, stack.url("w", "/api/contents"),
+                                           data=b"{}", headers=headers,
+                                           allow_redirects=False) as response:
+            return response.status
+
+    for method in UNSAFE_METHODS:
+        for origin in FOREIGN_ORIGINS:
+            assert await send(method, Origin=origin) == 403, (method, origin)
+        # No Origin but the browser's own word that another site sent it.
+        assert await send(method, **{"Sec-Fetch-Site": "same-site"}) == 403, method
+        assert await send(method, Origin=own) == 200, method
+        assert await send(method, Origin=own.upper()) == 200, method
+        # No Origin at all: no browser sent it (they always do for these methods), so a
+        # program holding the user's own cookie; there is no one to forge it for.
+        assert await send(method) == 200, method
+        assert await send(method, **{"Sec-Fetch-Site": "same-origin"}) == 200, method
+    # Safe methods are left alone (Lax sends the cookie on a navigation from anywhere).
+    assert await send("GET", Origin="http://a.dit4c.test") == 200
+    for origin in FOREIGN_ORIGINS:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            async with browser.session.ws_connect(stack.url("w", "/ws"), origin=origin):
+                pass
+        assert caught.value.status == 403, origin
+    for origin in (own, None):
+        async with browser.session.ws_connect(stack.url("w", "/ws"), origin=origin) as ws:
+            assert json.loads((await ws.receive(timeout=10)).data)["hello"]
+
+
+async def flooded_sign_in_starts_push_out_no_one(stack: Stack) -> None:
+    victim = stack.browser("alice")
+    started = await victim.get(stack.url("w", "/deep?x=1"), stop_at=f"{PORTAL}/oauth/authorize")
+    flooder = stack.browser(None)
+
+    async def flood(count: int) -> None:
+        for _ in range(count):
+            async with flooder.session.get(stack.url("w", "/"), allow_redirects=False,
+                                           headers={"Cookie": "dit4c-login=flood"}) as r:
+                assert r.status == 302
+
+    await asyncio.gather(*(flood(300) for _ in range(5)))  # 1,500: the old store kept 1,000
+    visit = await victim.get(started.url)
+    assert visit.status == 200 and json.loads(visit.text)["path_qs"] == "/deep?x=1", visit
+
+
 def _forge(claims: dict[str, Any], kid: str) -> dict[str, str]:
     """Tokens a hostile or broken portal could send instead of the real one."""
     other = SigningKey.generate()
@@ -558,5 +613,6 @@ SCENARIOS: list[Scenario] = [
     code_without_the_right_pkce_verifier_is_refused,
     callback_with_a_state_from_another_browser_is_refused, forged_tokens_are_refused,
     cookie_of_instance_a_is_useless_on_b, garbage_gets_a_clear_refusal_never_a_crash,
+    requests_from_another_origin_are_refused, flooded_sign_in_starts_push_out_no_one,
     discarded_instance_is_cut_off_at_once_by_the_router,
 ]
