@@ -477,8 +477,10 @@ async def requests_from_another_origin_are_refused(stack: Stack) -> None:
             async with browser.session.ws_connect(stack.url("w", "/ws"), origin=origin):
                 pass
         assert caught.value.status == 403, origin
-    for origin in (own, None):
-        async with browser.session.ws_connect(stack.url("w", "/ws"), origin=origin) as ws:
+    allowed: tuple[str | None, ...] = (own, None)
+    for allowed_origin in allowed:
+        async with browser.session.ws_connect(stack.url("w", "/ws"),
+                                              origin=allowed_origin) as ws:
             assert json.loads((await ws.receive(timeout=10)).data)["hello"]
 
 
