@@ -34,6 +34,9 @@ class Tunnel:
     close: Callable[[str], None]
     """Ends the tunnel (its WebSocket and every stream) with a reason."""
     connected_at: float = field(default_factory=time.time)
+    client_streams: dict[str, int] = field(default_factory=dict)
+    """Open streams by client (``edge_router.proxy.client_key``): one client may hold at most
+    ``max_streams_per_client`` of the tunnel's ``max_streams``."""
 
 
 class RouteTable:
