@@ -22,6 +22,7 @@ from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
+from protocol.tokens import unverified_claims
 
 if TYPE_CHECKING:
     from control_plane.services import Services
@@ -287,6 +288,24 @@ def enroll(body: bodies.Enroll) -> replies.Enrolled:
 @route("/api/nodes/{node_id}/credentials", "POST")
 def node_credentials(node_id: str) -> replies.Credentials:
     return _svc().nodes.credentials(node_id, _request().headers.get("authorization"))
+
+
+@route("/api/nodes/{node_id}/instances/{instance_id}/tunnel-token", "POST")
+def renew_tunnel_token(node_id: str, instance_id: str) -> replies.TunnelToken:
+    svc = _svc()
+    node = svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    token = svc.scheduler.renew_tunnel_token(node, instance_id)
+    return replies.TunnelToken(tunnel_token=token,
+                               expires_at=int(unverified_claims(token)["exp"]))
+
+
+@route("/api/revocations")
+def revocations() -> Response:
+    listed = [replies.Revoked(host_sha256=r.host_sha256, revoked_at=r.revoked_at,
+                              expires_at=r.expires_at)
+              for r in _svc().messenger.revocations.active()]
+    return web.json_response(replies.Revocations(revocations=listed),
+                             headers={"Cache-Control": "no-store"})
 
 
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")

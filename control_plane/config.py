@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
 from protocol.ids import instance_host
+from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",
@@ -33,6 +34,7 @@ REQUIRED = (
     "DIT4C_NODES_TABLE",
     "DIT4C_TOKENS_TABLE",
     "DIT4C_OAUTH_CLIENTS_TABLE",
+    "DIT4C_REVOCATIONS_TABLE",
     "DIT4C_EVENTS_QUEUE_URL",
     "DIT4C_EVENTS_QUEUE_ARN",
     "DIT4C_NODE_COMMANDS_DLQ_ARN",
@@ -52,6 +54,8 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
+    # Nodes renew at half-life: an hour (the most routers take) keeps the calls rare.
+    "DIT4C_TUNNEL_TOKEN_SECONDS": "3600",
     "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
     "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
     "DIT4C_STORAGE_BUCKET": "",
@@ -70,6 +74,7 @@ class Tables:
     nodes: str
     tokens: str
     oauth_clients: str
+    revocations: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +102,9 @@ class Config:
     transition_timeout_seconds: int
     join_token_seconds: int
     node_credentials_seconds: int
+    tunnel_token_seconds: int
+    """Life of the tunnel tokens the portal signs (at most
+    ``protocol.tokens.TUNNEL_TOKEN_MAX_LIFETIME``); the node renews them at half-life."""
     login_failures_per_account: int
     login_failures_per_address: int
     login_providers: str = ""
@@ -166,6 +174,7 @@ class Config:
                 nodes=source["DIT4C_NODES_TABLE"],
                 tokens=source["DIT4C_TOKENS_TABLE"],
                 oauth_clients=source["DIT4C_OAUTH_CLIENTS_TABLE"],
+                revocations=source["DIT4C_REVOCATIONS_TABLE"],
             ),
             events_queue_url=source["DIT4C_EVENTS_QUEUE_URL"],
             events_queue_arn=source["DIT4C_EVENTS_QUEUE_ARN"],
@@ -182,6 +191,8 @@ class Config:
             transition_timeout_seconds=number("DIT4C_TRANSITION_TIMEOUT_SECONDS"),
             join_token_seconds=number("DIT4C_JOIN_TOKEN_HOURS") * 3600,
             node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
+            tunnel_token_seconds=min(number("DIT4C_TUNNEL_TOKEN_SECONDS", 2),
+                                     TUNNEL_TOKEN_MAX_LIFETIME),
             login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),
             login_failures_per_address=number("DIT4C_LOGIN_FAILURES_PER_ADDRESS"),
             login_providers=source.get("DIT4C_LOGIN_PROVIDERS", ""),

@@ -97,6 +97,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/nodes/{node_id}/credentials"): Operation(
         "Short-lived queue credentials for a node (Bearer: node-signed JWT)", 200,
         replies.Credentials, (401, 403, 404)),
+    ("POST", "/api/nodes/{node_id}/instances/{instance_id}/tunnel-token"): Operation(
+        "Renew the tunnel token of an instance placed on this node (Bearer: node-signed JWT)",
+        200, replies.TunnelToken, (401, 403)),
+    ("GET", "/api/revocations"): Operation(
+        "Revoked instance hosts an edge router must know when it starts", 200,
+        replies.Revocations),
     ("POST", "/api/nodes/{node_id}/drain"): Operation("No new placements on this node (admin)",
                                                       200, replies.Node, (*_AUTH, 404, 409)),
     ("POST", "/api/nodes/{node_id}/activate"): Operation("Undo drain (admin)", 200,

@@ -177,6 +177,29 @@ class Credentials:
 
 
 @json_object
+class TunnelToken:
+    """A renewed tunnel token for an instance placed on the calling node."""
+
+    tunnel_token: str
+    expires_at: int = field(description="the token's exp (POSIX seconds)")
+
+
+@json_object
+class Revoked:
+    host_sha256: str = field(description="SHA-256 (hex) of the revoked host name")
+    revoked_at: float = field(description="tunnel tokens issued at or before this moment "
+                                          "(POSIX seconds) are refused")
+    expires_at: float = field(description="after this no such token can pass any more")
+
+
+@json_object
+class Revocations:
+    """Every revocation a router must know when it starts (the rest reach it as messages)."""
+
+    revocations: list[Revoked]
+
+
+@json_object
 class Node:
     id: str
     cluster_id: str

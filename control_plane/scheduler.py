@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 
 from control_plane.config import Config
+from control_plane.errors import Forbidden
 from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.keys import KeyStore
@@ -30,6 +31,8 @@ from protocol.tokens import tunnel_claims
 
 log = logging.getLogger("dit4c.control_plane.scheduler")
 S = InstanceState
+RENEWABLE = frozenset({S.SCHEDULED, S.STARTING, S.RUNNING})
+"""States in which the placed node may renew the instance's tunnel token."""
 
 
 class Scheduler:
@@ -88,8 +91,7 @@ class Scheduler:
         url = self.config.instance_url(instance_id)
         client_id, secret = self.registrar.register(
             instance_id=instance_id, owner=item.owner, redirect_uri=url + pod.CALLBACK_PATH)
-        token = self.keys.sign(tunnel_claims(issuer=self.config.portal_url,
-                                             instance_id=instance_id, hostname=hostname))
+        token = self.tunnel_token(instance_id)
         return StartInstance(
             instance_id=instance_id, image=item.image, port=item.port,
             cpu=item.cpu, memory_mb=item.memory_mb, hostname=hostname, url=url,
@@ -101,14 +103,34 @@ class Scheduler:
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
         )
 
+    def tunnel_token(self, instance_id: str) -> str:
+        """A fresh tunnel token for the instance's host (at a start, and when its node renews
+        it: :meth:`control_plane.nodes.Nodes.renew_tunnel_token`)."""
+        return self.keys.sign(tunnel_claims(
+            issuer=self.config.portal_url, instance_id=instance_id,
+            hostname=self.config.instance_hostname(instance_id),
+            lifetime=self.config.tunnel_token_seconds))
+
+    def renew_tunnel_token(self, node: Node, instance_id: str) -> str:
+        """A fresh tunnel token for an instance placed on ``node`` (and live there); Forbidden
+        for any other, whether it exists or not: a node that lost an instance (placed again
+        elsewhere, stopped, failed) gets no token for it, so the one it holds runs out."""
+        item = self.instances.get(instance_id)
+        if item is None or item.node_id != node.node_id or item.state not in RENEWABLE:
+            raise Forbidden(f"instance {instance_id} is not placed on node {node.node_id}")
+        return self.tunnel_token(instance_id)
+
     def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).
 
         The old node is told to discard the instance, so that a pod it may still start when it
-        comes back never serves the instance beside its new placement.
+        comes back never serves the instance beside its new placement; and the old placement's
+        tunnel token is revoked, so that whoever holds it cannot take the new pod's tunnels
+        (the new placement's token is issued after the revocation, and passes).
         """
         moved = self.instances.transition(item, replace(
             item, state=S.PENDING, reason=reason, node_id=UNPLACED, node_queue_url=None))
+        self.messenger.revoke(item.instance_id, item.hostname, "placed again")
         if item.node_queue_url:
             self.messenger.send(item.node_queue_url, DiscardInstance(instance_id=item.instance_id))
         return moved

@@ -26,6 +26,7 @@ from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
 from control_plane.replies import Health
+from control_plane.revocations import Revocations
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.table import Table
@@ -73,7 +74,7 @@ class Services:
         instances = Instances(table(t.instances), table(t.nodes), table(t.users),
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
-                              config.revocations_topic_arn)
+                              config.revocations_topic_arn, Revocations(table(t.revocations)))
         access = Access(instances, shares)
         oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
                             issuer=config.portal_url, can_access=access.can_access)

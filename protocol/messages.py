@@ -302,3 +302,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:  # noqa: PLR0911, PLR0912
             raise MessageError(f"{where}: expected {hint.__name__}")
         return value
     raise MessageError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover
+
+
+def sent_timestamp(message: Message) -> float:
+    """``sent_at`` as POSIX seconds (millisecond precision); MessageError if it is no time.
+    A revocation's ``sent_at`` is the moment up to which tunnel tokens are refused."""
+    try:
+        when = datetime.fromisoformat(message.sent_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise MessageError(f"{message.TYPE}.sent_at: {message.sent_at!r} is not a time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

@@ -172,6 +172,11 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:PutItem", "dynamodb:Scan"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["sns:Publish"]
     resources = [aws_sns_topic.revocations_topic.arn]
   }
@@ -215,6 +220,11 @@ data "aws_iam_policy_document" "events_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["sns:Publish"]
     resources = [aws_sns_topic.revocations_topic.arn]
   }
@@ -252,6 +262,11 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["dynamodb:PutItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
   }
   statement {
     effect    = "Allow"

@@ -38,6 +38,7 @@ locals {
     DIT4C_NODES_TABLE              = aws_dynamodb_table.nodes_table.name
     DIT4C_TOKENS_TABLE             = aws_dynamodb_table.tokens_table.name
     DIT4C_OAUTH_CLIENTS_TABLE      = aws_dynamodb_table.oauth_clients_table.name
+    DIT4C_REVOCATIONS_TABLE        = aws_dynamodb_table.revocations_table.name
     DIT4C_EVENTS_QUEUE_URL         = aws_sqs_queue.events_queue.url
     DIT4C_EVENTS_QUEUE_ARN         = aws_sqs_queue.events_queue.arn
     DIT4C_NODE_COMMANDS_DLQ_ARN    = aws_sqs_queue.node_commands_dlq.arn

@@ -193,8 +193,8 @@ def _scenario(world: World) -> None:
     assert status == 201, cluster
     cluster_id = cluster["id"]
     assert admin.call("GET", "/api/clusters")[0] == 200
-    _, node = _enroll(world, admin, cluster_id, "node-1")
-    _, other_node = _enroll(world, admin, cluster_id, "node-2")
+    node_key, node = _enroll(world, admin, cluster_id, "node-1")
+    other_key, other_node = _enroll(world, admin, cluster_id, "node-2")
     node_id, queue = node["node_id"], node["queue_url"]
     # Placements go to node-1: node-2 is only there to report what it should not run.
     assert admin.call("POST", f"/api/nodes/{other_node['node_id']}/drain")[0] == 200
@@ -220,6 +220,13 @@ def _scenario(world: World) -> None:
     world.events(_state(other_node["node_id"], a["id"], "running"))
     assert [m.TYPE for m in world.node_messages(other_node["queue_url"])] == [
         "discard_instance"]
+    # node-1 renews A's tunnel token; node-2, where A is not placed, cannot.
+    for key, who, expected in ((node_key, node, 200), (other_key, other_node, 403)):
+        renewal = who["node_id"]
+        assert anonymous.call(
+            "POST", f"/api/nodes/{renewal}/instances/{a['id']}/tunnel-token",
+            headers={"authorization": "Bearer " + key.sign(node_claims(node_id=renewal))},
+        )[0] == expected
     assert alice.call("POST", f"/api/instances/{a['id']}/share", {"username": "bob"})[0] == 200
     assert len(bob.call("GET", "/api/instances")[1]["instances"]) == 1
     assert bob.call("GET", f"/api/instances/{a['id']}")[0] == 200
@@ -242,6 +249,8 @@ def _scenario(world: World) -> None:
     assert any(i["id"] == saved["id"] for i in bob.call("GET", "/api/images")[1]["images"])
     assert alice.call("DELETE", f"/api/images/{saved['id']}")[0] == 204
     assert alice.call("DELETE", f"/api/instances/{a['id']}")[0] == 204
+    status, listed = anonymous.call("GET", "/api/revocations")  # what a starting router reads
+    assert status == 200 and listed["revocations"], listed
 
     # Instance B fails on the node: revoked.
     status, b = alice.call("POST", "/api/instances", {"image_id": image["id"],
