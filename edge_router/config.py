@@ -12,6 +12,10 @@ variable                               meaning                                  
 ``DIT4C_ROUTER_JWKS_URL``              the control plane's JWKS                    required
 ``DIT4C_ROUTER_TOKEN_ISSUER``          expected ``iss`` of tunnel tokens           not checked
 ``DIT4C_ROUTER_REVOCATIONS_QUEUE_URL`` SQS queue of ``Revocation`` messages        none (off)
+``DIT4C_ROUTER_REVOCATIONS_URL``       the control plane's revocations list, read  none (off)
+                                       at start (tunnels wait for it) and every
+                                       5 minutes
+``DIT4C_ROUTER_TOKEN_LEEWAY``          seconds of clock skew allowed on tokens     30
 ``DIT4C_ROUTER_EVENTS_QUEUE_URL``      SQS queue for ``InstanceActivity``          none (off)
 ``DIT4C_AWS_ENDPOINT_URL``             one endpoint for AWS clients (moto)         AWS default
 ``DIT4C_ROUTER_ID``                    this router's name in activity reports      hostname
@@ -75,6 +79,8 @@ class RouterConfig:
     metrics_listen: Address | None = None
     token_issuer: str | None = None
     revocations_queue_url: str | None = None
+    revocations_url: str | None = None
+    token_leeway: int = 30
     events_queue_url: str | None = None
     aws_endpoint_url: str | None = None
     router_id: str = "router"
@@ -141,6 +147,8 @@ class RouterConfig:
             metrics_listen=metrics_address,
             token_issuer=get("ROUTER_TOKEN_ISSUER"),
             revocations_queue_url=get("ROUTER_REVOCATIONS_QUEUE_URL"),
+            revocations_url=get("ROUTER_REVOCATIONS_URL"),
+            token_leeway=int(number("ROUTER_TOKEN_LEEWAY", 30, int)),
             events_queue_url=get("ROUTER_EVENTS_QUEUE_URL"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             router_id=get("ROUTER_ID") or socket.gethostname(),

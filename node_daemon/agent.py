@@ -83,6 +83,10 @@ class Agent:
         self.launch_timeout = launch_timeout
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def lock(self, instance_id: str) -> asyncio.Lock:
+        """What serialises work on one instance (commands, reconcile, token renewals)."""
+        return self._lock(instance_id)
+
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
 

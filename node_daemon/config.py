@@ -38,6 +38,7 @@ DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
     for role in (pod.ROLE_LISTENER, pod.ROLE_STORAGE)
 }
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_TOKEN_CHECK_SECONDS = 60.0
 DEFAULT_HEARTBEAT_SECONDS = 240.0
 """Every 4 minutes: a heartbeat is an SQS message, a Lambda run and a DynamoDB write, so its
 rate is most of what an idle node costs (docs/deploy.md, cost model). The control plane counts a
@@ -136,6 +137,8 @@ class RunSettings:
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS
     launch_timeout_seconds: float = DEFAULT_LAUNCH_TIMEOUT_SECONDS
+    token_check_seconds: float = DEFAULT_TOKEN_CHECK_SECONDS
+    """How often the tunnel tokens of running instances are looked at (renewed at half-life)."""
     helper_commands: Mapping[str, Sequence[str]] = field(
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
@@ -184,6 +187,9 @@ class RunSettings:
             poll_wait_seconds=int(poll_wait),
             launch_timeout_seconds=number("launch_timeout", "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS",
                                           DEFAULT_LAUNCH_TIMEOUT_SECONDS),
+            token_check_seconds=number("token_check_seconds",
+                                       "DIT4C_NODE_TOKEN_CHECK_SECONDS",
+                                       DEFAULT_TOKEN_CHECK_SECONDS),
             helper_commands={**DEFAULT_HELPER_COMMANDS,
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
         )

@@ -54,6 +54,10 @@ STORAGE_PRIVILEGES: Mapping[str, Any] = {
     "user": "0", "cap_add": ["DAC_OVERRIDE"],
     "tmpfs": {posixpath.dirname(pod.STORAGE_READY_FILE): "mode=0700,size=64k"}}
 
+# The listener's renewed tunnel tokens (helpers.listener.tokens): only its user reads them.
+LISTENER_TMPFS: Mapping[str, str] = {
+    posixpath.dirname(pod.TUNNEL_TOKEN_FILE): f"uid={pod.HELPERS_UID},mode=0700,size=64k"}
+
 # One core each: a helper idles at almost nothing, but its start (Python importing aiohttp) is
 # on the launch's critical path, and half a core made launches 3.4x a bare `docker run`.
 HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 1_000_000_000,
@@ -165,6 +169,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
     listener gets the tunnel's and, since it runs the auth helper, the auth helper's."""
     if role == pod.ROLE_LISTENER:
         return {pod.ENV_TUNNEL_TOKEN: start.tunnel_token,
+                pod.ENV_TUNNEL_TOKEN_FILE: pod.TUNNEL_TOKEN_FILE,
                 pod.ENV_ROUTER_URLS: ",".join(start.router_urls),
                 pod.ENV_HOSTNAME: start.hostname,
                 pod.ENV_AUTH_LISTEN: f"127.0.0.1:{pod.AUTH_PORT}",
@@ -308,6 +313,8 @@ class PodRunner:
                         "environment": helper_env(start, role), "init": True,
                         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
                         "volumes": volumes, **HELPER_LIMITS}
+                if role == pod.ROLE_LISTENER:
+                    spec["tmpfs"] = LISTENER_TMPFS
                 if role == pod.ROLE_STORAGE:
                     spec.update(STORAGE_PRIVILEGES)
         try:
@@ -459,6 +466,26 @@ class PodRunner:
                 time.sleep(PROBE_INTERVAL)
                 return False
             raise
+
+    def hand_tunnel_token(self, instance_id: str, token: str) -> None:
+        """Give the pod's listener a renewed tunnel token (it sends it over its tunnels);
+        PodError if the listener is not running or did not take it."""
+        listener = self.containers(instance_id).get(pod.ROLE_LISTENER)
+        if listener is None or listener.status != "running":
+            raise PodError(f"instance {instance_id} has no running listener")
+        argv = [*self.settings.helper_commands[pod.ROLE_LISTENER], "renew"]
+        api = self._client.api
+        try:
+            run = api.exec_create(listener.id, argv, environment={
+                pod.ENV_TUNNEL_TOKEN: token, pod.ENV_TUNNEL_TOKEN_FILE: pod.TUNNEL_TOKEN_FILE})
+            output = api.exec_start(run["Id"])
+            code = api.exec_inspect(run["Id"])["ExitCode"]
+        except docker.errors.APIError as exc:
+            raise PodError(f"cannot hand {instance_id}'s listener its token: "
+                           f"{exc.explanation or exc}") from exc
+        if code != 0:
+            raise PodError(f"{instance_id}'s listener refused its token: "
+                           f"{output.decode(errors='replace').strip()[-300:]}")
 
     def check_helpers(self, start: StartInstance) -> None:
         """Raise :class:`LaunchError` at once if the helpers image lacks the module of a helper

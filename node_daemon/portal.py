@@ -5,6 +5,8 @@
 - ``POST /api/nodes/{id}/credentials`` with ``Authorization: Bearer <node JWT>`` -> 200
   ``{access_key_id, secret_access_key, session_token, expiration, region, queue_url,
   events_queue_url, endpoint_url}``
+- ``POST /api/nodes/{id}/instances/{instance}/tunnel-token`` with ``Authorization: Bearer <node
+  JWT>`` -> 200 ``{tunnel_token, expires_at}``: only for an instance placed on this node
 """
 
 from __future__ import annotations
@@ -117,3 +119,12 @@ class PortalClient:
             events_queue_url=fields["events_queue_url"],
             endpoint_url=endpoint if isinstance(endpoint, str) and endpoint else None,
         )
+
+    async def tunnel_token(self, node_id: str, key: SigningKey, instance_id: str) -> str:
+        """A renewed tunnel token for an instance placed on this node; PortalError (403) when
+        it is not placed here (any more)."""
+        token = key.sign(node_claims(node_id=node_id))
+        body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/tunnel-token",
+                                {}, "tunnel token renewal",
+                                headers={"Authorization": f"Bearer {token}"})
+        return str(_require(body, ("tunnel_token",), "tunnel token renewal")["tunnel_token"])

@@ -54,6 +54,14 @@ ENV_HOSTNAME: Final = "DIT4C_HOSTNAME"
 """The instance's public host without port, as bound in the tunnel token."""
 ENV_UPSTREAM: Final = "DIT4C_UPSTREAM"
 """Without the auth settings: where the listener sends each stream over TCP (``host:port``)."""
+ENV_TUNNEL_TOKEN_FILE: Final = "DIT4C_TUNNEL_TOKEN_FILE"  # noqa: S105 - a variable name
+"""Optional: a file the listener watches for renewed tunnel tokens (it sends each to the routers
+over its tunnels). The node daemon writes it with ``python3 -m helpers.listener renew`` (an exec
+in the listener container, the token in ``ENV_TUNNEL_TOKEN``)."""
+TUNNEL_TOKEN_FILE: Final = "/run/dit4c/tunnel-token"  # noqa: S105 - a path
+"""Where the node has the listener keep it: on a tmpfs only the listener's user can read."""
+HELPERS_UID: Final = 10001
+"""The unprivileged user (``dit4c``) the helpers image runs as."""
 
 # --- auth helper (python3 -m helpers.auth) --------------------------------------------------
 ENV_AUTH_LISTEN: Final = "DIT4C_AUTH_LISTEN"

@@ -267,6 +267,7 @@ class LocalStack:
             "DIT4C_ROUTER_DOMAIN": config.public_host,
             "DIT4C_ROUTER_LISTEN": listen,
             "DIT4C_ROUTER_JWKS_URL": f"{config.local_portal_url}/.well-known/jwks.json",
+            "DIT4C_ROUTER_REVOCATIONS_URL": f"{config.local_portal_url}/api/revocations",
             "DIT4C_ROUTER_REVOCATIONS_QUEUE_URL": stack.resources["RouterRevocationsQueue"].ref,
             "DIT4C_ROUTER_EVENTS_QUEUE_URL": stack.environment["DIT4C_EVENTS_QUEUE_URL"],
             "DIT4C_ROUTER_ID": "local",
