@@ -60,10 +60,13 @@ class ControlPlane:
 
     ``credential_seconds``: the lifetime of the STS credentials nodes get (default: the
     control plane's). ``visibility_timeout``: what :meth:`enrolled` sets on a node's queue.
+    ``settings``: control-plane environment settings added to the template's (login
+    providers, the router's domain and port, ...).
     """
 
     def __init__(self, *, credential_seconds: int | None = None,
-                 visibility_timeout: int | None = None) -> None:
+                 visibility_timeout: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
         self.visibility_timeout = visibility_timeout
         self._moto = MotoServer()
         self.aws: AwsEndpoint = self._moto.start()
@@ -76,7 +79,7 @@ class ControlPlane:
             use_process_logging(app)
             self._serve(0)
             config = Config.from_env({**self.aws.environment(), **stack.environment,
-                                      "DIT4C_PORTAL_URL": self.url})
+                                      "DIT4C_PORTAL_URL": self.url, **(settings or {})})
             botocore_session = botocore.session.get_session()
             if credential_seconds is not None:
                 config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
@@ -97,6 +100,7 @@ class ControlPlane:
             raise
         self.sqs: Any = self.aws.client("sqs")
         self.events_queue_url = config.events_queue_url
+        self.router_queue_url: str = stack.resources["RouterRevocationsQueue"].ref
 
     def _serve(self, port: int) -> None:
         self._portal = PortalServer(app, [("127.0.0.1", port)],
