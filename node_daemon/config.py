@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node_daemon.egress import EgressPolicy
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
 from protocol import pod
@@ -137,6 +138,9 @@ class RunSettings:
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS
     launch_timeout_seconds: float = DEFAULT_LAUNCH_TIMEOUT_SECONDS
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    """What pods may reach (``DIT4C_NODE_EGRESS``, ``DIT4C_NODE_POD_HOST_PORTS``,
+    ``DIT4C_NODE_POD_LAN``): :mod:`node_daemon.egress`."""
     token_check_seconds: float = DEFAULT_TOKEN_CHECK_SECONDS
     """How often the tunnel tokens of running instances are looked at (renewed at half-life)."""
     helper_commands: Mapping[str, Sequence[str]] = field(
@@ -187,6 +191,9 @@ class RunSettings:
             poll_wait_seconds=int(poll_wait),
             launch_timeout_seconds=number("launch_timeout", "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS",
                                           DEFAULT_LAUNCH_TIMEOUT_SECONDS),
+            egress=EgressPolicy.parse(env.get("DIT4C_NODE_EGRESS", "enforce").strip(),
+                                      env.get("DIT4C_NODE_POD_HOST_PORTS", ""),
+                                      env.get("DIT4C_NODE_POD_LAN", "")),
             token_check_seconds=number("token_check_seconds",
                                        "DIT4C_NODE_TOKEN_CHECK_SECONDS",
                                        DEFAULT_TOKEN_CHECK_SECONDS),

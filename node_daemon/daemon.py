@@ -27,10 +27,11 @@ from node_daemon.config import (
     RunSettings,
 )
 from node_daemon.credentials import CredentialBroker
+from node_daemon.egress import apply as apply_egress
 from node_daemon.errors import NodeDaemonError, QueueError
 from node_daemon.files import ensure_private_dir, write_atomic
 from node_daemon.metrics import NodeMetrics, serve, stop_serving
-from node_daemon.network import ensure_pods_network
+from node_daemon.network import ensure_pods_network, pods_bridge
 from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
@@ -88,6 +89,7 @@ class Daemon:
         try:
             gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
                                               settings.pods_network, settings.labels)
+            await self._egress()
         except BaseException:
             await asyncio.to_thread(stop_serving, server)
             raise
@@ -115,6 +117,9 @@ class Daemon:
                 background = [
                     asyncio.create_task(self._every(settings.reconcile_seconds, agent.reconcile,
                                                     "reconcile", stopping)),
+                    # A firewall reload may flush the pods' egress rules: put them back.
+                    asyncio.create_task(self._every(settings.reconcile_seconds, self._egress,
+                                                    "egress policy", stopping)),
                     asyncio.create_task(self._every(settings.token_check_seconds,
                                                     tokens.renew_due, "tunnel token renewal",
                                                     stopping)),
@@ -136,6 +141,16 @@ class Daemon:
             await asyncio.to_thread(stop_serving, server)
             await asyncio.to_thread(self.pods.close)
             log.info("node %s stopped; pods left running", self.identity.node_id)
+
+    async def _egress(self) -> None:
+        """(Re)apply the pods network's egress policy (:mod:`node_daemon.egress`)."""
+        policy = self.settings.egress
+        if not policy.enforce:
+            log.warning("DIT4C_NODE_EGRESS=off: pods reach this host's ports, its LAN and "
+                        "169.254.169.254")
+            return
+        bridge = await asyncio.to_thread(pods_bridge, self.docker, self.settings.pods_network)
+        await asyncio.to_thread(apply_egress, policy, bridge)
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[object]], what: str,
                      stopping: asyncio.Event) -> None:

@@ -14,7 +14,9 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
 - ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage (root, only
   ``DAC_OVERRIDE``: it must read what the tool writes as any uid);
 - ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
-  own environment only, no Docker socket, not privileged.
+  own environment only, no Docker socket, not privileged, a few capabilities only,
+  ``no-new-privileges`` and a file-descriptor limit (:data:`TOOL_PRIVILEGES`). What the pod may
+  reach on the network: :mod:`node_daemon.egress`.
 
 No port is published on the host. Every method here is synchronous (call it from a thread)
 and idempotent: run twice, it finds and reuses what the first run made.
@@ -34,6 +36,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
 from node_daemon.config import DEFAULT_HELPER_COMMANDS
@@ -53,6 +56,23 @@ STORAGE_MOUNT = "/mnt"
 STORAGE_PRIVILEGES: Mapping[str, Any] = {
     "user": "0", "cap_add": ["DAC_OVERRIDE"],
     "tmpfs": {posixpath.dirname(pod.STORAGE_READY_FILE): "mode=0700,size=64k"}}
+
+# The tool is someone else's code. Of Docker's default capabilities it keeps what an image
+# that starts as root needs to hand itself to its user (an entrypoint's chown, su/gosu, a
+# server dropping privileges, signalling its workers, a port below 1024); it loses NET_RAW
+# (raw sockets: spoofing, ARP on the pods network), MKNOD, SETFCAP, SETPCAP, FSETID,
+# SYS_CHROOT and AUDIT_WRITE. no-new-privileges: no setuid binary gives more than that. A
+# root tool stays possible (many images are), with those capabilities only. Files: at most
+# TOOL_NOFILE descriptors (else the engine's own limit: a million under systemd; it must be
+# at most that, or containers do not start); processes:
+# StartInstance.pids_limit.
+TOOL_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL",
+                     "NET_BIND_SERVICE")
+TOOL_NOFILE = 16384
+TOOL_PRIVILEGES: Mapping[str, Any] = {
+    "cap_drop": ["ALL"], "cap_add": list(TOOL_CAPABILITIES),
+    "security_opt": ["no-new-privileges"],
+    "ulimits": [Ulimit(name="nofile", soft=TOOL_NOFILE, hard=TOOL_NOFILE)]}
 
 # The listener's renewed tunnel tokens (helpers.listener.tokens): only its user reads them.
 LISTENER_TMPFS: Mapping[str, str] = {
@@ -306,7 +326,7 @@ class PodRunner:
             if role == pod.ROLE_TOOL:
                 spec = {**common, "image": start.image, "environment": dict(start.env),
                         "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
-                        "pids_limit": start.pids_limit, "volumes": volumes}
+                        "pids_limit": start.pids_limit, "volumes": volumes, **TOOL_PRIVILEGES}
             else:
                 spec = {**common, "image": self.settings.helpers_image,
                         "command": list(self.settings.helper_commands[role]),

@@ -298,6 +298,11 @@ class LocalStack:
         env = {
             **self._child_env(),
             "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
+            # The pods' helpers find the router and the portal on this host (the gateway);
+            # every other port of the host stays closed to pods (node_daemon/egress.py).
+            "DIT4C_NODE_POD_HOST_PORTS": self._base_env.get(
+                "DIT4C_NODE_POD_HOST_PORTS",
+                f"{self._config.router_port},{self._config.portal_port}"),
             # A free port unless asked for one: a fixed default would clash with another stack.
             "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
                 "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
