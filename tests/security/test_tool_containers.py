@@ -112,6 +112,8 @@ def lan_machine() -> Iterator[tuple[str, int]]:
 @dataclass
 class Pod:
     client: docker.DockerClient
+    runner: PodRunner
+    instance_id: str
     tool_id: str
     bridge: str
     gateway: str
@@ -142,7 +144,7 @@ def tool_pod(docker_client: docker.DockerClient, run_labels: dict[str, str],
     try:
         runner.launch(start, 120, lambda percent: None)
         tool = runner.containers(start.instance_id)[pod.ROLE_TOOL]
-        yield Pod(docker_client, tool.id, bridge, gateway)
+        yield Pod(docker_client, runner, start.instance_id, tool.id, bridge, gateway)
     finally:
         egress.remove(bridge)
         runner.remove(start.instance_id)
@@ -203,3 +205,15 @@ def test_bad_egress_settings_are_named() -> None:
                                     ("enforce", "", "10.0.0.0/33", "DIT4C_NODE_POD_LAN")):
         with pytest.raises(ConfigError, match=named):
             egress.EgressPolicy.parse(mode, ports, lan)
+
+
+def test_the_node_hands_the_listener_a_renewed_token_the_tool_cannot_read(tool_pod: Pod) -> None:
+    # What node_daemon.tunnel_tokens does at half-life, into the real listener.
+    tool_pod.runner.hand_tunnel_token(tool_pod.instance_id, "renewed-token")
+    listener = tool_pod.runner.containers(tool_pod.instance_id)[pod.ROLE_LISTENER]
+    deadline = time.monotonic() + 15
+    while "tunnel token renewed" not in tool_pod.client.api.logs(listener.id).decode():
+        assert time.monotonic() < deadline, "the listener never took the renewed token"
+        time.sleep(0.2)
+    code, output = tool_pod.run(f"cat {pod.TUNNEL_TOKEN_FILE}")  # another container's tmpfs
+    assert code != 0 and "renewed-token" not in output
