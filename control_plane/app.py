@@ -312,7 +312,7 @@ def on_event(event: SQSEvent) -> dict[str, Any]:
     events = _svc().events
     for record in event:
         try:
-            events.handle_text(record.body)
+            events.handle_record(record.to_dict())
         except Exception:
             log.exception("event %s failed; SQS will redeliver it", record.receipt_handle[:12])
             failures.append({"itemIdentifier": record.to_dict().get("messageId", "")})

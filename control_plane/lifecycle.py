@@ -199,5 +199,4 @@ class Lifecycle:
 
     def _forget(self, item: Instance, reason: str) -> None:
         self._tell_node(item, DiscardInstance(instance_id=item.instance_id))
-        self.registrar.forget(item.instance_id)
-        self.messenger.revoke(item.instance_id, item.hostname, reason)
+        self.scheduler.retire(item, reason)

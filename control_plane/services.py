@@ -84,7 +84,7 @@ class Services:
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
                               accounts_exist=accounts.exists)
-        events = Events(instances, nodes, catalog, messenger)
+        events = Events(instances, nodes, catalog, messenger, scheduler)
         reaper = Reaper(instances, nodes, scheduler, messenger,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
