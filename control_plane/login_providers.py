@@ -40,6 +40,7 @@ from control_plane import replies
 from control_plane.accounts import Accounts, Session
 from control_plane.errors import BadRequest, ConfigError, NotFound, Unauthorized
 from control_plane.table import ConditionFailed, Table
+from control_plane.web import same_origin_path
 from protocol.errors import TokenError
 from protocol.tokens import KeySet
 
@@ -96,13 +97,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def safe_next(value: str | None) -> str:
-    """Only a path on the portal itself (no scheme, no host, no ``//``) is a place to return to."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value[:1000]
-
-
 class HttpJson:
     """GET/POST returning JSON with a timeout (the seam tests can replace; stdlib only)."""
 
@@ -156,7 +150,7 @@ class LoginProviders:
         provider = self.provider(name)
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         self.tokens.put({"token_key": "login-state:" + _digest(state), "provider": name,
-                         "nonce": nonce, "verifier": verifier, "next": safe_next(next_path),
+                         "nonce": nonce, "verifier": verifier, "next": same_origin_path(next_path),
                          "expires_at": int(time.time()) + STATE_SECONDS})
         params = {"response_type": "code", "client_id": provider.client_id,
                   "redirect_uri": self.redirect_uri(provider), "state": state}
