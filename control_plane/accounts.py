@@ -35,9 +35,12 @@ class User:
     username: str
     admin: bool
     provider: str = "local"
+    display_name: str | None = None
+    """What the identity provider calls the user (e-mail, login); None for local accounts."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"username": self.username, "admin": self.admin, "provider": self.provider}
+        return {"username": self.username, "admin": self.admin, "provider": self.provider,
+                "display_name": self.display_name}
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,7 @@ class Accounts:
             expression += ", admin = :a"
             vals[":a"] = admin
         item = self.users.update({"username": check_username(username)}, expression, vals=vals)
-        return _user(item)
-
-    def ensure_external_user(self, username: str, provider: str) -> User:
-        """A user who logs in through an identity provider: created on first login."""
-        item = self.users.update(
-            {"username": check_username(username)},
-            "SET provider = if_not_exists(provider, :p), admin = if_not_exists(admin, :f), "
-            "created_at = if_not_exists(created_at, :t)",
-            vals={":p": provider, ":f": False, ":t": int(time.time())})
-        if item.get("provider") != provider:
-            raise Conflict(f"user {username!r} belongs to another login provider")
-        return _user(item)
+        return user_of(item)
 
     def exists(self, username: str) -> bool:
         return self.users.get({"username": username}, consistent=False) is not None
@@ -132,7 +124,7 @@ class Accounts:
             self._record_failure(keys[1], self.failures_per_address)
             raise Unauthorized("wrong username or password")
         self.tokens.delete({"token_key": keys[0]})
-        return self.start_session(_user(item))
+        return self.start_session(user_of(item))
 
     def _check_throttle(self, keys: list[str]) -> None:
         now = time.time()
@@ -182,11 +174,13 @@ class Accounts:
         user = self.users.get({"username": item["username"]}, consistent=False)
         if user is None:
             return None
-        return Session(token, _user(user), item["csrf_token"], item["expires_at"])
+        return Session(token, user_of(user), item["csrf_token"], item["expires_at"])
 
     def end_session(self, token: str) -> None:
         self.sessions.delete({"session_id": _digest(token)})
 
 
-def _user(item: Item) -> User:
-    return User(item["username"], bool(item.get("admin", False)), item.get("provider", "local"))
+def user_of(item: Item) -> User:
+    """The user an item of the users table describes."""
+    return User(item["username"], bool(item.get("admin", False)), item.get("provider", "local"),
+                item.get("display_name"))

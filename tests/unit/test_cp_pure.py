@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from control_plane.login_providers import _username
+from control_plane.identities import username_from
 from control_plane.passwords import check_password, hash_password
 from control_plane.table import deserialize, serialize
 from control_plane.web import same_origin_path
@@ -32,10 +32,12 @@ def test_only_portal_paths_are_return_targets(value, expected):
 
 
 def test_external_usernames_are_sanitised_and_bounded():
-    assert _username("Alice.Smith", "uni") == "alice.smith@uni"
-    assert _username("a b/c", "gh") == "a-b-c@gh"
-    assert len(_username("x" * 200, "github")) <= 63
-    assert _username("///", "uni") == "user@uni"
+    assert username_from("Alice.Smith", "uni") == "alice.smith@uni"
+    assert username_from("a b/c", "gh") == "a-b-c@gh"
+    assert len(username_from("x" * 200, "github")) <= 63
+    assert len(username_from("x" * 200, "github", "-12")) <= 63
+    assert username_from("x" * 200, "github", "-12").endswith("x-12@github")
+    assert username_from("///", "uni") == "user@uni"
 
 
 def test_table_values_round_trip_as_plain_python():
