@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from control_plane.access import Access
@@ -30,6 +31,8 @@ from protocol.messages import DiscardInstance, Message, SaveInstance, StopInstan
 from protocol.states import InstanceState
 
 S = InstanceState
+LOGOUT_FANOUT = 8
+"""Back-channel calls made at once at logout (each waits up to its own timeout)."""
 
 
 class Lifecycle:
@@ -74,6 +77,18 @@ class Lifecycle:
         if shared:
             items += self.instances.many(shared)
         return items
+
+    def end_instance_sessions(self, user: User) -> int:
+        """At portal logout: every running instance the user may open ends their sessions
+        there too (the auth helpers' back channel, in parallel; best effort, the access
+        tokens' five minutes bound what is missed). Returns how many confirmed."""
+        running = [i for i in self.list_for(user) if i.state == S.RUNNING]
+        if not running:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(len(running), LOGOUT_FANOUT)) as pool:
+            done = pool.map(lambda i: self.registrar.notify_revoked(
+                i.instance_id, i.url, user.username), running)
+            return sum(done)
 
     # --- launch -----------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ from protocol.tokens import KeySet
 STATE_SECONDS = 600
 HTTP_TIMEOUT = 10
 LOGIN_COOKIE = "dit4c_login"
+LOGIN_PATH = "/api/login"
+"""The browser-binding cookie is sent only to the login routes."""
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 

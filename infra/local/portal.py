@@ -5,6 +5,9 @@ event -> app -> response); this module only binds it to each address the stack n
 and the pods network's gateway so pods reach the portal as ``host.docker.internal``), one thread
 per connection. Like ``chalice local``, the app's class is swapped for one whose
 ``current_request`` is thread-local, so concurrent requests do not see each other's request.
+Each request's ``requestContext.identity.sourceIp`` is the connection's peer, as API Gateway
+gives the client's address (``chalice.local`` would say 127.0.0.1 for everyone, and the login
+throttle counts failures per address: pods on the pods network would share the browser's).
 """
 
 from __future__ import annotations
@@ -29,7 +32,18 @@ access_log = logging.getLogger("dit4c.local.portal.access")
 
 
 class _RequestHandler(ChaliceRequestHandler):
-    """Chalice's handler, logging through ``logging`` instead of printing to stderr."""
+    """Chalice's handler, logging through ``logging`` instead of printing to stderr, with the
+    peer's address as the request's source address."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice,
+                 config: Config) -> None:
+        self._peer = str(client_address[0])
+        super().__init__(request, client_address, server, app_object, config)
+
+    def _generic_handle(self) -> None:
+        # One gateway per connection (made in __init__): its converter names this peer.
+        self.local_gateway.event_converter.LOCAL_SOURCE_IP = self._peer
+        super()._generic_handle()
 
     def log_message(self, format: str, *args: Any) -> None:
         access_log.info("%s %s", self.address_string(), format % args)
