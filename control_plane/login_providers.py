@@ -45,9 +45,9 @@ from control_plane.accounts import Accounts, Session
 from control_plane.errors import BadRequest, ConfigError, NotFound, Unauthorized
 from control_plane.identities import Identities, Identity
 from control_plane.table import ConditionFailed, Table
-from control_plane.web import same_origin_path
 from protocol.errors import TokenError
 from protocol.tokens import KeySet
+from protocol.urls import same_origin_path
 
 STATE_SECONDS = 600
 HTTP_TIMEOUT = 10

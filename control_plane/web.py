@@ -21,11 +21,9 @@ import functools
 import hmac
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
 
 from chalice.app import Request, Response
 
@@ -81,34 +79,6 @@ def body(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
-
-
-_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
-_C0_OR_SPACE = "".join(map(chr, range(0x21)))
-MAX_NEXT = 1000
-"""A return path is echoed into a ``Location`` header: keep it bounded."""
-
-
-def same_origin_path(value: str | None) -> str:
-    """Where to send a browser back to after a login: ``value`` if a browser would read it as
-    a path on this origin, else ``/``.
-
-    Read as the WHATWG URL standard has browsers do: leading and trailing C0 controls and
-    spaces stripped, tab and newline removed anywhere, ``\\`` taken as ``/``. So
-    ``/<TAB>/evil.example`` (a browser goes to ``//evil.example``) and ``/\\evil.example`` are
-    refused like ``//evil.example`` and ``https://evil.example``. What is kept is returned in
-    that normalised form, with anything outside printable ASCII percent-encoded.
-    """
-    if not value or len(value) > MAX_NEXT:
-        return "/"
-    path = _TAB_OR_NEWLINE.sub("", value.strip(_C0_OR_SPACE)).replace("\\", "/")
-    if not path.startswith("/") or path.startswith("//"):
-        return "/"
-    path = quote(path, safe="/?#&=+%:;@!$'()*,-._~[]")
-    parts = urlsplit("https://origin.invalid" + path)
-    if parts.scheme != "https" or parts.netloc != "origin.invalid":
-        return "/"
-    return path
 
 
 def client_address(request: Request) -> str:

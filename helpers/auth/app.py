@@ -37,6 +37,7 @@ from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_sec
 from protocol import pod
 from protocol.errors import TokenError
 from protocol.tokens import ALL_USERS, pkce_challenge
+from protocol.urls import same_origin_path
 
 log = logging.getLogger("dit4c.auth")
 
@@ -172,7 +173,7 @@ class AuthHelper:
             await self._end(old, "replaced by a new sign-in")
         session = self.sessions.create(tokens)
         log.info("session started for %s", session.username)
-        response = _redirect(_safe_path(login.next_path))
+        response = _redirect(same_origin_path(login.next_path))
         self._set_cookie(response, self.session_cookie, session.session_id)
         self._set_cookie(response, self.login_cookie, "", max_age=0)
         return response
@@ -277,13 +278,6 @@ class AuthHelper:
 
 def _equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def _safe_path(path: str) -> str:
-    """Only a path on this host: never ``//evil`` or a scheme (open-redirect guard)."""
-    if not path.startswith("/") or path.startswith("//") or path.startswith("/\\"):
-        return "/"
-    return path
 
 
 def _redirect(location: str) -> web.Response:
