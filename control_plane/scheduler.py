@@ -96,7 +96,7 @@ class Scheduler:
             tunnel_token=token, router_urls=list(self.config.router_tunnel_urls),
             oauth=OAuthClient(
                 client_id=client_id, client_secret=secret,
-                authorize_url=f"{self.config.portal_url}/oauth/authorize",
+                authorize_url=self.config.portal_url + pod.OAUTH_AUTHORIZE_PATH,
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
         )

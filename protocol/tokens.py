@@ -317,10 +317,12 @@ def revocation_claims(*, issuer: str, instance_id: str, username: str = ALL_USER
             "jti": uuid.uuid4().hex}
 
 
-def verify_revocation(token: str, keys: KeySet, *, instance_id: str) -> dict[str, Any]:
-    """A revocation for this instance (its own audience: an access token is not one)."""
-    return verify(token, keys, audience=revocation_audience(instance_id), required=("sub",),
-                  max_lifetime=ACCESS_TOKEN_MAX_LIFETIME)
+def verify_revocation(token: str, keys: KeySet, *, instance_id: str,
+                      issuer: str) -> dict[str, Any]:
+    """A revocation for this instance (its own audience: an access token is not one) from
+    ``issuer``. Single use is the receiver's part: remember ``jti`` until ``exp``."""
+    return verify(token, keys, audience=revocation_audience(instance_id), issuer=issuer,
+                  required=("sub", "jti"), max_lifetime=ACCESS_TOKEN_MAX_LIFETIME)
 
 
 def pkce_challenge(verifier: str) -> str:
