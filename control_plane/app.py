@@ -267,7 +267,14 @@ def share_instance(session: Session, instance_id: str, body: bodies.Share) -> re
 
 @route("/api/clusters", "POST", 201, auth="admin", body=bodies.NewCluster)
 def create_cluster(session: Session, body: bodies.NewCluster) -> replies.Cluster:
-    return replies.Cluster.of(_svc().nodes.create_cluster(body.name))
+    return replies.Cluster.of(_svc().nodes.create_cluster(body.name, public=body.public,
+                                                          users=body.users))
+
+
+@route("/api/clusters/{cluster_id}/access", "POST", auth="admin", body=bodies.ClusterAccess)
+def set_cluster_access(session: Session, cluster_id: str,
+                       body: bodies.ClusterAccess) -> replies.Cluster:
+    return replies.Cluster.of(_svc().nodes.set_access(cluster_id, body))
 
 
 @route("/api/clusters", auth="admin")

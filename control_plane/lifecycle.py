@@ -94,7 +94,7 @@ class Lifecycle:
 
     def launch(self, user: User, body: Launch) -> Instance:
         image = self.catalog.get_for(body.image_id, user.username, admin=user.admin)
-        self.nodes.get_cluster(body.cluster_id)
+        self.nodes.usable_cluster(body.cluster_id, user.username, admin=user.admin)
         limit = self.config.max_running_per_user
         instance_id = new_id()
         try:

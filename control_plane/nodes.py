@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from control_plane.bodies import Enroll
+from control_plane.bodies import ClusterAccess, Enroll
 from control_plane.clock import now_iso
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -67,8 +67,10 @@ class Nodes:
 
     # --- clusters ---------------------------------------------------------------------
 
-    def create_cluster(self, name: str, *, cluster_id: str | None = None) -> Cluster:
-        cluster = Cluster(cluster_id=cluster_id or new_id(), name=name, created_at=now_iso())
+    def create_cluster(self, name: str, *, cluster_id: str | None = None, public: bool = True,
+                       users: list[str] | None = None) -> Cluster:
+        cluster = Cluster(cluster_id=cluster_id or new_id(), name=name, created_at=now_iso(),
+                          public=public, users=sorted(set(users or [])))
         try:
             self.clusters.put(cluster.to_item(), condition="attribute_not_exists(cluster_id)")
         except ConditionFailed:
@@ -86,6 +88,23 @@ class Nodes:
         if item is None:
             raise NotFound(f"no cluster {cluster_id!r}")
         return Cluster.from_item(item)
+
+    def set_access(self, cluster_id: str, access: ClusterAccess) -> Cluster:
+        """Who may launch into the cluster from now on (instances already there stay)."""
+        try:
+            return Cluster.from_item(self.clusters.update(
+                {"cluster_id": cluster_id}, "SET #p = :p, #u = :u",
+                condition="attribute_exists(cluster_id)", names={"#p": "public", "#u": "users"},
+                vals={":p": access.public, ":u": sorted(set(access.users))}))
+        except ConditionFailed:
+            raise NotFound(f"no cluster {cluster_id!r}") from None
+
+    def usable_cluster(self, cluster_id: str, username: str, *, admin: bool) -> Cluster:
+        """The cluster, if this user may launch into it: NotFound, or Forbidden."""
+        cluster = self.get_cluster(cluster_id)
+        if not cluster.admits(username, admin=admin):
+            raise Forbidden(f"you may not launch into cluster {cluster_id!r}; ask an admin")
+        return cluster
 
     def all_clusters(self) -> Iterator[Cluster]:
         """Every cluster, oldest first: one Query of the by-kind index."""

@@ -151,12 +151,20 @@ class Node(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Cluster(Record):
-    """ClustersTable (listed through the ``by-kind`` index: ``kind`` is always ``cluster``)."""
+    """ClustersTable (listed through the ``by-kind`` index: ``kind`` is always ``cluster``).
+
+    Who may launch into it: everyone when ``public`` (clusters stored before access rules
+    existed read as public), else admins and the ``users`` listed (admins set both)."""
 
     cluster_id: str
     name: str = ""
     kind: str = CLUSTER_KIND
     created_at: str | None = None
+    public: bool = True
+    users: list[str] = field(default_factory=list)
+
+    def admits(self, username: str, *, admin: bool) -> bool:
+        return self.public or admin or username in self.users
 
 
 @dataclass(frozen=True, kw_only=True)

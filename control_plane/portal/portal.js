@@ -158,7 +158,9 @@ async function renderAdmin() {
         el("td", {}, node.heartbeat_age_seconds != null ? `${Math.round(node.heartbeat_age_seconds)} s ago` : "never")));
     }
     table.append(tbody);
-    holder.append(el("h3", {}, cluster.name || id), table);
+    const who = cluster.public ? "everyone may launch here"
+      : `only admins${(cluster.users || []).length ? " and " + cluster.users.join(", ") : ""} may launch here`;
+    holder.append(el("h3", {}, cluster.name || id), el("p", { "class": "access" }, who), table);
   }
 }
 
