@@ -173,7 +173,8 @@ def spec(app: Any, bodies: Mapping[tuple[str, str], type] | None = None,
         "components": {
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session",
+                            "description": "__Host-dit4c_session when the portal is https"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},
         },
     }
