@@ -160,8 +160,8 @@ class Cluster(Record):
     name: str = ""
     kind: str = CLUSTER_KIND
     created_at: str | None = None
-    public: bool = True
-    users: list[str] = field(default_factory=list)
+    public: bool = field(default=True, metadata=SPARSE)
+    users: list[str] = field(default_factory=list, metadata=SPARSE)
 
     def admits(self, username: str, *, admin: bool) -> bool:
         return self.public or admin or username in self.users
