@@ -14,7 +14,7 @@ import boto3
 
 from edge_router.routes import RouteTable
 from protocol.errors import MessageError
-from protocol.messages import InstanceActivity, Revocation, decode, sent_timestamp
+from protocol.messages import InstanceActivity, Revocation, decode, sent_time
 
 log = logging.getLogger("dit4c.router.queues")
 
@@ -48,10 +48,7 @@ class RevocationListener:
             return
         # Tokens issued up to the revocation's time are dead (its sent_at is the control
         # plane's clock, as is every token's iat: a token issued after it passes).
-        try:
-            sent: float | None = sent_timestamp(message)
-        except MessageError:
-            sent = None
+        sent = sent_time(message).timestamp()  # decode checked it is a time
         closed = self.routes.revoke(message.hostname, at=sent, reason=message.reason)
         log.info("revoked %s (%s): %d tunnel(s) closed", message.hostname, message.reason,
                  closed)

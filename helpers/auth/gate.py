@@ -79,7 +79,7 @@ class Gate:
         self.scheme = b"https" if helper.config.secure else b"http"
         self.own_cookies = frozenset(helper.own_cookies)
         self.session_cookie = helper.session_cookie.encode() + b"="
-        self.own_origin = origin_of(helper.config.public_url)
+        self.own_origin = origin_of(helper.config.origin)
         scheme, _, address = helper.config.upstream.partition("://")
         host, _, port = address.rpartition(":")
         self.tool: tuple[str, int] | None = None

@@ -25,6 +25,7 @@ from tests.security.test_edge_revocations import (
     enrol,
     launch,
     plane_with,
+    renew,
     router,
     until,
     upstream,
@@ -50,7 +51,7 @@ async def test_renewal_keeps_a_long_running_tunnel_up(plane: ControlPlane,
                                                       tmp_path: Path):
     node = enrol(plane, "renewing")
     item, start = launch(plane, node)
-    first = node.renew(plane, item.instance_id)  # fresh: the start's may be seconds old
+    first = renew(plane, node, item.instance_id)  # fresh: the start's may be seconds old
     token_file = tmp_path / "tunnel-token"
     token = TunnelToken(first.json()["tunnel_token"], str(token_file))
     async with router(plane, queue=False) as edge:
@@ -66,7 +67,7 @@ async def test_renewal_keeps_a_long_running_tunnel_up(plane: ControlPlane,
                 # Over two token lifetimes, renewed as the node does (the portal, then the
                 # listener's own renew command), over one WebSocket that stays open.
                 for _ in range(5):
-                    renewal = node.renew(plane, item.instance_id)
+                    renewal = renew(plane, node, item.instance_id)
                     assert renewal.status_code == 200, renewal.text
                     handed = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "helpers.listener", "renew", cwd=ROOT, env={

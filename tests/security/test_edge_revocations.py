@@ -18,7 +18,6 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,11 +27,12 @@ from aiohttp import web
 
 from control_plane.records import Instance, NodeStatus
 from edge_router.server import Router
-from protocol.messages import StartInstance, decode
-from protocol.tokens import SigningKey, node_claims, unverified_claims
+from protocol.messages import NodeHeartbeat, StartInstance, decode
+from protocol.tokens import node_claims, unverified_claims
 from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
 from tests.support import router as harness
 from tests.support.control_plane import ControlPlane, control_plane
+from tests.support.portal_http import Node
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,35 +59,25 @@ async def upstream() -> AsyncIterator[tuple[str, int]]:
     await runner.cleanup()
 
 
-@dataclass
-class Node:
-    node_id: str
-    key: SigningKey
-
-    def renew(self, plane: ControlPlane, instance_id: str) -> requests.Response:
-        """What the node daemon does at half-life (its own JWT)."""
-        return requests.post(
-            f"{plane.url}/api/nodes/{self.node_id}/instances/{instance_id}/tunnel-token",
-            headers={"Authorization": "Bearer " + self.key.sign(
-                node_claims(node_id=self.node_id))}, timeout=15)
+def renew(plane: ControlPlane, node: Node, instance_id: str) -> requests.Response:
+    """What the node daemon does at half-life (its own JWT)."""
+    return requests.post(
+        f"{plane.url}/api/nodes/{node.node_id}/instances/{instance_id}/tunnel-token",
+        headers={"Authorization": "Bearer " + node.key.sign(node_claims(node_id=node.node_id))},
+        timeout=15)
 
 
 def enrol(plane: ControlPlane, name: str) -> Node:
-    key = SigningKey.generate()
-    answer = requests.post(f"{plane.url}/api/nodes/enroll", json={
-        "join_token": plane.new_join_token(), "public_jwk": key.public_jwk(), "name": name,
-        "cpu": 4, "memory_mb": 4096}, timeout=15)
-    assert answer.status_code == 201, answer.text
-    node = Node(answer.json()["node_id"], key)
+    node = Node.enrol(plane, name, cpu=4, memory_mb=4096)
     alive(plane, node)
     return node
 
 
 def alive(plane: ControlPlane, node: Node) -> None:
-    assert plane.services.nodes.heartbeat(
-        node.node_id, sent_at=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-        version="test", cpu_total=4, memory_mb_total=4096, cpu_used=0, memory_mb_used=0,
-        load=0, running=[])
+    nodes = plane.services.nodes
+    assert nodes.heartbeat(nodes.get(node.node_id), NodeHeartbeat(
+        node_id=node.node_id, version="test", cpu_total=4, memory_mb_total=4096, cpu_used=0,
+        memory_mb_used=0, load=0, running=[]))
 
 
 def start_on(plane: ControlPlane, node: Node) -> StartInstance:
@@ -203,8 +193,8 @@ async def test_the_old_placements_token_is_refused_after_a_reschedule(
     async with router(plane) as restarted:
         assert await handshake(restarted, old_start.tunnel_token, old_start.hostname) == 403
         assert await handshake(restarted, new_start.tunnel_token, new_start.hostname) == 101
-    assert old_node.renew(plane, item.instance_id).status_code == 403
-    renewal = new_node.renew(plane, item.instance_id)
+    assert renew(plane, old_node, item.instance_id).status_code == 403
+    renewal = renew(plane, new_node, item.instance_id)
     assert renewal.status_code == 200
     claims = unverified_claims(renewal.json()["tunnel_token"])
     assert claims["host"] == new_start.hostname and claims["exp"] - claims["iat"] <= 3600
