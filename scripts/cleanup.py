@@ -4,18 +4,23 @@ Everything a test creates carries ``dit4c.test-run=<run id>`` (see tests/conftes
 ``python -m scripts.cleanup --run ID`` removes one run's containers, networks, volumes and
 images; ``--stale MINUTES`` removes those of any run that are older than that (leftovers of a
 killed run), so concurrent runs of other people on a shared engine are left alone.
-Removing what is already gone is success.
+Removing what is already gone is success. Either way, the node daemon's egress chains of pods
+bridges that no longer exist are removed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -104,6 +109,36 @@ def remove_labelled(
     return removed
 
 
+EGRESS_CHAIN = re.compile(r"^-N (DIT4C-(?:FWD|IN)-(\S+))$")
+"""The node daemon's egress chains (node_daemon/egress.py), one pair per pods bridge."""
+
+
+def remove_orphan_egress_chains(iptables: str | None = None) -> list[str]:
+    """Remove the egress chains (and their jumps) of pods bridges that no longer exist: they
+    match nothing, but every test run's pods network would leave two behind."""
+    binary = iptables or shutil.which("iptables")
+    if binary is None:
+        return []
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "-w", "5", *args], capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    listing = run("-S").stdout.splitlines()
+    removed = []
+    for line in listing:
+        match = EGRESS_CHAIN.match(line)
+        if match is None or Path("/sys/class/net", match.group(2)).exists():
+            continue
+        chain, bridge = match.groups()
+        for parent in ("DOCKER-USER", "INPUT"):
+            run("-D", parent, "-i", bridge, "-j", chain)
+        run("-F", chain)
+        if run("-X", chain).returncode == 0:
+            removed.append(chain)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -121,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as exc:
         print(f"cleanup: {exc}", file=sys.stderr)
         return 1
-    print(f"cleanup: removed {removed}")
+    chains = remove_orphan_egress_chains()
+    print(f"cleanup: removed {removed}" + (f", {len(chains)} egress chains" if chains else ""))
     return 0
 
 
