@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from control_plane.bootstrap import ensure_local_defaults
 from infra.local import children, network, registry
@@ -298,11 +299,14 @@ class LocalStack:
         env = {
             **self._child_env(),
             "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
-            # The pods' helpers find the router and the portal on this host (the gateway);
-            # every other port of the host stays closed to pods (node_daemon/egress.py).
+            # The pods' helpers find the router and the portal on this host (the gateway),
+            # and the storage and upload helpers the AWS endpoint and the image server; every
+            # other port of the host stays closed to pods (node_daemon/egress.py).
             "DIT4C_NODE_POD_HOST_PORTS": self._base_env.get(
                 "DIT4C_NODE_POD_HOST_PORTS",
-                f"{self._config.router_port},{self._config.portal_port}"),
+                ",".join(str(port) for port in (
+                    self._config.router_port, self._config.portal_port,
+                    urlsplit(aws.url or "").port, self._config.registry_port) if port)),
             # A free port unless asked for one: a fixed default would clash with another stack.
             "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
                 "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
