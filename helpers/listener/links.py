@@ -95,7 +95,8 @@ class RouterLink:
             await asyncio.sleep(delay)
 
     async def _serve_once(self) -> None:
-        headers = {"Authorization": f"Bearer {self.token.value}", HOST_HEADER: self.hostname}
+        dialled_with = self.token.value
+        headers = {"Authorization": f"Bearer {dialled_with}", HOST_HEADER: self.hostname}
         async with self.session.ws_connect(
             self.url, headers=headers, heartbeat=self.heartbeat, autoping=True,
             max_msg_size=MAX_MESSAGE_BYTES, compress=0,
@@ -105,6 +106,8 @@ class RouterLink:
             log.info("tunnel to %s up for %s", self.url, self.hostname)
             self.connected.set()
             unsubscribe = self.token.subscribe(mux.send_token)
+            if self.token.value != dialled_with:  # renewed while we dialled
+                mux.send_token(self.token.value)
             try:
                 reason = await serve(ws, mux)
             finally:
