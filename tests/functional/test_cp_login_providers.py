@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -28,7 +28,7 @@ from control_plane.config import Config
 from control_plane.services import Services
 from protocol.tokens import SigningKey
 
-from .conftest import CPClient, cp_boto_session
+from .conftest import CPClient
 
 CLIENT_ID, CLIENT_SECRET = "portal-client", "portal-secret"
 
@@ -135,14 +135,15 @@ def idp() -> Iterator[Provider]:
 
 
 @pytest.fixture
-def cp_login(cp_env: dict[str, str], idp: Provider) -> Iterator[CPClient]:
+def cp_login(cp_env: dict[str, str], cp_clients: Callable[[Config], Clients],
+             idp: Provider) -> Iterator[CPClient]:
     env = {**cp_env, "DIT4C_LOGIN_PROVIDERS": json.dumps([
         {"name": "uni", "kind": "oidc", "display_name": "University", "issuer": idp.base,
          "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
         {"name": "github", "kind": "github", "client_id": CLIENT_ID,
          "client_secret": CLIENT_SECRET, "github_url": idp.base, "api_url": idp.base}])}
     config = Config.from_env(env)
-    services.use(Services.build(config, Clients(config, session=cp_boto_session())))
+    services.use(Services.build(config, cp_clients(config)))
     with Client(app) as client:
         yield CPClient(client)
     services.use(None)

@@ -21,6 +21,7 @@ authorised against the policies the template gives that function, and nothing el
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import re
@@ -94,31 +95,56 @@ def _arn_text(arn: Any) -> str:
 def managed_policy_document(arn: str) -> dict[str, Any]:
     """An AWS managed policy's document (moto ships AWS's list)."""
 
-    name = arn.rsplit("/", 1)[-1]
-    policy = json.loads(aws_managed_policies_data)[name]
-    return dict(policy["Document"])
+    return dict(_managed_policies()[arn.rsplit("/", 1)[-1]]["Document"])
+
+
+@functools.cache
+def _managed_policies() -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(aws_managed_policies_data)  # ~0.3 s: once
+    return parsed
+
+
+def resolved_documents(stack: Stack, policies: FunctionPolicies) -> dict[str, dict[str, Any]]:
+    """The function's policies as IAM holds them for this stack: policy name -> document
+    (intrinsics resolved against what was provisioned; AWS managed ones as ``managed-<name>``)."""
+    assert stack.resolver is not None
+    documents = {name: stack.resolver.resolve(document, f"{policies.function}.{name}")
+                 for name, document in policies.inline.items()}
+    for arn in policies.managed:
+        documents[f"managed-{arn.rsplit('/', 1)[-1]}"] = managed_policy_document(arn)
+    return documents
+
+
+def role_name(stack: Stack, function: str) -> str:
+    return f"{stack.name}-{function}Role"
 
 
 def function_credentials(endpoint: AwsEndpoint, stack: Stack, policies: FunctionPolicies
                          ) -> dict[str, str]:
     """Make the function's role (exactly its policies) in moto and assume it, as Lambda does;
     returns the environment variables Lambda would set."""
-    assert stack.resolver is not None
     iam, sts = endpoint.client("iam"), endpoint.client("sts")
-    name = f"{stack.name}-{policies.function}Role"
+    name = role_name(stack, policies.function)
     role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))
-    for policy_name, document in policies.inline.items():
-        resolved = stack.resolver.resolve(document, f"{policies.function}.{policy_name}")
+    for policy_name, document in resolved_documents(stack, policies).items():
         iam.put_role_policy(RoleName=name, PolicyName=policy_name,
-                            PolicyDocument=json.dumps(resolved))
-    for arn in policies.managed:
-        iam.put_role_policy(RoleName=name, PolicyName=f"managed-{arn.rsplit('/', 1)[-1]}",
-                            PolicyDocument=json.dumps(managed_policy_document(arn)))
+                            PolicyDocument=json.dumps(document))
     creds = sts.assume_role(RoleArn=role["Role"]["Arn"],
                             RoleSessionName=policies.function)["Credentials"]
     return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
             "AWS_SESSION_TOKEN": creds["SessionToken"]}
+
+
+def allows(policies: Iterable[IAMPolicy], action: str, resource: str, caller_arn: str) -> bool:
+    """IAM's decision on one action on one resource for a principal holding ``policies``, by
+    moto's evaluator: some statement allows it and none denies it. ``sts:AssumeRole`` also
+    needs the role's trust policy to admit ``caller_arn``."""
+    results = {p.is_action_permitted(action, resource) for p in policies}
+    allowed = PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+    if allowed and action == "sts:AssumeRole":
+        allowed = _trusted(resource, caller_arn)
+    return allowed
 
 
 # --- what a request needs ---------------------------------------------------------------------
@@ -291,12 +317,8 @@ class IamGate:
             key = request._access_key
             principal = getattr(key, "_session_name", "?")
             request.check_signature()
-            results = {IAMPolicy(p).is_action_permitted(action, resource)
-                       for p in key.collect_policies()}
-            allowed = (PermissionResult.DENIED not in results
-                       and PermissionResult.PERMITTED in results)
-            if allowed and action == "sts:AssumeRole":
-                allowed = _trusted(resource, key.arn)
+            allowed = allows([IAMPolicy(p) for p in key.collect_policies()], action, resource,
+                             key.arn)
         except HTTPException:
             allowed = False
         with self._lock:
