@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from control_plane.config import Config
 
-SERVICES: Final = frozenset({"dynamodb", "sqs", "sns", "sts", "ssm"})
+SERVICES: Final = frozenset({"dynamodb", "sqs", "sns", "sts", "ssm", "events", "lambda"})
 """Every AWS service the functions call. The Lambda artifact carries only these services'
 botocore models (``infra/package.py``), so a client of any other is refused here,
 in every test, rather than on Lambda."""

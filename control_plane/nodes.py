@@ -10,6 +10,10 @@ policy naming only that node's queue (receive/delete) and the events queue (send
 
 Capacity is kept in integer millicores and MB (``cpu_milli_*``, ``memory_mb_*``): reservations
 are conditional updates, and DynamoDB conditions cannot do arithmetic on floats reliably.
+
+Enrolling a node, and a silent node asking for credentials (it is back: that counts as hearing
+from it), wake the reaper and with it the events trigger (:mod:`control_plane.standby`): while
+no node runs they are off, so a returning node's heartbeats would otherwise wait unread.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from control_plane.records import CLUSTER_KIND, Cluster, JoinGrant, Node, NodeStatus
 from control_plane.replies import Credentials, Enrolled, JoinToken
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
 from protocol.ids import is_id, new_id
@@ -45,13 +50,14 @@ def milli(cpu: float) -> int:
 
 class Nodes:
     def __init__(self, *, config: Config, clusters: Table, nodes: Table, tokens: Table,
-                 sqs: Any, sts: Any) -> None:
+                 sqs: Any, sts: Any, standby: Standby) -> None:
         self.config = config
         self.clusters = clusters
         self.nodes = nodes
         self.tokens = tokens
         self.sqs = sqs
         self.sts = sts
+        self.standby = standby
 
     # --- clusters ---------------------------------------------------------------------
 
@@ -115,6 +121,7 @@ class Nodes:
             kid=kid, queue_url=queue_url, queue_arn=queue_arn,
             cpu_milli_total=milli(body.cpu), memory_mb_total=body.memory_mb,
             enrolled_at=now_iso(), last_heartbeat=time.time()).to_item())
+        self.standby.wake()
         return Enrolled(node_id=node_id, cluster_id=grant.cluster_id, queue_url=queue_url,
                         events_queue_url=self.config.events_queue_url)
 
@@ -152,6 +159,8 @@ class Nodes:
                             condition="attribute_not_exists(token_key)")
         except ConditionFailed:
             raise Unauthorized("token already used (replayed jti)") from None
+        if time.time() - node.last_heartbeat > self.config.node_silent_seconds:
+            self._back(node_id)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -173,6 +182,13 @@ class Nodes:
             region=self.config.region, queue_url=node.queue_url,
             events_queue_url=self.config.events_queue_url,
             endpoint_url=self.config.aws_endpoint_url)
+
+    def _back(self, node_id: str) -> None:
+        """A node thought silent proved it runs: heard from now, and the reaper wakes (its
+        heartbeats may sit unread while everything is off)."""
+        self.nodes.update({"node_id": node_id}, "SET last_heartbeat = :now",
+                          condition="attribute_exists(node_id)", vals={":now": time.time()})
+        self.standby.wake()
 
     # --- administration ---------------------------------------------------------------
 

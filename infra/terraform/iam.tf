@@ -195,6 +195,11 @@ data "aws_iam_policy_document" "api_function" {
     actions   = ["ssm:GetParameter", "ssm:PutParameter"]
     resources = [local.signing_key_parameter_arn]
   }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule"]
+    resources = [local.reaper_rule_arn]
+  }
 }
 
 data "aws_iam_policy_document" "events_function" {
@@ -267,6 +272,16 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["ssm:GetParameter"]
     resources = [local.signing_key_parameter_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule", "events:DisableRule"]
+    resources = [local.reaper_rule_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["lambda:GetEventSourceMapping", "lambda:UpdateEventSourceMapping"]
+    resources = [aws_lambda_event_source_mapping.events_function_events.arn]
   }
 }
 

@@ -51,10 +51,20 @@ class _SharedEndpoint(AwsEndpoint):
         return cp_boto_session().client(service)
 
 
+def cp_endpoint() -> AwsEndpoint:
+    """The active moto mock, as the provisioner reaches an endpoint."""
+    return _SharedEndpoint(None)
+
+
+def cp_parameters(parameters: dict[str, Any]) -> dict[str, str | list[str]]:
+    """Template parameter values as the provisioner takes them."""
+    return {k: v if isinstance(v, list) else str(v) for k, v in parameters.items()}
+
+
 def cp_provision(stack: str, parameters: dict[str, Any]) -> Stack:
     """Create the template's resources in the active moto mock."""
-    return Provisioner(_SharedEndpoint(None), stack).provision(Template.load(), {
-        k: v if isinstance(v, list) else str(v) for k, v in parameters.items()})
+    return Provisioner(cp_endpoint(), stack).provision(Template.load(),
+                                                        cp_parameters(parameters))
 
 
 # Every handler of the app runs as its function of template.yaml (before any test runs it).
@@ -246,5 +256,6 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_gated_clients", "cp_module_services",
-           "cp_module_stack", "cp_provision"]
+__all__ = ["ADMIN_PASSWORD", "CP_PARAMETERS", "USER_PASSWORD", "CPClient", "cp_endpoint",
+           "cp_gated_clients", "cp_module_services", "cp_module_stack", "cp_parameters",
+           "cp_provision"]

@@ -205,7 +205,16 @@ def _sts(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _lambda(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if "UUID" in params:  # an event source mapping's own operations
+        return [(f"lambda:{operation}",
+                 _arn("lambda", f"event-source-mapping:{params['UUID']}"))]
     return [(f"lambda:{operation}", _arn("lambda", f"function:{params['FunctionName']}"))]
+
+
+def _events(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    bus = params.get("EventBusName") or "default"
+    rule = params["Name"] if bus == "default" else f"{bus}/{params['Name']}"
+    return [(f"events:{operation}", _arn("events", f"rule/{rule}"))]
 
 
 def _cloudformation(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -215,8 +224,10 @@ def _cloudformation(operation: str, params: Mapping[str, Any]) -> list[tuple[str
 
 _RESOURCES: dict[str, Callable[[str, Mapping[str, Any]], list[tuple[str, str]]]] = {
     "dynamodb": _dynamodb, "sqs": _sqs, "sns": _sns, "ssm": _ssm, "sts": _sts,
-    "lambda": _lambda, "cloudformation": _cloudformation}
+    "lambda": _lambda, "events": _events, "cloudformation": _cloudformation}
 _FUNCTION_CONFIGURATION = re.compile(r"^/2015-03-31/functions/([^/]+)/configuration$")
+_EVENT_SOURCE_MAPPING = re.compile(r"^/2015-03-31/event-source-mappings/([^/]+)$")
+_MAPPING_OPERATIONS = {"GET": "GetEventSourceMapping", "PUT": "UpdateEventSourceMapping"}
 
 
 def required(service: str, operation: str, params: Mapping[str, Any]
@@ -282,10 +293,16 @@ class IamGate:
         scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].split("/")
         service = scope[3]
         target = headers.get("X-Amz-Target")
-        configuration = _FUNCTION_CONFIGURATION.match(environ.get("PATH_INFO", ""))
-        if service == "lambda" and configuration:  # the one REST operation the tests make
+        path_info = environ.get("PATH_INFO", "")
+        configuration = _FUNCTION_CONFIGURATION.match(path_info)
+        mapping = _EVENT_SOURCE_MAPPING.match(path_info)
+        # Lambda's REST operations the functions and tests make.
+        if service == "lambda" and configuration:
             operation, params = "GetFunctionConfiguration", {
                 "FunctionName": unquote(configuration.group(1))}
+        elif service == "lambda" and mapping and environ["REQUEST_METHOD"] in _MAPPING_OPERATIONS:
+            operation = _MAPPING_OPERATIONS[environ["REQUEST_METHOD"]]
+            params = {"UUID": unquote(mapping.group(1))}
         elif target:
             operation = target.rsplit(".", 1)[-1]
             params = json.loads(body or b"{}")
