@@ -35,7 +35,7 @@ METRICS_ADDRESS_FILE = "metrics-address"
 DEFAULT_HELPERS_IMAGE = "dit4c/helpers:dev"
 DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
     role: ("python3", "-m", f"helpers.{role}")
-    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
+    for role in (pod.ROLE_LISTENER, pod.ROLE_STORAGE)
 }
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 DEFAULT_HEARTBEAT_SECONDS = 240.0
