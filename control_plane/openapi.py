@@ -67,7 +67,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/images/{image_id}/share"): Operation(
         "Share a saved image with a user (or revoke)", 200, replies.Shared,
         (*_AUTH, 404, *_BODY)),
-    ("POST", "/api/instances"): Operation("Launch an instance", 202, replies.Instance,
+    ("POST", "/api/instances"): Operation("Launch an instance (403: a cluster the user may not "
+                                          "use)", 202, replies.Instance,
                                           (*_AUTH, 404, *_BODY, 429)),
     ("GET", "/api/instances"): Operation("Own instances and those shared with me (admins: "
                                          "?all=true lists every instance)", 200,
@@ -87,6 +88,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/clusters"): Operation("Create a cluster (admin)", 201, replies.Cluster,
                                          (*_AUTH, *_BODY)),
     ("GET", "/api/clusters"): Operation("List clusters (admin)", 200, replies.Clusters, _AUTH),
+    ("POST", "/api/clusters/{cluster_id}/access"): Operation(
+        "Who may launch into the cluster (admin)", 200, replies.Cluster,
+        (*_AUTH, 404, *_BODY)),
     ("POST", "/api/clusters/{cluster_id}/join-tokens"): Operation(
         "One-time node join token (admin)", 201, replies.JoinToken, (*_AUTH, 404)),
     ("GET", "/api/clusters/{cluster_id}/nodes"): Operation(
@@ -169,7 +173,8 @@ def spec(app: Any, bodies: Mapping[tuple[str, str], type] | None = None,
         "components": {
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session",
+                            "description": "__Host-dit4c_session when the portal is https"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},
         },
     }

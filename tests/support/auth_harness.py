@@ -91,6 +91,7 @@ class PortalHarness:
             made = create_tables(dynamodb, "OAuthClientsTable", "TokensTable")
             tables = made["OAuthClientsTable"], made["TokensTable"]
         self.clients_table, self.tokens_table = tables
+        self.issuer = issuer
         self.signer = SigningKey.generate()
         self.access: dict[str, set[str]] = {}
         self.sessions: dict[str, str] = {}
