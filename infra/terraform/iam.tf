@@ -142,7 +142,7 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.clusters_table.arn]
   }
   statement {

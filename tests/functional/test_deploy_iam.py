@@ -205,6 +205,8 @@ def _scenario(world: World) -> None:
     assert status == 201, cluster
     cluster_id = cluster["id"]
     assert admin.call("GET", "/api/clusters")[0] == 200
+    assert admin.call("POST", f"/api/clusters/{cluster_id}/access",
+                      {"public": True, "users": []})[0] == 200
     _, node = _enroll(world, admin, cluster_id, "node-1")
     _, other_node = _enroll(world, admin, cluster_id, "node-2")
     node_id, queue = node["node_id"], node["queue_url"]
