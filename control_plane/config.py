@@ -7,6 +7,10 @@ such as the local stack (see docs/contracts.md):
 - ``DIT4C_ROUTER_PUBLIC_PORT``: port in instance URLs (unset: the scheme's default).
 - ``DIT4C_POD_PORTAL_URL``: the portal as pods reach it (default: ``DIT4C_PORTAL_URL``).
 
+``DIT4C_EVENTS_MAPPING`` (the events trigger's UUID) is the reaper's own setting on Lambda
+(``template.yaml`` gives it to that function alone); without it, as locally, only the reaper's
+schedule is switched (:mod:`control_plane.standby`).
+
 Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
 :data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
 """
@@ -42,6 +46,7 @@ REQUIRED = (
     "DIT4C_NODE_ROLE_ARN",
     "DIT4C_REVOCATIONS_TOPIC_ARN",
     "DIT4C_SIGNING_KEY_PARAMETER",
+    "DIT4C_REAPER_RULE",
 )
 
 DEFAULTS: Mapping[str, str] = {
@@ -94,6 +99,10 @@ class Config:
     node_role_arn: str
     revocations_topic_arn: str
     signing_key_parameter: str
+    reaper_rule: str
+    """The reaper's EventBridge schedule rule (:mod:`control_plane.standby`)."""
+    events_mapping: str | None
+    """The events queue's Lambda event source mapping (UUID), where there is one."""
     storage_bucket: str
     aws_endpoint_url: str | None
     region: str
@@ -183,6 +192,8 @@ class Config:
             node_role_arn=source["DIT4C_NODE_ROLE_ARN"],
             revocations_topic_arn=source["DIT4C_REVOCATIONS_TOPIC_ARN"],
             signing_key_parameter=source["DIT4C_SIGNING_KEY_PARAMETER"],
+            reaper_rule=source["DIT4C_REAPER_RULE"],
+            events_mapping=source.get("DIT4C_EVENTS_MAPPING") or None,
             storage_bucket=get("DIT4C_STORAGE_BUCKET"),
             aws_endpoint_url=source.get("DIT4C_AWS_ENDPOINT_URL") or None,
             region=source.get("AWS_REGION") or get("AWS_DEFAULT_REGION"),

@@ -20,6 +20,10 @@ enrolled with to attract placements.
 
 Capacity is kept in integer millicores and MB (``cpu_milli_*``, ``memory_mb_*``): reservations
 are conditional updates, and DynamoDB conditions cannot do arithmetic on floats reliably.
+
+Enrolling a node, and a silent node asking for credentials (it is back: that counts as hearing
+from it), wake the reaper and with it the events trigger (:mod:`control_plane.standby`): while
+no node runs they are off, so a returning node's heartbeats would otherwise wait unread.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from control_plane.records import CLUSTER_KIND, Cluster, JoinGrant, Node, NodeStatus
 from control_plane.replies import Credentials, Enrolled, JoinToken
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
 from protocol.ids import is_id, new_id
@@ -57,13 +62,14 @@ def milli(cpu: float) -> int:
 
 class Nodes:
     def __init__(self, *, config: Config, clusters: Table, nodes: Table, tokens: Table,
-                 sqs: Any, sts: Any) -> None:
+                 sqs: Any, sts: Any, standby: Standby) -> None:
         self.config = config
         self.clusters = clusters
         self.nodes = nodes
         self.tokens = tokens
         self.sqs = sqs
         self.sts = sts
+        self.standby = standby
 
     # --- clusters ---------------------------------------------------------------------
 
@@ -147,6 +153,7 @@ class Nodes:
             cpu_milli_total=milli(body.cpu), memory_mb_total=body.memory_mb,
             cpu_milli_enrolled=milli(body.cpu), memory_mb_enrolled=body.memory_mb,
             enrolled_at=now_iso(), last_heartbeat=time.time()).to_item())
+        self.standby.wake()
         return Enrolled(node_id=node_id, cluster_id=grant.cluster_id, queue_url=queue_url,
                         events_queue_url=self.config.events_queue_url)
 
@@ -190,6 +197,8 @@ class Nodes:
 
     def credentials(self, node_id: str, authorization: str | None) -> Credentials:
         node = self.authenticate(node_id, authorization)
+        if time.time() - node.last_heartbeat > self.config.node_silent_seconds:
+            self._back(node_id)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -211,6 +220,13 @@ class Nodes:
             region=self.config.region, queue_url=node.queue_url,
             events_queue_url=self.config.events_queue_url,
             endpoint_url=self.config.aws_endpoint_url)
+
+    def _back(self, node_id: str) -> None:
+        """A node thought silent proved it runs: heard from now, and the reaper wakes (its
+        heartbeats may sit unread while everything is off)."""
+        self.nodes.update({"node_id": node_id}, "SET last_heartbeat = :now",
+                          condition="attribute_exists(node_id)", vals={":now": time.time()})
+        self.standby.wake()
 
     def event_sender(self, node_id: str, body: str, signature: str | None) -> Node:
         """The node that signed this events-queue ``body`` (the message names ``node_id``):

@@ -30,6 +30,7 @@ from control_plane.replies import Health
 from control_plane.revocations import Revocations
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
+from control_plane.standby import Standby
 from control_plane.table import Table
 
 
@@ -41,6 +42,7 @@ class Services:
     keys: KeyStore
     catalog: Catalog
     shares: Shares
+    standby: Standby
     nodes: Nodes
     instances: Instances
     messenger: Messenger
@@ -70,8 +72,10 @@ class Services:
         keys = KeyStore(clients.get("ssm"), config.signing_key_parameter)
         shares = Shares(table(t.shares))
         catalog = Catalog(table(t.images), shares)
+        standby = Standby(clients, rule=config.reaper_rule, mapping=config.events_mapping)
         nodes = Nodes(config=config, clusters=table(t.clusters), nodes=table(t.nodes),
-                      tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"))
+                      tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"),
+                      standby=standby)
         instances = Instances(table(t.instances), table(t.nodes), table(t.users),
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
@@ -85,14 +89,14 @@ class Services:
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
-                              accounts_exist=accounts.exists)
+                              standby=standby, accounts_exist=accounts.exists)
         events = Events(instances, nodes, catalog, messenger, scheduler)
-        reaper = Reaper(instances, nodes, scheduler, messenger,
+        reaper = Reaper(instances, nodes, scheduler, messenger, standby,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
                                 accounts, Identities(table(t.users)), config.portal_url)
-        return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
+        return cls(config, clients, accounts, keys, catalog, shares, standby, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
                    logins)
 

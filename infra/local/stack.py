@@ -47,7 +47,7 @@ from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
 from infra.local.datadir import AdminPassword, DataDir, shown
 from infra.local.errors import ChildFailed, LocalStackError
-from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
@@ -230,6 +230,12 @@ class LocalStack:
                 portal.start()
                 undo.callback(portal.stop)
         sqs = aws.client("sqs")
+        events = aws.client("events")
+        # The control plane switches the reaper's schedule and the events trigger together; the
+        # local stack has no trigger to switch, so its pump follows the schedule's rule. A start
+        # (its node with it) is work: on, until the reaper finds none (control_plane/standby.py).
+        reaper_rule = RuleState(events, stack.environment["DIT4C_REAPER_RULE"])
+        events.enable_rule(Name=reaper_rule.name)
         for spec in stack.functions.values():
             for trigger in spec.triggers:
                 if isinstance(trigger, SqsTrigger):
@@ -241,13 +247,15 @@ class LocalStack:
                         spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
                         observer=self._observe_event, stopping=self._stopping,
+                        enabled=reaper_rule,
                     )
                     pump.start()
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
+                    rule = stack.resources[trigger.resource].ref
                     timer = ScheduleTimer(
-                        spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
-                        trigger.interval_seconds, aws.region, stopping=self._stopping,
+                        spec, load_handler(spec), rule, trigger.interval_seconds, aws.region,
+                        stopping=self._stopping, enabled=RuleState(events, rule),
                     )
                     timer.start()
                     undo.callback(timer.stop)

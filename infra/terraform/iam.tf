@@ -142,7 +142,7 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.clusters_table.arn]
   }
   statement {
@@ -200,6 +200,11 @@ data "aws_iam_policy_document" "api_function" {
     effect    = "Allow"
     actions   = ["ssm:GetParameter", "ssm:PutParameter"]
     resources = [local.signing_key_parameter_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule"]
+    resources = [local.reaper_rule_arn]
   }
 }
 
@@ -288,6 +293,16 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["ssm:GetParameter"]
     resources = [local.signing_key_parameter_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule", "events:DisableRule"]
+    resources = [local.reaper_rule_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["lambda:GetEventSourceMapping", "lambda:UpdateEventSourceMapping"]
+    resources = [aws_lambda_event_source_mapping.events_function_events.arn]
   }
 }
 

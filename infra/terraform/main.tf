@@ -21,6 +21,9 @@ locals {
   node_queues_arn           = "${local.arn_prefix}:sqs:${local.region}:${local.account_id}:${local.node_queue_prefix}*"
   signing_key_parameter     = "/${var.name}/signing-keys"
   signing_key_parameter_arn = "${local.arn_prefix}:ssm:${local.region}:${local.account_id}:parameter${local.signing_key_parameter}"
+  # The reaper's schedule: switched off while nothing runs (control_plane/standby.py).
+  reaper_rule     = "${var.name}-reaper"
+  reaper_rule_arn = "${local.arn_prefix}:events:${local.region}:${local.account_id}:rule/${local.reaper_rule}"
 
   environment = {
     DIT4C_PORTAL_URL               = local.portal_url
@@ -47,5 +50,11 @@ locals {
     DIT4C_REVOCATIONS_TOPIC_ARN    = aws_sns_topic.revocations_topic.arn
     DIT4C_SIGNING_KEY_PARAMETER    = local.signing_key_parameter
     DIT4C_STORAGE_BUCKET           = aws_s3_bucket.storage_bucket.bucket
+    DIT4C_REAPER_RULE              = local.reaper_rule
+  }
+
+  # The reaper's own: the events trigger it switches with its schedule.
+  reaper_environment = {
+    DIT4C_EVENTS_MAPPING = aws_lambda_event_source_mapping.events_function_events.uuid
   }
 }

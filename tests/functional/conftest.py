@@ -1,8 +1,13 @@
 """Control-plane fixtures (``cp_*``): moto with the tables and queues of ``template.yaml``.
 
 :func:`cp_provision` creates the template's resources in the active moto mock with the local
-stack's own provisioner (``infra.local.provision``) and returns the resolved ``Globals``
-environment, so the control plane's tests run on exactly what ``make run`` and SAM create.
+stack's own provisioner (``infra.local.provision``), so the control plane's tests run on exactly
+what ``make run`` and SAM create (``cp_env``: the resolved ``Globals`` environment).
+
+Least privilege is checked in every test here: the control plane's AWS clients (``cp_clients``)
+hold each call made while a handler runs to the policies ``template.yaml`` gives that handler's
+function (:mod:`tests.support.iam_clients`), and a test in which a call was refused fails, naming
+the function, the IAM action and the resource.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
 from infra.local.aws import AwsEndpoint
-from infra.local.provision import Provisioner
+from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
+from tests.support.iam_clients import ClientGate, attribute_calls, fail_on, take_denials
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -45,11 +51,48 @@ class _SharedEndpoint(AwsEndpoint):
         return cp_boto_session().client(service)
 
 
-def cp_provision(stack: str, parameters: dict[str, Any]) -> dict[str, str]:
-    """Create the template's resources in the active moto mock; return the Globals env."""
-    made = Provisioner(_SharedEndpoint(None), stack).provision(Template.load(), {
-        k: v if isinstance(v, list) else str(v) for k, v in parameters.items()})
-    return dict(made.environment)
+def cp_endpoint() -> AwsEndpoint:
+    """The active moto mock, as the provisioner reaches an endpoint."""
+    return _SharedEndpoint(None)
+
+
+def cp_parameters(parameters: dict[str, Any]) -> dict[str, str | list[str]]:
+    """Template parameter values as the provisioner takes them."""
+    return {k: v if isinstance(v, list) else str(v) for k, v in parameters.items()}
+
+
+def cp_provision(stack: str, parameters: dict[str, Any]) -> Stack:
+    """Create the template's resources in the active moto mock."""
+    return Provisioner(cp_endpoint(), stack).provision(Template.load(),
+                                                        cp_parameters(parameters))
+
+
+# Every handler of the app runs as its function of template.yaml (before any test runs it).
+attribute_calls(app, Template.load())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A test (or its fixtures' set-up) in which a function made a call its policies refuse
+    fails; in its fixtures' teardown, the teardown does."""
+    try:
+        return (yield)
+    finally:
+        fail_on(take_denials())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    try:
+        return (yield)
+    finally:
+        fail_on(take_denials())
+
+
+def cp_gated_clients(stack: Stack, config: Config) -> Clients:
+    """The control plane's clients over ``stack``, every call held to the calling function's
+    policies (see the module docstring)."""
+    return Clients(config, session=cp_boto_session(), before_call=ClientGate.for_stack(stack))
 
 
 CP_PARAMETERS = {
@@ -62,26 +105,32 @@ CP_PARAMETERS = {
 
 
 @contextlib.contextmanager
-def cp_module_services(prefix: str, **config: Any) -> Iterator[Services]:
-    """For module-scoped fixtures (monkeypatch is per test): moto, the template's resources and
-    the services over them (``config``: :class:`Config` fields to change), installed as
-    ``services.current()``; the environment is restored afterwards."""
+def cp_module_stack(prefix: str) -> Iterator[Stack]:
+    """For module-scoped fixtures (monkeypatch is per test): moto holding the template's
+    resources; the environment is restored afterwards."""
     saved = dict(os.environ)
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION})
     try:
         with mock_aws():
-            env = cp_provision(f"{prefix}{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
-            settings = dataclasses.replace(Config.from_env(env), **config)
-            svc = Services.build(settings, Clients(settings, session=cp_boto_session()))
-            services.use(svc)
-            try:
-                yield svc
-            finally:
-                services.use(None)
+            yield cp_provision(f"{prefix}{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def cp_module_services(prefix: str, **config: Any) -> Iterator[Services]:
+    """:func:`cp_module_stack` and the services over it (``config``: :class:`Config` fields to
+    change), installed as ``services.current()``."""
+    with cp_module_stack(prefix) as stack:
+        settings = dataclasses.replace(Config.from_env(stack.environment), **config)
+        svc = Services.build(settings, cp_gated_clients(stack, settings))
+        services.use(svc)
+        try:
+            yield svc
+        finally:
+            services.use(None)
 
 
 @pytest.fixture
@@ -95,19 +144,31 @@ def cp_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def cp_env(cp_aws: None) -> dict[str, str]:
-    env = cp_provision(f"cp{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
+def cp_stack(cp_aws: None) -> Stack:
+    return cp_provision(f"cp{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
+
+
+@pytest.fixture
+def cp_env(cp_stack: Stack) -> dict[str, str]:
+    env = dict(cp_stack.environment)
     env["DIT4C_ROUTER_PUBLIC_PORT"] = "8080"
     env["DIT4C_POD_PORTAL_URL"] = "http://host.docker.internal:8000"
     return env
 
 
 @pytest.fixture
-def cp_services(cp_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def cp_clients(cp_stack: Stack) -> Callable[[Config], Clients]:
+    """``cp_clients(config)``: the control plane's clients over this test's stack, gated."""
+    return functools.partial(cp_gated_clients, cp_stack)
+
+
+@pytest.fixture
+def cp_services(cp_env: dict[str, str], cp_clients: Callable[[Config], Clients],
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     for name, value in cp_env.items():
         monkeypatch.setenv(name, value)
     config = Config.from_env(cp_env)
-    svc = Services.build(config, Clients(config, session=cp_boto_session()))
+    svc = Services.build(config, cp_clients(config))
     services.use(svc)
     yield svc
     services.use(None)
@@ -202,4 +263,6 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", "cp_provision"]
+__all__ = ["ADMIN_PASSWORD", "CP_PARAMETERS", "USER_PASSWORD", "CPClient", "cp_endpoint",
+           "cp_gated_clients", "cp_module_services", "cp_module_stack", "cp_parameters",
+           "cp_provision"]

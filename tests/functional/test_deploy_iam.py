@@ -5,7 +5,9 @@ credentials of its own role (SAM's translation of ``template.yaml``, made in mot
 Lambda assumes it), against moto's server behind :class:`tests.support.iam_gate.IamGate`, which
 authorises every call as IAM would. A scenario drives everything the functions do: a browser
 (admin, two users) through API Gateway events, a node (enrolment, credentials, its state reports
-and heartbeats) through the events function's SQS batches, and the reaper's schedule. It fails
+and heartbeats) through the events function's SQS batches, and the reaper's schedule, down to
+the run that finds nothing left and switches the events trigger (a mapping moto holds) and its
+own schedule off. It fails
 on a call the template does not allow (naming the action and resource), and on an action the
 template allows that no call used (least privilege: nothing more).
 """
@@ -40,6 +42,7 @@ from tests.support.deploy import (
     provisioned,
     scheduled_event,
     sqs_event,
+    with_event_source_mappings,
 )
 from tests.support.events import sign
 from tests.support.iam_gate import IamGate, function_credentials, function_policies, unused_grants
@@ -134,13 +137,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     artifact = packaged_artifact()
     gate = IamGate()
     policies = function_policies(Template.load())
-    with provisioned(f"iam{uuid.uuid4().hex[:6]}", MotoServer(wrap=gate)) as (endpoint, stack):
+    with provisioned(f"iam{uuid.uuid4().hex[:6]}", MotoServer(wrap=gate)) as (endpoint, made):
+        stack = with_event_source_mappings(endpoint, made)  # the reaper switches the trigger
         admin = _admin_services(stack, endpoint)
         functions: dict[str, FunctionProcess] = {}
         try:
             for name in FUNCTIONS:
                 credentials = function_credentials(endpoint, stack, policies[name])
-                env = function_environment(stack, endpoint, credentials)
+                env = function_environment(stack, endpoint, credentials, function=name)
                 # The reaper's view of "silent": the scenario makes a node silent on purpose.
                 env["DIT4C_NODE_SILENT_SECONDS"] = "90"
                 functions[name] = FunctionProcess(artifact, env, tmp / f"{name}.log")
@@ -201,6 +205,8 @@ def _scenario(world: World) -> None:
     assert status == 201, cluster
     cluster_id = cluster["id"]
     assert admin.call("GET", "/api/clusters")[0] == 200
+    assert admin.call("POST", f"/api/clusters/{cluster_id}/access",
+                      {"public": True, "users": []})[0] == 200
     node_key, node = _enroll(world, admin, cluster_id, "node-1")
     other_key, other_node = _enroll(world, admin, cluster_id, "node-2")
     node_id, queue = node["node_id"], node["queue_url"]
@@ -281,10 +287,17 @@ def _scenario(world: World) -> None:
     # node-1 goes silent: the reaper fails its live instances and tells the node.
     admin_svc.nodes.nodes.update({"node_id": node_id}, "SET last_heartbeat = :t",
                                  vals={":t": 0})
-    world.reap()
+    assert world.reap()["standby"] == "on"  # node-2 is still there
     assert bob.call("GET", f"/api/instances/{c['id']}")[1]["state"] == "failed"
     assert admin.call("POST", f"/api/nodes/{other_node['node_id']}/decommission")[0] == 200
     assert bob.call("POST", "/api/logout")[0] == 204
+
+    # Nothing left to run: the reaper turns the events trigger and its own schedule off.
+    assert world.reap()["standby"] == "off"
+    rule = world.endpoint.client("events").describe_rule(Name=world.env["DIT4C_REAPER_RULE"])
+    mapping = world.endpoint.client("lambda").get_event_source_mapping(
+        UUID=world.stack.function_environments["ReaperFunction"]["DIT4C_EVENTS_MAPPING"])
+    assert (rule["State"], mapping["State"]) == ("DISABLED", "Disabled")
 
 
 @pytest.fixture(scope="module")
