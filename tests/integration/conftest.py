@@ -10,6 +10,9 @@
 - ``container_ip(container, network)``: its address on that network.
 - ``node_settings`` (module): a test node daemon's ``DIT4C_NODE_*`` settings, with a pods
   network of its own (``node_daemon.testing.node_env``).
+- ``second_engine`` (session): a second ``dockerd`` (``tests.support.engines.SecondEngine``:
+  own data root, exec root, socket, pidfile and bridge) with the tool and helpers images
+  loaded from the first engine; stopped, with everything on it, at the end of the session.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from docker.models.networks import Network
 
 from scripts import images
 from scripts.build_images import ImageBuilder
+from tests.support.engines import SecondEngine
 
 RunContainer = Callable[..., Container]
 
@@ -110,3 +114,16 @@ def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str]
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
                     helpers_image=helpers_image)
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_client: docker.DockerClient, test_run_id: str, run_labels: dict[str, str],
+                  tool_image: str, helpers_image: str) -> Iterator[SecondEngine]:
+    """A second node's engine (see tests/support/engines.py), started once per session."""
+    name = "e" + "".join(c for c in test_run_id.lower() if c.isalnum() and c.isascii())[:9]
+    engine = SecondEngine(name, labels=run_labels).start()
+    try:
+        engine.load_from(docker_client, [tool_image, helpers_image])
+        yield engine
+    finally:
+        engine.stop()
