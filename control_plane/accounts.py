@@ -122,6 +122,11 @@ class Accounts:
     # --- login ------------------------------------------------------------------------
 
     def login(self, username: object, password: object, address: str) -> Session:
+        return self.start_session(self.authenticate(username, password, address))
+
+    def authenticate(self, username: object, password: object, address: str) -> User:
+        """The user whose password this is (throttled per account and per address, as a
+        login), or Unauthorized; starts no session (the registry's token service uses it)."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password must be strings")
         if len(password.encode()) > MAX_PASSWORD_BYTES or len(username) > 256:
@@ -140,7 +145,7 @@ class Accounts:
             self._record_failure(keys[1], self.failures_per_address)
             raise Unauthorized("wrong username or password")
         self.tokens.delete({"token_key": keys[0]})
-        return self.start_session(_user(item))
+        return _user(item)
 
     def _check_throttle(self, keys: list[str]) -> None:
         now = time.time()

@@ -15,6 +15,7 @@ from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
 from control_plane import portal_routes, web
 from control_plane.oauth_routes import oauth_blueprint
+from control_plane.registry_routes import registry_blueprint
 
 if TYPE_CHECKING:
     from control_plane.accounts import Session
@@ -40,6 +41,7 @@ def _session_username(request: Request) -> str | None:
 app.register_blueprint(portal_routes.blueprint)
 app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
                                        session_username=_session_username))
+app.register_blueprint(registry_blueprint(get_registry=lambda: _svc().registry))
 
 
 def route(path: str, method: str = "GET", status: int = 200

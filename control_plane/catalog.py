@@ -69,16 +69,22 @@ class Catalog:
         self.shares = shares
 
     def list_for(self, username: str) -> list[dict[str, Any]]:
-        items = list(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
-                                       vals={":o": CATALOG_OWNER}))
-        items += self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
-                                   vals={":o": username})
-        shared = self.shares.shared_with("image", username)
+        items = self.owned_by(CATALOG_OWNER) + self.owned_by(username)
         seen = {i["image_id"] for i in items}
-        wanted = [{"image_id": i} for i in shared if i not in seen]
-        if wanted:
-            items += self.images.batch_get(wanted)
+        items += self.shared_with(username, skip=seen)
         return [image_json(i) for i in items if i.get("owner") and "name" in i]
+
+    def owned_by(self, owner: str) -> list[Item]:
+        """The catalog (``CATALOG_OWNER``) or a user's saved images: one Query."""
+        return list(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
+                                      vals={":o": owner}))
+
+    def shared_with(self, username: str, skip: set[str] | frozenset[str] = frozenset()
+                    ) -> list[Item]:
+        """Images shared with the user (one Query and one BatchGetItem)."""
+        wanted = [{"image_id": i} for i in self.shares.shared_with("image", username)
+                  if i not in skip]
+        return list(self.images.batch_get(wanted)) if wanted else []
 
     def get(self, image_id: str) -> Item:
         item = self.images.get({"image_id": validate.ident(image_id, "image")})

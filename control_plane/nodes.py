@@ -167,7 +167,9 @@ class Nodes:
 
     # --- credentials ------------------------------------------------------------------
 
-    def credentials(self, node_id: str, authorization: str | None) -> dict[str, Any]:
+    def authenticate(self, node_id: str, authorization: str | None) -> Item:
+        """The node that signed ``Authorization: Bearer <node token>`` (its own key, not
+        replayed, not decommissioned), or Unauthorized/Forbidden."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send 'Authorization: Bearer <node token>'")
         token = authorization[len("Bearer "):].strip()
@@ -187,6 +189,10 @@ class Nodes:
                             condition="attribute_not_exists(token_key)")
         except ConditionFailed:
             raise Unauthorized("token already used (replayed jti)") from None
+        return node
+
+    def credentials(self, node_id: str, authorization: str | None) -> dict[str, Any]:
+        node = self.authenticate(node_id, authorization)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",

@@ -64,6 +64,8 @@ SCHEMAS: dict[str, Any] = {
                    "description": "why it failed (or waits), for people"},
         "saved_image_id": {"type": "string", "nullable": True},
         "created_at": _STR, "updated_at": _STR}),
+    "RegistryToken": _obj({"token": _STR, "access_token": _STR, "expires_in": _INT,
+                           "issued_at": _STR}),
     "NewCluster": _obj({"name": _STR}, ("name",)),
     "Cluster": _obj({"id": _STR, "name": _STR, "created_at": _STR}),
     "JoinToken": _obj({"token": _STR, "cluster_id": _STR, "expires_at": _STR}),
@@ -84,6 +86,8 @@ SCHEMAS: dict[str, Any] = {
                   "version": {"type": "string", "nullable": True},
                   "heartbeat_age_seconds": {"type": "number", "nullable": True}}),
     "Health": _obj({"status": _STR, "version": _STR,
+                    "registry": {"type": "string", "nullable": True,
+                                 "description": "the image server (host:port), if any"},
                     "dependencies": {"type": "object", "additionalProperties": _STR}}),
     "JWKS": _obj({"keys": {"type": "array", "items": {"type": "object"}}}),
 }
@@ -100,6 +104,12 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ..
                                   "(RFC 6749 4.1; redirects)", None, 302, None, (400, 403)),
     ("POST", "/oauth/token"): ("OAuth2 token endpoint (form body, client authentication; "
                                "RFC 6749 errors)", None, 200, None, (400, 401)),
+    ("GET", "/registry/token"): ("Image server token (Docker's token protocol: query "
+                                 "service and scope; HTTP Basic for users, a node's own "
+                                 "token as Bearer)", None, 200, "RegistryToken",
+                                (400, 401, 409, 429)),
+    ("GET", "/registry/ca.pem"): ("The certificate the image server trusts for tokens "
+                                  "(its rootcertbundle)", None, 200, "file", ()),
     ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
     ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
     ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),

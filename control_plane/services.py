@@ -14,7 +14,7 @@ from control_plane import __version__
 from control_plane.access import Access
 from control_plane.accounts import Accounts
 from control_plane.aws import Clients
-from control_plane.catalog import Catalog
+from control_plane.catalog import CATALOG_OWNER, Catalog
 from control_plane.config import Config
 from control_plane.events import Events
 from control_plane.instance_clients import ClientRegistrar
@@ -26,6 +26,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.registry import RegistryTokens, repositories
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.table import Table
@@ -50,6 +51,7 @@ class Services:
     access: Access
     oauth: OAuthServer
     logins: LoginProviders
+    registry: RegistryTokens
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -90,9 +92,15 @@ class Services:
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
                                 accounts, config.portal_url)
+        registry = RegistryTokens(
+            config=config, keys=keys, accounts=accounts, nodes=nodes,
+            catalog_repositories=lambda: repositories(config.registry,
+                                                      catalog.owned_by(CATALOG_OWNER)),
+            shared_repositories=lambda user: repositories(config.registry,
+                                                          catalog.shared_with(user)))
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
-                   logins)
+                   logins, registry)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""
@@ -107,6 +115,8 @@ class Services:
                 QueueUrl=self.config.events_queue_url, AttributeNames=["QueueArn"]),
             "ssm": self.keys.check,
         }
+        if self.config.registry_url:
+            checks["image_server"] = self._check_registry
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
@@ -116,7 +126,21 @@ class Services:
                 results[name] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())
         return {"status": "ok" if ok else "degraded", "version": __version__,
-                "dependencies": results}
+                "registry": self.config.registry or None, "dependencies": results}
+
+    def _check_registry(self) -> None:
+        """The image server answers its API root (401 without a token: it is up)."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.config.registry_url}/v2/")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - configured URL
+                return
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code != 401:
+                raise
 
 
 _current: Services | None = None

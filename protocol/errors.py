@@ -2,7 +2,8 @@
 
     ProtocolError
     ├── MessageError   a queue message is malformed, of an unknown type or version
-    └── TokenError     a token is malformed, forged, expired, or for another audience/host
+    ├── TokenError     a token is malformed, forged, expired, or for another audience/host
+    └── RegistryError  an image reference or registry scope is not well formed
 """
 
 
@@ -16,3 +17,7 @@ class MessageError(ProtocolError):
 
 class TokenError(ProtocolError):
     """A token failed verification; the message says why, safe to show to the caller."""
+
+
+class RegistryError(ProtocolError):
+    """An image reference or a registry token scope is not well formed."""

@@ -12,8 +12,8 @@ variable                       meaning                                          
 ``DIT4C_AWS_PORT``             moto's port (loopback only); 0 picks a free one.   8001
                                Keep it fixed: queue URLs saved in the data
                                carry it
-``DIT4C_REGISTRY_PORT``        image server's port (loopback only), when Debian's  5001
-                               ``docker-registry`` is installed
+``DIT4C_REGISTRY_PORT``        image server's port (loopback and pods gateway),   5001
+                               when Debian's ``docker-registry`` is installed
 ``DIT4C_STACK_NAME``           prefix of every table, queue, topic and bucket     ``dit4c-local``
 ``DIT4C_NODE_PODS_NETWORK``    the pods' bridge network (shared with the node     ``dit4c-pods``
                                daemon, which reads the same variable)

@@ -77,7 +77,8 @@ class _State:
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
     registry: str | None = None
-    """host:port of the image server, when one runs."""
+    """host:port of the image server (its loopback listener), when one runs."""
+    registry_program: str = ""
     registry_missing: str = ""
     """Why no image server runs."""
 
@@ -165,6 +166,7 @@ class LocalStack:
         )
         self._check_stop()
 
+        self._plan_registry()
         moto = MotoServer("127.0.0.1", config.aws_port)
         aws = moto.start()
         self._state.aws = aws
@@ -204,12 +206,20 @@ class LocalStack:
         }
 
     def _control_plane_env(self, aws: AwsEndpoint, stack: Stack) -> dict[str, str]:
-        return {
+        env = {
             **aws.environment(),
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
         }
+        if self._state.registry is not None:
+            port = self._config.registry_port
+            env.update({
+                "DIT4C_REGISTRY": self._state.registry,
+                "DIT4C_REGISTRY_URL": f"http://{self._state.registry}",
+                "DIT4C_POD_REGISTRY_URL": f"http://host.docker.internal:{port}",
+            })
+        return env
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
         # The API first: importing the app is where Chalice sets up its logging, undone here
@@ -275,20 +285,40 @@ class LocalStack:
         }
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
 
-    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+    def _plan_registry(self) -> None:
+        """Whether the image server can run (before the control plane's settings are made)."""
         program = registry.binary()
         if program is None:
             self._state.registry_missing = f"{registry.BINARY} is not installed"
             return
         port = self._config.registry_port
-        if not _port_free("127.0.0.1", port):
-            # Optional: a taken port is reported, not fatal.
-            self._state.registry_missing = f"127.0.0.1:{port} is in use (DIT4C_REGISTRY_PORT)"
+        for host in ("127.0.0.1", self._state.gateway):
+            if not _port_free(host, port):
+                # Optional: a taken port is reported, not fatal.
+                self._state.registry_missing = f"{host}:{port} is in use (DIT4C_REGISTRY_PORT)"
+                return
+        self._state.registry_program = program
+        self._state.registry = f"127.0.0.1:{port}"
+
+    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+        if self._state.registry is None:
             return
-        config = registry.write_config(self._data.root / "registry", port)
-        self._start_child(undo, "image-server", [program, "serve", str(config)],
-                          self._child_env())
-        self._state.registry = f"127.0.0.1:{self._config.registry_port}"
+        # Imported once the environment is set, like the handlers.
+        from control_plane import services
+
+        svc = services.current()
+        auth = registry.TokenAuth(
+            realm=f"{self._config.portal_url}/registry/token",
+            service=svc.config.registry_service, issuer=svc.config.portal_url,
+            ca_pem=svc.keys.registry_ca().pem())
+        directory = self._data.root / "registry"
+        port = self._config.registry_port
+        program = self._state.registry_program
+        for name, host, config_name in (("image-server", "127.0.0.1", "config.yml"),
+                                        ("image-server-pods", self._state.gateway,
+                                         "config-pods.yml")):
+            config = registry.write_config(directory, f"{host}:{port}", auth, config_name)
+            self._start_child(undo, name, [program, "serve", str(config)], self._child_env())
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
@@ -398,9 +428,11 @@ class LocalStack:
             "node heartbeat": self._heartbeat_seen,
         }
         if self._state.registry is not None:
-            checks["image server"] = lambda: _http_status(
-                f"http://{self._state.registry}/v2/"
-            ) == 200
+            # 401: up, and asking for a token (both listeners).
+            port = config.registry_port
+            checks["image server"] = lambda: all(
+                _http_status(f"http://{host}:{port}/v2/") == 401
+                for host in ("127.0.0.1", self._state.gateway))
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -460,8 +492,9 @@ class LocalStack:
             with contextlib.suppress(OSError):
                 lines.append(f"              metrics http://{metrics.read_text().strip()}/metrics")
         if state.registry is not None:
-            lines.append(f"  images:     {state.registry}   (docker-registry, loopback only; no "
-                         "auth until the portal serves /registry/token)")
+            lines.append(f"  images:     {state.registry}   (docker-registry, tokens from "
+                         f"{config.portal_url}/registry/token; pods push to "
+                         f"{state.gateway}:{config.registry_port})")
         else:
             lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [

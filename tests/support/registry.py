@@ -1,0 +1,107 @@
+"""The image server as tests run it: Debian's ``docker-registry`` with token authentication.
+
+:class:`RegistryServer` runs ``docker-registry serve`` with the configuration the local stack
+writes (``infra.local.registry.write_config``) on a free loopback port; it trusts the CA of the
+``KeyStore`` it is given (the control plane's own, or one over ``mock_aws``), and
+:meth:`RegistryServer.token` signs tokens the way the portal does (``sign_with_chain``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from control_plane.keys import KeyStore
+from infra.local import registry
+from protocol.registry import DEFAULT_SERVICE, Access, registry_claims
+from tests.ports import free_port
+
+ISSUER = "http://portal.test"
+
+
+def require_binary() -> str:
+    program = registry.binary()
+    if program is None:
+        pytest.skip("docker-registry is not installed (make deps installs it)")
+    return program
+
+
+class RegistryServer:
+    """One registry process over ``root``; ``address`` is ``127.0.0.1:<port>`` once started."""
+
+    def __init__(self, root: Path, keys: KeyStore, *, issuer: str = ISSUER,
+                 service: str = DEFAULT_SERVICE, host: str = "127.0.0.1") -> None:
+        self.root = root
+        self.keys = keys
+        self.issuer = issuer
+        self.service = service
+        self.address = f"{host}:{free_port()}"
+        self.log_path = root / "registry.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def config(self) -> Path:
+        auth = registry.TokenAuth(realm=f"{self.issuer}/registry/token", service=self.service,
+                                  issuer=self.issuer, ca_pem=self.keys.registry_ca().pem())
+        return registry.write_config(self.root, self.address, auth)
+
+    def start(self) -> RegistryServer:
+        program = require_binary()
+        config = self.config()
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen([program, "serve", str(config)],
+                                             stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while self.status("/v2/") != 401:  # up, and asking for a token
+            assert self._process.poll() is None, f"registry exited:\n{self.log_tail()}"
+            assert time.monotonic() < deadline, f"registry did not start:\n{self.log_tail()}"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+
+    def garbage_collect(self) -> str:
+        """The offline collector over this storage (stop the server first)."""
+        program = require_binary()
+        done = subprocess.run(registry.garbage_collect_argv(program, self.root / "config.yml"),
+                              capture_output=True, text=True, timeout=120, check=True)
+        return done.stdout
+
+    def token(self, access: Sequence[Access], *, subject: str = "test", lifetime: int = 300,
+              issuer: str | None = None, service: str | None = None) -> str:
+        claims = registry_claims(issuer=issuer or self.issuer, service=service or self.service,
+                                 subject=subject, access=access, lifetime=lifetime)
+        return self.keys.sign_with_chain(claims)
+
+    def status(self, path: str, token: str | None = None, method: str = "GET") -> int | None:
+        request = urllib.request.Request(  # noqa: S310 - our own loopback URL
+            self.url + path, method=method,
+            headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
