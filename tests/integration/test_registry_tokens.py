@@ -12,37 +12,24 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import docker
 import docker.errors
 import pytest
-from moto.server import ThreadedMotoServer
 
 from control_plane.keys import KeyStore
 from control_plane.registry_ca import CertificateAuthority
 from protocol.registry import PULL, PUSH, Access, registry_claims, repository_access
 from protocol.tokens import SigningKey
-from tests.support.registry import RegistryServer
+from tests.support.registry import RegistryServer, key_store
 
 REPO = "users/alice/k1"
 
 
 @pytest.fixture(scope="module")
-def ssm() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("ssm", region_name="us-east-1", endpoint_url=f"http://{host}:{port}",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    yield client
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def keys(ssm: Any) -> KeyStore:
-    return KeyStore(ssm, f"/test-{uuid.uuid4().hex[:8]}/signing-keys", cache_seconds=0)
+def keys() -> Iterator[KeyStore]:
+    with key_store() as store:  # its own: this module rotates keys
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,18 @@ writes (``infra.local.registry.write_config``) on a free loopback port; it trust
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from control_plane.keys import KeyStore
 from infra.local import registry
@@ -23,6 +27,21 @@ from protocol.registry import DEFAULT_SERVICE, Access, registry_claims
 from tests.ports import free_port
 
 ISSUER = "http://portal.test"
+
+
+@contextlib.contextmanager
+def key_store() -> Iterator[KeyStore]:
+    """The portal's key store over moto's SSM (a server of its own on loopback)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        ssm = boto3.client("ssm", region_name="us-east-1",
+                           endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
+                           aws_secret_access_key="test")
+        yield KeyStore(ssm, f"/test-{uuid.uuid4().hex[:8]}/signing-keys", cache_seconds=0)
+    finally:
+        server.stop()
 
 
 def require_binary() -> str:
