@@ -206,7 +206,11 @@ class PodRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _pods_gateway(self) -> str:
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def pods_gateway(self) -> str:
         # Not Docker's "host-gateway": that is docker0's address, and the host's services
         # (portal, edge routers of the local stack) listen on the pods bridge's gateway only.
         # Asking each time also brings back a pods network someone removed.
@@ -287,7 +291,7 @@ class PodRunner:
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
                     "hostname": start.instance_id[:63],
-                    "extra_hosts": {"host.docker.internal": self._pods_gateway()},
+                    "extra_hosts": {"host.docker.internal": self.pods_gateway()},
                     "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
                     "security_opt": ["no-new-privileges"]}
         else:

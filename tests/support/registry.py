@@ -55,13 +55,15 @@ class RegistryServer:
     """One registry process over ``root``; ``address`` is ``127.0.0.1:<port>`` once started."""
 
     def __init__(self, root: Path, keys: KeyStore, *, issuer: str = ISSUER,
-                 service: str = DEFAULT_SERVICE, host: str = "127.0.0.1") -> None:
+                 service: str = DEFAULT_SERVICE, host: str = "127.0.0.1",
+                 port: int | None = None, name: str = "config") -> None:
         self.root = root
         self.keys = keys
         self.issuer = issuer
         self.service = service
-        self.address = f"{host}:{free_port()}"
-        self.log_path = root / "registry.log"
+        self.address = f"{host}:{port or free_port()}"
+        self.name = name
+        self.log_path = root / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +73,14 @@ class RegistryServer:
     def config(self) -> Path:
         auth = registry.TokenAuth(realm=f"{self.issuer}/registry/token", service=self.service,
                                   issuer=self.issuer, ca_pem=self.keys.registry_ca().pem())
-        return registry.write_config(self.root, self.address, auth)
+        return registry.write_config(self.root, self.address, auth, f"{self.name}.yml")
+
+    def beside(self, host: str) -> RegistryServer:
+        """Another process over the same storage on ``host`` (same port), as the local stack
+        runs one for pods on the pods network's gateway."""
+        port = int(self.address.rsplit(":", 1)[1])
+        return RegistryServer(self.root, self.keys, issuer=self.issuer, service=self.service,
+                              host=host, port=port, name=f"config-{host}")
 
     def start(self) -> RegistryServer:
         program = require_binary()
