@@ -9,11 +9,9 @@ mounts the shared base layer instead of uploading it.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from helpers.upload.push import UploadError, UploadSettings, push
 from helpers.upload.registry import Registry
 from protocol.pod import ENV_UPLOAD
 from protocol.registry import PULL, PUSH, repository_access
-from tests.support.registry import RegistryServer
+from tests.support.registry import RegistryServer, save_layout
 
 pytestmark = [pytest.mark.docker]
 
@@ -47,34 +45,6 @@ class CountingRegistry(Registry):
         mounted = super().mount(repository, digest, source)
         self.mounts += int(mounted)
         return mounted
-
-
-class _Stream(io.RawIOBase):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._buffer = chunks, b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count
-
-
-def save_layout(client: docker.DockerClient, image: str, directory: Path) -> Path:
-    """``docker save image`` unpacked into ``directory`` (what the node daemon hands over)."""
-    directory.mkdir(parents=True)
-    stream = io.BufferedReader(_Stream(iter(client.api.get_image(image))), 1 << 20)
-    with tarfile.open(fileobj=stream, mode="r|") as archive:
-        archive.extractall(directory, filter="data")
-    return directory
 
 
 @pytest.fixture(scope="module")

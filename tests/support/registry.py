@@ -9,21 +9,25 @@ writes (``infra.local.registry.write_config``) on a free loopback port; it trust
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import boto3
+import docker
 import pytest
 from moto.server import ThreadedMotoServer
 
 from control_plane.keys import KeyStore
 from infra.local import registry
-from protocol.registry import DEFAULT_SERVICE, Access, registry_claims
+from protocol.registry import DEFAULT_SERVICE, PUSH, Access, registry_claims, repository_access
 from tests.ports import free_port
 
 ISSUER = "http://portal.test"
@@ -108,9 +112,11 @@ class RegistryServer:
         return done.stdout
 
     def token(self, access: Sequence[Access], *, subject: str = "test", lifetime: int = 300,
-              issuer: str | None = None, service: str | None = None) -> str:
+              issuer: str | None = None, service: str | None = None,
+              extra: dict[str, Any] | None = None, now: float | None = None) -> str:
         claims = registry_claims(issuer=issuer or self.issuer, service=service or self.service,
-                                 subject=subject, access=access, lifetime=lifetime)
+                                 subject=subject, access=access, lifetime=lifetime,
+                                 extra=extra, now=now)
         return self.keys.sign_with_chain(claims)
 
     def status(self, path: str, token: str | None = None, method: str = "GET") -> int | None:
@@ -133,3 +139,43 @@ class RegistryServer:
             return "(no log)"
 
 
+
+
+class _Stream(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._buffer = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
+def save_layout(client: docker.DockerClient, image: str, directory: Path) -> Path:
+    """``docker save image`` unpacked into ``directory`` (what the node daemon hands the upload
+    helper)."""
+    directory.mkdir(parents=True)
+    stream = io.BufferedReader(_Stream(iter(client.api.get_image(image))), 1 << 20)
+    with tarfile.open(fileobj=stream, mode="r|") as archive:
+        archive.extractall(directory, filter="data")
+    return directory
+
+
+def push_image(server: RegistryServer, client: docker.DockerClient, image: str,
+               repository: str, directory: Path, *, compression: str = "gzip") -> str:
+    """Push ``image`` of ``client``'s engine as ``repository:saved`` with the upload helper's
+    code; returns the manifest digest."""
+    from helpers.upload.push import UploadSettings, push
+
+    token = server.token([repository_access(repository, PUSH)])
+    settings = UploadSettings(server.url, repository, "saved", token, compression)
+    return str(push(settings, save_layout(client, image, directory), lambda p: None)["digest"])
