@@ -49,6 +49,7 @@ from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
+from infra.local.registry_gc import RegistryCollector
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
@@ -81,6 +82,8 @@ class _State:
     registry_program: str = ""
     registry_missing: str = ""
     """Why no image server runs."""
+    exporter: bool = False
+    """Whether the image exporter runs (with the image server, when its port is free)."""
 
 
 class LocalStack:
@@ -105,6 +108,7 @@ class LocalStack:
         self._data = DataDir(config.data_dir)
         self._state = _State()
         self._children: list[children.Child] = []
+        self._collector: RegistryCollector | None = None
         self._stopping = threading.Event()
         self._heartbeat_lock = threading.Lock()
 
@@ -219,6 +223,8 @@ class LocalStack:
                 "DIT4C_REGISTRY_URL": f"http://{self._state.registry}",
                 "DIT4C_POD_REGISTRY_URL": f"http://host.docker.internal:{port}",
             })
+            if self._state.exporter:
+                env["DIT4C_EXPORT_URL"] = self._config.export_url
         return env
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
@@ -299,6 +305,7 @@ class LocalStack:
                 return
         self._state.registry_program = program
         self._state.registry = f"127.0.0.1:{port}"
+        self._state.exporter = _port_free("127.0.0.1", self._config.export_port)
 
     def _start_registry(self, undo: contextlib.ExitStack) -> None:
         if self._state.registry is None:
@@ -314,11 +321,40 @@ class LocalStack:
         directory = self._data.root / "registry"
         port = self._config.registry_port
         program = self._state.registry_program
+        servers = []
         for name, host, config_name in (("image-server", "127.0.0.1", "config.yml"),
                                         ("image-server-pods", self._state.gateway,
                                          "config-pods.yml")):
             config = registry.write_config(directory, f"{host}:{port}", auth, config_name)
-            self._start_child(undo, name, [program, "serve", str(config)], self._child_env())
+            servers.append(self._start_child(undo, name, [program, "serve", str(config)],
+                                             self._child_env()))
+        if self._state.exporter:
+            self._start_child(undo, "image-export", [sys.executable, "-m", "image_export"], {
+                **self._child_env(),
+                "DIT4C_EXPORT_LISTEN": f"127.0.0.1:{self._config.export_port}",
+                "DIT4C_EXPORT_REGISTRY_URL": f"http://{self._state.registry}"})
+        collector = RegistryCollector(
+            program=program, config=directory / "config.yml", children=servers,
+            interval=self._config.registry_gc_seconds, stop_grace=self._config.stop_grace,
+            busy=self._image_work_under_way, ready=self._registry_answers,
+            stopping=self._stopping)
+        collector.start()
+        undo.callback(collector.stop)
+        self._collector = collector
+
+    def _image_work_under_way(self) -> bool:
+        """A save (push) or a launch (pull) that the collector must not race."""
+        from control_plane import services
+        from protocol.states import InstanceState
+
+        instances = services.current().instances
+        return any(instances.in_transition(state)
+                   for state in (InstanceState.SAVING, InstanceState.STARTING))
+
+    def _registry_answers(self) -> bool:
+        port = self._config.registry_port
+        return all(_http_status(f"http://{host}:{port}/v2/") == 401
+                   for host in ("127.0.0.1", self._state.gateway))
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
@@ -387,13 +423,14 @@ class LocalStack:
 
     def _start_child(
         self, undo: contextlib.ExitStack, name: str, argv: list[str], env: dict[str, str]
-    ) -> None:
+    ) -> children.Child:
         child = children.Child(name, argv, env, log_dir=self._data.logs, run_dir=self._data.run,
                                cwd=REPO_ROOT)
         child.start()
         if not self._children:
             undo.callback(self._stop_children)
         self._children.append(child)
+        return child
 
     def _stop_children(self) -> None:
         """Every child at once: each gets SIGTERM now, so the grace periods overlap."""
@@ -429,10 +466,10 @@ class LocalStack:
         }
         if self._state.registry is not None:
             # 401: up, and asking for a token (both listeners).
-            port = config.registry_port
-            checks["image server"] = lambda: all(
-                _http_status(f"http://{host}:{port}/v2/") == 401
-                for host in ("127.0.0.1", self._state.gateway))
+            checks["image server"] = self._registry_answers
+        if self._state.exporter:
+            checks["image exporter"] = lambda: _http_status(
+                f"http://127.0.0.1:{config.export_port}/health") == 200
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -460,7 +497,10 @@ class LocalStack:
             self._check_children()
 
     def _check_children(self) -> None:
+        collector = self._collector
         for child in self._children:
+            if collector is not None and collector.paused and child.name in collector.names():
+                continue  # stopped on purpose, for the garbage collection
             code = child.poll()
             if code is not None:
                 raise ChildFailed(
@@ -495,6 +535,8 @@ class LocalStack:
             lines.append(f"  images:     {state.registry}   (docker-registry, tokens from "
                          f"{config.portal_url}/registry/token; pods push to "
                          f"{state.gateway}:{config.registry_port})")
+            if state.exporter:
+                lines.append(f"  exports:    {config.export_url}   (image export links)")
         else:
             lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [

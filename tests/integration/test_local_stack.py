@@ -393,9 +393,9 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
     pushed = _push_test_tool(docker_client, registry_port, password) \
         if registry.binary() else None
     child_pids = [json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")]
-    # edge router, node daemon, and the image server (on loopback and on the pods gateway)
-    # when docker-registry is installed
-    assert len(child_pids) == (4 if registry.binary() else 2)
+    # edge router, node daemon, and when docker-registry is installed the image server (on
+    # loopback and on the pods gateway) with its exporter
+    assert len(child_pids) == (5 if registry.binary() else 2)
 
     took = running.interrupt()
 
