@@ -538,6 +538,23 @@ class PodRunner:
                            f"{exc.explanation or exc}") from exc
         return str(committed["Id"])
 
+    def has_image(self, image: str) -> bool:
+        try:
+            self._client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    def forget_image(self, reference: str) -> None:
+        """Drop ``reference`` (a commit's name); the image goes with its last name, unless a
+        container still uses it. Gone already is success."""
+        with contextlib.suppress(docker.errors.NotFound):
+            try:
+                self._client.images.remove(reference)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # in use by a container: it stays for that one
+                    raise
+
     def remove(self, instance_id: str) -> None:
         """Remove every container, volume and network of the pod."""
         filters = self._filters(instance_id)

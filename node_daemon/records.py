@@ -22,7 +22,7 @@ from typing import Any
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
-from protocol.messages import StartInstance, decode
+from protocol.messages import SaveInstance, StartInstance, decode
 
 log = logging.getLogger("dit4c.node.records")
 
@@ -52,7 +52,15 @@ class InstanceRecord:
     """The last state the events queue accepted; differs from ``state`` until it is sent."""
     reason: str | None = None
     save_image: str | None = None
+    """Where the save goes (``registry/repository:tag``), from the save command."""
+    save: dict[str, Any] | None = None
+    """The save_instance message (with its push token) until the save is done."""
+    committed_image: str | None = None
+    """The id of the tool container's commit, kept on this node until it is pushed (a retried
+    save pushes it again instead of committing anew)."""
     saved_image: str | None = None
+    """The pushed image, ``registry/repository@digest``."""
+    saved_size: int | None = None
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
 
@@ -61,6 +69,13 @@ class InstanceRecord:
             return None
         message = decode(json.dumps(self.start))
         assert isinstance(message, StartInstance)
+        return message
+
+    def save_message(self) -> SaveInstance | None:
+        if self.save is None:
+            return None
+        message = decode(json.dumps(self.save))
+        assert isinstance(message, SaveInstance)
         return message
 
 

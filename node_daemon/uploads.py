@@ -60,7 +60,7 @@ class UploadJob:
     source: tuple[str, str] | None = None
 
     def setting(self) -> str:
-        source = {"repository": self.source[0], "digest": self.source[1]} \
+        source = {"repository": self.source[0], "reference": self.source[1]} \
             if self.source else None
         return json.dumps({"registry_url": self.registry_url, "repository": self.repository,
                            "tag": self.tag, "token": self.token,

@@ -83,9 +83,14 @@ class RegistryAccess:
     """Where and how the node pulls (and the upload helper pushes) this instance's image."""
 
     registry: str
-    """Host[:port] of the image server."""
+    """Host[:port] of the image server, as image references name it (the engine pulls it)."""
     token: str
-    """Bearer token from the portal's /registry/token, scoped to the repositories involved."""
+    """A registry token signed by the portal (``protocol.registry``), scoped to this job: pull
+    of the image to start; push of the image to save (and pull of the one it was started
+    from, whose layers are then mounted rather than uploaded)."""
+    url: str | None = None
+    """With a save: the image server's base URL as pods reach it (the upload helper pushes
+    there), e.g. ``http://host.docker.internal:5001``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +168,9 @@ class InstanceStateEvent(Message):
     progress: dict[str, int] = field(default_factory=dict)
     """Percentages, e.g. ``{"pull": 40}`` or ``{"save": 90}``."""
     image: str | None = None
-    """With ``saved``: the reference of the saved image."""
+    """With ``saved``: the reference of the saved image (``registry/repository@digest``)."""
+    size: int | None = None
+    """With ``saved``: bytes the saved image takes on the image server."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,7 +76,9 @@ it before it reports the instance running. Its folder is a tmpfs (empty at every
 # --- upload helper (python3 -m helpers.upload) ----------------------------------------------
 ENV_UPLOAD: Final = "DIT4C_UPLOAD"
 """JSON: ``{"registry_url", "repository", "tag", "token", "compression": "gzip"|"none",
-"source": {"repository", "digest"} | null}``; the push token is only in this container."""
+"source": {"repository", "reference"} | null}`` (``source``: the image the instance was
+started from, on the same image server; its layers are mounted); the push token is only in
+this container."""
 UPLOAD_DIR: Final = "/image"
 """Where the node daemon puts the committed image, ``docker save`` layout (``manifest.json``,
 the config, ``<id>/layer.tar``), before it starts the upload helper."""

@@ -67,7 +67,7 @@ class UploadSettings:
     token: str
     compression: str = "gzip"
     source: tuple[str, str] | None = None
-    """(repository, manifest digest) of the image the instance was launched from."""
+    """(repository, digest or tag) of the image the instance was launched from."""
 
     @classmethod
     def from_json(cls, text: str, name: str) -> UploadSettings:
@@ -87,9 +87,9 @@ class UploadSettings:
         pair = None
         if source is not None:
             if not isinstance(source, dict) or not isinstance(source.get("repository"), str) \
-                    or not isinstance(source.get("digest"), str):
-                raise UploadError(f"{name}: source must be {{\"repository\", \"digest\"}}")
-            pair = (source["repository"], source["digest"])
+                    or not isinstance(source.get("reference"), str):
+                raise UploadError(f"{name}: source must be {{\"repository\", \"reference\"}}")
+            pair = (source["repository"], source["reference"])
         try:
             check_repository(raw["repository"])
         except RegistryError as exc:
@@ -123,15 +123,15 @@ def read_image(directory: Path) -> tuple[bytes, list[Layer]]:
 
 def source_layers(registry: Registry, source: tuple[str, str]) -> dict[str, dict[str, Any]]:
     """diff id -> layer descriptor of the source image (empty when it cannot be read)."""
-    repository, digest = source
+    repository, reference = source
     try:
-        _, manifest = registry.manifest(repository, digest)
+        _, manifest = registry.manifest(repository, reference)
         config = json.loads(registry.blob(repository, manifest["config"]["digest"]))
         diff_ids = config["rootfs"]["diff_ids"]
         layers = manifest["layers"]
     except (ImageServerError, ValueError, KeyError, TypeError) as exc:
-        log.warning("source image %s@%s unreadable, uploading every layer: %s",
-                    repository, digest, exc)
+        log.warning("source image %s (%s) unreadable, uploading every layer: %s",
+                    repository, reference, exc)
         return {}
     if len(diff_ids) != len(layers):
         return {}
