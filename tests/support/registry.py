@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import subprocess
 import tarfile
 import time
@@ -36,6 +37,7 @@ ISSUER = "http://portal.test"
 @contextlib.contextmanager
 def key_store() -> Iterator[KeyStore]:
     """The portal's key store over moto's SSM (a server of its own on loopback)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
