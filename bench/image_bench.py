@@ -47,7 +47,6 @@ from node_daemon.metrics import NodeMetrics
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import PodRunner, PodSettings, container_name
 from node_daemon.records import RecordStore
-from node_daemon.testing import sample_start
 from protocol import pod
 from protocol.messages import (
     DiscardInstance,
@@ -63,6 +62,7 @@ from scripts.build_images import ImageBuilder
 from scripts.cleanup import remove_labelled
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
+from tests.support.node import sample_start
 from tests.support.registry import RegistryServer, key_store
 
 PROBE_INTERVAL = 0.05

@@ -7,27 +7,32 @@ then the pod, and only then is its message deleted from the queue.
 
 A discarded instance keeps a small tombstone (no secrets) so that a late start or stop for it
 is recognised and ignored; tombstones older than :data:`TOMBSTONE_DAYS` are pruned.
+
+On disk a record is one JSON object of its fields, ``start`` (and ``save``, while saving) being
+the command exactly as it came off the queue (:meth:`protocol.messages.Message.to_dict`),
+checked by the messages module when read. The format is that of the first release (plus the
+save's fields, absent there), so a node upgraded in place reads the records of the pods it
+already runs and adopts them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
-from protocol.messages import SaveInstance, StartInstance, decode
+from protocol.errors import MessageError
+from protocol.ids import ID_PATTERN, is_id
+from protocol.messages import Message, SaveInstance, StartInstance, from_dict
 
 log = logging.getLogger("dit4c.node.records")
 
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-"""Instance ids name files and containers, so they are held to a safe alphabet."""
 TOMBSTONE_DAYS = 7
 
 
@@ -44,8 +49,8 @@ class Desired(StrEnum):
 class InstanceRecord:
     instance_id: str
     desired: Desired
-    start: dict[str, Any] | None = None
-    """The start_instance message (with its secrets) until the instance is discarded."""
+    start: StartInstance | None = None
+    """The start command (with its secrets) until the instance is discarded."""
     state: str | None = None
     """The instance's state as this node knows it (an InstanceState value)."""
     reported: str | None = None
@@ -53,8 +58,8 @@ class InstanceRecord:
     reason: str | None = None
     save_image: str | None = None
     """Where the save goes (``registry/repository:tag``), from the save command."""
-    save: dict[str, Any] | None = None
-    """The save_instance message (with its push token) until the save is done."""
+    save: SaveInstance | None = None
+    """The save command (with its push token) while the save is under way."""
     committed_image: str | None = None
     """The id of the tool container's commit, kept on this node until it is pushed (a retried
     save pushes it again instead of committing anew)."""
@@ -64,19 +69,31 @@ class InstanceRecord:
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
 
-    def start_message(self) -> StartInstance | None:
-        if self.start is None:
-            return None
-        message = decode(json.dumps(self.start))
-        assert isinstance(message, StartInstance)
-        return message
+    def to_json(self) -> bytes:
+        fields = asdict(replace(self, start=None, save=None))
+        fields["start"] = None if self.start is None else self.start.to_dict()
+        fields["save"] = None if self.save is None else self.save.to_dict()
+        return json.dumps(fields, sort_keys=True).encode()
 
-    def save_message(self) -> SaveInstance | None:
-        if self.save is None:
-            return None
-        message = decode(json.dumps(self.save))
-        assert isinstance(message, SaveInstance)
-        return message
+    @classmethod
+    def from_json(cls, text: str | bytes) -> InstanceRecord:
+        """Raise ValueError, TypeError, KeyError or MessageError for what is not a record."""
+        raw = json.loads(text)
+        start = _command(raw.pop("start", None), StartInstance)
+        save = _command(raw.pop("save", None), SaveInstance)
+        return cls(**{**raw, "desired": Desired(raw["desired"]), "start": start, "save": save})
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _command(raw: object, kind: type[M]) -> M | None:
+    if raw is None:
+        return None
+    message = from_dict(raw)
+    if not isinstance(message, kind):
+        raise MessageError(f"a record's {kind.TYPE} is a {message.TYPE}")
+    return message
 
 
 class RecordStore:
@@ -87,8 +104,9 @@ class RecordStore:
         self._dir = directory
 
     def _path(self, instance_id: str) -> Path:
-        if not INSTANCE_ID.match(instance_id):
-            raise ConfigError(f"instance id {instance_id!r} is not [A-Za-z0-9_-]{{1,63}}")
+        # Commands are decoded with their ids checked; this guards the file name all the same.
+        if not is_id(instance_id):
+            raise ConfigError(f"instance id {instance_id!r} is not an id ({ID_PATTERN})")
         return self._dir / f"{instance_id}.json"
 
     def get(self, instance_id: str) -> InstanceRecord | None:
@@ -100,8 +118,7 @@ class RecordStore:
 
     def put(self, record: InstanceRecord) -> None:
         record.updated_at = time.time()
-        write_atomic(self._path(record.instance_id),
-                     json.dumps(asdict(record), sort_keys=True).encode())
+        write_atomic(self._path(record.instance_id), record.to_json())
 
     def all(self) -> list[InstanceRecord]:
         records = []
@@ -110,7 +127,7 @@ class RecordStore:
                 records.append(_load(path))
             except FileNotFoundError:
                 continue
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, MessageError) as exc:
                 # Keep the file for a human; never act on a record we cannot read.
                 log.error("unreadable record %s left aside: %r", path, exc)
                 path.rename(path.with_suffix(".corrupt"))
@@ -128,6 +145,4 @@ class RecordStore:
 
 
 def _load(path: Path) -> InstanceRecord:
-    raw = json.loads(path.read_text())
-    raw["desired"] = Desired(raw["desired"])
-    return InstanceRecord(**raw)
+    return InstanceRecord.from_json(path.read_bytes())

@@ -39,6 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from control_plane import services
+from control_plane.bootstrap import ensure_local_defaults
 from infra.local import children, network, registry
 from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
@@ -54,6 +56,7 @@ from infra.local.snapshot import PeriodicSnapshots, Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
 from protocol.messages import NodeHeartbeat
+from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.local.stack")
 
@@ -267,9 +270,6 @@ class LocalStack:
                     undo.callback(timer.stop)
 
     def _bootstrap(self) -> None:
-        # Imported once the environment is set, like the handlers.
-        from control_plane.bootstrap import ensure_local_defaults
-
         assert self._state.password is not None
         defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id
@@ -310,10 +310,7 @@ class LocalStack:
     def _start_registry(self, undo: contextlib.ExitStack) -> None:
         if self._state.registry is None:
             return
-        # Imported once the environment is set, like the handlers.
-        from control_plane import services
-
-        svc = services.current()
+        svc = services.current()  # built now: the environment is set
         auth = registry.TokenAuth(
             realm=f"{self._config.portal_url}/registry/token",
             service=svc.config.registry_service, issuer=svc.config.portal_url,
@@ -344,9 +341,6 @@ class LocalStack:
 
     def _image_work_under_way(self) -> bool:
         """A save (push) or a launch (pull) that the collector must not race."""
-        from control_plane import services
-        from protocol.states import InstanceState
-
         instances = services.current().instances
         return any(instances.in_transition(state)
                    for state in (InstanceState.SAVING, InstanceState.STARTING))

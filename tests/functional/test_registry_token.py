@@ -8,6 +8,7 @@ checked against ``/registry/ca.pem`` the way the registry does.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Any
 
 import jwt
@@ -15,11 +16,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from control_plane import services
+from control_plane.bootstrap import ensure_local_defaults
 from control_plane.catalog import CatalogEntry
 from control_plane.registry import user_repository
+from control_plane.services import Services
 from protocol.tokens import SigningKey, node_claims
 
-from .conftest import USER_PASSWORD
+from .conftest import ADMIN_PASSWORD, USER_PASSWORD
 
 REGISTRY = "registry.test:5000"
 
@@ -92,8 +96,6 @@ def test_catalog_and_shared_images_can_be_pulled_not_pushed(cp_services, cp_clie
 
 
 def test_admins_publish_outside_the_user_namespaces(cp_services, cp_client, cp_admin):
-    from .conftest import ADMIN_PASSWORD
-
     got = access_of(ask(cp_client(), basic("admin", ADMIN_PASSWORD),
                         "repository:dit4c/helpers:pull,push",
                         "repository:users/alice/k1:pull"))
@@ -101,8 +103,6 @@ def test_admins_publish_outside_the_user_namespaces(cp_services, cp_client, cp_a
 
 
 def test_nodes_pull_the_helpers_image_with_their_own_token(cp_services, cp_client):
-    from control_plane.bootstrap import ensure_local_defaults
-
     local = ensure_local_defaults("admin-password-1", [], cp_services)
     key = SigningKey.generate()
     node = cp_client().post("/api/nodes/enroll", {
@@ -143,11 +143,6 @@ def test_tokens_carry_a_chain_to_the_published_ca(cp_client, cp_user, cp_chalice
 
 
 def test_without_an_image_server_there_are_no_tokens(cp_env, cp_client, cp_user, cp_services):
-    import dataclasses
-
-    from control_plane import services
-    from control_plane.services import Services
-
     config = dataclasses.replace(cp_services.config, registry="")
     services.use(Services.build(config, cp_services.clients))
     cp_user("alice")

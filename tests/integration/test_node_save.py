@@ -25,7 +25,6 @@ from node_daemon.metrics import NodeMetrics
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import PodRunner, PodSettings, container_name
 from node_daemon.records import RecordStore
-from node_daemon.testing import sample_start
 from protocol import pod
 from protocol.messages import (
     DiscardInstance,
@@ -37,6 +36,7 @@ from protocol.messages import (
 )
 from protocol.registry import PULL, PUSH, parse_reference, repository_access
 from tests.support.engines import SecondEngine
+from tests.support.node import sample_start
 from tests.support.registry import RegistryServer
 
 pytestmark = [pytest.mark.docker]

@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from control_plane.keys import KeyStore
 from control_plane.registry_ca import CertificateAuthority
@@ -73,8 +74,6 @@ def test_forged_or_stale_tokens_are_refused(server: RegistryServer, keys: KeySto
         other = CertificateAuthority.generate()
         key = SigningKey.generate()
         leaf = other.certify(key.private_key.public_key(), key.kid)
-        from cryptography.hazmat.primitives import serialization
-
         der = base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()
         claims = registry_claims(issuer=server.issuer, service=server.service, subject="x",
                                  access=access)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,7 @@ import pytest
 
 from helpers.upload.push import UploadError, UploadSettings, push
 from helpers.upload.registry import Registry
+from infra.local.stack import REPO_ROOT
 from protocol.pod import ENV_UPLOAD
 from protocol.registry import PULL, PUSH, repository_access
 from tests.support.registry import RegistryServer, save_layout
@@ -166,8 +168,4 @@ def test_bad_settings_stop_the_helper_with_status_2(value: str, message: str,
 
 @pytest.fixture
 def env_with_repo() -> Callable[[], dict[str, str]]:
-    import os
-
-    from infra.local.stack import REPO_ROOT
-
     return lambda: {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

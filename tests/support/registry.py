@@ -27,6 +27,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from control_plane.keys import KeyStore
+from helpers.upload.push import UploadSettings, push
 from infra.local import registry
 from protocol.registry import DEFAULT_SERVICE, PUSH, Access, registry_claims, repository_access
 from tests.ports import free_port
@@ -176,8 +177,6 @@ def push_image(server: RegistryServer, client: docker.DockerClient, image: str,
                repository: str, directory: Path, *, compression: str = "gzip") -> str:
     """Push ``image`` of ``client``'s engine as ``repository:saved`` with the upload helper's
     code; returns the manifest digest."""
-    from helpers.upload.push import UploadSettings, push
-
     token = server.token([repository_access(repository, PUSH)])
     settings = UploadSettings(server.url, repository, "saved", token, compression)
     return str(push(settings, save_layout(client, image, directory), lambda p: None)["digest"])
