@@ -229,9 +229,8 @@ def run(rounds: int, megabytes: int) -> dict[str, list[float]]:  # noqa: PLR0915
                     repository = f"users/bench/{iid}"
                     save = SaveInstance(
                         instance_id=iid, image=f"{server.address}/{repository}:saved",
-                        registry=RegistryAccess(registry=server.address, url=pods_url,
-                                                token=server.token(
-                                                    [repository_access(repository, PUSH)])))
+                        registry=RegistryAccess(registry=server.address, token=server.token(
+                            [repository_access(repository, PUSH)])), upload_url=pods_url)
                     hand = 0.0
                     if mode == "gzip" and round_ % 2 == 1:
                         hand, hand_digest = push_by_hand(client, server,

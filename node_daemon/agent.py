@@ -317,7 +317,7 @@ class Agent:
 
     def _upload_job(self, record: InstanceRecord) -> UploadJob | None:
         save = record.save
-        if save is None or save.registry is None or not save.registry.url:
+        if save is None or save.registry is None or not save.upload_url:
             return None
         target = parse_reference(save.image)
         source = None
@@ -327,7 +327,7 @@ class Agent:
                 launched = parse_reference(start.image)
                 if launched.registry == target.registry:
                     source = (launched.repository, launched.pinned)
-        return UploadJob(registry_url=save.registry.url, repository=target.repository,
+        return UploadJob(registry_url=save.upload_url, repository=target.repository,
                          tag=target.tag or "saved", token=save.registry.token,
                          compression=self.upload_compression, source=source)
 

@@ -34,6 +34,7 @@ from protocol.messages import Message, SaveInstance, StartInstance, from_dict
 log = logging.getLogger("dit4c.node.records")
 
 TOMBSTONE_DAYS = 7
+SAVE_FIELDS = ("save", "committed_image", "saved_size")
 
 
 class Desired(StrEnum):
@@ -73,6 +74,11 @@ class InstanceRecord:
         fields = asdict(replace(self, start=None, save=None))
         fields["start"] = None if self.start is None else self.start.to_dict()
         fields["save"] = None if self.save is None else self.save.to_dict()
+        # The save's fields are left out while unset: a record with no save is byte for byte
+        # the first release's, which an older daemon (downgraded) still reads.
+        for name in SAVE_FIELDS:
+            if fields[name] is None:
+                del fields[name]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod

@@ -95,9 +95,6 @@ class RegistryAccess:
     """A registry token signed by the portal (``protocol.registry``), scoped to this job: pull
     of the image to start; push of the image to save (and pull of the one it was started
     from, whose layers are then mounted rather than uploaded)."""
-    url: str | None = None
-    """With a save: the image server's base URL as pods reach it (the upload helper pushes
-    there), e.g. ``http://host.docker.internal:5001``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +149,10 @@ class SaveInstance(Message):
     image: str
     """Where the saved image goes: ``registry/namespace/name:tag``."""
     registry: RegistryAccess | None = None
+    upload_url: str | None = None
+    """The image server's base URL as pods reach it (the upload helper pushes there), e.g.
+    ``http://host.docker.internal:5001``. Without it (or ``registry``) the commit stays on
+    the node."""
 
 
 @dataclass(frozen=True, kw_only=True)

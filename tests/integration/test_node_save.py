@@ -118,7 +118,8 @@ def save(image_server: RegistryServer, servers: tuple[str, str], iid: str, *,
     repository = f"users/alice/{iid}"
     token = image_server.token([repository_access(token_for or repository, PUSH)])
     return SaveInstance(instance_id=iid, image=f"{registry}/{repository}:saved",
-                        registry=RegistryAccess(registry=registry, token=token, url=pods_url))
+                        registry=RegistryAccess(registry=registry, token=token),
+                        upload_url=pods_url)
 
 
 def test_saved_work_is_pushed_and_runs_on_another_node(
