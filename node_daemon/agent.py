@@ -202,6 +202,9 @@ class Agent:
         elif record.desired is Desired.SAVED:
             if record.state != S.SAVED:
                 await self._save(record, grace)
+            elif record.saved_image != record.save_image and (
+                    record.start is not None or record.committed_image is not None):
+                await self._drop_saved(record)  # killed between saved and the clean-up
         else:
             if present:
                 await asyncio.to_thread(self.pods.remove, record.instance_id)
@@ -299,12 +302,6 @@ class Agent:
                 record.saved_size = pushed.size
                 log.info("saved %s as %s (%d bytes)", instance_id, record.saved_image,
                          pushed.size)
-                # On the image server now: the pod, its volumes, the upload helper, the
-                # commit and the secrets go.
-                await asyncio.to_thread(self.pods.remove, instance_id)
-                await asyncio.to_thread(self.pods.forget_image, record.save_image)
-                record.committed_image = None
-                record.start = None
         except (PodError, RegistryError) as exc:
             # saving -> stopped: the container and the commit are kept, the user can retry.
             await asyncio.to_thread(self.uploads.remove, instance_id)
@@ -314,6 +311,20 @@ class Agent:
             return
         record.save = None
         await self._set_state(record, S.SAVED)
+        if job is not None:
+            # Reported first (the user waits for that), then the clean-up: reconciliation
+            # finishes it if the daemon dies in between.
+            await self._drop_saved(record)
+
+    async def _drop_saved(self, record: InstanceRecord) -> None:
+        """The image is on the image server: the pod, its volumes, the upload helper, the
+        commit and the secrets leave this node."""
+        await asyncio.to_thread(self.pods.remove, record.instance_id)
+        if record.save_image is not None:
+            await asyncio.to_thread(self.pods.forget_image, record.save_image)
+        record.committed_image = None
+        record.start = None
+        await self._put(record)
 
     def _upload_job(self, record: InstanceRecord) -> UploadJob | None:
         save = record.save

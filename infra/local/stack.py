@@ -363,6 +363,11 @@ class LocalStack:
             "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
                 "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
             ),
+            # The node and the image server share this machine: compressing a save's layers
+            # would cost CPU and save nothing on the wire.
+            "DIT4C_NODE_UPLOAD_COMPRESSION": self._base_env.get(
+                "DIT4C_NODE_UPLOAD_COMPRESSION", "none"
+            ),
         }
         argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
         self._start_child(undo, "node-daemon", argv, env)
