@@ -40,6 +40,7 @@ class StackProcess:
     def __init__(self, env: dict[str, str]) -> None:
         # Never the default 5001 in a test: `make run` may hold it.
         env.setdefault("DIT4C_REGISTRY_PORT", str(free_port()))
+        env.setdefault("DIT4C_EXPORT_PORT", str(free_port()))
         self.env = env
         self.lines: list[str] = []
         self.errors: list[str] = []
