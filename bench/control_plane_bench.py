@@ -62,8 +62,8 @@ def dynamodb_calls() -> list[tuple[str, int, dict[str, int]]]:  # noqa: PLR0915 
     from control_plane import services
     from control_plane.app import app
     from control_plane.aws import Clients
+    from control_plane.bodies import NewImage
     from control_plane.bootstrap import ensure_local_defaults
-    from control_plane.catalog import CatalogEntry
     from control_plane.config import Config
     from infra.local.aws import AwsEndpoint
     from infra.local.provision import Provisioner
@@ -87,7 +87,7 @@ def dynamodb_calls() -> list[tuple[str, int, dict[str, int]]]:  # noqa: PLR0915 
         svc = services.Services.build(config, Clients(config, session=session))
         services.use(svc)
         local = ensure_local_defaults("bench-password-1", [
-            CatalogEntry(name="Tool", image="tool:1", port=80, cpu=0.5, memory_mb=256)], svc)
+            NewImage(name="Tool", image="tool:1", port=80, cpu=0.5, memory_mb=256)], svc)
         key = SigningKey.generate()
         with Client(app) as client:
             headers = {"content-type": "application/json"}

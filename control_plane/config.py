@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
+from protocol.ids import instance_host
 from protocol.registry import DEFAULT_SERVICE
 
 REQUIRED = (
@@ -124,7 +125,7 @@ class Config:
         return self.portal_url.startswith("https://")
 
     def instance_hostname(self, instance_id: str) -> str:
-        return f"{instance_id}.{self.router_domain}".lower()
+        return instance_host(instance_id, self.router_domain)
 
     def instance_url(self, instance_id: str) -> str:
         port = f":{self.router_public_port}" if self.router_public_port else ""

@@ -34,11 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.accounts import Accounts, User
+from control_plane.bodies import Login
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Unauthorized
 from control_plane.keys import KeyStore
 from control_plane.nodes import Nodes
-from control_plane.table import Item
+from control_plane.records import Image
+from control_plane.replies import RegistryToken
 from protocol.errors import RegistryError
 from protocol.registry import (
     COMPONENT,
@@ -127,7 +129,7 @@ class RegistryTokens:
         return self.keys.sign_with_chain(claims)
 
     def answer(self, *, authorization: str | None, service: str | None,
-               scopes: Iterable[str], address: str) -> dict[str, Any]:
+               scopes: Iterable[str], address: str) -> RegistryToken:
         """``GET /registry/token``: the caller's token for what of ``scopes`` it may have."""
         self.require()
         if service is not None and service != self.config.registry_service:
@@ -145,8 +147,8 @@ class RegistryTokens:
         granted = self.allowed(caller, requested)
         token = self.token(caller.subject, granted)
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return {"token": token, "access_token": token, "expires_in": USER_TOKEN_LIFETIME,
-                "issued_at": issued}
+        return RegistryToken(token=token, access_token=token, expires_in=USER_TOKEN_LIFETIME,
+                             issued_at=issued)
 
     def caller(self, authorization: str | None, address: str) -> Caller:
         """Basic credentials of a user, or a node's own bearer token; else Unauthorized."""
@@ -157,7 +159,8 @@ class RegistryTokens:
                     .decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise Unauthorized("malformed Basic credentials") from None
-            user = self.accounts.authenticate(username, password, address)
+            user = self.accounts.authenticate(
+                Login.parse({"username": username, "password": password}), address)
             return Caller(user.username, user=user)
         if scheme.lower() == "bearer":
             import jwt
@@ -170,7 +173,7 @@ class RegistryTokens:
             if not isinstance(node_id, str):
                 raise Unauthorized("the bearer token names no node")
             node = self.nodes.authenticate(node_id, f"Bearer {value.strip()}")
-            return Caller(f"node:{node['node_id']}", node_id=node["node_id"])
+            return Caller(f"node:{node.node_id}", node_id=node.node_id)
         raise Unauthorized("log in with your dit4c username and password")
 
     def allowed(self, caller: Caller, requested: Sequence[Access]) -> list[Access]:
@@ -208,6 +211,17 @@ class RegistryTokens:
 
     # --- the control plane's own requests ----------------------------------------------
 
+    def check(self) -> None:
+        """Health probe: the image server answers its API root (401 without a token)."""
+        request = urllib.request.Request(f"{self.config.registry_url}/v2/")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - configured URL
+                return
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code != 401:
+                raise
+
     def delete_manifest(self, repository: str, digest: str) -> None:
         """Delete one manifest (its storage is freed by the next garbage collection); a
         manifest already gone is success."""
@@ -237,11 +251,6 @@ def repository_on(registry: str, image: str) -> str | None:
     return reference.repository if reference.registry == registry else None
 
 
-def repositories(registry: str, items: Iterable[Item]) -> set[str]:
-    """The repositories on ``registry`` of image items (``repository``, else from ``image``)."""
-    found = set()
-    for item in items:
-        name = item.get("repository") or repository_on(registry, str(item.get("image", "")))
-        if name:
-            found.add(str(name))
-    return found
+def repositories(registry: str, images: Iterable[Image]) -> set[str]:
+    """The repositories on ``registry`` of ``images``."""
+    return {name for image in images if (name := repository_on(registry, image.image))}

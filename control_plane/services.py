@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from control_plane import __version__
 from control_plane.access import Access
 from control_plane.accounts import Accounts
 from control_plane.aws import Clients
-from control_plane.catalog import CATALOG_OWNER, Catalog
+from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.events import Events
 from control_plane.instance_clients import ClientRegistrar
@@ -26,7 +25,9 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.records import CATALOG_OWNER
 from control_plane.registry import RegistryTokens, repositories
+from control_plane.replies import Health
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.table import Table
@@ -72,6 +73,12 @@ class Services:
         catalog = Catalog(table(t.images), shares)
         nodes = Nodes(config=config, clusters=table(t.clusters), nodes=table(t.nodes),
                       tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"))
+        registry = RegistryTokens(
+            config=config, keys=keys, accounts=accounts, nodes=nodes,
+            catalog_repositories=lambda: repositories(config.registry,
+                                                      catalog.owned_by(CATALOG_OWNER)),
+            shared_repositories=lambda user: repositories(config.registry,
+                                                          catalog.shared_with(user)))
         instances = Instances(table(t.instances), table(t.nodes), table(t.users),
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
@@ -92,12 +99,6 @@ class Services:
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
                                 accounts, config.portal_url)
-        registry = RegistryTokens(
-            config=config, keys=keys, accounts=accounts, nodes=nodes,
-            catalog_repositories=lambda: repositories(config.registry,
-                                                      catalog.owned_by(CATALOG_OWNER)),
-            shared_repositories=lambda user: repositories(config.registry,
-                                                          catalog.shared_with(user)))
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
                    logins, registry)
@@ -106,7 +107,7 @@ class Services:
         """Owner, share grantee, or admin: may this user reach this instance?"""
         return self.access.can_access(username, instance_id)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """Version and the state of each dependency (one cheap call each)."""
         checks = {
             "dynamodb": lambda: self.clients.get("dynamodb").describe_table(
@@ -116,7 +117,7 @@ class Services:
             "ssm": self.keys.check,
         }
         if self.config.registry_url:
-            checks["image_server"] = self._check_registry
+            checks["image_server"] = self.registry.check
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
@@ -125,22 +126,8 @@ class Services:
             except Exception as exc:
                 results[name] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())
-        return {"status": "ok" if ok else "degraded", "version": __version__,
-                "registry": self.config.registry or None, "dependencies": results}
-
-    def _check_registry(self) -> None:
-        """The image server answers its API root (401 without a token: it is up)."""
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(f"{self.config.registry_url}/v2/")  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - configured URL
-                return
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code != 401:
-                raise
+        return Health(status="ok" if ok else "degraded", version=__version__,
+                      registry=self.config.registry or None, dependencies=results)
 
 
 _current: Services | None = None

@@ -152,6 +152,12 @@ class Table:
 
     # --- transactions -------------------------------------------------------------------
 
+    def put_op(self, item: Mapping[str, Any], *, condition: str | None = None) -> dict[str, Any]:
+        """One ``Put`` entry for :func:`transact`."""
+        op: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
+        _conditional(op, condition, None, None)
+        return {"Put": op}
+
     def update_op(self, key: Mapping[str, Any], expression: str, *,
                   condition: str | None = None, names: Mapping[str, str] | None = None,
                   vals: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -7,9 +7,7 @@ instead of stopping at 401/403. Every 4xx must have the ``{"error": {"code", "me
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,34 +17,22 @@ import schemathesis
 from chalice.config import Config as ChaliceConfig
 from chalice.local import LocalDevServer
 from hypothesis import HealthCheck, settings
-from moto import mock_aws
 
-from control_plane import services
-from control_plane.app import app
-from control_plane.aws import Clients
+from control_plane.app import REQUEST_BODIES, app
+from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
-from control_plane.config import Config
 from control_plane.openapi import spec
-from control_plane.services import Services
 
-from .conftest import CP_PARAMETERS, cp_boto_session, cp_provision
+from .conftest import cp_module_services
 
-schema = schemathesis.openapi.from_dict(spec(app))
+schema = schemathesis.openapi.from_dict(spec(app, REQUEST_BODIES))
 PASSWORD = "schemathesis-admin-1"
 
 
 @pytest.fixture(scope="module")
 def cp_live() -> Iterator[dict[str, Any]]:
-    saved = dict(os.environ)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    with mock_aws():
-        env = cp_provision(f"st{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
-        config = Config.from_env(env)
-        svc = Services.build(config, Clients(config, session=cp_boto_session()))
-        services.use(svc)
-        ensure_local_defaults(PASSWORD, [CatalogEntry(name="Tool", image="tool:1", port=80)],
+    with cp_module_services("st") as svc:
+        ensure_local_defaults(PASSWORD, [NewImage(name="Tool", image="tool:1", port=80)],
                               svc)
         server = LocalDevServer(app, ChaliceConfig.create(), "127.0.0.1", 0)
         thread = threading.Thread(target=server.server.serve_forever, daemon=True)
@@ -62,9 +48,6 @@ def cp_live() -> Iterator[dict[str, Any]]:
             server.shutdown()
             server.server.server_close()
             thread.join(timeout=5)
-            services.use(None)
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.mark.timeout(120)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from control_plane import services
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
+from control_plane.bodies import NewImage
 from control_plane.registry import user_repository
 from control_plane.services import Services
 from protocol.tokens import SigningKey, node_claims
@@ -79,8 +79,8 @@ def test_usernames_that_are_no_path_component_get_a_namespace_of_their_own(cp_cl
 def test_catalog_and_shared_images_can_be_pulled_not_pushed(cp_services, cp_client, cp_user):
     cp_user("alice")
     cp_user("bob")
-    cp_services.catalog.add(CatalogEntry(name="Tool", image=f"{REGISTRY}/catalog/tool:1",
-                                         port=8080))
+    cp_services.catalog.add(NewImage(name="Tool", image=f"{REGISTRY}/catalog/tool:1",
+                                     port=8080))
     cp_services.catalog.images.put({"image_id": "b1", "owner": "bob", "name": "bob's",
                                     "image": f"{REGISTRY}/users/bob/b1@sha256:{'a' * 64}",
                                     "repository": "users/bob/b1", "port": 8080, "cpu": 1.0,
