@@ -29,7 +29,8 @@ def registry_blueprint(*, get_registry: Callable[[], RegistryTokens]) -> Bluepri
     def token() -> Response:
         request = bp.current_request
         query = request.query_params
-        scopes = query.getlist("scope") if query is not None else []
+        # Chalice's getlist raises KeyError for an absent name.
+        scopes = query.getlist("scope") if query is not None and "scope" in query else []
         service = query.get("service") if query is not None else None
         try:
             answer = get_registry().answer(
