@@ -19,6 +19,7 @@ from control_plane.records import CATALOG_OWNER, Image, ImageRef, Instance
 from control_plane.shares import Shares
 from control_plane.table import ConditionFailed, Item, Table
 from protocol.ids import is_id, new_id
+from protocol.registry import Reference
 
 
 class Catalog:
@@ -74,13 +75,17 @@ class Catalog:
         self.images.put(image.to_item())
         return image
 
-    def saved_put(self, instance: Instance, image: str) -> dict[str, Any]:
-        """The transaction entry that adds the image ``instance`` was saved as (same id)."""
+    def saved_put(self, instance: Instance, image: str, pushed: Reference | None,
+                  size: int | None) -> dict[str, Any]:
+        """The transaction entry that adds the image ``instance`` was saved as (same id);
+        ``pushed``: its reference on the image server."""
         saved = Image(image_id=instance.instance_id, owner=instance.owner,
                       name=f"{instance.name} (saved)", image=image,
                       port=instance.port, cpu=instance.cpu, memory_mb=instance.memory_mb,
                       tags=["saved"], source_instance=instance.instance_id,
-                      created_at=now_iso())
+                      created_at=now_iso(),
+                      repository=pushed.repository if pushed else None,
+                      digest=pushed.digest if pushed else None, size=size)
         return self.images.put_op(saved.to_item())
 
     def remove(self, image_id: str, username: str, *, admin: bool) -> None:

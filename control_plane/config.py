@@ -18,6 +18,7 @@ saved, shared across nodes or exported):
 - ``DIT4C_REGISTRY_SERVICE``: the registry's ``service`` (token audience), default
   ``dit4c-registry``.
 - ``DIT4C_EXPORT_URL``: the image exporter's public base URL (export links).
+- ``DIT4C_EXPORT_LINK_SECONDS``: how long an export link works (default 3600).
 
 Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
 :data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
@@ -68,6 +69,7 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
     "DIT4C_STORAGE_BUCKET": "",
     "DIT4C_REGISTRY_SERVICE": DEFAULT_SERVICE,
+    "DIT4C_EXPORT_LINK_SECONDS": "3600",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -119,6 +121,7 @@ class Config:
     pod_registry_url: str = ""
     registry_service: str = DEFAULT_SERVICE
     export_url: str = ""
+    export_link_seconds: int = 3600
 
     @property
     def secure_cookies(self) -> bool:
@@ -217,6 +220,7 @@ class Config:
             else registry_url,
             registry_service=get("DIT4C_REGISTRY_SERVICE"),
             export_url=_url(export_url, "DIT4C_EXPORT_URL") if export_url else "",
+            export_link_seconds=number("DIT4C_EXPORT_LINK_SECONDS", 60),
         )
 
 

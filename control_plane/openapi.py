@@ -67,11 +67,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                       replies.Images, (401,)),
     ("POST", "/api/images"): Operation("Add or update a catalog entry (admin)", 201,
                                        replies.Image, (*_AUTH, *_BODY)),
-    ("DELETE", "/api/images/{image_id}"): Operation("Remove a catalog entry or own saved image",
-                                                    204, None, (*_AUTH, 404)),
+    ("DELETE", "/api/images/{image_id}"): Operation(
+        "Remove a catalog entry or own saved image (its manifest on the image server too; "
+        "the layers go at the next garbage collection)", 204, None, (*_AUTH, 404, 503)),
+    ("GET", "/api/images/{image_id}/share"): Operation(
+        "Who a saved image is shared with, and its live links (owner)", 200,
+        replies.ImageShared, (*_AUTH, 404)),
     ("POST", "/api/images/{image_id}/share"): Operation(
-        "Share a saved image with a user (or revoke)", 200, replies.Shared,
+        "Share a saved image with a user or by an expiring link, or revoke (owner)", 200,
+        replies.ImageShared, (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/images/links"): Operation(
+        "Redeem a share link: the image joins my images", 200, replies.Image,
         (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/images/{image_id}/export"): Operation(
+        "An expiring link to download the image as a docker save tar", 200,
+        replies.ExportLink, (*_AUTH, 404, 409)),
     ("POST", "/api/instances"): Operation("Launch an instance", 202, replies.Instance,
                                           (*_AUTH, 404, *_BODY, 429)),
     ("GET", "/api/instances"): Operation("Own instances and those shared with me (admins: "
@@ -87,6 +97,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Discard a stopped instance", 202, replies.Instance, (*_AUTH, 404, 409)),
     ("DELETE", "/api/instances/{instance_id}"): Operation("Delete (from the list)", 204, None,
                                                           (*_AUTH, 404, 409)),
+    ("GET", "/api/instances/{instance_id}/share"): Operation(
+        "Who the instance is shared with (owner)", 200, replies.Shared, (*_AUTH, 404)),
     ("POST", "/api/instances/{instance_id}/share"): Operation(
         "Share with a user (or revoke)", 200, replies.Shared, (*_AUTH, 404, *_BODY)),
     ("POST", "/api/clusters"): Operation("Create a cluster (admin)", 201, replies.Cluster,

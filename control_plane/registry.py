@@ -57,6 +57,8 @@ from protocol.registry import (
 
 USER_PREFIXES = ("users/", "users-x/")
 HELPERS_REPOSITORY = "dit4c/helpers"
+SAVED_TAG = "saved"
+"""The tag of a saved image in its repository (garbage collection keeps tagged manifests)."""
 MAX_SCOPES = 20
 JOB_TOKEN_LIFETIME = 3600
 """A node's token for one start or save: a big pull or push takes a while, and the registry

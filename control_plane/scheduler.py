@@ -22,9 +22,11 @@ from control_plane.keys import KeyStore
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes, milli
 from control_plane.records import UNPLACED, Instance, Node, NodeStatus
+from control_plane.registry import JOB_TOKEN_LIFETIME, RegistryTokens
 from control_plane.table import ConditionFailed
 from protocol import pod
-from protocol.messages import DiscardInstance, OAuthClient, StartInstance
+from protocol.messages import DiscardInstance, OAuthClient, RegistryAccess, StartInstance
+from protocol.registry import PULL, repository_access
 from protocol.states import InstanceState
 from protocol.tokens import tunnel_claims
 
@@ -34,13 +36,15 @@ S = InstanceState
 
 class Scheduler:
     def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
-                 messenger: Messenger, registrar: ClientRegistrar) -> None:
+                 messenger: Messenger, registrar: ClientRegistrar,
+                 registry: RegistryTokens) -> None:
         self.config = config
         self.instances = instances
         self.nodes = nodes
         self.keys = keys
         self.messenger = messenger
         self.registrar = registrar
+        self.registry = registry
 
     def candidates(self, instance: Instance) -> list[Node]:
         now = time.time()
@@ -99,7 +103,19 @@ class Scheduler:
                 authorize_url=f"{self.config.portal_url}/oauth/authorize",
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
+            registry=self.pull_access(item),
         )
+
+    def pull_access(self, item: Instance) -> RegistryAccess | None:
+        """A token for the node to pull the instance's image, when it is on the image server
+        (the launch itself checked that the user may use the image)."""
+        repository = self.registry.repository_of(item.image)
+        if repository is None:
+            return None
+        token = self.registry.token(f"node:{item.placed_on}",
+                                    [repository_access(repository, PULL)],
+                                    lifetime=JOB_TOKEN_LIFETIME)
+        return RegistryAccess(registry=self.config.registry, token=token)
 
     def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).

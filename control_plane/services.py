@@ -16,6 +16,7 @@ from control_plane.aws import Clients
 from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.events import Events
+from control_plane.images import SavedImages
 from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.keys import KeyStore
@@ -53,6 +54,7 @@ class Services:
     oauth: OAuthServer
     logins: LoginProviders
     registry: RegistryTokens
+    images: SavedImages
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -88,20 +90,22 @@ class Services:
                             issuer=config.portal_url, can_access=access.can_access)
         registrar = registrar or oauth
         scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
-                              messenger=messenger, registrar=registrar)
+                              messenger=messenger, registrar=registrar, registry=registry)
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
-                              accounts_exist=accounts.exists)
-        events = Events(instances, nodes, catalog, messenger)
+                              accounts_exist=accounts.exists, registry=registry)
+        events = Events(instances, nodes, catalog, messenger, registry)
         reaper = Reaper(instances, nodes, scheduler, messenger,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
                                 accounts, config.portal_url)
+        images = SavedImages(config=config, catalog=catalog, shares=shares, registry=registry,
+                             accounts_exist=accounts.exists)
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
-                   logins, registry)
+                   logins, registry, images)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""

@@ -224,7 +224,9 @@ class LocalStack:
             env.update({
                 "DIT4C_REGISTRY": self._state.registry,
                 "DIT4C_REGISTRY_URL": f"http://{self._state.registry}",
-                "DIT4C_POD_REGISTRY_URL": f"http://host.docker.internal:{port}",
+                # The gateway's address rather than host.docker.internal: pods of another
+                # engine on this machine (a second node) reach it too.
+                "DIT4C_POD_REGISTRY_URL": f"http://{self._state.gateway}:{port}",
             })
             if self._state.exporter:
                 env["DIT4C_EXPORT_URL"] = self._config.export_url

@@ -196,4 +196,37 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", "cp_provision"]
+__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", "cp_provision",
+           "with_registry"]
+
+
+@pytest.fixture
+def cp_registry_port() -> int:
+    from tests.ports import free_port
+
+    return free_port()
+
+
+def with_registry(env: dict[str, str], port: int) -> dict[str, str]:
+    """``env`` with an image server on loopback port ``port`` (start it with
+    ``cp_image_server``). A module overrides ``cp_env`` with it::
+
+        @pytest.fixture
+        def cp_env(cp_env, cp_registry_port):
+            return with_registry(cp_env, cp_registry_port)
+    """
+    return {**env, "DIT4C_REGISTRY": f"127.0.0.1:{port}",
+            "DIT4C_REGISTRY_URL": f"http://127.0.0.1:{port}",
+            "DIT4C_EXPORT_URL": "http://export.test:5002"}
+
+
+@pytest.fixture
+def cp_image_server(cp_services: Services, cp_registry_port: int, tmp_path: Any
+                    ) -> Iterator[Any]:
+    """Debian's docker-registry trusting this control plane's tokens, at ``DIT4C_REGISTRY``."""
+    from tests.support.registry import RegistryServer
+
+    server = RegistryServer(tmp_path / "registry", cp_services.keys,
+                            issuer=cp_services.config.portal_url, port=cp_registry_port).start()
+    yield server
+    server.stop()

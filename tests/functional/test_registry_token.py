@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from control_plane import services
-from control_plane.bootstrap import ensure_local_defaults
 from control_plane.bodies import NewImage
+from control_plane.bootstrap import ensure_local_defaults
 from control_plane.registry import user_repository
 from control_plane.services import Services
 from protocol.tokens import SigningKey, node_claims

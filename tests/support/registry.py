@@ -123,9 +123,13 @@ class RegistryServer:
         return self.keys.sign_with_chain(claims)
 
     def status(self, path: str, token: str | None = None, method: str = "GET") -> int | None:
+        # Distribution answers 404 for an OCI manifest to a client that does not accept one.
+        headers = {"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                             "application/vnd.docker.distribution.manifest.v2+json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(  # noqa: S310 - our own loopback URL
-            self.url + path, method=method,
-            headers={"Authorization": f"Bearer {token}"} if token else {})
+            self.url + path, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
                 return int(response.status)
