@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,8 +57,12 @@ def image_of(token: str) -> tuple[str, str, str]:
         raise LinkError(400, "This export link names no image.") from None
     if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
         raise LinkError(400, "This export link names no image.")
-    return str(repository), digest, "".join(c if c.isalnum() or c in "-_." else "-"
-                                            for c in str(name))[:100]
+    return str(repository), digest, str(name)[:100]
+
+
+def slug(name: str) -> str:
+    """A name Docker takes as one lower-case repository path component."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "image"
 
 
 class Export:
@@ -115,7 +120,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     except (aiohttp.ClientError, OSError) as exc:
         log.warning("export of %s@%s: image server unreachable: %s", repository, digest, exc)
         return web.Response(status=502, text="The image server cannot be reached.\n")
-    manifest_json = tar.load_manifest(manifest, f"dit4c/{name}:saved")
+    manifest_json = tar.load_manifest(manifest, f"dit4c/{slug(name)}:saved")
     layers = [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]]
     members = [tar.Member("manifest.json", len(manifest_json)),
                tar.Member(tar.config_name(config_digest), len(config)),
@@ -123,7 +128,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "application/x-tar",
         "Content-Length": str(tar.archive_size(members)),
-        "Content-Disposition": f'attachment; filename="{name}.tar"',
+        "Content-Disposition": f'attachment; filename="{slug(name)}.tar"',
         "Cache-Control": "no-store"})
     await response.prepare(request)
     for member, body in zip(members[:2], (manifest_json, config), strict=True):

@@ -508,8 +508,11 @@ class PodRunner:
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self, instance_id: str, grace: float) -> None:
-        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
+        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last. The upload
+        helper is not part of it: a save resumed after a restart stops the pod again while its
+        push goes on."""
         existing = self.containers(instance_id)
+        existing.pop(pod.ROLE_UPLOAD, None)
         netns = existing.pop(pod.ROLE_NETNS, None)
 
         def stop_one(container: PodContainer) -> None:

@@ -62,6 +62,8 @@ log = logging.getLogger("dit4c.local.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOIN_TIMEOUT = 60.0
+REGISTRY_IDLE_SECONDS = 10.0
+"""The image server's garbage collection waits until it has served nothing for this long."""
 POLL_INTERVAL = 0.25
 
 
@@ -342,10 +344,19 @@ class LocalStack:
         self._collector = collector
 
     def _image_work_under_way(self) -> bool:
-        """A save (push) or a launch (pull) that the collector must not race."""
+        """A save (push) or a launch (pull) that the collector must not race, or any request
+        lately (a ``docker pull`` by hand): the registries log every request."""
         instances = services.current().instances
-        return any(instances.in_transition(state)
-                   for state in (InstanceState.SAVING, InstanceState.STARTING))
+        if any(instances.in_transition(state)
+               for state in (InstanceState.SAVING, InstanceState.STARTING)):
+            return True
+        quiet_since = time.time() - REGISTRY_IDLE_SECONDS
+        for child in self._children:
+            if child.name.startswith("image-server"):
+                with contextlib.suppress(OSError):
+                    if child.log_path.stat().st_mtime > quiet_since:
+                        return True
+        return False
 
     def _registry_answers(self) -> bool:
         port = self._config.registry_port

@@ -39,7 +39,8 @@ def node(cp_services, cp_client) -> dict[str, Any]:
         "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
         "name": "node-1", "cpu": 4, "memory_mb": 4096})
     assert r.status_code == 201, r.body
-    return r.json
+    enrolled: dict[str, Any] = r.json
+    return enrolled
 
 
 def _event(cp_chalice, *messages):
@@ -205,7 +206,7 @@ def push_minimal():
         token = server.token([repository_access(repository, PUSH)])
         headers = {"Authorization": f"Bearer {token}"}
 
-        def request(method: str, url: str, body: bytes = b"", extra: dict | None = None):
+        def request(method: str, url: str, body: bytes = b"", extra: dict[str, str] | None = None):
             r = urllib.request.Request(  # noqa: S310 - the test registry
                 url if url.startswith("http") else server.url + url,
                                        data=body if method in ("PUT", "POST") else None,

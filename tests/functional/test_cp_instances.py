@@ -29,7 +29,7 @@ def cp_env(cp_env, cp_registry_port):
 
 def pushed(save) -> str:
     """What a node reports after pushing ``save``: its repository, by digest."""
-    return save.image.rsplit(":", 1)[0] + "@" + DIGEST
+    return str(save.image.rsplit(":", 1)[0]) + "@" + DIGEST
 
 
 @pytest.fixture

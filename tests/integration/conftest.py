@@ -57,6 +57,15 @@ def helpers_image(image_builder: ImageBuilder) -> str:
     return images.HELPERS
 
 
+@pytest.fixture(scope="session")
+def helpers_image_id(image_builder: ImageBuilder, docker_client: docker.DockerClient) -> str:
+    """The id of this checkout's helpers image, taken right after it was made sure of: on an
+    engine shared with other checkouts the ``dit4c/helpers:dev`` tag may move to theirs while
+    this session runs, an id never does. For stacks and nodes that run new helpers."""
+    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
+    return str(docker_client.images.get(images.HELPERS).id)
+
+
 @pytest.fixture
 def docker_network(
     docker_client: docker.DockerClient,
@@ -136,12 +145,13 @@ def image_server(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="session")
 def second_engine(docker_client: docker.DockerClient, test_run_id: str, run_labels: dict[str, str],
-                  tool_image: str, helpers_image: str) -> Iterator[SecondEngine]:
+                  tool_image: str, helpers_image_id: str) -> Iterator[SecondEngine]:
     """A second node's engine (see tests/support/engines.py), started once per session."""
     name = "e" + "".join(c for c in test_run_id.lower() if c.isalnum() and c.isascii())[:9]
     engine = SecondEngine(name, labels=run_labels).start()
     try:
-        engine.load_from(docker_client, [tool_image, helpers_image])
+        engine.load_from(docker_client, [tool_image])
+        engine.load_from(docker_client, [helpers_image_id], tag=images.HELPERS)
         yield engine
     finally:
         engine.stop()
