@@ -233,8 +233,11 @@ async function renderImages() {
 // A link someone shared: /#/images/accept/<token> adds the image to this user's images.
 async function acceptImageLink(token) {
   const image = await api("POST", "/api/images/links", { token });
+  // Not through location.hash: that would route again, and routing clears the message.
+  history.replaceState(null, "", "#/images");
+  show("images");
+  await renderImages();
   flash(`${image.name} was shared with you: it is in your images now.`, "info");
-  location.hash = "#/images";
 }
 
 async function renderAdmin() {
