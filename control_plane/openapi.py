@@ -24,6 +24,7 @@ class Operation(NamedTuple):
     status: int
     reply: type | Literal["html", "file"] | None
     errors: tuple[int, ...] = ()
+    error: type = replies.Error
 
 
 _AUTH = (401, 403)
@@ -36,10 +37,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/openapi.json"): Operation("This document", 200, None),
     ("GET", "/oauth/authorize"): Operation("OAuth2 authorization endpoint for instances' auth "
                                            "helpers (RFC 6749 4.1; redirects)", 302, None,
-                                           (400, 403)),
+                                           (400, 403), replies.OAuthError),
     ("POST", "/oauth/token"): Operation("OAuth2 token endpoint (form body, client "
                                         "authentication; RFC 6749 errors)", 200, None,
-                                        (400, 401)),
+                                        (400, 401), replies.OAuthError),
     ("GET", "/registry/token"): Operation(
         "Image server token (Docker's token protocol; HTTP Basic for users, a node's own "
         "token as Bearer): only the scopes the caller may have", 200, replies.RegistryToken,
@@ -151,11 +152,11 @@ def spec(app: Any, bodies: Mapping[tuple[str, str], type] | None = None,
     operations = {**OPERATIONS, **(extra or {})}
     bodies = bodies or {}
     components: dict[str, Any] = {}
-    error = json_schema(replies.Error, components)
     paths: dict[str, Any] = {}
     for path, methods in sorted(app.routes.items()):
         for method in sorted(methods):
-            summary, status, reply, errors = operations[(method, path)]
+            summary, status, reply, errors, error_type = operations[(method, path)]
+            error = json_schema(error_type, components)
             op: dict[str, Any] = {"summary": summary,
                                   "operationId": f"{method.lower()}_{_slug(path)}"}
             params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]

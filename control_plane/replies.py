@@ -31,6 +31,14 @@ class Error:
 
 
 @json_object
+class OAuthError:
+    """The OAuth2 endpoints' errors (RFC 6749 5.2)."""
+
+    error: str
+    error_description: str
+
+
+@json_object
 class Session:
     """The logged-in user and the CSRF token their state-changing requests must send."""
 

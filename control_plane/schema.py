@@ -1,4 +1,4 @@
-"""JSON bodies typed once: a dataclass parses its body and describes it (OpenAPI 3.0 schema).
+"""JSON bodies (requests and answers) typed once: a dataclass parses a body and describes it.
 
 A body type is a frozen, keyword-only dataclass made by :func:`json_object`. Each field's Python
 type is its JSON type (``str``, ``int``, ``float``, ``bool``, ``list[T]``, ``dict[str, T]``, a

@@ -18,7 +18,7 @@ Item = dict[str, Any]
 @functools.cache
 def _codecs() -> tuple[Any, Any]:
     # boto3 costs ~150 ms to import: pay it at the first item, not at the app's import.
-    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer  # noqa: PLC0415
 
     return TypeSerializer(), TypeDeserializer()
 

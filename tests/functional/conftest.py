@@ -22,6 +22,7 @@ from chalice.test import Client
 from moto import mock_aws
 
 from control_plane import services
+from control_plane.app import app
 from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
@@ -162,8 +163,6 @@ class CPClient:
 
 @pytest.fixture
 def cp_chalice(cp_services: Services) -> Iterator[Client]:
-    from control_plane.app import app
-
     with Client(app) as client:
         yield client
 

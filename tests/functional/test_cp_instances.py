@@ -8,6 +8,7 @@ import boto3
 import jwt
 import pytest
 
+from control_plane.app import on_event
 from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
 from protocol import pod
@@ -65,8 +66,6 @@ def _messages(queue_url):
 
 
 def _event(cp_chalice, *messages):
-    from control_plane.app import on_event
-
     event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
     result = cp_chalice.lambda_.invoke("on_event", event).payload
     assert on_event is not None

@@ -1,4 +1,5 @@
-"""Schemathesis against ``/api/openapi.json``: no generated input may produce a 5xx.
+"""Schemathesis against ``/api/openapi.json``: no generated input may produce a 5xx, and every
+answer has the schema the document gives it (generated from ``control_plane.replies``).
 
 One moto mock and one real HTTP server (Chalice's local server on 127.0.0.1, port 0) serve every
 generated case; the cases carry an admin session and its CSRF token, so they reach the handlers
@@ -17,6 +18,7 @@ import schemathesis
 from chalice.config import Config as ChaliceConfig
 from chalice.local import LocalDevServer
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import response_schema_conformance
 
 from control_plane.app import REQUEST_BODIES, app
 from control_plane.bodies import NewImage
@@ -63,6 +65,7 @@ def test_no_input_makes_a_server_error(case: Any,
     headers = {"Cookie": cp_live["cookie"], "X-CSRF-Token": cp_live["csrf"]}
     response = case.call(base_url=cp_live["base"], headers=headers, timeout=10)
     assert response.status_code < 500, (case.method, case.path, response.text)
+    case.validate_response(response, checks=[response_schema_conformance])
     if response.status_code >= 400 and not case.path.startswith("/oauth/"):  # RFC 6749 shape
         error = response.json()["error"]
         assert isinstance(error["code"], str) and isinstance(error["message"], str)
