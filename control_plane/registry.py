@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
+
 from control_plane.accounts import Accounts, User
 from control_plane.bodies import Login
 from control_plane.config import Config
@@ -165,8 +167,6 @@ class RegistryTokens:
                 Login.parse({"username": username, "password": password}), address)
             return Caller(user.username, user=user)
         if scheme.lower() == "bearer":
-            import jwt
-
             try:
                 node_id = jwt.decode(value.strip(), options={"verify_signature": False}).get(
                     "iss")

@@ -29,6 +29,8 @@ from control_plane.services import Services
 from infra.local.aws import AwsEndpoint
 from infra.local.provision import Provisioner
 from infra.local.template import Template
+from tests.ports import free_port
+from tests.support.registry import RegistryServer
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -201,8 +203,6 @@ __all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", 
 
 @pytest.fixture
 def cp_registry_port() -> int:
-    from tests.ports import free_port
-
     return free_port()
 
 
@@ -223,8 +223,6 @@ def with_registry(env: dict[str, str], port: int) -> dict[str, str]:
 def cp_image_server(cp_services: Services, cp_registry_port: int, tmp_path: Any
                     ) -> Iterator[Any]:
     """Debian's docker-registry trusting this control plane's tokens, at ``DIT4C_REGISTRY``."""
-    from tests.support.registry import RegistryServer
-
     server = RegistryServer(tmp_path / "registry", cp_services.keys,
                             issuer=cp_services.config.portal_url, port=cp_registry_port).start()
     yield server

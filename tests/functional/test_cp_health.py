@@ -6,6 +6,7 @@ from control_plane import __version__, services
 from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
+from tests.ports import free_port
 
 from .conftest import cp_boto_session
 
@@ -30,8 +31,6 @@ def test_health_names_the_failing_dependency(cp_env, cp_client):
 
 
 def test_health_names_an_image_server_that_does_not_answer(cp_env, cp_client):
-    from tests.ports import free_port
-
     port = free_port()  # nothing listens there
     config = Config.from_env({**cp_env, "DIT4C_REGISTRY": f"127.0.0.1:{port}",
                               "DIT4C_REGISTRY_URL": f"http://127.0.0.1:{port}"})
