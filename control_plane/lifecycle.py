@@ -129,7 +129,8 @@ class Lifecycle:
         target = self.registry.reference(repository, tag=SAVED_TAG)
         access = [repository_access(repository, PUSH)]
         source = self.registry.repository_of(item.image)
-        if source is not None and source != repository:
+        if source is not None and source != repository and \
+                self.registry.may_pull(item.owner, source):  # a share revoked since: no mount
             access.append(repository_access(source, PULL))
         token = self.registry.token(f"node:{item.placed_on}", access,
                                     lifetime=JOB_TOKEN_LIFETIME)

@@ -211,6 +211,11 @@ class RegistryTokens:
                 granted.append(Access("repository", name, wanted))
         return granted
 
+    def may_pull(self, username: str, repository: str) -> bool:
+        """Whether ``username`` (as a plain user) may pull ``repository`` now."""
+        caller = Caller(username, user=User(username, False))
+        return bool(self.allowed(caller, [Access("repository", repository, PULL)]))
+
     # --- the control plane's own requests ----------------------------------------------
 
     def check(self) -> None:

@@ -237,3 +237,28 @@ def push_minimal():
         return str(answer["Docker-Content-Digest"])
 
     return push
+
+
+def test_a_save_mounts_its_source_only_while_the_owner_may_pull_it(cp_user, node, cp_chalice):
+    alice, bob = cp_user("alice"), cp_user("bob")
+    image_id, save = saved_image(alice, node, cp_chalice)
+    source = parse_reference(save.image).repository
+    alice.post(f"/api/images/{image_id}/share", {"username": "bob"})
+
+    def launched() -> str:
+        iid: str = bob.post("/api/instances", {"image_id": image_id}).json["id"]
+        nid = node["node_id"]
+        _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="running"),
+               InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
+        return iid
+
+    def saved_with(iid: str) -> list[str]:
+        assert bob.post(f"/api/instances/{iid}/save").status_code == 202
+        token = _save_message(node["queue_url"]).registry.token
+        return [a["name"] for a in jwt.decode(token, options={"verify_signature": False})[
+            "access"]]
+
+    first, second = launched(), launched()
+    assert source in saved_with(first)
+    alice.post(f"/api/images/{image_id}/share", {"username": "bob", "revoke": True})
+    assert source not in saved_with(second)  # saved all the same, every layer uploaded
