@@ -58,7 +58,7 @@ def test_tool_image_serves_its_page_over_a_docker_network(
 
 
 def test_helpers_image_runs_repo_code_on_debian_python(
-    helpers_image: str, run_container: Callable[..., Container]
+    helpers_image_id: str, run_container: Callable[..., Container]
 ):
     probe = (
         "import json, os, aiohttp, jwt, cryptography, yaml, protocol, protocol.tokens, helpers,"
@@ -66,7 +66,8 @@ def test_helpers_image_runs_repo_code_on_debian_python(
         "print(json.dumps({'aiohttp': aiohttp.__version__, 'uid': os.getuid(),"
         " 'protocol': protocol.__file__, 'cwd': os.getcwd()}))"
     )
-    container = run_container(helpers_image, command=["python3", "-c", probe])
+    # By id: on an engine shared with other checkouts the tag may point at theirs by now.
+    container = run_container(helpers_image_id, command=["python3", "-c", probe])
     status = container.wait(timeout=60)
     output = container.logs().decode()
 
