@@ -72,13 +72,13 @@ class Node:
     """An agent on one engine, its events kept."""
 
     def __init__(self, client: docker.DockerClient, network: str, labels: dict[str, str],
-                 data: Path, compression: str = "gzip") -> None:
+                 data: Path, helpers: str, *, compression: str = "gzip") -> None:
         ensure_pods_network(client, network, labels)
         self.client = client
         self.events: list[InstanceStateEvent] = []
         node_id = f"bench{uuid.uuid4().hex[:8]}"
         self.pods = PodRunner(client, PodSettings(node_id=node_id, network=network,
-                                                  helpers_image=images.HELPERS, labels=labels))
+                                                  helpers_image=helpers, labels=labels))
 
         async def send(message: Message) -> None:
             if isinstance(message, InstanceStateEvent):
@@ -193,6 +193,8 @@ def run(rounds: int, megabytes: int) -> dict[str, list[float]]:  # noqa: PLR0915
     run_id = uuid.uuid4().hex[:10]
     labels = {"dit4c.bench": run_id}
     ImageBuilder(client).ensure([images.TEST_TOOL, images.HELPER_BASE, images.HELPERS])
+    # By id: on an engine shared with other checkouts the tag may move to theirs meanwhile.
+    helpers = str(client.images.get(images.HELPERS).id)
     results: dict[str, list[float]] = {name: [] for name in (
         "save by hand", "save gzip", "save none", "pull by hand", "launch by hand",
         "launch", "export ttfb", "export total", "docker save ttfb", "docker save total")}
@@ -200,12 +202,12 @@ def run(rounds: int, megabytes: int) -> dict[str, list[float]]:  # noqa: PLR0915
     exporter: subprocess.Popen[bytes] | None = None
     servers: list[RegistryServer] = []
     try:
-        engine.load_from(client, [images.HELPERS])
+        engine.load_from(client, [helpers], tag=images.HELPERS)
         with key_store() as keys, tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            nodes = {mode: Node(client, f"dit4c-bench-{run_id}", labels, root / mode, mode)
-                     for mode in ("gzip", "none")}
-            node_b = Node(engine.client, f"dit4c-bench-{run_id}", labels, root / "b")
+            nodes = {mode: Node(client, f"dit4c-bench-{run_id}", labels, root / mode, helpers,
+                                compression=mode) for mode in ("gzip", "none")}
+            node_b = Node(engine.client, f"dit4c-bench-{run_id}", labels, root / "b", helpers)
             server = RegistryServer(root / "registry", keys).start()
             servers.append(server)
             servers.append(server.beside(nodes["gzip"].pods.pods_gateway()).start())
