@@ -200,10 +200,12 @@ class PodRunner:
         self._client = client
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
+        self._pulls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pull")
         self._modules: dict[str, dict[str, bool]] = {}
         """Per helpers image id: helper module -> the image has it (images do not change)."""
 
     def close(self) -> None:
+        self._pulls.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     @property
@@ -344,17 +346,22 @@ class PodRunner:
         for future in self._bring_up(start):
             future.result()
 
-    def _bring_up(self, start: StartInstance) -> list[Future[None]]:
+    def _bring_up(self, start: StartInstance, pulled: Future[None] | None = None
+                  ) -> list[Future[None]]:
         """Start the namespace holder; return futures that start the rest.
 
         The joined containers are created while the holder starts, and started in parallel
         (a launch is mostly engine round trips; overlapping them is most of its speed).
+        ``pulled``: the pull of the tool's image, still under way: the holder and the helpers
+        come up meanwhile, the tool once it is done.
         """
         existing = self.containers(start.instance_id)
         netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
         joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
 
         def make(role: str) -> PodContainer:
+            if role == pod.ROLE_TOOL and pulled is not None:
+                pulled.result()  # another pool: never waits on a task queued behind it
             return existing.get(role) or self._create(start, role, netns)
 
         made = {role: self._pool.submit(make, role) for role in joined}
@@ -496,10 +503,19 @@ class PodRunner:
 
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
+        """Pull the tool's image while the holder and the helpers start (a derived launch of
+        a saved image is mostly its pull); ``timeout`` counts from the pull's end."""
         self.check_helpers(start)
-        self.ensure_image(start.image, start.registry, progress)
-        starting = self._bring_up(start)
+        pulled = self._pulls.submit(self.ensure_image, start.image, start.registry, progress)
+        starting = self._bring_up(start, pulled)
         try:
+            try:
+                pulled.result()  # a failed pull says so, before any readiness wait
+            except LaunchError:
+                for future in starting:
+                    future.exception()
+                self.remove(start.instance_id)  # as if never begun: no image, no pod
+                raise
             self.wait_ready(start, timeout, starting)
         finally:
             for future in starting:  # never leave a start running behind a failure
