@@ -58,7 +58,7 @@ from protocol.messages import (
 )
 from protocol.registry import EXPORT_CLAIM, PULL, PUSH, parse_reference, repository_access
 from scripts import images
-from scripts.build_images import ImageBuilder
+from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
@@ -192,9 +192,10 @@ def run(rounds: int, megabytes: int) -> dict[str, list[float]]:  # noqa: PLR0915
     client = docker.from_env(timeout=600)
     run_id = uuid.uuid4().hex[:10]
     labels = {"dit4c.bench": run_id}
-    ImageBuilder(client).ensure([images.TEST_TOOL, images.HELPER_BASE, images.HELPERS])
-    # By id: on an engine shared with other checkouts the tag may move to theirs meanwhile.
-    helpers = str(client.images.get(images.HELPERS).id)
+    builder = ImageBuilder(client)
+    builder.ensure([images.TEST_TOOL, images.HELPER_BASE, images.HELPERS])
+    # The recipe's own tag: on an engine shared with other checkouts the dev tag may move.
+    helpers = pinned(images.HELPERS, builder.helpers().recipe)
     results: dict[str, list[float]] = {name: [] for name in (
         "save by hand", "save gzip", "save none", "pull by hand", "launch by hand",
         "launch", "export ttfb", "export total", "docker save ttfb", "docker save total")}
@@ -202,7 +203,7 @@ def run(rounds: int, megabytes: int) -> dict[str, list[float]]:  # noqa: PLR0915
     exporter: subprocess.Popen[bytes] | None = None
     servers: list[RegistryServer] = []
     try:
-        engine.load_from(client, [helpers], tag=images.HELPERS)
+        engine.load_from(client, [helpers])
         with key_store() as keys, tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             nodes = {mode: Node(client, f"dit4c-bench-{run_id}", labels, root / mode, helpers,

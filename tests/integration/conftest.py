@@ -1,7 +1,8 @@
 """Fixtures for the integration tier: the local images, and throwaway networks and containers.
 
-- ``tool_image`` / ``helpers_image`` (session): the image names, made sure to exist with the
-  current recipe (``scripts.build_images``; reused in milliseconds after ``make images``).
+- ``tool_image`` / ``helpers_image`` / ``jupyterlab_image`` (session): the image names, made
+  sure to exist with the current recipe (``scripts.build_images``; reused in milliseconds after
+  ``make images``).
 - ``docker_network``: a fresh bridge network for this test, labelled, removed afterwards. The
   host reaches containers on it by their IP address on that network (``container_ip``): no
   published host ports, so parallel runs never fight over a port.
@@ -15,7 +16,9 @@
   ``token(access)`` signs tokens as the portal does).
 - ``second_engine`` (session): a second ``dockerd`` (``tests.support.engines.SecondEngine``:
   own data root, exec root, socket, pidfile and bridge) with the tool and helpers images
-  loaded from the first engine; stopped, with everything on it, at the end of the session.
+  loaded from the first engine (the helpers under their pinned tag, and as
+  ``dit4c/helpers:dev``: nobody else moves tags on this engine); stopped, with everything on
+  it, at the end of the session.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from docker.models.networks import Network
 
 from control_plane.keys import KeyStore
 from scripts import images
-from scripts.build_images import ImageBuilder
+from scripts.build_images import ImageBuilder, pinned
 from tests.support.engines import SecondEngine
 from tests.support.node import node_env
 from tests.support.registry import RegistryServer, key_store
@@ -53,17 +56,16 @@ def tool_image(image_builder: ImageBuilder) -> str:
 
 @pytest.fixture(scope="session")
 def helpers_image(image_builder: ImageBuilder) -> str:
-    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
-    return images.HELPERS
+    """This checkout's helpers image by its recipe tag (``dit4c/helpers:r-<recipe>``): on a
+    shared engine another checkout may move ``dit4c/helpers:dev`` to its own code mid-run."""
+    image_builder.ensure([images.HELPER_BASE])
+    return pinned(images.HELPERS, image_builder.helpers().recipe)
 
 
 @pytest.fixture(scope="session")
-def helpers_image_id(image_builder: ImageBuilder, docker_client: docker.DockerClient) -> str:
-    """The id of this checkout's helpers image, taken right after it was made sure of: on an
-    engine shared with other checkouts the ``dit4c/helpers:dev`` tag may move to theirs while
-    this session runs, an id never does. For stacks and nodes that run new helpers."""
-    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
-    return str(docker_client.images.get(images.HELPERS).id)
+def jupyterlab_image(image_builder: ImageBuilder) -> str:
+    image_builder.ensure([images.HELPER_BASE, images.JUPYTERLAB])
+    return images.JUPYTERLAB
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str]
                   unique_name: Callable[[str], str], helpers_image: str) -> dict[str, str]:
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
-                    helpers_image=helpers_image)
+                    helpers_image=helpers_image, DIT4C_NODE_HELPERS_IMAGE=helpers_image)
 
 
 @pytest.fixture(scope="session")
@@ -145,13 +147,13 @@ def image_server(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="session")
 def second_engine(docker_client: docker.DockerClient, test_run_id: str, run_labels: dict[str, str],
-                  tool_image: str, helpers_image_id: str) -> Iterator[SecondEngine]:
+                  tool_image: str, helpers_image: str) -> Iterator[SecondEngine]:
     """A second node's engine (see tests/support/engines.py), started once per session."""
     name = "e" + "".join(c for c in test_run_id.lower() if c.isalnum() and c.isascii())[:9]
     engine = SecondEngine(name, labels=run_labels).start()
     try:
-        engine.load_from(docker_client, [tool_image])
-        engine.load_from(docker_client, [helpers_image_id], tag=images.HELPERS)
+        engine.load_from(docker_client, [tool_image, helpers_image])
+        engine.client.images.get(helpers_image).tag(images.HELPERS)
         yield engine
     finally:
         engine.stop()

@@ -49,7 +49,7 @@ WAIT = 120.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, unique_name: Callable[[str], str],
-          run_labels: dict[str, str], tool_image: str, helpers_image_id: str
+          run_labels: dict[str, str], tool_image: str, helpers_image: str
           ) -> Iterator[dict[str, Any]]:
     if registry.binary() is None:
         pytest.skip("docker-registry is not installed (make deps installs it)")
@@ -66,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, unique_name: Callable[[str],
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
         "DIT4C_NODE_RECONCILE_SECONDS": "3",
         "DIT4C_REGISTRY_GC_SECONDS": "5",
-        "DIT4C_NODE_HELPERS_IMAGE": helpers_image_id,
+        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
     })
     process = StackProcess(env)
     try:

@@ -78,19 +78,19 @@ def make_node(client: docker.DockerClient, network: str, helpers_image: str,
 
 @pytest.fixture(scope="module")
 def node_a(docker_client: docker.DockerClient, unique_name: Callable[[str], str],
-           helpers_image_id: str, run_labels: dict[str, str],
+           helpers_image: str, run_labels: dict[str, str],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = make_node(docker_client, unique_name("pods-a"), helpers_image_id, run_labels,
+    node = make_node(docker_client, unique_name("pods-a"), helpers_image, run_labels,
                      tmp_path_factory.mktemp("node-a"))
     yield node
     node.agent.pods.close()
 
 
 @pytest.fixture(scope="module")
-def node_b(second_engine: SecondEngine, unique_name: Callable[[str], str], helpers_image_id: str,
+def node_b(second_engine: SecondEngine, unique_name: Callable[[str], str], helpers_image: str,
            run_labels: dict[str, str], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Node]:
-    node = make_node(second_engine.client, unique_name("pods-b"), helpers_image_id, run_labels,
+    node = make_node(second_engine.client, unique_name("pods-b"), helpers_image, run_labels,
                      tmp_path_factory.mktemp("node-b"))
     yield node
     node.agent.pods.close()

@@ -40,11 +40,11 @@ def pods_registry(image_server: RegistryServer, network: tuple[str, str]
 
 
 @pytest.fixture(scope="module")
-def uploader(docker_client: docker.DockerClient, network: tuple[str, str], helpers_image_id: str,
+def uploader(docker_client: docker.DockerClient, network: tuple[str, str], helpers_image: str,
              run_labels: dict[str, str]) -> Iterator[Uploader]:
     runner = PodRunner(docker_client, PodSettings(node_id=f"test{uuid.uuid4().hex[:8]}",
                                                   network=network[0],
-                                                  helpers_image=helpers_image_id,
+                                                  helpers_image=helpers_image,
                                                   labels=run_labels))
     yield Uploader(runner)
     runner.close()
