@@ -220,20 +220,17 @@ class SecondEngine:
         """Environment for a process (a node daemon) that should drive this engine."""
         return {"DOCKER_HOST": self.host}
 
-    def load_from(self, source: docker.DockerClient, images: Iterable[str],
-                  tag: str | None = None) -> None:
+    def load_from(self, source: docker.DockerClient, images: Iterable[str]) -> None:
         """``docker save`` on ``source`` piped into ``docker load`` here, images absent here
-        only. ``tag``: the name to give the (one) image here, e.g. when it is named by id."""
+        only (an image of the same name but another id counts as absent)."""
         for image in images:
             wanted = source.images.get(image)
             with contextlib.suppress(docker.errors.ImageNotFound):
-                if self.client.images.get(tag or image).id == wanted.id:
+                if self.client.images.get(image).id == wanted.id:
                     continue
             for event in self.client.api.load_image(source.api.get_image(image)):
                 if "error" in event:
                     raise EngineError(f"loading {image} failed: {event['error']}")
-            if tag is not None:
-                self.client.images.get(wanted.id).tag(tag)
 
     def pull(self, reference: str, token: str | None = None) -> str:
         """Pull ``reference`` (``host:port/repo:tag`` or ``...@sha256:...``) with a registry
