@@ -70,8 +70,9 @@ def test_loaded_images_run_and_reach_the_host(second_engine: SecondEngine, b_net
     thread.start()
     try:
         out = second_engine.client.containers.run(
-            # busybox nc: its static wget crashes
-            tool_image, ["sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | "
+            # busybox nc (its static wget crashes), its stdin kept open until the answer is in:
+            # at the end of its input it may leave before reading all of it
+            tool_image, ["sh", "-c", "(printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 2) | "
                          f"nc -w 5 {gateway} {server.server_port}"],
             network=b_network, labels=run_labels, remove=True)
     finally:
