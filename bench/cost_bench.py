@@ -49,8 +49,8 @@ from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalGateway
 from infra.local.provision import Provisioner
 from infra.local.template import Template
-from protocol.messages import InstanceStateEvent, NodeHeartbeat
-from protocol.tokens import SigningKey, node_claims
+from protocol.messages import SIGNATURE_ATTRIBUTE, InstanceStateEvent, NodeHeartbeat
+from protocol.tokens import SigningKey, event_claims, node_claims
 
 PRICES: Final = {  # USD per unit, us-east-1 list prices
     "sqs": 0.40e-6,  # per request (standard queue)
@@ -173,7 +173,11 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
         image_id = json.loads(api("GET", "/api/images", headers=browser)["body"])["images"][0]["id"]
 
         def report(message: Any) -> None:
-            sqs.send_message(QueueUrl=config.events_queue_url, MessageBody=message.encode())
+            body = message.encode()  # signed, as the node sends it
+            signature = key.sign(event_claims(node_id=node_id, body=body))
+            sqs.send_message(QueueUrl=config.events_queue_url, MessageBody=body,
+                             MessageAttributes={SIGNATURE_ATTRIBUTE: {
+                                 "DataType": "String", "StringValue": signature}})
             assert pump.run_once(0) == 1
 
         rows: list[tuple[str, str, float]] = []

@@ -94,7 +94,8 @@ async def run(launches: int, image: str, port: int) -> tuple[list[float], list[f
                     join_token=portal.new_join_token(), key=key, name="bench", cpu=64,
                     memory_mb=1 << 20)
                 queues = NodeQueues(CredentialBroker(
-                    lambda: portal_client.credentials(enrolment.node_id, key)))
+                    lambda: portal_client.credentials(enrolment.node_id, key)),
+                    key=key, node_id=enrolment.node_id)
                 pod_runner = PodRunner(client, PodSettings(
                     node_id=enrolment.node_id, network=network, helpers_image=images.HELPERS,
                     labels=labels))

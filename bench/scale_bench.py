@@ -78,7 +78,8 @@ async def fake_node(portal: str, token: str, name: str, pod_seconds: float) -> d
         enrolment = await client.enroll(join_token=token, key=key, name=name, cpu=NODE_CPU,
                                         memory_mb=NODE_MEMORY_MB)
         node_id = enrolment.node_id
-        queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+        queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)),
+                            key=key, node_id=node_id)
         used = {"cpu": 0.0, "memory_mb": 0.0}
         running: list[str] = []
 

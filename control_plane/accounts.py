@@ -8,6 +8,13 @@ Throttling: every failed login counts against the account and against the client
 windows of ``WINDOW_SECONDS``; past the configured number of failures, further attempts are
 refused with 429 and a ``Retry-After`` that doubles with every further failure (capped).
 A successful login clears the account's counter.
+
+Anyone can make those failures, so they must not lock the right password out: a successful
+login gives the browser a device token (a cookie, ``DEVICE_SECONDS``; only its SHA-256 is
+stored), and an attempt that presents a live device token of the account it names is counted
+against that device alone, never against the account or the address (OWASP's "device cookie").
+Guessing from elsewhere slows down the account for unknown browsers only; the owner's browser
+logs in as usual. A device token is no credential: it only changes which counter applies.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from control_plane.table import ConditionFailed, Item, Table
 USERNAME = re.compile(USERNAME_PATTERN)
 WINDOW_SECONDS = 900
 MAX_LOCK_SECONDS = 900
+DEVICE_SECONDS = 90 * 24 * 3600
+"""How long a browser that logged in stays known to the throttle."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,12 @@ class User:
     username: str
     admin: bool
     provider: str = "local"
+    display_name: str | None = None
+    """What the identity provider calls the user (e-mail, login); None for local accounts."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"username": self.username, "admin": self.admin, "provider": self.provider}
+        return {"username": self.username, "admin": self.admin, "provider": self.provider,
+                "display_name": self.display_name}
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,14 @@ class Session:
     user: User
     csrf_token: str
     expires_at: int
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A password login's outcome: the session, and the browser's device token to keep."""
+
+    session: Session
+    device: str
 
 
 def _digest(token: str) -> str:
@@ -98,34 +118,36 @@ class Accounts:
             expression += ", admin = :a"
             vals[":a"] = admin
         item = self.users.update({"username": check_username(username)}, expression, vals=vals)
-        return _user(item)
-
-    def ensure_external_user(self, username: str, provider: str) -> User:
-        """A user who logs in through an identity provider: created on first login."""
-        item = self.users.update(
-            {"username": check_username(username)},
-            "SET provider = if_not_exists(provider, :p), admin = if_not_exists(admin, :f), "
-            "created_at = if_not_exists(created_at, :t)",
-            vals={":p": provider, ":f": False, ":t": int(time.time())})
-        if item.get("provider") != provider:
-            raise Conflict(f"user {username!r} belongs to another login provider")
-        return _user(item)
+        return user_of(item)
 
     def exists(self, username: str) -> bool:
         return self.users.get({"username": username}, consistent=False) is not None
 
     # --- login ------------------------------------------------------------------------
 
-    def login(self, credentials: Login, address: str) -> Session:
-        return self.start_session(self.authenticate(credentials, address))
+    def login(self, credentials: Login, address: str, device: str | None = None) -> LoggedIn:
+        """Check a password. ``address``: the client's; ``device``: the browser's device token
+        (see the module docstring), if it sent one."""
+        name = credentials.username.lower()
+        known = self._device_key(device, name)
+        user = self.authenticate(credentials, address, known_device=known)
+        if known is None or device is None:
+            device = self._new_device(name)
+        return LoggedIn(self.start_session(user), device)
 
-    def authenticate(self, credentials: Login, address: str) -> User:
-        """The user whose password this is (throttled per account and per address, as a
-        login), or Unauthorized; starts no session (the registry's token service uses it)."""
-        username, password = credentials.username, credentials.password
-        keys = [f"throttle:user:{username.lower()}", f"throttle:addr:{address}"]
-        self._check_throttle(keys)
-        name = username.lower()
+    def authenticate(self, credentials: Login, address: str, *,
+                     known_device: str | None = None) -> User:
+        """The user whose password this is (throttled as a login: per account and address,
+        or per known device), or Unauthorized; starts no session (the image server's token
+        service asks this for ``docker login``'s Basic credentials)."""
+        name, password = credentials.username.lower(), credentials.password
+        known = known_device
+        if known is not None:
+            limits = {f"throttle:device:{known}": self.failures_per_account}
+        else:
+            limits = {f"throttle:user:{name}": self.failures_per_account,
+                      f"throttle:addr:{address}": self.failures_per_address}
+        self._check_throttle(list(limits))
         item = self.users.get({"username": name}) if USERNAME.match(name) else None
         if item is None or "password_hash" not in item:
             dummy_check(password)
@@ -133,11 +155,27 @@ class Accounts:
         elif not check_password(password, item["password_hash"]):
             item = None
         if item is None:
-            self._record_failure(keys[0], self.failures_per_account)
-            self._record_failure(keys[1], self.failures_per_address)
+            for key, limit in limits.items():
+                self._record_failure(key, limit)
             raise Unauthorized("wrong username or password")
-        self.tokens.delete({"token_key": keys[0]})
-        return _user(item)
+        self.tokens.delete({"token_key": next(iter(limits))})
+        return user_of(item)
+
+    def _device_key(self, token: str | None, username: str) -> str | None:
+        """The stored key of a live device token of ``username``, or None."""
+        if not token or len(token) > 128:
+            return None
+        key = _digest(token)
+        item = self.tokens.get({"token_key": "device:" + key}, consistent=False)
+        if item is None or item.get("username") != username or item["expires_at"] < time.time():
+            return None
+        return key
+
+    def _new_device(self, username: str) -> str:
+        token = secrets.token_urlsafe(32)
+        self.tokens.put({"token_key": "device:" + _digest(token), "username": username,
+                         "expires_at": int(time.time()) + DEVICE_SECONDS})
+        return token
 
     def _check_throttle(self, keys: list[str]) -> None:
         now = time.time()
@@ -187,11 +225,13 @@ class Accounts:
         user = self.users.get({"username": item["username"]}, consistent=False)
         if user is None:
             return None
-        return Session(token, _user(user), item["csrf_token"], item["expires_at"])
+        return Session(token, user_of(user), item["csrf_token"], item["expires_at"])
 
     def end_session(self, token: str) -> None:
         self.sessions.delete({"session_id": _digest(token)})
 
 
-def _user(item: Item) -> User:
-    return User(item["username"], bool(item.get("admin", False)), item.get("provider", "local"))
+def user_of(item: Item) -> User:
+    """The user an item of the users table describes."""
+    return User(item["username"], bool(item.get("admin", False)), item.get("provider", "local"),
+                item.get("display_name"))

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from chalice.app import Rate, Request, Response, SQSEvent
 
 from control_plane import bodies, portal_routes, replies, web
-from control_plane.accounts import Session, User
+from control_plane.accounts import DEVICE_SECONDS, Session, User
 from control_plane.bodies import Body
 from control_plane.gateway import GatewayChalice
-from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
+from control_plane.login_providers import LOGIN_COOKIE, LOGIN_PATH, STATE_SECONDS
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
@@ -43,7 +43,8 @@ def _svc() -> Services:
 
 
 def _session_username(request: Request) -> str | None:
-    session = web.session_of(request, _svc().accounts.session)
+    svc = _svc()
+    session = web.session_of(request, svc.accounts.session, secure=svc.config.secure_cookies)
     return session.user.username if session else None
 
 
@@ -91,7 +92,9 @@ def _request() -> Request:
 
 
 def _session() -> Session:
-    return web.require_session(_request(), _svc().accounts.session)
+    svc = _svc()
+    return web.require_session(_request(), svc.accounts.session,
+                               secure=svc.config.secure_cookies)
 
 
 # --- health, keys, spec -----------------------------------------------------------------
@@ -120,20 +123,27 @@ def openapi() -> dict[str, Any]:
 @route("/api/login", "POST", body=bodies.Login)
 def login(body: bodies.Login) -> Response:
     svc = _svc()
-    session = svc.accounts.login(body, web.client_address(_request()))
-    cookie = web.session_cookie(session.session_id, svc.config.session_seconds,
-                                secure=svc.config.secure_cookies)
+    secure = svc.config.secure_cookies
+    request = _request()
+    done = svc.accounts.login(body, web.client_address(request),
+                              web.cookie_value(request, web.DEVICE_COOKIE, secure=secure))
+    session = done.session
+    cookies = [web.session_cookie(session.session_id, svc.config.session_seconds,
+                                  secure=secure),
+               web.cookie(web.DEVICE_COOKIE, done.device, DEVICE_SECONDS, secure=secure)]
     return web.json_response(replies.Session(user=session.user, csrf_token=session.csrf_token),
-                             headers={"Set-Cookie": cookie})
+                             headers={"Set-Cookie": cookies})
 
 
 @route("/api/logout", "POST")
 def logout() -> Response:
     svc = _svc()
-    if web.session_of(_request(), svc.accounts.session) is not None:
+    secure = svc.config.secure_cookies
+    if web.session_of(_request(), svc.accounts.session, secure=secure) is not None:
         session = _session()
         svc.accounts.end_session(session.session_id)
-    cookie = web.session_cookie("", 0, secure=svc.config.secure_cookies)
+        svc.lifecycle.end_instance_sessions(session.user)
+    cookie = web.session_cookie("", 0, secure=secure)
     return Response(body="", status_code=204, headers={"Set-Cookie": cookie})
 
 
@@ -149,7 +159,7 @@ def login_start(provider: str) -> Response:
     next_path = query.get("next")
     location, binding = svc.logins.start(provider, next_path if isinstance(next_path, str)
                                          else None)
-    cookie = web.cookie(LOGIN_COOKIE, binding, STATE_SECONDS, path="/api/login",
+    cookie = web.cookie(LOGIN_COOKIE, binding, STATE_SECONDS, path=LOGIN_PATH,
                         secure=svc.config.secure_cookies)
     return Response(body="", status_code=302, headers={"Location": location,
                                                        "Set-Cookie": cookie,
@@ -161,12 +171,13 @@ def login_callback(provider: str) -> Response:
     svc = _svc()
     request = _request()
     params = {k: v for k, v in (request.query_params or {}).items() if isinstance(v, str)}
-    session, next_path = svc.logins.finish(provider, params,
-                                           web.cookie_value(request, LOGIN_COOKIE))
+    secure = svc.config.secure_cookies
+    session, next_path = svc.logins.finish(
+        provider, params, web.cookie_value(request, LOGIN_COOKIE, secure=secure,
+                                           path=LOGIN_PATH))
     cookies = [web.session_cookie(session.session_id, svc.config.session_seconds,
-                                  secure=svc.config.secure_cookies),
-               web.cookie(LOGIN_COOKIE, "", 0, path="/api/login",
-                          secure=svc.config.secure_cookies)]
+                                  secure=secure),
+               web.cookie(LOGIN_COOKIE, "", 0, path=LOGIN_PATH, secure=secure)]
     return Response(body="", status_code=302, headers={"Location": next_path,
                                                        "Set-Cookie": cookies,
                                                        "Cache-Control": "no-store"})
@@ -281,7 +292,14 @@ def share_instance(session: Session, instance_id: str, body: bodies.Share) -> re
 
 @route("/api/clusters", "POST", 201, auth="admin", body=bodies.NewCluster)
 def create_cluster(session: Session, body: bodies.NewCluster) -> replies.Cluster:
-    return replies.Cluster.of(_svc().nodes.create_cluster(body.name))
+    return replies.Cluster.of(_svc().nodes.create_cluster(body.name, public=body.public,
+                                                          users=body.users))
+
+
+@route("/api/clusters/{cluster_id}/access", "POST", auth="admin", body=bodies.ClusterAccess)
+def set_cluster_access(session: Session, cluster_id: str,
+                       body: bodies.ClusterAccess) -> replies.Cluster:
+    return replies.Cluster.of(_svc().nodes.set_access(cluster_id, body))
 
 
 @route("/api/clusters", auth="admin")
@@ -337,7 +355,7 @@ def on_event(event: SQSEvent) -> dict[str, Any]:
     events = _svc().events
     for record in event:
         try:
-            events.handle_text(record.body)
+            events.handle_record(record.to_dict())
         except Exception:
             log.exception("event %s failed; SQS will redeliver it", record.receipt_handle[:12])
             failures.append({"itemIdentifier": record.to_dict().get("messageId", "")})

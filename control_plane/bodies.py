@@ -127,11 +127,31 @@ class Launch(Body):
     name: str | None = _text(100, default=None)
 
 
+MAX_CLUSTER_USERS = 1000
+
+
+def _cluster_users() -> Any:
+    return field(default_factory=list, max_items=MAX_CLUSTER_USERS,
+                 items=Limits(max_length=64, pattern=USERNAME_PATTERN),
+                 description="who may launch into the cluster when it is not public "
+                             "(admins always may)")
+
+
 @json_object
 class NewCluster(Body):
     """``POST /api/clusters`` (admin)."""
 
     name: str = _text(100)
+    public: bool = field(default=True, description="everyone may launch into it")
+    users: list[str] = _cluster_users()
+
+
+@json_object
+class ClusterAccess(Body):
+    """``POST /api/clusters/{id}/access`` (admin): who may launch into the cluster."""
+
+    public: bool
+    users: list[str] = _cluster_users()
 
 
 @json_object

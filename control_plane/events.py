@@ -1,5 +1,19 @@
 """The events consumer: ``instance_state`` and ``node_heartbeat`` from nodes, idempotently.
 
+Every node shares the events queue, so nothing a message says is believed before its sender
+is known (:meth:`Events.handle_record`): the body must carry the signature of the node it
+names (SQS message attribute ``protocol.messages.SIGNATURE_ATTRIBUTE``, checked against the
+key the node enrolled, see :meth:`control_plane.nodes.Nodes.event_sender`), that node must not
+be decommissioned, and its ``sent_at`` must not be in the future (beyond
+``MAX_CLOCK_SKEW_SECONDS``: a heartbeat dated ahead would make the node's true ones look
+stale). Refused messages are logged and dropped. The router's ``instance_activity`` is not
+signed and applies nothing.
+
+Why a signature rather than SQS's ``SenderId``: on AWS ``SenderId`` is the role id and session
+name of the sender's STS credentials (``AROA...:dit4c-node-<id>``), but moto gives every
+message the same constant (``AIDAIT2UOQQY3AUEKVGXU``), so the local stack could not check it;
+the node's enrolled key works the same on both, and the node already signs with it.
+
 SQS delivers at least once and in any order, so:
 
 - a state report is applied only if the state machine allows the move from where the record is
@@ -16,24 +30,33 @@ Malformed messages are logged and dropped: redelivering them cannot make them va
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from control_plane.catalog import Catalog
+from control_plane.errors import Forbidden, Unauthorized
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
-from control_plane.records import Instance
+from control_plane.records import Instance, Node
 from control_plane.registry import RegistryTokens, user_repository
+from control_plane.scheduler import Scheduler
 from control_plane.table import ConditionFailed
 from protocol.errors import MessageError, RegistryError
 from protocol.ids import is_id
 from protocol.messages import (
+    MAX_CLOCK_SKEW_SECONDS,
+    SIGNATURE_ATTRIBUTE,
     DiscardInstance,
     InstanceActivity,
     InstanceStateEvent,
     Message,
     NodeHeartbeat,
     decode,
+    sent_time,
 )
 from protocol.registry import Reference, parse_reference
 from protocol.states import InstanceState
@@ -45,31 +68,60 @@ RETRIES = 5
 
 class Events:
     def __init__(self, instances: Instances, nodes: Nodes, catalog: Catalog,
-                 messenger: Messenger, registry: RegistryTokens) -> None:
+                 messenger: Messenger, scheduler: Scheduler, *, registry: RegistryTokens,
+                 clock: Callable[[], float] = time.time) -> None:
         self.instances = instances
         self.nodes = nodes
         self.catalog = catalog
         self.messenger = messenger
+        self.scheduler = scheduler
         self.registry = registry
+        self.clock = clock
 
-    def handle_text(self, body: str) -> str:
-        """Decode and apply one queue message; returns what happened (for logs and tests)."""
+    def handle_record(self, record: Mapping[str, Any]) -> str:
+        """One record of a Lambda SQS event (``body``, ``messageAttributes``): see
+        :meth:`handle_signed`."""
+        attributes = record.get("messageAttributes") or {}
+        signature = (attributes.get(SIGNATURE_ATTRIBUTE) or {}).get("stringValue")
+        return self.handle_signed(str(record.get("body", "")),
+                                  signature if isinstance(signature, str) else None)
+
+    def handle_signed(self, body: str, signature: str | None) -> str:
+        """Authenticate, decode and apply one queue message; returns what happened (for logs
+        and tests)."""
         try:
             message = decode(body)
         except MessageError as exc:
             log.warning("dropped malformed event: %s", exc)
             return "malformed"
-        return self.handle(message)
+        if isinstance(message, InstanceActivity):
+            return "activity"
+        if not isinstance(message, InstanceStateEvent | NodeHeartbeat):
+            log.warning("dropped %s: not an event", message.TYPE)
+            return "not an event"
+        try:
+            sender = self.nodes.event_sender(message.node_id, body, signature)
+        except (Unauthorized, Forbidden) as exc:
+            log.warning("refused %s %s naming node %s: %s", message.TYPE, message.id,
+                        message.node_id, exc.message)
+            return "refused"
+        return self.handle(message, sender)
 
-    def handle(self, message: Message) -> str:
+    def handle(self, message: Message, sender: Node | None = None) -> str:
+        """Apply one event whose sender is authenticated (:meth:`handle_record` does that;
+        ``sender`` is the node it read, or None to read it here)."""
+        if isinstance(message, InstanceStateEvent | NodeHeartbeat):
+            ahead = sent_time(message) - datetime.fromtimestamp(self.clock(), UTC)
+            if ahead > timedelta(seconds=MAX_CLOCK_SKEW_SECONDS):
+                log.warning("refused %s %s of node %s: sent_at %s is %.0f s in the future",
+                            message.TYPE, message.id, message.node_id, message.sent_at,
+                            ahead.total_seconds())
+                return "from the future"
         if isinstance(message, InstanceStateEvent):
             return self.instance_state(message)
         if isinstance(message, NodeHeartbeat):
-            applied = self.nodes.heartbeat(
-                message.node_id, sent_at=message.sent_at, version=message.version,
-                cpu_total=message.cpu_total, memory_mb_total=message.memory_mb_total,
-                cpu_used=message.cpu_used, memory_mb_used=message.memory_mb_used,
-                load=message.load, running=message.running)
+            node = sender or self.nodes.find(message.node_id, consistent=True)
+            applied = node is not None and self.nodes.heartbeat(node, message)
             return "heartbeat" if applied else "stale heartbeat"
         if isinstance(message, InstanceActivity):
             return "activity"
@@ -151,5 +203,5 @@ class Events:
         self.instances.transition(item, moved, extra=extra)
         log.info("instance %s: %s -> %s", item.instance_id, current.value, new.value)
         if new == S.FAILED:
-            self.messenger.revoke(item.instance_id, item.hostname, "failed")
+            self.scheduler.retire(item, "failed")
         return new.value

@@ -75,6 +75,9 @@ def not_found(path: str) -> dict[str, Any]:
     body = {"error": {"code": "not_found", "message": f"no such path: {path}"}}
     return {"statusCode": 404,
             "headers": {"Content-Type": "application/json", "Cache-Control": "no-store"},
+            # chalice.local (the local stack's server) reads it unconditionally, as Chalice's
+            # own responses always carry it.
+            "multiValueHeaders": {},
             "body": json.dumps(body, separators=(",", ":"))}
 
 

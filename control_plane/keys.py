@@ -112,8 +112,10 @@ class KeyStore:
         self._save({**document, "keys": remaining})
 
     def check(self) -> None:
-        """Health probe: the parameter can be read (one SSM call, not cached)."""
-        self._read()
+        """Health probe: the keys can be loaded. From the cache while it is fresh: anyone may
+        call ``/api/health``, and each uncached call would be an SSM read (throttled and
+        billed per call)."""
+        self.keys()
 
     # --- storage ----------------------------------------------------------------------
 

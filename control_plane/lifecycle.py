@@ -10,6 +10,7 @@ shared instance; saving, discarding, deleting and sharing belong to the owner (a
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from control_plane.access import Access
@@ -33,6 +34,8 @@ from protocol.registry import PULL, PUSH, repository_access
 from protocol.states import InstanceState
 
 S = InstanceState
+LOGOUT_FANOUT = 8
+"""Back-channel calls made at once at logout (each waits up to its own timeout)."""
 
 
 class Lifecycle:
@@ -79,11 +82,23 @@ class Lifecycle:
             items += self.instances.many(shared)
         return items
 
+    def end_instance_sessions(self, user: User) -> int:
+        """At portal logout: every running instance the user may open ends their sessions
+        there too (the auth helpers' back channel, in parallel; best effort, the access
+        tokens' five minutes bound what is missed). Returns how many confirmed."""
+        running = [i for i in self.list_for(user) if i.state == S.RUNNING]
+        if not running:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(len(running), LOGOUT_FANOUT)) as pool:
+            done = pool.map(lambda i: self.registrar.notify_revoked(
+                i.instance_id, i.url, user.username), running)
+            return sum(done)
+
     # --- launch -----------------------------------------------------------------------
 
     def launch(self, user: User, body: Launch) -> Instance:
         image = self.catalog.get_for(body.image_id, user.username, admin=user.admin)
-        self.nodes.get_cluster(body.cluster_id)
+        self.nodes.usable_cluster(body.cluster_id, user.username, admin=user.admin)
         limit = self.config.max_running_per_user
         instance_id = new_id()
         try:
@@ -210,5 +225,4 @@ class Lifecycle:
 
     def _forget(self, item: Instance, reason: str) -> None:
         self._tell_node(item, DiscardInstance(instance_id=item.instance_id))
-        self.registrar.forget(item.instance_id)
-        self.messenger.revoke(item.instance_id, item.hostname, reason)
+        self.scheduler.retire(item, reason)

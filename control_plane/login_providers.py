@@ -14,8 +14,12 @@ state (so a callback is honoured only in the browser that started it: no login C
 redirects to the provider. ``GET /api/login/<name>/callback`` consumes the state once (a
 conditional delete), exchanges the code, and for OIDC verifies the ID token against the provider's
 JWKS (signature with the key's own algorithm, ``iss``, ``aud`` = client id, ``exp``, ``nonce``);
-GitHub's user comes from its API with the access token. The user is then ``<name>@<provider>``
-(created on first login, never an admin by default) and gets a normal session.
+GitHub's user comes from its API with the access token. The account is the one of the
+provider's stable subject (OIDC issuer + ``sub``, GitHub's numeric id; see
+:mod:`control_plane.identities`), made at the first login and never an admin by default; the
+``username_claim`` (GitHub: the login) is only its display name and first choice of username.
+Where that claim is ``email``, the provider must say it verified the address
+(``email_verified``), or the login is refused: an unverified address is anyone's to type.
 """
 
 from __future__ import annotations
@@ -39,13 +43,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from control_plane import replies
 from control_plane.accounts import Accounts, Session
 from control_plane.errors import BadRequest, ConfigError, NotFound, Unauthorized
+from control_plane.identities import Identities, Identity
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
 from protocol.tokens import KeySet
+from protocol.urls import same_origin_path
 
 STATE_SECONDS = 600
 HTTP_TIMEOUT = 10
 LOGIN_COOKIE = "dit4c_login"
+LOGIN_PATH = "/api/login"
+"""The browser-binding cookie is sent only to the login routes."""
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 
@@ -96,13 +104,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def safe_next(value: str | None) -> str:
-    """Only a path on the portal itself (no scheme, no host, no ``//``) is a place to return to."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value[:1000]
-
-
 class HttpJson:
     """GET/POST returning JSON with a timeout (the seam tests can replace; stdlib only)."""
 
@@ -129,10 +130,12 @@ class HttpJson:
 
 class LoginProviders:
     def __init__(self, providers: dict[str, Provider], tokens: Table, accounts: Accounts,
-                 portal_url: str, http: HttpJson | None = None) -> None:
+                 identities: Identities, portal_url: str, *,
+                 http: HttpJson | None = None) -> None:
         self.providers = providers
         self.tokens = tokens
         self.accounts = accounts
+        self.identities = identities
         self.portal_url = portal_url
         self.http = http or HttpJson()
         self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -156,7 +159,7 @@ class LoginProviders:
         provider = self.provider(name)
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         self.tokens.put({"token_key": "login-state:" + _digest(state), "provider": name,
-                         "nonce": nonce, "verifier": verifier, "next": safe_next(next_path),
+                         "nonce": nonce, "verifier": verifier, "next": same_origin_path(next_path),
                          "expires_at": int(time.time()) + STATE_SECONDS})
         params = {"response_type": "code", "client_id": provider.client_id,
                   "redirect_uri": self.redirect_uri(provider), "state": state}
@@ -198,7 +201,7 @@ class LoginProviders:
             answer = self.http.post(config["token_endpoint"],
                                     {**form, "code_verifier": grant["verifier"]})
             claims = self._verify_id_token(provider, config, answer, grant["nonce"])
-            subject = claims.get(provider.username_claim)
+            identity = _oidc_identity(provider, config["issuer"], claims)
         else:
             answer = self.http.post(f"{provider.github_url}/login/oauth/access_token", form)
             token = answer.get("access_token") if isinstance(answer, dict) else None
@@ -206,12 +209,9 @@ class LoginProviders:
                 raise Unauthorized("GitHub gave no access token")
             user = self.http.get(f"{provider.api_url}/user", {
                 "Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"})
-            subject = user.get("login") if isinstance(user, dict) else None
-        if not isinstance(subject, str) or not subject:
-            raise Unauthorized(f"the identity provider sent no {provider.username_claim!r}")
-        username = _username(subject, name)
-        user = self.accounts.ensure_external_user(username, name)
-        return self.accounts.start_session(user), grant["next"]
+            identity = _github_identity(provider, user)
+        account = self.identities.account_for(identity)
+        return self.accounts.start_session(account), grant["next"]
 
     def _verify_id_token(self, provider: Provider, config: dict[str, Any], answer: Any,
                          nonce: str) -> dict[str, Any]:
@@ -251,6 +251,25 @@ class LoginProviders:
         return config
 
 
-def _username(subject: str, provider: str) -> str:
-    local = re.sub(r"[^a-z0-9_.-]", "-", subject.lower()).strip("-._") or "user"
-    return f"{local[:63 - len(provider) - 1]}@{provider}"
+def _oidc_identity(provider: Provider, issuer: str, claims: dict[str, Any]) -> Identity:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized("the ID token has no 'sub'")
+    shown = claims.get(provider.username_claim)
+    if provider.username_claim == "email" and claims.get("email_verified") is not True:
+        raise Unauthorized("the identity provider has not verified this e-mail address")
+    if not isinstance(shown, str) or not shown:
+        raise Unauthorized(f"the identity provider sent no {provider.username_claim!r}")
+    return Identity(provider=provider.name, authority=issuer, subject=subject,
+                    display_name=shown, legacy=shown)
+
+
+def _github_identity(provider: Provider, user: Any) -> Identity:
+    """GitHub's numeric id is the user; the login is reusable once its owner renames."""
+    user_id = user.get("id") if isinstance(user, dict) else None
+    login = user.get("login") if isinstance(user, dict) else None
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or \
+            not isinstance(login, str) or not login:
+        raise Unauthorized("GitHub sent no user id and login")
+    return Identity(provider=provider.name, authority=provider.github_url,
+                    subject=str(user_id), display_name=login, legacy=login)

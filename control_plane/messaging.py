@@ -19,8 +19,16 @@ class Messenger:
         self.topic = revocations_topic_arn
 
     def send(self, queue_url: str, message: Message) -> None:
-        self.sqs.send_message(QueueUrl=queue_url, MessageBody=message.encode())
-        log.info("sent %s %s to %s", message.TYPE, message.id, queue_url.rsplit("/", 1)[-1])
+        """Put ``message`` on a node's queue. A decommissioned node's queue is gone: there is
+        nobody left to tell, which is not an error."""
+        name = queue_url.rsplit("/", 1)[-1]
+        try:
+            self.sqs.send_message(QueueUrl=queue_url, MessageBody=message.encode())
+        except self.sqs.exceptions.QueueDoesNotExist:
+            log.info("not sent %s %s: queue %s is gone (node decommissioned)", message.TYPE,
+                     message.id, name)
+            return
+        log.info("sent %s %s to %s", message.TYPE, message.id, name)
 
     def revoke(self, instance_id: str, hostname: str, reason: str) -> None:
         message = Revocation(instance_id=instance_id, hostname=hostname, reason=reason)

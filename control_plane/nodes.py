@@ -8,12 +8,23 @@ A node's credentials call carries a JWT the node signed with the key it register
 conditional put, so a replayed token is refused. The STS credentials returned carry a session
 policy naming only that node's queue (receive/delete) and the events queue (send).
 
+The events queue is shared by every node, so its messages are bound to their sender by the
+node's signature on each body (:meth:`Nodes.event_sender`, ``protocol.tokens.verify_event``),
+checked against the key the node enrolled and its current status. Decommissioning revokes at
+once what a node's credentials still allow: its queue is deleted (nothing left to receive) and
+its signed events are refused from then on; the credentials themselves are never renewed.
+
+A node's capacity is what it declared at enrolment (made with an admin's join token, shown in
+the node list): heartbeats may report less, never more, so a node cannot claim room it was not
+enrolled with to attract placements.
+
 Capacity is kept in integer millicores and MB (``cpu_milli_*``, ``memory_mb_*``): reservations
 are conditional updates, and DynamoDB conditions cannot do arithmetic on floats reliably.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -22,7 +33,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from control_plane.bodies import Enroll
+from control_plane.bodies import ClusterAccess, Enroll
 from control_plane.clock import now_iso
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -31,7 +42,8 @@ from control_plane.replies import Credentials, Enrolled, JoinToken
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
 from protocol.ids import is_id, new_id
-from protocol.tokens import KeySet, load_public_jwk, thumbprint, verify_node
+from protocol.messages import NodeHeartbeat
+from protocol.tokens import KeySet, load_public_jwk, thumbprint, verify_event, verify_node
 
 N = NodeStatus
 ALLOWED_FROM = {N.ACTIVE: (N.ACTIVE, N.DRAINING), N.DRAINING: (N.ACTIVE, N.DRAINING),
@@ -55,8 +67,10 @@ class Nodes:
 
     # --- clusters ---------------------------------------------------------------------
 
-    def create_cluster(self, name: str, *, cluster_id: str | None = None) -> Cluster:
-        cluster = Cluster(cluster_id=cluster_id or new_id(), name=name, created_at=now_iso())
+    def create_cluster(self, name: str, *, cluster_id: str | None = None, public: bool = True,
+                       users: list[str] | None = None) -> Cluster:
+        cluster = Cluster(cluster_id=cluster_id or new_id(), name=name, created_at=now_iso(),
+                          public=public, users=sorted(set(users or [])))
         try:
             self.clusters.put(cluster.to_item(), condition="attribute_not_exists(cluster_id)")
         except ConditionFailed:
@@ -74,6 +88,23 @@ class Nodes:
         if item is None:
             raise NotFound(f"no cluster {cluster_id!r}")
         return Cluster.from_item(item)
+
+    def set_access(self, cluster_id: str, access: ClusterAccess) -> Cluster:
+        """Who may launch into the cluster from now on (instances already there stay)."""
+        try:
+            return Cluster.from_item(self.clusters.update(
+                {"cluster_id": cluster_id}, "SET #p = :p, #u = :u",
+                condition="attribute_exists(cluster_id)", names={"#p": "public", "#u": "users"},
+                vals={":p": access.public, ":u": sorted(set(access.users))}))
+        except ConditionFailed:
+            raise NotFound(f"no cluster {cluster_id!r}") from None
+
+    def usable_cluster(self, cluster_id: str, username: str, *, admin: bool) -> Cluster:
+        """The cluster, if this user may launch into it: NotFound, or Forbidden."""
+        cluster = self.get_cluster(cluster_id)
+        if not cluster.admits(username, admin=admin):
+            raise Forbidden(f"you may not launch into cluster {cluster_id!r}; ask an admin")
+        return cluster
 
     def all_clusters(self) -> Iterator[Cluster]:
         """Every cluster, oldest first: one Query of the by-kind index."""
@@ -114,6 +145,7 @@ class Nodes:
             public_jwk={k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")},
             kid=kid, queue_url=queue_url, queue_arn=queue_arn,
             cpu_milli_total=milli(body.cpu), memory_mb_total=body.memory_mb,
+            cpu_milli_enrolled=milli(body.cpu), memory_mb_enrolled=body.memory_mb,
             enrolled_at=now_iso(), last_heartbeat=time.time()).to_item())
         return Enrolled(node_id=node_id, cluster_id=grant.cluster_id, queue_url=queue_url,
                         events_queue_url=self.config.events_queue_url)
@@ -142,8 +174,7 @@ class Nodes:
         if node is None:
             raise Unauthorized("unknown node")
         try:
-            keys = KeySet({node.kid: load_public_jwk(node.public_jwk)})
-            claims = verify_node(token, keys, node_id=node_id)
+            claims = verify_node(token, _keys(node), node_id=node_id)
         except TokenError as exc:
             raise Unauthorized(str(exc)) from None
         if node.status == N.DECOMMISSIONED:
@@ -180,6 +211,23 @@ class Nodes:
             events_queue_url=self.config.events_queue_url,
             endpoint_url=self.config.aws_endpoint_url)
 
+    def event_sender(self, node_id: str, body: str, signature: str | None) -> Node:
+        """The node that signed this events-queue ``body`` (the message names ``node_id``):
+        Unauthorized when unknown, unsigned or signed by another key; Forbidden when
+        decommissioned. Read consistently: a decommission counts from the moment it is made."""
+        node = self.find(node_id, consistent=True)
+        if node is None:
+            raise Unauthorized(f"unknown node {node_id!r}")
+        if not signature:
+            raise Unauthorized("the event is not signed")
+        try:
+            verify_event(signature, _keys(node), node_id=node_id, body=body)
+        except TokenError as exc:
+            raise Unauthorized(f"event signature refused: {exc}") from None
+        if node.status == N.DECOMMISSIONED:
+            raise Forbidden(f"node {node_id} is decommissioned")
+        return node
+
     # --- administration ---------------------------------------------------------------
 
     def find(self, node_id: str, *, consistent: bool = False) -> Node | None:
@@ -199,37 +247,57 @@ class Nodes:
             "cluster_id = :c", index="by-cluster", vals={":c": cluster_id})]
 
     def set_status(self, node_id: str, status: NodeStatus) -> Node:
-        """Drain (no new placements) or decommission (also refuses credentials)."""
+        """Drain (no new placements) or decommission (for good: see the module docstring)."""
         self.get(node_id)
         allowed = ALLOWED_FROM[status]
         try:
-            return Node.from_item(self.nodes.update(
+            node = Node.from_item(self.nodes.update(
                 {"node_id": node_id}, "SET #s = :s",
                 condition="#s IN (" + ", ".join(f":a{i}" for i in range(len(allowed))) + ")",
                 names={"#s": "status"},
                 vals={":s": status.value, **{f":a{i}": a.value for i, a in enumerate(allowed)}}))
         except ConditionFailed:
             raise Conflict(f"node {node_id} is decommissioned") from None
+        if status == N.DECOMMISSIONED:
+            self._delete_queue(node)
+        return node
 
-    def heartbeat(self, node_id: str, *, sent_at: str, version: str, cpu_total: float,
-                  memory_mb_total: int, cpu_used: float, memory_mb_used: int, load: float,
-                  running: list[str]) -> bool:
-        """Apply a heartbeat unless a newer one was applied already; False when ignored."""
+    def _delete_queue(self, node: Node) -> None:
+        """Credentials already issued still name this queue: without it they receive nothing.
+        Deleting it again (a second decommission) is fine."""
+        with contextlib.suppress(self.sqs.exceptions.QueueDoesNotExist):
+            self.sqs.delete_queue(QueueUrl=node.queue_url)
+
+    def heartbeat(self, node: Node, beat: NodeHeartbeat) -> bool:
+        """Apply a heartbeat unless a newer one was applied already; False when ignored.
+        The capacity it reports counts up to what the node enrolled with."""
+        # Nodes enrolled before the cap was kept: their capacity when the cap first applies.
+        cpu_cap = node.cpu_milli_enrolled or node.cpu_milli_total
+        memory_cap = node.memory_mb_enrolled or node.memory_mb_total
         try:
             self.nodes.update(
-                {"node_id": node_id},
+                {"node_id": node.node_id},
                 "SET last_heartbeat = :now, heartbeat_sent_at = :s, daemon_version = :v, "
                 "cpu_milli_total = :ct, memory_mb_total = :mt, cpu_used = :cu, "
-                "memory_mb_used = :mu, #l = :l, running = :r",
+                "memory_mb_used = :mu, #l = :l, running = :r, "
+                "cpu_milli_enrolled = if_not_exists(cpu_milli_enrolled, :cc), "
+                "memory_mb_enrolled = if_not_exists(memory_mb_enrolled, :mc)",
                 condition="attribute_exists(node_id) AND (attribute_not_exists(heartbeat_sent_at)"
                           " OR heartbeat_sent_at < :s)",
                 names={"#l": "load"},
-                vals={":now": time.time(), ":s": sent_at, ":v": version,
-                      ":ct": milli(cpu_total), ":mt": memory_mb_total, ":cu": cpu_used,
-                      ":mu": memory_mb_used, ":l": load, ":r": running})
+                vals={":now": time.time(), ":s": beat.sent_at, ":v": beat.version,
+                      ":ct": min(milli(beat.cpu_total), cpu_cap),
+                      ":mt": min(beat.memory_mb_total, memory_cap), ":cu": beat.cpu_used,
+                      ":mu": beat.memory_mb_used, ":l": beat.load, ":r": beat.running,
+                      ":cc": cpu_cap, ":mc": memory_cap})
         except ConditionFailed:
             return False
         return True
+
+
+def _keys(node: Node) -> KeySet:
+    """The one key a node proves itself with: the public key it enrolled."""
+    return KeySet({node.kid: load_public_jwk(node.public_jwk)})
 
 
 def _digest(token: str) -> str:

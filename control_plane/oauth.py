@@ -165,12 +165,24 @@ class BackChannel:
 BACK_CHANNEL_TIMEOUT = 5.0
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: the request carries a bearer token, and
+    whoever answers at the instance's address must not steer the portal (and the token)
+    anywhere else."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _post(request: BackChannel) -> int:
     # urllib, not aiohttp: this runs in Lambda.
     sent = urllib.request.Request(request.url, data=b"", headers=request.headers,  # noqa: S310
                                   method="POST")
     try:
-        with urllib.request.urlopen(sent, timeout=BACK_CHANNEL_TIMEOUT) as response:  # noqa: S310
+        with _OPENER.open(sent, timeout=BACK_CHANNEL_TIMEOUT) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

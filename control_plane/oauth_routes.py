@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlencode
 from chalice.app import Blueprint, Request, Response
 
 from control_plane.oauth import InvalidClient, InvalidRequest, OAuthError, OAuthServer
+from protocol import pod
 
 FORM = "application/x-www-form-urlencoded"
 Headers = dict[str, str | list[str]]
@@ -45,7 +46,7 @@ def oauth_blueprint(
     """
     bp = Blueprint(__name__)
 
-    @bp.route("/oauth/authorize", methods=["GET"])
+    @bp.route(pod.OAUTH_AUTHORIZE_PATH, methods=["GET"])
     def authorize() -> Response:
         request = bp.current_request
         try:
@@ -54,7 +55,7 @@ def oauth_blueprint(
             return _error_page(request, exc)
         username = session_username(request)
         if username is None:
-            here = "/oauth/authorize" + (f"?{urlencode(params)}" if params else "")
+            here = pod.OAUTH_AUTHORIZE_PATH + (f"?{urlencode(params)}" if params else "")
             return Response("", status_code=302,
                             headers={"Location": f"{login_path}?{urlencode({'next': here})}",
                                      **NO_STORE})

@@ -83,7 +83,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/images/{image_id}/export"): Operation(
         "An expiring link to download the image as a docker save tar", 200,
         replies.ExportLink, (*_AUTH, 404, 409)),
-    ("POST", "/api/instances"): Operation("Launch an instance", 202, replies.Instance,
+    ("POST", "/api/instances"): Operation("Launch an instance (403: a cluster the user may not "
+                                          "use)", 202, replies.Instance,
                                           (*_AUTH, 404, *_BODY, 429)),
     ("GET", "/api/instances"): Operation("Own instances and those shared with me (admins: "
                                          "?all=true lists every instance)", 200,
@@ -105,6 +106,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/clusters"): Operation("Create a cluster (admin)", 201, replies.Cluster,
                                          (*_AUTH, *_BODY)),
     ("GET", "/api/clusters"): Operation("List clusters (admin)", 200, replies.Clusters, _AUTH),
+    ("POST", "/api/clusters/{cluster_id}/access"): Operation(
+        "Who may launch into the cluster (admin)", 200, replies.Cluster,
+        (*_AUTH, 404, *_BODY)),
     ("POST", "/api/clusters/{cluster_id}/join-tokens"): Operation(
         "One-time node join token (admin)", 201, replies.JoinToken, (*_AUTH, 404)),
     ("GET", "/api/clusters/{cluster_id}/nodes"): Operation(
@@ -192,7 +196,8 @@ def spec(app: Any, bodies: Mapping[tuple[str, str], type] | None = None,
         "components": {
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session",
+                            "description": "__Host-dit4c_session when the portal is https"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},
         },
     }

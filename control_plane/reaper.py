@@ -117,7 +117,7 @@ class Reaper:
     def _fail(self, item: Instance, reason: str, report: dict[str, Any]) -> bool:
         if self._try(lambda: self.instances.transition(item, replace(
                 item, state=S.FAILED, reason=reason)), report, "failed", item):
-            self.messenger.revoke(item.instance_id, item.hostname, "failed")
+            self.scheduler.retire(item, "failed")
             if item.node_queue_url:  # whatever the node still holds must go
                 self.messenger.send(item.node_queue_url,
                                     DiscardInstance(instance_id=item.instance_id))

@@ -121,7 +121,9 @@ class NodeStatus(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class Node(Record):
     """NodesTable. Capacity in integer millicores and MB (conditions cannot do float
-    arithmetic reliably); usage (``cpu_used`` ...) is there from the first heartbeat on."""
+    arithmetic reliably); usage (``cpu_used`` ...) is there from the first heartbeat on.
+    ``*_enrolled``: the capacity declared at enrolment, the most a heartbeat can claim (absent
+    on nodes enrolled before it was kept, until their first heartbeat)."""
 
     node_id: str
     cluster_id: str
@@ -134,6 +136,8 @@ class Node(Record):
     memory_mb_total: int
     cpu_milli_reserved: int = 0
     memory_mb_reserved: int = 0
+    cpu_milli_enrolled: int | None = None
+    memory_mb_enrolled: int | None = None
     status: NodeStatus = NodeStatus.ACTIVE
     enrolled_at: str | None = None
     last_heartbeat: float = 0.0
@@ -147,12 +151,20 @@ class Node(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Cluster(Record):
-    """ClustersTable (listed through the ``by-kind`` index: ``kind`` is always ``cluster``)."""
+    """ClustersTable (listed through the ``by-kind`` index: ``kind`` is always ``cluster``).
+
+    Who may launch into it: everyone when ``public`` (clusters stored before access rules
+    existed read as public), else admins and the ``users`` listed (admins set both)."""
 
     cluster_id: str
     name: str = ""
     kind: str = CLUSTER_KIND
     created_at: str | None = None
+    public: bool = field(default=True, metadata=SPARSE)
+    users: list[str] = field(default_factory=list, metadata=SPARSE)
+
+    def admits(self, username: str, *, admin: bool) -> bool:
+        return self.public or admin or username in self.users
 
 
 @dataclass(frozen=True, kw_only=True)

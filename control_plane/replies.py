@@ -160,10 +160,14 @@ class Cluster:
     id: str
     name: str
     created_at: str | None
+    public: bool = field(description="everyone may launch into it")
+    users: list[str] = field(description="who else may, when it is not public (admins always "
+                                         "may)")
 
     @classmethod
     def of(cls, cluster: records.Cluster) -> Cluster:
-        return cls(id=cluster.cluster_id, name=cluster.name, created_at=cluster.created_at)
+        return cls(id=cluster.cluster_id, name=cluster.name, created_at=cluster.created_at,
+                   public=cluster.public, users=cluster.users)
 
 
 @json_object

@@ -100,7 +100,7 @@ class Scheduler:
             tunnel_token=token, router_urls=list(self.config.router_tunnel_urls),
             oauth=OAuthClient(
                 client_id=client_id, client_secret=secret,
-                authorize_url=f"{self.config.portal_url}/oauth/authorize",
+                authorize_url=self.config.portal_url + pod.OAUTH_AUTHORIZE_PATH,
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
             registry=self.pull_access(item),
@@ -116,6 +116,13 @@ class Scheduler:
                                     [repository_access(repository, PULL)],
                                     lifetime=JOB_TOKEN_LIFETIME)
         return RegistryAccess(registry=self.config.registry, token=token)
+
+    def retire(self, item: Instance, reason: str) -> None:
+        """Undo what :meth:`start_message` issued, for an instance that will never run again
+        (failed, discarded, deleted): routers drop its route and its OAuth2 client goes, so
+        neither the tunnel token nor the client secret the node held opens anything."""
+        self.registrar.forget(item.instance_id)
+        self.messenger.revoke(item.instance_id, item.hostname, reason)
 
     def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).

@@ -16,6 +16,7 @@ from control_plane.aws import Clients
 from control_plane.catalog import Catalog
 from control_plane.config import Config
 from control_plane.events import Events
+from control_plane.identities import Identities
 from control_plane.images import SavedImages
 from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
@@ -95,12 +96,12 @@ class Services:
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
                               accounts_exist=accounts.exists, registry=registry)
-        events = Events(instances, nodes, catalog, messenger, registry)
+        events = Events(instances, nodes, catalog, messenger, scheduler, registry=registry)
         reaper = Reaper(instances, nodes, scheduler, messenger,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
-                                accounts, config.portal_url)
+                                accounts, Identities(table(t.users)), config.portal_url)
         images = SavedImages(config=config, catalog=catalog, shares=shares, registry=registry,
                              accounts_exist=accounts.exists)
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,

@@ -1,7 +1,10 @@
 """HTTP helpers for the Chalice routes: JSON bodies, sessions, CSRF, and the error shape.
 
-Sessions: cookie ``dit4c_session`` (HttpOnly, SameSite=Lax, Secure when the portal URL is
-https). CSRF: a request that changes state and is authenticated by that cookie must carry the
+Sessions: cookie ``dit4c_session`` (HttpOnly, SameSite=Lax; when the portal URL is https,
+Secure and named ``__Host-dit4c_session``, which browsers accept only from this very host, so
+no sibling host can plant or shadow it: :func:`cookie_name`).
+
+CSRF: a request that changes state and is authenticated by that cookie must carry the
 session's CSRF token (returned by ``POST /api/login`` and ``GET /api/me``) in ``X-CSRF-Token``.
 A cross-site page can neither read that token nor set the header without a CORS preflight
 (which the API never grants). ``POST /api/login`` itself accepts only ``application/json``,
@@ -18,7 +21,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +42,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("dit4c.control_plane.web")
 
 SESSION_COOKIE = "dit4c_session"
+DEVICE_COOKIE = "dit4c_device"
+"""A browser that logged in before (``control_plane.accounts``: the login throttle)."""
 CSRF_HEADER = "x-csrf-token"
 MAX_BODY_BYTES = 64 * 1024
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> Response:
-    """``body``: JSON values or a reply dataclass (:mod:`control_plane.replies`)."""
+def json_response(body: Any, status: int = 200,
+                  headers: Mapping[str, str | list[str]] | None = None) -> Response:
+    """``body``: JSON values or a reply dataclass (:mod:`control_plane.replies`); a header
+    given a list is sent once per value (``Set-Cookie``)."""
     return Response(body=json.dumps(to_json(body), separators=(",", ":")), status_code=status,
                     headers={**JSON_HEADERS, **(headers or {})})
 
@@ -80,7 +86,18 @@ def client_address(request: Request) -> str:
     return str(identity.get("sourceIp") or "unknown")
 
 
-def cookie_value(request: Request, name: str) -> str | None:
+def cookie_name(name: str, *, secure: bool, path: str = "/") -> str:
+    """What cookie ``name`` is called: under https with the ``__Host-`` prefix (path ``/``;
+    ``__Secure-`` for a narrower path), which browsers take only over https, from this host,
+    without a ``Domain``; so a sibling host cannot set it for us."""
+    if not secure:
+        return name
+    return ("__Host-" if path == "/" else "__Secure-") + name
+
+
+def cookie_value(request: Request, name: str, *, secure: bool, path: str = "/") -> str | None:
+    """The value of cookie ``name`` (as :func:`cookie_name` calls it), or None."""
+    name = cookie_name(name, secure=secure, path=path)
     header = request.headers.get("cookie")
     if not header:
         return None
@@ -92,18 +109,16 @@ def cookie_value(request: Request, name: str) -> str | None:
     return morsel.value if morsel else None
 
 
-def session_token(request: Request) -> str | None:
-    return cookie_value(request, SESSION_COOKIE)
-
-
-def session_of(request: Request, find: Callable[[str], Session | None]) -> Session | None:
-    token = session_token(request)
+def session_of(request: Request, find: Callable[[str], Session | None], *,
+               secure: bool) -> Session | None:
+    token = cookie_value(request, SESSION_COOKIE, secure=secure)
     return find(token) if token else None
 
 
-def require_session(request: Request, find: Callable[[str], Session | None]) -> Session:
+def require_session(request: Request, find: Callable[[str], Session | None], *,
+                    secure: bool) -> Session:
     """The caller's session; for state-changing methods also checks the CSRF token."""
-    session = session_of(request, find)
+    session = session_of(request, find, secure=secure)
     if session is None:
         raise Unauthorized("log in first")
     if request.method not in SAFE_METHODS:
@@ -120,9 +135,9 @@ def require_admin(session: Session) -> User:
 
 
 def cookie(name: str, value: str, max_age: int, *, secure: bool, path: str = "/") -> str:
-    """An HttpOnly, SameSite=Lax cookie (``Secure`` when the portal is https)."""
-    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax",
-             f"Max-Age={max_age}"]
+    """An HttpOnly, SameSite=Lax cookie (``Secure`` and prefixed when the portal is https)."""
+    parts = [f"{cookie_name(name, secure=secure, path=path)}={value}", f"Path={path}",
+             "HttpOnly", "SameSite=Lax", f"Max-Age={max_age}"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)

@@ -101,7 +101,7 @@ class Daemon:
                 portal = PortalClient(self.identity.portal_url, session)
                 broker = CredentialBroker(
                     lambda: portal.credentials(self.identity.node_id, self.key))
-                queues = NodeQueues(broker)
+                queues = NodeQueues(broker, key=self.key, node_id=self.identity.node_id)
                 agent = Agent(node_id=self.identity.node_id,
                               capacity=Capacity(self.identity.cpu, self.identity.memory_mb),
                               records=self.records, pods=self.pods, send=queues.send_event,

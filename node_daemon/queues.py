@@ -1,5 +1,6 @@
 """The node's SQS queues: its own command queue (receive, delete, extend a message's visibility)
-and the events queue (send).
+and the events queue (send, each event signed with the node's key: the queue is shared by every
+node, so the control plane believes an event only with its sender's signature).
 
 Every call takes the broker's current credentials, so a refresh takes effect on the next call;
 boto3 runs in threads, never on the event loop.
@@ -22,7 +23,8 @@ from node_daemon.credentials import CredentialBroker
 from node_daemon.errors import QueueError
 from node_daemon.portal import AwsCredentials
 from node_daemon.threads import in_daemon_thread
-from protocol.messages import Message
+from protocol.messages import SIGNATURE_ATTRIBUTE, Message
+from protocol.tokens import SigningKey, event_claims
 
 _BOTO_CONFIG = botocore.config.Config(
     connect_timeout=10, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
@@ -44,11 +46,14 @@ class NodeQueues:
     :meth:`receive` long-polls the command queue for up to ``wait_seconds``; :meth:`delete`
     acknowledges one message; :meth:`extend` hides a received message for ``seconds`` more;
     :meth:`visibility_timeout` is the command queue's (read once); :meth:`send_event` puts one
-    message on the events queue. Each raises :class:`QueueError` on failure.
+    message on the events queue, signed by ``key`` as node ``node_id``. Each raises
+    :class:`QueueError` on failure.
     """
 
-    def __init__(self, broker: CredentialBroker) -> None:
+    def __init__(self, broker: CredentialBroker, *, key: SigningKey, node_id: str) -> None:
         self._broker = broker
+        self._key = key
+        self._node_id = node_id
         self._client: Any = None
         self._client_key: str | None = None
         self._visibility: dict[str, int] = {}
@@ -112,9 +117,13 @@ class NodeQueues:
 
     async def send_event(self, message: Message) -> None:
         sqs, creds = await self._sqs()
+        body = message.encode()
+        signature = self._key.sign(event_claims(node_id=self._node_id, body=body))
         try:
-            await asyncio.to_thread(sqs.send_message, QueueUrl=creds.events_queue_url,
-                                    MessageBody=message.encode())
+            await asyncio.to_thread(
+                sqs.send_message, QueueUrl=creds.events_queue_url, MessageBody=body,
+                MessageAttributes={SIGNATURE_ATTRIBUTE: {"DataType": "String",
+                                                         "StringValue": signature}})
         except _ERRORS as exc:
             raise QueueError(f"send to {creds.events_queue_url}: {exc}") from exc
 

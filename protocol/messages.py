@@ -13,6 +13,11 @@ Every message is one JSON object::
 SQS delivers at least once and in any order, so every consumer must be idempotent: ``id`` is the
 deduplication key and ``sent_at`` orders reports about the same thing.
 
+Every node -> control plane message carries, as the SQS message attribute
+:data:`SIGNATURE_ATTRIBUTE`, the node's signature on its exact body
+(:func:`protocol.tokens.event_claims`, signed with the key the node enrolled): the events queue
+is shared by every node, so the ``node_id`` inside a message proves nothing by itself.
+
 ``decode`` refuses anything that is not exactly a known message: unknown type or version, a
 missing field, a field of the wrong type, an instance or node id that breaks the one id rule
 (:mod:`protocol.ids`; such fields are typed :data:`Id`). Unknown extra fields are ignored so that
@@ -43,12 +48,31 @@ Id = Annotated[str, _ID_RULE]
 :func:`protocol.ids.is_id` (ids name files, containers, queues and hosts)."""
 
 
+SIGNATURE_ATTRIBUTE: Final = "dit4c-signature"
+"""The SQS message attribute (``String``) holding a node's signature on an event's body."""
+
+MAX_CLOCK_SKEW_SECONDS: Final = 60
+"""How far in the future a report's ``sent_at`` may be (clocks drift); beyond, it is refused:
+a report from the future would make every later true report look stale."""
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
 def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sent_time(message: Message) -> datetime:
+    """``sent_at`` as an aware datetime; MessageError unless it is RFC 3339 with a zone."""
+    try:
+        when = datetime.fromisoformat(message.sent_at)
+    except ValueError:
+        raise MessageError(f"{message.TYPE}.sent_at: {message.sent_at!r} is not a time") from None
+    if when.tzinfo is None:
+        raise MessageError(f"{message.TYPE}.sent_at: {message.sent_at!r} has no time zone")
+    return when
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,6 +279,7 @@ def from_dict(raw: object) -> Message:
     if raw.get("v") != PROTOCOL_VERSION:
         raise MessageError(f"unsupported version {raw.get('v')!r} for {kind}")
     message: Message = _build(cls, raw, str(kind))
+    sent_time(message)
     return message
 
 

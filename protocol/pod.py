@@ -66,11 +66,24 @@ ENV_PUBLIC_URL: Final = "DIT4C_PUBLIC_URL"
 ENV_OAUTH_CLIENT_ID: Final = "DIT4C_OAUTH_CLIENT_ID"
 ENV_OAUTH_CLIENT_SECRET: Final = "DIT4C_OAUTH_CLIENT_SECRET"  # noqa: S105
 ENV_OAUTH_AUTHORIZE_URL: Final = "DIT4C_OAUTH_AUTHORIZE_URL"
-"""Browser-facing (the public portal URL)."""
+"""Browser-facing: ``<portal URL><OAUTH_AUTHORIZE_PATH>``."""
+OAUTH_AUTHORIZE_PATH: Final = "/oauth/authorize"
+"""The portal's authorize endpoint. The portal URL before it is the ``iss`` of every token the
+portal signs for the helper (access tokens, revocations): :func:`portal_issuer`."""
 ENV_OAUTH_TOKEN_URL: Final = "DIT4C_OAUTH_TOKEN_URL"  # noqa: S105
 """Pod-facing (the portal as the pod reaches it, e.g. via host.docker.internal)."""
 ENV_OAUTH_JWKS_URL: Final = "DIT4C_OAUTH_JWKS_URL"
 """Pod-facing."""
+
+
+
+def portal_issuer(authorize_url: str) -> str:
+    """The portal's issuer, from the authorize URL the helper is given; ValueError if that URL
+    is not ``<issuer>`` + :data:`OAUTH_AUTHORIZE_PATH`."""
+    if not authorize_url.endswith(OAUTH_AUTHORIZE_PATH):
+        raise ValueError(f"{authorize_url!r} does not end with {OAUTH_AUTHORIZE_PATH}")
+    return authorize_url[:-len(OAUTH_AUTHORIZE_PATH)]
+
 
 # --- storage helper (python3 -m helpers.storage) --------------------------------------------
 ENV_STORAGE: Final = "DIT4C_STORAGE"

@@ -15,6 +15,9 @@ Audiences, one per kind of token:
                              single-use (``jti``).
 ``instance_audience(id)``    an access token for one instance, issued by the portal's OAuth2
                              server to that instance's auth helper.
+``AUD_EVENT``                a node's signature on one message it puts on the shared events
+                             queue (claim ``body``: the SHA-256 of the exact body); signed by
+                             the node's own key; ``iss`` = ``sub`` = node id.
 ===========================  ==============================================================
 """
 
@@ -37,6 +40,7 @@ from protocol.errors import TokenError
 
 AUD_TUNNEL = "dit4c:tunnel"
 AUD_NODE = "dit4c:node-credentials"
+AUD_EVENT = "dit4c:event"
 ALGORITHMS = ("ES256", "RS256")
 DEFAULT_LEEWAY_SECONDS = 30
 NODE_TOKEN_MAX_LIFETIME = 300
@@ -246,6 +250,33 @@ def verify_node(token: str, keys: KeySet, *, node_id: str) -> dict[str, Any]:
     return claims
 
 
+EVENT_SIGNATURE_LIFETIME = 4 * 24 * 3600
+"""An event's signature must outlive the message: the events queue keeps one for up to four
+days (SQS's default retention) while its consumer is away."""
+
+
+def body_digest(body: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()).rstrip(b"=").decode()
+
+
+def event_claims(*, node_id: str, body: str, now: float | None = None) -> dict[str, Any]:
+    """A node's signature on one events-queue message: binds the exact ``body`` to the node."""
+    iat = int(now if now is not None else time.time())
+    return {"iss": node_id, "sub": node_id, "aud": AUD_EVENT, "iat": iat,
+            "exp": iat + EVENT_SIGNATURE_LIFETIME, "body": body_digest(body)}
+
+
+def verify_event(token: str, keys: KeySet, *, node_id: str, body: str) -> dict[str, Any]:
+    """Verify that node ``node_id`` (its key in ``keys``) signed exactly ``body``."""
+    claims = verify(token, keys, audience=AUD_EVENT, issuer=node_id, required=("sub", "body"),
+                    max_lifetime=EVENT_SIGNATURE_LIFETIME)
+    if claims["sub"] != node_id:
+        raise TokenError("event signed for another node")
+    if not isinstance(claims["body"], str) or claims["body"] != body_digest(body):
+        raise TokenError("event signature is for another message")
+    return claims
+
+
 ACCESS_TOKEN_MAX_LIFETIME = 300
 """Upper bound of an instance access token's life: how long a revoked user may keep access."""
 
@@ -287,10 +318,12 @@ def revocation_claims(*, issuer: str, instance_id: str, username: str = ALL_USER
             "jti": uuid.uuid4().hex}
 
 
-def verify_revocation(token: str, keys: KeySet, *, instance_id: str) -> dict[str, Any]:
-    """A revocation for this instance (its own audience: an access token is not one)."""
-    return verify(token, keys, audience=revocation_audience(instance_id), required=("sub",),
-                  max_lifetime=ACCESS_TOKEN_MAX_LIFETIME)
+def verify_revocation(token: str, keys: KeySet, *, instance_id: str,
+                      issuer: str) -> dict[str, Any]:
+    """A revocation for this instance (its own audience: an access token is not one) from
+    ``issuer``. Single use is the receiver's part: remember ``jti`` until ``exp``."""
+    return verify(token, keys, audience=revocation_audience(instance_id), issuer=issuer,
+                  required=("sub", "jti"), max_lifetime=ACCESS_TOKEN_MAX_LIFETIME)
 
 
 def pkce_challenge(verifier: str) -> str:

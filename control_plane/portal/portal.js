@@ -10,12 +10,8 @@ let pollTimer = null;
 function $(id) { return document.getElementById(id); }
 
 function csrfToken() {
-  // Double-submit: the API sets a readable CSRF cookie beside the HttpOnly session cookie and
-  // expects the same value back in a header on every state-changing call.
-  for (const part of document.cookie.split(";")) {
-    const [name, ...rest] = part.trim().split("=");
-    if (name.toLowerCase().includes("csrf")) return decodeURIComponent(rest.join("="));
-  }
+  // The session's token as the server gave it (login, /api/me), never a cookie: a sibling
+  // host can plant cookies, it cannot read this answer.
   return me && me.csrf_token ? me.csrf_token : "";
 }
 
@@ -51,11 +47,16 @@ function listOf(data, key) {
   return (data && data[key]) || [];
 }
 
-// Only a same-origin path may follow a login: anything else would be an open redirect.
+// Only a same-origin path may follow a login: anything else would be an open redirect. The
+// browser's own URL parser decides (it drops tabs and newlines and reads "\\" as "/", so
+// "/\t/evil.example" is "//evil.example"), exactly as location.assign() would read it.
 function safeNext() {
   const next = new URLSearchParams(location.search).get("next");
-  if (!next || !next.startsWith("/") || next.startsWith("//") || next.startsWith("/\\")) return null;
-  return next;
+  if (!next) return null;
+  let url;
+  try { url = new URL(next, location.origin); } catch (e) { return null; }
+  if (url.origin !== location.origin) return null;
+  return url.pathname + url.search + url.hash;
 }
 
 function show(view) {
@@ -259,7 +260,9 @@ async function renderAdmin() {
         el("td", {}, node.heartbeat_age_seconds != null ? `${Math.round(node.heartbeat_age_seconds)} s ago` : "never")));
     }
     table.append(tbody);
-    holder.append(el("h3", {}, cluster.name || id), table);
+    const who = cluster.public ? "everyone may launch here"
+      : `only admins${(cluster.users || []).length ? " and " + cluster.users.join(", ") : ""} may launch here`;
+    holder.append(el("h3", {}, cluster.name || id), el("p", { "class": "access" }, who), table);
   }
 }
 

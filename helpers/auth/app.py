@@ -4,7 +4,8 @@ Every request goes through :meth:`AuthHelper.handle`:
 
     CALLBACK_PATH  -> finish a login this browser started, set the session cookie, go back to
                       the page first asked for
-    LOGOUT_PATH    -> end the session
+    LOGOUT_PATH    -> GET: a page with a sign-out button; POST from this instance's own pages
+                      (``Origin``): end the session
     REVOKE_PATH    -> (POST, from the portal, signed) end a user's sessions at once
     anything else  -> with a live session: proxy to the tool (HTTP or WebSocket);
                       without: GET/HEAD go to the portal's authorize endpoint, the rest get 401
@@ -37,6 +38,7 @@ from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_sec
 from protocol import pod
 from protocol.errors import TokenError
 from protocol.tokens import ALL_USERS, pkce_challenge
+from protocol.urls import same_origin_path
 
 log = logging.getLogger("dit4c.auth")
 
@@ -83,7 +85,8 @@ class AuthHelper:
             connector=aiohttp.TCPConnector(limit=0), read_bufsize=READ_BUFFER,
         )
         c = self.config
-        self._portal = Portal(portal_http, instance_id=c.instance_id, client_id=c.client_id,
+        self._portal = Portal(portal_http, instance_id=c.instance_id, issuer=c.issuer,
+                              client_id=c.client_id,
                               client_secret=c.client_secret, token_url=c.token_url,
                               jwks_url=c.jwks_url, redirect_uri=c.redirect_uri)
         self._upstream = Upstream(tool_http, c.upstream,
@@ -172,12 +175,22 @@ class AuthHelper:
             await self._end(old, "replaced by a new sign-in")
         session = self.sessions.create(tokens)
         log.info("session started for %s", session.username)
-        response = _redirect(_safe_path(login.next_path))
+        response = _redirect(same_origin_path(login.next_path))
         self._set_cookie(response, self.session_cookie, session.session_id)
         self._set_cookie(response, self.login_cookie, "", max_age=0)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
+        """Only a POST from this instance's own pages signs out. A GET would let any page
+        (another instance's, which is same-site and gets the Lax cookie) sign the user out
+        with an image; a cross-origin POST is told apart by its ``Origin``."""
+        if request.method != "POST":
+            return _page(200, "Sign out", f"<form method='post' action='{pod.LOGOUT_PATH}'>"
+                         "<button type='submit'>Sign out of this instance</button></form>")
+        if request.headers.get("Origin") != self.config.origin:
+            log.warning("logout from origin %r refused", request.headers.get("Origin"))
+            return _page(403, "Not signed out", "Sign out from this instance's own page. "
+                         f"<a href='{pod.LOGOUT_PATH}'>Sign out</a>.")
         session = self.sessions.get(cookie_value(request, self.session_cookie))
         if session is not None:
             log.info("session ended by logout for %s", session.username)
@@ -277,13 +290,6 @@ class AuthHelper:
 
 def _equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def _safe_path(path: str) -> str:
-    """Only a path on this host: never ``//evil`` or a scheme (open-redirect guard)."""
-    if not path.startswith("/") or path.startswith("//") or path.startswith("/\\"):
-        return "/"
-    return path
 
 
 def _redirect(location: str) -> web.Response:

@@ -32,6 +32,16 @@ class AuthConfig:
         return self.public_url + pod.CALLBACK_PATH
 
     @property
+    def issuer(self) -> str:
+        """The portal's ``iss`` (checked at start: the authorize URL is the portal's)."""
+        return pod.portal_issuer(self.authorize_url)
+
+    @property
+    def origin(self) -> str:
+        """The instance's own origin, as browsers send it in ``Origin``."""
+        return self.public_url
+
+    @property
     def secure(self) -> bool:
         """Under https the cookies are ``Secure`` and use the ``__Host-`` prefix."""
         return self.public_url.startswith("https://")
@@ -62,6 +72,11 @@ class AuthConfig:
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"{pod.ENV_AUTH_LISTEN} must be host:port, not {listen!r}")
+        authorize_url = url(pod.ENV_OAUTH_AUTHORIZE_URL)
+        try:
+            pod.portal_issuer(authorize_url)
+        except ValueError as exc:
+            raise ConfigError(f"{pod.ENV_OAUTH_AUTHORIZE_URL}: {exc}") from None
         return cls(
             listen_host=host.strip("[]"),
             listen_port=int(port),
@@ -70,7 +85,7 @@ class AuthConfig:
             public_url=url(pod.ENV_PUBLIC_URL, path=False),
             client_id=need(pod.ENV_OAUTH_CLIENT_ID),
             client_secret=need(pod.ENV_OAUTH_CLIENT_SECRET),
-            authorize_url=url(pod.ENV_OAUTH_AUTHORIZE_URL),
+            authorize_url=authorize_url,
             token_url=url(pod.ENV_OAUTH_TOKEN_URL),
             jwks_url=url(pod.ENV_OAUTH_JWKS_URL),
         )

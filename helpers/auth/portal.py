@@ -2,8 +2,10 @@
 
 :class:`Portal` exchanges codes and refresh tokens (client authentication: HTTP Basic) and
 verifies every access token it receives before anything trusts it: signature by a key of the
-portal's JWKS, audience = this instance, a user in ``sub``, a life of at most five minutes
-(:func:`protocol.tokens.verify_access`). The JWKS is cached and fetched again when a token names
+portal's JWKS, the portal as issuer, audience = this instance, a user in ``sub``, a life of at
+most five minutes (:func:`protocol.tokens.verify_access`). A back-channel revocation must be
+the portal's too, and works once: its ``jti`` is remembered until it expires, so a captured
+one cannot be replayed. The JWKS is cached and fetched again when a token names
 an unknown ``kid`` (key rotation), at most once per ``JWKS_MIN_REFETCH`` seconds so that forged
 tokens cannot make us hammer the portal.
 """
@@ -22,7 +24,13 @@ import aiohttp
 
 from helpers.auth.errors import GrantRefused, PortalError
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, unverified_kid, verify_access, verify_revocation
+from protocol.tokens import (
+    DEFAULT_LEEWAY_SECONDS,
+    KeySet,
+    unverified_kid,
+    verify_access,
+    verify_revocation,
+)
 
 log = logging.getLogger("dit4c.auth.portal")
 
@@ -56,10 +64,14 @@ class Tokens:
 class Portal:
     """Talks to the portal for one client (one instance); ``http`` is owned by the caller."""
 
-    def __init__(self, http: aiohttp.ClientSession, *, instance_id: str, client_id: str,
-                 client_secret: str, token_url: str, jwks_url: str, redirect_uri: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, *, instance_id: str, issuer: str,
+                 client_id: str, client_secret: str, token_url: str, jwks_url: str,
+                 redirect_uri: str) -> None:
         self._http = http
         self._instance_id = instance_id
+        self._issuer = issuer
+        self._revocations_seen: dict[str, float] = {}
+        """jti -> exp of the revocations acted on."""
         # RFC 6749 2.3.1: id and secret are form-encoded, then HTTP Basic. Built by hand
         # because aiohttp 3.14 deprecates ``auth=`` and 3.8 lacks its replacement.
         raw = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
@@ -105,13 +117,22 @@ class Portal:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid access token for this instance; TokenError otherwise."""
-        return verify_access(token, await self._keys_for(token),
+        return verify_access(token, await self._keys_for(token), issuer=self._issuer,
                              instance_id=self._instance_id, leeway=RECEIPT_LEEWAY)
 
     async def verify_revocation(self, token: str) -> dict[str, Any]:
-        """The claims of a valid revocation for this instance; TokenError otherwise."""
-        return verify_revocation(token, await self._keys_for(token),
-                                 instance_id=self._instance_id)
+        """The claims of a valid revocation for this instance, seen for the first time;
+        TokenError otherwise."""
+        claims = verify_revocation(token, await self._keys_for(token), issuer=self._issuer,
+                                   instance_id=self._instance_id)
+        now = time.time()
+        self._revocations_seen = {j: e for j, e in self._revocations_seen.items() if e > now}
+        jti = str(claims["jti"])
+        if jti in self._revocations_seen:
+            raise TokenError("revocation already used")
+        # Kept past exp by the verifier's leeway, while the token would still pass.
+        self._revocations_seen[jti] = float(claims["exp"]) + DEFAULT_LEEWAY_SECONDS
+        return claims
 
     async def _keys_for(self, token: str) -> KeySet:
         if unverified_kid(token) not in self._keys:

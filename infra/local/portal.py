@@ -6,7 +6,10 @@ and the pods network's gateway so pods reach the portal as ``host.docker.interna
 per connection. Like ``chalice local``, the app's class is swapped for one whose
 ``current_request`` is thread-local, so concurrent requests do not see each other's request.
 A path no route serves gets the API's JSON 404 (:func:`control_plane.gateway.not_found`), as
-through API Gateway, instead of ``chalice.local``'s imitation of API Gateway's 403.
+through API Gateway, instead of ``chalice.local``'s imitation of API Gateway's 403. Each
+request's ``requestContext.identity.sourceIp`` is the connection's peer, as API Gateway gives
+the client's address (``chalice.local`` would say 127.0.0.1 for everyone, and the login
+throttle counts failures per address: pods on the pods network would share the browser's).
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ access_log = logging.getLogger("dit4c.local.portal.access")
 
 
 class PortalGateway(LocalGateway):
-    """``chalice.local``'s gateway, answering unknown paths as the deployed handler does."""
+    """``chalice.local``'s gateway, answering unknown paths as the deployed handler does, with
+    ``source_ip`` (the connection's peer) as every request's source address."""
 
-    def __init__(self, app: Chalice, config: Config) -> None:
+    def __init__(self, app: Chalice, config: Config, source_ip: str = "127.0.0.1") -> None:
         super().__init__(app, config)
         self._routes = RouteTable(app.routes)
+        self.event_converter.LOCAL_SOURCE_IP = source_ip
 
     def handle_request(self, method: str, path: str, headers: Any, body: bytes | None
                        ) -> Any:
@@ -55,7 +60,7 @@ class _RequestHandler(ChaliceRequestHandler):
 
     def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice,
                  config: Config) -> None:
-        self.local_gateway = PortalGateway(app_object, config)
+        self.local_gateway = PortalGateway(app_object, config, str(client_address[0]))
         BaseHTTPRequestHandler.__init__(self, request, client_address, server)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -176,8 +176,9 @@ data "aws_iam_policy_document" "api_function" {
     resources = [aws_sns_topic.revocations_topic.arn]
   }
   statement {
-    effect    = "Allow"
-    actions   = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:GetQueueAttributes", "sqs:SendMessage"]
+    effect = "Allow"
+    actions = ["sqs:CreateQueue", "sqs:TagQueue", "sqs:GetQueueAttributes", "sqs:SendMessage",
+    "sqs:DeleteQueue"]
     resources = [local.node_queues_arn]
   }
   statement {
@@ -212,6 +213,11 @@ data "aws_iam_policy_document" "events_function" {
     effect    = "Allow"
     actions   = ["dynamodb:PutItem"]
     resources = [aws_dynamodb_table.images_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.oauth_clients_table.arn]
   }
   statement {
     effect    = "Allow"
@@ -250,7 +256,7 @@ data "aws_iam_policy_document" "reaper_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:PutItem"]
+    actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
   }
   statement {

@@ -120,19 +120,24 @@ USER_PASSWORD = "user-password-1"
 
 
 class CPClient:
-    """The Chalice test client with a cookie jar and the CSRF header, like a browser's JS."""
+    """The Chalice test client with a cookie jar and the CSRF header, like a browser's JS.
+
+    ``cookie`` is the session cookie (``name=value``, or None); ``device`` the device cookie a
+    successful login leaves (the login throttle's known browser)."""
 
     def __init__(self, client: Client, address: str = "127.0.0.1") -> None:
         self.client = client
         self.cookie: str | None = None
+        self.device: str | None = None
         self.csrf: str | None = None
 
     def request(self, method: str, path: str, body: Any = None, *,
                 headers: dict[str, str] | None = None, raw: bytes | None = None,
                 csrf: bool = True) -> Any:
         sent = {"content-type": "application/json"}
-        if self.cookie:
-            sent["cookie"] = self.cookie
+        jar = [c for c in (self.cookie, self.device) if c]
+        if jar:
+            sent["cookie"] = "; ".join(jar)
         if csrf and self.csrf:
             sent["x-csrf-token"] = self.csrf
         sent.update(headers or {})
@@ -144,6 +149,8 @@ class CPClient:
             value = cookie.split(";", 1)[0]
             if value.startswith("dit4c_session="):
                 self.cookie = value if value.split("=", 1)[1] else None
+            elif value.startswith("dit4c_device="):
+                self.device = value if value.split("=", 1)[1] else None
         response.json = json.loads(response.body) if response.body else None  # type: ignore[attr-defined]
         return response
 

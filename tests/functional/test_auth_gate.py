@@ -65,8 +65,9 @@ async def response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await asyncio.wait_for(reader.readexactly(length), 10)
 
 
-def request(path: str, cookie: str | None = None, extra: str = "") -> bytes:
-    lines = f"GET {path} HTTP/1.1\r\nHost: w.dit4c.test\r\n"
+def request(path: str, cookie: str | None = None, extra: str = "", method: str = "GET"
+            ) -> bytes:
+    lines = f"{method} {path} HTTP/1.1\r\nHost: w.dit4c.test\r\n"
     if cookie:
         lines += f"Cookie: dit4c-auth={cookie}\r\n"
     return (lines + extra + "\r\n").encode()
@@ -88,7 +89,8 @@ async def test_one_connection_goes_to_the_tool_and_the_helper_in_order(gate: Gat
 
 async def test_the_helpers_own_paths_never_reach_the_tool(gate: Gate) -> None:
     reader, writer = await gate.open()
-    writer.write(request(pod.LOGOUT_PATH, gate.cookie))
+    writer.write(request(pod.LOGOUT_PATH, gate.cookie, "Origin: http://w.dit4c.test\r\n"
+                         "Content-Length: 0\r\n", method="POST"))
     head, body = await response(reader)
     assert head.startswith(b"HTTP/1.1 200") and b"signed out" in body
     assert gate.helper.sessions.get(gate.cookie) is None  # the helper ended the session

@@ -17,16 +17,20 @@ def test_login_sets_a_safe_cookie_and_me_answers(cp_admin, cp_client):
     browser = cp_client()
     r = browser.post("/api/login", {"username": "admin", "password": ADMIN_PASSWORD})
     assert r.status_code == 200
-    cookie = {k.lower(): v for k, v in r.headers.items()}["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
-    assert "Secure" not in cookie  # the test portal URL is http
+    session, device = {k.lower(): v for k, v in r.headers.items()}["set-cookie"]
+    for cookie in (session, device):
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/;" in cookie
+        assert "Secure" not in cookie  # the test portal URL is http
+    assert session.startswith("dit4c_session=") and device.startswith("dit4c_device=")
     me = browser.get("/api/me")
-    assert me.json["user"] == {"username": "admin", "admin": True, "provider": "local"}
+    assert me.json["user"] == {"username": "admin", "admin": True, "provider": "local",
+                               "display_name": None}
     assert me.json["csrf_token"] == r.json["csrf_token"]
 
 
 def test_secure_cookie_when_portal_is_https(cp_services):
-    assert "Secure" in session_cookie("t", 10, secure=True)
+    cookie = session_cookie("t", 10, secure=True)
+    assert cookie.startswith("__Host-dit4c_session=t;") and "Secure" in cookie
 
 
 def test_wrong_password_and_unknown_user_look_the_same(cp_admin, cp_client):

@@ -20,6 +20,7 @@ from control_plane.bootstrap import ensure_local_defaults
 from protocol.messages import InstanceStateEvent, decode
 from protocol.registry import EXPORT_CLAIM, PUSH, parse_reference, repository_access
 from protocol.tokens import SigningKey
+from tests.support.events import signed_event
 
 from .conftest import with_registry
 
@@ -32,20 +33,27 @@ def cp_env(cp_env, cp_registry_port):
     return with_registry(cp_env, cp_registry_port)
 
 
+KEYS: dict[str, SigningKey] = {}
+"""Each enrolled node's key: its events are signed with it."""
+
+
 @pytest.fixture
 def node(cp_services, cp_client) -> dict[str, Any]:
     local = ensure_local_defaults("admin-password-1", CATALOG, cp_services)
+    key = SigningKey.generate()
     r = cp_client().post("/api/nodes/enroll", {
-        "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
+        "join_token": local.join_token, "public_jwk": key.public_jwk(),
         "name": "node-1", "cpu": 4, "memory_mb": 4096})
     assert r.status_code == 201, r.body
     enrolled: dict[str, Any] = r.json
+    KEYS[enrolled["node_id"]] = key
     return enrolled
 
 
 def _event(cp_chalice, *messages):
-    event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
-    return cp_chalice.lambda_.invoke("on_event", event).payload
+    result = cp_chalice.lambda_.invoke("on_event", signed_event(KEYS, *messages)).payload
+    assert result == {"batchItemFailures": []}, result
+    return result
 
 
 def _save_message(queue_url):

@@ -15,8 +15,12 @@ from protocol import pod
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
 from protocol.registry import parse_reference
 from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
+from tests.support.events import signed_event
 
 from .conftest import with_registry
+
+KEYS: dict[str, SigningKey] = {}
+"""Each enrolled node's key, by node id: its events are signed with it."""
 
 CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
                     memory_mb=512, tags=["demo"])]
@@ -38,13 +42,19 @@ def local(cp_services):
     return ensure_local_defaults("admin-password-1", CATALOG, cp_services)
 
 
+def _enroll(client, join_token, name):
+    key = SigningKey.generate()
+    r = client.post("/api/nodes/enroll", {
+        "join_token": join_token, "public_jwk": key.public_jwk(), "name": name, "cpu": 2,
+        "memory_mb": 1024})
+    assert r.status_code == 201, r.body
+    KEYS[r.json["node_id"]] = key
+    return r.json
+
+
 @pytest.fixture
 def node(local, cp_client):
-    r = cp_client().post("/api/nodes/enroll", {
-        "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
-        "name": "node-1", "cpu": 2, "memory_mb": 1024})
-    assert r.status_code == 201, r.body
-    return r.json
+    return _enroll(cp_client(), local.join_token, "node-1")
 
 
 def _image_id(client):
@@ -66,7 +76,7 @@ def _messages(queue_url):
 
 
 def _event(cp_chalice, *messages):
-    event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
+    event = signed_event(KEYS, *messages)
     result = cp_chalice.lambda_.invoke("on_event", event).payload
     assert on_event is not None
     return result
@@ -245,10 +255,8 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     b = alice.post("/api/instances", {"image_id": image}).json
     nid = node["node_id"]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
-    second = cp_client().post("/api/nodes/enroll", {
-        "join_token": cp_services.nodes.create_join_token("default").token,
-        "public_jwk": SigningKey.generate().public_jwk(), "name": "node-2", "cpu": 2,
-        "memory_mb": 1024}).json
+    second = _enroll(cp_client(), cp_services.nodes.create_join_token("default").token,
+                     "node-2")
     cp_services.nodes.nodes.update({"node_id": nid}, "SET last_heartbeat = :t",
                                    vals={":t": 0})
     report = _reap(cp_chalice).payload
@@ -276,8 +284,8 @@ def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
                              cpu_used=0.5, memory_mb_used=100, load=load, running=[],
                              sent_at=sent_at)
 
-    _event(cp_chalice, beat("2030-01-01T00:00:02.000Z", 2.0),
-           beat("2030-01-01T00:00:01.000Z", 1.0))
+    _event(cp_chalice, beat("2020-01-01T00:00:02.000Z", 2.0),
+           beat("2020-01-01T00:00:01.000Z", 1.0))
     assert cp_services.nodes.get(nid).load == 2.0
 
 

@@ -131,7 +131,7 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: Image,  # noqa: PLR
             event = InstanceStateEvent(node_id=node_id or "nobody",
                                        instance_id=item.instance_id, state=state,
                                        progress={"pull": age * 25},
-                                       sent_at=f"2030-01-01T00:00:0{age}.000Z")
+                                       sent_at=f"2020-01-01T00:00:0{age}.000Z")
             sent.append(event)
             svc.events.handle(event)
         elif kind == "replay" and sent:
@@ -142,7 +142,7 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: Image,  # noqa: PLR
             svc.events.handle(NodeHeartbeat(
                 node_id=node.node_id, version="1", cpu_total=total.cpu_milli_total / 1000,
                 memory_mb_total=total.memory_mb_total, cpu_used=0, memory_mb_used=0,
-                load=op[2], running=[], sent_at=f"2030-01-01T00:00:0{op[2]}.000Z"))
+                load=op[2], running=[], sent_at=f"2020-01-01T00:00:0{op[2]}.000Z"))
         elif kind == "stop" and ids:
             try:
                 svc.lifecycle.stop(user, ids[op[1] % len(ids)])

@@ -122,7 +122,8 @@ def test_a_fresh_deployment_becomes_usable(deployment: Deployment):
     assert join[:6] == ["python", "-m", "node_daemon", "join", "--portal",
                         PARAMETERS["PortalUrl"]]
     svc = deployment.services()
-    assert svc.accounts.login(Login(username="admin", password=PASSWORD), "203.0.113.1").user.admin
+    assert svc.accounts.login(Login(username="admin", password=PASSWORD),
+                              "203.0.113.1").session.user.admin
     assert svc.nodes.get_cluster(DEFAULT_CLUSTER)
     images = {i.image for i in svc.catalog.list_for("admin")}
     assert images == {entry.image for entry in DEMO_CATALOG}

@@ -41,6 +41,7 @@ from tests.support.deploy import (
     scheduled_event,
     sqs_event,
 )
+from tests.support.events import sign
 from tests.support.iam_gate import IamGate, function_credentials, function_policies, unused_grants
 from tests.support.registry import RegistryServer
 
@@ -59,7 +60,9 @@ class World:
     functions: dict[str, FunctionProcess]
     admin_services: Services
     policies: dict[str, Any]
-    registry: RegistryServer
+    keys: dict[str, SigningKey] = field(default_factory=dict)
+    """Each enrolled node's key, by node id."""
+    registry: RegistryServer | None = None
     _rule: str = "arn:aws:events:us-east-1:123456789012:rule/reaper"
 
     @property
@@ -72,7 +75,10 @@ class World:
         return response
 
     def events(self, *messages: Any) -> None:
-        batch = sqs_event([m.encode() for m in messages], self.env["DIT4C_EVENTS_QUEUE_ARN"])
+        """Each message as its node sends it: signed with the node's key."""
+        signed = [sign(m, self.keys[m.node_id], m.node_id) for m in messages]
+        batch = sqs_event([body for body, _ in signed], self.env["DIT4C_EVENTS_QUEUE_ARN"],
+                          [signature for _, signature in signed])
         result = self.functions["EventsFunction"].invoke("control_plane.app.on_event", batch)
         assert result == {"batchItemFailures": []}
 
@@ -108,7 +114,8 @@ class Browser:
         cookies = (response.get("multiValueHeaders") or {}).get("Set-Cookie") or [
             (response.get("headers") or {}).get("Set-Cookie", "")]
         for cookie in cookies:
-            if cookie.startswith("dit4c_session="):
+            # The portal is https here: the session cookie has the __Host- prefix.
+            if cookie.startswith(("dit4c_session=", "__Host-dit4c_session=")):
                 self.cookie = cookie.split(";", 1)[0]
         text = response.get("body") or ""
         parsed = json.loads(text) if text.startswith(("{", "[")) else text
@@ -144,7 +151,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 # The reaper's view of "silent": the scenario makes a node silent on purpose.
                 env["DIT4C_NODE_SILENT_SECONDS"] = "90"
                 functions[name] = FunctionProcess(artifact, env, tmp / f"{name}.log")
-            world = World(endpoint, stack, gate, functions, admin, policies, registry)
+            world = World(endpoint, stack, gate, functions, admin, policies, registry=registry)
             # The API makes the signing keys (and the registry CA) at its first need of them;
             # the image server can trust that CA from then on.
             world.api(HttpRequest("GET", "/.well-known/jwks.json", (), {}, None))
@@ -175,6 +182,7 @@ def _enroll(world: World, admin: Browser, cluster_id: str, name: str
         "join_token": token["token"], "public_jwk": key.public_jwk(), "name": name, "cpu": 4,
         "memory_mb": 4096})
     assert status == 201, enrolment
+    world.keys[enrolment["node_id"]] = key
     status, creds = node.call("POST", f"/api/nodes/{enrolment['node_id']}/credentials",
                               headers={"authorization": "Bearer " + key.sign(
                                   node_claims(node_id=enrolment["node_id"]))})

@@ -16,7 +16,7 @@ from node_daemon.credentials import CredentialBroker
 from node_daemon.errors import PortalError, QueueError
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
-from protocol.messages import InstanceStateEvent, StopInstance, decode
+from protocol.messages import SIGNATURE_ATTRIBUTE, InstanceStateEvent, StopInstance, decode
 from protocol.tokens import SigningKey
 from tests.support.control_plane import ControlPlane, control_plane
 
@@ -84,7 +84,8 @@ async def test_broker_retries_after_a_failed_fetch(client: PortalClient, portal:
 
 async def test_queues_with_broker_credentials(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
-    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)),
+                        key=key, node_id=node_id)
     command = StopInstance(instance_id="abc")
     await asyncio.to_thread(portal.send, node_id, command)
     received = await queues.receive(wait_seconds=1)
@@ -93,13 +94,18 @@ async def test_queues_with_broker_credentials(client: PortalClient, portal: Cont
     assert await queues.receive(wait_seconds=0) == []
     event = InstanceStateEvent(node_id=node_id, instance_id="abc", state="stopped")
     await queues.send_event(event)
-    answer = portal.sqs.receive_message(QueueUrl=portal.events_queue_url, WaitTimeSeconds=1)
+    answer = portal.sqs.receive_message(QueueUrl=portal.events_queue_url, WaitTimeSeconds=1,
+                                        MessageAttributeNames=["All"])
     assert [decode(m["Body"]) for m in answer["Messages"]] == [event]
+    (sent,) = answer["Messages"]
+    signature = sent["MessageAttributes"][SIGNATURE_ATTRIBUTE]["StringValue"]
+    assert portal.services.nodes.event_sender(node_id, sent["Body"], signature).node_id == node_id
 
 
 async def test_queue_errors_name_the_queue(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
-    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)),
+                        key=key, node_id=node_id)
     portal.sqs.delete_queue(QueueUrl=portal.queue_url(node_id))
     with pytest.raises(QueueError) as failed:
         await queues.receive(wait_seconds=0)
@@ -122,7 +128,8 @@ def instance_of(body: str) -> str:
 async def test_a_message_in_hand_stays_hidden_until_the_work_ends(client: PortalClient,
                                                                   portal: ControlPlane):
     node_id, key = await enrol(client, portal)
-    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)),
+                        key=key, node_id=node_id)
     assert await queues.visibility_timeout() == 2
     for instance_id in ("held", "loose"):
         await asyncio.to_thread(portal.send, node_id, StopInstance(instance_id=instance_id))

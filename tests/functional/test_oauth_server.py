@@ -385,7 +385,8 @@ def test_back_channel_to_an_unreachable_helper_reports_failure(portal, clients):
     assert request.url == "http://127.0.0.1:8080/.dit4c/auth/revoke"
     assert request.headers["Host"] == "a.dit4c.test:8080"
     token = request.headers["Authorization"].removeprefix("Bearer ")
-    claims = verify_revocation(token, KeySet.from_jwks(portal.jwks()), instance_id="a")
+    claims = verify_revocation(token, KeySet.from_jwks(portal.jwks()), instance_id="a",
+                               issuer=portal.issuer)
     assert claims["sub"] == "sam"
 
 

@@ -23,6 +23,7 @@ from control_plane.services import Services
 from protocol.messages import InstanceStateEvent, StartInstance, decode
 from protocol.tokens import KeySet, SigningKey, pkce_challenge, verify_access
 from tests.functional.conftest import ADMIN_PASSWORD, USER_PASSWORD, CPClient
+from tests.support.events import signed_event
 
 CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
                     memory_mb=256, tags=[])]
@@ -70,8 +71,9 @@ def sign_in(portal: Client, who: CPClient, start: StartInstance):
 def test_launch_registers_the_client_and_the_portal_session_signs_in(wired):
     svc, api, portal = wired
     local = ensure_local_defaults(ADMIN_PASSWORD, CATALOG, svc)
+    node_key = SigningKey.generate()
     node = CPClient(api).post("/api/nodes/enroll", {
-        "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
+        "join_token": local.join_token, "public_jwk": node_key.public_jwk(),
         "name": "n1", "cpu": 2, "memory_mb": 1024}).json
     admin = browser(api, "admin", ADMIN_PASSWORD)
     for name in ("alice", "bob"):
@@ -111,7 +113,7 @@ def test_launch_registers_the_client_and_the_portal_session_signs_in(wired):
     _, owners = sign_in(portal, alice, start)
     assert alice.post(f"/api/instances/{iid}/stop").status_code == 202
     stopped = InstanceStateEvent(node_id=node["node_id"], instance_id=iid, state="stopped")
-    api.lambda_.invoke("on_event", api.events.generate_sqs_event([stopped.encode()]))
+    api.lambda_.invoke("on_event", signed_event({node["node_id"]: node_key}, stopped))
     assert alice.post(f"/api/instances/{iid}/discard").status_code == 202
     status, body = token(portal, start, {"grant_type": "refresh_token",
                                          "refresh_token": owners["refresh_token"]})

@@ -3,6 +3,10 @@
 - :mod:`tests.support.control_plane` — the real control plane (Chalice app) on loopback over
   moto's server mode, for everything that needs a portal: node enrolment and credentials,
   commands on a node's queue.
+- :mod:`tests.support.events` — events as a node signs them, in the SQS event Lambda hands
+  the consumer.
+- :mod:`tests.support.identity_provider` — an OpenID Connect (and GitHub-shaped) provider on
+  loopback that signs real ID tokens, or forges them.
 - :mod:`tests.support.node` — the node daemon as a process, its events read back, a test node's
   settings, a sample start command.
 - :mod:`tests.support.router` — an edge router, listener links, tunnel tokens and an upstream

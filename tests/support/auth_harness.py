@@ -88,6 +88,7 @@ class PortalHarness:
         tables = create_tables(dynamodb, "OAuthClientsTable", "TokensTable")
         self.clients_table = tables["OAuthClientsTable"]
         self.tokens_table = tables["TokensTable"]
+        self.issuer = issuer
         self.signer = SigningKey.generate()
         self.access: dict[str, set[str]] = {}
         self.sessions: dict[str, str] = {}

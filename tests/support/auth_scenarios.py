@@ -273,6 +273,8 @@ async def back_channel_refuses_what_the_portal_did_not_sign(stack: Stack) -> Non
             issuer=PORTAL, instance_id="b", username="alice")),
         "expired": signer.sign(revocation_claims(issuer=PORTAL, instance_id="a",
                                                  username="alice", now=time.time() - 1000)),
+        "from another issuer": signer.sign(revocation_claims(
+            issuer="https://evil.example", instance_id="a", username="alice")),
         "garbage": "not-a-token",
     }
     url = stack.url("a", pod.REVOKE_PATH)
@@ -285,11 +287,36 @@ async def back_channel_refuses_what_the_portal_did_not_sign(stack: Stack) -> Non
     assert (await _status(browser, stack.url("a")))[0] == 200  # alice is still in
 
 
+async def back_channel_revocations_work_once(stack: Stack) -> None:
+    """A captured revocation, sent again while it is still valid, ends nobody's sessions."""
+    first = await _login(stack, "alice", "a")
+    token = stack.portal.signer.sign(revocation_claims(issuer=PORTAL, instance_id="a",
+                                                       username="alice"))
+    url = stack.url("a", pod.REVOKE_PATH)
+    async with first.session.post(url, headers={"Authorization": f"Bearer {token}"}) as sent:
+        assert sent.status == 200 and (await sent.json())["ended"] >= 1
+    again = await _login(stack, "alice", "a")
+    async with again.session.post(url, headers={"Authorization": f"Bearer {token}"}) as sent:
+        assert sent.status == 403 and "already used" in (await sent.json())["error"]
+    assert (await _status(again, stack.url("a")))[0] == 200
+
+
 async def logout_ends_the_session(stack: Stack) -> None:
     browser = await _login(stack, "alice", "a")
     old = _session_cookie(browser, "a")
-    visit = await browser.get(stack.url("a", pod.LOGOUT_PATH), max_hops=1)
-    assert visit.status == 200 and "Signed out" in visit.text
+    logout = stack.url("a", pod.LOGOUT_PATH)
+    # A GET only shows the button; a POST from another origin (another instance's page,
+    # same-site, so the Lax cookie comes along) or with none is refused.
+    visit = await browser.get(logout, max_hops=1)
+    assert visit.status == 200 and "method='post'" in visit.text
+    for origin in ({"Origin": stack.url("b").rstrip("/")}, {"Origin": "null"}, {}):
+        async with browser.session.post(logout, headers=origin,
+                                        allow_redirects=False) as refused:
+            assert refused.status == 403, origin
+    assert (await _status(browser, stack.url("a")))[0] == 200
+    async with browser.session.post(logout, headers={"Origin": stack.url("a").rstrip("/")},
+                                    allow_redirects=False) as done:
+        assert done.status == 200 and "Signed out" in await done.text()
     assert _session_cookie(browser, "a") in (None, "")
     status, location = await _status(browser, stack.url("a"))
     assert status == 302 and location.startswith(f"{PORTAL}/oauth/authorize")
@@ -540,7 +567,8 @@ SCENARIOS: list[Scenario] = [
     revoked_share_ends_access_within_the_token_lifetime,
     revoked_share_ends_at_once_through_the_back_channel,
     back_channel_revocation_closes_open_websockets_at_once,
-    back_channel_refuses_what_the_portal_did_not_sign, logout_ends_the_session,
+    back_channel_refuses_what_the_portal_did_not_sign, back_channel_revocations_work_once,
+    logout_ends_the_session,
     helper_cookies_never_reach_the_tool, request_bodies_stream_both_ways,
     websocket_through_the_helper, revoked_access_closes_open_websockets,
     tampered_redirect_uri_is_refused, replayed_code_is_refused,

@@ -6,7 +6,9 @@ the local stack's provisioner, and the API function's Chalice app (``control_pla
 on a real socket (:mod:`infra.local.portal`). So a node enrols with a one-time join token, signs
 its credentials calls with its own key (a replayed ``jti`` is refused) and gets STS credentials
 scoped to its queues: the real endpoints, not a stand-in. No events consumer, reaper, router
-or node runs: :class:`tests.support.node.EventLog` reads the events queue instead.
+or node runs: :class:`tests.support.node.EventLog` reads the events queue instead, or
+:meth:`ControlPlane.consume_events` hands what is queued to the events function
+(``control_plane.app.on_event``) exactly as ``make run``'s pump does (``infra.local.functions``).
 
 What tests need beyond HTTP goes through the control plane's own modules: join tokens
 (``Nodes.create_join_token``), commands on a node's queue (``Messenger.send``), the node's
@@ -35,12 +37,13 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 
 from control_plane import services
-from control_plane.app import app
+from control_plane.app import app, on_event
 from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
 from control_plane.table import Item, Table
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, AwsEndpoint
+from infra.local.functions import SqsPump
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner
@@ -60,10 +63,13 @@ class ControlPlane:
 
     ``credential_seconds``: the lifetime of the STS credentials nodes get (default: the
     control plane's). ``visibility_timeout``: what :meth:`enrolled` sets on a node's queue.
+    ``settings``: control-plane environment settings added to the template's (login
+    providers, the router's domain and port, ...).
     """
 
     def __init__(self, *, credential_seconds: int | None = None,
-                 visibility_timeout: int | None = None) -> None:
+                 visibility_timeout: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
         self.visibility_timeout = visibility_timeout
         self._moto = MotoServer()
         self.aws: AwsEndpoint = self._moto.start()
@@ -73,10 +79,11 @@ class ControlPlane:
                 Template.load(), PARAMETERS)
             (self._api,) = [spec for spec in stack.functions.values()
                             if any(isinstance(t, ApiTrigger) for t in spec.triggers)]
+            self._events_spec = stack.functions["EventsFunction"]
             use_process_logging(app)
             self._serve(0)
             config = Config.from_env({**self.aws.environment(), **stack.environment,
-                                      "DIT4C_PORTAL_URL": self.url})
+                                      "DIT4C_PORTAL_URL": self.url, **(settings or {})})
             botocore_session = botocore.session.get_session()
             if credential_seconds is not None:
                 config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
@@ -131,6 +138,19 @@ class ControlPlane:
 
     def send(self, node_id: str, message: Message) -> None:
         self.services.messenger.send(self.queue_url(node_id), message)
+
+    def consume_events(self) -> int:
+        """Hand whatever is on the events queue to the events function, as the local stack's
+        pump does (an SQS event of up to 10 records, message attributes included); returns
+        how many messages it took."""
+        pump = SqsPump(self._events_spec, on_event, self.sqs,
+                       queue_url=self.config.events_queue_url,
+                       queue_arn=self.config.events_queue_arn, batch_size=10,
+                       region=self.aws.region)
+        taken = 0
+        while got := pump.run_once(0):
+            taken += got
+        return taken
 
     # -- outages and shutdown --------------------------------------------------------------
 

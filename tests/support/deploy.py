@@ -41,6 +41,7 @@ from infra.local.aws import ACCOUNT_ID, AwsEndpoint
 from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
+from protocol.messages import SIGNATURE_ATTRIBUTE
 
 RUNTIME = Path(__file__).resolve().parent / "lambda_runtime.py"
 REGION = "us-east-1"
@@ -206,15 +207,22 @@ def rest_api_event(request: HttpRequest, *, stage: str = "Prod") -> dict[str, An
     return event
 
 
-def sqs_event(bodies: Sequence[str], queue_arn: str) -> dict[str, Any]:
-    """What an SQS event source mapping hands the function for one batch."""
+def sqs_event(bodies: Sequence[str], queue_arn: str,
+              signatures: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """What an SQS event source mapping hands the function for one batch; ``signatures``:
+    each body's node signature (``protocol.messages.SIGNATURE_ATTRIBUTE``), or None."""
     now = str(int(time.time() * 1000))
+    signed = signatures if signatures is not None else [None] * len(bodies)
     return {"Records": [{
         "messageId": str(uuid.uuid4()), "receiptHandle": uuid.uuid4().hex, "body": body,
         "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": now,
                        "SenderId": "AROAEXAMPLE", "ApproximateFirstReceiveTimestamp": now},
-        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn, "awsRegion": REGION} for body in bodies]}
+        "messageAttributes": {} if signature is None else {
+            SIGNATURE_ATTRIBUTE: {"stringValue": signature, "stringListValues": [],
+                                  "binaryListValues": [], "dataType": "String"}},
+        "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn, "awsRegion": REGION}
+        for body, signature in zip(bodies, signed, strict=True)]}
 
 
 def scheduled_event(rule_arn: str) -> dict[str, Any]:

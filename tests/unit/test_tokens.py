@@ -120,12 +120,14 @@ def test_pkce_challenge_matches_rfc_7636_appendix_b():
 
 def test_revocation_tokens_are_not_access_tokens(key, keys):
     revocation = key.sign(t.revocation_claims(issuer="p", instance_id="i1", username="sam"))
-    assert t.verify_revocation(revocation, keys, instance_id="i1")["sub"] == "sam"
+    assert t.verify_revocation(revocation, keys, instance_id="i1", issuer="p")["sub"] == "sam"
+    with pytest.raises(TokenError, match="another issuer"):
+        t.verify_revocation(revocation, keys, instance_id="i1", issuer="https://evil.example")
     with pytest.raises(TokenError, match="another audience"):
         t.verify_access(revocation, keys, instance_id="i1")
     access = key.sign(t.access_claims(issuer="p", instance_id="i1", username="sam",
                                       client_id="c"))
     with pytest.raises(TokenError, match="another audience"):
-        t.verify_revocation(access, keys, instance_id="i1")
+        t.verify_revocation(access, keys, instance_id="i1", issuer="p")
     with pytest.raises(TokenError, match="another audience"):
-        t.verify_revocation(revocation, keys, instance_id="i2")
+        t.verify_revocation(revocation, keys, instance_id="i2", issuer="p")
