@@ -23,6 +23,7 @@ from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
 from protocol.tokens import unverified_claims
+from control_plane.registry_routes import registry_blueprint
 
 if TYPE_CHECKING:
     from control_plane.services import Services
@@ -51,6 +52,7 @@ def _session_username(request: Request) -> str | None:
 app.register_blueprint(portal_routes.blueprint)
 app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
                                        session_username=_session_username))
+app.register_blueprint(registry_blueprint(get_registry=lambda: _svc().registry))
 
 REQUEST_BODIES: dict[tuple[str, str], type[Body]] = {}
 """The body type of each route that takes one: it parses the body and is its OpenAPI schema."""
@@ -208,13 +210,28 @@ def add_image(session: Session, body: bodies.NewImage) -> replies.Image:
 
 @route("/api/images/{image_id}", "DELETE", auth="session")
 def delete_image(session: Session, image_id: str) -> None:
-    _svc().catalog.remove(image_id, session.user.username, admin=session.user.admin)
+    _svc().images.delete(session.user, image_id)
 
 
-@route("/api/images/{image_id}/share", "POST", auth="session", body=bodies.Share)
-def share_image(session: Session, image_id: str, body: bodies.Share) -> replies.Shared:
-    return replies.Shared(id=image_id, shared_with=_svc().lifecycle.share_image(
-        session.user, image_id, body))
+@route("/api/images/{image_id}/share", auth="session")
+def image_sharing(session: Session, image_id: str) -> replies.ImageShared:
+    return _svc().images.sharing(session.user, image_id)
+
+
+@route("/api/images/{image_id}/share", "POST", auth="session", body=bodies.ImageShare)
+def share_image(session: Session, image_id: str, body: bodies.ImageShare
+                ) -> replies.ImageShared:
+    return _svc().images.share(session.user, image_id, body)
+
+
+@route("/api/images/links", "POST", auth="session", body=bodies.AcceptLink)
+def accept_image_link(session: Session, body: bodies.AcceptLink) -> replies.Image:
+    return replies.Image.of(_svc().images.accept(session.user, body))
+
+
+@route("/api/images/{image_id}/export", "POST", auth="session")
+def export_image(session: Session, image_id: str) -> replies.ExportLink:
+    return _svc().images.export(session.user, image_id)
 
 
 # --- instances --------------------------------------------------------------------------
@@ -257,6 +274,12 @@ def discard_instance(session: Session, instance_id: str) -> replies.Instance:
 @route("/api/instances/{instance_id}", "DELETE", auth="session")
 def delete_instance(session: Session, instance_id: str) -> None:
     _svc().lifecycle.delete(session.user, instance_id)
+
+
+@route("/api/instances/{instance_id}/share", auth="session")
+def instance_sharing(session: Session, instance_id: str) -> replies.Shared:
+    return replies.Shared(id=instance_id, shared_with=_svc().lifecycle.sharing(
+        session.user, instance_id))
 
 
 @route("/api/instances/{instance_id}/share", "POST", auth="session", body=bodies.Share)

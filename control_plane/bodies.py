@@ -27,6 +27,11 @@ MIN_CPU = 0.001
 MAX_CPU = 256.0
 MAX_MEMORY_MB = 4 * 1024 * 1024
 DEFAULT_CLUSTER = "default"
+LINK_HOURS = 6.0
+"""How long a share link can be redeemed, unless asked otherwise (as the original DIT4C)."""
+MAX_LINK_HOURS = 30 * 24.0
+LINK_TOKEN_PATTERN = r"^[a-z0-9]{1,63}\.[a-z0-9]{1,63}\.[A-Za-z0-9_-]{16,64}$"  # noqa: S105 - a pattern
+"""``<image id>.<link id>.<secret>``."""
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 
@@ -90,6 +95,27 @@ class Share(Body):
 
     username: str = _username()
     revoke: bool = False
+
+
+@json_object
+class ImageShare(Body):
+    """``POST /api/images/{id}/share``: one of: grant (or ``revoke``) ``username``; make an
+    expiring link (``link``, valid ``hours``); revoke a link (``link_id`` with ``revoke``)."""
+
+    username: str | None = field(default=None, max_length=64, pattern=USERNAME_PATTERN,
+                                 says=USERNAME_SAYS)
+    revoke: bool = False
+    link: bool = False
+    hours: float = field(default=LINK_HOURS, minimum=0.1, maximum=MAX_LINK_HOURS)
+    link_id: str | None = _id(default=None)
+
+
+@json_object
+class AcceptLink(Body):
+    """``POST /api/images/links``: redeem a share link (the token at the end of its URL)."""
+
+    token: str = field(max_length=200, pattern=LINK_TOKEN_PATTERN,
+                       says="the token of a share link")
 
 
 @json_object

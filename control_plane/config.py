@@ -11,6 +11,19 @@ such as the local stack (see docs/contracts.md):
 (``template.yaml`` gives it to that function alone); without it, as locally, only the reaper's
 schedule is switched (:mod:`control_plane.standby`).
 
+The image server (docs/images.md), all optional (without ``DIT4C_REGISTRY`` nothing can be
+saved, shared across nodes or exported):
+
+- ``DIT4C_REGISTRY``: its ``host[:port]`` as image references name it (what nodes pull from).
+- ``DIT4C_REGISTRY_URL``: its base URL as the control plane reaches it (health, deletes);
+  default ``https://<DIT4C_REGISTRY>``.
+- ``DIT4C_POD_REGISTRY_URL``: its base URL as pods (the upload helper) reach it; default
+  ``DIT4C_REGISTRY_URL``.
+- ``DIT4C_REGISTRY_SERVICE``: the registry's ``service`` (token audience), default
+  ``dit4c-registry``.
+- ``DIT4C_EXPORT_URL``: the image exporter's public base URL (export links).
+- ``DIT4C_EXPORT_LINK_SECONDS``: how long an export link works (default 3600).
+
 Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
 :data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
 """
@@ -25,6 +38,7 @@ from urllib.parse import urlsplit
 from control_plane.errors import ConfigError
 from protocol.ids import instance_host
 from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
+from protocol.registry import DEFAULT_SERVICE
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",
@@ -64,6 +78,8 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
     "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
     "DIT4C_STORAGE_BUCKET": "",
+    "DIT4C_REGISTRY_SERVICE": DEFAULT_SERVICE,
+    "DIT4C_EXPORT_LINK_SECONDS": "3600",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -118,6 +134,12 @@ class Config:
     login_failures_per_address: int
     login_providers: str = ""
     """``DIT4C_LOGIN_PROVIDERS``: JSON list, see :mod:`control_plane.login_providers`."""
+    registry: str = ""
+    registry_url: str = ""
+    pod_registry_url: str = ""
+    registry_service: str = DEFAULT_SERVICE
+    export_url: str = ""
+    export_link_seconds: int = 3600
 
     @property
     def secure_cookies(self) -> bool:
@@ -161,6 +183,14 @@ class Config:
             port = number("DIT4C_ROUTER_PUBLIC_PORT")
             if port > 65535:
                 raise ConfigError("DIT4C_ROUTER_PUBLIC_PORT must be a port number")
+        registry = source.get("DIT4C_REGISTRY", "").strip()
+        if registry and ("/" in registry or not registry.strip(":")):
+            raise ConfigError(f"DIT4C_REGISTRY must be host[:port], not {registry!r}")
+        registry_url = source.get("DIT4C_REGISTRY_URL", "").strip()
+        registry_url = _url(registry_url, "DIT4C_REGISTRY_URL") if registry_url \
+            else (f"https://{registry}" if registry else "")
+        pod_registry = source.get("DIT4C_POD_REGISTRY_URL", "").strip()
+        export_url = source.get("DIT4C_EXPORT_URL", "").strip()
         tunnels = tuple(u.strip() for u in get("DIT4C_ROUTER_TUNNEL_URLS").split(",") if u.strip())
         for url in tunnels:
             if urlsplit(url).scheme not in ("ws", "wss"):
@@ -207,6 +237,13 @@ class Config:
             login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),
             login_failures_per_address=number("DIT4C_LOGIN_FAILURES_PER_ADDRESS"),
             login_providers=source.get("DIT4C_LOGIN_PROVIDERS", ""),
+            registry=registry,
+            registry_url=registry_url,
+            pod_registry_url=_url(pod_registry, "DIT4C_POD_REGISTRY_URL") if pod_registry
+            else registry_url,
+            registry_service=get("DIT4C_REGISTRY_SERVICE"),
+            export_url=_url(export_url, "DIT4C_EXPORT_URL") if export_url else "",
+            export_link_seconds=number("DIT4C_EXPORT_LINK_SECONDS", 60),
         )
 
 

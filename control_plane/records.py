@@ -191,6 +191,12 @@ class Image(Record):
     tags: list[str] = field(default_factory=list)
     created_at: str
     source_instance: str | None = None
+    repository: str | None = None
+    """A saved image's repository on the image server (``image`` is ``<registry>/<repository>
+    @<digest>``)."""
+    digest: str | None = None
+    size: int | None = None
+    """Bytes a saved image takes on the image server."""
 
     @property
     def in_catalog(self) -> bool:

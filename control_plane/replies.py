@@ -71,13 +71,16 @@ class Image:
     kind: Literal["catalog", "saved"]
     owner: str | None
     created_at: str
+    size: int | None = field(description="a saved image's bytes on the image server")
+    source_instance: str | None = field(description="the instance a saved image was saved from")
 
     @classmethod
     def of(cls, image: records.Image) -> Image:
         return cls(id=image.image_id, name=image.name, image=image.image, port=image.port,
                    cpu=image.cpu, memory_mb=image.memory_mb, tags=image.tags,
                    kind="catalog" if image.in_catalog else "saved",
-                   owner=None if image.in_catalog else image.owner, created_at=image.created_at)
+                   owner=None if image.in_catalog else image.owner, created_at=image.created_at,
+                   size=image.size, source_instance=image.source_instance)
 
 
 @json_object
@@ -89,6 +92,29 @@ class Images:
 class Shared:
     id: str
     shared_with: list[str]
+
+
+@json_object
+class ShareLink:
+    id: str
+    url: str | None = field(description="only in the answer that made the link (its secret "
+                                        "is kept hashed)")
+    expires_at: str
+
+
+@json_object
+class ImageShared:
+    id: str
+    shared_with: list[str]
+    links: list[ShareLink] = field(description="links not expired yet")
+
+
+@json_object
+class ExportLink:
+    """Where to download the image as a ``docker save`` tar, until ``expires_at``."""
+
+    url: str
+    expires_at: str
 
 
 @json_object
@@ -245,6 +271,7 @@ class Nodes:
 class Health:
     status: Literal["ok", "degraded"]
     version: str
+    registry: str | None = field(description="the image server (host:port), if any")
     dependencies: dict[str, str] = field(description='"ok" or "error: <kind>" for each')
 
 
@@ -253,3 +280,13 @@ class JWKS:
     """The portal's public signing keys (RFC 7517)."""
 
     keys: list[dict[str, Any]]
+
+
+@json_object
+class RegistryToken:
+    """Docker's token protocol answer (``token`` and ``access_token`` are the same)."""
+
+    token: str
+    access_token: str
+    expires_in: int
+    issued_at: str

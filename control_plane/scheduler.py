@@ -23,9 +23,11 @@ from control_plane.keys import KeyStore
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes, milli
 from control_plane.records import UNPLACED, Instance, Node, NodeStatus
+from control_plane.registry import JOB_TOKEN_LIFETIME, RegistryTokens
 from control_plane.table import ConditionFailed
 from protocol import pod
-from protocol.messages import DiscardInstance, OAuthClient, StartInstance
+from protocol.messages import DiscardInstance, OAuthClient, RegistryAccess, StartInstance
+from protocol.registry import PULL, repository_access
 from protocol.states import InstanceState
 from protocol.tokens import tunnel_claims
 
@@ -37,13 +39,15 @@ RENEWABLE = frozenset({S.SCHEDULED, S.STARTING, S.RUNNING})
 
 class Scheduler:
     def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
-                 messenger: Messenger, registrar: ClientRegistrar) -> None:
+                 messenger: Messenger, registrar: ClientRegistrar,
+                 registry: RegistryTokens) -> None:
         self.config = config
         self.instances = instances
         self.nodes = nodes
         self.keys = keys
         self.messenger = messenger
         self.registrar = registrar
+        self.registry = registry
 
     def candidates(self, instance: Instance) -> list[Node]:
         now = time.time()
@@ -101,6 +105,7 @@ class Scheduler:
                 authorize_url=self.config.portal_url + pod.OAUTH_AUTHORIZE_PATH,
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
+            registry=self.pull_access(item),
         )
 
     def tunnel_token(self, instance_id: str) -> str:
@@ -119,6 +124,16 @@ class Scheduler:
         if item is None or item.node_id != node.node_id or item.state not in RENEWABLE:
             raise Forbidden(f"instance {instance_id} is not placed on node {node.node_id}")
         return self.tunnel_token(instance_id)
+    def pull_access(self, item: Instance) -> RegistryAccess | None:
+        """A token for the node to pull the instance's image, when it is on the image server
+        (the launch itself checked that the user may use the image)."""
+        repository = self.registry.repository_of(item.image)
+        if repository is None:
+            return None
+        token = self.registry.token(f"node:{item.placed_on}",
+                                    [repository_access(repository, PULL)],
+                                    lifetime=JOB_TOKEN_LIFETIME)
+        return RegistryAccess(registry=self.config.registry, token=token)
 
     def retire(self, item: Instance, reason: str) -> None:
         """Undo what :meth:`start_message` issued, for an instance that will never run again

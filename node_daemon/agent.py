@@ -24,6 +24,7 @@ Ordering rules (SQS delivers at least once, in any order):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -38,6 +39,8 @@ from node_daemon.errors import LaunchError, NodeDaemonError, PodError
 from node_daemon.metrics import NodeMetrics
 from node_daemon.pods import PodRunner
 from node_daemon.records import Desired, InstanceRecord, RecordStore
+from node_daemon.uploads import Uploader, UploadJob
+from protocol.errors import RegistryError
 from protocol.messages import (
     DiscardInstance,
     InstanceStateEvent,
@@ -47,6 +50,7 @@ from protocol.messages import (
     StartInstance,
     StopInstance,
 )
+from protocol.registry import parse_reference
 from protocol.states import InstanceState as S
 
 log = logging.getLogger("dit4c.node.agent")
@@ -73,11 +77,14 @@ class Agent:
 
     def __init__(self, *, node_id: str, capacity: Capacity, records: RecordStore,
                  pods: PodRunner, send: Send, metrics: NodeMetrics,
-                 launch_timeout: float) -> None:
+                 launch_timeout: float, uploads: Uploader | None = None,
+                 upload_compression: str = "gzip") -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.records = records
         self.pods = pods
+        self.uploads = uploads or Uploader(pods)
+        self.upload_compression = upload_compression
         self._send = send
         self.metrics = metrics
         self.launch_timeout = launch_timeout
@@ -168,6 +175,7 @@ class Agent:
             return
         record.desired = Desired.SAVED
         record.save_image = save.image
+        record.save = save
         await self._put(record)
         await self._converge(record, present=True)
 
@@ -198,10 +206,17 @@ class Agent:
         elif record.desired is Desired.SAVED:
             if record.state != S.SAVED:
                 await self._save(record, grace)
+            elif record.saved_image != record.save_image and (
+                    record.start is not None or record.committed_image is not None):
+                await self._drop_saved(record)  # killed between saved and the clean-up
         else:
             if present:
                 await asyncio.to_thread(self.pods.remove, record.instance_id)
+            if record.committed_image and record.save_image:  # a save that never got out
+                await asyncio.to_thread(self.pods.forget_image, record.save_image)
+                record.committed_image = None
             record.start = None  # drop the secrets with the pod
+            record.save = None
             if record.state != S.DISCARDED:
                 await self._set_state(record, S.DISCARDED)
             else:
@@ -230,18 +245,7 @@ class Agent:
         began = received if received is not None else time.monotonic()
         if record.state != S.STARTING:
             await self._set_state(record, S.STARTING)
-        loop = asyncio.get_running_loop()
-        last_sent = 0.0
-
-        def progress(percent: int) -> None:  # called from the Docker thread
-            nonlocal last_sent
-            now = time.monotonic()
-            if percent < 100 and now - last_sent < PROGRESS_EVERY_SECONDS:
-                return
-            last_sent = now
-            event = self._event(record, S.STARTING, progress={"pull": percent})
-            asyncio.run_coroutine_threadsafe(self._send_quietly(event), loop)
-
+        progress = self._progress_sender(record, S.STARTING, "pull")
         try:
             await asyncio.to_thread(self.pods.launch, start, self.launch_timeout, progress)
         except LaunchError as exc:
@@ -254,33 +258,104 @@ class Agent:
         self.metrics.launch_seconds.observe(time.monotonic() - began)
         await self._set_state(record, S.RUNNING)
 
+    def _progress_sender(self, record: InstanceRecord, state: S, key: str
+                         ) -> Callable[[int], None]:
+        """A callback for a worker thread: ``{key: percent}`` events of ``state``, at most one
+        a second (and always the final 100)."""
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
+
+        def progress(percent: int) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if percent < 100 and now - last_sent < PROGRESS_EVERY_SECONDS:
+                return
+            last_sent = now
+            event = self._event(record, state, progress={key: percent})
+            asyncio.run_coroutine_threadsafe(self._send_quietly(event), loop)
+
+        return progress
+
     async def _save(self, record: InstanceRecord, grace: float) -> None:
+        """Commit the stopped tool container, push it with the upload helper, and drop what
+        the node no longer needs. A failure leaves the instance stopped with the reason, and
+        the commit kept for a retry; a daemon killed meanwhile resumes here."""
         assert record.save_image is not None
-        await asyncio.to_thread(self.pods.stop, record.instance_id, grace)
+        instance_id = record.instance_id
+        await asyncio.to_thread(self.pods.stop, instance_id, grace)
         if record.state != S.SAVING:
             await self._set_state(record, S.SAVING)
         try:
-            image_id = await asyncio.to_thread(self.pods.commit, record.instance_id,
-                                               record.save_image)
-        except PodError as exc:
-            # saving -> stopped: the container is kept, the user can try again.
+            if record.committed_image is None or not await asyncio.to_thread(
+                    self.pods.has_image, record.committed_image):
+                record.committed_image = await asyncio.to_thread(
+                    self.pods.commit, instance_id, record.save_image)
+                await self._put(record)
+            job = self._upload_job(record)
+            if job is None:
+                # A save without an image server (an older control plane): the image stays
+                # on this node, under the name the save asked for.
+                log.info("saved %s as %s on this node only", instance_id, record.save_image)
+                record.saved_image = record.save_image
+            else:
+                pushed = await asyncio.to_thread(
+                    self.uploads.push, instance_id, record.committed_image, job,
+                    self._progress_sender(record, S.SAVING, "save"))
+                target = parse_reference(record.save_image)
+                record.saved_image = f"{target.registry}/{target.repository}@{pushed.digest}"
+                record.saved_size = pushed.size
+                log.info("saved %s as %s (%d bytes)", instance_id, record.saved_image,
+                         pushed.size)
+        except (PodError, RegistryError) as exc:
+            # saving -> stopped: the container and the commit are kept, the user can retry.
+            await asyncio.to_thread(self.uploads.remove, instance_id)
             record.desired = Desired.STOPPED
+            record.save = None
             await self._set_state(record, S.STOPPED, reason=str(exc))
             return
-        # Until the image server lands the committed image stays on this node; the upload
-        # helper will push it from here.
-        log.info("saved %s as %s (%s)", record.instance_id, record.save_image, image_id[:19])
-        record.saved_image = record.save_image
+        record.save = None
         await self._set_state(record, S.SAVED)
+        if job is not None:
+            # Reported first (the user waits for that), then the clean-up: reconciliation
+            # finishes it if the daemon dies in between.
+            await self._drop_saved(record)
+
+    async def _drop_saved(self, record: InstanceRecord) -> None:
+        """The image is on the image server: the pod, its volumes, the upload helper, the
+        commit and the secrets leave this node."""
+        await asyncio.to_thread(self.pods.remove, record.instance_id)
+        if record.save_image is not None:
+            await asyncio.to_thread(self.pods.forget_image, record.save_image)
+        record.committed_image = None
+        record.start = None
+        await self._put(record)
+
+    def _upload_job(self, record: InstanceRecord) -> UploadJob | None:
+        save = record.save
+        if save is None or save.registry is None or not save.upload_url:
+            return None
+        target = parse_reference(save.image)
+        source = None
+        start = record.start
+        if start is not None:
+            with contextlib.suppress(RegistryError):
+                launched = parse_reference(start.image)
+                if launched.registry == target.registry:
+                    source = (launched.repository, launched.pinned)
+        return UploadJob(registry_url=save.upload_url, repository=target.repository,
+                         tag=target.tag or "saved", token=save.registry.token,
+                         compression=self.upload_compression, source=source)
 
     # -- states and events ---------------------------------------------------------------
 
     def _event(self, record: InstanceRecord, state: str,
                progress: dict[str, int] | None = None) -> InstanceStateEvent:
+        saved = state == S.SAVED
         return InstanceStateEvent(
             node_id=self.node_id, instance_id=record.instance_id, state=state,
             reason=record.reason, progress=progress or {},
-            image=record.saved_image if state == S.SAVED else None)
+            image=record.saved_image if saved else None,
+            size=record.saved_size if saved else None)
 
     async def _set_state(self, record: InstanceRecord, state: S,
                          reason: str | None = None) -> None:

@@ -109,7 +109,8 @@ class Daemon:
                               capacity=Capacity(self.identity.cpu, self.identity.memory_mb),
                               records=self.records, pods=self.pods, send=queues.send_event,
                               metrics=self.metrics,
-                              launch_timeout=settings.launch_timeout_seconds)
+                              launch_timeout=settings.launch_timeout_seconds,
+                              upload_compression=settings.upload_compression)
                 tokens = TunnelTokens(
                     agent=agent, records=self.records, pods=self.pods,
                     renew=lambda instance_id: portal.tunnel_token(

@@ -226,13 +226,19 @@ class PodRunner:
         self._client = client
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-pod")
+        self._pulls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pull")
         self._modules: dict[str, dict[str, bool]] = {}
         """Per helpers image id: helper module -> the image has it (images do not change)."""
 
     def close(self) -> None:
+        self._pulls.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
-    def _pods_gateway(self) -> str:
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def pods_gateway(self) -> str:
         # Not Docker's "host-gateway": that is docker0's address, and the host's services
         # (portal, edge routers of the local stack) listen on the pods bridge's gateway only.
         # Asking each time also brings back a pods network someone removed.
@@ -313,7 +319,7 @@ class PodRunner:
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
                     "hostname": start.instance_id,
-                    "extra_hosts": {"host.docker.internal": self._pods_gateway()},
+                    "extra_hosts": {"host.docker.internal": self.pods_gateway()},
                     "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
                     "security_opt": ["no-new-privileges"]}
         else:
@@ -368,17 +374,22 @@ class PodRunner:
         for future in self._bring_up(start):
             future.result()
 
-    def _bring_up(self, start: StartInstance) -> list[Future[None]]:
+    def _bring_up(self, start: StartInstance, pulled: Future[None] | None = None
+                  ) -> list[Future[None]]:
         """Start the namespace holder; return futures that start the rest.
 
         The joined containers are created while the holder starts, and started in parallel
         (a launch is mostly engine round trips; overlapping them is most of its speed).
+        ``pulled``: the pull of the tool's image, still under way: the holder and the helpers
+        come up meanwhile, the tool once it is done.
         """
         existing = self.containers(start.instance_id)
         netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
         joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
 
         def make(role: str) -> PodContainer:
+            if role == pod.ROLE_TOOL and pulled is not None:
+                pulled.result()  # another pool: never waits on a task queued behind it
             return existing.get(role) or self._create(start, role, netns)
 
         made = {role: self._pool.submit(make, role) for role in joined}
@@ -540,10 +551,19 @@ class PodRunner:
 
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
+        """Pull the tool's image while the holder and the helpers start (a derived launch of
+        a saved image is mostly its pull); ``timeout`` counts from the pull's end."""
         self.check_helpers(start)
-        self.ensure_image(start.image, start.registry, progress)
-        starting = self._bring_up(start)
+        pulled = self._pulls.submit(self.ensure_image, start.image, start.registry, progress)
+        starting = self._bring_up(start, pulled)
         try:
+            try:
+                pulled.result()  # a failed pull says so, before any readiness wait
+            except LaunchError:
+                for future in starting:
+                    future.exception()
+                self.remove(start.instance_id)  # as if never begun: no image, no pod
+                raise
             self.wait_ready(start, timeout, starting)
         finally:
             for future in starting:  # never leave a start running behind a failure
@@ -552,8 +572,11 @@ class PodRunner:
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self, instance_id: str, grace: float) -> None:
-        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last."""
+        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last. The upload
+        helper is not part of it: a save resumed after a restart stops the pod again while its
+        push goes on."""
         existing = self.containers(instance_id)
+        existing.pop(pod.ROLE_UPLOAD, None)
         netns = existing.pop(pod.ROLE_NETNS, None)
 
         def stop_one(container: PodContainer) -> None:
@@ -581,6 +604,23 @@ class PodRunner:
             raise PodError(f"saving {instance_id} as {image} failed: "
                            f"{exc.explanation or exc}") from exc
         return str(committed["Id"])
+
+    def has_image(self, image: str) -> bool:
+        try:
+            self._client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    def forget_image(self, reference: str) -> None:
+        """Drop ``reference`` (a commit's name); the image goes with its last name, unless a
+        container still uses it. Gone already is success."""
+        with contextlib.suppress(docker.errors.NotFound):
+            try:
+                self._client.images.remove(reference)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # in use by a container: it stays for that one
+                    raise
 
     def remove(self, instance_id: str) -> None:
         """Remove every container, volume and network of the pod."""

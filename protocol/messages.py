@@ -114,9 +114,11 @@ class RegistryAccess:
     """Where and how the node pulls (and the upload helper pushes) this instance's image."""
 
     registry: str
-    """Host[:port] of the image server."""
+    """Host[:port] of the image server, as image references name it (the engine pulls it)."""
     token: str
-    """Bearer token from the portal's /registry/token, scoped to the repositories involved."""
+    """A registry token signed by the portal (``protocol.registry``), scoped to this job: pull
+    of the image to start; push of the image to save (and pull of the one it was started
+    from, whose layers are then mounted rather than uploaded)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +173,10 @@ class SaveInstance(Message):
     image: str
     """Where the saved image goes: ``registry/namespace/name:tag``."""
     registry: RegistryAccess | None = None
+    upload_url: str | None = None
+    """The image server's base URL as pods reach it (the upload helper pushes there), e.g.
+    ``http://host.docker.internal:5001``. Without it (or ``registry``) the commit stays on
+    the node."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,7 +200,9 @@ class InstanceStateEvent(Message):
     progress: dict[str, int] = field(default_factory=dict)
     """Percentages, e.g. ``{"pull": 40}`` or ``{"save": 90}``."""
     image: str | None = None
-    """With ``saved``: the reference of the saved image."""
+    """With ``saved``: the reference of the saved image (``registry/repository@digest``)."""
+    size: int | None = None
+    """With ``saved``: bytes the saved image takes on the image server."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -102,5 +102,18 @@ STORAGE_READY_FILE: Final = "/run/dit4c/storage-ready"
 """Made in the storage container once the user's files are in /mnt; the node daemon waits for
 it before it reports the instance running. Its folder is a tmpfs (empty at every start)."""
 
+# --- upload helper (python3 -m helpers.upload) ----------------------------------------------
+ENV_UPLOAD: Final = "DIT4C_UPLOAD"
+"""JSON: ``{"registry_url", "repository", "tag", "token", "compression": "gzip"|"none",
+"source": {"repository", "reference"} | null}`` (``source``: the image the instance was
+started from, on the same image server; its layers are mounted); the push token is only in
+this container."""
+UPLOAD_DIR: Final = "/image"
+"""Where the node daemon puts the committed image, ``docker save`` layout (``manifest.json``,
+the config, ``<id>/layer.tar``), before it starts the upload helper."""
+UPLOAD_RESULT_KEY: Final = "result"
+"""The helper's last stdout line is ``{"result": {"digest", "size"}}`` on success or
+``{"error": "<reason for people>"}``; before it, ``{"progress": <percent>}`` lines."""
+
 PODS_NETWORK: Final = "dit4c-pods"
 """The bridge network pods join; inter-container traffic is disabled on it."""

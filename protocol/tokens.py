@@ -90,9 +90,10 @@ class SigningKey:
         return {**public_jwk(self.private_key.public_key()), "kid": self.kid,
                 "alg": self.algorithm, "use": "sig"}
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
+    def sign(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
+        """A JWT of ``claims``; ``headers`` adds header members (``x5c`` for the registry)."""
         return jwt.encode(dict(claims), self.private_key, algorithm=self.algorithm,
-                          headers={"kid": self.kid})
+                          headers={**(headers or {}), "kid": self.kid})
 
 
 def public_jwk(key: PublicKey) -> dict[str, str]:

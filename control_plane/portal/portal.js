@@ -111,32 +111,134 @@ async function renderInstances(force) {
     if (["running", "starting", "scheduled", "pending"].includes(inst.state)) act("stop", "POST", "/stop");
     if (inst.state === "stopped") { act("save", "POST", "/save"); act("discard", "POST", "/discard"); }
     if (["saved", "discarded", "failed", "stopped"].includes(inst.state)) act("delete", "DELETE", "");
+    const mine = me && inst.owner === (me.user || me).username;
+    if (mine && !["saved", "discarded"].includes(inst.state)) {
+      actions.append(el("button", {
+        type: "button", "data-action": "share",
+        onclick: () => toggleSharePanel(actions, `/api/instances/${id}/share`, false),
+      }, "share…"));
+    }
     body.append(el("tr", { "data-instance": id },
       el("td", {}, inst.name || id), el("td", {}, inst.image_name || inst.image || inst.image_id || ""),
       state, el("td", {}, open), actions));
   }
 }
 
+// A small form under an instance's or image's actions: share with a user, revoke, and for
+// images an expiring link. Shows who has access after every change.
+function toggleSharePanel(holder, path, links) {
+  const open = holder.querySelector(".share-panel");
+  if (open) { open.remove(); return; }
+  const who = el("input", { name: "username", placeholder: "username", "aria-label": "username" });
+  const status = el("div", { "class": "shared", "data-testid": "shared" });
+  const showAccess = (data) => {
+    const users = (data && data.shared_with) || [];
+    status.replaceChildren(users.length ? `Shared with ${users.join(", ")}` : "Not shared with anyone");
+    for (const link of (data && data.links) || []) {
+      status.append(el("div", { "class": "link" }, "Link until ", formatDate(link.expires_at), ": ",
+        el("input", { readonly: "readonly", value: link.url, "data-testid": "share-link", size: 40 }),
+        el("button", {
+          type: "button", "data-action": "revoke-link",
+          onclick: () => change({ link_id: link.id, revoke: true }),
+        }, "revoke link")));
+    }
+  };
+  const change = async (body) => {
+    try { showAccess(await api("POST", path, body)); shownInstances = ""; }
+    catch (e) { flash(e.message); }
+  };
+  const panel = el("div", { "class": "share-panel" }, who,
+    el("button", { type: "button", "data-action": "share-user",
+                   onclick: () => change({ username: who.value }) }, "Share"),
+    el("button", { type: "button", "data-action": "revoke-user",
+                   onclick: () => change({ username: who.value, revoke: true }) }, "Revoke"),
+    links ? el("button", { type: "button", "data-action": "make-link",
+                           onclick: () => change({ link: true }) }, "Make a link (6 h)") : null,
+    status);
+  holder.append(panel);
+  api("GET", path).then(showAccess).catch(() => {});
+}
+
+function formatSize(bytes) {
+  if (bytes == null) return "";
+  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} GB` : `${(bytes / (1 << 20)).toFixed(1)} MB`;
+}
+
+function formatDate(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return isNaN(date) ? iso : date.toLocaleString();
+}
+
 async function renderImages() {
   const data = await api("GET", "/api/images");
-  const list = $("images");
-  list.replaceChildren();
+  const user = (me && (me.user || me).username) || "";
+  const groups = { catalog: $("images"), mine: $("saved-images"), shared: $("shared-images") };
+  for (const list of Object.values(groups)) list.replaceChildren();
   for (const image of listOf(data, "images")) {
     const id = image.image_id || image.id;
-    list.append(el("li", { "data-image": id },
+    const saved = image.kind === "saved";
+    const mine = saved && image.owner === user;
+    const card = el("li", { "data-image": id },
       el("h3", {}, image.name || image.display_name || image.image),
-      el("code", {}, image.image || image.ref || ""),
-      el("button", {
-        type: "button", "data-action": "launch",
+      saved ? el("p", { "class": "meta" },
+        formatSize(image.size), image.source_instance ? ` · from instance ${image.source_instance}` : "",
+        image.created_at ? ` · ${formatDate(image.created_at)}` : "",
+        mine ? "" : ` · shared by ${image.owner}`) : el("code", {}, image.image || image.ref || ""));
+    const actions = el("div", { "class": "actions" });
+    actions.append(el("button", {
+      type: "button", "data-action": "launch",
+      onclick: async () => {
+        try {
+          await api("POST", "/api/instances", { image_id: id });
+          flash("Launching…", "info");
+          location.hash = "#/";
+        } catch (e) { flash(e.message); }
+      },
+    }, "Launch"));
+    if (saved) {
+      actions.append(el("button", {
+        type: "button", "data-action": "export",
         onclick: async () => {
           try {
-            await api("POST", "/api/instances", { image_id: id });
-            flash("Launching…", "info");
-            location.hash = "#/";
+            const link = await api("POST", `/api/images/${id}/export`);
+            actions.querySelector(".export")?.remove();
+            actions.append(el("a", { "class": "export", href: link.url, download: "",
+                                     "data-testid": "export-link" },
+              `Download (link valid until ${formatDate(link.expires_at)})`));
           } catch (e) { flash(e.message); }
         },
-      }, "Launch")));
+      }, "Export"));
+    }
+    if (mine) {
+      actions.append(el("button", {
+        type: "button", "data-action": "share",
+        onclick: () => toggleSharePanel(actions, `/api/images/${id}/share`, true),
+      }, "Share…"));
+      actions.append(el("button", {
+        type: "button", "data-action": "delete",
+        onclick: async () => {
+          if (!confirm(`Delete the saved image ${image.name}? Its storage is freed.`)) return;
+          try { await api("DELETE", `/api/images/${id}`); await renderImages(); }
+          catch (e) { flash(e.message); }
+        },
+      }, "Delete"));
+    }
+    card.append(actions);
+    (mine ? groups.mine : saved ? groups.shared : groups.catalog).append(card);
   }
+  $("no-saved-images").hidden = groups.mine.children.length > 0;
+  $("shared-heading").hidden = groups.shared.children.length === 0;
+}
+
+// A link someone shared: /#/images/accept/<token> adds the image to this user's images.
+async function acceptImageLink(token) {
+  const image = await api("POST", "/api/images/links", { token });
+  // Not through location.hash: that would route again, and routing clears the message.
+  history.replaceState(null, "", "#/images");
+  show("images");
+  await renderImages();
+  flash(`${image.name} was shared with you: it is in your images now.`, "info");
 }
 
 async function renderAdmin() {
@@ -176,8 +278,10 @@ async function route() {
   const user = me.user || me;
   $("whoami").textContent = user.username || "";
   $("nav-admin").hidden = !user.admin;
-  const view = (location.hash.replace(/^#\//, "") || "instances").split("/")[0];
+  const path = (location.hash.replace(/^#\//, "") || "instances").split("/");
+  const view = path[0];
   try {
+    if (view === "images" && path[1] === "accept" && path[2]) { await acceptImageLink(path[2]); return; }
     if (view === "images") { show("images"); await renderImages(); }
     else if (view === "admin" && user.admin) { show("admin"); await renderAdmin(); }
     else {

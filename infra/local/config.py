@@ -12,8 +12,11 @@ variable                       meaning                                          
 ``DIT4C_AWS_PORT``             moto's port (loopback only); 0 picks a free one.   8001
                                Keep it fixed: queue URLs saved in the data
                                carry it
-``DIT4C_REGISTRY_PORT``        image server's port (loopback only), when Debian's  5001
-                               ``docker-registry`` is installed
+``DIT4C_REGISTRY_PORT``        image server's port (loopback and pods gateway),   5001
+                               when Debian's ``docker-registry`` is installed
+``DIT4C_EXPORT_PORT``          image exporter's port (loopback; export links)     5002
+``DIT4C_REGISTRY_GC_SECONDS``  seconds between the image server's garbage         3600
+                               collections (frees deleted images' layers)
 ``DIT4C_STACK_NAME``           prefix of every table, queue, topic and bucket     ``dit4c-local``
 ``DIT4C_NODE_PODS_NETWORK``    the pods' bridge network (shared with the node     ``dit4c-pods``
                                daemon, which reads the same variable)
@@ -49,6 +52,8 @@ class LocalConfig:
     router_port: int = 8080
     aws_port: int = 8001
     registry_port: int = 5001
+    export_port: int = 5002
+    registry_gc_seconds: float = 3600.0
     stack_name: str = "dit4c-local"
     pods_network: str = PODS_NETWORK
     docker_labels: Mapping[str, str] = field(default_factory=dict)
@@ -98,9 +103,11 @@ class LocalConfig:
         portal_port = port("DIT4C_PORTAL_PORT", 8000)
         router_port = port("DIT4C_ROUTER_PORT", 8080)
         registry_port = port("DIT4C_REGISTRY_PORT", 5001)
-        if len({portal_port, router_port, registry_port}) < 3:
+        export_port = port("DIT4C_EXPORT_PORT", 5002)
+        if len({portal_port, router_port, registry_port, export_port}) < 4:
             raise ConfigError(
-                "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT and DIT4C_REGISTRY_PORT must differ"
+                "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT, DIT4C_REGISTRY_PORT and "
+                "DIT4C_EXPORT_PORT must differ"
             )
         return cls(
             data_dir=Path(get("DIT4C_DATA_DIR") or ".dit4c").absolute(),
@@ -109,6 +116,8 @@ class LocalConfig:
             router_port=router_port,
             aws_port=port("DIT4C_AWS_PORT", 8001, allow_zero=True),
             registry_port=registry_port,
+            export_port=export_port,
+            registry_gc_seconds=seconds("DIT4C_REGISTRY_GC_SECONDS", 3600.0),
             stack_name=stack_name,
             pods_network=get("DIT4C_NODE_PODS_NETWORK") or PODS_NETWORK,
             docker_labels=parse_labels(get("DIT4C_NODE_LABELS") or ""),
@@ -128,6 +137,11 @@ class LocalConfig:
     def local_portal_url(self) -> str:
         """The portal as processes on this machine reach it (no name lookup)."""
         return f"http://127.0.0.1:{self.portal_port}"
+
+    @property
+    def export_url(self) -> str:
+        """The image exporter as browsers on this machine reach it (export links)."""
+        return f"http://{self.public_host}:{self.export_port}"
 
     @property
     def pod_portal_url(self) -> str:

@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from control_plane import services
 from control_plane.bootstrap import ensure_local_defaults
 from infra.local import children, network, registry
 from infra.local.aws import AwsEndpoint
@@ -51,15 +52,19 @@ from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_app, l
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
+from infra.local.registry_gc import RegistryCollector
 from infra.local.snapshot import PeriodicSnapshots, Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
 from protocol.messages import NodeHeartbeat
+from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.local.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOIN_TIMEOUT = 60.0
+REGISTRY_IDLE_SECONDS = 10.0
+"""The image server's garbage collection waits until it has served nothing for this long."""
 POLL_INTERVAL = 0.25
 
 
@@ -79,9 +84,12 @@ class _State:
     node_id: str | None = None
     heartbeats: set[str] = field(default_factory=set)
     registry: str | None = None
-    """host:port of the image server, when one runs."""
+    """host:port of the image server (its loopback listener), when one runs."""
+    registry_program: str = ""
     registry_missing: str = ""
     """Why no image server runs."""
+    exporter: bool = False
+    """Whether the image exporter runs (with the image server, when its port is free)."""
 
 
 class LocalStack:
@@ -106,6 +114,7 @@ class LocalStack:
         self._data = DataDir(config.data_dir)
         self._state = _State()
         self._children: list[children.Child] = []
+        self._collector: RegistryCollector | None = None
         self._stopping = threading.Event()
         self._heartbeat_lock = threading.Lock()
 
@@ -167,6 +176,7 @@ class LocalStack:
         )
         self._check_stop()
 
+        self._plan_registry()
         moto = MotoServer("127.0.0.1", config.aws_port)
         aws = moto.start()
         self._state.aws = aws
@@ -206,12 +216,24 @@ class LocalStack:
         }
 
     def _control_plane_env(self, aws: AwsEndpoint, stack: Stack) -> dict[str, str]:
-        return {
+        env = {
             **aws.environment(),
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
         }
+        if self._state.registry is not None:
+            port = self._config.registry_port
+            env.update({
+                "DIT4C_REGISTRY": self._state.registry,
+                "DIT4C_REGISTRY_URL": f"http://{self._state.registry}",
+                # The gateway's address rather than host.docker.internal: pods of another
+                # engine on this machine (a second node) reach it too.
+                "DIT4C_POD_REGISTRY_URL": f"http://{self._state.gateway}:{port}",
+            })
+            if self._state.exporter:
+                env["DIT4C_EXPORT_URL"] = self._config.export_url
+        return env
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
         # The API first: importing the app is where Chalice sets up its logging, undone here
@@ -283,20 +305,73 @@ class LocalStack:
         }
         self._start_child(undo, "edge-router", [sys.executable, "-m", "edge_router"], env)
 
-    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+    def _plan_registry(self) -> None:
+        """Whether the image server can run (before the control plane's settings are made)."""
         program = registry.binary()
         if program is None:
             self._state.registry_missing = f"{registry.BINARY} is not installed"
             return
         port = self._config.registry_port
-        if not _port_free("127.0.0.1", port):
-            # Optional: a taken port is reported, not fatal.
-            self._state.registry_missing = f"127.0.0.1:{port} is in use (DIT4C_REGISTRY_PORT)"
+        for host in ("127.0.0.1", self._state.gateway):
+            if not _port_free(host, port):
+                # Optional: a taken port is reported, not fatal.
+                self._state.registry_missing = f"{host}:{port} is in use (DIT4C_REGISTRY_PORT)"
+                return
+        self._state.registry_program = program
+        self._state.registry = f"127.0.0.1:{port}"
+        self._state.exporter = _port_free("127.0.0.1", self._config.export_port)
+
+    def _start_registry(self, undo: contextlib.ExitStack) -> None:
+        if self._state.registry is None:
             return
-        config = registry.write_config(self._data.root / "registry", port)
-        self._start_child(undo, "image-server", [program, "serve", str(config)],
-                          self._child_env())
-        self._state.registry = f"127.0.0.1:{self._config.registry_port}"
+        svc = services.current()  # built now: the environment is set
+        auth = registry.TokenAuth(
+            realm=f"{self._config.portal_url}/registry/token",
+            service=svc.config.registry_service, issuer=svc.config.portal_url,
+            ca_pem=svc.keys.registry_ca().pem())
+        directory = self._data.root / "registry"
+        port = self._config.registry_port
+        program = self._state.registry_program
+        servers = []
+        for name, host, config_name in (("image-server", "127.0.0.1", "config.yml"),
+                                        ("image-server-pods", self._state.gateway,
+                                         "config-pods.yml")):
+            config = registry.write_config(directory, f"{host}:{port}", auth, config_name)
+            servers.append(self._start_child(undo, name, [program, "serve", str(config)],
+                                             self._child_env()))
+        if self._state.exporter:
+            self._start_child(undo, "image-export", [sys.executable, "-m", "image_export"], {
+                **self._child_env(),
+                "DIT4C_EXPORT_LISTEN": f"127.0.0.1:{self._config.export_port}",
+                "DIT4C_EXPORT_REGISTRY_URL": f"http://{self._state.registry}"})
+        collector = RegistryCollector(
+            program=program, config=directory / "config.yml", children=servers,
+            interval=self._config.registry_gc_seconds, stop_grace=self._config.stop_grace,
+            busy=self._image_work_under_way, ready=self._registry_answers,
+            stopping=self._stopping)
+        collector.start()
+        undo.callback(collector.stop)
+        self._collector = collector
+
+    def _image_work_under_way(self) -> bool:
+        """A save (push) or a launch (pull) that the collector must not race, or any request
+        lately (a ``docker pull`` by hand): the registries log every request."""
+        instances = services.current().instances
+        if any(instances.in_transition(state)
+               for state in (InstanceState.SAVING, InstanceState.STARTING)):
+            return True
+        quiet_since = time.time() - REGISTRY_IDLE_SECONDS
+        for child in self._children:
+            if child.name.startswith("image-server"):
+                with contextlib.suppress(OSError):
+                    if child.log_path.stat().st_mtime > quiet_since:
+                        return True
+        return False
+
+    def _registry_answers(self) -> bool:
+        port = self._config.registry_port
+        return all(_http_status(f"http://{host}:{port}/v2/") == 401
+                   for host in ("127.0.0.1", self._state.gateway))
 
     def _start_node(self, undo: contextlib.ExitStack, aws: AwsEndpoint, stack: Stack) -> None:
         node_dir = self._data.node
@@ -318,6 +393,11 @@ class LocalStack:
             # A free port unless asked for one: a fixed default would clash with another stack.
             "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
                 "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
+            ),
+            # The node and the image server share this machine: compressing a save's layers
+            # would cost CPU and save nothing on the wire.
+            "DIT4C_NODE_UPLOAD_COMPRESSION": self._base_env.get(
+                "DIT4C_NODE_UPLOAD_COMPRESSION", "none"
             ),
         }
         argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
@@ -373,13 +453,14 @@ class LocalStack:
 
     def _start_child(
         self, undo: contextlib.ExitStack, name: str, argv: list[str], env: dict[str, str]
-    ) -> None:
+    ) -> children.Child:
         child = children.Child(name, argv, env, log_dir=self._data.logs, run_dir=self._data.run,
                                cwd=REPO_ROOT)
         child.start()
         if not self._children:
             undo.callback(self._stop_children)
         self._children.append(child)
+        return child
 
     def _stop_children(self) -> None:
         """Every child at once: each gets SIGTERM now, so the grace periods overlap."""
@@ -414,9 +495,11 @@ class LocalStack:
             "node heartbeat": self._heartbeat_seen,
         }
         if self._state.registry is not None:
-            checks["image server"] = lambda: _http_status(
-                f"http://{self._state.registry}/v2/"
-            ) == 200
+            # 401: up, and asking for a token (both listeners).
+            checks["image server"] = self._registry_answers
+        if self._state.exporter:
+            checks["image exporter"] = lambda: _http_status(
+                f"http://127.0.0.1:{config.export_port}/health") == 200
         deadline = time.monotonic() + config.ready_timeout
         pending = dict(checks)
         while pending:
@@ -444,7 +527,10 @@ class LocalStack:
             self._check_children()
 
     def _check_children(self) -> None:
+        collector = self._collector
         for child in self._children:
+            if collector is not None and collector.paused and child.name in collector.names():
+                continue  # stopped on purpose, for the garbage collection
             code = child.poll()
             if code is not None:
                 raise ChildFailed(
@@ -476,8 +562,11 @@ class LocalStack:
             with contextlib.suppress(OSError):
                 lines.append(f"              metrics http://{metrics.read_text().strip()}/metrics")
         if state.registry is not None:
-            lines.append(f"  images:     {state.registry}   (docker-registry, loopback only; no "
-                         "auth until the portal serves /registry/token)")
+            lines.append(f"  images:     {state.registry}   (docker-registry, tokens from "
+                         f"{config.portal_url}/registry/token; pods push to "
+                         f"{state.gateway}:{config.registry_port})")
+            if state.exporter:
+                lines.append(f"  exports:    {config.export_url}   (image export links)")
         else:
             lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [

@@ -34,7 +34,9 @@ from control_plane.services import Services
 from infra.local.aws import AwsEndpoint
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
+from tests.ports import free_port
 from tests.support.iam_clients import ClientGate, attribute_calls, fail_on, take_denials
+from tests.support.registry import RegistryServer
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -265,4 +267,32 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
 
 __all__ = ["ADMIN_PASSWORD", "CP_PARAMETERS", "USER_PASSWORD", "CPClient", "cp_endpoint",
            "cp_gated_clients", "cp_module_services", "cp_module_stack", "cp_parameters",
-           "cp_provision"]
+           "cp_provision", "with_registry"]
+
+
+@pytest.fixture
+def cp_registry_port() -> int:
+    return free_port()
+
+
+def with_registry(env: dict[str, str], port: int) -> dict[str, str]:
+    """``env`` with an image server on loopback port ``port`` (start it with
+    ``cp_image_server``). A module overrides ``cp_env`` with it::
+
+        @pytest.fixture
+        def cp_env(cp_env, cp_registry_port):
+            return with_registry(cp_env, cp_registry_port)
+    """
+    return {**env, "DIT4C_REGISTRY": f"127.0.0.1:{port}",
+            "DIT4C_REGISTRY_URL": f"http://127.0.0.1:{port}",
+            "DIT4C_EXPORT_URL": "http://export.test:5002"}
+
+
+@pytest.fixture
+def cp_image_server(cp_services: Services, cp_registry_port: int, tmp_path: Any
+                    ) -> Iterator[Any]:
+    """Debian's docker-registry trusting this control plane's tokens, at ``DIT4C_REGISTRY``."""
+    server = RegistryServer(tmp_path / "registry", cp_services.keys,
+                            issuer=cp_services.config.portal_url, port=cp_registry_port).start()
+    yield server
+    server.stop()

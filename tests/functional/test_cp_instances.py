@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import boto3
+import jwt
 import pytest
 
 from control_plane.app import on_event
@@ -12,13 +13,28 @@ from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
 from protocol import pod
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
+from protocol.registry import parse_reference
 from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
 from tests.support.events import signed_event
 
+from .conftest import with_registry
+
 KEYS: dict[str, SigningKey] = {}
 """Each enrolled node's key, by node id: its events are signed with it."""
+
 CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
                     memory_mb=512, tags=["demo"])]
+DIGEST = "sha256:" + "5a" * 32
+
+
+@pytest.fixture
+def cp_env(cp_env, cp_registry_port):
+    return with_registry(cp_env, cp_registry_port)
+
+
+def pushed(save) -> str:
+    """What a node reports after pushing ``save``: its repository, by digest."""
+    return str(save.image.rsplit(":", 1)[0]) + "@" + DIGEST
 
 
 @pytest.fixture
@@ -129,19 +145,32 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     assert saving["state"] == "saving"
     (save,) = _messages(node["queue_url"])
     assert save.TYPE == "save_instance"
+    target = parse_reference(save.image)
+    assert target.repository == f"users/alice/{iid}" and target.tag == "saved"
+    assert save.registry is not None and save.registry.registry == target.registry
+    assert save.upload_url == f"http://{target.registry}"
+    claims = jwt.decode(save.registry.token, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": target.repository,
+                                 "actions": ["pull", "push"]}]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saving",
                                           progress={"save": 50}))
     assert alice.get(f"/api/instances/{iid}").json["progress"]["save"] == 50
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
-                                          image=save.image))
+                                          image=pushed(save), size=1234))
     done = alice.get(f"/api/instances/{iid}").json
     assert done["state"] == "saved" and done["saved_image_id"]
     saved = [i for i in alice.get("/api/images").json["images"] if i["kind"] == "saved"]
-    assert [i["image"] for i in saved] == [save.image]
+    assert [(i["image"], i["size"], i["source_instance"]) for i in saved] == [
+        (pushed(save), 1234, iid)]
 
-    # a derived instance from the saved image
+    # a derived instance from the saved image: the node gets a token to pull it
     derived = alice.post("/api/instances", {"image_id": saved[0]["id"]})
-    assert derived.status_code == 202 and derived.json["image"] == save.image
+    assert derived.status_code == 202 and derived.json["image"] == pushed(save)
+    (start_derived,) = [m for m in _messages(node["queue_url"]) if m.TYPE == "start_instance"]
+    assert start_derived.registry is not None
+    claims = jwt.decode(start_derived.registry.token, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": target.repository,
+                                 "actions": ["pull"]}]
 
     # delete removes it from the list and tells the routers
     assert alice.delete(f"/api/instances/{iid}").status_code == 204
@@ -290,12 +319,13 @@ def _saved_image(alice, node, cp_chalice):
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="running"),
            InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
     assert alice.post(f"/api/instances/{iid}/save").status_code == 202
+    (save,) = [m for m in _messages(node["queue_url"]) if m.TYPE == "save_instance"]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
-                                          image="dit4c-saved/alice/x:latest"))
+                                          image=pushed(save)))
     return alice.get(f"/api/instances/{iid}").json["saved_image_id"]
 
 
-def test_saved_images_are_private_until_shared(cp_user, node, cp_chalice):
+def test_saved_images_are_private_until_shared(cp_user, node, cp_chalice, cp_image_server):
     alice, bob = cp_user("alice"), cp_user("bob")
     image_id = _saved_image(alice, node, cp_chalice)
     assert image_id not in [i["id"] for i in bob.get("/api/images").json["images"]]

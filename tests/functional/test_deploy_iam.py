@@ -46,6 +46,7 @@ from tests.support.deploy import (
 )
 from tests.support.events import sign
 from tests.support.iam_gate import IamGate, function_credentials, function_policies, unused_grants
+from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,6 +65,7 @@ class World:
     policies: dict[str, Any]
     keys: dict[str, SigningKey] = field(default_factory=dict)
     """Each enrolled node's key, by node id."""
+    registry: RegistryServer | None = None
     _rule: str = "arn:aws:events:us-east-1:123456789012:rule/reaper"
 
     @property
@@ -140,18 +142,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with provisioned(f"iam{uuid.uuid4().hex[:6]}", MotoServer(wrap=gate)) as (endpoint, made):
         stack = with_event_source_mappings(endpoint, made)  # the reaper switches the trigger
         admin = _admin_services(stack, endpoint)
+        # The image server the saves go to; it starts once the API has made the signing keys
+        # (and the CA it trusts): making them is the API function's own call to prove.
+        registry = RegistryServer(tmp / "registry", admin.keys, issuer=admin.config.portal_url)
         functions: dict[str, FunctionProcess] = {}
         try:
             for name in FUNCTIONS:
                 credentials = function_credentials(endpoint, stack, policies[name])
                 env = function_environment(stack, endpoint, credentials, function=name)
+                env.update({"DIT4C_REGISTRY": registry.address,
+                            "DIT4C_REGISTRY_URL": registry.url})
                 # The reaper's view of "silent": the scenario makes a node silent on purpose.
                 env["DIT4C_NODE_SILENT_SECONDS"] = "90"
                 functions[name] = FunctionProcess(artifact, env, tmp / f"{name}.log")
-            yield World(endpoint, stack, gate, functions, admin, policies)
+            world = World(endpoint, stack, gate, functions, admin, policies, registry=registry)
+            # The API makes the signing keys (and the registry CA) at its first need of them;
+            # the image server can trust that CA from then on.
+            world.api(HttpRequest("GET", "/.well-known/jwks.json", (), {}, None))
+            registry.start()
+            yield world
         finally:
             for function in functions.values():
                 function.close()
+            registry.stop()
 
 
 def _admin_services(stack: Stack, endpoint: AwsEndpoint) -> Services:
@@ -256,7 +269,9 @@ def _scenario(world: World) -> None:
     world.events(_state(node_id, a["id"], "stopping"))
     world.events(_state(node_id, a["id"], "stopped"))
     assert alice.call("POST", f"/api/instances/{a['id']}/save")[0] == 202
-    world.events(_state(node_id, a["id"], "saved", image="registry.test/alice/tool:a"))
+    (save,) = [m for m in world.node_messages(queue) if m.TYPE == "save_instance"]
+    pushed = save.image.rsplit(":", 1)[0] + "@sha256:" + "ab" * 32  # as the node reports it
+    world.events(_state(node_id, a["id"], "saved", image=pushed))
     status, images = alice.call("GET", "/api/images")
     saved = next(i for i in images["images"] if i["owner"] == "alice")
     assert alice.call("POST", f"/api/images/{saved['id']}/share", {"username": "bob"})[0] == 200

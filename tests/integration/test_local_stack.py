@@ -40,6 +40,7 @@ class StackProcess:
     def __init__(self, env: dict[str, str]) -> None:
         # Never the default 5001 in a test: `make run` may hold it.
         env.setdefault("DIT4C_REGISTRY_PORT", str(free_port()))
+        env.setdefault("DIT4C_EXPORT_PORT", str(free_port()))
         self.env = env
         self.lines: list[str] = []
         self.errors: list[str] = []
@@ -346,23 +347,34 @@ def _login(port: int, password: str) -> int:
                body={"username": "admin", "password": password})[0]
 
 
-def _push_test_tool(docker_client, registry_port: int) -> str:
-    """Push the test tool to the stack's image server; returns the repository name."""
+def _push_test_tool(docker_client, registry_port: int, password: str) -> str:
+    """Push the test tool to the stack's image server as the admin; returns the repository.
+
+    Docker's own token protocol end to end: the engine meets the registry's 401, asks the
+    portal's /registry/token with the admin's password (HTTP Basic), and pushes with the token.
+    """
     repository = f"127.0.0.1:{registry_port}/dit4c/test-tool"
     docker_client.images.get(TEST_TOOL).tag(repository, "busybox")
     try:
-        for line in docker_client.api.push(repository, tag="busybox", stream=True, decode=True):
+        refused = list(docker_client.api.push(repository, tag="busybox", stream=True,
+                                              decode=True))
+        assert any("error" in line for line in refused), refused  # no token, no push
+        for line in docker_client.api.push(repository, tag="busybox", stream=True, decode=True,
+                                           auth_config={"username": "admin",
+                                                        "password": password}):
             assert "error" not in line, line
     finally:
         docker_client.images.remove(f"{repository}:busybox")
     return "dit4c/test-tool"
 
 
-def _registry_catalog(registry_port: int) -> list[str]:
-    status, _, body = get(registry_port, "/v2/_catalog")
-    assert status == 200, body
-    repositories: list[str] = json.loads(body)["repositories"]
-    return repositories
+def _pullable(docker_client, registry_port: int, repository: str, password: str) -> bool:
+    """The admin can pull ``repository`` back (``docker pull`` with the portal's tokens)."""
+    reference = f"127.0.0.1:{registry_port}/{repository}"
+    docker_client.images.pull(reference, tag="busybox",
+                              auth_config={"username": "admin", "password": password})
+    docker_client.images.remove(f"{reference}:busybox")
+    return True
 
 
 def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env, docker_client):
@@ -381,10 +393,12 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
     assert status == 201, body
     instance = launch_test_tool(admin, portal)
     registry_port = port_of(stack_env, "DIT4C_REGISTRY_PORT")
-    pushed = _push_test_tool(docker_client, registry_port) if registry.binary() else None
+    pushed = _push_test_tool(docker_client, registry_port, password) \
+        if registry.binary() else None
     child_pids = [json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")]
-    # edge router, node daemon, and the image server when docker-registry is installed
-    assert len(child_pids) == (3 if registry.binary() else 2)
+    # edge router, node daemon, and when docker-registry is installed the image server (on
+    # loopback and on the pods gateway) with its exporter
+    assert len(child_pids) == (5 if registry.binary() else 2)
 
     took = running.interrupt()
 
@@ -408,8 +422,8 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
         listed = {i["id"]: i for i in json.loads(body)["instances"]}
         assert instance["id"] in listed
         assert listed[instance["id"]]["state"] == "running"
-        if pushed is not None:
-            assert pushed in _registry_catalog(registry_port)
+        if pushed is not None:  # the same storage and the same token CA after a restart
+            assert _pullable(docker_client, registry_port, pushed, password)
         again.interrupt(signal.SIGTERM)
         assert again.process.returncode == 0, again.output()
     finally:
