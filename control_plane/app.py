@@ -22,8 +22,8 @@ from control_plane.login_providers import LOGIN_COOKIE, LOGIN_PATH, STATE_SECOND
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
-from protocol.tokens import unverified_claims
 from control_plane.registry_routes import registry_blueprint
+from protocol.tokens import unverified_claims
 
 if TYPE_CHECKING:
     from control_plane.services import Services

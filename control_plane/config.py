@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
 from protocol.ids import instance_host
-from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
 from protocol.registry import DEFAULT_SERVICE
+from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",

@@ -2,7 +2,6 @@
 
 import boto3
 
-from control_plane import __version__
 from control_plane import __version__, services
 from control_plane.aws import Clients
 from control_plane.config import Config
