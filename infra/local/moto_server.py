@@ -3,8 +3,8 @@
 Like ``moto.server.ThreadedMotoServer``, but it binds in the caller's thread, so a port that is
 taken is an ``OSError`` naming it at once (instead of a thread that dies while ``start()`` waits
 forever, or werkzeug's ``sys.exit``), and ``stop()`` closes the listening socket. moto keeps
-every service's state in this process's memory; :mod:`infra.local.snapshot` saves and restores
-what must outlive it.
+every service's state in this process's memory; :mod:`infra.local.durable` writes what must
+outlive it through to disk, serving :func:`moto_app` wrapped in its journal.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -24,20 +26,31 @@ from infra.local.aws import AwsEndpoint
 
 log = logging.getLogger("dit4c.local.moto")
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def moto_app() -> WsgiApp:
+    """moto's WSGI application: every service, dispatched by the request's signature."""
+    app: WsgiApp = DomainDispatcherApplication(create_backend_app)
+    return app
+
 
 class MotoServer:
-    """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped."""
+    """Serves ``app`` (default: :func:`moto_app`) on ``host:port`` (port 0: a free one) until
+    stopped."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, app: WsgiApp | None = None) \
+            -> None:
         self._host = host
         self._port = port
+        self._app = app
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> AwsEndpoint:
         # werkzeug logs every request at INFO on its own handler; keep warnings only.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app = DomainDispatcherApplication(create_backend_app)
+        app = self._app or moto_app()
         # Bound here, not by werkzeug: on a taken port werkzeug prints and calls sys.exit().
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
