@@ -7,8 +7,9 @@ between, every call that changes that state is journalled before its answer leav
    holds (:func:`infra.local.writes.effect`) runs under one lock, and if moto answers 2xx the
    call is appended to the :class:`~infra.local.journal.Journal` before the lock is released,
    so the journal's order is the order moto applied them. The answer leaves once the record is
-   synced to disk (syncs are grouped across threads). Reads, and writes moto refused, pass
-   through untouched.
+   synced to disk (syncs are grouped across threads), or with ``DIT4C_JOURNAL_SYNC=never`` once
+   it is written (a killed process loses nothing then, a power cut may). Reads, and writes moto
+   refused, pass through untouched.
 2. :meth:`DurableState.recover`, at start: the newest good snapshot, then every journal record
    after it replayed into moto in order (the same requests, straight into the WSGI app).
    Damage is set aside and said, never silently dropped: see :class:`Recovery`.
@@ -158,6 +159,32 @@ class JournaledApp:
 
 
 @dataclass
+class Replayed:
+    """What :func:`replay` did: how many calls applied, and why the others were refused."""
+
+    applied: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+def replay(app: WsgiApp, records: list[bytes]) -> Replayed:
+    """Hand each journalled call to moto's ``app`` again, in order."""
+    replayed = Replayed()
+    for payload in records:
+        try:
+            call = Call.decode(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            replayed.refused.append(f"an unreadable record ({exc})")
+            continue
+        answer = _call(app, call.to_environ())
+        if answer.ok:
+            replayed.applied += 1
+        else:
+            replayed.refused.append(f"{call.describe()}: {answer.status} "
+                                    f"{answer.body[:200].decode('utf-8', 'replace')}")
+    return replayed
+
+
+@dataclass
 class Recovery:
     """What :meth:`DurableState.recover` found and did."""
 
@@ -193,28 +220,18 @@ class DurableState:
         """Restore the snapshot, replay the journal after it, compact, and start journalling."""
         restored = self._snapshotter.restore()
         recovery = Recovery(restored.summary, notes=list(restored.notes))
-        replay = self._journal.read(restored.journal_from)
-        if replay.damage is not None:
-            damage = self._journal.set_aside(replay.damage)
+        journalled = self._journal.read(restored.journal_from)
+        if journalled.damage is not None:
+            damage = self._journal.set_aside(journalled.damage)
             recovery.notes.append(str(damage))
-        refused = []
-        for payload in replay.records:
-            try:
-                call = Call.decode(payload)
-            except (ValueError, KeyError, TypeError) as exc:
-                refused.append(f"an unreadable record ({exc})")
-                continue
-            answer = _call(self._app.inner, call.to_environ())
-            if not answer.ok:
-                refused.append(f"{call.describe()}: {answer.status} "
-                               f"{answer.body[:200].decode('utf-8', 'replace')}")
-        recovery.replayed = len(replay.records) - len(refused)
-        if refused:
+        replayed = replay(self._app.inner, journalled.records)
+        recovery.replayed = replayed.applied
+        if replayed.refused:
             # The journal holds only calls that succeeded, in order, over the same state: one
             # refused now means that state differs. Say so; the rest still applied.
             recovery.notes.append(
-                f"{len(refused)} of {len(replay.records)} journalled changes were refused on "
-                f"replay (first: {refused[0]}); the others are applied")
+                f"{len(replayed.refused)} of {len(journalled.records)} journalled changes were "
+                f"refused on replay (first: {replayed.refused[0]}); the others are applied")
         for note in recovery.notes:
             log.warning("%s", note)
         segments = self._journal.segments()

@@ -16,8 +16,9 @@ an empty one.
 
 Appends are written with one ``write(2)`` each, so a process killed at any moment leaves whole
 records behind (the kernel keeps what was written); :meth:`Journal.sync` makes them survive a
-power cut too, with ``fdatasync``. Syncs are grouped: a caller waiting for record *n* returns
-at once if another caller's sync already covered it.
+power cut too, with ``fdatasync`` (unless the journal is made with ``sync=False``: then the
+kernel writes them back within its own delay, about 30 s). Syncs are grouped: a caller waiting
+for record *n* returns at once if another caller's sync already covered it.
 
 Reading stops at the first record that is cut short or fails its checksum: everything before it
 is good, that record and everything after it (in that segment and any later one) may not be.
@@ -82,8 +83,9 @@ class Journal:
     :meth:`rotate` and :meth:`remove_before` from any thread.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sync: bool = True) -> None:
         self.directory = directory
+        self.syncs = sync
         # Always taken in this order: _sync_lock, then _lock.
         self._sync_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -207,7 +209,10 @@ class Journal:
             return self._written
 
     def sync(self, sequence: int) -> None:
-        """Return once record ``sequence`` and every record before it is on disk."""
+        """Return once record ``sequence`` and every record before it is on disk; at once for
+        a journal made with ``sync=False`` (the kernel writes it back in its own time)."""
+        if not self.syncs:
+            return
         with self._sync_lock:
             if self._synced >= sequence:
                 return  # another caller's sync covered it

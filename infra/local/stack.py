@@ -180,7 +180,8 @@ class LocalStack:
         snapshotter = Snapshotter(
             aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
         )
-        durable = DurableState(journaled, snapshotter, Journal(data.aws / "journal"))
+        journal = Journal(data.aws / "journal", sync=config.journal_sync)
+        durable = DurableState(journaled, snapshotter, journal)
         recovery = durable.recover()
         for note in recovery.notes:
             self._say(f"warning: {note}")
