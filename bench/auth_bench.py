@@ -4,11 +4,11 @@
 
 The tool is nginx serving a 13-byte page and a large file; the auth helper is
 ``python -m helpers.auth`` (a separate process, this virtualenv's aiohttp) with a signed-in
-session (the real OAuth2 server of ``tests/auth_harness.py`` on loopback, moto for DynamoDB).
-Measured, each directly and through the helper, in one run: small-request rate with keep-alive
-(wrk, 2 threads, 32 connections), the throughput of one large download (curl), and sequential
-WebSocket round trips (to the echo tool of ``tests/auth_scenarios.py``). Prints a Markdown table
-with the ratio helper / direct.
+session (the real OAuth2 server of ``tests/support/auth_harness.py`` on loopback, moto for
+DynamoDB). Measured, each directly and through the helper, in one run: small-request rate with
+keep-alive (wrk, 2 threads, 32 connections), the throughput of one large download (curl), and
+sequential WebSocket round trips (to the echo tool of ``tests/support/auth_scenarios.py``).
+Prints a Markdown table with the ratio helper / direct.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import aiohttp
 from moto import mock_aws
 
 from bench.tools import Processes, nginx_conf, wrk_rate
-from tests.auth_harness import Browser, PortalHarness
-from tests.auth_scenarios import ECHO_TOOL, PORTAL, helper_env
 from tests.ports import free_port
+from tests.support.auth_harness import Browser, PortalHarness
+from tests.support.auth_scenarios import ECHO_TOOL, PORTAL, helper_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BODY = b"hello, bench\n"

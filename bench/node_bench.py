@@ -7,9 +7,10 @@ For each of ``--launches`` rounds, interleaved so that both see the same machine
 - **bare**: ``docker run -d`` of the tool image on the pods network, then an HTTP GET from the
   host to the container's address every 50 ms until it answers;
 - **pod**: the node daemon's own command path (``Agent.handle`` of a ``start_instance`` with the
-  real ``PodRunner``, durable records, and the state events sent to SQS on moto) from the
-  command received to the tool answering inside the pod (probed from the pod's namespace every
-  50 ms): namespace holder, listener and auth helpers (the real ``helpers.*``), tool.
+  real ``PodRunner``, durable records, the node enrolled with the real control plane and its
+  state events sent to SQS on moto) from the command received to the tool answering inside
+  the pod (probed from the pod's namespace every 50 ms): namespace holder, listener and auth
+  helpers (the real ``helpers.*``), tool.
 
 Prints p50/p95 of each and their ratio (goal: pod <= 3x bare) as a Markdown table. Everything it
 creates carries the label ``dit4c.bench=<run>`` and is removed at the end.
@@ -40,12 +41,13 @@ from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues
 from node_daemon.records import RecordStore
-from node_daemon.testing import FakePortal, MotoServer, sample_start
 from protocol.messages import DiscardInstance
 from protocol.tokens import SigningKey
 from scripts import images
 from scripts.build_images import ImageBuilder
 from scripts.cleanup import remove_labelled
+from tests.support.control_plane import control_plane
+from tests.support.node import sample_start
 
 PROBE_INTERVAL = 0.05
 
@@ -83,49 +85,54 @@ async def run(launches: int, image: str, port: int) -> tuple[list[float], list[f
     network = f"dit4c-bench-{run_id}"
     ImageBuilder(client).ensure([images.TEST_TOOL, images.HELPER_BASE, images.HELPERS])
     ensure_pods_network(client, network, labels)
-    moto = MotoServer()
-    portal = FakePortal(moto)
-    portal.start()
-    bare: list[float] = []
-    pods: list[float] = []
     try:
-        async with aiohttp.ClientSession() as session:
-            portal_client = PortalClient(portal.url, session)
-            key = SigningKey.generate()
-            enrolment = await portal_client.enroll(join_token=portal.new_join_token(), key=key,
-                                                   name="bench", cpu=64, memory_mb=1 << 20)
-            queues = NodeQueues(CredentialBroker(
-                lambda: portal_client.credentials(enrolment.node_id, key)))
-            pod_runner = PodRunner(client, PodSettings(
-                node_id=enrolment.node_id, network=network, helpers_image=images.HELPERS,
-                labels=labels))
-            with tempfile.TemporaryDirectory() as data:
+        with control_plane() as portal, tempfile.TemporaryDirectory() as data:
+            async with aiohttp.ClientSession() as session:
+                portal_client = PortalClient(portal.url, session)
+                key = SigningKey.generate()
+                enrolment = await portal_client.enroll(
+                    join_token=portal.new_join_token(), key=key, name="bench", cpu=64,
+                    memory_mb=1 << 20)
+                queues = NodeQueues(CredentialBroker(
+                    lambda: portal_client.credentials(enrolment.node_id, key)))
+                pod_runner = PodRunner(client, PodSettings(
+                    node_id=enrolment.node_id, network=network, helpers_image=images.HELPERS,
+                    labels=labels))
                 agent = Agent(node_id=enrolment.node_id, capacity=Capacity(64, 1 << 20),
                               records=RecordStore(Path(data) / "instances"), pods=pod_runner,
                               send=queues.send_event, metrics=NodeMetrics(), launch_timeout=120)
-                for round_ in range(launches + 1):  # round 0 warms caches and is not counted
-                    seconds = await asyncio.to_thread(bare_launch, client, image, port,
-                                                      network, labels)
-                    instance_id = f"bench{run_id}{round_}"
-                    began = time.monotonic()
-                    await agent.handle(sample_start(instance_id, image, port=port))
-                    pod_seconds = time.monotonic() - began
-                    record = agent.records.get(instance_id)
-                    if record is None or record.state != "running":
-                        raise RuntimeError(f"launch {round_} did not run: "
-                                           f"{record.reason if record else 'no record'}")
-                    await agent.handle(DiscardInstance(instance_id=instance_id))
-                    if round_:
-                        bare.append(seconds)
-                        pods.append(pod_seconds)
-                        print(f"round {round_}: bare {seconds:.3f} s, pod {pod_seconds:.3f} s",
-                              file=sys.stderr)
-            pod_runner.close()
+                try:
+                    return await _rounds(agent, client, launches=launches, image=image,
+                                         port=port, network=network, labels=labels)
+                finally:
+                    pod_runner.close()
     finally:
-        portal.stop()
-        moto.stop()
         remove_labelled(client, f"dit4c.bench={run_id}")
         client.close()
+
+
+async def _rounds(agent: Agent, client: docker.DockerClient, *, launches: int, image: str,
+                  port: int, network: str,
+                  labels: dict[str, str]) -> tuple[list[float], list[float]]:
+    """Seconds of each launch, bare and as a pod, interleaved; round 0 warms caches."""
+    bare: list[float] = []
+    pods: list[float] = []
+    for round_ in range(launches + 1):
+        seconds = await asyncio.to_thread(bare_launch, client, image, port, network, labels)
+        instance_id = f"bench{labels['dit4c.bench']}{round_}"
+        began = time.monotonic()
+        await agent.handle(sample_start(instance_id, image, port=port))
+        pod_seconds = time.monotonic() - began
+        record = agent.records.get(instance_id)
+        if record is None or record.state != "running":
+            raise RuntimeError(f"launch {round_} did not run: "
+                               f"{record.reason if record else 'no record'}")
+        await agent.handle(DiscardInstance(instance_id=instance_id))
+        if round_:
+            bare.append(seconds)
+            pods.append(pod_seconds)
+            print(f"round {round_}: bare {seconds:.3f} s, pod {pod_seconds:.3f} s",
+                  file=sys.stderr)
     return bare, pods
 
 

@@ -32,6 +32,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
+
 from bench.tools import Processes, nginx_conf, wrk_rate
 from protocol import pod
 from protocol.tokens import SigningKey, tunnel_claims
@@ -156,7 +158,6 @@ def rss_kb(pid: int) -> int:
 
 
 async def _open_tunnels(port: int, key: SigningKey, count: int) -> list[object]:
-    import aiohttp
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sockets: list[object] = []
     semaphore = asyncio.Semaphore(100)

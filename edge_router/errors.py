@@ -3,7 +3,6 @@
     RouterError              root of everything the router raises
     ├── ConfigError          a DIT4C_ROUTER_* setting is missing or invalid (fails start-up)
     ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream)
-    │   └── HeadTooLarge     a request head over the limit (431)
     ├── TunnelRefused        a tunnel's token or host was refused (status 401/403)
     └── KeysUnavailable      no JWKS could be fetched yet: tunnels get 503 and retry soon
 """
@@ -21,10 +20,6 @@ class ConfigError(RouterError):
 
 class BadRequest(RouterError):
     status = 400
-
-
-class HeadTooLarge(BadRequest):
-    status = 431
 
 
 class TunnelRefused(RouterError):

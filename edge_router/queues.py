@@ -10,6 +10,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
+
 from edge_router.routes import RouteTable
 from protocol.errors import MessageError
 from protocol.messages import InstanceActivity, Revocation, decode
@@ -23,7 +25,6 @@ POLL_WAIT_SECONDS = 1
 
 
 def sqs_client(endpoint_url: str | None) -> Any:
-    import boto3
     return boto3.client("sqs", endpoint_url=endpoint_url)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_router.errors import TunnelRefused
+from protocol.ids import instance_of_host
 from protocol.tunnel import Mux
 
 KNOWN_FOR_SECONDS = 24 * 3600.0
@@ -41,7 +42,6 @@ class RouteTable:
     def __init__(self, domain: str, *, max_tunnels_per_host: int = 4,
                  clock: Callable[[], float] = time.time) -> None:
         self.domain = domain.lower()
-        self._suffix = "." + self.domain
         self.max_tunnels_per_host = max_tunnels_per_host
         self._clock = clock
         self._tunnels: dict[str, list[Tunnel]] = {}
@@ -51,13 +51,8 @@ class RouteTable:
         """instance id -> wall time of the last request carried for it."""
 
     def instance_id(self, host: str) -> str | None:
-        """The instance id if ``host`` is ``<id>.<domain>`` with one DNS label, else None."""
-        if not host.endswith(self._suffix):
-            return None
-        label = host[: -len(self._suffix)]
-        if not label or "." in label or len(label) > 63:
-            return None
-        return label
+        """The instance id if ``host`` (no port) is ``<id>.<domain>``, else None."""
+        return instance_of_host(host, self.domain)
 
     def lookup(self, host: str) -> Tunnel | None:
         tunnels = self._tunnels.get(host)
@@ -69,7 +64,7 @@ class RouteTable:
 
     def check(self, hostname: str, instance_id: str, issued_at: float) -> None:
         """Raise :class:`TunnelRefused` unless a tunnel for ``hostname`` may connect."""
-        if self.instance_id(hostname) != instance_id.lower():
+        if self.instance_id(hostname) != instance_id:
             raise TunnelRefused(f"{hostname} is not instance {instance_id!r} under "
                                 f"{self.domain}")
         revoked = self._revoked.get(hostname)

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from protocol.tunnel import BATCH_BYTES, MAX_MESSAGE_BYTES, Mux, TunnelError
+from protocol.errors import TunnelError
+from protocol.tunnel import BATCH_BYTES, MAX_MESSAGE_BYTES, Mux
 
 _c_mask: Callable[[bytes, bytearray], None] | None
 try:  # aiohttp's C masking (the router always runs on the virtualenv's aiohttp)

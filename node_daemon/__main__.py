@@ -11,9 +11,15 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
+import docker
+import docker.errors
+
 from node_daemon import __version__
 from node_daemon.config import IDENTITY_FILE, NodeIdentity, RunSettings, default_data_dir
+from node_daemon.daemon import Daemon
 from node_daemon.errors import ConfigError, NodeDaemonError
+from node_daemon.portal import PortalClient
 from protocol.tokens import SigningKey
 
 log = logging.getLogger("dit4c.node")
@@ -73,10 +79,6 @@ async def _join(args: argparse.Namespace) -> int:
         print(f"join: {data_dir} already holds a node identity; use another --data-dir or "
               "remove it first", file=sys.stderr)
         return 2
-    import aiohttp  # here, not at the top: `--help` stays fast
-
-    from node_daemon.portal import PortalClient
-
     key = SigningKey.generate()
     async with aiohttp.ClientSession() as session:
         enrolment = await PortalClient(args.portal, session).enroll(
@@ -94,11 +96,6 @@ async def _join(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     settings = RunSettings.from_sources(vars(args), os.environ)
     identity, key = NodeIdentity.load(settings.data_dir)  # fail fast, before the engine
-    import docker
-    import docker.errors
-
-    from node_daemon.daemon import Daemon
-
     try:
         client = docker.from_env(timeout=120)
         client.ping()

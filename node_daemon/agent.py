@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import docker.errors
 
@@ -63,12 +62,6 @@ Send = Callable[[Message], Awaitable[None]]
 class Capacity:
     cpu: float
     memory_mb: int
-
-
-def _needs(start: dict[str, Any] | None) -> tuple[float, int]:
-    if not start:
-        return 0.0, 0
-    return float(start.get("cpu", 0)), int(start.get("memory_mb", 0))
 
 
 class Agent:
@@ -126,7 +119,7 @@ class Agent:
                 return
             await self._converge(record, present=True)  # a duplicate: finish or no-op
             return
-        record = InstanceRecord(start.instance_id, Desired.RUNNING, start=start.to_dict())
+        record = InstanceRecord(start.instance_id, Desired.RUNNING, start=start)
         shortfall = _shortfall(self.capacity, start, await self._all())
         if shortfall:
             record.start = None  # nothing will run: keep no secrets
@@ -212,7 +205,7 @@ class Agent:
 
     async def _converge_running(self, record: InstanceRecord, present: bool,
                                 received: float | None) -> None:
-        start = record.start_message()
+        start = record.start
         if record.state == S.FAILED or start is None:
             if present:
                 await asyncio.to_thread(self.pods.stop, record.instance_id, 0)
@@ -385,9 +378,9 @@ class Agent:
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:
     """CPU and memory held by the instances that run or are about to."""
-    needs = [_needs(r.start) for r in records
-             if r.desired is Desired.RUNNING and r.state != S.FAILED and r.start]
-    return sum(c for c, _ in needs), sum(m for _, m in needs)
+    starts = [r.start for r in records
+              if r.desired is Desired.RUNNING and r.state != S.FAILED and r.start]
+    return sum(s.cpu for s in starts), sum(s.memory_mb for s in starts)
 
 
 def _shortfall(capacity: Capacity, start: StartInstance,

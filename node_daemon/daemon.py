@@ -34,7 +34,7 @@ from node_daemon.network import ensure_pods_network
 from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
-from node_daemon.records import INSTANCE_ID, RecordStore
+from node_daemon.records import RecordStore
 from protocol.errors import MessageError
 from protocol.messages import NODE_COMMANDS, decode
 from protocol.tokens import SigningKey
@@ -188,12 +188,9 @@ class Daemon:
     async def _handle(self, received: Received, queues: NodeQueues, keeper: VisibilityKeeper,
                       agent: Agent) -> None:
         try:
-            message = decode(received.body)
+            message = decode(received.body)  # ids are checked there (protocol.ids)
             if not isinstance(message, NODE_COMMANDS):
                 raise MessageError(f"{message.TYPE} is not a node command")
-            instance_id = getattr(message, "instance_id", "")
-            if not INSTANCE_ID.match(instance_id):
-                raise MessageError(f"instance id {instance_id!r} is not [A-Za-z0-9_-]{{1,63}}")
         except MessageError as exc:
             self._reject(received, str(exc))
             await self._delete(received, queues)

@@ -286,7 +286,7 @@ class PodRunner:
             spec = {**common, "image": self.settings.helpers_image,
                     "command": ["sleep", "infinity"], "init": True,
                     "network": self.settings.network,
-                    "hostname": start.instance_id[:63],
+                    "hostname": start.instance_id,
                     "extra_hosts": {"host.docker.internal": self._pods_gateway()},
                     "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
                     "security_opt": ["no-new-privileges"]}

@@ -7,27 +7,30 @@ then the pod, and only then is its message deleted from the queue.
 
 A discarded instance keeps a small tombstone (no secrets) so that a late start or stop for it
 is recognised and ignored; tombstones older than :data:`TOMBSTONE_DAYS` are pruned.
+
+On disk a record is one JSON object of its fields, ``start`` being the start command exactly as
+it came off the queue (:meth:`protocol.messages.Message.to_dict`), checked by the messages
+module when read. The format is that of the first release, so a node upgraded in place reads
+the records of the pods it already runs and adopts them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
-from protocol.messages import StartInstance, decode
+from protocol.errors import MessageError
+from protocol.ids import ID_PATTERN, is_id
+from protocol.messages import StartInstance, from_dict
 
 log = logging.getLogger("dit4c.node.records")
 
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-"""Instance ids name files and containers, so they are held to a safe alphabet."""
 TOMBSTONE_DAYS = 7
 
 
@@ -44,8 +47,8 @@ class Desired(StrEnum):
 class InstanceRecord:
     instance_id: str
     desired: Desired
-    start: dict[str, Any] | None = None
-    """The start_instance message (with its secrets) until the instance is discarded."""
+    start: StartInstance | None = None
+    """The start command (with its secrets) until the instance is discarded."""
     state: str | None = None
     """The instance's state as this node knows it (an InstanceState value)."""
     reported: str | None = None
@@ -56,12 +59,21 @@ class InstanceRecord:
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
 
-    def start_message(self) -> StartInstance | None:
-        if self.start is None:
-            return None
-        message = decode(json.dumps(self.start))
-        assert isinstance(message, StartInstance)
-        return message
+    def to_json(self) -> bytes:
+        fields = asdict(replace(self, start=None))
+        fields["start"] = None if self.start is None else self.start.to_dict()
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> InstanceRecord:
+        """Raise ValueError, TypeError, KeyError or MessageError for what is not a record."""
+        raw = json.loads(text)
+        start = raw.pop("start", None)
+        if start is not None:
+            start = from_dict(start)
+            if not isinstance(start, StartInstance):
+                raise MessageError(f"a record's start is a {start.TYPE}")
+        return cls(**{**raw, "desired": Desired(raw["desired"]), "start": start})
 
 
 class RecordStore:
@@ -72,8 +84,9 @@ class RecordStore:
         self._dir = directory
 
     def _path(self, instance_id: str) -> Path:
-        if not INSTANCE_ID.match(instance_id):
-            raise ConfigError(f"instance id {instance_id!r} is not [A-Za-z0-9_-]{{1,63}}")
+        # Commands are decoded with their ids checked; this guards the file name all the same.
+        if not is_id(instance_id):
+            raise ConfigError(f"instance id {instance_id!r} is not an id ({ID_PATTERN})")
         return self._dir / f"{instance_id}.json"
 
     def get(self, instance_id: str) -> InstanceRecord | None:
@@ -85,8 +98,7 @@ class RecordStore:
 
     def put(self, record: InstanceRecord) -> None:
         record.updated_at = time.time()
-        write_atomic(self._path(record.instance_id),
-                     json.dumps(asdict(record), sort_keys=True).encode())
+        write_atomic(self._path(record.instance_id), record.to_json())
 
     def all(self) -> list[InstanceRecord]:
         records = []
@@ -95,7 +107,7 @@ class RecordStore:
                 records.append(_load(path))
             except FileNotFoundError:
                 continue
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, MessageError) as exc:
                 # Keep the file for a human; never act on a record we cannot read.
                 log.error("unreadable record %s left aside: %r", path, exc)
                 path.rename(path.with_suffix(".corrupt"))
@@ -113,6 +125,4 @@ class RecordStore:
 
 
 def _load(path: Path) -> InstanceRecord:
-    raw = json.loads(path.read_text())
-    raw["desired"] = Desired(raw["desired"])
-    return InstanceRecord(**raw)
+    return InstanceRecord.from_json(path.read_bytes())

@@ -2,6 +2,7 @@
 
 A change to a contract is a change here, in one place:
 
+- :mod:`protocol.ids` — the one id rule and how an instance id becomes a host.
 - :mod:`protocol.states` — instance lifecycle states and the legal transitions.
 - :mod:`protocol.messages` — the JSON messages carried by SQS (and the revocation fan-out).
 - :mod:`protocol.tokens` — JWT claims for every token the control plane or a node signs, and

@@ -1,8 +1,10 @@
 """Errors raised by the protocol package.
 
     ProtocolError
-    ├── MessageError   a queue message is malformed, of an unknown type or version
-    └── TokenError     a token is malformed, forged, expired, or for another audience/host
+    ├── MessageError   a queue message is malformed, of an unknown type or version, or carries
+    │                  an id off the id rule
+    ├── TokenError     a token is malformed, forged, expired, or for another audience/host
+    └── TunnelError    a tunnel peer broke the wire format or its flow control: close the tunnel
 """
 
 
@@ -16,3 +18,7 @@ class MessageError(ProtocolError):
 
 class TokenError(ProtocolError):
     """A token failed verification; the message says why, safe to show to the caller."""
+
+
+class TunnelError(ProtocolError):
+    """A peer broke the tunnel's wire format (:mod:`protocol.tunnel`); the tunnel must close."""

@@ -14,8 +14,9 @@ SQS delivers at least once and in any order, so every consumer must be idempoten
 deduplication key and ``sent_at`` orders reports about the same thing.
 
 ``decode`` refuses anything that is not exactly a known message: unknown type or version, a
-missing field, a field of the wrong type. Unknown extra fields are ignored so that a newer sender
-can add optional fields without breaking an older consumer.
+missing field, a field of the wrong type, an instance or node id that breaks the one id rule
+(:mod:`protocol.ids`; such fields are typed :data:`Id`). Unknown extra fields are ignored so that
+a newer sender can add optional fields without breaking an older consumer.
 """
 
 from __future__ import annotations
@@ -27,13 +28,19 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import MessageError
+from protocol.ids import ID_PATTERN, is_id
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """SQS's own limit; a message larger than this cannot be sent, so refuse to build one."""
+
+_ID_RULE: Final = "protocol.ids"
+Id = Annotated[str, _ID_RULE]
+"""A field holding an instance or node id: :func:`decode` refuses one that is not
+:func:`protocol.ids.is_id` (ids name files, containers, queues and hosts)."""
 
 
 def new_id() -> str:
@@ -103,7 +110,7 @@ class StorageAccess:
 @dataclass(frozen=True, kw_only=True)
 class StartInstance(Message):
     TYPE: ClassVar[str] = "start_instance"
-    instance_id: str
+    instance_id: Id
     image: str
     """Image reference as the Docker engine names it (``repo:tag`` or ``repo@sha256:...``)."""
     port: int
@@ -129,14 +136,14 @@ class StartInstance(Message):
 @dataclass(frozen=True, kw_only=True)
 class StopInstance(Message):
     TYPE: ClassVar[str] = "stop_instance"
-    instance_id: str
+    instance_id: Id
     grace_seconds: int = 10
 
 
 @dataclass(frozen=True, kw_only=True)
 class SaveInstance(Message):
     TYPE: ClassVar[str] = "save_instance"
-    instance_id: str
+    instance_id: Id
     image: str
     """Where the saved image goes: ``registry/namespace/name:tag``."""
     registry: RegistryAccess | None = None
@@ -145,7 +152,7 @@ class SaveInstance(Message):
 @dataclass(frozen=True, kw_only=True)
 class DiscardInstance(Message):
     TYPE: ClassVar[str] = "discard_instance"
-    instance_id: str
+    instance_id: Id
 
 
 # --- node / router -> control plane ---------------------------------------------------------
@@ -154,8 +161,8 @@ class DiscardInstance(Message):
 @dataclass(frozen=True, kw_only=True)
 class InstanceStateEvent(Message):
     TYPE: ClassVar[str] = "instance_state"
-    node_id: str
-    instance_id: str
+    node_id: Id
+    instance_id: Id
     state: str
     """One of :class:`protocol.states.InstanceState`'s values."""
     reason: str | None = None
@@ -169,14 +176,14 @@ class InstanceStateEvent(Message):
 @dataclass(frozen=True, kw_only=True)
 class NodeHeartbeat(Message):
     TYPE: ClassVar[str] = "node_heartbeat"
-    node_id: str
+    node_id: Id
     version: str
     cpu_total: float
     memory_mb_total: int
     cpu_used: float
     memory_mb_used: int
     load: float
-    running: list[str]
+    running: list[Id]
     """Ids of the instances whose pods this node runs now."""
 
 
@@ -184,7 +191,7 @@ class NodeHeartbeat(Message):
 class InstanceActivity(Message):
     TYPE: ClassVar[str] = "instance_activity"
     router_id: str
-    last_activity: dict[str, str]
+    last_activity: dict[Id, str]
     """instance id -> RFC 3339 time of the last request the router carried for it."""
 
 
@@ -194,7 +201,7 @@ class InstanceActivity(Message):
 @dataclass(frozen=True, kw_only=True)
 class Revocation(Message):
     TYPE: ClassVar[str] = "revocation"
-    instance_id: str
+    instance_id: Id
     hostname: str
     reason: str
 
@@ -225,6 +232,12 @@ def decode(text: str | bytes) -> Message:
         raw = json.loads(text)
     except ValueError as exc:
         raise MessageError(f"message is not JSON: {exc}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: object) -> Message:
+    """:func:`decode` for a message already parsed from JSON (the inverse of
+    :meth:`Message.to_dict`), e.g. one kept inside a durable record."""
     if not isinstance(raw, dict):
         raise MessageError("message is not a JSON object")
     kind = raw.get("type")
@@ -238,7 +251,7 @@ def decode(text: str | bytes) -> Message:
 
 
 def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
@@ -249,8 +262,14 @@ def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per kind
+def _coerce(hint: Any, value: Any, where: str) -> Any:  # noqa: PLR0911, PLR0912 - a branch a kind
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *marks = typing.get_args(hint)
+        value = _coerce(base, value, where)
+        if _ID_RULE in marks and not is_id(value):
+            raise MessageError(f"{where}: {value!r} is not an id ({ID_PATTERN})")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:

@@ -37,6 +37,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, Protocol
 
+from protocol.errors import TunnelError
+
 TUNNEL_PATH: Final = "/.dit4c/tunnel"
 HOST_HEADER: Final = "X-Dit4c-Tunnel-Host"
 """The hostname the listener asks to serve; the tunnel token must bind exactly this host."""
@@ -63,10 +65,6 @@ MAX_DATA_TO_ROUTER: Final = 256 * 1024
 copy: one message per upstream read (asyncio reads at most 256 KiB)."""
 BATCH_BYTES: Final = MAX_DATA + HEADER.size
 """Small frames queued together are sent as one message up to this size."""
-
-
-class TunnelError(Exception):
-    """A peer broke the wire format; the tunnel must be closed."""
 
 
 def encode(kind: int, stream_id: int, payload: bytes = b"") -> bytes:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from helpers.auth.errors import ConfigError
 from protocol import pod
+from protocol.ids import ID_PATTERN, is_id
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class AuthConfig:
                 raise ConfigError(f"{name} must be scheme://host[:port] only, not {value!r}")
             return value
 
+        instance_id = need(pod.ENV_INSTANCE_ID)
+        if not is_id(instance_id):
+            # The id names the audience of the access tokens this helper accepts.
+            raise ConfigError(f"{pod.ENV_INSTANCE_ID} must be an id ({ID_PATTERN}), "
+                              f"not {instance_id!r}")
         listen = need(pod.ENV_AUTH_LISTEN)
         host, sep, port = listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -60,7 +66,7 @@ class AuthConfig:
             listen_host=host.strip("[]"),
             listen_port=int(port),
             upstream=url(pod.ENV_AUTH_UPSTREAM, path=False),
-            instance_id=need(pod.ENV_INSTANCE_ID),
+            instance_id=instance_id,
             public_url=url(pod.ENV_PUBLIC_URL, path=False),
             client_id=need(pod.ENV_OAUTH_CLIENT_ID),
             client_secret=need(pod.ENV_OAUTH_CLIENT_SECRET),

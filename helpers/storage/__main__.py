@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from helpers.storage.s3 import S3Store
 from helpers.storage.sync import Mirror, StorageError
 from protocol.pod import ENV_STORAGE, ENV_STORAGE_SYNC_SECONDS, STORAGE_READY_FILE
 
@@ -88,8 +89,6 @@ def main() -> int:
     except StorageError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         return 2
-    from helpers.storage.s3 import S3Store  # boto3 is slow to import; settings fail fast
-
     # The tool may run as any uid: it must be able to change what we download, and to write
     # in the (root-owned) volume.
     os.umask(0)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from control_plane.catalog import CatalogEntry
 from scripts import images
-
-if TYPE_CHECKING:
-    from control_plane.catalog import CatalogEntry
 
 
 def demo_catalog() -> list[CatalogEntry]:
-    """The entries ``ensure_local_defaults`` upserts (imported late: the env is set first)."""
-    from control_plane.catalog import CatalogEntry
-
+    """The entries ``ensure_local_defaults`` upserts."""
     return [
         CatalogEntry(
             name="Test tool (busybox httpd)",

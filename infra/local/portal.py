@@ -82,6 +82,12 @@ class PortalServer:
             self._threads.append(thread)
             log.info("portal serving on http://%s:%d", host, port)
 
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where it listens once started: the ports bound when 0 was asked for."""
+        return [(str(s.server.server_address[0]), int(s.server.server_address[1]))
+                for s in self._servers]
+
     def stop(self) -> None:
         for server in self._servers:
             server.shutdown()

@@ -41,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from control_plane.bootstrap import ensure_local_defaults
 from infra.local import children, network, registry
 from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
@@ -262,9 +263,6 @@ class LocalStack:
                     undo.callback(timer.stop)
 
     def _bootstrap(self) -> None:
-        # Imported once the environment is set, like the handlers.
-        from control_plane.bootstrap import ensure_local_defaults
-
         assert self._state.password is not None
         defaults = ensure_local_defaults(self._state.password.value, demo_catalog())
         self._state.cluster_id = defaults.cluster_id

@@ -1,8 +1,8 @@
 """The auth helper as a real process (``python -m helpers.auth``, this virtualenv's aiohttp) in
 front of the echo tool, against the real OAuth2 server on a loopback socket.
 
-Every scenario of ``tests/auth_scenarios.py`` runs here; the integration tier runs the same ones
-against the helper in its container (Debian's aiohttp 3.8).
+Every scenario of ``tests/support/auth_scenarios.py`` runs here; the integration tier runs the
+same ones against the helper in its container (Debian's aiohttp 3.8).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 from moto import mock_aws
 
 from protocol import pod
-from tests.auth_harness import PortalHarness
-from tests.auth_scenarios import (
+from tests.support.auth_harness import PortalHarness
+from tests.support.auth_scenarios import (
     ECHO_TOOL,
     PORTAL,
     SCENARIOS,

@@ -7,24 +7,32 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from helpers.auth.app import AuthHelper, _safe_path
 from helpers.auth.config import AuthConfig
+from helpers.auth.errors import ConfigError
 from helpers.auth.proxy import _response_headers, strip_cookies
 from helpers.auth.sessions import MAX_PENDING_LOGINS, SessionStore
 from protocol import pod
 from protocol.tokens import pkce_challenge
 
 
-def config(public_url: str) -> AuthConfig:
+def config(public_url: str, instance_id: str = "abc") -> AuthConfig:
     return AuthConfig.from_env({
         pod.ENV_AUTH_LISTEN: "127.0.0.1:7781", pod.ENV_AUTH_UPSTREAM: "http://127.0.0.1:8888",
-        pod.ENV_INSTANCE_ID: "abc", pod.ENV_PUBLIC_URL: public_url,
+        pod.ENV_INSTANCE_ID: instance_id, pod.ENV_PUBLIC_URL: public_url,
         pod.ENV_OAUTH_CLIENT_ID: "instance-abc", pod.ENV_OAUTH_CLIENT_SECRET: "s3cret",
         pod.ENV_OAUTH_AUTHORIZE_URL: "https://portal.example/oauth/authorize",
         pod.ENV_OAUTH_TOKEN_URL: "http://host.docker.internal:8000/oauth/token",
         pod.ENV_OAUTH_JWKS_URL: "http://host.docker.internal:8000/.well-known/jwks.json",
     })
+
+
+@pytest.mark.parametrize("instance_id", ["ABC", "a-b", "x" * 64])
+def test_an_instance_id_off_the_id_rule_fails_at_start(instance_id: str):
+    with pytest.raises(ConfigError, match=pod.ENV_INSTANCE_ID):
+        config("http://abc.localhost:8080", instance_id)
 
 
 def test_under_https_cookies_are_secure_and_host_prefixed():
@@ -70,8 +78,6 @@ def test_strip_cookies_keeps_the_tools_own():
 
 
 def test_tool_cannot_set_the_helpers_cookies():
-    from multidict import CIMultiDict, CIMultiDictProxy
-
     upstream = CIMultiDict([("Set-Cookie", "dit4c-auth=evil; Path=/"),
                             ("Set-Cookie", "__Host-dit4c-auth=evil; Path=/; Secure"),
                             ("Set-Cookie", "theme=dark; Path=/"),

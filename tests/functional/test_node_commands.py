@@ -1,5 +1,5 @@
-"""``python -m node_daemon join|run`` as a user runs them, against a fake control plane on
-loopback (real HTTP, real node JWTs) and moto's SQS in server mode."""
+"""``python -m node_daemon join|run`` as a user runs them, against the real control plane on
+loopback (its API over moto's server mode: tests.support.control_plane)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from node_daemon.testing import FakePortal, MotoServer
-from protocol.tokens import SigningKey
+from protocol.tokens import SigningKey, thumbprint
+from tests.support.control_plane import ControlPlane, control_plane
 
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[FakePortal]:
-    moto = MotoServer()
-    fake = FakePortal(moto)
-    fake.start()
-    yield fake
-    fake.stop()
-    moto.stop()
+def portal() -> Iterator[ControlPlane]:
+    with control_plane() as plane:
+        yield plane
 
 
 @pytest.fixture(scope="module")
-def joined(portal: FakePortal, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def joined(portal: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("joined") / "node"
     assert node("join", "--portal", portal.url, "--token", portal.new_join_token(),
                 "--data-dir", str(data)).returncode == 0
@@ -55,40 +51,40 @@ def test_help(command: list[str]):
         assert "--data-dir" in done.stdout and "SIGTERM" in done.stdout
 
 
-def test_join_enrols_and_saves_owner_only_files(portal: FakePortal, tmp_path: Path):
+def test_join_enrols_and_saves_owner_only_files(portal: ControlPlane, tmp_path: Path):
     data = tmp_path / "node"
     done = node("join", "--portal", portal.url, "--token", portal.new_join_token(),
                 "--data-dir", str(data), "--name", "lab-1", "--cpu", "2", "--memory-mb", "1024")
     assert done.returncode == 0, done.stderr
     identity = json.loads((data / "node.json").read_text())
-    assert identity["node_id"] in portal.nodes
     assert done.stdout.strip().endswith(f"saved in {data}")
-    registered = portal.nodes[identity["node_id"]]
-    assert (registered["name"], registered["cpu"], registered["memory_mb"]) == ("lab-1", 2, 1024)
+    registered = portal.node(identity["node_id"])
+    assert (registered["name"], registered["cpu_milli_total"],
+            registered["memory_mb_total"]) == ("lab-1", 2000, 1024)
     assert identity["queue_url"] == registered["queue_url"]
     assert identity["events_queue_url"] == portal.events_queue_url
     # The private key stays here, readable by the owner only; the portal got its public half.
     key = SigningKey.from_pem((data / "node-key.pem").read_bytes())
-    assert key.kid in registered["keys"]
+    assert thumbprint(registered["public_jwk"]) == key.kid
     assert mode(data) == 0o700
     assert mode(data / "node.json") == 0o600
     assert mode(data / "node-key.pem") == 0o600
     assert sorted(p.name for p in data.iterdir()) == ["node-key.pem", "node.json"]
 
 
-def test_join_with_a_used_token_fails_and_writes_nothing(portal: FakePortal, tmp_path: Path):
+def test_join_with_a_used_token_fails_and_writes_nothing(portal: ControlPlane, tmp_path: Path):
     token = portal.new_join_token()
     assert node("join", "--portal", portal.url, "--token", token,
                 "--data-dir", str(tmp_path / "first")).returncode == 0
     done = node("join", "--portal", portal.url, "--token", token,
                 "--data-dir", str(tmp_path / "second"))
     assert done.returncode == 1
-    assert "refused" in done.stderr and "403" in done.stderr
-    assert "join token unknown, used or expired" in done.stderr
+    assert "refused" in done.stderr and "401" in done.stderr
+    assert "join token is unknown or already used" in done.stderr
     assert not (tmp_path / "second" / "node.json").exists()
 
 
-def test_join_twice_keeps_the_first_identity(portal: FakePortal, tmp_path: Path):
+def test_join_twice_keeps_the_first_identity(portal: ControlPlane, tmp_path: Path):
     data = tmp_path / "node"
     assert node("join", "--portal", portal.url, "--token", portal.new_join_token(),
                 "--data-dir", str(data)).returncode == 0

@@ -1,6 +1,6 @@
-"""Credentials and queues: the node proves itself with its own JWT, holds short-lived STS
-credentials, refreshes them before they expire, and talks to SQS with them (moto server),
-keeping a message hidden while the work on it lasts."""
+"""Credentials and queues against the real control plane (moto server): the node proves itself
+with its own JWT, holds short-lived STS credentials, refreshes them before they expire, and
+talks to SQS with them, keeping a message hidden while the work on it lasts."""
 
 from __future__ import annotations
 
@@ -16,35 +16,37 @@ from node_daemon.credentials import CredentialBroker
 from node_daemon.errors import PortalError, QueueError
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
-from node_daemon.testing import FakePortal, fake_control_plane
 from protocol.messages import InstanceStateEvent, StopInstance, decode
 from protocol.tokens import SigningKey
+from tests.support.control_plane import ControlPlane, control_plane
 
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[FakePortal]:
-    with fake_control_plane() as fake:
-        yield fake
+def portal() -> Iterator[ControlPlane]:
+    # Command queues hide a received message for 2 s only (the real ones: 60 s).
+    with control_plane(visibility_timeout=2) as plane:
+        yield plane
 
 
 @pytest.fixture
-async def client(portal: FakePortal) -> AsyncIterator[PortalClient]:
+async def client(portal: ControlPlane) -> AsyncIterator[PortalClient]:
     async with aiohttp.ClientSession() as session:
         yield PortalClient(portal.url, session)
 
 
-async def enrol(client: PortalClient, portal: FakePortal) -> tuple[str, SigningKey]:
+async def enrol(client: PortalClient, portal: ControlPlane) -> tuple[str, SigningKey]:
     key = SigningKey.generate()
     enrolment = await client.enroll(join_token=portal.new_join_token(), key=key, name="n",
                                     cpu=1, memory_mb=512)
+    await asyncio.to_thread(portal.enrolled, enrolment.node_id)
     return enrolment.node_id, key
 
 
-async def test_credentials_need_the_nodes_own_key(client: PortalClient, portal: FakePortal):
+async def test_credentials_need_the_nodes_own_key(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
     creds = await client.credentials(node_id, key)
     assert creds.queue_url == portal.queue_url(node_id)
-    assert creds.endpoint_url == portal.moto.endpoint
+    assert creds.endpoint_url == portal.aws.url
     assert creds.expiration > datetime.now(UTC)
     # The attack: another key claiming to be this node.
     with pytest.raises(PortalError) as refused:
@@ -53,7 +55,7 @@ async def test_credentials_need_the_nodes_own_key(client: PortalClient, portal: 
     assert "unknown key" in str(refused.value)
 
 
-async def test_broker_refreshes_before_expiry(client: PortalClient, portal: FakePortal):
+async def test_broker_refreshes_before_expiry(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
     now = [datetime.now(UTC).timestamp()]
     broker = CredentialBroker(lambda: client.credentials(node_id, key), clock=lambda: now[0])
@@ -69,24 +71,22 @@ async def test_broker_refreshes_before_expiry(client: PortalClient, portal: Fake
     assert second.expiration > first.expiration or second.session_token != first.session_token
 
 
-async def test_broker_retries_after_a_failed_fetch(client: PortalClient, portal: FakePortal):
+async def test_broker_retries_after_a_failed_fetch(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
     broker = CredentialBroker(lambda: client.credentials(node_id, key))
-    portal.available = False
-    try:
+    with portal.outage():
         with pytest.raises(PortalError) as unavailable:
             await broker.current()
-        assert unavailable.value.status == 503 and not unavailable.value.permanent
-    finally:
-        portal.available = True
+        # Refused, or (over a connection kept alive from before) a 5xx: worth retrying.
+        assert not unavailable.value.permanent
     assert (await broker.current()).queue_url == portal.queue_url(node_id)
 
 
-async def test_queues_with_broker_credentials(client: PortalClient, portal: FakePortal):
+async def test_queues_with_broker_credentials(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
     queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
     command = StopInstance(instance_id="abc")
-    portal.send(node_id, command)
+    await asyncio.to_thread(portal.send, node_id, command)
     received = await queues.receive(wait_seconds=1)
     assert [decode(r.body) for r in received] == [command]
     await queues.delete(received[0].receipt)
@@ -97,7 +97,7 @@ async def test_queues_with_broker_credentials(client: PortalClient, portal: Fake
     assert [decode(m["Body"]) for m in answer["Messages"]] == [event]
 
 
-async def test_queue_errors_name_the_queue(client: PortalClient, portal: FakePortal):
+async def test_queue_errors_name_the_queue(client: PortalClient, portal: ControlPlane):
     node_id, key = await enrol(client, portal)
     queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
     portal.sqs.delete_queue(QueueUrl=portal.queue_url(node_id))
@@ -106,14 +106,7 @@ async def test_queue_errors_name_the_queue(client: PortalClient, portal: FakePor
     assert portal.queue_url(node_id) in str(failed.value)
 
 
-@pytest.fixture(scope="module")
-def brief_portal() -> Iterator[FakePortal]:
-    """Its command queues hide a received message for 2 s only."""
-    with fake_control_plane(visibility_timeout=2) as fake:
-        yield fake
-
-
-def visible_ids(portal: FakePortal, node_id: str) -> set[str]:
+def visible_ids(portal: ControlPlane, node_id: str) -> set[str]:
     """Instance ids of the commands another receiver sees now (without hiding them)."""
     answer = portal.sqs.receive_message(QueueUrl=portal.queue_url(node_id), WaitTimeSeconds=1,
                                         MaxNumberOfMessages=10, VisibilityTimeout=0)
@@ -126,27 +119,26 @@ def instance_of(body: str) -> str:
     return command.instance_id
 
 
-async def test_a_message_in_hand_stays_hidden_until_the_work_ends(brief_portal: FakePortal):
-    async with aiohttp.ClientSession() as session:
-        client = PortalClient(brief_portal.url, session)
-        node_id, key = await enrol(client, brief_portal)
-        queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
-        assert await queues.visibility_timeout() == 2
-        brief_portal.send(node_id, StopInstance(instance_id="held"))
-        brief_portal.send(node_id, StopInstance(instance_id="loose"))
-        received: dict[str, Received] = {}
-        while len(received) < 2:
-            for r in await queues.receive(wait_seconds=1):
-                received[instance_of(r.body)] = r
-        seen: set[str] = set()
-        async with VisibilityKeeper(queues).holding(received["held"]):
-            # Three timeouts' worth of work: the message not held comes back, the held one not.
-            until = time.monotonic() + 6
-            while time.monotonic() < until:
-                seen |= await asyncio.to_thread(visible_ids, brief_portal, node_id)
-        assert seen == {"loose"}
-        # The work is over: extending stops, and the held message comes back as any other.
+async def test_a_message_in_hand_stays_hidden_until_the_work_ends(client: PortalClient,
+                                                                  portal: ControlPlane):
+    node_id, key = await enrol(client, portal)
+    queues = NodeQueues(CredentialBroker(lambda: client.credentials(node_id, key)))
+    assert await queues.visibility_timeout() == 2
+    for instance_id in ("held", "loose"):
+        await asyncio.to_thread(portal.send, node_id, StopInstance(instance_id=instance_id))
+    received: dict[str, Received] = {}
+    while len(received) < 2:
+        for r in await queues.receive(wait_seconds=1):
+            received[instance_of(r.body)] = r
+    seen: set[str] = set()
+    async with VisibilityKeeper(queues).holding(received["held"]):
+        # Three timeouts' worth of work: the message not held comes back, the held one not.
         until = time.monotonic() + 6
-        while "held" not in seen and time.monotonic() < until:
-            seen |= await asyncio.to_thread(visible_ids, brief_portal, node_id)
-        assert "held" in seen
+        while time.monotonic() < until:
+            seen |= await asyncio.to_thread(visible_ids, portal, node_id)
+    assert seen == {"loose"}
+    # The work is over: extending stops, and the held message comes back as any other.
+    until = time.monotonic() + 6
+    while "held" not in seen and time.monotonic() < until:
+        seen |= await asyncio.to_thread(visible_ids, portal, node_id)
+    assert "held" in seen

@@ -16,7 +16,7 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from control_plane.oauth import CODE_LIFETIME
+from control_plane.oauth import CODE_LIFETIME, InvalidRequest
 from protocol.errors import TokenError
 from protocol.tokens import (
     KeySet,
@@ -25,7 +25,7 @@ from protocol.tokens import (
     verify_access,
     verify_revocation,
 )
-from tests.auth_harness import PortalHarness
+from tests.support.auth_harness import PortalHarness
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
 B_REDIRECT = "http://b.dit4c.test/.dit4c/auth/callback"
@@ -371,7 +371,6 @@ def test_unknown_client_and_bad_scope(portal, http, clients):
 
 
 def test_register_refuses_a_bad_redirect_uri(portal):
-    from control_plane.oauth import InvalidRequest
     for bad in ("javascript:alert(1)", "/relative", "http://a.test/cb#frag"):
         with pytest.raises(InvalidRequest):
             portal.server.register_client("c", bad)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
-from edge_router import testing
 from edge_router.proxy import ClientConnection
-from protocol.tokens import SigningKey
 from protocol.tunnel import DEFAULT_WINDOW
-from tests.functional.router_stack import HOST, INSTANCE, Stack, stack, upstream
+from tests.support import router as harness
+from tests.support.router_stack import HOST, Stack, serve_stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
 
@@ -62,10 +60,10 @@ async def test_oversized_head_gets_431(stack: Stack) -> None:
 
 
 async def test_a_second_host_on_one_connection_gets_its_own_stream(stack: Stack) -> None:
-    links = testing.Links()
-    other = f"other2.{testing.DOMAIN}"
-    await links.start([testing.tunnel_url(stack.router)],
-                      token=testing.token(stack.key, "other2"), hostname=other,
+    links = harness.Links()
+    other = f"other2.{harness.DOMAIN}"
+    await links.start([harness.tunnel_url(stack.router)],
+                      token=harness.token(stack.key, "other2"), hostname=other,
                       upstream=stack.upstream)
     try:
         answer = await raw(stack, (
@@ -91,17 +89,9 @@ async def test_chunked_and_pipelined_requests(stack: Stack) -> None:
 
 @pytest.fixture
 async def strict(upstream: tuple[str, int]) -> AsyncIterator[Stack]:
-    key = SigningKey.generate()
-    router = await testing.start_router(key, header_timeout=0.5, idle_timeout=0.5,
-                                        read_timeout=1.0, max_streams=3)
-    links = testing.Links()
-    client = aiohttp.ClientSession()
-    await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
-                      hostname=HOST, upstream=upstream)
-    yield Stack(key, router, links, upstream, client)
-    await client.close()
-    await links.close()
-    await router.stop()
+    async with serve_stack(upstream, header_timeout=0.5, idle_timeout=0.5, read_timeout=1.0,
+                           max_streams=3) as made:
+        yield made
 
 
 async def test_slow_head_gets_408_and_idle_connections_close(strict: Stack) -> None:

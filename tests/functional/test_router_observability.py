@@ -15,10 +15,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from edge_router import testing
 from protocol.messages import InstanceActivity, decode
 from protocol.tokens import SigningKey
-from tests.functional.router_stack import HOST, INSTANCE, Stack, stack, upstream
+from tests.support import router as harness
+from tests.support.router_stack import HOST, INSTANCE, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
 
@@ -40,10 +40,10 @@ async def test_one_access_log_line_per_request(stack: Stack,
 
 async def test_metrics_on_their_own_port(upstream: tuple[str, int]) -> None:
     key = SigningKey.generate()
-    router = await testing.start_router(key, metrics_listen=("127.0.0.1", 0))
-    links = testing.Links()
+    router = await harness.start_router(key, metrics_listen=("127.0.0.1", 0))
+    links = harness.Links()
     try:
-        await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
                           hostname=HOST, upstream=upstream)
         host, port = router.addresses[0]
         async with aiohttp.ClientSession() as client:
@@ -75,11 +75,11 @@ async def test_activity_is_reported_to_the_events_queue(sqs: Any,
                                                         upstream: tuple[str, int]) -> None:
     queue = sqs.create_queue(QueueName=f"events-{uuid.uuid4().hex}")["QueueUrl"]
     key = SigningKey.generate()
-    router = await testing.start_router(key, sqs=sqs, events_queue_url=queue,
+    router = await harness.start_router(key, sqs=sqs, events_queue_url=queue,
                                         activity_interval=0.2)
-    links = testing.Links()
+    links = harness.Links()
     try:
-        await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
                           hostname=HOST, upstream=upstream)
         host, port = router.addresses[0]
         async with aiohttp.ClientSession() as client, \

@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from edge_router import testing
 from protocol.tokens import SigningKey
-from tests.functional.router_stack import HOST, Stack, stack, upstream
+from tests.support import router as harness
+from tests.support.router_stack import HOST, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
 
@@ -46,7 +50,9 @@ async def test_forwarded_headers_are_ours_and_hop_by_hop_ones_are_gone(stack: St
 
 
 async def test_unknown_host_gets_404(stack: Stack) -> None:
-    for host in ("nope." + testing.DOMAIN, "example.org", testing.DOMAIN, "a.b." + testing.DOMAIN):
+    # Not a label of the id rule (protocol.ids) either: a-b, a_b, 64 characters.
+    for host in ("nope." + harness.DOMAIN, "example.org", harness.DOMAIN, "a.b." + harness.DOMAIN,
+                 "a-b." + harness.DOMAIN, "a_b." + harness.DOMAIN, "x" * 64 + "." + harness.DOMAIN):
         async with await stack.get("/", host=host) as response:
             assert response.status == 404
             assert "no instance" in await response.text()
@@ -64,13 +70,13 @@ async def test_known_instance_without_tunnel_gets_503(stack: Stack) -> None:
 
 
 async def test_upstream_down_gets_502(stack: Stack, upstream: tuple[str, int]) -> None:
-    links = testing.Links()
+    links = harness.Links()
     other = "down1"
-    await links.start([testing.tunnel_url(stack.router)],
-                      token=testing.token(stack.key, other), hostname=f"{other}.{testing.DOMAIN}",
+    await links.start([harness.tunnel_url(stack.router)],
+                      token=harness.token(stack.key, other), hostname=f"{other}.{harness.DOMAIN}",
                       upstream=("127.0.0.1", 1))
     try:
-        async with await stack.get("/", host=f"{other}.{testing.DOMAIN}") as response:
+        async with await stack.get("/", host=f"{other}.{harness.DOMAIN}") as response:
             assert response.status == 502
     finally:
         await links.close()
@@ -137,10 +143,10 @@ async def test_client_disconnect_reaches_the_upstream(stack: Stack) -> None:
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Upstream, "127.0.0.1", 0)
-    links = testing.Links()
-    other = f"hang1.{testing.DOMAIN}"
-    await links.start([testing.tunnel_url(stack.router)],
-                      token=testing.token(stack.key, "hang1"), hostname=other,
+    links = harness.Links()
+    other = f"hang1.{harness.DOMAIN}"
+    await links.start([harness.tunnel_url(stack.router)],
+                      token=harness.token(stack.key, "hang1"), hostname=other,
                       upstream=server.sockets[0].getsockname()[:2])
     try:
         host, port = stack.router.addresses[0]
@@ -156,13 +162,13 @@ async def test_client_disconnect_reaches_the_upstream(stack: Stack) -> None:
 
 
 async def test_https_listener(upstream: tuple[str, int], tmp_path: Path) -> None:
-    cert, key_file = self_signed(tmp_path, f"*.{testing.DOMAIN}")
+    cert, key_file = self_signed(tmp_path, f"*.{harness.DOMAIN}")
     key = SigningKey.generate()
-    router = await testing.start_router(key, tls_listen=(("127.0.0.1", 0),), tls_cert=cert,
+    router = await harness.start_router(key, tls_listen=(("127.0.0.1", 0),), tls_cert=cert,
                                         tls_key=key_file)
-    links = testing.Links()
+    links = harness.Links()
     try:
-        await links.start([testing.tunnel_url(router)], token=testing.token(key, "abc123"),
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, "abc123"),
                           hostname=HOST, upstream=upstream)
         context = ssl.create_default_context(cafile=cert)
         host, port = router.tls_addresses[0]
@@ -178,11 +184,6 @@ async def test_https_listener(upstream: tuple[str, int], tmp_path: Path) -> None
 
 
 def self_signed(directory: Path, name: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     private = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -221,10 +222,10 @@ async def test_response_heads_split_anywhere_and_bodies_behind_them(stack: Stack
         writer.close()
 
     server = await asyncio.start_server(upstream_side, "127.0.0.1", 0)
-    links = testing.Links()
-    other = f"dribble.{testing.DOMAIN}"
-    await links.start([testing.tunnel_url(stack.router)],
-                      token=testing.token(stack.key, "dribble"), hostname=other,
+    links = harness.Links()
+    other = f"dribble.{harness.DOMAIN}"
+    await links.start([harness.tunnel_url(stack.router)],
+                      token=harness.token(stack.key, "dribble"), hostname=other,
                       upstream=server.sockets[0].getsockname()[:2])
     try:
         for expected in (b"hello", big):

@@ -12,15 +12,16 @@ import aiohttp
 import boto3
 import jwt
 import pytest
+from aiohttp import web
 from moto import mock_aws
 
-from edge_router import testing
 from edge_router.server import Router
 from helpers.listener.links import RouterLink
 from protocol.messages import Revocation
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER
-from tests.functional.router_stack import HOST, INSTANCE, Stack, stack, upstream
+from tests.support import router as harness
+from tests.support.router_stack import HOST, INSTANCE, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
 
@@ -32,7 +33,7 @@ async def handshake(router: Router, token: str | None, hostname: str = HOST) -> 
         headers["Authorization"] = f"Bearer {token}"
     async with aiohttp.ClientSession() as session:
         try:
-            async with session.ws_connect(testing.tunnel_url(router), headers=headers):
+            async with session.ws_connect(harness.tunnel_url(router), headers=headers):
                 return 101
         except aiohttp.WSServerHandshakeError as exc:
             return exc.status
@@ -54,26 +55,31 @@ async def wait_for(predicate: Any, limit: float) -> float:
 
 
 async def test_a_good_token_is_accepted(stack: Stack) -> None:
-    assert await handshake(stack.router, testing.token(stack.key, INSTANCE)) == 101
+    assert await handshake(stack.router, harness.token(stack.key, INSTANCE)) == 101
 
 
 async def test_a_token_for_another_host_is_refused(stack: Stack) -> None:
-    other = testing.token(stack.key, "other1")
+    other = harness.token(stack.key, "other1")
     assert await handshake(stack.router, other, HOST) == 401
     # Nor may a token claim a host whose label is not its instance.
-    lying = testing.token(stack.key, "other1", hostname=HOST)
+    lying = harness.token(stack.key, "other1", hostname=HOST)
     assert await handshake(stack.router, lying, HOST) == 403
-    outside = testing.token(stack.key, "x", hostname="x.example.org")
+    outside = harness.token(stack.key, "x", hostname="x.example.org")
     assert await handshake(stack.router, outside, "x.example.org") == 403
+    # A validly signed token for a host whose label is no instance id (protocol.ids).
+    for label in ("a-b", "A1"):
+        host = f"{label}.{harness.DOMAIN}"
+        odd = harness.token(stack.key, label, hostname=host)
+        assert await handshake(stack.router, odd, host) == 403
 
 
 async def test_expired_forged_and_missing_tokens_are_refused(stack: Stack) -> None:
     past = time.time() - 3600
-    expired = stack.key.sign(tunnel_claims(issuer=testing.ISSUER, instance_id=INSTANCE,
+    expired = stack.key.sign(tunnel_claims(issuer=harness.ISSUER, instance_id=INSTANCE,
                                            hostname=HOST, lifetime=60, now=past))
     assert await handshake(stack.router, expired) == 401
     forger = SigningKey.generate()
-    claims = tunnel_claims(issuer=testing.ISSUER, instance_id=INSTANCE, hostname=HOST)
+    claims = tunnel_claims(issuer=harness.ISSUER, instance_id=INSTANCE, hostname=HOST)
     forged = jwt.encode(claims, forger.private_key, algorithm="ES256",
                         headers={"kid": stack.key.kid})
     assert await handshake(stack.router, forged) == 401
@@ -96,12 +102,12 @@ async def test_revocation_closes_the_tunnel_within_5_seconds(
         sqs: Any, upstream: tuple[str, int]) -> None:
     queue = sqs.create_queue(QueueName=f"revocations-{uuid.uuid4().hex}")["QueueUrl"]
     key = SigningKey.generate()
-    router = await testing.start_router(key, sqs=sqs, revocations_queue_url=queue)
-    links = testing.Links()
+    router = await harness.start_router(key, sqs=sqs, revocations_queue_url=queue)
+    links = harness.Links()
     client = aiohttp.ClientSession()
     s = Stack(key, router, links, upstream, client)
     try:
-        await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
                           hostname=HOST, upstream=upstream)
         assert await reachable(s) == 200
         await asyncio.sleep(1.1)  # revocation times have second precision in the token's iat
@@ -112,13 +118,13 @@ async def test_revocation_closes_the_tunnel_within_5_seconds(
             return await reachable(s) == 404 and router.routes.tunnel_count == 0
         assert await wait_for(gone, 5) < 5
         # The listener keeps redialling with the old token: refused, so the host stays gone.
-        assert await handshake(router, testing.token(key, INSTANCE, iat=int(time.time()) - 2)) \
+        assert await handshake(router, harness.token(key, INSTANCE, iat=int(time.time()) - 2)) \
             == 403
         await asyncio.sleep(0.5)
         assert await reachable(s) == 404
         # A token issued after the revocation is served again.
         await asyncio.sleep(1.1)
-        assert await handshake(router, testing.token(key, INSTANCE)) == 101
+        assert await handshake(router, harness.token(key, INSTANCE)) == 101
     finally:
         await client.close()
         await links.close()
@@ -128,16 +134,16 @@ async def test_revocation_closes_the_tunnel_within_5_seconds(
 async def test_router_restart_tunnel_is_back_within_5_seconds(
         upstream: tuple[str, int]) -> None:
     key = SigningKey.generate()
-    router = await testing.start_router(key)
+    router = await harness.start_router(key)
     address = router.addresses[0]
-    links = testing.Links()
+    links = harness.Links()
     client = aiohttp.ClientSession()
     try:
-        await links.start([testing.tunnel_url(router)], token=testing.token(key, INSTANCE),
+        await links.start([harness.tunnel_url(router)], token=harness.token(key, INSTANCE),
                           hostname=HOST, upstream=upstream)
         assert await reachable(Stack(key, router, links, upstream, client)) == 200
         await router.stop()
-        router = await testing.start_router(key, listen=(address,))
+        router = await harness.start_router(key, listen=(address,))
         s = Stack(key, router, links, upstream, client)
 
         async def back() -> bool:
@@ -152,13 +158,13 @@ async def test_router_restart_tunnel_is_back_within_5_seconds(
 async def test_one_router_of_two_down_instance_still_reachable(
         upstream: tuple[str, int]) -> None:
     key = SigningKey.generate()
-    first = await testing.start_router(key)
-    second = await testing.start_router(key)
-    links = testing.Links()
+    first = await harness.start_router(key)
+    second = await harness.start_router(key)
+    links = harness.Links()
     client = aiohttp.ClientSession()
     try:
-        await links.start([testing.tunnel_url(first), testing.tunnel_url(second)],
-                          token=testing.token(key, INSTANCE), hostname=HOST,
+        await links.start([harness.tunnel_url(first), harness.tunnel_url(second)],
+                          token=harness.token(key, INSTANCE), hostname=HOST,
                           upstream=upstream)
         via_second = Stack(key, second, links, upstream, client)
         assert await reachable(Stack(key, first, links, upstream, client)) == 200
@@ -175,11 +181,11 @@ async def test_one_router_of_two_down_instance_still_reachable(
 async def test_heartbeats_drop_a_silent_listener() -> None:
     """A peer that completes the handshake and then never answers a ping is dropped."""
     key = SigningKey.generate()
-    router = await testing.start_router(key, heartbeat=0.3)
+    router = await harness.start_router(key, heartbeat=0.3)
     try:
         async with aiohttp.ClientSession() as session, session.ws_connect(
-                testing.tunnel_url(router), autoping=False,
-                headers={"Authorization": f"Bearer {testing.token(key, INSTANCE)}",
+                harness.tunnel_url(router), autoping=False,
+                headers={"Authorization": f"Bearer {harness.token(key, INSTANCE)}",
                          HOST_HEADER: HOST}):
             assert router.routes.tunnel_count == 1
 
@@ -192,8 +198,6 @@ async def test_heartbeats_drop_a_silent_listener() -> None:
 
 async def test_heartbeats_make_the_listener_redial_a_silent_router(
         upstream: tuple[str, int]) -> None:
-    from aiohttp import web
-
     accepted: list[float] = []
 
     async def silent(request: web.Request) -> web.WebSocketResponse:

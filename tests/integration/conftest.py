@@ -9,7 +9,7 @@
   (on ``docker_network`` unless ``network=`` says otherwise) and removes it after the test.
 - ``container_ip(container, network)``: its address on that network.
 - ``node_settings`` (module): a test node daemon's ``DIT4C_NODE_*`` settings, with a pods
-  network of its own (``node_daemon.testing.node_env``).
+  network of its own (``tests.support.node.node_env``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from docker.models.networks import Network
 
 from scripts import images
 from scripts.build_images import ImageBuilder
+from tests.support.node import node_env
 
 RunContainer = Callable[..., Container]
 
@@ -105,8 +106,6 @@ def container_ip() -> Callable[[Container, Network], str]:
 @pytest.fixture(scope="module")
 def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str],
                   unique_name: Callable[[str], str], helpers_image: str) -> dict[str, str]:
-    from node_daemon.testing import node_env  # moto and boto3: only for the node tests
-
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
                     helpers_image=helpers_image)

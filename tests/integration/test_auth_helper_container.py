@@ -2,7 +2,7 @@
 python3-jwt, python3-cryptography), in front of real tools sharing its network namespace; the
 portal's real OAuth2 server listens on the network's gateway.
 
-Two paths, every scenario of ``tests/auth_scenarios.py`` (attacks included) on each:
+Two paths, every scenario of ``tests/support/auth_scenarios.py`` (attacks included) on each:
 
 - ``direct``: the browser talks to the auth helpers' container addresses;
 - ``through-router`` (end to end): pods composed as the node daemon does it (the listener helper
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,15 +30,15 @@ import pytest
 from docker.models.containers import Container
 from moto import mock_aws
 
-from edge_router import testing as edge_testing
 from protocol import pod
 from protocol.messages import Revocation
 from protocol.tokens import SigningKey
 from protocol.tunnel import TUNNEL_PATH
 from scripts import images
 from scripts.build_images import ImageBuilder
-from tests.auth_harness import PortalHarness
-from tests.auth_scenarios import (
+from tests.support import router as router_harness
+from tests.support.auth_harness import PortalHarness
+from tests.support.auth_scenarios import (
     ECHO_TOOL,
     PORTAL,
     SCENARIOS,
@@ -81,7 +82,7 @@ class RouterThread:
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        router = await edge_testing.start_router(
+        router = await router_harness.start_router(
             self.key, listen=((self.host, 0),), sqs=self.sqs,
             revocations_queue_url=self.revocations_url)
         try:
@@ -158,11 +159,11 @@ def pods(
                 if router is not None and router.address is not None:
                     owner = run(helpers_id, command=["python3", "-m", "helpers.listener"],
                                 network=network.name, environment={
-                                    pod.ENV_TUNNEL_TOKEN: edge_testing.token(tunnel_key,
+                                    pod.ENV_TUNNEL_TOKEN: router_harness.token(tunnel_key,
                                                                              instance),
                                     pod.ENV_ROUTER_URLS: "ws://{}:{}{}".format(
                                         *router.address, TUNNEL_PATH),
-                                    pod.ENV_HOSTNAME: f"{instance}.{edge_testing.DOMAIN}",
+                                    pod.ENV_HOSTNAME: f"{instance}.{router_harness.DOMAIN}",
                                     pod.ENV_UPSTREAM: f"127.0.0.1:{pod.AUTH_PORT}",
                                 })
                     run(helpers_id, command=["python3", "-m", "helpers.auth"], environment=env,
@@ -195,7 +196,6 @@ def pods(
 
 
 def _wait_for_log(container: Container, text: str, within: float = 30) -> None:
-    import time
     deadline = time.monotonic() + within
     while text not in container.logs().decode(errors="replace"):
         container.reload()

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.auth_harness import Browser
 from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
+from tests.support.auth_harness import Browser
 
 pytestmark = pytest.mark.docker
 
@@ -55,11 +55,6 @@ class Api:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, unique_name, run_labels, *, tool_image, helpers_image
            ) -> Iterator[dict[str, Any]]:
-    from control_plane.app import app
-
-    if "/oauth/authorize" not in app.routes:
-        pytest.skip("the OAuth2 routes are not wired into control_plane/app.py yet "
-                    "(docs/oauth.md, 'Wiring')")
     data_dir = tmp_path_factory.mktemp("auth-stack") / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
     env.update({

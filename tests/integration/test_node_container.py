@@ -15,16 +15,15 @@ from pathlib import Path
 import docker
 import pytest
 
-from node_daemon.testing import (
-    EventLog,
-    FakePortal,
-    NodeProcess,
-    fake_control_plane,
-    sample_start,
-)
 from protocol import pod
 from protocol.messages import DiscardInstance
 from scripts import images
+from tests.support.control_plane import ControlPlane, control_plane
+from tests.support.node import (
+    EventLog,
+    NodeProcess,
+    sample_start,
+)
 
 pytestmark = [pytest.mark.docker]
 
@@ -33,15 +32,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def portal() -> Iterator[FakePortal]:
+def portal() -> Iterator[ControlPlane]:
     # The stopped daemon's last long poll may take a message; it comes back after this.
-    with fake_control_plane(visibility_timeout=5) as fake:
-        yield fake
+    with control_plane(visibility_timeout=5) as plane:
+        yield plane
 
 
 @pytest.mark.timeout(180)
 def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
-        tmp_path: Path, portal: FakePortal, docker_client: docker.DockerClient,
+        tmp_path: Path, portal: ControlPlane, docker_client: docker.DockerClient,
         node_settings: dict[str, str], tool_image: str):
     if os.environ.get("DOCKER_HOST", f"unix://{SOCKET}") != f"unix://{SOCKET}":
         pytest.skip("the engine is not on the default socket")

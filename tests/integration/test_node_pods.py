@@ -1,11 +1,13 @@
-"""The node daemon as a real process against the real Docker engine, moto's SQS and a fake
-control plane (node_daemon.testing): pods come up, answer, stop, save, and go away; commands
+"""The node daemon as a real process against the real Docker engine and the real control plane
+on moto (tests.support.control_plane): pods come up, answer, stop, save, and go away; commands
 are idempotent and ordered; pods are isolated from each other; the tool sees no secrets."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,27 +19,26 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
-from node_daemon.testing import (
-    EventLog,
-    FakePortal,
-    NodeProcess,
-    fake_control_plane,
-    sample_start,
-)
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance, StorageAccess
 from scripts import images
+from tests.support.control_plane import ControlPlane, control_plane
+from tests.support.node import (
+    EventLog,
+    NodeProcess,
+    sample_start,
+)
 
 pytestmark = [pytest.mark.docker]
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[FakePortal]:
-    with fake_control_plane() as fake:
-        yield fake
+def portal() -> Iterator[ControlPlane]:
+    with control_plane() as plane:
+        yield plane
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
+def node(tmp_path_factory: pytest.TempPathFactory, portal: ControlPlane,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
     data_dir = tmp_path_factory.mktemp("nodes") / "main"
     with NodeProcess(portal, data_dir, node_settings).running() as process:
@@ -45,7 +46,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, portal: FakePortal,
 
 
 @pytest.fixture(scope="module")
-def events(portal: FakePortal, node: NodeProcess) -> EventLog:
+def events(portal: ControlPlane, node: NodeProcess) -> EventLog:
     return EventLog(portal, node)
 
 
@@ -153,8 +154,6 @@ def test_launch_answer_stop_save_discard(h: Harness):
 
 def wait_drained(h: Harness, timeout: float = 30) -> None:
     """Until the node's queue holds nothing, visible or in flight: every command handled."""
-    import time
-
     url = h.node.portal.queue_url(h.node.node_id)
     deadline = time.monotonic() + timeout
     names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
@@ -318,8 +317,6 @@ def test_heartbeats_and_metrics(h: Harness):
 
 
 def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
-    from scripts import images
-
     iid = new_id()
     # The helper base image's command is a bare `python3`: with no input it exits at once.
     h.node.send(sample_start(iid, images.HELPER_BASE))
@@ -333,8 +330,6 @@ def test_a_tool_that_exits_fails_the_launch_with_its_reason(h: Harness):
 
 
 def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
-    import socket
-
     other = NodeProcess(h.node.portal, tmp_path / "other", h.node.env)
     other.join()
     with socket.socket() as taken:

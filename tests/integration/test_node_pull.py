@@ -16,14 +16,14 @@ import docker
 import docker.errors
 import pytest
 
-from node_daemon.testing import (
-    EventLog,
-    NodeProcess,
-    fake_control_plane,
-    sample_start,
-)
 from protocol.messages import DiscardInstance
 from tests.ports import free_port
+from tests.support.control_plane import control_plane
+from tests.support.node import (
+    EventLog,
+    NodeProcess,
+    sample_start,
+)
 
 pytestmark = [pytest.mark.docker]
 
@@ -66,7 +66,7 @@ def test_absent_image_is_pulled_with_progress(tmp_path: Path, registry: str,
         assert "error" not in line, line
     client.images.remove(reference)  # the node must pull it
     try:
-        with (fake_control_plane() as portal,
+        with (control_plane() as portal,
               NodeProcess(portal, tmp_path / "node", node_settings).running() as node):
             _pull_and_discard(node, EventLog(portal, node), reference)
     finally:

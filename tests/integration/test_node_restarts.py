@@ -13,16 +13,14 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from node_daemon.testing import (
-    EventLog,
-    FakePortal,
-    MotoServer,
-    NodeProcess,
-    fake_control_plane,
-    sample_start,
-)
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance
+from tests.support.control_plane import ControlPlane, control_plane
+from tests.support.node import (
+    EventLog,
+    NodeProcess,
+    sample_start,
+)
 
 pytestmark = [pytest.mark.docker]
 
@@ -30,12 +28,12 @@ ROLES = ["auth", "listener", "netns", "tool"]
 
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[FakePortal]:
+def portal() -> Iterator[ControlPlane]:
     # Short-lived credentials: the daemon refreshes every few seconds, also during an outage.
     # A message a killed daemon's long poll took comes back after the visibility timeout
-    # (as on SQS): keep it short so the tests need not wait 30 s for it.
-    with fake_control_plane(credential_lifetime=36, visibility_timeout=5) as fake:
-        yield fake
+    # (as on SQS): keep it short so the tests need not wait the real 60 s for it.
+    with control_plane(credential_seconds=36, visibility_timeout=5) as plane:
+        yield plane
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def settings(node_settings: dict[str, str], tool_image: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def node(tmp_path, portal: FakePortal, settings: dict[str, str]) -> Iterator[NodeProcess]:
+def node(tmp_path, portal: ControlPlane, settings: dict[str, str]) -> Iterator[NodeProcess]:
     with NodeProcess(portal, tmp_path / "node", settings).running() as process:
         yield process
 
@@ -80,7 +78,7 @@ def restart(node: NodeProcess) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, portal: FakePortal):
+def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, portal: ControlPlane):
     events = EventLog(portal, node)
     client = docker_client
 
@@ -143,7 +141,7 @@ def test_sigkill_at_any_moment_converges(node: NodeProcess, docker_client, porta
 
 
 def test_sigterm_finishes_the_command_in_hand_and_leaves_pods(node: NodeProcess, docker_client,
-                                                              portal: FakePortal):
+                                                              portal: ControlPlane):
     events = EventLog(portal, node)
     first = "t" + uuid.uuid4().hex[:12]
     node.send(sample_start(first, node.env["DIT4C_TOOL_IMAGE"]))
@@ -190,7 +188,7 @@ def metric(node: NodeProcess, line_start: str) -> float:
 
 
 def test_a_command_longer_than_the_visibility_timeout_is_handled_once(
-        tmp_path, settings: dict[str, str], portal: FakePortal):
+        tmp_path, settings: dict[str, str], portal: ControlPlane):
     # A tool that never answers on the port asked for: the launch takes its whole timeout,
     # more than twice the queue's 5 s visibility timeout.
     slow = {**settings, "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "12"}
@@ -212,25 +210,20 @@ def test_a_command_longer_than_the_visibility_timeout_is_handled_once(
 
 
 @pytest.mark.timeout(180)
-def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], portal: FakePortal):
+def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], portal: ControlPlane):
     # Short polls, so that the outage (shorter than one 20 s poll, to keep the test short)
     # is met by several polls.
     short_polls = {**settings, "DIT4C_NODE_POLL_WAIT_SECONDS": "1"}
     with NodeProcess(portal, tmp_path / "node", short_polls).running() as node:
-        _outage(node, portal.moto, portal)
+        _outage(node, portal)
 
 
-def _outage(node: NodeProcess, moto: MotoServer, portal: FakePortal) -> None:
+def _outage(node: NodeProcess, portal: ControlPlane) -> None:
     events = EventLog(portal, node)
     wait_until((node.data_dir / "metrics-address").exists, 30, "metrics")
     time.sleep(1)
-    moto.stop()
-    portal.available = False
-    try:
+    with portal.outage():
         time.sleep(8)  # longer than the credentials' refresh margin: refreshes fail too
-    finally:
-        portal.available = True
-        moto.start()
     assert metric(node, "dit4c_node_queue_poll_errors_total") >= 2
     iid = "o" + uuid.uuid4().hex[:12]
     node.send(sample_start(iid, node.env["DIT4C_TOOL_IMAGE"]))

@@ -14,16 +14,16 @@ import aiohttp
 import pytest
 from docker.models.networks import Network
 
-from edge_router import testing
 from edge_router.server import Router
 from protocol import pod
 from protocol.tokens import SigningKey
 from protocol.tunnel import TUNNEL_PATH
+from tests.support import router as harness
 
 pytestmark = pytest.mark.docker
 
 INSTANCE = "pod1"
-HOST = f"{INSTANCE}.{testing.DOMAIN}"
+HOST = f"{INSTANCE}.{harness.DOMAIN}"
 SIZE = 20 * 1024 * 1024
 
 # The "tool": aiohttp 3.8 in the same image, hello + streamed bytes + WebSocket echo.
@@ -79,14 +79,14 @@ class Routers:
 
     async def restart(self) -> None:
         await self.current.stop()
-        self.current = await testing.start_router(self.key, listen=(self.current.addresses[0],))
+        self.current = await harness.start_router(self.key, listen=(self.current.addresses[0],))
         self.made.append(self.current)
 
 
 @pytest.fixture
 async def routers(docker_network: Network) -> AsyncIterator[Routers]:
     key = SigningKey.generate()
-    made = Routers(key, await testing.start_router(key, listen=((gateway(docker_network), 0),)))
+    made = Routers(key, await harness.start_router(key, listen=((gateway(docker_network), 0),)))
     yield made
     for router in made.made:
         await router.stop()
@@ -109,7 +109,7 @@ async def test_listener_in_the_helpers_image_serves_through_the_router(
         helpers_image, command=["python3", "-m", "helpers.listener"],
         network=None, network_mode=f"container:{tool.id}",
         environment={
-            pod.ENV_TUNNEL_TOKEN: testing.token(key, INSTANCE),
+            pod.ENV_TUNNEL_TOKEN: harness.token(key, INSTANCE),
             pod.ENV_ROUTER_URLS: f"ws://{host}:{port}{TUNNEL_PATH}",
             pod.ENV_HOSTNAME: HOST,
             pod.ENV_UPSTREAM: f"127.0.0.1:{pod.AUTH_PORT}",

@@ -24,6 +24,13 @@ def test_round_trip_keeps_every_field():
     assert m.decode(msg.encode()) == msg
 
 
+def test_from_dict_is_the_inverse_of_to_dict():
+    msg = _start(env={"A": "b"})
+    assert m.from_dict(msg.to_dict()) == msg
+    with pytest.raises(MessageError, match="not a JSON object"):
+        m.from_dict([msg.to_dict()])
+
+
 def test_envelope_has_contract_fields():
     raw = json.loads(_start().encode())
     assert raw["type"] == "start_instance" and raw["v"] == 1
@@ -41,6 +48,11 @@ def test_envelope_has_contract_fields():
         (lambda r: r.update(cpu="1"), "expected a number"),
         (lambda r: r.update(router_urls="ws://r"), "expected a list"),
         (lambda r: r["oauth"].pop("token_url"), "missing field 'token_url'"),
+        (lambda r: r.update(instance_id="I1"), "'I1' is not an id"),
+        (lambda r: r.update(instance_id="../x"), "is not an id"),
+        (lambda r: r.update(instance_id=""), "is not an id"),
+        (lambda r: r.update(instance_id="a" * 64), "is not an id"),
+        (lambda r: r.update(instance_id=7), "expected str"),
     ],
 )
 def test_decode_refuses_bad_messages(mutate, needle):
@@ -60,3 +72,24 @@ def test_unknown_extra_fields_are_ignored():
     raw = json.loads(_start().encode())
     raw["added_later"] = 1
     assert isinstance(m.decode(json.dumps(raw)), m.StartInstance)
+
+
+@pytest.mark.parametrize("message", [
+    m.StopInstance(instance_id="a-b"),
+    m.SaveInstance(instance_id="a_b", image="r/n:t"),
+    m.DiscardInstance(instance_id="A"),
+    m.InstanceStateEvent(node_id="node-1", instance_id="i1", state="running"),
+    m.NodeHeartbeat(node_id="n1", version="1", cpu_total=1, memory_mb_total=1, cpu_used=0,
+                    memory_mb_used=0, load=0, running=["i1", "i.2"]),
+    m.InstanceActivity(router_id="router-1", last_activity={"I1": "2030-01-01T00:00:00Z"}),
+    m.Revocation(instance_id="i\n", hostname="i.apps.test", reason="r"),
+])
+def test_decode_refuses_ids_that_break_the_id_rule(message: m.Message):
+    """Every instance and node id a message carries is held to protocol.ids, whoever sent it."""
+    with pytest.raises(MessageError, match=r"is not an id \(\^\[a-z0-9\]\{1,63\}\$\)"):
+        m.decode(message.encode())
+
+
+def test_router_ids_are_names_not_ids():
+    activity = m.InstanceActivity(router_id="edge-1.example", last_activity={})
+    assert m.decode(activity.encode()) == activity

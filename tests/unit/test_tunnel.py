@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import tunnel
-from protocol.tunnel import CLOSE, DATA, EOF, OPEN, WINDOW, Mux, TunnelError
+from protocol.errors import ProtocolError, TunnelError
+from protocol.tunnel import CLOSE, DATA, EOF, OPEN, WINDOW, Mux
 
 
 class RecordingSink:
@@ -46,8 +47,9 @@ def test_encode_decode_round_trip(items: list[tuple[int, int, bytes]]) -> None:
     b"\x02\x00", tunnel.encode(DATA, 1, b"abc")[:-1], b"\x09" + bytes(8),
 ])
 def test_malformed_messages_are_refused(message: bytes) -> None:
-    with pytest.raises(TunnelError):
+    with pytest.raises(TunnelError) as refused:
         list(tunnel.decode(message))
+    assert isinstance(refused.value, ProtocolError)  # the shared contracts' one root
 
 
 def test_credit_limits_bytes_in_flight_and_window_releases_them() -> None:

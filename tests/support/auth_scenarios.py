@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from yarl import URL
 
 from protocol import pod
 from protocol.tokens import ALL_USERS, SigningKey, access_claims, revocation_claims
-from tests.auth_harness import Browser, PortalHarness
+from tests.support.auth_harness import Browser, PortalHarness
 
 TOKEN_LIFETIME = 6
 PORTAL = "http://portal.dit4c.test"
@@ -319,7 +320,6 @@ async def helper_cookies_never_reach_the_tool(stack: Stack) -> None:
 
 
 async def request_bodies_stream_both_ways(stack: Stack) -> None:
-    import hashlib
     browser = await _login(stack, "alice", "w")
     payload = bytes(range(256)) * 40000  # 10 MB
 

@@ -39,7 +39,7 @@ from control_plane.oauth_routes import oauth_blueprint
 from control_plane.table import Table
 from protocol.tokens import ACCESS_TOKEN_MAX_LIFETIME, SigningKey
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 SESSION_COOKIE = "portal_session"
 
 

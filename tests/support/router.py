@@ -1,5 +1,8 @@
 """A router, listener links and tokens wired together on loopback, for tests and the bench.
 
+The one place where the router and the listener meet in code: neither runtime package imports
+the other.
+
 Everything is real (sockets, WebSockets, signatures); only the JWKS comes from memory instead of
 the control plane's HTTP endpoint.
 """
@@ -11,7 +14,7 @@ import dataclasses
 from typing import Any
 
 import aiohttp
-import aiohttp.web
+from aiohttp import web
 
 from edge_router.config import RouterConfig
 from edge_router.server import Router
@@ -87,11 +90,9 @@ class Links:
 CHUNK = 256 * 1024
 
 
-def upstream_app() -> aiohttp.web.Application:
+def upstream_app() -> web.Application:
     """``/`` hello, ``/headers`` the request headers as JSON, ``/echo`` streams the body back,
     ``/bytes/{n}`` streams n bytes, ``/ws`` a WebSocket echo, ``/sleep/{s}`` answers late."""
-    from aiohttp import web
-
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello from the tool\n")
 

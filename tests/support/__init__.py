@@ -1,0 +1,14 @@
+"""Test harnesses shared by the tiers and the benchmarks (never imported by a runtime package).
+
+- :mod:`tests.support.control_plane` — the real control plane (Chalice app) on loopback over
+  moto's server mode, for everything that needs a portal: node enrolment and credentials,
+  commands on a node's queue.
+- :mod:`tests.support.node` — the node daemon as a process, its events read back, a test node's
+  settings, a sample start command.
+- :mod:`tests.support.router` — an edge router, listener links, tunnel tokens and an upstream
+  wired together on loopback; :mod:`tests.support.router_stack` — its pytest fixtures.
+- :mod:`tests.support.auth_harness` — the real OAuth2 server behind a minimal portal (fake
+  login, test-controlled access) and a cookie-jar ``Browser``;
+  :mod:`tests.support.auth_scenarios` — the browser and attack scenarios both tiers run
+  against auth helpers.
+"""

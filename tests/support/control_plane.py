@@ -1,0 +1,168 @@
+"""The real control plane on loopback, for the tests (and the node bench) that need a portal.
+
+:class:`ControlPlane` does what ``make run`` does for the API, and nothing more: moto's server
+mode on 127.0.0.1 (:mod:`infra.local.moto_server`), ``template.yaml``'s resources made there by
+the local stack's provisioner, and the API function's Chalice app (``control_plane.app``) served
+on a real socket (:mod:`infra.local.portal`). So a node enrols with a one-time join token, signs
+its credentials calls with its own key (a replayed ``jti`` is refused) and gets STS credentials
+scoped to its queues: the real endpoints, not a stand-in. No events consumer, reaper, router
+or node runs: :class:`tests.support.node.EventLog` reads the events queue instead.
+
+What tests need beyond HTTP goes through the control plane's own modules: join tokens
+(``Nodes.create_join_token``), commands on a node's queue (``Messenger.send``), the node's
+item as stored. Two settings are shortened for tests: the node credentials' lifetime (the
+real minimum is 900 s) and, right after enrolment (:meth:`enrolled`), the node queue's
+visibility timeout (60 s), so that refreshes and redeliveries happen within a test.
+:meth:`outage` takes both servers away and brings them back on the same ports with their
+state: new connections are refused, while a connection kept alive from before still reaches
+the app, which then fails on AWS (500) — the two faces of an outage.
+
+The app's services are process-wide (:func:`control_plane.services.use`) and moto keeps its
+state in the process, where ``mock_aws`` resets it: one ControlPlane at a time, in modules
+that do not use ``mock_aws`` (module-scoped fixtures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+
+from control_plane import services
+from control_plane.app import app
+from control_plane.aws import Clients
+from control_plane.config import Config
+from control_plane.services import Services
+from control_plane.table import Item, Table
+from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, AwsEndpoint
+from infra.local.moto_server import MotoServer
+from infra.local.portal import PortalServer, use_process_logging
+from infra.local.provision import Provisioner
+from infra.local.template import ApiTrigger, Template
+from protocol.messages import Message
+
+PARAMETERS = {
+    "PortalUrl": "http://127.0.0.1",  # the real one (its port) is known once the API listens
+    "RouterDomain": "apps.test",
+    "RouterScheme": "http",
+    "RouterTunnelUrls": ["ws://127.0.0.1:9/.dit4c/tunnel"],
+}
+
+
+class ControlPlane:
+    """The API on ``url`` over moto at ``aws``, until :meth:`close`; see the module docstring.
+
+    ``credential_seconds``: the lifetime of the STS credentials nodes get (default: the
+    control plane's). ``visibility_timeout``: what :meth:`enrolled` sets on a node's queue.
+    """
+
+    def __init__(self, *, credential_seconds: int | None = None,
+                 visibility_timeout: int | None = None) -> None:
+        self.visibility_timeout = visibility_timeout
+        self._moto = MotoServer()
+        self.aws: AwsEndpoint = self._moto.start()
+        self._portal: PortalServer | None = None
+        try:
+            stack = Provisioner(self.aws, f"t{uuid.uuid4().hex[:8]}").provision(
+                Template.load(), PARAMETERS)
+            (self._api,) = [spec for spec in stack.functions.values()
+                            if any(isinstance(t, ApiTrigger) for t in spec.triggers)]
+            use_process_logging(app)
+            self._serve(0)
+            config = Config.from_env({**self.aws.environment(), **stack.environment,
+                                      "DIT4C_PORTAL_URL": self.url})
+            botocore_session = botocore.session.get_session()
+            if credential_seconds is not None:
+                config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
+                # Below STS's 900 s minimum, which botocore checks before sending; moto takes
+                # any lifetime.
+                botocore_session.set_default_client_config(
+                    BotoConfig(parameter_validation=False))
+            self.config = config
+            session = boto3.session.Session(aws_access_key_id=LOCAL_ACCESS_KEY,
+                                            aws_secret_access_key=LOCAL_SECRET_KEY,
+                                            region_name=self.aws.region,
+                                            botocore_session=botocore_session)
+            self.services = Services.build(config, Clients(config, session))
+            services.use(self.services)
+            self.cluster_id: str = self.services.nodes.create_cluster("test")["id"]
+        except BaseException:
+            self.close()
+            raise
+        self.sqs: Any = self.aws.client("sqs")
+        self.events_queue_url = config.events_queue_url
+
+    def _serve(self, port: int) -> None:
+        self._portal = PortalServer(app, [("127.0.0.1", port)],
+                                    timeout=self._api.timeout_seconds,
+                                    memory_mb=self._api.memory_mb,
+                                    function_name=self._api.logical_id)
+        self._portal.start()
+        host, port = self._portal.addresses[0]
+        self.url = f"http://{host}:{port}"
+
+    # -- what an administrator and the scheduler do ---------------------------------------
+
+    def new_join_token(self) -> str:
+        token: str = self.services.nodes.create_join_token(self.cluster_id)["token"]
+        return token
+
+    def node(self, node_id: str) -> Item:
+        """The node's item as the control plane stored it."""
+        item = Table(self.aws.client("dynamodb"), self.config.tables.nodes).get(
+            {"node_id": node_id})
+        assert item is not None, f"no node {node_id}"
+        return item
+
+    def queue_url(self, node_id: str) -> str:
+        return str(self.node(node_id)["queue_url"])
+
+    def enrolled(self, node_id: str) -> None:
+        """Apply ``visibility_timeout`` to the queue the enrolment of ``node_id`` made."""
+        if self.visibility_timeout is not None:
+            self.sqs.set_queue_attributes(
+                QueueUrl=self.queue_url(node_id),
+                Attributes={"VisibilityTimeout": str(self.visibility_timeout)})
+
+    def send(self, node_id: str, message: Message) -> None:
+        self.services.messenger.send(self.queue_url(node_id), message)
+
+    # -- outages and shutdown --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Inside: the portal and every AWS endpoint refuse new connections; after: back as
+        they were, on the same ports."""
+        assert self._portal is not None and self.aws.url is not None
+        portal_port = self._portal.addresses[0][1]
+        aws_port = int(self.aws.url.rsplit(":", 1)[1])
+        self._portal.stop()
+        self._moto.stop()
+        try:
+            yield
+        finally:
+            self._moto = MotoServer("127.0.0.1", aws_port)
+            self._moto.start()
+            self._serve(portal_port)
+
+    def close(self) -> None:
+        services.use(None)
+        if self._portal is not None:
+            self._portal.stop()
+        self._moto.stop()
+
+
+@contextlib.contextmanager
+def control_plane(**options: Any) -> Iterator[ControlPlane]:
+    """A :class:`ControlPlane` (``options`` as its constructor's), closed on leaving."""
+    plane = ControlPlane(**options)
+    try:
+        yield plane
+    finally:
+        plane.close()
