@@ -111,7 +111,8 @@ def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
-        "DIT4C_SNAPSHOT_SECONDS": "2",
+        # No compaction while a test runs: what a restart finds comes from the journal.
+        "DIT4C_SNAPSHOT_SECONDS": "600",
     })
     return env
 
@@ -289,12 +290,7 @@ def test_a_launched_tool_is_reached_through_the_router_after_logging_in(running,
 
     # The pod dials the router through the pods gateway; until its tunnel is up the router
     # answers 404 for the host, and 502 until the pod's auth helper answers.
-    deadline = time.monotonic() + 60
-    while True:
-        status, url, body = browser.request(instance["url"] + "/")
-        if status not in (404, 502) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    status, url, body = reach(browser, instance["url"] + "/")
     # Anonymous -> portal authorize (admin's session) -> callback: the auth helper redeems the
     # code at the portal through the pods gateway -> the tool.
     assert status == 200, (status, url, body[:300])
@@ -437,13 +433,28 @@ def test_a_child_that_dies_stops_the_stack_with_its_log(stack_env):
         stack.kill()
 
 
-def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env):
+def test_a_killed_stack_keeps_what_it_acknowledged_and_the_next_start_stops_its_leftovers(
+    stack_env,
+):
+    """Issue 15 as a user met it: a user made and a tool launched, then the stack is killed
+    (SIGKILL: no last snapshot, no clean-up; its children live on) moments after its answers.
+    The next start has the user and the instance, running and reachable again by its owner."""
     data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    portal = port_of(stack_env, "DIT4C_PORTAL_PORT")
+    password = (data_dir / "admin-password").read_text().strip()
     killed = StackProcess(stack_env)
     try:
         killed.wait_ready()
+        admin = Browser()
+        assert log_in(admin, portal, "admin", password) == 200
+        status, _, body = admin.request(
+            f"http://localhost:{portal}/api/users", "POST",
+            {"username": "dave", "password": "dave-password-1"},
+        )
+        assert status == 201, body
+        instance = launch_test_tool(admin, portal)
         orphans = _children(data_dir)
-        killed.process.kill()  # no clean-up at all: the children live on
+        killed.process.kill()  # at once: within the snapshot interval of the old stack
         killed.process.wait(10)
         assert all(_alive(pid) for pid in orphans.values())
     finally:
@@ -456,14 +467,36 @@ def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env)
         for name in orphans:
             assert f"stopped {name} left running by an earlier stack" in said
         assert not [pid for pid in orphans.values() if _alive(pid)]
-        password = (data_dir / "admin-password").read_text().strip()
-        assert log_in(Browser(), port_of(stack_env, "DIT4C_PORTAL_PORT"), "alice",
-                      "alice-password-1") == 200
+        assert "warning" not in said, said
+        assert log_in(Browser(), portal, "alice", "alice-password-1") == 200
+        assert log_in(Browser(), portal, "dave", "dave-password-1") == 200
         assert f"admin / {password}" in said
+        admin = Browser()
+        assert log_in(admin, portal, "admin", password) == 200
+        status, _, body = admin.request(f"http://localhost:{portal}/api/instances/"
+                                        f"{instance['id']}")
+        assert status == 200, body
+        assert json.loads(body)["state"] == "running"
+        started = time.monotonic()
+        status, url, body = reach(admin, instance["url"] + "/")
+        assert status == 200, (status, url, body[:300])
+        assert b"busybox httpd is serving this page" in body
+        print(f"reached again {time.monotonic() - started:.1f} s after the stack was ready")
         again.interrupt()
         assert again.process.returncode == 0, again.output()
     finally:
         again.kill()
+
+
+def reach(browser: Browser, url: str, within: float = 60) -> tuple[int, str, bytes]:
+    """GET ``url`` until its pod's tunnel is back (404 until the router has it, 502 until the
+    pod's auth helper answers), at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        status, final, body = browser.request(url)
+        if status not in (404, 502) or time.monotonic() > deadline:
+            return status, final, body
+        time.sleep(0.5)
 
 
 def test_a_pods_network_that_lets_pods_reach_each_other_is_refused(docker_network, tmp_path):
