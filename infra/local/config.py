@@ -26,6 +26,8 @@ variable                       meaning                                          
                                before its answer leaves, and survives a power
                                cut; ``never``: it survives a killed stack, and
                                the kernel writes it to disk within ~30 s
+``DIT4C_SCHEDULE_SECONDS``     run the template's scheduled functions (the        their
+                               reaper) this often instead (tests)                 ``rate()``
 ``DIT4C_READY_TIMEOUT``        seconds to wait for every part to be ready         120
 ``DIT4C_STOP_GRACE``           seconds a child gets after SIGTERM before SIGKILL  4
 =============================  =================================================  ==============
@@ -61,6 +63,8 @@ class LocalConfig:
     snapshot_seconds: float = 30.0
     journal_bytes: int = 1 << 20
     journal_sync: bool = True
+    schedule_seconds: float | None = None
+    """Overrides every ``rate(...)`` of the template's schedules when set."""
     ready_timeout: float = 120.0
     stop_grace: float = 4.0
     public_host: str = "localhost"
@@ -136,6 +140,7 @@ class LocalConfig:
             snapshot_seconds=seconds("DIT4C_SNAPSHOT_SECONDS", 30.0),
             journal_bytes=count("DIT4C_JOURNAL_BYTES", 1 << 20),
             journal_sync=journal_sync == "always",
+            schedule_seconds=seconds("DIT4C_SCHEDULE_SECONDS", 0.0) or None,
             ready_timeout=seconds("DIT4C_READY_TIMEOUT", 120.0),
             stop_grace=seconds("DIT4C_STOP_GRACE", 4.0),
         )

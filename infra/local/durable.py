@@ -11,8 +11,9 @@ between, every call that changes that state is journalled before its answer leav
    it is written (a killed process loses nothing then, a power cut may). Reads, and writes moto
    refused, pass through untouched.
 2. :meth:`DurableState.recover`, at start: the newest good snapshot, then every journal record
-   after it replayed into moto in order (the same requests, straight into the WSGI app).
-   Damage is set aside and said, never silently dropped: see :class:`Recovery`.
+   after it replayed into moto in order (the same requests, straight into the WSGI app); new
+   changes go to a new segment. Damage is set aside and said, never silently dropped: see
+   :class:`Recovery`.
 3. Compaction (:meth:`DurableState.compact`): with writers held back, the journal moves to a
    new segment and the state is read; then, writers running again, that capture is written as
    the new snapshot, which holds everything before the new segment, and segments no snapshot
@@ -217,7 +218,10 @@ class DurableState:
         return self._journal.size
 
     def recover(self) -> Recovery:
-        """Restore the snapshot, replay the journal after it, compact, and start journalling."""
+        """Restore the snapshot, replay the journal after it, and journal from a new segment.
+
+        The replayed segments stay until a compaction makes them unnecessary: a crash before
+        that replays them again, over the same snapshot, to the same state."""
         restored = self._snapshotter.restore()
         recovery = Recovery(restored.summary, notes=list(restored.notes))
         journalled = self._journal.read(restored.journal_from)
@@ -237,7 +241,6 @@ class DurableState:
         segments = self._journal.segments()
         first = max(segments[-1] + 1 if segments else 0, restored.journal_from)
         self._journal.open(first)
-        self._save(first)
         self._app.arm(self._journal)
         log.info("recovered %s", recovery)
         return recovery
@@ -251,11 +254,6 @@ class DurableState:
             summary, needed = self._snapshotter.write(capture, segment)
             self._journal.remove_before(needed)
             return summary
-
-    def _save(self, segment: int) -> None:
-        summary, needed = self._snapshotter.write(self._snapshotter.capture(), segment)
-        self._journal.remove_before(needed)
-        log.info("snapshot of %s; journal from segment %d", summary, segment)
 
     def close(self) -> Summary:
         """The last compaction, once nothing writes any more; then the journal is closed."""

@@ -18,8 +18,9 @@ that dies stops exactly what was started, in reverse order):
 
 A child that exits while the stack runs stops the whole stack with its exit code and the end of
 its log: a half-working stack would look ready and fail later in confusing ways; so does a
-journal that cannot be written. Stopping compacts the journal into a last snapshot after
-everything that writes has stopped.
+journal that cannot be written. With ``restart_children`` (``run --restart-children``, what
+the fault suite kills children under) such a child is started again instead. Stopping compacts
+the journal into a last snapshot after everything that writes has stopped.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class LocalStack:
         template: Template | None = None,
         out: TextIO = sys.stdout,
         environ: Mapping[str, str] | None = None,
+        restart_children: bool = False,
     ) -> None:
         self._config = config
+        self._restart_children = restart_children
         self._template = template
         self._out = out
         # Children get the environment the stack was started with, minus AWS credentials and
@@ -257,7 +260,8 @@ class LocalStack:
                 elif isinstance(trigger, ScheduleTrigger):
                     timer = ScheduleTimer(
                         spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
-                        trigger.interval_seconds, aws.region, stopping=self._stopping,
+                        self._config.schedule_seconds or trigger.interval_seconds, aws.region,
+                        stopping=self._stopping,
                     )
                     timer.start()
                     undo.callback(timer.stop)
@@ -444,7 +448,11 @@ class LocalStack:
             )
         for child in self._children:
             code = child.poll()
-            if code is not None:
+            if code is not None and self._restart_children and not self._stopping.is_set():
+                log.warning("%s exited with status %s; starting it again", child.name, code)
+                self._say(f"{child.name} exited with status {code}; starting it again")
+                child.start()
+            elif code is not None:
                 raise ChildFailed(
                     f"{child.name} exited unexpectedly with status {code}; the stack stops. "
                     f"End of {child.log_path}:\n{child.tail()}"

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
 from tests.support.auth_harness import Browser
+from tests.support.local_stack import StackProcess
 
 pytestmark = pytest.mark.docker
 
