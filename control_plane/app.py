@@ -287,6 +287,13 @@ def node_credentials(node_id: str) -> replies.Credentials:
     return _svc().nodes.credentials(node_id, _request().headers.get("authorization"))
 
 
+@route("/api/nodes/{node_id}/instances")
+def node_instances(node_id: str) -> replies.Placed:
+    svc = _svc()
+    svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    return replies.Placed.of(svc.instances.on_node(node_id))
+
+
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")
 def drain_node(session: Session, node_id: str) -> replies.Node:
     return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.DRAINING))

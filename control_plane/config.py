@@ -49,6 +49,7 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_SESSION_HOURS": "12",
     "DIT4C_NODE_SILENT_SECONDS": "90",
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
+    "DIT4C_RECONCILE_GRACE_SECONDS": "60",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
     "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
@@ -94,6 +95,9 @@ class Config:
     session_seconds: int
     node_silent_seconds: int
     transition_timeout_seconds: int
+    reconcile_grace_seconds: int
+    """How long a node and the records may disagree about an instance before it is repaired
+    (:mod:`control_plane.reconcile`)."""
     join_token_seconds: int
     node_credentials_seconds: int
     login_failures_per_account: int
@@ -179,6 +183,7 @@ class Config:
             session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
             node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),
             transition_timeout_seconds=number("DIT4C_TRANSITION_TIMEOUT_SECONDS"),
+            reconcile_grace_seconds=number("DIT4C_RECONCILE_GRACE_SECONDS"),
             join_token_seconds=number("DIT4C_JOIN_TOKEN_HOURS") * 3600,
             node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
             login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),

@@ -7,7 +7,8 @@ SQS delivers at least once and in any order, so:
   when it comes from the node the instance is placed on; a node reporting a live pod for an
   instance placed elsewhere (or gone) is told to discard it;
 - progress is applied only when newer (by ``sent_at``) than the last applied report;
-- a heartbeat is applied only when newer than the last applied heartbeat.
+- a heartbeat is applied only when newer than the last applied heartbeat, and then compared
+  with the records (:mod:`control_plane.reconcile`); so is a router's activity report.
 
 A lost conditional write (someone moved the record meanwhile) is retried on a fresh read.
 Malformed messages are logged and dropped: redelivering them cannot make them valid.
@@ -22,6 +23,7 @@ from control_plane.catalog import Catalog
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.reconcile import Reconciler
 from control_plane.records import Instance
 from control_plane.table import ConditionFailed
 from protocol.errors import MessageError
@@ -43,11 +45,12 @@ RETRIES = 5
 
 class Events:
     def __init__(self, instances: Instances, nodes: Nodes, catalog: Catalog,
-                 messenger: Messenger) -> None:
+                 messenger: Messenger, reconciler: Reconciler) -> None:
         self.instances = instances
         self.nodes = nodes
         self.catalog = catalog
         self.messenger = messenger
+        self.reconciler = reconciler
 
     def handle_text(self, body: str) -> str:
         """Decode and apply one queue message; returns what happened (for logs and tests)."""
@@ -62,13 +65,17 @@ class Events:
         if isinstance(message, InstanceStateEvent):
             return self.instance_state(message)
         if isinstance(message, NodeHeartbeat):
-            applied = self.nodes.heartbeat(
+            node = self.nodes.heartbeat(
                 message.node_id, sent_at=message.sent_at, version=message.version,
                 cpu_total=message.cpu_total, memory_mb_total=message.memory_mb_total,
                 cpu_used=message.cpu_used, memory_mb_used=message.memory_mb_used,
                 load=message.load, running=message.running)
-            return "heartbeat" if applied else "stale heartbeat"
+            if node is None:
+                return "stale heartbeat"
+            self.reconciler.heartbeat(node, message)
+            return "heartbeat"
         if isinstance(message, InstanceActivity):
+            self.reconciler.activity(message)
             return "activity"
         log.warning("dropped %s: not an event", message.TYPE)
         return "not an event"
@@ -129,5 +136,5 @@ class Events:
         self.instances.transition(item, moved, extra=extra)
         log.info("instance %s: %s -> %s", item.instance_id, current.value, new.value)
         if new == S.FAILED:
-            self.messenger.revoke(item.instance_id, item.hostname, "failed")
+            self.reconciler.forget(item.instance_id, item.hostname, "failed")
         return new.value

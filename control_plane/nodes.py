@@ -3,10 +3,11 @@
 Join tokens are random, shown once, stored as ``join:<sha256>`` with an expiry, and consumed by a
 conditional delete: two enrolments with the same token cannot both succeed.
 
-A node's credentials call carries a JWT the node signed with the key it registered
-(:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is recorded with a
-conditional put, so a replayed token is refused. The STS credentials returned carry a session
-policy naming only that node's queue (receive/delete) and the events queue (send).
+A node's calls (credentials, its placed instances) carry a JWT the node signed with the key it
+registered (:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is
+recorded with a conditional put, so a replayed token is refused. The STS credentials returned
+carry a session policy naming only that node's queue (receive/delete) and the events queue
+(send).
 
 Capacity is kept in integer millicores and MB (``cpu_milli_*``, ``memory_mb_*``): reservations
 are conditional updates, and DynamoDB conditions cannot do arithmetic on floats reliably.
@@ -14,6 +15,7 @@ are conditional updates, and DynamoDB conditions cannot do arithmetic on floats 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -132,7 +134,8 @@ class Nodes:
 
     # --- credentials ------------------------------------------------------------------
 
-    def credentials(self, node_id: str, authorization: str | None) -> Credentials:
+    def authenticate(self, node_id: str, authorization: str | None) -> Node:
+        """The node that signed ``authorization`` (``Bearer <node JWT>``), each token once."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send 'Authorization: Bearer <node token>'")
         token = authorization[len("Bearer "):].strip()
@@ -152,6 +155,10 @@ class Nodes:
                             condition="attribute_not_exists(token_key)")
         except ConditionFailed:
             raise Unauthorized("token already used (replayed jti)") from None
+        return node
+
+    def credentials(self, node_id: str, authorization: str | None) -> Credentials:
+        node = self.authenticate(node_id, authorization)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -207,10 +214,11 @@ class Nodes:
 
     def heartbeat(self, node_id: str, *, sent_at: str, version: str, cpu_total: float,
                   memory_mb_total: int, cpu_used: float, memory_mb_used: int, load: float,
-                  running: list[str]) -> bool:
-        """Apply a heartbeat unless a newer one was applied already; False when ignored."""
+                  running: list[str]) -> Node | None:
+        """Apply a heartbeat unless a newer one was applied already; returns the node as it is
+        now, or None when the heartbeat was ignored."""
         try:
-            self.nodes.update(
+            item = self.nodes.update(
                 {"node_id": node_id},
                 "SET last_heartbeat = :now, heartbeat_sent_at = :s, daemon_version = :v, "
                 "cpu_milli_total = :ct, memory_mb_total = :mt, cpu_used = :cu, "
@@ -222,8 +230,19 @@ class Nodes:
                       ":ct": milli(cpu_total), ":mt": memory_mb_total, ":cu": cpu_used,
                       ":mu": memory_mb_used, ":l": load, ":r": running})
         except ConditionFailed:
-            return False
-        return True
+            return None
+        return Node.from_item(item)
+
+    def watch(self, node: Node, *, strays: dict[str, str], missing: dict[str, str]) -> None:
+        """Keep what :mod:`control_plane.reconcile` is waiting out on ``node``: instance id ->
+        since when (the node's clock). Only on an existing node; a lost race only delays a
+        repair by one heartbeat."""
+        if strays == (node.strays or {}) and missing == (node.missing or {}):
+            return
+        with contextlib.suppress(ConditionFailed):
+            self.nodes.update({"node_id": node.node_id}, "SET strays = :s, #m = :m",
+                              condition="attribute_exists(node_id)", names={"#m": "missing"},
+                              vals={":s": strays, ":m": missing})
 
 
 def _digest(token: str) -> str:

@@ -25,6 +25,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.reconcile import Reconciler
 from control_plane.replies import Health
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
@@ -84,8 +85,11 @@ class Services:
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
                               accounts_exist=accounts.exists)
-        events = Events(instances, nodes, catalog, messenger)
-        reaper = Reaper(instances, nodes, scheduler, messenger,
+        reconciler = Reconciler(instances, nodes, messenger, registrar,
+                                grace_seconds=config.reconcile_grace_seconds,
+                                hostname=config.instance_hostname)
+        events = Events(instances, nodes, catalog, messenger, reconciler)
+        reaper = Reaper(instances, nodes, scheduler, reconciler,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),

@@ -10,7 +10,9 @@ The agent owns the order of effects that makes the node safe to kill at any mome
 
 :meth:`Agent.reconcile` runs the same :meth:`Agent._converge` for every record, so a daemon
 restarted after SIGKILL finishes (or rolls back) whatever it was doing, and removes containers
-of instances it has no record of. Work on one instance is serialised by a per-instance lock;
+of instances it has no record of. :meth:`Agent.drop_gone` discards what the portal says is no
+longer placed on this node (deleted, discarded, placed elsewhere): only on the portal's word,
+never because it could not be asked. Work on one instance is serialised by a per-instance lock;
 different instances proceed concurrently.
 
 Ordering rules (SQS delivers at least once, in any order):
@@ -28,7 +30,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import docker.errors
@@ -352,6 +354,25 @@ class Agent:
         counts["leftovers"] = len(found)
         log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return counts
+
+    async def drop_gone(self, placed: Mapping[str, S], asked_at: float) -> list[str]:
+        """Discard every instance this node holds that ``placed`` (the portal's answer, asked
+        at ``asked_at``) does not have on it, or has as discarded; returns their ids. A record
+        changed since the question was asked is left for the next time: the answer may predate
+        its start."""
+        gone = []
+        for record in await self._all():
+            if record.desired is Desired.DISCARDED or record.updated_at >= asked_at:
+                continue
+            state = placed.get(record.instance_id)
+            if state is not None and state is not S.DISCARDED:
+                continue
+            log.warning("the portal has instance %s %s: discarding what this node holds of it",
+                        record.instance_id,
+                        "as discarded" if state is not None else "no longer on this node")
+            await self.handle(DiscardInstance(instance_id=record.instance_id))
+            gone.append(record.instance_id)
+        return gone
 
     async def counts(self) -> dict[str, int]:
         return dict(Counter(r.state or "unknown" for r in await self._all()))

@@ -22,13 +22,17 @@ from chalice.test import Client
 from moto import mock_aws
 
 from control_plane import services
-from control_plane.app import app
+from control_plane.app import app, on_event
 from control_plane.aws import Clients
+from control_plane.bodies import NewImage
+from control_plane.bootstrap import LocalDefaults, ensure_local_defaults
 from control_plane.config import Config
 from control_plane.services import Services
 from infra.local.aws import AwsEndpoint
 from infra.local.provision import Provisioner
 from infra.local.template import Template
+from protocol.messages import Message, decode
+from protocol.tokens import SigningKey
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -195,4 +199,72 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", "cp_provision"]
+# -- instances, nodes and events -------------------------------------------------------------
+
+CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                    memory_mb=512, tags=["demo"])]
+
+
+@pytest.fixture
+def local(cp_services: Services) -> LocalDefaults:
+    """The local stack's defaults: admin, the default cluster, the test tool, a join token."""
+    return ensure_local_defaults("admin-password-1", CATALOG, cp_services)
+
+
+@pytest.fixture
+def node(local: LocalDefaults, cp_client: Callable[[], CPClient]) -> dict[str, Any]:
+    """An enrolled node (the enrolment's answer: node_id, queue_url, ...)."""
+    r = cp_client().post("/api/nodes/enroll", {
+        "join_token": local.join_token, "public_jwk": SigningKey.generate().public_jwk(),
+        "name": "node-1", "cpu": 2, "memory_mb": 1024})
+    assert r.status_code == 201, r.body
+    enrolled: dict[str, Any] = r.json
+    return enrolled
+
+
+def cp_image_id(client: CPClient) -> str:
+    """The id of the test tool in the catalog."""
+    return str(next(i["id"] for i in client.get("/api/images").json["images"]
+                    if i["image"] == "dit4c/test-tool:busybox"))
+
+
+def cp_messages(queue_url: str) -> list[Any]:
+    """Every command on ``queue_url``, taken off it."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out: list[object] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages",
+                                                                                  [])
+        if not got:
+            return out
+        for m in got:
+            out.append(decode(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def cp_event(cp_chalice: Client, *messages: Message) -> Any:
+    """Hand ``messages`` to the events consumer as one SQS batch."""
+    event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
+    result = cp_chalice.lambda_.invoke("on_event", event).payload
+    assert on_event is not None
+    return result
+
+
+def cp_reap(cp_chalice: Client) -> Any:
+    event = cp_chalice.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    return cp_chalice.lambda_.invoke("reap", event)
+
+
+def cp_revocations(cp_env: dict[str, str]) -> list[Any]:
+    """The revocations the routers' queue received (left on it)."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.get_queue_url(QueueName=cp_env["DIT4C_REVOCATIONS_TOPIC_ARN"].rsplit(":", 1)[1]
+                            .replace("RevocationsTopic", "RouterRevocationsQueue"))["QueueUrl"]
+    return [decode(m) for m in
+            (x["Body"] for x in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+             .get("Messages", []))]
+
+
+__all__ = ["ADMIN_PASSWORD", "CATALOG", "USER_PASSWORD", "CPClient", "cp_event", "cp_image_id",
+           "cp_messages", "cp_module_services", "cp_provision", "cp_reap", "cp_revocations"]
