@@ -108,7 +108,8 @@ class Daemon:
                               capacity=Capacity(self.identity.cpu, self.identity.memory_mb),
                               records=self.records, pods=self.pods, send=queues.send_event,
                               metrics=self.metrics,
-                              launch_timeout=settings.launch_timeout_seconds)
+                              launch_timeout=settings.launch_timeout_seconds,
+                              report_again_after=settings.report_again_seconds)
                 background = [
                     asyncio.create_task(self._every(
                         settings.reconcile_seconds, lambda: self._reconcile(agent, portal),
@@ -158,7 +159,8 @@ class Daemon:
         except PortalError as exc:
             log.warning("cannot ask the portal what is placed here, every pod is kept: %s", exc)
             return
-        await agent.drop_gone(placed, asked_at)
+        await agent.check_placed(placed, asked_at)
+        await agent.flush()
 
     async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
         await agent.flush()

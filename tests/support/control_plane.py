@@ -135,7 +135,7 @@ class ControlPlane:
     def send(self, node_id: str, message: Message) -> None:
         """Put ``message`` on the node's queue. A start is first recorded as placed on the
         node, as the scheduler does: a node removes the pods of instances its portal does not
-        have placed on it (:meth:`node_daemon.agent.Agent.drop_gone`)."""
+        have placed on it (:meth:`node_daemon.agent.Agent.check_placed`)."""
         if isinstance(message, StartInstance):
             self.place(node_id, message)
         self.services.messenger.send(self.queue_url(node_id), message)

@@ -74,6 +74,7 @@ def fault_env(base: dict[str, str]) -> dict[str, str]:
         **base,
         "DIT4C_NODE_HEARTBEAT_SECONDS": "1",
         "DIT4C_NODE_RECONCILE_SECONDS": "2",
+        "DIT4C_NODE_REPORT_AGAIN_SECONDS": "4",
         "DIT4C_SCHEDULE_SECONDS": "2",
         "DIT4C_RECONCILE_GRACE_SECONDS": "4",
         "DIT4C_TRANSITION_TIMEOUT_SECONDS": "60",

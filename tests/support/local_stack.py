@@ -249,7 +249,15 @@ def reach(browser: Browser, url: str, within: float = 60) -> tuple[int, str, byt
 
 
 def children(data_dir: Path) -> dict[str, int]:
-    return {p.stem: json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")}
+    """The stack's children by name, from its run directory (a pid file being written, or
+    removed, meanwhile is left out)."""
+    found = {}
+    for path in (data_dir / "run").glob("*.pid"):
+        try:
+            found[path.stem] = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def alive(pid: int) -> bool:
