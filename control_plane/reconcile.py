@@ -13,6 +13,10 @@ node says it runs against what the records say it should, at every heartbeat it 
   not listed for ``grace_seconds``, counted from the first heartbeat sent after the node
   reported it running: it fails with that reason, its route is revoked, its OAuth client
   forgotten, and the node is told to discard whatever it still holds of it.
+- An **unstarted** instance is one scheduled on a node that heartbeats but that has not
+  reported it starting ``grace_seconds`` after it was placed (or its start last sent): a node
+  records and reports a start at once, so the start was lost. It is sent again (a start is
+  idempotent on the node), rather than waiting for the reaper's transition timeout.
 
 Time is the node's own clock on both sides (the heartbeat's ``sent_at`` against the
 ``last_report_at`` of its state reports), so a clock apart from the control plane's does not
@@ -32,11 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from control_plane.clock import now_iso
 from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.records import Instance, Node
+from control_plane.scheduler import Scheduler
 from control_plane.table import ConditionFailed
 from protocol.ids import is_id
 from protocol.messages import DiscardInstance, InstanceActivity, NodeHeartbeat, StopInstance
@@ -61,6 +67,7 @@ class Repairs:
 
     stopped: list[str] = field(default_factory=list)
     discarded: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
 
@@ -69,10 +76,11 @@ class Reconciler:
     """See the module docstring."""
 
     def __init__(self, instances: Instances, nodes: Nodes, messenger: Messenger,
-                 registrar: ClientRegistrar, *, grace_seconds: int,
+                 registrar: ClientRegistrar, scheduler: Scheduler, *, grace_seconds: int,
                  hostname: Callable[[str], str]) -> None:
         """``hostname``: the host an instance id is served at (for instances whose record is
         gone): :meth:`control_plane.config.Config.instance_hostname`."""
+        self.scheduler = scheduler
         self.instances = instances
         self.nodes = nodes
         self.messenger = messenger
@@ -105,6 +113,8 @@ class Reconciler:
             strays[instance_id] = at  # told: wait again before telling it once more
         missing: dict[str, str] = {}
         for record in records.values():
+            if record.state == S.SCHEDULED:
+                self._unstarted(node, record, repairs)
             if record.state != S.RUNNING or record.instance_id in reported:
                 continue
             if (record.last_report_at or "") >= at:
@@ -120,6 +130,19 @@ class Reconciler:
                 repairs.failed.append(record.instance_id)
         self.nodes.watch(node, strays=strays, missing=missing)
         return repairs
+
+    def _unstarted(self, node: Node, record: Instance, repairs: Repairs) -> None:
+        # The control plane's clock on both sides: when it placed (or last sent) the start.
+        if _elapsed(record.updated_at, now_iso()) < self.grace:
+            return
+        try:
+            sent = self.instances.update(record, replace(record, updated_at=now_iso()))
+        except ConditionFailed:
+            return  # the node's report came meanwhile
+        self.messenger.send(node.queue_url, self.scheduler.start_message(sent))
+        repairs.started.append(record.instance_id)
+        log.warning("reconcile: node %s has not started instance %s, scheduled there since "
+                    "%s: start sent again", node.node_id, record.instance_id, record.updated_at)
 
     def _send_away(self, node: Node, instance_id: str, record: Instance | None, why: str,
                    repairs: Repairs) -> None:

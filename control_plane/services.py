@@ -85,7 +85,7 @@ class Services:
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
                               accounts_exist=accounts.exists)
-        reconciler = Reconciler(instances, nodes, messenger, registrar,
+        reconciler = Reconciler(instances, nodes, messenger, registrar, scheduler,
                                 grace_seconds=config.reconcile_grace_seconds,
                                 hostname=config.instance_hostname)
         events = Events(instances, nodes, catalog, messenger, reconciler)

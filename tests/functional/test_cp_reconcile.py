@@ -179,3 +179,19 @@ def test_a_node_reads_what_is_placed_on_it_with_its_own_signed_token(
         == 401
     assert ask(key.sign(node_claims(node_id=STRANGER))).status_code == 401
     assert cp_client().get(path).status_code == 401
+
+
+def test_a_start_the_node_never_got_is_sent_again_after_the_grace_period(
+        alice, node, cp_chalice, cp_services, caplog):
+    launched = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json
+    assert told(node) == [("start_instance", launched["id"])]  # ... and then lost
+    cp_event(cp_chalice, beat(node, T0))
+    assert told(node) == []  # placed a moment ago: the node may be on it
+    cp_services.instances.table.update({"instance_id": launched["id"]}, "SET updated_at = :t",
+                                       vals={":t": "2000-01-01T00:00:00.000Z"})
+    cp_event(cp_chalice, beat(node, T1))
+    assert told(node) == [("start_instance", launched["id"])]
+    assert "has not started instance" in caplog.text
+    assert alice.get(f"/api/instances/{launched['id']}").json["state"] == "scheduled"
+    cp_event(cp_chalice, beat(node, T2))
+    assert told(node) == []  # sent again just now: wait again
