@@ -13,10 +13,11 @@ node says it runs against what the records say it should, at every heartbeat it 
   not listed for ``grace_seconds``, counted from the first heartbeat sent after the node
   reported it running: it fails with that reason, its route is revoked, its OAuth client
   forgotten, and the node is told to discard whatever it still holds of it.
-- An **unstarted** instance is one scheduled on a node that heartbeats but that has not
-  reported it starting ``grace_seconds`` after it was placed (or its start last sent): a node
-  records and reports a start at once, so the start was lost. It is sent again (a start is
-  idempotent on the node), rather than waiting for the reaper's transition timeout.
+- An **unstarted** instance is one scheduled on a node whose heartbeat says it holds no record
+  of it (``holds``), ``grace_seconds`` after it was placed (or its start last sent): the start
+  was lost. It is sent again, rather than waiting for the reaper's transition timeout. (A node
+  that holds it but whose report was lost reports again by itself; sending it a second start
+  would hand it a second OAuth secret, which its pod would never use.)
 
 Time is the node's own clock on both sides (the heartbeat's ``sent_at`` against the
 ``last_report_at`` of its state reports), so a clock apart from the control plane's does not
@@ -113,7 +114,8 @@ class Reconciler:
             strays[instance_id] = at  # told: wait again before telling it once more
         missing: dict[str, str] = {}
         for record in records.values():
-            if record.state == S.SCHEDULED:
+            if record.state == S.SCHEDULED and heartbeat.holds is not None \
+                    and record.instance_id not in heartbeat.holds:
                 self._unstarted(node, record, repairs)
             if record.state != S.RUNNING or record.instance_id in reported:
                 continue

@@ -429,7 +429,8 @@ class Agent:
             memory_mb_total=self.capacity.memory_mb, cpu_used=cpu_used,
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
-                           and r.desired is Desired.RUNNING))
+                           and r.desired is Desired.RUNNING),
+            holds=sorted(r.instance_id for r in records if r.desired is not Desired.DISCARDED))
 
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:

@@ -27,10 +27,11 @@ T4 = "2030-01-01T00:02:02.000Z"
 STRANGER = "0123456789abcdef"
 
 
-def beat(node, sent_at, *running):
+def beat(node, sent_at, *running, holds=()):
     return NodeHeartbeat(node_id=node["node_id"], version="1", cpu_total=2,
                          memory_mb_total=1024, cpu_used=0, memory_mb_used=0, load=0.1,
-                         running=sorted(running), sent_at=sent_at)
+                         running=sorted(running), holds=sorted({*running, *holds}),
+                         sent_at=sent_at)
 
 
 def told(node):
@@ -189,6 +190,12 @@ def test_a_start_the_node_never_got_is_sent_again_after_the_grace_period(
     assert told(node) == []  # placed a moment ago: the node may be on it
     cp_services.instances.table.update({"instance_id": launched["id"]}, "SET updated_at = :t",
                                        vals={":t": "2000-01-01T00:00:00.000Z"})
+    # A node that holds it (its "starting" report lost) is not sent a second start: that
+    # would hand the control plane a second OAuth secret the pod never gets.
+    assert cp_event(cp_chalice, beat(node, "2030-01-01T00:00:10.000Z", holds=[launched["id"]])
+                    ) == {"batchItemFailures": []}
+    assert told(node) == []
+    assert cp_services.nodes.get(node["node_id"]).heartbeat_sent_at == "2030-01-01T00:00:10.000Z"
     cp_event(cp_chalice, beat(node, T1))
     assert told(node) == [("start_instance", launched["id"])]
     assert "has not started instance" in caplog.text

@@ -77,8 +77,10 @@ def fault_env(base: dict[str, str]) -> dict[str, str]:
         "DIT4C_NODE_REPORT_AGAIN_SECONDS": "4",
         "DIT4C_SCHEDULE_SECONDS": "2",
         "DIT4C_RECONCILE_GRACE_SECONDS": "4",
-        "DIT4C_TRANSITION_TIMEOUT_SECONDS": "60",
-        "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "50",
+        # A launch takes seconds on a quiet machine and a minute under the load of several
+        # suites: the timeouts leave room for that.
+        "DIT4C_TRANSITION_TIMEOUT_SECONDS": "120",
+        "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS": "100",
         "DIT4C_SNAPSHOT_SECONDS": "1",
         "DIT4C_JOURNAL_BYTES": "65536",
         "DIT4C_STOP_GRACE": "2",
@@ -165,7 +167,7 @@ class FaultRun:
     """See the module docstring. ``env``: a test stack's settings (:func:`fault_env` added)."""
 
     def __init__(self, env: dict[str, str], docker_client: docker.DockerClient, *,
-                 seed: int, max_pause: float = 1.5,
+                 seed: int, max_pause: float = 1.0,
                  say: Callable[[str], None] = print) -> None:
         self.env = env
         self.docker = docker_client
@@ -300,7 +302,7 @@ class FaultRun:
                     ("discard", by_state.get(S.STOPPED, []) + by_state.get(S.FAILED, [])),
                     ("delete", by_state.get(S.SAVED, []) + by_state.get(S.DISCARDED, [])
                      + by_state.get(S.FAILED, [])),
-                    ("create user", [""] if len(self.ledger.users) < 4 else [])]
+                    ("create user", [""] if len(self.ledger.users) < 3 else [])]
         possible = [c for c in choices if c[1]] or [("nothing", [""])]
         action, candidates = self.random.choice(possible)
         chosen: str = self.random.choice(candidates)
