@@ -51,7 +51,7 @@ from tests.support.local_stack import (
 
 S = InstanceState
 TARGETS = ("stack", "node-daemon", "edge-router", "all")
-WEIGHTS = (2, 4, 3, 1)
+WEIGHTS = (1, 4, 3, 1)
 """How often each is killed: a restart of the stack's process costs several seconds, one of a
 child about one."""
 LIVE = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
