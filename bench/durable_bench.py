@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 from infra.local.aws import AwsEndpoint
 from infra.local.durable import DurableState, JournaledApp, replay
 from infra.local.journal import Journal
-from infra.local.moto_server import MotoServer, moto_app
+from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import Snapshotter
 from infra.local.template import Template
@@ -132,8 +131,8 @@ class Rig:
     def start(cls, template: Template, work: Path) -> Rig:
         endpoints, users, journals, servers = {}, {}, [], []
         for way in WAYS:
-            app = JournaledApp(moto_app())
-            server = MotoServer(app=None if way == "plain" else app)
+            app = JournaledApp()
+            server = MotoServer(wrap=None if way == "plain" else app.wrap)
             endpoint = server.start()
             stack = Provisioner(endpoint, way).provision(template, PARAMETERS)
             if way != "plain":
@@ -207,10 +206,7 @@ def compaction_and_replay(rig: Rig, template: Template, instances: int, writes: 
     for n in range(writes):
         call(n)
     records = rig.journal.read(segment).records
-    reset = urllib.request.Request(f"{durable.url}/moto-api/reset",  # noqa: S310 - loopback
-                                   method="POST")
-    with urllib.request.urlopen(reset, timeout=10) as response:  # noqa: S310
-        response.read()
+    rig.servers[-1].reset()
     Provisioner(durable, "synced").provision(template, PARAMETERS)
     start = time.perf_counter()
     applied = replay(rig.app.inner, records).applied

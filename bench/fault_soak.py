@@ -5,7 +5,8 @@ daemon, the edge router or all three, a restart, the checks), then the same tabl
 Everything it makes in Docker carries ``dit4c.bench=<run>`` and is removed at the end; the
 stack's data directory is a temporary one under ``build/``. Exits 1 when a check failed.
 
-Run: ``.venv/bin/python -m bench.fault_soak [--cycles 150] [--seed N]`` (after ``make images``).
+Run: ``.venv/bin/python -m bench.fault_soak [--cycles 150] [--seed N]`` (the local images are
+made sure of first).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import docker
 
+from scripts import images
+from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
 from tests.support.faults import FaultRun, fault_env, run_cycles
 from tests.support.local_stack import stack_settings
@@ -36,8 +39,11 @@ def main() -> int:
     build.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fault-soak-", dir=build))
     client = docker.from_env()
+    builder = ImageBuilder(client)
+    builder.ensure([images.TEST_TOOL, images.HELPER_BASE])
+    helpers_image = pinned(images.HELPERS, builder.helpers().recipe)
     env = fault_env(stack_settings(work / "data", f"dit4c-bench-{run_id}",
-                                   {"dit4c.bench": run_id}))
+                                   {"dit4c.bench": run_id}, helpers_image))
     run = FaultRun(env, client, seed=args.seed)
     try:
         counts = run_cycles(run, args.cycles)

@@ -38,11 +38,12 @@ from typing import Any
 
 from infra.local.errors import JournalError, SnapshotError
 from infra.local.journal import Journal
-from infra.local.moto_server import WsgiApp
 from infra.local.snapshot import Snapshotter, Summary
 from infra.local.writes import Call, Effect, effect, object_put
 
 log = logging.getLogger("dit4c.local.durable")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _PASS_THROUGH = frozenset({"GET", "HEAD", "OPTIONS"})
 _UNAVAILABLE = (
@@ -85,13 +86,19 @@ def _call(app: WsgiApp, environ: dict[str, Any]) -> _Answer:
 
 class JournaledApp:
     """moto's WSGI app with every acknowledged change journalled first; see the module
-    docstring. Passes everything through until :meth:`arm`."""
+    docstring. Passes everything through until :meth:`arm`. Put in front of moto with
+    ``MotoServer(wrap=journaled.wrap)``."""
 
-    def __init__(self, app: WsgiApp) -> None:
-        self.inner = app
+    def __init__(self) -> None:
+        self.inner: WsgiApp = _not_wrapped
         self._gate = threading.Lock()
         self._journal: Journal | None = None
         self.failure: str | None = None
+
+    def wrap(self, app: WsgiApp) -> JournaledApp:
+        """Be the middleware in front of ``app`` (moto's, as the server builds it)."""
+        self.inner = app
+        return self
 
     def arm(self, journal: Journal) -> None:
         """Journal from now on (after recovery: what is replayed must not be journalled)."""
@@ -157,6 +164,10 @@ class JournaledApp:
             ("Content-Length", str(len(_UNAVAILABLE))),
         ])
         return [_UNAVAILABLE]
+
+
+def _not_wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    raise RuntimeError("JournaledApp.wrap(moto's app) first")
 
 
 @dataclass

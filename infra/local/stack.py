@@ -52,7 +52,7 @@ from infra.local.durable import Compactor, DurableState, JournaledApp
 from infra.local.errors import ChildFailed, LocalStackError
 from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.journal import Journal
-from infra.local.moto_server import MotoServer, moto_app
+from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import Snapshotter
@@ -174,8 +174,8 @@ class LocalStack:
         )
         self._check_stop()
 
-        journaled = JournaledApp(moto_app())
-        moto = MotoServer("127.0.0.1", config.aws_port, journaled)
+        journaled = JournaledApp()
+        moto = MotoServer("127.0.0.1", config.aws_port, wrap=journaled.wrap)
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)

@@ -10,7 +10,6 @@ stack's processes.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from infra.local.aws import AwsEndpoint
 from infra.local.durable import Compactor, DurableState, JournaledApp, Recovery
 from infra.local.errors import JournalError
 from infra.local.journal import Journal
-from infra.local.moto_server import MotoServer, moto_app
+from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
 from infra.local.snapshot import Snapshotter
 from infra.local.template import Template
@@ -70,13 +69,10 @@ class Stacks:
         self.running: list[Booted] = []
 
     def boot(self, journal: Journal | None = None) -> Booted:
-        app = JournaledApp(moto_app())
-        server = MotoServer(app=app)
+        app = JournaledApp()
+        server = MotoServer(wrap=app.wrap)
         endpoint = server.start()
-        reset = urllib.request.Request(  # noqa: S310 - moto on loopback
-            f"{endpoint.url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(reset, timeout=10) as response:  # noqa: S310 - loopback
-            response.read()
+        server.reset()
         stack = Provisioner(endpoint, "durable").provision(Template.load(), PARAMETERS)
         snapshotter = Snapshotter(endpoint, stack, self.directory,
                                   stack.environment["DIT4C_NODE_QUEUE_PREFIX"])

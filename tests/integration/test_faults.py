@@ -26,12 +26,17 @@ CYCLES = int(os.environ.get("DIT4C_FAULT_CYCLES", "50"))
 SEED = int(os.environ.get("DIT4C_FAULT_SEED", "15"))
 
 
+@pytest.fixture
+def settings(tmp_path, unique_name, run_labels, tool_image, helpers_image) -> dict[str, str]:
+    return fault_env(stack_settings(tmp_path / "data", unique_name("pods"), run_labels,
+                                    helpers_image))
+
+
 @pytest.mark.timeout(1200)
-@pytest.mark.usefixtures("tool_image", "helpers_image")
 def test_killed_at_random_points_the_stack_loses_nothing_and_leaves_nothing_running(
-    tmp_path, unique_name, run_labels, docker_client, capsys
+    settings, docker_client, capsys
 ):
-    env = fault_env(stack_settings(tmp_path / "data", unique_name("pods"), run_labels))
+    env = settings
     run = FaultRun(env, docker_client, seed=SEED)
     try:
         counts = run_cycles(run, CYCLES)

@@ -43,9 +43,10 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[str, str]:
+def stack_env(tmp_path_factory, unique_name, run_labels, docker_client, helpers_image
+              ) -> dict[str, str]:
     env = stack_settings(tmp_path_factory.mktemp("local-stack") / "data", unique_name("pods"),
-                         run_labels)
+                         run_labels, helpers_image)
     # No compaction while a test runs: what a restart finds comes from the journal.
     env["DIT4C_SNAPSHOT_SECONDS"] = "600"
     return env

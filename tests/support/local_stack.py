@@ -32,9 +32,11 @@ READY_TIMEOUT = 180
 STOP_DEADLINE = 10  # the contract: Ctrl-C stops everything within 10 seconds
 
 
-def stack_settings(data_dir: Path, pods_network: str, labels: dict[str, str]) -> dict[str, str]:
+def stack_settings(data_dir: Path, pods_network: str, labels: dict[str, str],
+                   helpers_image: str) -> dict[str, str]:
     """A test stack's environment: free ports, its own data directory and pods network, the
-    test run's labels on what it makes, heartbeats every 2 s."""
+    test run's labels on what it makes, the given helpers image (the tests' own tag: other
+    checkouts on a shared engine move ``dit4c/helpers:dev``), heartbeats every 2 s."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
     env.update({
         "DIT4C_DATA_DIR": str(data_dir),
@@ -47,6 +49,7 @@ def stack_settings(data_dir: Path, pods_network: str, labels: dict[str, str]) ->
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
     })
     return env
 
