@@ -205,6 +205,11 @@ data "aws_iam_policy_document" "events_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.instances_table.arn}/index/by-node"]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.users_table.arn]
   }
@@ -212,6 +217,16 @@ data "aws_iam_policy_document" "events_function" {
     effect    = "Allow"
     actions   = ["dynamodb:PutItem"]
     resources = [aws_dynamodb_table.images_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.signing_key_parameter_arn]
   }
   statement {
     effect    = "Allow"
@@ -250,7 +265,7 @@ data "aws_iam_policy_document" "reaper_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:PutItem"]
+    actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
   }
   statement {
