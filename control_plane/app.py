@@ -347,6 +347,11 @@ def revocations() -> Response:
               for r in _svc().messenger.revocations.active()]
     return web.json_response(replies.Revocations(revocations=listed),
                              headers={"Cache-Control": "no-store"})
+@route("/api/nodes/{node_id}/instances")
+def node_instances(node_id: str) -> replies.Placed:
+    svc = _svc()
+    svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    return replies.Placed.of(svc.instances.on_node(node_id))
 
 
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")

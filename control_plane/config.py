@@ -71,6 +71,7 @@ DEFAULTS: Mapping[str, str] = {
     # Nodes send a heartbeat every 240 s (node_daemon.config): silent = two missed, and a bit.
     "DIT4C_NODE_SILENT_SECONDS": "600",
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
+    "DIT4C_RECONCILE_GRACE_SECONDS": "60",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
     # Nodes renew at half-life: an hour (the most routers take) keeps the calls rare.
@@ -125,6 +126,9 @@ class Config:
     session_seconds: int
     node_silent_seconds: int
     transition_timeout_seconds: int
+    reconcile_grace_seconds: int
+    """How long a node and the records may disagree about an instance before it is repaired
+    (:mod:`control_plane.reconcile`)."""
     join_token_seconds: int
     node_credentials_seconds: int
     tunnel_token_seconds: int
@@ -230,6 +234,7 @@ class Config:
             session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
             node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),
             transition_timeout_seconds=number("DIT4C_TRANSITION_TIMEOUT_SECONDS"),
+            reconcile_grace_seconds=number("DIT4C_RECONCILE_GRACE_SECONDS"),
             join_token_seconds=number("DIT4C_JOIN_TOKEN_HOURS") * 3600,
             node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
             tunnel_token_seconds=min(number("DIT4C_TUNNEL_TOKEN_SECONDS", 2),

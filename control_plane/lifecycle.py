@@ -235,4 +235,4 @@ class Lifecycle:
 
     def _forget(self, item: Instance, reason: str) -> None:
         self._tell_node(item, DiscardInstance(instance_id=item.instance_id))
-        self.scheduler.retire(item, reason)
+        self.scheduler.retire(item.instance_id, item.hostname, reason)

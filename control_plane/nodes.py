@@ -3,10 +3,11 @@
 Join tokens are random, shown once, stored as ``join:<sha256>`` with an expiry, and consumed by a
 conditional delete: two enrolments with the same token cannot both succeed.
 
-A node's credentials call carries a JWT the node signed with the key it registered
-(:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is recorded with a
-conditional put, so a replayed token is refused. The STS credentials returned carry a session
-policy naming only that node's queue (receive/delete) and the events queue (send).
+A node's calls (credentials, its placed instances) carry a JWT the node signed with the key it
+registered (:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is
+recorded with a conditional put, so a replayed token is refused. The STS credentials returned
+carry a session policy naming only that node's queue (receive/delete) and the events queue
+(send).
 
 The events queue is shared by every node, so its messages are bound to their sender by the
 node's signature on each body (:meth:`Nodes.event_sender`, ``protocol.tokens.verify_event``),
@@ -285,14 +286,15 @@ class Nodes:
         with contextlib.suppress(self.sqs.exceptions.QueueDoesNotExist):
             self.sqs.delete_queue(QueueUrl=node.queue_url)
 
-    def heartbeat(self, node: Node, beat: NodeHeartbeat) -> bool:
-        """Apply a heartbeat unless a newer one was applied already; False when ignored.
-        The capacity it reports counts up to what the node enrolled with."""
+    def heartbeat(self, node: Node, beat: NodeHeartbeat) -> Node | None:
+        """Apply a heartbeat unless a newer one was applied already; returns the node as it is
+        now, or None when the heartbeat was ignored. The capacity it reports counts up to what
+        the node enrolled with."""
         # Nodes enrolled before the cap was kept: their capacity when the cap first applies.
         cpu_cap = node.cpu_milli_enrolled or node.cpu_milli_total
         memory_cap = node.memory_mb_enrolled or node.memory_mb_total
         try:
-            self.nodes.update(
+            item = self.nodes.update(
                 {"node_id": node.node_id},
                 "SET last_heartbeat = :now, heartbeat_sent_at = :s, daemon_version = :v, "
                 "cpu_milli_total = :ct, memory_mb_total = :mt, cpu_used = :cu, "
@@ -308,8 +310,19 @@ class Nodes:
                       ":mu": beat.memory_mb_used, ":l": beat.load, ":r": beat.running,
                       ":cc": cpu_cap, ":mc": memory_cap})
         except ConditionFailed:
-            return False
-        return True
+            return None
+        return Node.from_item(item)
+
+    def watch(self, node: Node, *, strays: dict[str, str], missing: dict[str, str]) -> None:
+        """Keep what :mod:`control_plane.reconcile` is waiting out on ``node``: instance id ->
+        since when (the node's clock). Only on an existing node; a lost race only delays a
+        repair by one heartbeat."""
+        if strays == (node.strays or {}) and missing == (node.missing or {}):
+            return
+        with contextlib.suppress(ConditionFailed):
+            self.nodes.update({"node_id": node.node_id}, "SET strays = :s, #m = :m",
+                              condition="attribute_exists(node_id)", names={"#m": "missing"},
+                              vals={":s": strays, ":m": missing})
 
 
 def _keys(node: Node) -> KeySet:

@@ -125,6 +125,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/revocations"): Operation(
         "Revoked instance hosts an edge router must know when it starts", 200,
         replies.Revocations),
+    ("GET", "/api/nodes/{node_id}/instances"): Operation(
+        "What is placed on this node, in which state (Bearer: node-signed JWT): what it may "
+        "keep", 200, replies.Placed, (401, 403)),
     ("POST", "/api/nodes/{node_id}/drain"): Operation("No new placements on this node (admin)",
                                                       200, replies.Node, (*_AUTH, 404, 409)),
     ("POST", "/api/nodes/{node_id}/activate"): Operation("Undo drain (admin)", 200,

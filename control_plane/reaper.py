@@ -7,6 +7,10 @@
 - ``scheduled`` past the deadline: placed again elsewhere (at most ``MAX_ATTEMPTS``), then fail.
 - ``starting``/``stopping`` past the deadline fail; ``saving`` past it returns to ``stopped``.
 
+Failing is :meth:`control_plane.reconcile.Reconciler.fail`: routes revoked, OAuth client
+forgotten, the node told to discard. What a live node runs against the records is reconciled at
+each of its heartbeats (:mod:`control_plane.reconcile`), not here.
+
 Every move is the same conditional write as everywhere else, so a reaper racing an event or
 another reaper changes nothing twice. Finding work uses the by-cluster, by-node and sparse
 by-transition indexes, and the clusters through their by-kind index: no Scan anywhere.
@@ -26,13 +30,12 @@ from typing import Any
 
 from control_plane.clock import now_iso
 from control_plane.instances import Instances
-from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.reconcile import Reconciler
 from control_plane.records import Instance, Node, NodeStatus
 from control_plane.scheduler import Scheduler
 from control_plane.standby import Standby
 from control_plane.table import ConditionFailed
-from protocol.messages import DiscardInstance
 from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.control_plane.reaper")
@@ -42,12 +45,12 @@ MAX_ATTEMPTS = 3
 
 class Reaper:
     def __init__(self, instances: Instances, nodes: Nodes, scheduler: Scheduler,
-                 messenger: Messenger, standby: Standby, *, node_silent_seconds: int,
+                 reconciler: Reconciler, standby: Standby, *, node_silent_seconds: int,
                  transition_timeout: int) -> None:
         self.instances = instances
         self.nodes = nodes
         self.scheduler = scheduler
-        self.messenger = messenger
+        self.reconciler = reconciler
         self.standby = standby
         self.silent = node_silent_seconds
         self.timeout = transition_timeout
@@ -135,13 +138,8 @@ class Reaper:
                 report, "failed", item)
 
     def _fail(self, item: Instance, reason: str, report: dict[str, Any]) -> bool:
-        if self._try(lambda: self.instances.transition(item, replace(
-                item, state=S.FAILED, reason=reason)), report, "failed", item):
-            self.scheduler.retire(item, "failed")
-            if item.node_queue_url:  # whatever the node still holds must go
-                self.messenger.send(item.node_queue_url,
-                                    DiscardInstance(instance_id=item.instance_id))
-            log.info("failed %s: %s", item.instance_id, reason)
+        if self.reconciler.fail(item, reason):
+            report["failed"].append(item.instance_id)
             return True
         return False
 

@@ -147,6 +147,11 @@ class Node(Record):
     memory_mb_used: int | None = None
     load: float | None = None
     running: list[str] | None = None
+    strays: dict[str, str] | None = None
+    """Instances it reports running that the records say should not run there: id -> since
+    when (the node's clock) a repair is waited for (:mod:`control_plane.reconcile`)."""
+    missing: dict[str, str] | None = None
+    """Instances the records have running there that it no longer reports: id -> since when."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -268,6 +268,25 @@ class Nodes:
 
 
 @json_object
+class PlacedInstance:
+    id: str
+    state: InstanceState
+
+
+@json_object
+class Placed:
+    """What the control plane has placed on one node (any state): what that node may keep.
+    An instance of the node's that is not here is gone (deleted, or placed elsewhere)."""
+
+    instances: list[PlacedInstance]
+
+    @classmethod
+    def of(cls, instances: list[records.Instance]) -> Placed:
+        return cls(instances=[PlacedInstance(id=i.instance_id, state=i.state)
+                              for i in instances])
+
+
+@json_object
 class Health:
     status: Literal["ok", "degraded"]
     version: str

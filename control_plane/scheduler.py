@@ -135,12 +135,13 @@ class Scheduler:
                                     lifetime=JOB_TOKEN_LIFETIME)
         return RegistryAccess(registry=self.config.registry, token=token)
 
-    def retire(self, item: Instance, reason: str) -> None:
+    def retire(self, instance_id: str, hostname: str, reason: str) -> None:
         """Undo what :meth:`start_message` issued, for an instance that will never run again
-        (failed, discarded, deleted): routers drop its route and its OAuth2 client goes, so
-        neither the tunnel token nor the client secret the node held opens anything."""
-        self.registrar.forget(item.instance_id)
-        self.messenger.revoke(item.instance_id, item.hostname, reason)
+        (failed, discarded, deleted, or a stray no record places anywhere): routers drop its
+        route and its OAuth2 client goes, so neither the tunnel token nor the client secret the
+        node held opens anything."""
+        self.registrar.forget(instance_id)
+        self.messenger.revoke(instance_id, hostname, reason)
 
     def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).

@@ -27,6 +27,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.reconcile import Reconciler
 from control_plane.records import CATALOG_OWNER
 from control_plane.registry import RegistryTokens, repositories
 from control_plane.replies import Health
@@ -102,8 +103,12 @@ class Services:
                               messenger=messenger, registrar=registrar, access=access,
                               standby=standby, accounts_exist=accounts.exists,
                               registry=registry)
-        events = Events(instances, nodes, catalog, messenger, scheduler, registry=registry)
-        reaper = Reaper(instances, nodes, scheduler, messenger, standby,
+        reconciler = Reconciler(instances, nodes, messenger, scheduler,
+                                grace_seconds=config.reconcile_grace_seconds,
+                                hostname=config.instance_hostname)
+        events = Events(instances, nodes, catalog, messenger, scheduler=scheduler,
+                        reconciler=reconciler, registry=registry)
+        reaper = Reaper(instances, nodes, scheduler, reconciler, standby,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),

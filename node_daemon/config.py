@@ -47,6 +47,7 @@ node silent after 600 s (``DIT4C_NODE_SILENT_SECONDS``): two heartbeats missed, 
 DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0
+DEFAULT_REPORT_AGAIN_SECONDS = 60.0
 
 
 def default_data_dir() -> Path:
@@ -136,6 +137,9 @@ class RunSettings:
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9464)
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
+    report_again_seconds: float = DEFAULT_REPORT_AGAIN_SECONDS
+    """A state the portal has not taken this long after this node reported it is reported
+    again (the first report was lost)."""
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS
     launch_timeout_seconds: float = DEFAULT_LAUNCH_TIMEOUT_SECONDS
     egress: EgressPolicy = field(default_factory=EgressPolicy)
@@ -195,6 +199,9 @@ class RunSettings:
                                      DEFAULT_HEARTBEAT_SECONDS),
             reconcile_seconds=number("reconcile_seconds", "DIT4C_NODE_RECONCILE_SECONDS",
                                      DEFAULT_RECONCILE_SECONDS),
+            report_again_seconds=number("report_again_seconds",
+                                        "DIT4C_NODE_REPORT_AGAIN_SECONDS",
+                                        DEFAULT_REPORT_AGAIN_SECONDS),
             poll_wait_seconds=int(poll_wait),
             launch_timeout_seconds=number("launch_timeout", "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS",
                                           DEFAULT_LAUNCH_TIMEOUT_SECONDS),

@@ -1,9 +1,10 @@
 """The long-running node daemon: polling, heartbeats, reconciliation, shutdown.
 
-Everything is outbound: the daemon calls the portal for credentials, long-polls its own SQS
-queue, and sends events; it listens only on a loopback port for metrics. Losing the network or
-the control plane is survived: each loop backs off (1 s doubling to 60 s, with jitter) and
-resumes when calls succeed again. On SIGTERM it stops polling, finishes the commands in hand and
+Everything is outbound: the daemon calls the portal for credentials and for what is placed on
+it, long-polls its own SQS queue, and sends events; it listens only on a loopback port for
+metrics. Losing the network or the control plane is survived: each loop backs off (1 s doubling
+to 60 s, with jitter) and resumes when calls succeed again, and no pod is stopped because the
+portal cannot be reached. On SIGTERM it stops polling, finishes the commands in hand and
 exits, leaving pods running (they outlive the daemon; the next start reconciles them).
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -28,7 +30,7 @@ from node_daemon.config import (
 )
 from node_daemon.credentials import CredentialBroker
 from node_daemon.egress import apply as apply_egress
-from node_daemon.errors import NodeDaemonError, QueueError
+from node_daemon.errors import NodeDaemonError, PortalError, QueueError
 from node_daemon.files import ensure_private_dir, write_atomic
 from node_daemon.metrics import NodeMetrics, serve, stop_serving
 from node_daemon.network import ensure_pods_network, pods_bridge
@@ -110,14 +112,16 @@ class Daemon:
                               records=self.records, pods=self.pods, send=queues.send_event,
                               metrics=self.metrics,
                               launch_timeout=settings.launch_timeout_seconds,
-                              upload_compression=settings.upload_compression)
+                              upload_compression=settings.upload_compression,
+                              report_again_after=settings.report_again_seconds)
                 tokens = TunnelTokens(
                     agent=agent, records=self.records, pods=self.pods,
                     renew=lambda instance_id: portal.tunnel_token(
                         self.identity.node_id, self.key, instance_id))
                 background = [
-                    asyncio.create_task(self._every(settings.reconcile_seconds, agent.reconcile,
-                                                    "reconcile", stopping)),
+                    asyncio.create_task(self._every(
+                        settings.reconcile_seconds, lambda: self._reconcile(agent, portal),
+                        "reconcile", stopping)),
                     # A firewall reload may flush the pods' egress rules: put them back.
                     asyncio.create_task(self._every(settings.reconcile_seconds, self._egress,
                                                     "egress policy", stopping)),
@@ -168,6 +172,19 @@ class Daemon:
                 log.exception("%s failed unexpectedly (retried in %.0f s)", what, seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), seconds)
+
+    async def _reconcile(self, agent: Agent, portal: PortalClient) -> None:
+        """The engine against the records, then the records against the portal's placements.
+        A portal that cannot be asked changes nothing: pods are never stopped on silence."""
+        await agent.reconcile()
+        asked_at = time.time()
+        try:
+            placed = await portal.placed(self.identity.node_id, self.key)
+        except PortalError as exc:
+            log.warning("cannot ask the portal what is placed here, every pod is kept: %s", exc)
+            return
+        await agent.check_placed(placed, asked_at)
+        await agent.flush()
 
     async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
         await agent.flush()

@@ -7,6 +7,8 @@
   events_queue_url, endpoint_url}``
 - ``POST /api/nodes/{id}/instances/{instance}/tunnel-token`` with ``Authorization: Bearer <node
   JWT>`` -> 200 ``{tunnel_token, expires_at}``: only for an instance placed on this node
+- ``GET /api/nodes/{id}/instances`` with ``Authorization: Bearer <node JWT>`` -> 200
+  ``{instances: [{id, state}]}``: what the control plane has placed on this node
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from node_daemon.errors import PortalError
+from protocol.states import InstanceState
 from protocol.tokens import SigningKey, node_claims
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -71,10 +74,14 @@ class PortalClient:
 
     async def _post(self, path: str, body: dict[str, Any], what: str,
                     headers: dict[str, str] | None = None) -> Any:
+        return await self._call("POST", path, body, what, headers)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, what: str,
+                    headers: dict[str, str] | None = None) -> Any:
         url = f"{self._base}{path}"
         try:
-            async with self._session.post(url, json=body, headers=headers,
-                                          timeout=DEFAULT_TIMEOUT) as response:
+            async with self._session.request(method, url, json=body, headers=headers,
+                                             timeout=DEFAULT_TIMEOUT) as response:
                 try:
                     payload = await response.json(content_type=None)
                 except ValueError:
@@ -102,9 +109,8 @@ class PortalClient:
                          fields["events_queue_url"])
 
     async def credentials(self, node_id: str, key: SigningKey) -> AwsCredentials:
-        token = key.sign(node_claims(node_id=node_id))
         body = await self._post(f"/api/nodes/{node_id}/credentials", {}, "credentials",
-                                headers={"Authorization": f"Bearer {token}"})
+                                headers=_signed(node_id, key))
         fields = _require(body, ("access_key_id", "secret_access_key", "session_token",
                                  "expiration", "region", "queue_url", "events_queue_url"),
                           "credentials")
@@ -123,8 +129,21 @@ class PortalClient:
     async def tunnel_token(self, node_id: str, key: SigningKey, instance_id: str) -> str:
         """A renewed tunnel token for an instance placed on this node; PortalError (403) when
         it is not placed here (any more)."""
-        token = key.sign(node_claims(node_id=node_id))
         body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/tunnel-token",
-                                {}, "tunnel token renewal",
-                                headers={"Authorization": f"Bearer {token}"})
+                                {}, "tunnel token renewal", headers=_signed(node_id, key))
         return str(_require(body, ("tunnel_token",), "tunnel token renewal")["tunnel_token"])
+
+    async def placed(self, node_id: str, key: SigningKey) -> dict[str, InstanceState]:
+        """What the control plane has placed on this node: instance id -> its state there."""
+        body = await self._call("GET", f"/api/nodes/{node_id}/instances", None,
+                                "placed instances", headers=_signed(node_id, key))
+        try:
+            return {str(i["id"]): InstanceState(i["state"]) for i in body["instances"]}
+        except (TypeError, KeyError, ValueError):
+            raise PortalError("placed instances: the portal's answer is not a list of "
+                              "{id, state}") from None
+
+
+def _signed(node_id: str, key: SigningKey) -> dict[str, str]:
+    """A fresh node token (each is good for one call)."""
+    return {"Authorization": f"Bearer {key.sign(node_claims(node_id=node_id))}"}

@@ -69,6 +69,9 @@ class InstanceRecord:
     saved_size: int | None = None
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
+    discarded_at: str | None = None
+    """``sent_at`` of the discard that made this record a tombstone: a start the control plane
+    sent after it is a new placement of the same instance (the control plane's clock on both)."""
 
     def to_json(self) -> bytes:
         fields = asdict(replace(self, start=None, save=None))

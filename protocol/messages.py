@@ -217,6 +217,10 @@ class NodeHeartbeat(Message):
     load: float
     running: list[Id]
     """Ids of the instances whose pods this node runs now."""
+    holds: list[Id] | None = None
+    """Ids of every instance this node has a live record of (starting, running, stopped,
+    failed, saved: anything not discarded). None from a node that does not say: the control
+    plane then never concludes that the node lacks an instance."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,8 @@ that dies stops exactly what was started, in reverse order):
 1. data directory (locked: one stack per directory), leftovers of a killed run stopped,
    admin password;
 2. the Docker engine and the pods network (its gateway is the host's address for pods);
-3. moto on loopback; the template's resources; the snapshot restored, periodic snapshots on;
+3. moto on loopback, every change journalled (:mod:`infra.local.durable`); the template's
+   resources; the saved state recovered (snapshot, then journal), compactions on;
 4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
    trigger and the schedule of the template's functions;
 5. the edge router (``python -m edge_router``) and the image server as child processes, then
@@ -16,8 +17,10 @@ that dies stops exactly what was started, in reverse order):
    a heartbeat of the node has come through the events queue.
 
 A child that exits while the stack runs stops the whole stack with its exit code and the end of
-its log: a half-working stack would look ready and fail later in confusing ways. Stopping saves
-a last snapshot after everything that writes has stopped.
+its log: a half-working stack would look ready and fail later in confusing ways; so does a
+journal that cannot be written. With ``restart_children`` (``run --restart-children``, what
+the fault suite kills children under) such a child is started again instead. Stopping compacts
+the journal into a last snapshot after everything that writes has stopped.
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
 from infra.local.datadir import AdminPassword, DataDir, shown
+from infra.local.durable import Compactor, DurableState, JournaledApp
 from infra.local.errors import ChildFailed, LocalStackError
 from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.journal import Journal
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.registry_gc import RegistryCollector
-from infra.local.snapshot import PeriodicSnapshots, Snapshotter
+from infra.local.snapshot import Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
 from protocol.messages import NodeHeartbeat
@@ -101,8 +106,10 @@ class LocalStack:
         template: Template | None = None,
         out: TextIO = sys.stdout,
         environ: Mapping[str, str] | None = None,
+        restart_children: bool = False,
     ) -> None:
         self._config = config
+        self._restart_children = restart_children
         self._template = template
         self._out = out
         # Children get the environment the stack was started with, minus AWS credentials and
@@ -117,6 +124,7 @@ class LocalStack:
         self._collector: RegistryCollector | None = None
         self._stopping = threading.Event()
         self._heartbeat_lock = threading.Lock()
+        self._durable: DurableState | None = None
 
     # -- the whole run -------------------------------------------------------------------------
 
@@ -177,7 +185,8 @@ class LocalStack:
         self._check_stop()
 
         self._plan_registry()
-        moto = MotoServer("127.0.0.1", config.aws_port)
+        journaled = JournaledApp()
+        moto = MotoServer("127.0.0.1", config.aws_port, wrap=journaled.wrap)
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)
@@ -186,13 +195,19 @@ class LocalStack:
         snapshotter = Snapshotter(
             aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
         )
-        restored = snapshotter.restore()
-        log.info("restored %s", restored)
+        journal = Journal(data.aws / "journal", sync=config.journal_sync)
+        durable = DurableState(journaled, snapshotter, journal)
+        recovery = durable.recover()
+        for note in recovery.notes:
+            self._say(f"warning: {note}")
+        log.info("recovered %s", recovery)
+        self._durable = durable
         # Registered before anything can write, so it runs after everything has stopped.
-        undo.callback(self._final_snapshot, snapshotter)
-        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds, self._stopping)
-        periodic.start()
-        undo.callback(periodic.stop)
+        undo.callback(self._final_snapshot, durable, snapshotter)
+        compactor = Compactor(durable, config.snapshot_seconds, config.journal_bytes,
+                              self._stopping)
+        compactor.start()
+        undo.callback(compactor.stop)
         self._check_stop()
 
         os.environ.update(self._control_plane_env(aws, stack))
@@ -202,7 +217,6 @@ class LocalStack:
         self._start_router(undo, aws, stack)
         self._start_registry(undo)
         self._bootstrap()
-        snapshotter.save()  # the admin account and cluster are on disk from the first start
         self._check_stop()
         self._start_node(undo, aws, stack)
 
@@ -276,7 +290,8 @@ class LocalStack:
                 elif isinstance(trigger, ScheduleTrigger):
                     rule = stack.resources[trigger.resource].ref
                     timer = ScheduleTimer(
-                        spec, load_handler(spec), rule, trigger.interval_seconds, aws.region,
+                        spec, load_handler(spec), rule,
+                        self._config.schedule_seconds or trigger.interval_seconds, aws.region,
                         stopping=self._stopping, enabled=RuleState(events, rule),
                     )
                     timer.start()
@@ -471,8 +486,8 @@ class LocalStack:
             code = child.stop(self._config.stop_grace)
             log.info("%s stopped (status %s)", child.name, code)
 
-    def _final_snapshot(self, snapshotter: Snapshotter) -> None:
-        summary = snapshotter.save()
+    def _final_snapshot(self, durable: DurableState, snapshotter: Snapshotter) -> None:
+        summary = durable.close()
         self._say(f"saved {summary} to {snapshotter.manifest_path}")
 
     # -- readiness and watching ----------------------------------------------------------------
@@ -527,12 +542,21 @@ class LocalStack:
             self._check_children()
 
     def _check_children(self) -> None:
+        if self._durable is not None and self._durable.failure is not None:
+            raise LocalStackError(
+                f"the AWS state can no longer be saved ({self._durable.failure}); the stack "
+                "stops rather than acknowledge what it could lose"
+            )
         collector = self._collector
         for child in self._children:
             if collector is not None and collector.paused and child.name in collector.names():
                 continue  # stopped on purpose, for the garbage collection
             code = child.poll()
-            if code is not None:
+            if code is not None and self._restart_children and not self._stopping.is_set():
+                log.warning("%s exited with status %s; starting it again", child.name, code)
+                self._say(f"{child.name} exited with status {code}; starting it again")
+                child.start()
+            elif code is not None:
                 raise ChildFailed(
                     f"{child.name} exited unexpectedly with status {code}; the stack stops. "
                     f"End of {child.log_path}:\n{child.tail()}"

@@ -216,6 +216,11 @@ data "aws_iam_policy_document" "events_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.instances_table.arn}/index/by-node"]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.users_table.arn]
   }
@@ -231,8 +236,13 @@ data "aws_iam_policy_document" "events_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:DeleteItem"]
+    actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.signing_key_parameter_arn]
   }
   statement {
     effect    = "Allow"

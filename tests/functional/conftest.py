@@ -27,14 +27,19 @@ from chalice.test import Client
 from moto import mock_aws
 
 from control_plane import services
-from control_plane.app import app
+from control_plane.app import app, on_event
 from control_plane.aws import Clients
+from control_plane.bodies import NewImage
+from control_plane.bootstrap import LocalDefaults, ensure_local_defaults
 from control_plane.config import Config
 from control_plane.services import Services
 from infra.local.aws import AwsEndpoint
 from infra.local.provision import Provisioner, Stack
 from infra.local.template import Template
+from protocol.messages import Message, decode
+from protocol.tokens import SigningKey
 from tests.ports import free_port
+from tests.support.events import signed_event
 from tests.support.iam_clients import ClientGate, attribute_calls, fail_on, take_denials
 from tests.support.registry import RegistryServer
 
@@ -265,9 +270,10 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "CP_PARAMETERS", "USER_PASSWORD", "CPClient", "cp_endpoint",
-           "cp_gated_clients", "cp_module_services", "cp_module_stack", "cp_parameters",
-           "cp_provision", "with_registry"]
+__all__ = ["ADMIN_PASSWORD", "CATALOG", "CP_PARAMETERS", "NODE_KEYS", "USER_PASSWORD",
+           "CPClient", "cp_endpoint", "cp_enroll", "cp_event", "cp_gated_clients",
+           "cp_image_id", "cp_messages", "cp_module_services", "cp_module_stack",
+           "cp_parameters", "cp_provision", "cp_reap", "cp_revocations", "with_registry"]
 
 
 @pytest.fixture
@@ -296,3 +302,82 @@ def cp_image_server(cp_services: Services, cp_registry_port: int, tmp_path: Any
                             issuer=cp_services.config.portal_url, port=cp_registry_port).start()
     yield server
     server.stop()
+
+
+# -- instances, nodes and events -------------------------------------------------------------
+
+CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                    memory_mb=512, tags=["demo"])]
+
+
+@pytest.fixture
+def local(cp_services: Services) -> LocalDefaults:
+    """The local stack's defaults: admin, the default cluster, the test tool, a join token."""
+    return ensure_local_defaults("admin-password-1", CATALOG, cp_services)
+
+
+NODE_KEYS: dict[str, SigningKey] = {}
+"""Each enrolled node's key, by node id: :func:`cp_event` signs its events with it."""
+
+
+def cp_enroll(client: CPClient, join_token: str, name: str) -> dict[str, Any]:
+    """Enrol a node of 2 CPUs and 1 GB (the enrolment's answer: node_id, queue_url, ...)."""
+    key = SigningKey.generate()
+    r = client.post("/api/nodes/enroll", {
+        "join_token": join_token, "public_jwk": key.public_jwk(), "name": name, "cpu": 2,
+        "memory_mb": 1024})
+    assert r.status_code == 201, r.body
+    enrolled: dict[str, Any] = r.json
+    NODE_KEYS[enrolled["node_id"]] = key
+    return enrolled
+
+
+@pytest.fixture
+def node(local: LocalDefaults, cp_client: Callable[[], CPClient]) -> dict[str, Any]:
+    """An enrolled node."""
+    return cp_enroll(cp_client(), local.join_token, "node-1")
+
+
+def cp_image_id(client: CPClient) -> str:
+    """The id of the test tool in the catalog."""
+    return str(next(i["id"] for i in client.get("/api/images").json["images"]
+                    if i["image"] == "dit4c/test-tool:busybox"))
+
+
+def cp_messages(queue_url: str) -> list[Any]:
+    """Every command on ``queue_url``, taken off it."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out: list[object] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages",
+                                                                                  [])
+        if not got:
+            return out
+        for m in got:
+            out.append(decode(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def cp_event(cp_chalice: Client, *messages: Message) -> Any:
+    """Hand ``messages`` to the events consumer as one SQS batch, each signed by its node."""
+    event = signed_event(NODE_KEYS, *messages)
+    result = cp_chalice.lambda_.invoke("on_event", event).payload
+    assert on_event is not None
+    return result
+
+
+def cp_reap(cp_chalice: Client) -> Any:
+    event = cp_chalice.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    return cp_chalice.lambda_.invoke("reap", event)
+
+
+def cp_revocations(cp_env: dict[str, str]) -> list[Any]:
+    """The revocations the routers' queue received (left on it)."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.get_queue_url(QueueName=cp_env["DIT4C_REVOCATIONS_TOPIC_ARN"].rsplit(":", 1)[1]
+                            .replace("RevocationsTopic", "RouterRevocationsQueue"))["QueueUrl"]
+    return [decode(m) for m in
+            (x["Body"] for x in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+             .get("Messages", []))]
+

@@ -194,9 +194,11 @@ def _enroll(world: World, admin: Browser, cluster_id: str, name: str
     return key, enrolment
 
 
-def _heartbeat(node_id: str, running: list[str]) -> NodeHeartbeat:
+def _heartbeat(node_id: str, running: list[str], holds: list[str] | None = None
+               ) -> NodeHeartbeat:
     return NodeHeartbeat(node_id=node_id, version="iam", cpu_total=4.0, memory_mb_total=4096,
-                         cpu_used=0.1, memory_mb_used=100, load=0.1, running=running)
+                         cpu_used=0.1, memory_mb_used=100, load=0.1, running=running,
+                         holds=holds)
 
 
 def _state(node_id: str, instance_id: str, state: str, **extra: Any) -> InstanceStateEvent:
@@ -297,6 +299,13 @@ def _scenario(world: World) -> None:
     world.events(_heartbeat(node_id, []))
     world.reap()
     assert bob.call("GET", f"/api/instances/{c['id']}")[1]["state"] == "scheduled"
+    # Its start is lost: past the grace period, node-1's heartbeat (which does not hold it)
+    # has the events function send it again.
+    admin_svc.instances.table.update({"instance_id": c["id"]}, "SET updated_at = :t",
+                                     vals={":t": "2000-01-01T00:00:00.000Z"})
+    world.node_messages(queue)
+    world.events(_heartbeat(node_id, [], holds=[]))
+    assert "start_instance" in [m.TYPE for m in world.node_messages(queue)]
     world.events(_state(node_id, c["id"], "starting"))
 
     # node-1 goes silent: the reaper fails its live instances and tells the node.

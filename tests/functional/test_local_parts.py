@@ -347,6 +347,8 @@ def test_configuration_defaults_and_overrides(tmp_path):
         ({"DIT4C_STACK_NAME": "Bad_Name"}, "DIT4C_STACK_NAME"),
         ({"DIT4C_NODE_LABELS": "novalue"}, "DIT4C_NODE_LABELS"),
         ({"DIT4C_SNAPSHOT_SECONDS": "-1"}, "DIT4C_SNAPSHOT_SECONDS must be positive"),
+        ({"DIT4C_JOURNAL_BYTES": "1M"}, "DIT4C_JOURNAL_BYTES must be a positive whole number"),
+        ({"DIT4C_JOURNAL_SYNC": "sometimes"}, "DIT4C_JOURNAL_SYNC must be 'always' or 'never'"),
     ],
 )
 def test_bad_configuration_is_named(env, message):

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
+from tests.support.local_stack import StackProcess
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 

@@ -37,9 +37,9 @@ from infra.local.stack import REPO_ROOT
 from node_daemon.pods import container_name
 from protocol import pod
 from protocol.registry import parse_reference
-from tests.integration.test_local_stack import Browser, StackProcess, log_in
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
+from tests.support.local_stack import Browser, StackProcess, log_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 

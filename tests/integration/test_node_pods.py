@@ -192,18 +192,36 @@ def test_stop_before_start_and_commands_after_discard(h: Harness):
     h.wait_state(early, "stopped")
     h.node.send(sample_start(early, h.tool_image))  # overtaken by its stop: never runs
     late = new_id()
-    h.node.send(sample_start(late, h.tool_image))
+    late_start = sample_start(late, h.tool_image)
+    h.node.send(late_start)
     h.wait_state(late, "running")
+    stale_discard = DiscardInstance(instance_id=late, sent_at=late_start.sent_at)
     h.node.send(DiscardInstance(instance_id=late))
     h.wait_state(late, "discarded")
     h.node.send(StopInstance(instance_id=late))
-    h.node.send(sample_start(late, h.tool_image))
+    h.node.send(late_start)  # redelivered: sent before the discard, never runs again
     wait_drained(h)
     h.events.poll()
     assert h.pod(early) == {}
     assert h.pod(late) == {}
     assert [e.state for e in h.events.states(early)] == ["stopped"]
     assert [e.state for e in h.events.states(late)] == ["starting", "running", "discarded"]
+    # A start sent after the discard is the instance placed here anew (the reaper re-placing
+    # it where it was): it runs, and a discard older than it does not touch it.
+    def reported(state: str, times: int) -> None:
+        h.events.wait_for(lambda: [e.state for e in h.events.states(late)].count(state) == times,
+                          60, f"{late} -> {state} ({times})")
+
+    h.node.send(sample_start(late, h.tool_image))
+    reported("running", 2)
+    h.node.send(stale_discard)
+    wait_drained(h)
+    h.events.poll()
+    assert sorted(h.pod(late)) == ["auth", "listener", "netns", "tool"]
+    assert [e.state for e in h.events.states(late)][-1] == "running"
+    h.node.send(DiscardInstance(instance_id=late))
+    reported("discarded", 2)
+    assert h.pod(late) == {}
 
 
 def test_start_without_room_fails_with_reason(h: Harness):

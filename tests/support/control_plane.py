@@ -39,7 +39,9 @@ from botocore.config import Config as BotoConfig
 from control_plane import services
 from control_plane.app import app, on_event
 from control_plane.aws import Clients
+from control_plane.clock import now_iso
 from control_plane.config import Config
+from control_plane.records import Instance
 from control_plane.services import Services
 from control_plane.table import Item, Table
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, AwsEndpoint
@@ -48,7 +50,8 @@ from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner
 from infra.local.template import ApiTrigger, Template
-from protocol.messages import Message
+from protocol.messages import Message, StartInstance
+from protocol.states import InstanceState
 
 PARAMETERS = {
     "PortalUrl": "http://127.0.0.1",  # the real one (its port) is known once the API listens
@@ -138,6 +141,11 @@ class ControlPlane:
                 Attributes={"VisibilityTimeout": str(self.visibility_timeout)})
 
     def send(self, node_id: str, message: Message) -> None:
+        """Put ``message`` on the node's queue. A start is first recorded as placed on the
+        node, as the scheduler does: a node removes the pods of instances its portal does not
+        have placed on it (:meth:`node_daemon.agent.Agent.check_placed`)."""
+        if isinstance(message, StartInstance):
+            self.place(node_id, message)
         self.services.messenger.send(self.queue_url(node_id), message)
 
     def consume_events(self) -> int:
@@ -152,6 +160,16 @@ class ControlPlane:
         while got := pump.run_once(0):
             taken += got
         return taken
+    def place(self, node_id: str, start: StartInstance) -> None:
+        """The instance record a scheduler leaves behind for ``start`` on ``node_id``."""
+        record = Instance(
+            instance_id=start.instance_id, owner="test", name=start.instance_id,
+            image_id="test", image=start.image, port=start.port, cpu=start.cpu,
+            memory_mb=start.memory_mb, cluster_id=self.cluster_id, hostname=start.hostname,
+            url=start.url, state=InstanceState.SCHEDULED, node_id=node_id,
+            node_queue_url=self.queue_url(node_id), created_at=now_iso(),
+            updated_at=now_iso())
+        self.services.instances.table.put(record.to_item())
 
     # -- outages and shutdown --------------------------------------------------------------
 
