@@ -77,9 +77,10 @@ class InstanceRecord:
         fields = asdict(replace(self, start=None, save=None))
         fields["start"] = None if self.start is None else self.start.to_dict()
         fields["save"] = None if self.save is None else self.save.to_dict()
-        # The save's fields are left out while unset: a record with no save is byte for byte
-        # the first release's, which an older daemon (downgraded) still reads.
-        for name in SAVE_FIELDS:
+        # The save's fields and the tombstone's time are left out while unset: a record with
+        # neither is byte for byte the first release's, which an older daemon (downgraded)
+        # still reads.
+        for name in (*SAVE_FIELDS, "discarded_at"):
             if fields[name] is None:
                 del fields[name]
         return json.dumps(fields, sort_keys=True).encode()

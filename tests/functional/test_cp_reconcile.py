@@ -7,23 +7,35 @@ apart (the grace period is 60 s).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import boto3
 import pytest
 
 from protocol.messages import InstanceActivity, InstanceStateEvent, NodeHeartbeat
 from protocol.tokens import SigningKey, node_claims
 from tests.functional.conftest import (
+    cp_enroll,
     cp_event,
     cp_image_id,
     cp_messages,
     cp_revocations,
 )
 
-T0 = "2030-01-01T00:00:00.000Z"
-T1 = "2030-01-01T00:00:30.000Z"  # within the grace period
-T2 = "2030-01-01T00:01:01.000Z"  # past it
-T3 = "2030-01-01T00:01:30.000Z"
-T4 = "2030-01-01T00:02:02.000Z"
+
+def at(seconds: int) -> str:
+    """A time on the node's clock, ``seconds`` after the tests' start: an hour ago (the
+    control plane refuses events dated more than a minute ahead of its own clock)."""
+    when = START + timedelta(seconds=seconds)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+T0 = at(0)
+T1 = at(30)  # within the grace period
+T2 = at(61)  # past it
+T3 = at(90)
+T4 = at(122)
 STRANGER = "0123456789abcdef"
 
 
@@ -77,7 +89,7 @@ def test_a_pod_the_control_plane_does_not_know_is_discarded_after_the_grace_peri
     assert told(node) == [("discard_instance", STRANGER)]
     assert cp_services.nodes.get(node["node_id"]).strays == {STRANGER: T4}
     # no longer reported: nothing is waited for any more
-    cp_event(cp_chalice, beat(node, "2030-01-01T00:03:00.000Z"))
+    cp_event(cp_chalice, beat(node, at(180)))
     assert cp_services.nodes.get(node["node_id"]).strays == {}
 
 
@@ -86,7 +98,7 @@ def test_a_pod_whose_stop_was_lost_is_stopped_not_discarded(alice, node, running
     assert alice.post(f"/api/instances/{running}/stop").status_code == 202
     assert told(node) == [("stop_instance", running)]  # ... and then lost
     cp_event(cp_chalice, beat(node, T1, running))
-    cp_event(cp_chalice, beat(node, "2030-01-01T00:01:31.000Z", running))
+    cp_event(cp_chalice, beat(node, at(91), running))
     assert told(node) == [("stop_instance", running)]
     assert not [r for r in cp_revocations(cp_env) if r.instance_id == running]
     assert has_client(cp_env, running)  # it may still be saved
@@ -100,7 +112,7 @@ def test_a_discarded_instance_still_running_is_discarded_and_unreachable(
     assert alice.post(f"/api/instances/{running}/discard").status_code == 202
     cp_messages(node["queue_url"])  # the discard is lost; a later bug restarts the pod
     cp_event(cp_chalice, beat(node, T1, running))
-    cp_event(cp_chalice, beat(node, "2030-01-01T00:01:31.000Z", running))
+    cp_event(cp_chalice, beat(node, at(91), running))
     assert told(node) == [("discard_instance", running)]
     assert not has_client(cp_env, running)
 
@@ -108,10 +120,7 @@ def test_a_discarded_instance_still_running_is_discarded_and_unreachable(
 @pytest.fixture
 def other(cp_services, cp_client):
     """A second node in the same cluster."""
-    return cp_client().post("/api/nodes/enroll", {
-        "join_token": cp_services.nodes.create_join_token("default").token,
-        "public_jwk": SigningKey.generate().public_jwk(), "name": "node-2", "cpu": 2,
-        "memory_mb": 1024}).json
+    return cp_enroll(cp_client(), cp_services.nodes.create_join_token("default").token, "node-2")
 
 
 def test_a_pod_of_an_instance_placed_on_another_node_is_discarded(alice, node, running, other,
@@ -130,10 +139,10 @@ def test_a_running_instance_its_node_no_longer_reports_fails(alice, node, runnin
     assert alice.get(f"/api/instances/{running}").json["state"] == "running"
     cp_event(cp_chalice, beat(node, T2))
     assert alice.get(f"/api/instances/{running}").json["state"] == "running"  # 31 s: waiting
-    cp_event(cp_chalice, beat(node, "2030-01-01T00:01:31.000Z"))
+    cp_event(cp_chalice, beat(node, at(91)))
     got = alice.get(f"/api/instances/{running}").json
     assert got["state"] == "failed"
-    assert "no longer reports it running (since 2030-01-01T00:00:30.000Z)" in got["reason"]
+    assert f"no longer reports it running (since {T1})" in got["reason"]
     assert told(node) == [("discard_instance", running)]
     assert any(r.instance_id == running for r in cp_revocations(cp_env))
     assert not has_client(cp_env, running)
@@ -192,10 +201,10 @@ def test_a_start_the_node_never_got_is_sent_again_after_the_grace_period(
                                        vals={":t": "2000-01-01T00:00:00.000Z"})
     # A node that holds it (its "starting" report lost) is not sent a second start: that
     # would hand the control plane a second OAuth secret the pod never gets.
-    assert cp_event(cp_chalice, beat(node, "2030-01-01T00:00:10.000Z", holds=[launched["id"]])
+    assert cp_event(cp_chalice, beat(node, at(10), holds=[launched["id"]])
                     ) == {"batchItemFailures": []}
     assert told(node) == []
-    assert cp_services.nodes.get(node["node_id"]).heartbeat_sent_at == "2030-01-01T00:00:10.000Z"
+    assert cp_services.nodes.get(node["node_id"]).heartbeat_sent_at == at(10)
     cp_event(cp_chalice, beat(node, T1))
     assert told(node) == [("start_instance", launched["id"])]
     assert "has not started instance" in caplog.text

@@ -96,7 +96,9 @@ def plane(cp_aws: None) -> Iterator[Plane]:
         cp_parameters(CP_PARAMETERS))
     # On Lambda only the reaper has the mapping's id; in this process one set of services
     # serves every function.
-    config = Config.from_env(stack.function_environments["ReaperFunction"])
+    # A save needs an image server named (nothing is pushed here).
+    config = Config.from_env({**stack.function_environments["ReaperFunction"],
+                              "DIT4C_REGISTRY": "127.0.0.1:9"})
     svc = Services.build(config, cp_gated_clients(stack, config))
     services.use(svc)
     svc.accounts.set_password("admin", ADMIN_PASSWORD, admin=True)
