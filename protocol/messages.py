@@ -97,14 +97,21 @@ class RegistryAccess:
 
 @dataclass(frozen=True, kw_only=True)
 class StorageAccess:
-    """The user's persistent storage, mounted at /mnt by the storage helper."""
+    """The user's persistent storage, mounted at ``protocol.pod.STORAGE_MOUNT`` by the storage
+    helper; also what the portal answers when the node renews it."""
 
     kind: str
     """"s3" today."""
     bucket: str
     prefix: str
+    """The user's key prefix, ending in ``/`` (the credentials allow nothing outside it)."""
     credentials: dict[str, str]
+    """``access_key_id``, ``secret_access_key``, ``session_token``, ``expiration`` (RFC 3339):
+    STS credentials whose session policy allows only ``prefix``."""
     endpoint_url: str | None = None
+    region: str = "us-east-1"
+    quota_bytes: int | None = None
+    """The user's storage quota; None: none."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -108,4 +108,4 @@ def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str]
                   unique_name: Callable[[str], str], helpers_image: str) -> dict[str, str]:
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
-                    helpers_image=helpers_image)
+                    helpers_image=helpers_image, DIT4C_NODE_HELPERS_IMAGE=helpers_image)
