@@ -25,6 +25,22 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import boto3
+from chalice.test import Client
+from moto import mock_aws
+
+from control_plane import services
+from control_plane.app import app
+from control_plane.aws import Clients
+from control_plane.bodies import NewImage
+from control_plane.bootstrap import ensure_local_defaults
+from control_plane.config import Config
+from infra.local.aws import AwsEndpoint
+from infra.local.provision import Provisioner
+from infra.local.template import Template
+from protocol.messages import InstanceStateEvent
+from protocol.tokens import SigningKey, node_claims
+
 ROUTE_BUDGET = 300.0
 
 
@@ -52,25 +68,9 @@ def import_times(runs: int) -> dict[str, tuple[float, float]]:
     }
 
 
-def dynamodb_calls() -> list[tuple[str, int, dict[str, int]]]:  # noqa: PLR0915 - one script
+def dynamodb_calls() -> list[tuple[str, int, dict[str, int]]]:
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
-    import boto3
-    from chalice.test import Client
-    from moto import mock_aws
-
-    from control_plane import services
-    from control_plane.app import app
-    from control_plane.aws import Clients
-    from control_plane.bootstrap import ensure_local_defaults
-    from control_plane.catalog import CatalogEntry
-    from control_plane.config import Config
-    from infra.local.aws import AwsEndpoint
-    from infra.local.provision import Provisioner
-    from infra.local.template import Template
-    from protocol.messages import InstanceStateEvent
-    from protocol.tokens import SigningKey, node_claims
-
     counts: collections.Counter[str] = collections.Counter()
 
     def count(event_name: str, **_: Any) -> None:
@@ -87,7 +87,7 @@ def dynamodb_calls() -> list[tuple[str, int, dict[str, int]]]:  # noqa: PLR0915 
         svc = services.Services.build(config, Clients(config, session=session))
         services.use(svc)
         local = ensure_local_defaults("bench-password-1", [
-            CatalogEntry(name="Tool", image="tool:1", port=80, cpu=0.5, memory_mb=256)], svc)
+            NewImage(name="Tool", image="tool:1", port=80, cpu=0.5, memory_mb=256)], svc)
         key = SigningKey.generate()
         with Client(app) as client:
             headers = {"content-type": "application/json"}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from control_plane import services
+
 
 def main(argv: list[str]) -> int:
-    from control_plane import services
-
     if len(argv) < 2 or argv[0] != "keys" or argv[1] not in ("list", "rotate", "retire"):
         print(__doc__, file=sys.stderr)
         return 2

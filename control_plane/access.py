@@ -10,12 +10,12 @@ not exist.
 
 from __future__ import annotations
 
-from control_plane import validate
 from control_plane.accounts import User
 from control_plane.errors import NotFound
 from control_plane.instances import Instances
+from control_plane.records import Instance
 from control_plane.shares import Shares
-from control_plane.table import Item
+from protocol.ids import is_id
 
 
 class Access:
@@ -25,16 +25,14 @@ class Access:
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """True for the owner or a share grantee; False for anyone else and unknown ids."""
-        if not validate.ID.match(instance_id):
-            return False
-        item = self.instances.get(instance_id)
+        item = self.instances.get(instance_id) if is_id(instance_id) else None
         if item is None:
             return False
-        return item["owner"] == username or self.shares.has("instance", instance_id, username)
+        return item.owner == username or self.shares.has("instance", instance_id, username)
 
-    def visible(self, user: User, instance_id: str) -> Item:
-        item = self.instances.get(validate.ident(instance_id, "instance"))
-        if item is not None and (user.admin or item["owner"] == user.username
+    def visible(self, user: User, instance_id: str) -> Instance:
+        item = self.instances.get(instance_id) if is_id(instance_id) else None
+        if item is not None and (user.admin or item.owner == user.username
                                  or self.shares.has("instance", instance_id, user.username)):
             return item
         raise NotFound(f"no instance {instance_id!r}")

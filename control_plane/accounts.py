@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
-from control_plane.passwords import MAX_PASSWORD_BYTES, check_password, dummy_check, hash_password
+from control_plane.bodies import USERNAME_PATTERN, Login, NewUser
+from control_plane.errors import Conflict, TooManyRequests, Unauthorized
+from control_plane.passwords import check_password, dummy_check, hash_password
+from control_plane.schema import check
 from control_plane.table import ConditionFailed, Item, Table
 
-USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,63}$")
-MIN_PASSWORD = 8
+USERNAME = re.compile(USERNAME_PATTERN)
 WINDOW_SECONDS = 900
 MAX_LOCK_SECONDS = 900
 
@@ -52,18 +53,14 @@ def _digest(token: str) -> str:
 
 
 def check_username(username: object) -> str:
-    if not isinstance(username, str) or not USERNAME.match(username):
-        raise BadRequest("username must be 1-64 characters: lower-case letters, digits, "
-                         "'_', '.', '@', '-', starting with a letter or digit")
-    return username
+    """A username made another way than by a request body (bootstrap, identity providers)."""
+    name: str = check(NewUser, "username", username)
+    return name
 
 
 def check_new_password(password: object) -> str:
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-        raise BadRequest(f"password must be a string of at least {MIN_PASSWORD} characters")
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise BadRequest(f"password must be at most {MAX_PASSWORD_BYTES} bytes")
-    return password
+    secret: str = check(NewUser, "password", password)
+    return secret
 
 
 class Accounts:
@@ -81,17 +78,15 @@ class Accounts:
 
     # --- users ------------------------------------------------------------------------
 
-    def create_user(self, username: object, password: object, *, admin: bool = False) -> User:
-        name = check_username(username)
-        secret = check_new_password(password)
+    def create_user(self, new: NewUser) -> User:
         try:
-            self.users.put({"username": name, "password_hash": hash_password(secret),
-                            "admin": admin, "provider": "local",
+            self.users.put({"username": new.username, "password_hash": hash_password(new.password),
+                            "admin": new.admin, "provider": "local",
                             "created_at": int(time.time())},
                            condition="attribute_not_exists(username)")
         except ConditionFailed:
-            raise Conflict(f"user {name!r} already exists") from None
-        return User(name, admin)
+            raise Conflict(f"user {new.username!r} already exists") from None
+        return User(new.username, new.admin)
 
     def set_password(self, username: str, password: str, *, admin: bool | None = None) -> User:
         """Create or reset a local account (bootstrap); keeps ``admin`` unless given."""
@@ -121,11 +116,8 @@ class Accounts:
 
     # --- login ------------------------------------------------------------------------
 
-    def login(self, username: object, password: object, address: str) -> Session:
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise BadRequest("username and password must be strings")
-        if len(password.encode()) > MAX_PASSWORD_BYTES or len(username) > 256:
-            raise BadRequest("username or password too long")
+    def login(self, credentials: Login, address: str) -> Session:
+        username, password = credentials.username, credentials.password
         keys = [f"throttle:user:{username.lower()}", f"throttle:addr:{address}"]
         self._check_throttle(keys)
         name = username.lower()

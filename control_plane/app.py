@@ -7,17 +7,22 @@ built on first use so that importing this module stays cheap (Lambda cold starts
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from chalice.app import Chalice, Rate, Request, Response, SQSEvent
 
-from control_plane import portal_routes, web
+from control_plane import bodies, portal_routes, replies, web
+from control_plane.accounts import Session, User
+from control_plane.bodies import Body
+from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
 from control_plane.oauth_routes import oauth_blueprint
+from control_plane.openapi import spec
+from control_plane.records import NodeStatus
 
 if TYPE_CHECKING:
-    from control_plane.accounts import Session
     from control_plane.services import Services
 
 app = Chalice(app_name="dit4c")
@@ -27,7 +32,9 @@ log = logging.getLogger("dit4c.control_plane.app")
 
 
 def _svc() -> Services:
-    from control_plane import services  # the domain modules load at the first request
+    # The domain modules (~25 ms) load at the first request that needs them: the portal's
+    # pages and this document do not.
+    from control_plane import services  # noqa: PLC0415
 
     return services.current()
 
@@ -41,12 +48,33 @@ app.register_blueprint(portal_routes.blueprint)
 app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
                                        session_username=_session_username))
 
+REQUEST_BODIES: dict[tuple[str, str], type[Body]] = {}
+"""The body type of each route that takes one: it parses the body and is its OpenAPI schema."""
+Auth = Literal["session", "admin"] | None
 
-def route(path: str, method: str = "GET", status: int = 200
-          ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+
+def route(path: str, method: str = "GET", status: int = 200, *, auth: Auth = None,
+          body: type[Body] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a view. ``auth``: it gets the caller's ``session`` (CSRF checked on changes;
+    ``"admin"`` also requires an admin); ``body``: it gets the request body parsed as ``body``.
+    Checks run in that order, before the view: 401/403, then 400/413, then the view's own."""
+
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def view(**params: str) -> Any:
+            kwargs: dict[str, Any] = dict(params)
+            if auth is not None:
+                kwargs["session"] = _session()
+                if auth == "admin":
+                    web.require_admin(kwargs["session"])
+            if body is not None:
+                kwargs["body"] = body.parse(web.body(_request()))
+            return fn(**kwargs)
+
         app.route(path, methods=[method], content_types=["application/json"])(
-            web.endpoint(fn, status))
+            web.endpoint(view, status))
+        if body is not None:
+            REQUEST_BODIES[(method, path)] = body
         return fn
 
     return register
@@ -62,49 +90,36 @@ def _session() -> Session:
     return web.require_session(_request(), _svc().accounts.session)
 
 
-def _admin() -> Session:
-    session = _session()
-    web.require_admin(session)
-    return session
-
-
-def _body() -> dict[str, Any]:
-    return web.body(_request())
-
-
 # --- health, keys, spec -----------------------------------------------------------------
 
 
 @route("/api/health")
 def health() -> Response:
     report = _svc().health()
-    return web.json_response(report, 200 if report["status"] == "ok" else 503)
+    return web.json_response(report, 200 if report.status == "ok" else 503)
 
 
 @route("/.well-known/jwks.json")
 def jwks() -> Response:
-    return web.json_response(_svc().keys.jwks(), headers={"Cache-Control": "max-age=300"})
+    return web.json_response(replies.JWKS(**_svc().keys.jwks()),
+                             headers={"Cache-Control": "max-age=300"})
 
 
 @route("/api/openapi.json")
 def openapi() -> dict[str, Any]:
-    from control_plane.openapi import spec
-
-    return spec(app)
+    return spec(app, REQUEST_BODIES)
 
 
 # --- accounts ---------------------------------------------------------------------------
 
 
-@route("/api/login", "POST")
-def login() -> Response:
-    body = _body()
+@route("/api/login", "POST", body=bodies.Login)
+def login(body: bodies.Login) -> Response:
     svc = _svc()
-    session = svc.accounts.login(body.get("username"), body.get("password"),
-                                 web.client_address(_request()))
+    session = svc.accounts.login(body, web.client_address(_request()))
     cookie = web.session_cookie(session.session_id, svc.config.session_seconds,
                                 secure=svc.config.secure_cookies)
-    return web.json_response({"user": session.user.to_json(), "csrf_token": session.csrf_token},
+    return web.json_response(replies.Session(user=session.user, csrf_token=session.csrf_token),
                              headers={"Set-Cookie": cookie})
 
 
@@ -119,14 +134,12 @@ def logout() -> Response:
 
 
 @route("/api/login/providers")
-def login_providers() -> dict[str, Any]:
-    return {"providers": _svc().logins.listing()}
+def login_providers() -> replies.Providers:
+    return replies.Providers(providers=_svc().logins.listing())
 
 
 @route("/api/login/{provider}")
 def login_start(provider: str) -> Response:
-    from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
-
     svc = _svc()
     query: Any = _request().query_params or {}
     next_path = query.get("next")
@@ -141,8 +154,6 @@ def login_start(provider: str) -> Response:
 
 @route("/api/login/{provider}/callback")
 def login_callback(provider: str) -> Response:
-    from control_plane.login_providers import LOGIN_COOKIE
-
     svc = _svc()
     request = _request()
     params = {k: v for k, v in (request.query_params or {}).items() if isinstance(v, str)}
@@ -157,166 +168,138 @@ def login_callback(provider: str) -> Response:
                                                        "Cache-Control": "no-store"})
 
 
-@route("/api/me")
-def me() -> dict[str, Any]:
-    session = _session()
-    return {"user": session.user.to_json(), "csrf_token": session.csrf_token}
+@route("/api/me", auth="session")
+def me(session: Session) -> replies.Session:
+    return replies.Session(user=session.user, csrf_token=session.csrf_token)
 
 
-@route("/api/users", "POST", 201)
-def create_user() -> dict[str, Any]:
-    _admin()
-    body = _body()
-    from control_plane import validate
-
-    user = _svc().accounts.create_user(body.get("username"), body.get("password"),
-                                       admin=validate.boolean(body, "admin"))
-    return user.to_json()
+@route("/api/users", "POST", 201, auth="admin", body=bodies.NewUser)
+def create_user(session: Session, body: bodies.NewUser) -> User:
+    return _svc().accounts.create_user(body)
 
 
 # --- images -----------------------------------------------------------------------------
 
 
-@route("/api/images")
-def list_images() -> dict[str, Any]:
-    return {"images": _svc().catalog.list_for(_session().user.username)}
+@route("/api/images", auth="session")
+def list_images(session: Session) -> replies.Images:
+    return replies.Images(images=[replies.Image.of(i)
+                                  for i in _svc().catalog.list_for(session.user.username)])
 
 
-@route("/api/images", "POST", 201)
-def add_image() -> dict[str, Any]:
-    _admin()
-    from control_plane.catalog import CatalogEntry
-
-    return _svc().catalog.add(CatalogEntry.from_body(_body()))
+@route("/api/images", "POST", 201, auth="admin", body=bodies.NewImage)
+def add_image(session: Session, body: bodies.NewImage) -> replies.Image:
+    return replies.Image.of(_svc().catalog.add(body))
 
 
-@route("/api/images/{image_id}", "DELETE")
-def delete_image(image_id: str) -> None:
-    user = _session().user
-    _svc().catalog.remove(image_id, user.username, admin=user.admin)
+@route("/api/images/{image_id}", "DELETE", auth="session")
+def delete_image(session: Session, image_id: str) -> None:
+    _svc().catalog.remove(image_id, session.user.username, admin=session.user.admin)
 
 
-@route("/api/images/{image_id}/share", "POST")
-def share_image(image_id: str) -> dict[str, Any]:
-    return _svc().lifecycle.share_image(_session().user, image_id, _body())
+@route("/api/images/{image_id}/share", "POST", auth="session", body=bodies.Share)
+def share_image(session: Session, image_id: str, body: bodies.Share) -> replies.Shared:
+    return replies.Shared(id=image_id, shared_with=_svc().lifecycle.share_image(
+        session.user, image_id, body))
 
 
 # --- instances --------------------------------------------------------------------------
 
 
-def _instance(item: dict[str, Any]) -> dict[str, Any]:
-    from control_plane.instances import instance_json
-
-    return instance_json(item)
-
-
-@route("/api/instances", "POST", 202)
-def launch() -> dict[str, Any]:
-    return _instance(_svc().lifecycle.launch(_session().user, _body()))
+@route("/api/instances", "POST", 202, auth="session", body=bodies.Launch)
+def launch(session: Session, body: bodies.Launch) -> replies.Instance:
+    return replies.Instance.of(_svc().lifecycle.launch(session.user, body))
 
 
-@route("/api/instances")
-def list_instances() -> dict[str, Any]:
-    user = _session().user
+@route("/api/instances", auth="session")
+def list_instances(session: Session) -> replies.Instances:
     query: Any = _request().query_params or {}
-    if query.get("all") in ("1", "true"):
-        return {"instances": _svc().lifecycle.list_all(user)}
-    return {"instances": _svc().lifecycle.list_for(user)}
+    lifecycle = _svc().lifecycle
+    items = lifecycle.list_all(session.user) if query.get("all") in ("1", "true") \
+        else lifecycle.list_for(session.user)
+    return replies.Instances(instances=[replies.Instance.of(i) for i in items])
 
 
-@route("/api/instances/{instance_id}")
-def get_instance(instance_id: str) -> dict[str, Any]:
-    return _instance(_svc().lifecycle.visible(_session().user, instance_id))
+@route("/api/instances/{instance_id}", auth="session")
+def get_instance(session: Session, instance_id: str) -> replies.Instance:
+    return replies.Instance.of(_svc().lifecycle.visible(session.user, instance_id))
 
 
-@route("/api/instances/{instance_id}/stop", "POST", 202)
-def stop_instance(instance_id: str) -> dict[str, Any]:
-    return _instance(_svc().lifecycle.stop(_session().user, instance_id))
+@route("/api/instances/{instance_id}/stop", "POST", 202, auth="session")
+def stop_instance(session: Session, instance_id: str) -> replies.Instance:
+    return replies.Instance.of(_svc().lifecycle.stop(session.user, instance_id))
 
 
-@route("/api/instances/{instance_id}/save", "POST", 202)
-def save_instance(instance_id: str) -> dict[str, Any]:
-    return _instance(_svc().lifecycle.save(_session().user, instance_id))
+@route("/api/instances/{instance_id}/save", "POST", 202, auth="session")
+def save_instance(session: Session, instance_id: str) -> replies.Instance:
+    return replies.Instance.of(_svc().lifecycle.save(session.user, instance_id))
 
 
-@route("/api/instances/{instance_id}/discard", "POST", 202)
-def discard_instance(instance_id: str) -> dict[str, Any]:
-    return _instance(_svc().lifecycle.discard(_session().user, instance_id))
+@route("/api/instances/{instance_id}/discard", "POST", 202, auth="session")
+def discard_instance(session: Session, instance_id: str) -> replies.Instance:
+    return replies.Instance.of(_svc().lifecycle.discard(session.user, instance_id))
 
 
-@route("/api/instances/{instance_id}", "DELETE")
-def delete_instance(instance_id: str) -> None:
-    _svc().lifecycle.delete(_session().user, instance_id)
+@route("/api/instances/{instance_id}", "DELETE", auth="session")
+def delete_instance(session: Session, instance_id: str) -> None:
+    _svc().lifecycle.delete(session.user, instance_id)
 
 
-@route("/api/instances/{instance_id}/share", "POST")
-def share_instance(instance_id: str) -> dict[str, Any]:
-    return _svc().lifecycle.share(_session().user, instance_id, _body())
+@route("/api/instances/{instance_id}/share", "POST", auth="session", body=bodies.Share)
+def share_instance(session: Session, instance_id: str, body: bodies.Share) -> replies.Shared:
+    return replies.Shared(id=instance_id, shared_with=_svc().lifecycle.share(
+        session.user, instance_id, body))
 
 
 # --- clusters and nodes -----------------------------------------------------------------
 
 
-@route("/api/clusters", "POST", 201)
-def create_cluster() -> dict[str, Any]:
-    _admin()
-    from control_plane import validate
-
-    return _svc().nodes.create_cluster(validate.string(_body(), "name", max_len=100))
+@route("/api/clusters", "POST", 201, auth="admin", body=bodies.NewCluster)
+def create_cluster(session: Session, body: bodies.NewCluster) -> replies.Cluster:
+    return replies.Cluster.of(_svc().nodes.create_cluster(body.name))
 
 
-@route("/api/clusters")
-def list_clusters() -> dict[str, Any]:
-    _admin()
-    return {"clusters": _svc().nodes.list_clusters()}
+@route("/api/clusters", auth="admin")
+def list_clusters(session: Session) -> replies.Clusters:
+    return replies.Clusters(clusters=[replies.Cluster.of(c)
+                                      for c in _svc().nodes.all_clusters()])
 
 
-@route("/api/clusters/{cluster_id}/join-tokens", "POST", 201)
-def create_join_token(cluster_id: str) -> dict[str, Any]:
-    _admin()
+@route("/api/clusters/{cluster_id}/join-tokens", "POST", 201, auth="admin")
+def create_join_token(session: Session, cluster_id: str) -> replies.JoinToken:
     return _svc().nodes.create_join_token(cluster_id)
 
 
-@route("/api/clusters/{cluster_id}/nodes")
-def list_nodes(cluster_id: str) -> dict[str, Any]:
-    _admin()
-    from control_plane.nodes import node_json
-
+@route("/api/clusters/{cluster_id}/nodes", auth="admin")
+def list_nodes(session: Session, cluster_id: str) -> replies.Nodes:
     nodes = _svc().nodes
     nodes.get_cluster(cluster_id)
-    return {"nodes": [node_json(n) for n in nodes.in_cluster(cluster_id)]}
+    return replies.Nodes(nodes=[replies.Node.of(n) for n in nodes.in_cluster(cluster_id)])
 
 
-@route("/api/nodes/enroll", "POST", 201)
-def enroll() -> dict[str, Any]:
-    return _svc().nodes.enroll(_body())
+@route("/api/nodes/enroll", "POST", 201, body=bodies.Enroll)
+def enroll(body: bodies.Enroll) -> replies.Enrolled:
+    return _svc().nodes.enroll(body)
 
 
 @route("/api/nodes/{node_id}/credentials", "POST")
-def node_credentials(node_id: str) -> dict[str, Any]:
+def node_credentials(node_id: str) -> replies.Credentials:
     return _svc().nodes.credentials(node_id, _request().headers.get("authorization"))
 
 
-def _node_status(node_id: str, status: str) -> dict[str, Any]:
-    _admin()
-    from control_plane.nodes import node_json
-
-    return node_json(_svc().nodes.set_status(node_id, status))
+@route("/api/nodes/{node_id}/drain", "POST", auth="admin")
+def drain_node(session: Session, node_id: str) -> replies.Node:
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.DRAINING))
 
 
-@route("/api/nodes/{node_id}/drain", "POST")
-def drain_node(node_id: str) -> dict[str, Any]:
-    return _node_status(node_id, "draining")
+@route("/api/nodes/{node_id}/activate", "POST", auth="admin")
+def activate_node(session: Session, node_id: str) -> replies.Node:
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.ACTIVE))
 
 
-@route("/api/nodes/{node_id}/activate", "POST")
-def activate_node(node_id: str) -> dict[str, Any]:
-    return _node_status(node_id, "active")
-
-
-@route("/api/nodes/{node_id}/decommission", "POST")
-def decommission_node(node_id: str) -> dict[str, Any]:
-    return _node_status(node_id, "decommissioned")
+@route("/api/nodes/{node_id}/decommission", "POST", auth="admin")
+def decommission_node(session: Session, node_id: str) -> replies.Node:
+    return replies.Node.of(_svc().nodes.set_status(node_id, NodeStatus.DECOMMISSIONED))
 
 
 # --- events and schedule ----------------------------------------------------------------

@@ -33,8 +33,9 @@ class Clients:
         return client
 
     def _make(self, service: str) -> Any:
-        import boto3
-        from botocore.config import Config as BotoConfig
+        # boto3 costs ~150 ms to import: only requests that call AWS pay it.
+        import boto3  # noqa: PLC0415
+        from botocore.config import Config as BotoConfig  # noqa: PLC0415
 
         if self._session is None:
             self._session = boto3.session.Session(region_name=self._config.region)

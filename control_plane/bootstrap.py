@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from control_plane import services
-from control_plane.catalog import CatalogEntry
-from control_plane.lifecycle import DEFAULT_CLUSTER
+from control_plane.bodies import DEFAULT_CLUSTER, NewImage
 
 ADMIN_USERNAME = "admin"
 
@@ -23,7 +22,7 @@ class LocalDefaults:
     join_token: str
 
 
-def ensure_local_defaults(admin_password: str, catalog: Sequence[CatalogEntry],
+def ensure_local_defaults(admin_password: str, catalog: Sequence[NewImage],
                           svc: services.Services | None = None) -> LocalDefaults:
     svc = svc or services.current()
     svc.accounts.set_password(ADMIN_USERNAME, admin_password, admin=True)
@@ -31,8 +30,8 @@ def ensure_local_defaults(admin_password: str, catalog: Sequence[CatalogEntry],
     for entry in catalog:
         svc.catalog.add(entry)
     svc.keys.current()  # the signing key exists before the first verifier asks for the JWKS
-    token = svc.nodes.create_join_token(DEFAULT_CLUSTER)["token"]
+    token = svc.nodes.create_join_token(DEFAULT_CLUSTER).token
     return LocalDefaults(cluster_id=DEFAULT_CLUSTER, join_token=token)
 
 
-__all__ = ["CatalogEntry", "LocalDefaults", "ensure_local_defaults"]
+__all__ = ["LocalDefaults", "ensure_local_defaults"]

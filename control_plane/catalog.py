@@ -9,58 +9,16 @@ Scan. Catalog entries are upserted by image reference (bootstrap) through a seco
 from __future__ import annotations
 
 import contextlib
-import secrets
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
-from control_plane import validate
+from control_plane.bodies import NewImage
 from control_plane.clock import now_iso
 from control_plane.errors import Forbidden, NotFound
+from control_plane.records import CATALOG_OWNER, Image, ImageRef, Instance
 from control_plane.shares import Shares
 from control_plane.table import ConditionFailed, Item, Table
-
-CATALOG_OWNER = "_catalog"
-DEFAULT_CPU = 1.0
-DEFAULT_MEMORY_MB = 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class CatalogEntry:
-    """What an admin (or the local bootstrap) puts in the catalog."""
-
-    name: str
-    image: str
-    port: int
-    cpu: float = DEFAULT_CPU
-    memory_mb: int = DEFAULT_MEMORY_MB
-    tags: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> CatalogEntry:
-        return cls(
-            name=validate.string(body, "name", max_len=100),
-            image=validate.image_ref(body),
-            port=validate.integer(body, "port", low=1, high=65535),
-            cpu=validate.number(body, "cpu", default=DEFAULT_CPU),
-            memory_mb=validate.integer(body, "memory_mb", default=DEFAULT_MEMORY_MB, low=16,
-                                       high=validate.MAX_MEMORY_MB),
-            tags=validate.string_list(body, "tags"),
-        )
-
-
-def image_json(item: Item) -> dict[str, Any]:
-    return {
-        "id": item["image_id"],
-        "name": item["name"],
-        "image": item["image"],
-        "port": item["port"],
-        "cpu": item["cpu"],
-        "memory_mb": item["memory_mb"],
-        "tags": item.get("tags", []),
-        "kind": "catalog" if item["owner"] == CATALOG_OWNER else "saved",
-        "owner": None if item["owner"] == CATALOG_OWNER else item["owner"],
-        "created_at": item["created_at"],
-    }
+from protocol.ids import is_id, new_id
 
 
 class Catalog:
@@ -68,69 +26,78 @@ class Catalog:
         self.images = images
         self.shares = shares
 
-    def list_for(self, username: str) -> list[dict[str, Any]]:
-        items = list(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
-                                       vals={":o": CATALOG_OWNER}))
-        items += self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
-                                   vals={":o": username})
-        shared = self.shares.shared_with("image", username)
-        seen = {i["image_id"] for i in items}
-        wanted = [{"image_id": i} for i in shared if i not in seen]
+    def list_for(self, username: str) -> list[Image]:
+        images = self._owned_by(CATALOG_OWNER) + self._owned_by(username)
+        seen = {i.image_id for i in images}
+        wanted = [{"image_id": i} for i in self.shares.shared_with("image", username)
+                  if i not in seen]
         if wanted:
-            items += self.images.batch_get(wanted)
-        return [image_json(i) for i in items if i.get("owner") and "name" in i]
+            images += _images(self.images.batch_get(wanted))
+        return images
 
-    def get(self, image_id: str) -> Item:
-        item = self.images.get({"image_id": validate.ident(image_id, "image")})
-        if item is None or "name" not in item:
+    def _owned_by(self, owner: str) -> list[Image]:
+        return _images(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
+                                         vals={":o": owner}))
+
+    def get(self, image_id: str) -> Image:
+        image = _image(self.images.get({"image_id": image_id})) if is_id(image_id) else None
+        if image is None:
             raise NotFound(f"no image {image_id!r}")
-        return item
+        return image
 
-    def get_for(self, image_id: str, username: str, *, admin: bool) -> Item:
+    def get_for(self, image_id: str, username: str, *, admin: bool) -> Image:
         """An image the user may launch: catalog, own, shared with them (else 404)."""
-        item = self.get(image_id)
-        if admin or item["owner"] in (CATALOG_OWNER, username):
-            return item
+        image = self.get(image_id)
+        if admin or image.owner in (CATALOG_OWNER, username):
+            return image
         if self.shares.has("image", image_id, username):
-            return item
+            return image
         raise NotFound(f"no image {image_id!r}")
 
-    def add(self, entry: CatalogEntry) -> dict[str, Any]:
+    def add(self, entry: NewImage) -> Image:
         """Upsert by image reference: the same reference keeps its id."""
-        new_id = secrets.token_hex(8)
-        ref_key = {"image_id": f"ref:{entry.image}"}
+        ref = ImageRef(image_id=f"ref:{entry.image}", target=new_id())
         try:
-            self.images.put({**ref_key, "target": new_id},
-                            condition="attribute_not_exists(image_id)")
-            image_id = new_id
+            self.images.put(ref.to_item(), condition="attribute_not_exists(image_id)")
         except ConditionFailed:
-            ref = self.images.get(ref_key)
-            image_id = ref["target"] if ref else new_id
-        item = {"image_id": image_id, "owner": CATALOG_OWNER, "name": entry.name,
-                "image": entry.image, "port": entry.port, "cpu": entry.cpu,
-                "memory_mb": entry.memory_mb, "tags": entry.tags}
-        existing = self.images.get({"image_id": image_id})
-        item["created_at"] = existing["created_at"] if existing else now_iso()
-        self.images.put(item)
-        return image_json(item)
+            stored = self.images.get({"image_id": ref.image_id})
+            if stored:
+                ref = ImageRef.from_item(stored)
+        existing = _image(self.images.get({"image_id": ref.target}))
+        image = Image(image_id=ref.target, owner=CATALOG_OWNER, name=entry.name,
+                      image=entry.image, port=entry.port, cpu=entry.cpu,
+                      memory_mb=entry.memory_mb, tags=entry.tags,
+                      created_at=existing.created_at if existing else now_iso())
+        self.images.put(image.to_item())
+        return image
 
-    def add_saved(self, *, owner: str, name: str, image: str, port: int, cpu: float,
-                  memory_mb: int, source_instance: str) -> dict[str, Any]:
-        item = {"image_id": secrets.token_hex(8), "owner": owner, "name": name, "image": image,
-                "port": port, "cpu": cpu, "memory_mb": memory_mb, "tags": ["saved"],
-                "source_instance": source_instance, "created_at": now_iso()}
-        self.images.put(item)
-        return image_json(item)
+    def saved_put(self, instance: Instance, image: str) -> dict[str, Any]:
+        """The transaction entry that adds the image ``instance`` was saved as (same id)."""
+        saved = Image(image_id=instance.instance_id, owner=instance.owner,
+                      name=f"{instance.name} (saved)", image=image,
+                      port=instance.port, cpu=instance.cpu, memory_mb=instance.memory_mb,
+                      tags=["saved"], source_instance=instance.instance_id,
+                      created_at=now_iso())
+        return self.images.put_op(saved.to_item())
 
     def remove(self, image_id: str, username: str, *, admin: bool) -> None:
-        item = self.get_for(image_id, username, admin=admin)
-        if item["owner"] == CATALOG_OWNER and not admin:
+        image = self.get_for(image_id, username, admin=admin)
+        if image.in_catalog and not admin:
             raise Forbidden("only admins change the catalog")
-        if item["owner"] not in (CATALOG_OWNER, username) and not admin:
+        if image.owner not in (CATALOG_OWNER, username) and not admin:
             raise Forbidden("only the owner deletes a saved image")
-        self.images.delete({"image_id": item["image_id"]})
-        if item["owner"] == CATALOG_OWNER:
+        self.images.delete({"image_id": image.image_id})
+        if image.in_catalog:
             # The reference may already point at a newer entry: leave that one.
             with contextlib.suppress(ConditionFailed):
-                self.images.delete({"image_id": f"ref:{item['image']}"},
-                                   condition="target = :t", vals={":t": item["image_id"]})
+                self.images.delete({"image_id": f"ref:{image.image}"},
+                                   condition="target = :t", vals={":t": image.image_id})
+
+
+def _image(item: Item | None) -> Image | None:
+    """An image item as a record; None for no item and for the ``ref:`` items in the table."""
+    return Image.from_item(item) if item and item.get("owner") and "name" in item else None
+
+
+def _images(items: Iterable[Item]) -> list[Image]:
+    return [image for image in map(_image, items) if image is not None]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
+from protocol.ids import instance_host
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",
@@ -105,7 +106,7 @@ class Config:
         return self.portal_url.startswith("https://")
 
     def instance_hostname(self, instance_id: str) -> str:
-        return f"{instance_id}.{self.router_domain}".lower()
+        return instance_host(instance_id, self.router_domain)
 
     def instance_url(self, instance_id: str) -> str:
         port = f":{self.router_public_port}" if self.router_public_port else ""

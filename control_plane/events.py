@@ -16,14 +16,16 @@ Malformed messages are logged and dropped: redelivering them cannot make them va
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
-from control_plane import validate
 from control_plane.catalog import Catalog
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
-from control_plane.table import ConditionFailed, Item
+from control_plane.records import Instance
+from control_plane.table import ConditionFailed
 from protocol.errors import MessageError
+from protocol.ids import is_id
 from protocol.messages import (
     DiscardInstance,
     InstanceActivity,
@@ -78,11 +80,10 @@ class Events:
             log.warning("dropped instance_state with unknown state %r", event.state)
             return "unknown state"
         for _ in range(RETRIES):
-            item = self.instances.get(event.instance_id) \
-                if validate.ID.match(event.instance_id) else None
+            item = self.instances.get(event.instance_id) if is_id(event.instance_id) else None
             if item is None:
                 return self._foreign(event, new)
-            if item.get("node_id") != event.node_id:
+            if item.node_id != event.node_id:
                 return self._foreign(event, new)
             try:
                 return self._apply(item, new, event)
@@ -95,54 +96,38 @@ class Events:
         """A node runs an instance placed elsewhere (or deleted): tell it to discard it."""
         if new not in (S.STARTING, S.RUNNING):
             return "other node"
-        node = self.nodes.nodes.get({"node_id": event.node_id}, consistent=False) \
-            if validate.ID.match(event.node_id) else None
+        node = self.nodes.find(event.node_id)
         if node is None:
             return "other node"
-        self.messenger.send(node["queue_url"], DiscardInstance(instance_id=event.instance_id))
+        self.messenger.send(node.queue_url, DiscardInstance(instance_id=event.instance_id))
         return "discarded elsewhere"
 
-    def _apply(self, item: Item, new: InstanceState, event: InstanceStateEvent) -> str:
-        current = S(item["state"])
-        newer = event.sent_at > item.get("last_report_at", "")
+    def _apply(self, item: Instance, new: InstanceState, event: InstanceStateEvent) -> str:
+        current = item.state
+        last = item.last_report_at or ""
+        progress = {**item.progress, **event.progress}
         if new == current:
-            if event.progress and newer:
-                self.instances.update_fields(item, {"progress": {**item.get("progress", {}),
-                                                                 **event.progress},
-                                                    "last_report_at": event.sent_at})
+            if event.progress and event.sent_at > last:
+                self.instances.update(item, replace(item, progress=progress,
+                                                    last_report_at=event.sent_at))
                 return "progress"
             return "duplicate"
         if not current.can_become(new):
             return "ignored"
-        fields: dict[str, object] = {"last_report_at": max(event.sent_at,
-                                                           item.get("last_report_at", ""))}
-        if event.progress:
-            fields["progress"] = {**item.get("progress", {}), **event.progress}
+        moved = replace(item, state=new, progress=progress,
+                        last_report_at=max(event.sent_at, last))
         if new == S.FAILED:
-            fields["reason"] = event.reason or "the node reported a failure"
+            moved = replace(moved, reason=event.reason or "the node reported a failure")
         elif new == S.STOPPED and current == S.SAVING:
-            fields["reason"] = event.reason or "saving failed; the instance is stopped"
+            moved = replace(moved, reason=event.reason or "saving failed; the instance is stopped")
         extra = []
         if new == S.SAVED:
-            image_id = item["instance_id"]
-            fields["saved_image_id"] = image_id
-            fields["progress"] = {**item.get("progress", {}), "save": 100}
-            extra.append({"Put": {"TableName": self.catalog.images.name,
-                                  "Item": _saved_item(item, str(
-                                      event.image or item.get("saved_image", item["image"])))}})
-        self.instances.transition(item, new, fields=fields, extra=extra)
-        log.info("instance %s: %s -> %s", item["instance_id"], current.value, new.value)
+            moved = replace(moved, saved_image_id=item.instance_id,
+                            progress={**item.progress, "save": 100})
+            extra.append(self.catalog.saved_put(item, event.image or item.saved_image
+                                                or item.image))
+        self.instances.transition(item, moved, extra=extra)
+        log.info("instance %s: %s -> %s", item.instance_id, current.value, new.value)
         if new == S.FAILED:
-            self.messenger.revoke(item["instance_id"], item["hostname"], "failed")
+            self.messenger.revoke(item.instance_id, item.hostname, "failed")
         return new.value
-
-
-def _saved_item(item: Item, image: str) -> dict[str, object]:
-    from control_plane.clock import now_iso
-    from control_plane.table import serialize
-
-    return serialize({"image_id": item["instance_id"], "owner": item["owner"],
-                      "name": f"{item.get('name', 'instance')} (saved)", "image": image,
-                      "port": item["port"], "cpu": item["cpu"], "memory_mb": item["memory_mb"],
-                      "tags": ["saved"], "source_instance": item["instance_id"],
-                      "created_at": now_iso()})

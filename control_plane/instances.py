@@ -18,44 +18,19 @@ Instances in a transitional state carry ``transition`` (= the state) and ``trans
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from control_plane.clock import now_iso
 from control_plane.errors import Conflict
-from control_plane.table import ConditionFailed, Item, Table, serialize, transact
+from control_plane.records import UNPLACED, Instance, Node
+from control_plane.table import ConditionFailed, Table, transact
 from protocol.states import InstanceState
 
 S = InstanceState
 TRANSITIONAL = (S.PENDING, S.SCHEDULED, S.STARTING, S.STOPPING, S.SAVING)
 COUNTED = frozenset({S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING})
 """States that count against the per-user limit (once left, never re-entered)."""
-UNPLACED = "unplaced"
-"""``node_id`` of an instance on no node: keeps every instance in the ``by-node`` index, so an
-admin can list them all with Queries (no node id is ever this word: ids are hex)."""
-INSTANCE_FIELDS = ("image_id", "image", "port", "cpu", "memory_mb", "cluster_id", "name")
-
-
-def instance_json(item: Item) -> dict[str, Any]:
-    state = item["state"]
-    return {
-        "id": item["instance_id"],
-        "name": item.get("name", ""),
-        "owner": item["owner"],
-        "image_id": item.get("image_id"),
-        "image": item.get("image"),
-        "cluster_id": item.get("cluster_id"),
-        "node_id": None if item.get("node_id") == UNPLACED else item.get("node_id"),
-        "state": state,
-        "version": item["version"],
-        "cpu": item.get("cpu"),
-        "memory_mb": item.get("memory_mb"),
-        "url": item.get("url") if state == S.RUNNING else None,
-        "progress": item.get("progress", {}),
-        "reason": item.get("reason"),
-        "saved_image_id": item.get("saved_image_id"),
-        "created_at": item.get("created_at"),
-        "updated_at": item.get("updated_at"),
-    }
 
 
 class Instances:
@@ -68,33 +43,39 @@ class Instances:
         self.users = users
         self.transition_timeout = transition_timeout
 
-    def get(self, instance_id: str) -> Item | None:
-        return self.table.get({"instance_id": instance_id})
+    def get(self, instance_id: str) -> Instance | None:
+        item = self.table.get({"instance_id": instance_id})
+        return Instance.from_item(item) if item else None
 
-    def create(self, item: Item, *, limit: int) -> Item:
+    def many(self, instance_ids: list[str]) -> list[Instance]:
+        return [Instance.from_item(i)
+                for i in self.table.batch_get([{"instance_id": i} for i in instance_ids])]
+
+    def create(self, instance: Instance, *, limit: int) -> Instance:
         """Put a new pending instance; ConditionFailed when its owner is at ``limit``."""
-        full = {**item, "state": S.PENDING.value, "version": 1, "progress": {},
-                "node_id": UNPLACED,
-                "created_at": now_iso(), "updated_at": now_iso(),
-                "transition": S.PENDING.value,
-                "transition_deadline": now_iso(self.transition_timeout)}
+        now = now_iso()
+        full = replace(instance, state=S.PENDING, version=1, progress={}, node_id=UNPLACED,
+                       created_at=now, updated_at=now,
+                       transition=S.PENDING,
+                       transition_deadline=now_iso(self.transition_timeout))
         transact(self.table.client, [
-            {"Put": {"TableName": self.table.name, "Item": serialize(full),
-                     "ConditionExpression": "attribute_not_exists(instance_id)"}},
+            self.table.put_op(full.to_item(), condition="attribute_not_exists(instance_id)"),
             self.users.update_op(
-                {"username": item["owner"]}, "SET live = if_not_exists(live, :zero) + :one",
+                {"username": instance.owner}, "SET live = if_not_exists(live, :zero) + :one",
                 condition="attribute_exists(username) AND "
                           "(attribute_not_exists(live) OR live < :limit)",
                 vals={":zero": 0, ":one": 1, ":limit": limit}),
         ])
         return full
 
-    def of_owner(self, owner: str) -> list[Item]:
-        return list(self.table.query("#o = :o", index="by-owner", names={"#o": "owner"},
-                                     vals={":o": owner}, forward=False))
+    def of_owner(self, owner: str) -> list[Instance]:
+        return [Instance.from_item(i) for i in self.table.query(
+            "#o = :o", index="by-owner", names={"#o": "owner"}, vals={":o": owner},
+            forward=False)]
 
-    def on_node(self, node_id: str) -> list[Item]:
-        return list(self.table.query("node_id = :n", index="by-node", vals={":n": node_id}))
+    def on_node(self, node_id: str) -> list[Instance]:
+        return [Instance.from_item(i) for i in self.table.query(
+            "node_id = :n", index="by-node", vals={":n": node_id})]
 
     def in_transition(self, state: InstanceState, *, before: str | None = None) -> list[str]:
         """Ids of instances in ``state`` (a transitional one), optionally past their deadline."""
@@ -105,99 +86,98 @@ class Instances:
         return [i["instance_id"] for i in self.table.query(
             condition, index="by-transition", names={"#t": "transition"}, vals=vals)]
 
-    def transition(self, item: Item, new: InstanceState, *, fields: dict[str, Any] | None = None,
-                   remove: tuple[str, ...] = (), extra: list[dict[str, Any]] | None = None,
-                   reserve_on: Item | None = None) -> Item:
-        """Move ``item`` to ``new`` if it is still at its (state, version); else ConditionFailed.
+    def transition(self, old: Instance, new: Instance | InstanceState, *,
+                   extra: list[dict[str, Any]] | None = None,
+                   reserve_on: Node | None = None) -> Instance:
+        """Move ``old`` to ``new`` (a state, or the record as it should become) if it is still
+        at its (state, version); else ConditionFailed. Only the attributes that differ are
+        written; ``version``, ``updated_at``, ``transition*`` and ``reserved`` are kept here.
 
-        ``reserve_on``: a node item whose room this move reserves (placement), conditional on
-        the room being there. Leaving the active states releases a reservation held.
+        ``reserve_on``: a node whose room this move reserves (placement), conditional on the
+        room being there. Leaving the active states releases a reservation held.
         ``extra``: further transaction entries that must succeed with the move.
         """
-        old = InstanceState(item["state"])
-        if not old.can_become(new):
-            raise Conflict(f"instance {item['instance_id']} is {old.value}; "
-                           f"it cannot become {new.value}")
-        now = now_iso()
-        sets: dict[str, Any] = {"state": new.value, "updated_at": now, **(fields or {})}
-        removes = set(remove)
-        if new in TRANSITIONAL:
-            sets["transition"] = new.value
-            sets["transition_deadline"] = now_iso(self.transition_timeout)
-        else:
-            removes |= {"transition", "transition_deadline"}
+        if isinstance(new, InstanceState):
+            new = replace(old, state=new)
+        if not old.state.can_become(new.state):
+            raise Conflict(f"instance {old.instance_id} is {old.state.value}; "
+                           f"it cannot become {new.state.value}")
+        transitional = new.state in TRANSITIONAL
+        new = replace(new, version=old.version + 1, updated_at=now_iso(),
+                      transition=new.state if transitional else None,
+                      transition_deadline=now_iso(self.transition_timeout) if transitional
+                      else None,
+                      reserved=reserve_on is not None or (old.reserved and new.state.active))
         ops = list(extra or [])
-        if old in COUNTED and new not in COUNTED:
+        if old.state in COUNTED and new.state not in COUNTED:
             ops.append(self.users.update_op(
-                {"username": item["owner"]}, "SET live = if_not_exists(live, :one) - :one",
+                {"username": old.owner}, "SET live = if_not_exists(live, :one) - :one",
                 vals={":one": 1}))
-        releasing = bool(item.get("reserved")) and not new.active
-        if releasing:
-            removes.add("reserved")
-            ops.append(self._capacity_op(item["node_id"], item, sign=-1))
+        if old.reserved and not new.reserved:
+            ops.append(self._capacity_op(old.node_id, old, sign=-1))
         if reserve_on is not None:
-            sets["reserved"] = True
-            ops.append(self._reserve_op(reserve_on, item))
-        removes -= set(sets)
-        names = {f"#k{i}": k for i, k in enumerate(sets)}
-        vals = {f":v{i}": v for i, v in enumerate(sets.values())}
-        expression = "SET " + ", ".join(f"#k{i} = :v{i}" for i in range(len(sets)))
-        expression += ", #ver = #ver + :one"
-        if removes:
-            rnames = {f"#r{i}": k for i, k in enumerate(sorted(removes))}
-            names.update(rnames)
-            expression += " REMOVE " + ", ".join(rnames)
-        names.update({"#state": "state", "#ver": "version"})
-        vals.update({":old": old.value, ":oldver": item["version"], ":one": 1})
-        condition = "#state = :old AND #ver = :oldver"
-        key = {"instance_id": item["instance_id"]}
+            ops.append(self._reserve_op(reserve_on, old))
+        update = self._update(old, new, bump=True)
         if ops:
-            transact(self.table.client, [self.table.update_op(
-                key, expression, condition=condition, names=names, vals=vals), *ops])
-            merged = {k: v for k, v in item.items() if k not in removes}
-            return {**merged, **sets, "version": item["version"] + 1}
-        return self.table.update(key, expression, condition=condition, names=names, vals=vals)
+            transact(self.table.client, [self.table.update_op(**update), *ops])
+            return new
+        return Instance.from_item(self.table.update(**update))
 
-    def update_fields(self, item: Item, fields: dict[str, Any]) -> Item:
-        """Change non-state fields (progress, notes) on the same (state, version) guard."""
-        names = {f"#k{i}": k for i, k in enumerate(fields)}
-        vals = {f":v{i}": v for i, v in enumerate(fields.values())}
-        names.update({"#state": "state", "#ver": "version"})
-        vals.update({":old": item["state"], ":oldver": item["version"]})
-        return self.table.update(
-            {"instance_id": item["instance_id"]},
-            "SET " + ", ".join(f"#k{i} = :v{i}" for i in range(len(fields))),
-            condition="#state = :old AND #ver = :oldver", names=names, vals=vals)
+    def update(self, old: Instance, new: Instance) -> Instance:
+        """Change fields other than the state (progress, notes) on the same (state, version)
+        guard; ConditionFailed if the record moved meanwhile."""
+        return Instance.from_item(self.table.update(**self._update(old, new, bump=False)))
 
-    def delete(self, item: Item) -> None:
-        self.table.delete({"instance_id": item["instance_id"]},
+    def delete(self, instance: Instance) -> None:
+        self.table.delete({"instance_id": instance.instance_id},
                           condition="#state = :s AND #ver = :v",
                           names={"#state": "state", "#ver": "version"},
-                          vals={":s": item["state"], ":v": item["version"]})
+                          vals={":s": instance.state.value, ":v": instance.version})
+
+    def _update(self, old: Instance, new: Instance, *, bump: bool) -> dict[str, Any]:
+        """UpdateItem arguments that turn ``old`` into ``new``, guarded by (state, version)."""
+        before, after = old.to_item(), new.to_item()
+        sets = {k: v for k, v in after.items() if before.get(k) != v and k != "version"}
+        removes = sorted(set(before) - set(after))
+        names = {f"#k{i}": k for i, k in enumerate(sets)}
+        vals: dict[str, Any] = {f":v{i}": v for i, v in enumerate(sets.values())}
+        assignments = [f"#k{i} = :v{i}" for i in range(len(sets))]
+        if bump:
+            assignments.append("#ver = #ver + :one")
+            vals[":one"] = 1
+        expression = "SET " + ", ".join(assignments)
+        if removes:
+            names.update({f"#r{i}": k for i, k in enumerate(removes)})
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes)))
+        names.update({"#state": "state", "#ver": "version"})
+        vals.update({":old": old.state.value, ":oldver": old.version})
+        return {"key": {"instance_id": old.instance_id}, "expression": expression,
+                "condition": "#state = :old AND #ver = :oldver", "names": names,
+                "vals": vals}
 
     # --- capacity ---------------------------------------------------------------------
 
-    def _reserve_op(self, node: Item, instance: Item) -> dict[str, Any]:
-        cpu, mem = round(instance["cpu"] * 1000), instance["memory_mb"]
+    def _reserve_op(self, node: Node, instance: Instance) -> dict[str, Any]:
+        cpu, mem = round(instance.cpu * 1000), instance.memory_mb
         return self.nodes.update_op(
-            {"node_id": node["node_id"]},
+            {"node_id": node.node_id},
             "SET cpu_milli_reserved = cpu_milli_reserved + :c, "
             "memory_mb_reserved = memory_mb_reserved + :m",
             condition="#s = :active AND cpu_milli_total = :ct AND memory_mb_total = :mt "
                       "AND cpu_milli_reserved <= :cmax AND memory_mb_reserved <= :mmax",
             names={"#s": "status"},
-            vals={":c": cpu, ":m": mem, ":active": "active", ":ct": node["cpu_milli_total"],
-                  ":mt": node["memory_mb_total"], ":cmax": node["cpu_milli_total"] - cpu,
-                  ":mmax": node["memory_mb_total"] - mem})
+            vals={":c": cpu, ":m": mem, ":active": "active", ":ct": node.cpu_milli_total,
+                  ":mt": node.memory_mb_total, ":cmax": node.cpu_milli_total - cpu,
+                  ":mmax": node.memory_mb_total - mem})
 
-    def _capacity_op(self, node_id: str, instance: Item, *, sign: int) -> dict[str, Any]:
-        cpu, mem = round(instance["cpu"] * 1000), instance["memory_mb"]
+    def _capacity_op(self, node_id: str, instance: Instance, *, sign: int) -> dict[str, Any]:
+        cpu, mem = round(instance.cpu * 1000), instance.memory_mb
         return self.nodes.update_op(
             {"node_id": node_id},
             "SET cpu_milli_reserved = cpu_milli_reserved + :c, "
             "memory_mb_reserved = memory_mb_reserved + :m",
             condition="attribute_exists(node_id)",
-            vals={":c": sign * cpu, ":m": sign * mem})
+            vals={":c": sign * cpu, ":m": mem * sign})
 
 
-__all__ = ["INSTANCE_FIELDS", "TRANSITIONAL", "ConditionFailed", "Instances", "instance_json"]
+__all__ = ["COUNTED", "TRANSITIONAL", "ConditionFailed", "Instances"]

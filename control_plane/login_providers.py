@@ -33,9 +33,15 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from control_plane import replies
 from control_plane.accounts import Accounts, Session
 from control_plane.errors import BadRequest, ConfigError, NotFound, Unauthorized
 from control_plane.table import ConditionFailed, Table
+from protocol.errors import TokenError
+from protocol.tokens import KeySet
 
 STATE_SECONDS = 600
 HTTP_TIMEOUT = 10
@@ -56,9 +62,9 @@ class Provider:
     github_url: str = "https://github.com"
     api_url: str = "https://api.github.com"
 
-    def public(self, portal_url: str) -> dict[str, str]:
-        return {"name": self.name, "display_name": self.display_name, "kind": self.kind,
-                "login_url": f"/api/login/{self.name}"}
+    def public(self) -> replies.Provider:
+        return replies.Provider(name=self.name, display_name=self.display_name,
+                                kind=self.kind, login_url=f"/api/login/{self.name}")
 
 
 def parse_providers(text: str | None) -> dict[str, Provider]:
@@ -131,8 +137,8 @@ class LoginProviders:
         self.http = http or HttpJson()
         self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def listing(self) -> list[dict[str, str]]:
-        return [p.public(self.portal_url) for p in self.providers.values()]
+    def listing(self) -> list[replies.Provider]:
+        return [p.public() for p in self.providers.values()]
 
     def provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -209,11 +215,6 @@ class LoginProviders:
 
     def _verify_id_token(self, provider: Provider, config: dict[str, Any], answer: Any,
                          nonce: str) -> dict[str, Any]:
-        import jwt
-
-        from protocol.errors import TokenError
-        from protocol.tokens import KeySet
-
         token = answer.get("id_token") if isinstance(answer, dict) else None
         if not isinstance(token, str):
             raise Unauthorized("the identity provider sent no ID token")
@@ -224,8 +225,6 @@ class LoginProviders:
             key = keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise TokenError("ID token signed by an unknown key")
-            from cryptography.hazmat.primitives.asymmetric import ec
-
             alg = "ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"
             claims: dict[str, Any] = jwt.decode(
                 token, key, algorithms=[alg], audience=provider.client_id,

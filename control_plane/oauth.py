@@ -46,6 +46,8 @@ import logging
 import re
 import secrets
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -165,9 +167,6 @@ BACK_CHANNEL_TIMEOUT = 5.0
 
 def _post(request: BackChannel) -> int:
     # urllib, not aiohttp: this runs in Lambda.
-    import urllib.error
-    import urllib.request
-
     sent = urllib.request.Request(request.url, data=b"", headers=request.headers,  # noqa: S310
                                   method="POST")
     try:

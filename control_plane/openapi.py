@@ -1,177 +1,108 @@
 """The OpenAPI 3.0 description of every route (``GET /api/openapi.json``).
 
-Paths and methods come from the Chalice route table, so a route cannot be forgotten; bodies,
-answers and errors come from :data:`OPERATIONS`, keyed by ``(method, path)``. A route missing
-from :data:`OPERATIONS` is a bug that ``tests/unit/test_cp_openapi.py`` catches.
+Paths and methods come from the Chalice route table, so a route cannot be forgotten; request
+bodies from the body type each route declares (``route(..., body=...)`` in ``app.py``); answers
+and errors from :data:`OPERATIONS`, keyed by ``(method, path)``. Every schema is generated from
+the types that parse the bodies (:mod:`control_plane.bodies`) and make the answers
+(:mod:`control_plane.replies`) by :func:`control_plane.schema.json_schema`, so no limit is
+written twice. A route missing from :data:`OPERATIONS` is a bug that
+``tests/unit/test_cp_openapi.py`` catches.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
-from control_plane import __version__
-
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_NUM = {"type": "number"}
-_BOOL = {"type": "boolean"}
+from control_plane import __version__, replies
+from control_plane.accounts import User
+from control_plane.schema import json_schema
 
 
-def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = list(required)
-    return schema
+class Operation(NamedTuple):
+    summary: str
+    status: int
+    reply: type | Literal["html", "file"] | None
+    errors: tuple[int, ...] = ()
+    error: type = replies.Error
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"error": _obj({"code": _STR, "message": _STR}, ("code", "message"))},
-                  ("error",)),
-    "User": _obj({"username": _STR, "admin": _BOOL, "provider": _STR}),
-    "Session": _obj({"user": _ref("User"), "csrf_token": _STR}),
-    "Login": _obj({"username": {"type": "string", "maxLength": 256},
-                   "password": {"type": "string", "maxLength": 1024}},
-                  ("username", "password")),
-    "NewUser": _obj({"username": _STR, "password": {"type": "string", "minLength": 8},
-                     "admin": _BOOL}, ("username", "password")),
-    "Image": _obj({"id": _STR, "name": _STR, "image": _STR, "port": _INT, "cpu": _NUM,
-                   "memory_mb": _INT, "tags": {"type": "array", "items": _STR},
-                   "kind": {"type": "string", "enum": ["catalog", "saved"]},
-                   "owner": {"type": "string", "nullable": True}, "created_at": _STR}),
-    "NewImage": _obj({"name": _STR, "image": _STR,
-                      "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                      "cpu": _NUM, "memory_mb": _INT, "tags": {"type": "array", "items": _STR}},
-                     ("name", "image", "port")),
-    "Share": _obj({"username": _STR, "revoke": _BOOL}, ("username",)),
-    "Shared": _obj({"id": _STR, "shared_with": {"type": "array", "items": _STR}}),
-    "Launch": _obj({"image_id": _STR, "cluster_id": _STR, "name": _STR}, ("image_id",)),
-    "Instance": _obj({
-        "id": _STR, "name": _STR, "owner": _STR, "image_id": _STR, "image": _STR,
-        "cluster_id": _STR, "node_id": {"type": "string", "nullable": True},
-        "state": {"type": "string", "enum": ["pending", "scheduled", "starting", "running",
-                                             "stopping", "stopped", "saving", "saved",
-                                             "discarded", "failed"]},
-        "version": _INT, "cpu": _NUM, "memory_mb": _INT,
-        "url": {"type": "string", "nullable": True,
-                "description": "set once the instance is running"},
-        "progress": {"type": "object", "additionalProperties": _INT,
-                     "description": "percentages, e.g. {\"pull\": 40}"},
-        "reason": {"type": "string", "nullable": True,
-                   "description": "why it failed (or waits), for people"},
-        "saved_image_id": {"type": "string", "nullable": True},
-        "created_at": _STR, "updated_at": _STR}),
-    "NewCluster": _obj({"name": _STR}, ("name",)),
-    "Cluster": _obj({"id": _STR, "name": _STR, "created_at": _STR}),
-    "JoinToken": _obj({"token": _STR, "cluster_id": _STR, "expires_at": _STR}),
-    "Enroll": _obj({"join_token": _STR, "public_jwk": {"type": "object"}, "name": _STR,
-                    "cpu": _NUM, "memory_mb": _INT},
-                   ("join_token", "public_jwk", "name", "cpu", "memory_mb")),
-    "Enrolled": _obj({"node_id": _STR, "cluster_id": _STR, "queue_url": _STR,
-                      "events_queue_url": _STR}),
-    "Credentials": _obj({"access_key_id": _STR, "secret_access_key": _STR,
-                         "session_token": _STR, "expiration": _STR, "region": _STR,
-                         "queue_url": _STR, "events_queue_url": _STR,
-                         "endpoint_url": {"type": "string", "nullable": True}}),
-    "Node": _obj({"id": _STR, "cluster_id": _STR, "name": _STR,
-                  "state": {"type": "string", "enum": ["active", "draining", "decommissioned"]},
-                  "cpu_total": _NUM, "memory_mb_total": _INT, "cpu_reserved": _NUM,
-                  "memory_mb_reserved": _INT, "cpu_used": _NUM, "memory_mb_used": _INT,
-                  "load": _NUM, "running": {"type": "array", "items": _STR},
-                  "version": {"type": "string", "nullable": True},
-                  "heartbeat_age_seconds": {"type": "number", "nullable": True}}),
-    "Health": _obj({"status": _STR, "version": _STR,
-                    "dependencies": {"type": "object", "additionalProperties": _STR}}),
-    "JWKS": _obj({"keys": {"type": "array", "items": {"type": "object"}}}),
-}
-
-# (method, path) -> (summary, request schema or None, success status, response schema or None,
-#                    error statuses)
 _AUTH = (401, 403)
-OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, Any, tuple[int, ...]]] = {
-    ("GET", "/api/health"): ("Version and dependency health", None, 200, "Health", (503,)),
-    ("GET", "/.well-known/jwks.json"): ("The portal's public signing keys", None, 200, "JWKS",
-                                        ()),
-    ("GET", "/api/openapi.json"): ("This document", None, 200, None, ()),
-    ("GET", "/oauth/authorize"): ("OAuth2 authorization endpoint for instances' auth helpers "
-                                  "(RFC 6749 4.1; redirects)", None, 302, None, (400, 403)),
-    ("POST", "/oauth/token"): ("OAuth2 token endpoint (form body, client authentication; "
-                               "RFC 6749 errors)", None, 200, None, (400, 401)),
-    ("GET", "/"): ("The portal web UI (HTML)", None, 200, "html", ()),
-    ("GET", "/login"): ("The portal's login page (HTML)", None, 200, "html", ()),
-    ("GET", "/portal/{name}"): ("The portal's static files", None, 200, "file", (404,)),
-    ("POST", "/api/login"): ("Log in with a local account; sets the session cookie", "Login",
-                             200, "Session", (400, 401, 413, 415, 429)),
-    ("POST", "/api/logout"): ("End the session", None, 204, None, (403,)),
-    ("GET", "/api/login/providers"): ("Configured identity providers", None, 200,
-                                      _obj({"providers": {"type": "array", "items": _obj({
-                                          "name": _STR, "display_name": _STR, "kind": _STR,
-                                          "login_url": _STR})}}), ()),
-    ("GET", "/api/login/{provider}"): ("Start logging in with a provider (302 to it)", None,
-                                       302, None, (404,)),
-    ("GET", "/api/login/{provider}/callback"): ("The provider sends the browser back here "
-                                                "(302 to the portal, session cookie set)", None,
-                                                302, None, (400, 401, 404)),
-    ("GET", "/api/me"): ("The session's user and CSRF token", None, 200, "Session", (401,)),
-    ("POST", "/api/users"): ("Create a local account (admin)", "NewUser", 201, "User",
-                             (400, *_AUTH, 409, 413, 415)),
-    ("GET", "/api/images"): ("Catalog, own saved images, images shared with me", None, 200,
-                             _obj({"images": {"type": "array", "items": _ref("Image")}}),
-                             (401,)),
-    ("POST", "/api/images"): ("Add or update a catalog entry (admin)", "NewImage", 201,
-                              "Image", (400, *_AUTH, 413, 415)),
-    ("DELETE", "/api/images/{image_id}"): ("Remove a catalog entry or own saved image", None,
-                                           204, None, (*_AUTH, 404)),
-    ("POST", "/api/images/{image_id}/share"): ("Share a saved image with a user (or revoke)",
-                                               "Share", 200, "Shared",
-                                               (400, *_AUTH, 404, 413, 415)),
-    ("POST", "/api/instances"): ("Launch an instance", "Launch", 202, "Instance",
-                                 (400, *_AUTH, 404, 413, 415, 429)),
-    ("GET", "/api/instances"): ("Own instances and those shared with me (admins: ?all=true "
-                                "lists every instance)", None, 200,
-                                _obj({"instances": {"type": "array",
-                                                    "items": _ref("Instance")}}), _AUTH),
-    ("GET", "/api/instances/{instance_id}"): ("One instance", None, 200, "Instance",
-                                              (401, 404)),
-    ("POST", "/api/instances/{instance_id}/stop"): ("Stop", None, 202, "Instance",
-                                                    (*_AUTH, 404, 409)),
-    ("POST", "/api/instances/{instance_id}/save"): ("Save a stopped instance as an image",
-                                                    None, 202, "Instance",
-                                                    (*_AUTH, 404, 409)),
-    ("POST", "/api/instances/{instance_id}/discard"): ("Discard a stopped instance", None,
-                                                       202, "Instance", (*_AUTH, 404, 409)),
-    ("DELETE", "/api/instances/{instance_id}"): ("Delete (from the list)", None, 204, None,
-                                                 (*_AUTH, 404, 409)),
-    ("POST", "/api/instances/{instance_id}/share"): ("Share with a user (or revoke)", "Share",
-                                                     200, "Shared",
-                                                     (400, *_AUTH, 404, 413, 415)),
-    ("POST", "/api/clusters"): ("Create a cluster (admin)", "NewCluster", 201, "Cluster",
-                                (400, *_AUTH, 413, 415)),
-    ("GET", "/api/clusters"): ("List clusters (admin)", None, 200,
-                               _obj({"clusters": {"type": "array", "items": _ref("Cluster")}}),
-                               _AUTH),
-    ("POST", "/api/clusters/{cluster_id}/join-tokens"): ("One-time node join token (admin)",
-                                                         None, 201, "JoinToken",
-                                                         (*_AUTH, 404)),
-    ("GET", "/api/clusters/{cluster_id}/nodes"): ("Nodes with capacity, usage, heartbeat age"
-                                                  " (admin)", None, 200,
-                                                  _obj({"nodes": {"type": "array",
-                                                                  "items": _ref("Node")}}),
-                                                  (*_AUTH, 404)),
-    ("POST", "/api/nodes/enroll"): ("Enrol a node with a join token", "Enroll", 201,
-                                    "Enrolled", (400, 401, 413, 415)),
-    ("POST", "/api/nodes/{node_id}/credentials"): ("Short-lived queue credentials for a node "
-                                                   "(Bearer: node-signed JWT)", None, 200,
-                                                   "Credentials", (401, 403, 404)),
-    ("POST", "/api/nodes/{node_id}/drain"): ("No new placements on this node (admin)", None,
-                                             200, "Node", (*_AUTH, 404, 409)),
-    ("POST", "/api/nodes/{node_id}/activate"): ("Undo drain (admin)", None, 200, "Node",
-                                                (*_AUTH, 404, 409)),
-    ("POST", "/api/nodes/{node_id}/decommission"): ("Retire a node for good (admin)", None,
-                                                    200, "Node", (*_AUTH, 404)),
+_BODY = (413, 415)
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("GET", "/api/health"): Operation("Version and dependency health", 200, replies.Health,
+                                      (503,)),
+    ("GET", "/.well-known/jwks.json"): Operation("The portal's public signing keys", 200,
+                                                 replies.JWKS),
+    ("GET", "/api/openapi.json"): Operation("This document", 200, None),
+    ("GET", "/oauth/authorize"): Operation("OAuth2 authorization endpoint for instances' auth "
+                                           "helpers (RFC 6749 4.1; redirects)", 302, None,
+                                           (400, 403), replies.OAuthError),
+    ("POST", "/oauth/token"): Operation("OAuth2 token endpoint (form body, client "
+                                        "authentication; RFC 6749 errors)", 200, None,
+                                        (400, 401), replies.OAuthError),
+    ("GET", "/"): Operation("The portal web UI (HTML)", 200, "html"),
+    ("GET", "/login"): Operation("The portal's login page (HTML)", 200, "html"),
+    ("GET", "/portal/{name}"): Operation("The portal's static files", 200, "file", (404,)),
+    ("POST", "/api/login"): Operation("Log in with a local account; sets the session cookie",
+                                      200, replies.Session, (401, *_BODY, 429)),
+    ("POST", "/api/logout"): Operation("End the session", 204, None, (403,)),
+    ("GET", "/api/login/providers"): Operation("Configured identity providers", 200,
+                                               replies.Providers),
+    ("GET", "/api/login/{provider}"): Operation("Start logging in with a provider (302 to it)",
+                                                302, None, (404,)),
+    ("GET", "/api/login/{provider}/callback"): Operation(
+        "The provider sends the browser back here (302 to the portal, session cookie set)", 302,
+        None, (400, 401, 404)),
+    ("GET", "/api/me"): Operation("The session's user and CSRF token", 200, replies.Session,
+                                  (401,)),
+    ("POST", "/api/users"): Operation("Create a local account (admin)", 201, User,
+                                      (*_AUTH, 409, *_BODY)),
+    ("GET", "/api/images"): Operation("Catalog, own saved images, images shared with me", 200,
+                                      replies.Images, (401,)),
+    ("POST", "/api/images"): Operation("Add or update a catalog entry (admin)", 201,
+                                       replies.Image, (*_AUTH, *_BODY)),
+    ("DELETE", "/api/images/{image_id}"): Operation("Remove a catalog entry or own saved image",
+                                                    204, None, (*_AUTH, 404)),
+    ("POST", "/api/images/{image_id}/share"): Operation(
+        "Share a saved image with a user (or revoke)", 200, replies.Shared,
+        (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/instances"): Operation("Launch an instance", 202, replies.Instance,
+                                          (*_AUTH, 404, *_BODY, 429)),
+    ("GET", "/api/instances"): Operation("Own instances and those shared with me (admins: "
+                                         "?all=true lists every instance)", 200,
+                                         replies.Instances, _AUTH),
+    ("GET", "/api/instances/{instance_id}"): Operation("One instance", 200, replies.Instance,
+                                                       (401, 404)),
+    ("POST", "/api/instances/{instance_id}/stop"): Operation("Stop", 202, replies.Instance,
+                                                             (*_AUTH, 404, 409)),
+    ("POST", "/api/instances/{instance_id}/save"): Operation(
+        "Save a stopped instance as an image", 202, replies.Instance, (*_AUTH, 404, 409)),
+    ("POST", "/api/instances/{instance_id}/discard"): Operation(
+        "Discard a stopped instance", 202, replies.Instance, (*_AUTH, 404, 409)),
+    ("DELETE", "/api/instances/{instance_id}"): Operation("Delete (from the list)", 204, None,
+                                                          (*_AUTH, 404, 409)),
+    ("POST", "/api/instances/{instance_id}/share"): Operation(
+        "Share with a user (or revoke)", 200, replies.Shared, (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/clusters"): Operation("Create a cluster (admin)", 201, replies.Cluster,
+                                         (*_AUTH, *_BODY)),
+    ("GET", "/api/clusters"): Operation("List clusters (admin)", 200, replies.Clusters, _AUTH),
+    ("POST", "/api/clusters/{cluster_id}/join-tokens"): Operation(
+        "One-time node join token (admin)", 201, replies.JoinToken, (*_AUTH, 404)),
+    ("GET", "/api/clusters/{cluster_id}/nodes"): Operation(
+        "Nodes with capacity, usage, heartbeat age (admin)", 200, replies.Nodes,
+        (*_AUTH, 404)),
+    ("POST", "/api/nodes/enroll"): Operation("Enrol a node with a join token", 201,
+                                             replies.Enrolled, (401, *_BODY)),
+    ("POST", "/api/nodes/{node_id}/credentials"): Operation(
+        "Short-lived queue credentials for a node (Bearer: node-signed JWT)", 200,
+        replies.Credentials, (401, 403, 404)),
+    ("POST", "/api/nodes/{node_id}/drain"): Operation("No new placements on this node (admin)",
+                                                      200, replies.Node, (*_AUTH, 404, 409)),
+    ("POST", "/api/nodes/{node_id}/activate"): Operation("Undo drain (admin)", 200,
+                                                         replies.Node, (*_AUTH, 404, 409)),
+    ("POST", "/api/nodes/{node_id}/decommission"): Operation("Retire a node for good (admin)",
+                                                             200, replies.Node, (*_AUTH, 404)),
 }
 
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -189,40 +120,46 @@ _ERROR_TEXT = {400: "bad input", 401: "not logged in / bad credentials or token"
                409: "wrong state for this request", 413: "body too large",
                415: "body is not application/json", 429: "slow down (or limit reached)",
                503: "a dependency is failing"}
+_TEXT = {"type": "string"}
 
 
-def spec(app: Any, extra: dict[tuple[str, str], Any] | None = None) -> dict[str, Any]:
+def spec(app: Any, bodies: Mapping[tuple[str, str], type] | None = None,
+         extra: dict[tuple[str, str], Operation] | None = None) -> dict[str, Any]:
+    """The document for ``app``'s routes; ``bodies``: the body type of each route taking one."""
     operations = {**OPERATIONS, **(extra or {})}
+    bodies = bodies or {}
+    components: dict[str, Any] = {}
     paths: dict[str, Any] = {}
     for path, methods in sorted(app.routes.items()):
         for method in sorted(methods):
-            summary, request, status, response, errors = operations[(method, path)]
+            summary, status, reply, errors, error_type = operations[(method, path)]
+            error = json_schema(error_type, components)
             op: dict[str, Any] = {"summary": summary,
                                   "operationId": f"{method.lower()}_{_slug(path)}"}
             params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-            parameters = [{"name": p, "in": "path", "required": True,
-                           "schema": {"type": "string"}} for p in params]
+            parameters = [{"name": p, "in": "path", "required": True, "schema": _TEXT}
+                          for p in params]
             parameters += QUERY_PARAMETERS.get((method, path), [])
             if parameters:
                 op["parameters"] = parameters
-            if request:
+            body = bodies.get((method, path))
+            if body is not None:
                 op["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": _ref(request)}}}
+                    "application/json": {"schema": json_schema(body, components)}}}
             answer: dict[str, Any] = {"description": "success"}
-            if response == "html":
-                answer["content"] = {"text/html": {"schema": _STR}}
-            elif response == "file":
-                answer["content"] = {"text/javascript": {"schema": _STR},
-                                     "text/css": {"schema": _STR},
-                                     "text/html": {"schema": _STR}}
-            elif response is not None:
-                schema = _ref(response) if isinstance(response, str) else response
-                answer["content"] = {"application/json": {"schema": schema}}
+            if reply == "html":
+                answer["content"] = {"text/html": {"schema": _TEXT}}
+            elif reply == "file":
+                answer["content"] = {"text/javascript": {"schema": _TEXT},
+                                     "text/css": {"schema": _TEXT},
+                                     "text/html": {"schema": _TEXT}}
+            elif reply is not None:
+                answer["content"] = {"application/json": {
+                    "schema": json_schema(reply, components)}}
             responses: dict[str, Any] = {str(status): answer}
-            for code in sorted({*errors, 400} if request else set(errors)):
+            for code in sorted({*errors, 400} if body is not None else set(errors)):
                 responses[str(code)] = {"description": _ERROR_TEXT.get(code, "error"),
-                                        "content": {"application/json": {
-                                            "schema": _ref("Error")}}}
+                                        "content": {"application/json": {"schema": error}}}
             op["responses"] = responses
             paths.setdefault(path, {})[method.lower()] = op
     return {
@@ -230,7 +167,7 @@ def spec(app: Any, extra: dict[tuple[str, str], Any] | None = None) -> dict[str,
         "info": {"title": "dit4c control plane", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": dict(sorted(components.items())),
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "dit4c_session"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},

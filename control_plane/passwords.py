@@ -11,7 +11,6 @@ import hmac
 import secrets
 
 N, R, P = 2**14, 8, 1
-MAX_PASSWORD_BYTES = 1024
 _MAXMEM = 64 * 1024 * 1024
 
 

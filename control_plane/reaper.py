@@ -14,16 +14,20 @@ by-transition indexes, and the clusters through their by-kind index: no Scan any
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from control_plane.clock import now_iso
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
-from control_plane.nodes import DECOMMISSIONED, Nodes
+from control_plane.nodes import Nodes
+from control_plane.records import Instance, Node, NodeStatus
 from control_plane.scheduler import Scheduler
-from control_plane.table import ConditionFailed, Item
+from control_plane.table import ConditionFailed
 from protocol.messages import DiscardInstance
 from protocol.states import InstanceState
 
@@ -48,11 +52,11 @@ class Reaper:
                                   "placed": []}
         now = time.time()
         for cluster in self.nodes.all_clusters():
-            for node in self.nodes.in_cluster(cluster["cluster_id"]):
-                silent = now - node.get("last_heartbeat", 0) > self.silent
-                gone = silent or node.get("status") == DECOMMISSIONED
+            for node in self.nodes.in_cluster(cluster.cluster_id):
+                silent = now - node.last_heartbeat > self.silent
+                gone = silent or node.status == NodeStatus.DECOMMISSIONED
                 if gone and self._lost_node(node, report):
-                    report["silent_nodes"].append(node["node_id"])
+                    report["silent_nodes"].append(node.node_id)
         deadline = now_iso()
         for instance_id in self.instances.in_transition(S.PENDING):
             self._pending(instance_id, deadline, report)
@@ -61,38 +65,38 @@ class Reaper:
                 self._stuck(instance_id, report)
         return report
 
-    def _lost_node(self, node: Item, report: dict[str, Any]) -> bool:
+    def _lost_node(self, node: Node, report: dict[str, Any]) -> bool:
         touched = False
-        name = node.get("name") or node["node_id"]
-        for item in self.instances.on_node(node["node_id"]):
-            state = S(item["state"])
+        name = node.name or node.node_id
+        for item in self.instances.on_node(node.node_id):
+            state = item.state
             if state == S.SCHEDULED:
-                touched |= self._try(lambda i=item: self.scheduler.release_and_repend(
-                    i, f"node {name} stopped responding; placing again"), report, "replaced",
-                    item)
+                touched |= self._try(functools.partial(
+                    self.scheduler.release_and_repend, item,
+                    f"node {name} stopped responding; placing again"), report, "replaced", item)
             elif state in (S.STARTING, S.RUNNING, S.STOPPING):
                 touched |= self._fail(item, f"node {name} stopped responding", report)
         return touched
 
     def _pending(self, instance_id: str, deadline: str, report: dict[str, Any]) -> None:
         item = self.instances.get(instance_id)
-        if item is None or item["state"] != S.PENDING:
+        if item is None or item.state != S.PENDING:
             return
         placed = self.scheduler.place(item)
-        if placed["state"] == S.SCHEDULED:
+        if placed.state == S.SCHEDULED:
             report["placed"].append(instance_id)
-        elif placed["state"] == S.PENDING and placed.get("transition_deadline", "") < deadline:
-            self._fail(placed, f"no node in cluster {item['cluster_id']} had room for "
-                               f"{item['cpu']:g} CPU and {item['memory_mb']} MB in time", report)
+        elif placed.state == S.PENDING and (placed.transition_deadline or "") < deadline:
+            self._fail(placed, f"no node in cluster {item.cluster_id} had room for "
+                               f"{item.cpu:g} CPU and {item.memory_mb} MB in time", report)
 
     def _stuck(self, instance_id: str, report: dict[str, Any]) -> None:
         item = self.instances.get(instance_id)
-        if item is None or item.get("transition_deadline", "9") >= now_iso():
+        if item is None or (item.transition_deadline or "9") >= now_iso():
             return
-        state = S(item["state"])
+        state = item.state
         minutes = max(1, self.timeout // 60)
         if state == S.SCHEDULED:
-            if item.get("attempts", 0) >= MAX_ATTEMPTS:
+            if item.attempts >= MAX_ATTEMPTS:
                 self._fail(item, f"no node started the instance after {MAX_ATTEMPTS} tries",
                            report)
             else:
@@ -105,28 +109,28 @@ class Reaper:
             self._fail(item, f"the node did not confirm the stop within {minutes} minutes",
                        report)
         elif state == S.SAVING:
-            self._try(lambda: self.instances.transition(
-                item, S.STOPPED, fields={"reason": f"saving did not finish within {minutes} "
-                                                   "minutes; the instance is stopped"}),
+            self._try(lambda: self.instances.transition(item, replace(
+                item, state=S.STOPPED, reason=f"saving did not finish within {minutes} "
+                                              "minutes; the instance is stopped")),
                 report, "failed", item)
 
-    def _fail(self, item: Item, reason: str, report: dict[str, Any]) -> bool:
-        if self._try(lambda: self.instances.transition(item, S.FAILED,
-                                                       fields={"reason": reason}),
-                     report, "failed", item):
-            self.messenger.revoke(item["instance_id"], item["hostname"], "failed")
-            if item.get("node_queue_url"):  # whatever the node still holds must go
-                self.messenger.send(item["node_queue_url"],
-                                    DiscardInstance(instance_id=item["instance_id"]))
-            log.info("failed %s: %s", item["instance_id"], reason)
+    def _fail(self, item: Instance, reason: str, report: dict[str, Any]) -> bool:
+        if self._try(lambda: self.instances.transition(item, replace(
+                item, state=S.FAILED, reason=reason)), report, "failed", item):
+            self.messenger.revoke(item.instance_id, item.hostname, "failed")
+            if item.node_queue_url:  # whatever the node still holds must go
+                self.messenger.send(item.node_queue_url,
+                                    DiscardInstance(instance_id=item.instance_id))
+            log.info("failed %s: %s", item.instance_id, reason)
             return True
         return False
 
     @staticmethod
-    def _try(action: Any, report: dict[str, Any], key: str, item: Item) -> bool:
+    def _try(action: Callable[[], object], report: dict[str, Any], key: str,
+             item: Instance) -> bool:
         try:
             action()
         except ConditionFailed:
             return False  # someone else moved it: their move wins
-        report[key].append(item["instance_id"])
+        report[key].append(item.instance_id)
         return True

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from control_plane.config import Config
 from control_plane.instance_clients import ClientRegistrar
-from control_plane.instances import UNPLACED, Instances
+from control_plane.instances import Instances
 from control_plane.keys import KeyStore
 from control_plane.messaging import Messenger
-from control_plane.nodes import ACTIVE, Nodes, milli
-from control_plane.table import ConditionFailed, Item
+from control_plane.nodes import Nodes, milli
+from control_plane.records import UNPLACED, Instance, Node, NodeStatus
+from control_plane.table import ConditionFailed
 from protocol import pod
 from protocol.messages import DiscardInstance, OAuthClient, StartInstance
 from protocol.states import InstanceState
@@ -40,17 +42,17 @@ class Scheduler:
         self.messenger = messenger
         self.registrar = registrar
 
-    def candidates(self, item: Item) -> list[Item]:
+    def candidates(self, instance: Instance) -> list[Node]:
         now = time.time()
-        cpu, mem = milli(item["cpu"]), item["memory_mb"]
-        fits = [n for n in self.nodes.in_cluster(item["cluster_id"])
-                if n.get("status", ACTIVE) == ACTIVE
-                and now - n.get("last_heartbeat", 0) < self.config.node_silent_seconds
-                and n["cpu_milli_total"] - n["cpu_milli_reserved"] >= cpu
-                and n["memory_mb_total"] - n["memory_mb_reserved"] >= mem]
-        return sorted(fits, key=lambda n: n["memory_mb_reserved"] - n["memory_mb_total"])
+        cpu, mem = milli(instance.cpu), instance.memory_mb
+        fits = [n for n in self.nodes.in_cluster(instance.cluster_id)
+                if n.status == NodeStatus.ACTIVE
+                and now - n.last_heartbeat < self.config.node_silent_seconds
+                and n.cpu_milli_total - n.cpu_milli_reserved >= cpu
+                and n.memory_mb_total - n.memory_mb_reserved >= mem]
+        return sorted(fits, key=lambda n: n.memory_mb_reserved - n.memory_mb_total)
 
-    def place(self, item: Item, candidates: list[Item] | None = None) -> Item:
+    def place(self, item: Instance, candidates: list[Node] | None = None) -> Instance:
         """Try to place a pending instance; returns it scheduled, or still pending with a note.
 
         ``candidates`` (default: a fresh :meth:`candidates` read) may be stale: the conditional
@@ -58,39 +60,39 @@ class Scheduler:
         """
         for node in self.candidates(item) if candidates is None else candidates:
             try:
-                placed = self.instances.transition(
-                    item, S.SCHEDULED, reserve_on=node,
-                    fields={"node_id": node["node_id"], "node_queue_url": node["queue_url"],
-                            "reason": None, "attempts": item.get("attempts", 0) + 1})
+                placed = self.instances.transition(item, replace(
+                    item, state=S.SCHEDULED, node_id=node.node_id,
+                    node_queue_url=node.queue_url, reason=None, attempts=item.attempts + 1),
+                    reserve_on=node)
             except ConditionFailed:
-                fresh = self.instances.get(item["instance_id"])
-                if fresh is None or fresh["state"] != S.PENDING:
+                fresh = self.instances.get(item.instance_id)
+                if fresh is None or fresh.state != S.PENDING:
                     return fresh or item
                 item = fresh
                 continue
-            log.info("placed %s on node %s", item["instance_id"], node["node_id"])
-            self.messenger.send(node["queue_url"], self.start_message(placed))
+            log.info("placed %s on node %s", item.instance_id, node.node_id)
+            self.messenger.send(node.queue_url, self.start_message(placed))
             return placed
-        note = (f"waiting for a node in cluster {item['cluster_id']} with room for "
-                f"{item['cpu']:g} CPU and {item['memory_mb']} MB")
-        if item.get("reason") != note:
+        note = (f"waiting for a node in cluster {item.cluster_id} with room for "
+                f"{item.cpu:g} CPU and {item.memory_mb} MB")
+        if item.reason != note:
             try:
-                item = self.instances.update_fields(item, {"reason": note})
+                item = self.instances.update(item, replace(item, reason=note))
             except ConditionFailed:
-                return self.instances.get(item["instance_id"]) or item
+                return self.instances.get(item.instance_id) or item
         return item
 
-    def start_message(self, item: Item) -> StartInstance:
-        instance_id = item["instance_id"]
+    def start_message(self, item: Instance) -> StartInstance:
+        instance_id = item.instance_id
         hostname = self.config.instance_hostname(instance_id)
         url = self.config.instance_url(instance_id)
         client_id, secret = self.registrar.register(
-            instance_id=instance_id, owner=item["owner"], redirect_uri=url + pod.CALLBACK_PATH)
+            instance_id=instance_id, owner=item.owner, redirect_uri=url + pod.CALLBACK_PATH)
         token = self.keys.sign(tunnel_claims(issuer=self.config.portal_url,
                                              instance_id=instance_id, hostname=hostname))
         return StartInstance(
-            instance_id=instance_id, image=item["image"], port=item["port"],
-            cpu=float(item["cpu"]), memory_mb=item["memory_mb"], hostname=hostname, url=url,
+            instance_id=instance_id, image=item.image, port=item.port,
+            cpu=item.cpu, memory_mb=item.memory_mb, hostname=hostname, url=url,
             tunnel_token=token, router_urls=list(self.config.router_tunnel_urls),
             oauth=OAuthClient(
                 client_id=client_id, client_secret=secret,
@@ -99,16 +101,14 @@ class Scheduler:
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
         )
 
-    def release_and_repend(self, item: Item, reason: str) -> Item:
+    def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).
 
         The old node is told to discard the instance, so that a pod it may still start when it
         comes back never serves the instance beside its new placement.
         """
-        moved = self.instances.transition(item, S.PENDING,
-                                          fields={"reason": reason, "node_id": UNPLACED},
-                                          remove=("node_queue_url",))
-        if item.get("node_queue_url"):
-            self.messenger.send(item["node_queue_url"],
-                                DiscardInstance(instance_id=item["instance_id"]))
+        moved = self.instances.transition(item, replace(
+            item, state=S.PENDING, reason=reason, node_id=UNPLACED, node_queue_url=None))
+        if item.node_queue_url:
+            self.messenger.send(item.node_queue_url, DiscardInstance(instance_id=item.instance_id))
         return moved

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from control_plane import __version__
 from control_plane.access import Access
@@ -26,6 +25,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.replies import Health
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.table import Table
@@ -98,7 +98,7 @@ class Services:
         """Owner, share grantee, or admin: may this user reach this instance?"""
         return self.access.can_access(username, instance_id)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """Version and the state of each dependency (one cheap call each)."""
         checks = {
             "dynamodb": lambda: self.clients.get("dynamodb").describe_table(
@@ -115,8 +115,8 @@ class Services:
             except Exception as exc:
                 results[name] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())
-        return {"status": "ok" if ok else "degraded", "version": __version__,
-                "dependencies": results}
+        return Health(status="ok" if ok else "degraded", version=__version__,
+                      dependencies=results)
 
 
 _current: Services | None = None

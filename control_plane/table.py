@@ -18,7 +18,7 @@ Item = dict[str, Any]
 @functools.cache
 def _codecs() -> tuple[Any, Any]:
     # boto3 costs ~150 ms to import: pay it at the first item, not at the app's import.
-    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer  # noqa: PLC0415
 
     return TypeSerializer(), TypeDeserializer()
 
@@ -151,6 +151,12 @@ class Table:
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     # --- transactions -------------------------------------------------------------------
+
+    def put_op(self, item: Mapping[str, Any], *, condition: str | None = None) -> dict[str, Any]:
+        """One ``Put`` entry for :func:`transact`."""
+        op: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
+        _conditional(op, condition, None, None)
+        return {"Put": op}
 
     def update_op(self, key: Mapping[str, Any], expression: str, *,
                   condition: str | None = None, names: Mapping[str, str] | None = None,

@@ -31,6 +31,7 @@ from control_plane.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from control_plane.schema import to_json
 
 if TYPE_CHECKING:
     from control_plane.accounts import Session, User
@@ -46,7 +47,8 @@ JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> Response:
-    return Response(body=json.dumps(body, separators=(",", ":")), status_code=status,
+    """``body``: JSON values or a reply dataclass (:mod:`control_plane.replies`)."""
+    return Response(body=json.dumps(to_json(body), separators=(",", ":")), status_code=status,
                     headers={**JSON_HEADERS, **(headers or {})})
 
 

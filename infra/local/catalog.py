@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from control_plane.catalog import CatalogEntry
+from control_plane.bodies import NewImage
 from scripts import images
 
 
-def demo_catalog() -> list[CatalogEntry]:
+def demo_catalog() -> list[NewImage]:
     """The entries ``ensure_local_defaults`` upserts."""
     return [
-        CatalogEntry(
+        NewImage(
             name="Test tool (busybox httpd)",
             image=images.TEST_TOOL,
             port=images.TEST_TOOL_PORT,

@@ -7,8 +7,11 @@ environment, so the control plane's tests run on exactly what ``make run`` and S
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +22,7 @@ from chalice.test import Client
 from moto import mock_aws
 
 from control_plane import services
+from control_plane.app import app
 from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
@@ -55,6 +59,29 @@ CP_PARAMETERS = {
     "RouterTunnelUrls": ["ws://router.test:8080/.dit4c/tunnel"],
     "MaxRunningInstancesPerUser": 3,
 }
+
+
+@contextlib.contextmanager
+def cp_module_services(prefix: str, **config: Any) -> Iterator[Services]:
+    """For module-scoped fixtures (monkeypatch is per test): moto, the template's resources and
+    the services over them (``config``: :class:`Config` fields to change), installed as
+    ``services.current()``; the environment is restored afterwards."""
+    saved = dict(os.environ)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION})
+    try:
+        with mock_aws():
+            env = cp_provision(f"{prefix}{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
+            settings = dataclasses.replace(Config.from_env(env), **config)
+            svc = Services.build(settings, Clients(settings, session=cp_boto_session()))
+            services.use(svc)
+            try:
+                yield svc
+            finally:
+                services.use(None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
@@ -136,8 +163,6 @@ class CPClient:
 
 @pytest.fixture
 def cp_chalice(cp_services: Services) -> Iterator[Client]:
-    from control_plane.app import app
-
     with Client(app) as client:
         yield client
 
@@ -170,4 +195,4 @@ def cp_user(cp_admin: CPClient, cp_client: Callable[[], CPClient]) -> Callable[[
     return make
 
 
-__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_provision"]
+__all__ = ["ADMIN_PASSWORD", "USER_PASSWORD", "CPClient", "cp_module_services", "cp_provision"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
 
+from control_plane.__main__ import main
+from control_plane.web import session_cookie
 from protocol.errors import TokenError
 from protocol.tokens import KeySet, tunnel_claims, verify_tunnel
 
@@ -23,8 +26,6 @@ def test_login_sets_a_safe_cookie_and_me_answers(cp_admin, cp_client):
 
 
 def test_secure_cookie_when_portal_is_https(cp_services):
-    from control_plane.web import session_cookie
-
     assert "Secure" in session_cookie("t", 10, secure=True)
 
 
@@ -151,8 +152,6 @@ def test_keys_rotate_without_breaking_issued_tokens(cp_services, cp_client):
 
 
 def test_signing_key_is_a_secure_string(cp_services):
-    import boto3
-
     cp_services.keys.current()
     ssm = boto3.client("ssm", region_name="us-east-1")
     param = ssm.get_parameter(Name=cp_services.config.signing_key_parameter)["Parameter"]
@@ -160,8 +159,6 @@ def test_signing_key_is_a_secure_string(cp_services):
 
 
 def test_key_commands(cp_services, capsys):
-    from control_plane.__main__ import main
-
     first = cp_services.keys.current().kid
     assert main(["keys", "rotate"]) == 0
     kids = capsys.readouterr().out.split()

@@ -7,14 +7,15 @@ import json
 import boto3
 import pytest
 
+from control_plane.app import on_event
+from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
 from protocol import pod
 from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
 from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
 
-CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
-                        memory_mb=512, tags=["demo"])]
+CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                    memory_mb=512, tags=["demo"])]
 
 
 @pytest.fixture
@@ -50,8 +51,6 @@ def _messages(queue_url):
 
 
 def _event(cp_chalice, *messages):
-    from control_plane.app import on_event
-
     event = cp_chalice.events.generate_sqs_event([m.encode() for m in messages])
     result = cp_chalice.lambda_.invoke("on_event", event).payload
     assert on_event is not None
@@ -114,7 +113,7 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     assert stopped.status_code == 202 and stopped.json["state"] == "stopping"
     assert [m.TYPE for m in _messages(node["queue_url"])] == ["stop_instance"]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
-    assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+    assert cp_services.nodes.get(nid).cpu_milli_reserved == 0
 
     # save: saving with progress, then saved -> a saved image of the owner
     saving = alice.post(f"/api/instances/{iid}/save").json
@@ -198,8 +197,8 @@ def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalic
     assert first["state"] == "scheduled" and second["state"] == "scheduled"
     assert third["state"] == "pending" and "room" in third["reason"]
     node_item = cp_services.nodes.get(node["node_id"])
-    assert node_item["cpu_milli_reserved"] == 2000
-    assert node_item["memory_mb_reserved"] == 1024
+    assert node_item.cpu_milli_reserved == 2000
+    assert node_item.memory_mb_reserved == 1024
     # the deadline passes: the reaper fails it with a reason people can read
     cp_services.instances.table.update({"instance_id": third["id"]},
                                        "SET transition_deadline = :d",
@@ -219,7 +218,7 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     nid = node["node_id"]
     _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
     second = cp_client().post("/api/nodes/enroll", {
-        "join_token": cp_services.nodes.create_join_token("default")["token"],
+        "join_token": cp_services.nodes.create_join_token("default").token,
         "public_jwk": SigningKey.generate().public_jwk(), "name": "node-2", "cpu": 2,
         "memory_mb": 1024}).json
     cp_services.nodes.nodes.update({"node_id": nid}, "SET last_heartbeat = :t",
@@ -230,7 +229,7 @@ def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chal
     assert got_a["state"] == "failed" and "node-1 stopped responding" in got_a["reason"]
     got_b = alice.get(f"/api/instances/{b['id']}").json
     assert got_b["state"] == "scheduled" and got_b["node_id"] == second["node_id"]
-    assert cp_services.nodes.get(nid)["cpu_milli_reserved"] == 0
+    assert cp_services.nodes.get(nid).cpu_milli_reserved == 0
     told = [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])
             if m.TYPE == "discard_instance"]
     assert sorted(told) == sorted([("discard_instance", a["id"]), ("discard_instance", b["id"])])
@@ -251,7 +250,7 @@ def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
 
     _event(cp_chalice, beat("2030-01-01T00:00:02.000Z", 2.0),
            beat("2030-01-01T00:00:01.000Z", 1.0))
-    assert cp_services.nodes.get(nid)["load"] == 2.0
+    assert cp_services.nodes.get(nid).load == 2.0
 
 
 def test_drained_node_gets_no_placements(cp_user, node, cp_admin):

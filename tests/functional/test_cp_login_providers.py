@@ -22,6 +22,7 @@ from chalice.test import Client
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from control_plane import services
+from control_plane.app import app
 from control_plane.aws import Clients
 from control_plane.config import Config
 from control_plane.services import Services
@@ -142,8 +143,6 @@ def cp_login(cp_env: dict[str, str], idp: Provider) -> Iterator[CPClient]:
          "client_secret": CLIENT_SECRET, "github_url": idp.base, "api_url": idp.base}])}
     config = Config.from_env(env)
     services.use(Services.build(config, Clients(config, session=cp_boto_session())))
-    from control_plane.app import app
-
     with Client(app) as client:
         yield CPClient(client)
     services.use(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -55,8 +56,6 @@ def test_join_token_is_one_time(cp_admin, cp_client, cluster):
 
 def test_expired_join_token_is_refused(cp_admin, cp_client, cluster, cp_services):
     token = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json["token"]
-    import hashlib
-
     cp_services.nodes.tokens.update(
         {"token_key": "join:" + hashlib.sha256(token.encode()).hexdigest()},
         "SET expires_at = :e", vals={":e": int(time.time()) - 1})

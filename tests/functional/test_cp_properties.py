@@ -13,7 +13,6 @@ heartbeats (reordered), stops, node silence and reaper runs must never produce:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,22 +21,20 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
-from control_plane import services
 from control_plane.accounts import User
-from control_plane.aws import Clients
-from control_plane.catalog import CatalogEntry
-from control_plane.config import Config
+from control_plane.bodies import Enroll, Launch, NewImage
 from control_plane.instances import COUNTED
 from control_plane.nodes import milli
+from control_plane.records import Image, Instance
+from control_plane.replies import Enrolled
 from control_plane.services import Services
 from control_plane.table import ConditionFailed
 from protocol.messages import InstanceStateEvent, NodeHeartbeat
 from protocol.states import TRANSITIONS, InstanceState
 from protocol.tokens import SigningKey
 
-from .conftest import CP_PARAMETERS, cp_boto_session, cp_provision
+from .conftest import cp_module_services
 
 S = InstanceState
 STATES = [s.value for s in S]
@@ -46,20 +43,8 @@ LIVE = {S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING}
 
 @pytest.fixture(scope="module")
 def cp_props() -> Iterator[Services]:
-    saved = dict(os.environ)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    with mock_aws():
-        env = cp_provision(f"pt{uuid.uuid4().hex[:8]}", CP_PARAMETERS)
-        config = dataclasses.replace(Config.from_env(env), max_running_per_user=1000)
-        svc = Services.build(config, Clients(config, session=cp_boto_session()))
-        services.use(svc)
-        try:
-            yield svc
-        finally:
-            services.use(None)
-    os.environ.clear()
-    os.environ.update(saved)
+    with cp_module_services("pt", max_running_per_user=1000) as svc:
+        yield svc
 
 
 def _reachable(old: S, new: S) -> bool:
@@ -94,15 +79,15 @@ OPS = st.lists(st.one_of(
 @given(ops=OPS)
 def test_no_interleaving_breaks_the_invariants(cp_props: Services, ops: list[Any]) -> None:
     svc = cp_props
-    cluster = svc.nodes.create_cluster("p", cluster_id=uuid.uuid4().hex[:12])["id"]
-    image = svc.catalog.add(CatalogEntry(name="t", image=f"t/{cluster}:1", port=80, cpu=1,
-                                         memory_mb=512))
+    cluster = svc.nodes.create_cluster("p", cluster_id=uuid.uuid4().hex[:12]).cluster_id
+    image = svc.catalog.add(NewImage(name="t", image=f"t/{cluster}:1", port=80, cpu=1,
+                                     memory_mb=512))
     nodes = []
     for i, (cpu, mem) in enumerate([(2, 1024), (3, 1024)]):
-        token = svc.nodes.create_join_token(cluster)["token"]
-        nodes.append(svc.nodes.enroll({"join_token": token, "name": f"n{i}", "cpu": cpu,
-                                       "memory_mb": mem,
-                                       "public_jwk": SigningKey.generate().public_jwk()}))
+        token = svc.nodes.create_join_token(cluster).token
+        nodes.append(svc.nodes.enroll(Enroll(join_token=token, name=f"n{i}", cpu=cpu,
+                                             memory_mb=mem,
+                                             public_jwk=SigningKey.generate().public_jwk())))
     ids: list[str] = []
     try:
         _run(svc, ops, cluster, image, nodes, ids)
@@ -110,12 +95,12 @@ def test_no_interleaving_breaks_the_invariants(cp_props: Services, ops: list[Any
         for instance_id in ids:
             svc.instances.table.delete({"instance_id": instance_id})
         for n in nodes:
-            svc.nodes.nodes.delete({"node_id": n["node_id"]})
+            svc.nodes.nodes.delete({"node_id": n.node_id})
         svc.nodes.clusters.delete({"cluster_id": cluster})
 
 
-def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # noqa: PLR0912, PLR0917 - one branch per kind of step
-         nodes: list[dict[str, Any]], ids: list[str]) -> None:
+def _run(svc: Services, ops: list[Any], cluster: str, image: Image,  # noqa: PLR0912, PLR0917 - one branch per kind of step
+         nodes: list[Enrolled], ids: list[str]) -> None:
     sent: list[InstanceStateEvent] = []
     last_seen: dict[str, S] = {}
     user = User(f"p{cluster}", admin=False)
@@ -124,27 +109,27 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
     for op in ops:
         kind = op[0]
         if kind == "launch":
-            ids.append(svc.lifecycle.launch(user, {"image_id": image["id"],
-                                                   "cluster_id": cluster})["instance_id"])
+            ids.append(svc.lifecycle.launch(user, Launch(image_id=image.image_id,
+                                                         cluster_id=cluster)).instance_id)
         elif kind == "stale_launch":
             # Two launches that both read the nodes before either reserved.
-            first = svc.lifecycle.launch(user, {"image_id": image["id"], "cluster_id": cluster})
-            ids.append(first["instance_id"])
-            pending = svc.instances.create({
-                "instance_id": uuid.uuid4().hex[:16], "owner": user.username, "name": "s",
-                "image_id": image["id"], "image": image["image"], "port": 80, "cpu": 1,
-                "memory_mb": 512, "cluster_id": cluster, "hostname": "h", "url": "u"},
-                limit=1000)
-            stale = [svc.nodes.get(n["node_id"]) for n in nodes]
-            ids.append(svc.scheduler.place(pending, candidates=stale)["instance_id"])
+            first = svc.lifecycle.launch(user, Launch(image_id=image.image_id,
+                                                      cluster_id=cluster))
+            ids.append(first.instance_id)
+            pending = svc.instances.create(Instance(
+                instance_id=uuid.uuid4().hex[:16], owner=user.username, name="s",
+                image_id=image.image_id, image=image.image, port=80, cpu=1, memory_mb=512,
+                cluster_id=cluster, hostname="h", url="u"), limit=1000)
+            stale = [svc.nodes.get(n.node_id) for n in nodes]
+            ids.append(svc.scheduler.place(pending, candidates=stale).instance_id)
         elif kind == "event" and ids:
             _, which, state, right_node, age = op
             item = svc.instances.get(ids[which % len(ids)])
             if item is None:
                 continue
-            node_id = item.get("node_id") if right_node else nodes[0]["node_id"]
+            node_id = item.node_id if right_node else nodes[0].node_id
             event = InstanceStateEvent(node_id=node_id or "nobody",
-                                       instance_id=item["instance_id"], state=state,
+                                       instance_id=item.instance_id, state=state,
                                        progress={"pull": age * 25},
                                        sent_at=f"2030-01-01T00:00:0{age}.000Z")
             sent.append(event)
@@ -153,10 +138,10 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
             svc.events.handle(sent[op[1] % len(sent)])
         elif kind == "heartbeat":
             node = nodes[op[1]]
-            total = svc.nodes.get(node["node_id"])
+            total = svc.nodes.get(node.node_id)
             svc.events.handle(NodeHeartbeat(
-                node_id=node["node_id"], version="1", cpu_total=total["cpu_milli_total"] / 1000,
-                memory_mb_total=total["memory_mb_total"], cpu_used=0, memory_mb_used=0,
+                node_id=node.node_id, version="1", cpu_total=total.cpu_milli_total / 1000,
+                memory_mb_total=total.memory_mb_total, cpu_used=0, memory_mb_used=0,
                 load=op[2], running=[], sent_at=f"2030-01-01T00:00:0{op[2]}.000Z"))
         elif kind == "stop" and ids:
             try:
@@ -164,7 +149,7 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
             except Exception as exc:
                 assert getattr(exc, "status", 500) == 409, exc
         elif kind == "silence":
-            svc.nodes.nodes.update({"node_id": nodes[op[1]]["node_id"]},
+            svc.nodes.nodes.update({"node_id": nodes[op[1]].node_id},
                                    "SET last_heartbeat = :z", vals={":z": 0})
         elif kind == "reap":
             try:
@@ -174,24 +159,24 @@ def _run(svc: Services, ops: list[Any], cluster: str, image: dict[str, Any],  # 
 
         # --- invariants after every step ------------------------------------------------
         items = [i for i in (svc.instances.get(x) for x in ids) if i is not None]
-        held: dict[str, list[int]] = {n["node_id"]: [0, 0] for n in nodes}
+        held: dict[str, list[int]] = {n.node_id: [0, 0] for n in nodes}
         for item in items:
-            state = S(item["state"])
-            old = last_seen.get(item["instance_id"], S.PENDING)
+            state = item.state
+            old = last_seen.get(item.instance_id, S.PENDING)
             assert state == old or _reachable(old, state), (old, state)
-            last_seen[item["instance_id"]] = state
-            if item.get("reserved"):
+            last_seen[item.instance_id] = state
+            if item.reserved:
                 assert state in LIVE, item
-                held[item["node_id"]][0] += milli(item["cpu"])
-                held[item["node_id"]][1] += item["memory_mb"]
+                held[item.node_id][0] += milli(item.cpu)
+                held[item.node_id][1] += item.memory_mb
             else:
                 assert state not in LIVE, item
-        counted = sum(1 for i in items if S(i["state"]) in COUNTED)
+        counted = sum(1 for i in items if i.state in COUNTED)
         owner = svc.accounts.users.get({"username": user.username}) or {}
         assert owner.get("live", 0) == counted
         for n in nodes:
-            node = svc.nodes.get(n["node_id"])
-            assert [node["cpu_milli_reserved"], node["memory_mb_reserved"]] == \
-                held[n["node_id"]], (node, held)
-            assert 0 <= node["cpu_milli_reserved"] <= node["cpu_milli_total"]
-            assert 0 <= node["memory_mb_reserved"] <= node["memory_mb_total"]
+            node = svc.nodes.get(n.node_id)
+            assert [node.cpu_milli_reserved, node.memory_mb_reserved] == \
+                held[n.node_id], (node, held)
+            assert 0 <= node.cpu_milli_reserved <= node.cpu_milli_total
+            assert 0 <= node.memory_mb_reserved <= node.memory_mb_total

@@ -16,16 +16,16 @@ import boto3
 import pytest
 from chalice.test import Client
 
+from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
-from control_plane.catalog import CatalogEntry
 from control_plane.oauth import OAuthServer
 from control_plane.services import Services
 from protocol.messages import InstanceStateEvent, StartInstance, decode
 from protocol.tokens import KeySet, SigningKey, pkce_challenge, verify_access
 from tests.functional.conftest import ADMIN_PASSWORD, USER_PASSWORD, CPClient
 
-CATALOG = [CatalogEntry(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
-                        memory_mb=256, tags=[])]
+CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
+                    memory_mb=256, tags=[])]
 
 
 @pytest.fixture

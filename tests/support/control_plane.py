@@ -91,7 +91,7 @@ class ControlPlane:
                                             botocore_session=botocore_session)
             self.services = Services.build(config, Clients(config, session))
             services.use(self.services)
-            self.cluster_id: str = self.services.nodes.create_cluster("test")["id"]
+            self.cluster_id: str = self.services.nodes.create_cluster("test").cluster_id
         except BaseException:
             self.close()
             raise
@@ -110,8 +110,7 @@ class ControlPlane:
     # -- what an administrator and the scheduler do ---------------------------------------
 
     def new_join_token(self) -> str:
-        token: str = self.services.nodes.create_join_token(self.cluster_id)["token"]
-        return token
+        return self.services.nodes.create_join_token(self.cluster_id).token
 
     def node(self, node_id: str) -> Item:
         """The node's item as the control plane stored it."""

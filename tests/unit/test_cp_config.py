@@ -4,6 +4,7 @@ import pytest
 
 from control_plane.config import REQUIRED, Config
 from control_plane.errors import ConfigError
+from control_plane.login_providers import parse_providers
 
 BASE = {name: f"value-{name.lower()}" for name in REQUIRED}
 BASE["DIT4C_PORTAL_URL"] = "https://portal.example/"
@@ -51,8 +52,6 @@ def test_bad_values_are_named(name, value):
 
 
 def test_bad_login_providers_are_named():
-    from control_plane.login_providers import parse_providers
-
     with pytest.raises(ConfigError, match="DIT4C_LOGIN_PROVIDERS"):
         parse_providers('[{"name": "x", "kind": "oidc"}]')
     with pytest.raises(ConfigError, match="DIT4C_LOGIN_PROVIDERS"):

@@ -1,6 +1,6 @@
 """The OpenAPI document covers every route of the app and is well formed."""
 
-from control_plane.app import app
+from control_plane.app import REQUEST_BODIES, app
 from control_plane.openapi import OPERATIONS, spec
 
 
@@ -10,7 +10,7 @@ def test_every_route_is_described():
 
 
 def test_document_shape():
-    doc = spec(app)
+    doc = spec(app, REQUEST_BODIES)
     assert doc["openapi"].startswith("3.")
     for path, ops in doc["paths"].items():
         for op in ops.values():

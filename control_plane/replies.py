@@ -1,0 +1,228 @@
+"""Every JSON answer of the API, typed once: the routes return these, the OpenAPI document
+describes them (:func:`control_plane.schema.json_schema`), and nothing else states their shape.
+
+Answers about stored things are made from records (:mod:`control_plane.records`) by their ``of``
+constructors, which decide what a caller sees (``url`` only while running, no internal fields).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from control_plane import records
+from control_plane.accounts import User
+from control_plane.records import NodeStatus
+from control_plane.schema import field, json_object
+from protocol.states import InstanceState
+
+
+@json_object
+class ErrorDetail:
+    code: str
+    message: str
+
+
+@json_object
+class Error:
+    """Every 4xx and 5xx answer (except the OAuth2 endpoints, which speak RFC 6749)."""
+
+    error: ErrorDetail
+
+
+@json_object
+class OAuthError:
+    """The OAuth2 endpoints' errors (RFC 6749 5.2)."""
+
+    error: str
+    error_description: str
+
+
+@json_object
+class Session:
+    """The logged-in user and the CSRF token their state-changing requests must send."""
+
+    user: User
+    csrf_token: str
+
+
+@json_object
+class Provider:
+    name: str
+    display_name: str
+    kind: str
+    login_url: str
+
+
+@json_object
+class Providers:
+    providers: list[Provider]
+
+
+@json_object
+class Image:
+    id: str
+    name: str
+    image: str
+    port: int
+    cpu: float
+    memory_mb: int
+    tags: list[str]
+    kind: Literal["catalog", "saved"]
+    owner: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, image: records.Image) -> Image:
+        return cls(id=image.image_id, name=image.name, image=image.image, port=image.port,
+                   cpu=image.cpu, memory_mb=image.memory_mb, tags=image.tags,
+                   kind="catalog" if image.in_catalog else "saved",
+                   owner=None if image.in_catalog else image.owner, created_at=image.created_at)
+
+
+@json_object
+class Images:
+    images: list[Image]
+
+
+@json_object
+class Shared:
+    id: str
+    shared_with: list[str]
+
+
+@json_object
+class Instance:
+    id: str
+    name: str
+    owner: str
+    image_id: str
+    image: str
+    cluster_id: str
+    node_id: str | None
+    state: InstanceState
+    version: int
+    cpu: float
+    memory_mb: int
+    url: str | None = field(description="set once the instance is running")
+    progress: dict[str, int] = field(description='percentages, e.g. {"pull": 40}')
+    reason: str | None = field(description="why it failed (or waits), for people")
+    saved_image_id: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def of(cls, instance: records.Instance) -> Instance:
+        running = instance.state == InstanceState.RUNNING
+        return cls(
+            id=instance.instance_id, name=instance.name, owner=instance.owner,
+            image_id=instance.image_id, image=instance.image, cluster_id=instance.cluster_id,
+            node_id=instance.placed_on, state=instance.state, version=instance.version,
+            cpu=instance.cpu, memory_mb=instance.memory_mb,
+            url=instance.url if running else None, progress=instance.progress,
+            reason=instance.reason, saved_image_id=instance.saved_image_id,
+            created_at=instance.created_at, updated_at=instance.updated_at)
+
+
+@json_object
+class Instances:
+    instances: list[Instance]
+
+
+@json_object
+class Cluster:
+    id: str
+    name: str
+    created_at: str | None
+
+    @classmethod
+    def of(cls, cluster: records.Cluster) -> Cluster:
+        return cls(id=cluster.cluster_id, name=cluster.name, created_at=cluster.created_at)
+
+
+@json_object
+class Clusters:
+    clusters: list[Cluster]
+
+
+@json_object
+class JoinToken:
+    """Shown once; a node enrols with it (``POST /api/nodes/enroll``) before ``expires_at``."""
+
+    token: str
+    cluster_id: str
+    expires_at: str
+
+
+@json_object
+class Enrolled:
+    node_id: str
+    cluster_id: str
+    queue_url: str
+    events_queue_url: str
+
+
+@json_object
+class Credentials:
+    """Short-lived AWS credentials allowing only the node's own queue and the events queue."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: str
+    region: str
+    queue_url: str
+    events_queue_url: str
+    endpoint_url: str | None = field(description="null on AWS")
+
+
+@json_object
+class Node:
+    id: str
+    cluster_id: str
+    name: str
+    state: NodeStatus
+    cpu_total: float
+    memory_mb_total: int
+    cpu_reserved: float
+    memory_mb_reserved: int
+    cpu_used: float
+    memory_mb_used: int
+    load: float
+    running: list[str]
+    version: str | None
+    enrolled_at: str | None
+    heartbeat_age_seconds: float | None
+
+    @classmethod
+    def of(cls, node: records.Node, now: float | None = None) -> Node:
+        now = time.time() if now is None else now
+        return cls(
+            id=node.node_id, cluster_id=node.cluster_id, name=node.name, state=node.status,
+            cpu_total=node.cpu_milli_total / 1000, memory_mb_total=node.memory_mb_total,
+            cpu_reserved=node.cpu_milli_reserved / 1000,
+            memory_mb_reserved=node.memory_mb_reserved, cpu_used=node.cpu_used or 0.0,
+            memory_mb_used=node.memory_mb_used or 0, load=node.load or 0.0,
+            running=node.running or [],
+            version=node.daemon_version, enrolled_at=node.enrolled_at,
+            heartbeat_age_seconds=max(0, round(now - node.last_heartbeat, 1))
+            if node.last_heartbeat else None)
+
+
+@json_object
+class Nodes:
+    nodes: list[Node]
+
+
+@json_object
+class Health:
+    status: Literal["ok", "degraded"]
+    version: str
+    dependencies: dict[str, str] = field(description='"ok" or "error: <kind>" for each')
+
+
+@json_object
+class JWKS:
+    """The portal's public signing keys (RFC 7517)."""
+
+    keys: list[dict[str, Any]]
