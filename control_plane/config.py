@@ -6,6 +6,7 @@ such as the local stack (see docs/contracts.md):
 - ``DIT4C_AWS_ENDPOINT_URL``: one endpoint for every AWS client (moto server locally).
 - ``DIT4C_ROUTER_PUBLIC_PORT``: port in instance URLs (unset: the scheme's default).
 - ``DIT4C_POD_PORTAL_URL``: the portal as pods reach it (default: ``DIT4C_PORTAL_URL``).
+- ``DIT4C_POD_AWS_ENDPOINT_URL``: S3 as pods reach it (default: ``DIT4C_AWS_ENDPOINT_URL``).
 
 Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
 :data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
@@ -54,6 +55,9 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
     "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
     "DIT4C_STORAGE_BUCKET": "",
+    "DIT4C_STORAGE_ROLE_ARN": "",
+    "DIT4C_STORAGE_QUOTA_MB": "10240",
+    "DIT4C_STORAGE_CREDENTIALS_SECONDS": "3600",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -89,7 +93,12 @@ class Config:
     revocations_topic_arn: str
     signing_key_parameter: str
     storage_bucket: str
+    storage_role_arn: str
+    """The role whose credentials, narrowed to one user's prefix, pods get ("": no storage)."""
+    storage_quota_mb: int
+    storage_credentials_seconds: int
     aws_endpoint_url: str | None
+    pod_aws_endpoint_url: str | None
     region: str
     session_seconds: int
     node_silent_seconds: int
@@ -100,6 +109,11 @@ class Config:
     login_failures_per_address: int
     login_providers: str = ""
     """``DIT4C_LOGIN_PROVIDERS``: JSON list, see :mod:`control_plane.login_providers`."""
+
+    @property
+    def storage_endpoint_url(self) -> str | None:
+        """S3 as pods reach it (None on AWS)."""
+        return self.pod_aws_endpoint_url or self.aws_endpoint_url
 
     @property
     def secure_cookies(self) -> bool:
@@ -174,7 +188,13 @@ class Config:
             revocations_topic_arn=source["DIT4C_REVOCATIONS_TOPIC_ARN"],
             signing_key_parameter=source["DIT4C_SIGNING_KEY_PARAMETER"],
             storage_bucket=get("DIT4C_STORAGE_BUCKET"),
+            storage_role_arn=get("DIT4C_STORAGE_ROLE_ARN"),
+            storage_quota_mb=number("DIT4C_STORAGE_QUOTA_MB"),
+            # STS's range: 15 minutes to the role's maximum (an hour).
+            storage_credentials_seconds=min(
+                number("DIT4C_STORAGE_CREDENTIALS_SECONDS", 900), 3600),
             aws_endpoint_url=source.get("DIT4C_AWS_ENDPOINT_URL") or None,
+            pod_aws_endpoint_url=source.get("DIT4C_POD_AWS_ENDPOINT_URL") or None,
             region=source.get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
             session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
             node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),

@@ -132,7 +132,10 @@ class Nodes:
 
     # --- credentials ------------------------------------------------------------------
 
-    def credentials(self, node_id: str, authorization: str | None) -> Credentials:
+    def authenticate(self, node_id: str, authorization: str | None) -> Node:
+        """The node whose JWT (``Authorization: Bearer``) this is: signed by its registered
+        key, for this node id, at most five minutes old, its ``jti`` never seen before, the
+        node not decommissioned. Unauthorized or Forbidden otherwise."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send 'Authorization: Bearer <node token>'")
         token = authorization[len("Bearer "):].strip()
@@ -152,6 +155,10 @@ class Nodes:
                             condition="attribute_not_exists(token_key)")
         except ConditionFailed:
             raise Unauthorized("token already used (replayed jti)") from None
+        return node
+
+    def credentials(self, node_id: str, authorization: str | None) -> Credentials:
+        node = self.authenticate(node_id, authorization)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",

@@ -22,6 +22,7 @@ from control_plane.keys import KeyStore
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes, milli
 from control_plane.records import UNPLACED, Instance, Node, NodeStatus
+from control_plane.storage import StorageUnavailable, UserStorage
 from control_plane.table import ConditionFailed
 from protocol import pod
 from protocol.messages import DiscardInstance, OAuthClient, StartInstance
@@ -34,8 +35,10 @@ S = InstanceState
 
 class Scheduler:
     def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
-                 messenger: Messenger, registrar: ClientRegistrar) -> None:
+                 messenger: Messenger, registrar: ClientRegistrar,
+                 storage: UserStorage | None = None) -> None:
         self.config = config
+        self.storage = storage
         self.instances = instances
         self.nodes = nodes
         self.keys = keys
@@ -71,7 +74,13 @@ class Scheduler:
                 item = fresh
                 continue
             log.info("placed %s on node %s", item.instance_id, node.node_id)
-            self.messenger.send(node.queue_url, self.start_message(placed))
+            try:
+                start = self.start_message(placed)
+            except StorageUnavailable as exc:
+                # Nothing was sent: the node has nothing to start, and the room goes back.
+                return self.instances.transition(placed, replace(
+                    placed, state=S.FAILED, reason=exc.message))
+            self.messenger.send(node.queue_url, start)
             return placed
         note = (f"waiting for a node in cluster {item.cluster_id} with room for "
                 f"{item.cpu:g} CPU and {item.memory_mb} MB")
@@ -99,6 +108,8 @@ class Scheduler:
                 authorize_url=f"{self.config.portal_url}/oauth/authorize",
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
+            storage=self.storage.access_for(item.owner)
+            if self.storage is not None and self.storage.enabled else None,
         )
 
     def release_and_repend(self, item: Instance, reason: str) -> Instance:

@@ -28,6 +28,7 @@ from control_plane.reaper import Reaper
 from control_plane.replies import Health
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
+from control_plane.storage import UserStorage
 from control_plane.table import Table
 
 
@@ -50,6 +51,7 @@ class Services:
     access: Access
     oauth: OAuthServer
     logins: LoginProviders
+    storage: UserStorage
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -78,8 +80,10 @@ class Services:
         oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
                             issuer=config.portal_url, can_access=access.can_access)
         registrar = registrar or oauth
+        storage = UserStorage(config=config, sts=clients.get("sts"), users=table(t.users),
+                              instances=instances, nodes=nodes)
         scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
-                              messenger=messenger, registrar=registrar)
+                              messenger=messenger, registrar=registrar, storage=storage)
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
@@ -92,7 +96,7 @@ class Services:
                                 accounts, config.portal_url)
         return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
-                   logins)
+                   logins, storage)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""

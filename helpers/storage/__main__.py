@@ -119,9 +119,11 @@ def serve(config: StorageConfig, fd: int) -> int:
     CACHE_DIR.mkdir(mode=0o700, exist_ok=True)
     fs = StorageFS(store, quota, CACHE_DIR)
     server = fuse_server.FuseServer(fd, fs)
+    fs.notifier = server
     serving = threading.Thread(target=server.serve, name="dit4c-fuse", daemon=True)
     serving.start()
     stop = threading.Event()
+    threading.Thread(target=fs.watch, args=(stop,), name="dit4c-watch", daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("serving %s at %s (quota %s bytes, %s used)", where, STORAGE_MOUNT,

@@ -8,9 +8,13 @@ What users get (docs/helpers.md, Storage helper, says it for them):
   ``rw-rw-rw-`` and every folder as ``rwxrwxrwx``, owned by whoever looks; ``chmod``,
   ``chown`` and setting times are accepted and change nothing. A file's time is when it was
   last stored.
-- **Live**: a folder's listing is trusted for ``LIST_SECONDS`` and the kernel keeps a name and
-  its attributes for ``ENTRY_SECONDS``; so what another instance stored or removed shows here
-  within their sum. An open checks that the local copy is still the stored version.
+- **Live**: the folders in use are listed again every ``LIST_SECONDS`` (:meth:`StorageFS.watch`)
+  and what changed is taken out of the kernel's caches at once; so what another instance stored
+  or removed shows here within that and one listing's time. The kernel may keep names and
+  attributes in watched folders for ``ENTRY_SECONDS`` (so reading a file again costs one open),
+  elsewhere for ``SHORT_SECONDS``; an unwatched folder's listing older than
+  ``LIST_MAX_SECONDS`` is fetched again before it is used. An open checks that the local copy
+  is still the stored version.
 - **Writes** go to a local copy; ``close`` (and ``fsync``) stores the whole file before it
   returns, so a successful ``close`` means the file is in S3, and a failed store is the
   ``close``'s error. The last ``close`` wins when two instances write the same file.
@@ -33,7 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from helpers.storage.content import Content, errno_of
 from helpers.storage.fuse_wire import (
@@ -54,12 +58,17 @@ log = logging.getLogger("dit4c.storage.fs")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-ENTRY_SECONDS = 1.0
-LIST_SECONDS = 3.0
-LIST_MAX_SECONDS = 6.0
-"""A listing older than LIST_SECONDS is fetched again in the background (the caller gets the
-cached one); older than this, the caller waits for a fresh one. So a change made elsewhere
-shows within LIST_MAX_SECONDS + ENTRY_SECONDS and one listing's time."""
+LIST_SECONDS = 2.5
+WATCH_SECONDS = 60.0
+"""A folder used within this is watched (listed every LIST_SECONDS, changes pushed to the
+kernel); at most WATCHED folders, the most recently used."""
+WATCHED = 64
+ENTRY_SECONDS = 30.0
+"""How long the kernel may keep a name or attributes of a watched folder (< WATCH_SECONDS, so
+they expire before the folder stops being watched for lack of use)."""
+SHORT_SECONDS = 1.0
+LIST_MAX_SECONDS = 5.0
+"""An unwatched folder's listing older than this is fetched again before it is used."""
 FILE_MODE = stat.S_IFREG | 0o666
 DIR_MODE = stat.S_IFDIR | 0o777
 CACHE_LIMIT = 2 << 30
@@ -85,8 +94,15 @@ class Node:
 class Folder:
     listing: Listing | None = None
     fetched: float = 0.0
+    used: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    refreshing: bool = False
+
+
+class Notifier(Protocol):
+    """Where the file system tells the kernel to drop what it cached (the FUSE server)."""
+
+    def notify_inval_entry(self, parent: int, name: bytes) -> None: ...
+    def notify_inval_inode(self, ino: int) -> None: ...
 
 
 @dataclass
@@ -136,7 +152,8 @@ class StorageFS:
         self._next_fh = itertools.count(1)
         self._fetchers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dit4c-fetch")
         self._uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dit4c-upload")
-        self._refreshers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dit4c-list")
+        self._watched: set[str] = set()
+        self.notifier: Notifier | None = None
         self.failures: dict[str, str] = {}
         """Files whose last store failed (path -> error), for the status report."""
         self.last_error: str | None = None
@@ -150,35 +167,86 @@ class StorageFS:
     # -- listings ------------------------------------------------------------------------------
 
     def listing(self, folder: str, *, fresh: bool = False) -> Listing:
-        """The folder's listing (see LIST_MAX_SECONDS; ``fresh``: fetched now)."""
+        """The folder's listing: the cached one of a watched folder, or one at most
+        LIST_MAX_SECONDS old (``fresh``: fetched now). Counts as a use of the folder."""
         with self._lock:
             entry = self._folders.setdefault(folder, Folder())
-            age = time.monotonic() - entry.fetched
-            if (entry.listing is not None and not fresh and age > LIST_SECONDS
-                    and age <= LIST_MAX_SECONDS and not entry.refreshing):
-                entry.refreshing = True
-                self._refreshers.submit(self._refresh, folder, entry)
-            if entry.listing is not None and not fresh and age <= LIST_MAX_SECONDS:
+            entry.used = time.monotonic()
+            age = entry.used - entry.fetched
+            if entry.listing is not None and not fresh and (
+                    folder in self._watched or age <= LIST_MAX_SECONDS):
                 return entry.listing
-        return self._refresh(folder, entry)
+        return self._refresh(folder, entry)[1]
 
-    def _refresh(self, folder: str, entry: Folder) -> Listing:
+    def _refresh(self, folder: str, entry: Folder) -> tuple[Listing | None, Listing]:
+        """(the listing before, the one fetched now)."""
         started = time.monotonic()
-        try:
-            with entry.lock:
-                if entry.listing is not None and entry.fetched >= started:
-                    return entry.listing  # fetched by another caller while we waited
-                listing = self._call(self.store.list_dir, folder)
-                with self._lock:
-                    entry.listing, entry.fetched = listing, started
-                return listing
-        except FuseError:
-            if entry.listing is not None and threading.current_thread().name.startswith(
-                    "dit4c-list"):
-                return entry.listing  # a background refresh: the next caller tries again
-            raise
-        finally:
-            entry.refreshing = False
+        with entry.lock:
+            before = entry.listing
+            if before is not None and entry.fetched >= started:
+                return before, before  # fetched by another caller while we waited
+            listing = self._call(self.store.list_dir, folder)
+            with self._lock:
+                entry.listing, entry.fetched = listing, started
+            return before, listing
+
+    def _ttl(self, folder: str) -> float:
+        return ENTRY_SECONDS if folder in self._watched else SHORT_SECONDS
+
+    def watch(self, stop: threading.Event) -> None:
+        """Until ``stop``: every LIST_SECONDS, list the watched folders again and take what
+        changed out of the kernel's caches (names gone, files of another version). Runs in its
+        own thread, holding no lock while it notifies (the kernel may be waiting for one of our
+        answers in the same folder)."""
+        while not stop.wait(LIST_SECONDS):
+            now = time.monotonic()
+            with self._lock:
+                recent = sorted((f for f, e in self._folders.items()
+                                 if e.listing is not None and now - e.used < WATCH_SECONDS),
+                                key=lambda f: self._folders[f].used, reverse=True)[:WATCHED]
+                dropped = self._watched - set(recent)
+                self._watched = set(recent)
+                entries = {f: self._folders[f] for f in recent}
+                stale = {f: self._folders[f].listing for f in dropped if f in self._folders}
+            for folder, listing in stale.items():
+                # Its names may still be cached for ENTRY_SECONDS: forget them now.
+                if listing is not None:
+                    self._changed(folder, listing, Listing())
+            for folder, entry in entries.items():
+                try:
+                    before, after = self._refresh(folder, entry)
+                except FuseError as exc:
+                    log.warning("listing %r failed: %s", folder, exc)
+                    continue
+                if before is not None and before is not after:
+                    self._changed(folder, before, after)
+
+    def _changed(self, folder: str, before: Listing, after: Listing) -> None:
+        """Tell the kernel what differs between two listings of ``folder``."""
+        notifier = self.notifier
+        if notifier is None:
+            return
+        with self._lock:
+            parent = self._paths.get(folder)
+            gone, replaced = [], []
+            for name in (*before.files, *before.dirs):
+                is_dir = name in before.dirs
+                ino = self._paths.get(_join(folder, name))
+                node = self._nodes.get(ino) if ino is not None else None
+                if node is not None and node.content is not None and (
+                        node.content.dirty or node.content.etag is None):
+                    continue  # changed here: ours is the newer
+                if (name in after.dirs) != is_dir or (
+                        name not in after.dirs and name not in after.files):
+                    gone.append(name)
+                elif not is_dir and ino is not None and \
+                        after.files[name].etag != before.files[name].etag:
+                    replaced.append(ino)
+        if parent is not None:
+            for name in gone:
+                notifier.notify_inval_entry(parent, name.encode())
+        for ino in replaced:
+            notifier.notify_inval_inode(ino)
 
     def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` of the store; its failure, for the tool, as a FuseError."""
@@ -248,7 +316,8 @@ class StorageFS:
         return Attr(node.ino, FILE_MODE, info.size, info.mtime_ns, ctx.uid, ctx.gid)
 
     def _entry(self, node: Node, ctx: Context) -> Entry:
-        return Entry(self._attr(node, ctx), ENTRY_SECONDS, ENTRY_SECONDS)
+        ttl = self._ttl(_split(node.path)[0]) if node.path else SHORT_SECONDS
+        return Entry(self._attr(node, ctx), ttl, ttl)
 
     # -- Operations: names ---------------------------------------------------------------------
 
@@ -300,7 +369,7 @@ class StorageFS:
                 node.info = info
             elif not (node.content and node.content.handles):
                 raise FuseError(errno.ENOENT)
-        return self._attr(node, ctx), ENTRY_SECONDS
+        return self._attr(node, ctx), self._ttl(_split(node.path)[0])
 
     def setattr(self, ino: int, change: SetAttr, ctx: Context) -> tuple[Attr, float]:
         node = self._get(ino)
@@ -315,7 +384,7 @@ class StorageFS:
             finally:
                 content.closed()
         # Modes, owners and times are not kept (the module docstring says why).
-        return self._attr(node, ctx), ENTRY_SECONDS
+        return self._attr(node, ctx), SHORT_SECONDS
 
     def mkdir(self, parent: int, name: bytes, ctx: Context) -> Entry:
         folder = self._folder_node(parent)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -26,18 +28,25 @@ log = logging.getLogger("dit4c.local.moto")
 
 
 class MotoServer:
-    """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped."""
+    """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``wrap``: a WSGI middleware put in front of moto (the storage tests' policy gate).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 wrap: Callable[[Any], Any] | None = None) -> None:
         self._host = host
         self._port = port
+        self._wrap = wrap
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> AwsEndpoint:
         # werkzeug logs every request at INFO on its own handler; keep warnings only.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app = DomainDispatcherApplication(create_backend_app)
+        app: Any = DomainDispatcherApplication(create_backend_app)
+        if self._wrap is not None:
+            app = self._wrap(app)
         # Bound here, not by werkzeug: on a taken port werkzeug prints and calls sys.exit().
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from control_plane.bootstrap import ensure_local_defaults
 from infra.local import children, network, registry
@@ -170,6 +171,11 @@ class LocalStack:
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)
+        # Pods reach S3 (their user's storage) on the pods gateway: the same moto, one port.
+        aws_port = urlsplit(aws.url or "").port or 0
+        pods_moto = MotoServer(self._state.gateway, aws_port)
+        pods_moto.start()
+        undo.callback(pods_moto.stop)
         template = self._template or Template.load()
         stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
         snapshotter = Snapshotter(
@@ -210,6 +216,8 @@ class LocalStack:
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+            "DIT4C_POD_AWS_ENDPOINT_URL":
+                f"http://host.docker.internal:{urlsplit(aws.url or '').port}",
         }
 
     def _start_functions(self, undo: contextlib.ExitStack, stack: Stack, aws: AwsEndpoint) -> None:
