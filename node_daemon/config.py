@@ -42,6 +42,7 @@ DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0
+DEFAULT_STORAGE_SECONDS = 15.0
 
 
 def default_data_dir() -> Path:
@@ -133,6 +134,8 @@ class RunSettings:
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS
     launch_timeout_seconds: float = DEFAULT_LAUNCH_TIMEOUT_SECONDS
+    storage_seconds: float = DEFAULT_STORAGE_SECONDS
+    """How often the storage helpers are looked at (renewals, health reports)."""
     helper_commands: Mapping[str, Sequence[str]] = field(
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
@@ -181,6 +184,8 @@ class RunSettings:
             poll_wait_seconds=int(poll_wait),
             launch_timeout_seconds=number("launch_timeout", "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS",
                                           DEFAULT_LAUNCH_TIMEOUT_SECONDS),
+            storage_seconds=number("storage_seconds", "DIT4C_NODE_STORAGE_SECONDS",
+                                   DEFAULT_STORAGE_SECONDS),
             helper_commands={**DEFAULT_HELPER_COMMANDS,
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
         )

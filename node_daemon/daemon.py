@@ -35,6 +35,7 @@ from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
 from node_daemon.records import RecordStore
+from node_daemon.storage_keeper import StorageKeeper
 from protocol.errors import MessageError
 from protocol.messages import NODE_COMMANDS, decode
 from protocol.tokens import SigningKey
@@ -107,9 +108,15 @@ class Daemon:
                               records=self.records, pods=self.pods, send=queues.send_event,
                               metrics=self.metrics,
                               launch_timeout=settings.launch_timeout_seconds)
+                keeper = StorageKeeper(
+                    agent=agent, pods=self.pods, client=self.docker,
+                    renew=lambda instance_id, **report: portal.storage(
+                        self.identity.node_id, self.key, instance_id, **report))
                 background = [
                     asyncio.create_task(self._every(settings.reconcile_seconds, agent.reconcile,
                                                     "reconcile", stopping)),
+                    asyncio.create_task(self._every(settings.storage_seconds, keeper.tend,
+                                                    "storage", stopping)),
                     asyncio.create_task(self._every(
                         settings.heartbeat_seconds,
                         lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),

@@ -377,6 +377,27 @@ class PodRunner:
                 return self._exit_reason(container)
         return None
 
+    def storage_helper(self, instance_id: str) -> tuple[str, str] | None:
+        """(container id, when it last started) of the pod's storage helper while it runs."""
+        helper = self.containers(instance_id).get(pod.ROLE_STORAGE)
+        if helper is None or helper.status != "running":
+            return None
+        try:
+            state = self._client.api.inspect_container(helper.id).get("State", {})
+        except docker.errors.NotFound:
+            return None
+        return helper.id, str(state.get("StartedAt", ""))
+
+    def restart_storage(self, instance_id: str) -> str | None:
+        """Start the pod's storage helper again if it stopped; why it stopped (None: it was
+        running, or the pod has none)."""
+        helper = self.containers(instance_id).get(pod.ROLE_STORAGE)
+        if helper is None or helper.status in ("running", "created", "restarting"):
+            return None
+        reason = self._exit_reason(helper)
+        self._start(helper, pod.ROLE_STORAGE)
+        return reason
+
     def _exit_reason(self, container: PodContainer) -> str:
         role = container.role
         if container.status == "created":

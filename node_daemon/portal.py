@@ -5,6 +5,8 @@
 - ``POST /api/nodes/{id}/credentials`` with ``Authorization: Bearer <node JWT>`` -> 200
   ``{access_key_id, secret_access_key, session_token, expiration, region, queue_url,
   events_queue_url, endpoint_url}``
+- ``POST /api/nodes/{id}/instances/{instance}/storage`` with the same authorization and
+  ``{ok, message, usage_bytes}`` -> 200, the instance's storage (``StorageAccess`` as JSON)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import aiohttp
 
 from node_daemon.errors import PortalError
+from protocol.errors import MessageError
+from protocol.messages import StorageAccess, value_of
 from protocol.tokens import SigningKey, node_claims
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -117,3 +121,15 @@ class PortalClient:
             events_queue_url=fields["events_queue_url"],
             endpoint_url=endpoint if isinstance(endpoint, str) and endpoint else None,
         )
+
+    async def storage(self, node_id: str, key: SigningKey, instance_id: str, *, ok: bool,
+                      message: str | None, usage_bytes: int | None) -> StorageAccess:
+        """Renewed storage for an instance this node runs, reporting its helper's health."""
+        token = key.sign(node_claims(node_id=node_id))
+        body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/storage",
+                                {"ok": ok, "message": message, "usage_bytes": usage_bytes},
+                                "storage", headers={"Authorization": f"Bearer {token}"})
+        try:
+            return value_of(StorageAccess, body)
+        except MessageError as exc:
+            raise PortalError(f"storage: the portal's answer is not storage: {exc}") from None

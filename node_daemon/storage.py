@@ -7,8 +7,9 @@ docs/helpers.md) inside the pod's storage volume, which both containers bind at
 - the helper with ``bind-propagation=rshared``, root with ``SYS_ADMIN`` (to mount), ``SETUID``
   and ``SETGID`` (to hand the mount to its unprivileged file server), ``/dev/fuse``,
   ``no-new-privileges``; AppArmor's ``docker-default`` profile forbids ``mount``, so the helper
-  is not under it (where AppArmor is on). It restarts on failure (a new run first detaches the
-  dead mount the old one left);
+  is not under it (where AppArmor is on). If it stops at launch, the launch fails with its
+  reason; if it stops later, :mod:`node_daemon.storage_keeper` says so on the instance and
+  starts it again (a new run first detaches the dead mount the old one left);
 - the tool with ``bind-propagation=rslave`` and no privilege at all: the mount shows up at
   ``/mnt/storage`` in it, and so does a new one after the helper restarted. The tool is started
   only once the helper is ready (``STORAGE_READY_FILE``), so it never writes under the mount.
@@ -41,7 +42,6 @@ PRIVILEGES: Mapping[str, Any] = {
     # The helper's run dir: the ready, status and session files. Owned by the file server's
     # user, group root (the privileged part writes the ready file), nobody else.
     "tmpfs": {pod.STORAGE_RUN_DIR: f"uid={pod.STORAGE_UID},gid=0,mode=0770,size=64k"},
-    "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 10},
 }
 STOP_SECONDS = 10
 """The helper's stop grace: it stores every changed file before it exits."""
@@ -91,7 +91,8 @@ def renew(client: docker.DockerClient, container_id: str, access: StorageAccess)
 def status(client: docker.DockerClient, container_id: str) -> dict[str, Any] | None:
     """The helper's status file (``protocol.pod.STORAGE_STATUS_FILE``), None if unreadable."""
     try:
-        code, output = _exec(client, container_id, ["cat", pod.STORAGE_STATUS_FILE])
+        code, output = _exec(client, container_id, ["cat", pod.STORAGE_STATUS_FILE],
+                             user=str(pod.STORAGE_UID))
     except docker.errors.APIError:
         return None
     if code != 0:

@@ -28,12 +28,13 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, TypeVar
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import MessageError
 from protocol.ids import ID_PATTERN, is_id
 
+T = TypeVar("T")
 MAX_MESSAGE_BYTES = 256 * 1024
 """SQS's own limit; a message larger than this cannot be sent, so refuse to build one."""
 
@@ -255,6 +256,15 @@ def from_dict(raw: object) -> Message:
         raise MessageError(f"unsupported version {raw.get('v')!r} for {kind}")
     message: Message = _build(cls, raw, str(kind))
     return message
+
+
+def value_of(cls: type[T], raw: object) -> T:
+    """``raw`` (parsed JSON) as ``cls``, a dataclass of this module that is not a message
+    (e.g. the portal's answer of a :class:`StorageAccess`), checked as :func:`decode` checks."""
+    if not isinstance(raw, dict):
+        raise MessageError(f"{cls.__name__}: expected an object")
+    value: T = _build(cls, raw, cls.__name__)
+    return value
 
 
 def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:

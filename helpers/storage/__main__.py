@@ -52,10 +52,11 @@ ENV_FD = "DIT4C_STORAGE_FUSE_FD"
 CACHE_DIR = Path("/tmp/dit4c-storage-cache")  # noqa: S108 - the helper's own container
 STOP_SECONDS = 8.0
 """How long ``serve`` keeps trying to store changed files at stop (within Docker's 10 s)."""
-START_ATTEMPTS = 3
+START_ATTEMPTS = 2
+CREDENTIALS_WAIT_SECONDS = 120.0
 UPKEEP_SECONDS = 5.0
 READY = b"ready\n"
-ERROR_SHOWN_SECONDS = 60.0
+ERROR_SHOWN_SECONDS = 30.0
 """A failure the tool saw stays in the status this long (the node reads it now and then)."""
 
 
@@ -104,6 +105,13 @@ def serve(config: StorageConfig, fd: int) -> int:
                     endpoint_url=config.endpoint_url, region=config.region)
     quota = Quota(config.quota_bytes)
     where = f"s3://{config.bucket}/{config.prefix}"
+    # A restarted helper starts from its container's settings, whose credentials may have
+    # expired: the node daemon sees the restart and hands over renewed ones.
+    waited = time.monotonic() + CREDENTIALS_WAIT_SECONDS
+    if credentials.expired(margin=5):
+        log.info("credentials expired: waiting for renewed ones")
+    while credentials.expired(margin=5) and time.monotonic() < waited:
+        time.sleep(1.0)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             store.list_dir("")
@@ -115,7 +123,7 @@ def serve(config: StorageConfig, fd: int) -> int:
                 print(f"storage: cannot use {where}: {exc}", file=sys.stderr, flush=True)
                 return 3
             log.warning("storage at %s not reachable yet (%s); trying again", where, exc)
-            time.sleep(2.0 * attempt)
+            time.sleep(1.0)
     CACHE_DIR.mkdir(mode=0o700, exist_ok=True)
     fs = StorageFS(store, quota, CACHE_DIR)
     server = fuse_server.FuseServer(fd, fs)
@@ -177,7 +185,7 @@ def write_status(fs: StorageFS, quota: Quota) -> None:
         message = f"{len(failing)} changed file(s) not stored yet, e.g. {path}: {error}"
     elif fs.last_error and time.monotonic() - fs.last_error_at < ERROR_SHOWN_SECONDS:
         message = fs.last_error
-    status = {"ok": not failing, "message": message, "usage_bytes": quota.used,
+    status = {"ok": message is None, "message": message, "usage_bytes": quota.used,
               "quota_bytes": quota.limit,
               "at": datetime.now(UTC).isoformat(timespec="seconds")}
     _write_atomic(Path(STORAGE_STATUS_FILE), json.dumps(status))

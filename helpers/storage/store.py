@@ -128,6 +128,11 @@ class Credentials:
             return found
         return self._initial
 
+    def expired(self, margin: float = 0.0) -> bool:
+        """True if the current credentials (with a known expiry) end within ``margin``."""
+        expiry = _expiry(self.current())
+        return bool(expiry) and expiry <= time.time() + margin
+
     def for_botocore(self) -> dict[str, str]:
         creds = self.current()
         expiry = creds.get("expiration") or datetime.fromtimestamp(
@@ -192,6 +197,9 @@ class S3Store:
             return fn(**kwargs)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise StoreError(_errno_of(exc), f"{what}: {exc}") from exc
+        except RuntimeError as exc:  # botocore: refreshed credentials that are still expired
+            raise StoreError(errno.EACCES, f"{what}: the storage credentials expired "
+                                           f"and none came to replace them ({exc})") from exc
 
     def _pages(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
