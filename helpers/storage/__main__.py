@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -82,9 +83,9 @@ def run(config: StorageConfig) -> int:
     os.close(fd)  # the child's copy is the connection: when it ends, the mount is dead
 
     def forward(signum: int, _frame: Any) -> None:
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
     assert child.stdout is not None
     if child.stdout.readline() == READY:
@@ -100,6 +101,8 @@ def run(config: StorageConfig) -> int:
 
 
 def serve(config: StorageConfig, fd: int) -> int:
+    # `docker kill -s USR1` on the helper prints every thread's stack (a hung file system).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     credentials = Credentials(config.credentials, Path(STORAGE_SESSION_FILE), key="credentials")
     store = S3Store(bucket=config.bucket, prefix=config.prefix, credentials=credentials,
                     endpoint_url=config.endpoint_url, region=config.region)

@@ -2,8 +2,10 @@
 
 A :class:`Content` knows which version of the object its bytes are (``etag``), which chunks of
 it are here, and whether the tool changed it since (``dirty``). Reads wait only for the chunks
-they need (with a few ahead fetched in parallel); a file opened for writing is fetched whole
-first. :meth:`Content.upload` puts a changed file back whole, holding the file's write lock so
+they need: a large file is streamed from the first chunk a reader misses to its end (one GET,
+so a sequential reader is always ahead), and a reader that jumps far beyond the stream gets
+its chunk by a ranged GET of its own; a file opened for writing is fetched whole first.
+:meth:`Content.upload` puts a changed file back whole, holding the file's write lock so
 that no write lands half-way through an upload.
 """
 
@@ -26,7 +28,8 @@ log = logging.getLogger("dit4c.storage.content")
 CHUNK = 8 << 20
 READ_AHEAD = 4
 """Chunks fetched ahead of a reader (each one GET, in parallel)."""
-MISSING, FETCHING, PRESENT = 0, 1, 2
+MISSING, FETCHING, PRESENT, STREAMING = 0, 1, 2, 3
+STREAM_PIECE = 1 << 20
 
 
 def chunk_count(size: int) -> int:
@@ -57,6 +60,8 @@ class Content:
         self.kernel_etag: str | None = None
         """The version the kernel's page cache holds (pages kept at open only if current)."""
         self.error: StoreError | None = None
+        self.streamed: int | None = None
+        """Where the running stream has got to (None: no stream)."""
         self.last_used = time.monotonic()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
@@ -76,6 +81,7 @@ class Content:
         file that exists only here)."""
         with self.cond:
             self.generation += 1
+            self.streamed = None
             self.etag = info.etag if info else None
             self.remote_size = info.size if info else 0
             self.size = self.remote_size
@@ -111,26 +117,15 @@ class Content:
     # -- fetching ------------------------------------------------------------------------------
 
     def ensure(self, store: Store, key_path: str, start: int, end: int) -> None:
-        """Return once bytes ``[start, end)`` are here (fetching what is missing, and a few
-        chunks beyond); raise FuseError(EIO) if the store fails."""
+        """Return once bytes ``[start, end)`` are here (fetching what is missing); raise
+        FuseError if the store fails."""
         self.last_used = time.monotonic()
         with self.cond:
             if end <= start or self._fd < 0:
                 return
             first, last = start // CHUNK, min(chunk_count(self.size), (end - 1) // CHUNK + 1)
             wanted = range(first, last)
-            ahead = range(last, min(len(self.chunks), last + READ_AHEAD))
-            if len(self.chunks) == 1 and self.chunks[0] == MISSING:
-                # A small file: fetched whole by the caller's thread (no hand-over).
-                self.chunks[0] = FETCHING
-                generation = self.generation
-                self.cond.release()
-                try:
-                    self._fetch(store, key_path, 0, (0, self.remote_size), generation)
-                finally:
-                    self.cond.acquire()
-            for index in (*wanted, *ahead):
-                self._schedule(store, key_path, index)
+            self._plan(store, key_path, wanted)
             while True:
                 if all(self.chunks[i] == PRESENT for i in wanted if i < len(self.chunks)):
                     return
@@ -142,8 +137,71 @@ class Content:
                         self._schedule(store, key_path, index)
                 self.cond.wait(timeout=5.0)
 
+    def _plan(self, store: Store, key_path: str, wanted: range) -> None:
+        """(Under cond.) Get the chunks of ``wanted`` coming: a small file whole, now, by the
+        caller's thread (no hand-over); a large one by a stream, or on their own when far
+        beyond it."""
+        if len(self.chunks) == 1 and self.chunks[0] == MISSING:
+            self.chunks[0] = FETCHING
+            generation = self.generation
+            self.cond.release()
+            try:
+                self._fetch(store, key_path, 0, (0, self.remote_size), generation)
+            finally:
+                self.cond.acquire()
+            return
+        if self.streamed is None and any(self.chunks[i] == MISSING for i in wanted):
+            self._stream(store, key_path, wanted.start)
+        if self.streamed is not None:
+            reach = self.streamed // CHUNK + READ_AHEAD
+            for index in wanted:
+                if self.chunks[index] == STREAMING and index > reach:
+                    self.chunks[index] = MISSING
+        for index in wanted:
+            self._schedule(store, key_path, index)
+
     def ensure_all(self, store: Store, key_path: str) -> None:
         self.ensure(store, key_path, 0, self.size)
+
+    def _stream(self, store: Store, key_path: str, first: int) -> None:
+        """(Under cond.) Stream the object from chunk ``first`` to its end."""
+        for index in range(first, len(self.chunks)):
+            if self.chunks[index] == MISSING:
+                self.chunks[index] = STREAMING
+        self.streamed = first * CHUNK
+        self._pool.submit(self._run_stream, store, key_path, first * CHUNK, self.generation)
+
+    def _run_stream(self, store: Store, key_path: str, start: int, generation: int) -> None:
+        position = start
+        failure: StoreError | None = None
+        try:
+            for piece in store.stream(key_path, start, STREAM_PIECE):
+                with self.cond:
+                    if generation != self.generation or self._fd < 0:
+                        return  # the file started over meanwhile
+                    os.pwrite(self._fd, piece, position)
+                    position += len(piece)
+                    self.streamed = position
+                    done = range(start // CHUNK, min(len(self.chunks),
+                                                     position // CHUNK
+                                                     + (position >= self.remote_size)))
+                    for index in done:
+                        if self.chunks[index] in (STREAMING, MISSING):
+                            self.chunks[index] = PRESENT
+                    self.cond.notify_all()
+        except StoreError as exc:
+            failure = exc
+            log.warning("streaming %s failed at %d: %s", key_path, position, exc)
+        finally:
+            with self.cond:
+                if generation == self.generation:
+                    for index, state in enumerate(self.chunks):
+                        if state == STREAMING:
+                            self.chunks[index] = MISSING
+                    if failure is not None:
+                        self.error = failure
+                    self.streamed = None
+                    self.cond.notify_all()
 
     def _schedule(self, store: Store, key_path: str, index: int) -> None:
         """(Under cond.) Fetch chunk ``index`` unless it is here or on its way."""

@@ -86,6 +86,8 @@ class Store(Protocol):
         """Bytes stored under the prefix (every object)."""
     def read(self, path: str, start: int, end: int, *, whole: bool = False) -> bytes:
         """Bytes ``[start, end)`` of the object at ``path`` (``whole``: that is all of it)."""
+    def stream(self, path: str, start: int, piece: int) -> Iterator[bytes]:
+        """The object at ``path`` from ``start`` to its end, in pieces of ``piece`` bytes."""
     def put(self, path: str, source: Path) -> ObjectInfo: ...
     def put_marker(self, path: str) -> None: ...
     def delete(self, path: str) -> None: ...
@@ -257,6 +259,17 @@ class S3Store:
             raise StoreError(errno.EIO, f"get {path}: {len(data)} of {end - start} bytes "
                                         "(changed meanwhile?)")
         return data
+
+    def stream(self, path: str, start: int, piece: int) -> Iterator[bytes]:
+        answer = self._call(f"get {path}", self._client.get_object, Bucket=self.bucket,
+                            Key=self.key(path), Range=f"bytes={start}-")
+        body = answer["Body"]
+        try:
+            yield from body.iter_chunks(piece)
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise StoreError(errno.EIO, f"get {path}: {exc}") from exc
+        finally:
+            body.close()
 
     def put(self, path: str, source: Path) -> ObjectInfo:
         key = self.key(path)
