@@ -13,7 +13,7 @@ endif
 STALE_MINUTES ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: run test venv deps images lint unit bench clean-test
+.PHONY: run test venv deps images lint unit bench clean-test package checkov
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,15 @@ clean-test: venv
 # The embedded local stack in the foreground (Ctrl-C stops it); see docs/local-stack.md.
 run: venv deps images
 	$(PY) -m infra.local run
+
+# The Lambda artifact build/lambda.zip (requirements.txt + control_plane/ + protocol/) for the
+# template's runtime and architecture; prints its size. Deploying: docs/deploy.md.
+package: venv
+	$(PY) -m infra.package
+
+# checkov over infra/terraform, from its own virtualenv in the cache directory (scripts/checkov.py).
+checkov: venv
+	$(PY) -m scripts.checkov
 
 # Each bench/<name>.py module measures one part against the same work done directly.
 bench: venv deps images

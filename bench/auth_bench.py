@@ -87,10 +87,12 @@ async def ws_round_trips(url: str, headers: dict[str, str], count: int) -> float
         return count / (time.perf_counter() - started)
 
 
-async def sign_in(hosts: dict[str, tuple[str, int]], instance: str) -> str:
+async def sign_in(hosts: dict[str, tuple[str, int]], instance: str,
+                  path: str = "/index.html") -> str:
+    """The session cookie of user ``bench`` after signing in to ``instance`` at ``path``."""
     browser = Browser(hosts, "bench")
     try:
-        visit = await browser.get(f"http://{instance}.dit4c.test/index.html")
+        visit = await browser.get(f"http://{instance}.dit4c.test{path}")
         if visit.status != 200:
             raise SystemExit(f"sign-in failed: {visit}")
         return next(c.value for c in browser.jar if c.key == "dit4c-auth")

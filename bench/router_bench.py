@@ -1,14 +1,17 @@
-"""Edge router benchmark: one upstream reached four ways, in one run on this machine.
+"""Edge router benchmark: one upstream reached five ways, in one run on this machine.
 
     python -m bench.router_bench [--duration 10] [--tunnels 10000] [--skip-idle]
 
 The upstream is nginx serving static files (a 13-byte page, a 1 GiB file). It is reached
 (1) directly, (2) through nginx as a reverse proxy, (3) through configurable-http-proxy (npm,
-installed by this script into ``~/.cache/dit4c/chp``, never into the repository) and (4) through
+installed by this script into ``~/.cache/dit4c/chp``, never into the repository), (4) through
 ``python -m edge_router`` + tunnel + ``python -m helpers.listener`` (separate processes, as in
-production). For each: small-request rate with keep-alive (wrk), p50/p99 latency at a fixed rate
-(an open-loop client here), and the throughput of a 1 GiB download (curl). Then the resident
-memory of a router holding ``--tunnels`` idle tunnels. Prints a Markdown table.
+production) and (5) the path users take: (4) with the auth helper in the listener's process,
+as in a pod (its gate takes every stream), and a signed-in session (the real OAuth2 server of
+``tests/support/auth_harness.py`` on loopback, moto for DynamoDB). For each: small-request
+rate with keep-alive (wrk), p50/p99 latency at a fixed rate (an open-loop client here), and
+the throughput of a 1 GiB download (curl). Then the resident memory of a router holding
+``--tunnels`` idle tunnels. Prints a Markdown table.
 
 Per-request access logs are off for every proxy (nginx ``access_log off``, CHP's default, the
 router's ``DIT4C_ROUTER_ACCESS_LOG=0``) so that the figures compare the proxying itself.
@@ -33,18 +36,24 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+from moto import mock_aws
 
+from bench.auth_bench import sign_in, wait_for
 from bench.tools import Processes, nginx_conf, wrk_rate
 from protocol import pod
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import HOST_HEADER, TUNNEL_PATH
 from tests.ports import free_port
+from tests.support.auth_harness import PortalHarness
+from tests.support.auth_scenarios import PORTAL, helper_env
 
 CHP_VERSION = "5.3.0"
 CACHE = Path(os.environ.get("DIT4C_CACHE_DIR", Path.home() / ".cache" / "dit4c"))
 DOMAIN = "bench.test"
 INSTANCE = "bench1"
 HOST = f"{INSTANCE}.{DOMAIN}"
+AUTH_INSTANCE = "w"
+AUTH_HOST = f"{AUTH_INSTANCE}.{DOMAIN}"
 BIG = 1024 ** 3
 SMALL_BODY = b"hello, bench\n"
 
@@ -61,12 +70,13 @@ def ensure_chp() -> Path:
     return binary
 
 
-def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> None:
+def wait_http(port: int, host: str, path: str = "/small", limit: float = 90,
+              headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + limit
     while True:
         try:
             request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                             headers={"Host": host})
+                                             headers={"Host": host, **(headers or {})})
             with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
                 if response.status == 200:
                     return
@@ -77,11 +87,12 @@ def wait_http(port: int, host: str, path: str = "/small", limit: float = 90) -> 
         time.sleep(0.2)
 
 
-async def _fixed_rate(port: int, host: str, rate: int, duration: float,
+async def _fixed_rate(port: int, headers: dict[str, str], rate: int, duration: float,
                       connections: int = 32) -> list[float]:
     """Open loop: request i is due at i/rate; its latency counts from then (no coordinated
     omission). Keep-alive connections are taken from a pool."""
-    request = f"GET /small HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"GET /small HTTP/1.1\r\n{lines}\r\n".encode()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -112,18 +123,20 @@ async def _fixed_rate(port: int, host: str, rate: int, duration: float,
     return latencies
 
 
-def latency(port: int, host: str, rate: int, duration: float) -> tuple[float, float]:
-    values = sorted(asyncio.run(_fixed_rate(port, host, rate, duration)))
+def latency(port: int, headers: dict[str, str], rate: int, duration: float
+            ) -> tuple[float, float]:
+    values = sorted(asyncio.run(_fixed_rate(port, headers, rate, duration)))
     p50 = statistics.median(values)
     p99 = values[int(len(values) * 0.99) - 1]
     return p50 * 1000, p99 * 1000
 
 
-def download(port: int, host: str) -> float:
-    out = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", "-w",
-         "%{size_download} %{time_total}", f"http://127.0.0.1:{port}/big"],
-        capture_output=True, text=True, check=True).stdout.split()
+def download(port: int, headers: dict[str, str]) -> float:
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}/big"],
+                         capture_output=True, text=True, check=True).stdout.split()
     size, seconds = int(out[0]), float(out[1])
     if size != BIG:
         raise RuntimeError(f"downloaded {size} bytes, not {BIG}")
@@ -200,6 +213,27 @@ def idle_tunnels(procs: Processes, env: dict[str, str], key: SigningKey, count: 
     return before / 1024, after / 1024, (after - before) / count
 
 
+def start_auth_path(procs: Processes, portal: PortalHarness, portal_url: str, key: SigningKey,
+                    *, router_port: int, upstream_port: int) -> tuple[dict[str, str], list[int]]:
+    """The path users take, as a pod runs it: one listener process with the auth helper's
+    settings too (its gate serves every stream in-process) in front of the upstream; returns
+    a signed-in browser's headers and the listener's pid."""
+    root = str(Path(__file__).resolve().parent.parent)
+    token = key.sign(tunnel_claims(issuer="bench", instance_id=AUTH_INSTANCE,
+                                   hostname=AUTH_HOST))
+    env = helper_env(portal, AUTH_INSTANCE, listen="127.0.0.1:0",
+                     upstream=f"http://127.0.0.1:{upstream_port}", token_base=portal_url)
+    listener = procs.start("listener-auth", [sys.executable, "-m", "helpers.listener"], {
+        "PYTHONPATH": root, pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: AUTH_HOST,
+        pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}", **env})
+    helper_port = int(wait_for(procs.log("listener-auth"),
+                               r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    hosts = {"portal.dit4c.test": ("127.0.0.1", int(portal_url.rsplit(":", 1)[1])),
+             f"{AUTH_INSTANCE}.dit4c.test": ("127.0.0.1", helper_port)}
+    cookie = asyncio.run(sign_in(hosts, AUTH_INSTANCE, "/small"))
+    return {"Host": AUTH_HOST, "Cookie": f"dit4c-auth={cookie}"}, [listener.pid]
+
+
 def main() -> int:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -216,7 +250,11 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     chp = ensure_chp()
     key = SigningKey.generate()
     keep = os.environ.get("DIT4C_BENCH_KEEP")
-    with tempfile.TemporaryDirectory(prefix="dit4c-bench-") as tmp:
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with tempfile.TemporaryDirectory(prefix="dit4c-bench-") as tmp, mock_aws(), \
+            contextlib.ExitStack() as later:
+        portal = PortalHarness(issuer=PORTAL)
+        portal.access = {AUTH_INSTANCE: {"bench"}}
         work = Path(keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o755)  # nginx workers run as www-data when started by root
@@ -228,6 +266,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         (root / "jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
         procs = Processes(work)
         try:
+            portal_url = later.enter_context(portal.serve("127.0.0.1"))
             ports = {name: free_port() for name in ("upstream", "nginx", "chp", "chp_api",
                                                     "router", "metrics")}
             up = ports["upstream"]
@@ -260,27 +299,33 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                 pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: HOST,
                 pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{ports['router']}{TUNNEL_PATH}",
                 pod.ENV_UPSTREAM: f"127.0.0.1:{up}"})
-            ways = [("direct (nginx static)", up, "localhost", [upstream_proc.pid]),
-                    ("nginx reverse proxy", ports["nginx"], "localhost", [nginx_proc.pid]),
-                    (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], "localhost",
+            signed_in, helper_pids = start_auth_path(procs, portal, portal_url, key,
+                                                     router_port=ports["router"],
+                                                     upstream_port=up)
+            local = {"Host": "localhost"}
+            ways = [("direct (nginx static)", up, local, [upstream_proc.pid]),
+                    ("nginx reverse proxy", ports["nginx"], local, [nginx_proc.pid]),
+                    (f"configurable-http-proxy {CHP_VERSION}", ports["chp"], local,
                      [chp_proc.pid]),
-                    ("dit4c router + tunnel + listener", ports["router"], HOST,
-                     [router_proc.pid, listener_proc.pid])]
-            for name, port, host, _ in ways:
+                    ("dit4c router + tunnel + listener", ports["router"], {"Host": HOST},
+                     [router_proc.pid, listener_proc.pid]),
+                    ("dit4c router + tunnel + listener with auth gate (signed in)",
+                     ports["router"], signed_in, [router_proc.pid, *helper_pids])]
+            for name, port, headers, _ in ways:
                 try:
-                    wait_http(port, host)
+                    wait_http(port, headers["Host"], headers=headers)
                 except RuntimeError:
                     procs.report()
                     raise RuntimeError(f"{name} did not start (logs in {work})") from None
             rows = []
-            for name, port, host, pids in ways:
+            for name, port, headers, pids in ways:
                 print(f"measuring {name} ...", file=sys.stderr)
                 before = cpu_seconds(pids)
-                rate = wrk_rate(f"http://127.0.0.1:{port}/small", {"Host": host}, args.duration)
+                rate = wrk_rate(f"http://127.0.0.1:{port}/small", headers, args.duration)
                 per_request = (cpu_seconds(pids) - before) / (rate * args.duration) * 1e6
-                p50, p99 = latency(port, host, args.rate, args.duration)
+                p50, p99 = latency(port, headers, args.rate, args.duration)
                 before = cpu_seconds(pids)
-                mbps = download(port, host)
+                mbps = download(port, headers)
                 per_gib = cpu_seconds(pids) - before
                 rows.append((name, rate, p50, p99, mbps, per_request, per_gib))
             idle = None

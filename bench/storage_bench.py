@@ -26,7 +26,6 @@ the big file at >= 50% of direct S3's speed; live changes within 10 s.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -49,7 +48,7 @@ from node_daemon.pods import HELPER_LIMITS
 from protocol import pod
 from protocol.messages import StorageAccess
 from scripts import images
-from scripts.build_images import ImageBuilder
+from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
 
 TOOL_UID = "1000"
@@ -172,17 +171,11 @@ class Bench:
     # -- pieces ----------------------------------------------------------------------------------
 
     def _helpers_image(self) -> str:
-        """This checkout's helpers image under a tag of this run: on a shared engine another
+        """This checkout's helpers image by its recipe tag: on a shared engine another
         checkout may move ``dit4c/helpers:dev`` to its own code at any time."""
         builder = ImageBuilder(self.client)
         builder.ensure([images.HELPER_BASE])
-        tag = f"{images.HELPERS.split(':')[0]}:bench-{self.run}"
-        for chunk in self.client.api.build(
-                fileobj=io.BytesIO(builder.helpers_context()), custom_context=True, tag=tag,
-                pull=False, rm=True, forcerm=True, labels=self.labels, decode=True):
-            if "error" in chunk:
-                raise RuntimeError(f"building {tag}: {chunk['error']}")
-        return tag
+        return pinned(images.HELPERS, builder.helpers().recipe)
 
     def _compare_image(self) -> bool:
         try:

@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from chalice.app import Chalice, Rate, Request, Response, SQSEvent
+from chalice.app import Rate, Request, Response, SQSEvent
 
 from control_plane import bodies, portal_routes, replies, web
 from control_plane.accounts import Session, User
 from control_plane.bodies import Body
+from control_plane.gateway import GatewayChalice
 from control_plane.login_providers import LOGIN_COOKIE, STATE_SECONDS
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
@@ -25,7 +26,8 @@ from control_plane.records import NodeStatus
 if TYPE_CHECKING:
     from control_plane.services import Services
 
-app = Chalice(app_name="dit4c")
+# API Gateway sends every request through one catch-all route: see control_plane/gateway.py.
+app = GatewayChalice(app_name="dit4c")
 app.log.setLevel(logging.INFO)
 app.register_middleware(web.rewrite_framework_errors, "http")
 log = logging.getLogger("dit4c.control_plane.app")

@@ -7,9 +7,14 @@ which is how the local stack and the tests reach moto.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Final
 
 from control_plane.config import Config
+
+SERVICES: Final = frozenset({"dynamodb", "sqs", "sns", "sts", "ssm"})
+"""Every AWS service the functions call. The Lambda artifact carries only these services'
+botocore models (``infra/package.py``), so a client of any other is refused here,
+in every test, rather than on Lambda."""
 
 
 class Clients:
@@ -23,6 +28,8 @@ class Clients:
         self._session: Any = session
 
     def get(self, service: str) -> Any:
+        if service not in SERVICES:
+            raise ValueError(f"{service!r} is not in control_plane.aws.SERVICES")
         client = self._clients.get(service)
         if client is None:
             with self._lock:

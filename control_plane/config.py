@@ -48,7 +48,8 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_ROUTER_TUNNEL_URLS": "",
     "DIT4C_MAX_RUNNING_PER_USER": "4",
     "DIT4C_SESSION_HOURS": "12",
-    "DIT4C_NODE_SILENT_SECONDS": "90",
+    # Nodes send a heartbeat every 240 s (node_daemon.config): silent = two missed, and a bit.
+    "DIT4C_NODE_SILENT_SECONDS": "600",
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",

@@ -2,12 +2,15 @@
 
     RouterError              root of everything the router raises
     ├── ConfigError          a DIT4C_ROUTER_* setting is missing or invalid (fails start-up)
-    ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream)
+    ├── BadRequest           a malformed HTTP message (status 400 to a client, 502 from upstream;
+    │                        also a protocol.errors.HttpError, as protocol.http1 raises)
     ├── TunnelRefused        a tunnel's token or host was refused (status 401/403)
     └── KeysUnavailable      no JWKS could be fetched yet: tunnels get 503 and retry soon
 """
 
 from __future__ import annotations
+
+from protocol.errors import HttpError
 
 
 class RouterError(Exception):
@@ -18,7 +21,7 @@ class ConfigError(RouterError):
     """A setting is missing or invalid; the message names it."""
 
 
-class BadRequest(RouterError):
+class BadRequest(RouterError, HttpError):
     status = 400
 
 

@@ -21,13 +21,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_router import http1
 from edge_router.config import RouterConfig
 from edge_router.errors import BadRequest
 from edge_router.metrics import Stats
 from edge_router.pages import error_response
 from edge_router.routes import RouteTable, Tunnel
 from edge_router.tunnels import TunnelEndpoint
+from protocol import http1
+from protocol.errors import HttpError
 from protocol.tunnel import TUNNEL_PATH, Stream
 
 access_log = logging.getLogger("dit4c.router.access")
@@ -223,7 +224,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         try:
             head = http1.parse_request(bytes(self.buf[:end]))
-        except BadRequest:
+        except HttpError:
             self._fail(400)
             return False
         instance_id = self.ctx.routes.instance_id(head.host)
@@ -308,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             try:
                 self._responses(data)
-            except BadRequest as exc:
+            except HttpError as exc:
                 log.warning("bad response from %s: %s", self.host, exc)
                 self.out.clear()
                 self._upstream_failed(502)

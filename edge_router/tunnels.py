@@ -16,12 +16,12 @@ import logging
 from http import HTTPStatus
 
 from edge_router.errors import KeysUnavailable, TunnelRefused
-from edge_router.http1 import RequestHead
 from edge_router.keys import KeyCache
 from edge_router.metrics import Stats
 from edge_router.routes import RouteTable, Tunnel
 from edge_router.websocket import CLOSE_GOING_AWAY, CLOSE_POLICY, TunnelSocket, accept_key
 from protocol.errors import TokenError
+from protocol.http1 import RequestHead
 from protocol.tunnel import HOST_HEADER, Mux
 
 log = logging.getLogger("dit4c.router.tunnel")

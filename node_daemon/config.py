@@ -35,10 +35,13 @@ METRICS_ADDRESS_FILE = "metrics-address"
 DEFAULT_HELPERS_IMAGE = "dit4c/helpers:dev"
 DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
     role: ("python3", "-m", f"helpers.{role}")
-    for role in (pod.ROLE_LISTENER, pod.ROLE_AUTH, pod.ROLE_STORAGE)
+    for role in (pod.ROLE_LISTENER, pod.ROLE_STORAGE)
 }
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
-DEFAULT_HEARTBEAT_SECONDS = 30.0
+DEFAULT_HEARTBEAT_SECONDS = 240.0
+"""Every 4 minutes: a heartbeat is an SQS message, a Lambda run and a DynamoDB write, so its
+rate is most of what an idle node costs (docs/deploy.md, cost model). The control plane counts a
+node silent after 600 s (``DIT4C_NODE_SILENT_SECONDS``): two heartbeats missed, and a bit."""
 DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0

@@ -7,8 +7,10 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
   init, on the pods network with ``host.docker.internal`` mapped to that bridge's gateway. A
   dedicated holder (rather than the listener) means a helper that crashes or is restarted never
   takes the pod's network away from the tool.
-- ``listener`` and ``auth`` helpers (``python3 -m helpers.<role>``), each with only its own
-  settings from :mod:`protocol.pod`, unprivileged, all capabilities dropped;
+- ``listener`` helper (``python3 -m helpers.listener``) with the tunnel's and the auth helper's
+  settings from :mod:`protocol.pod`: it holds the tunnels and runs the auth helper in its own
+  process (every stream goes to the auth gate in-process, one loopback hop fewer; the gate
+  also listens on ``AUTH_PORT``); unprivileged, all capabilities dropped;
 - ``storage`` helper when the start asks for storage: the user's storage mounted (FUSE) inside
   the pod's storage volume, which the tool binds too (privileges, mounts and the rest:
   :mod:`node_daemon.storage`); the tool starts once it is mounted;
@@ -143,21 +145,20 @@ def container_name(instance_id: str, role: str) -> str:
 
 
 def roles_for(start: StartInstance) -> list[str]:
-    roles = [pod.ROLE_NETNS, pod.ROLE_LISTENER, pod.ROLE_AUTH]
+    roles = [pod.ROLE_NETNS, pod.ROLE_LISTENER]
     if start.storage is not None:
         roles.append(pod.ROLE_STORAGE)
     return [*roles, pod.ROLE_TOOL]
 
 
 def helper_env(start: StartInstance, role: str) -> dict[str, str]:
-    """Each helper's own settings, and nothing else (the contract of protocol/pod.py)."""
+    """Each helper's own settings, and nothing else (the contract of protocol/pod.py): the
+    listener gets the tunnel's and, since it runs the auth helper, the auth helper's."""
     if role == pod.ROLE_LISTENER:
         return {pod.ENV_TUNNEL_TOKEN: start.tunnel_token,
                 pod.ENV_ROUTER_URLS: ",".join(start.router_urls),
                 pod.ENV_HOSTNAME: start.hostname,
-                pod.ENV_UPSTREAM: f"127.0.0.1:{pod.AUTH_PORT}"}
-    if role == pod.ROLE_AUTH:
-        return {pod.ENV_AUTH_LISTEN: f"127.0.0.1:{pod.AUTH_PORT}",
+                pod.ENV_AUTH_LISTEN: f"127.0.0.1:{pod.AUTH_PORT}",
                 pod.ENV_AUTH_UPSTREAM: f"http://127.0.0.1:{start.port}",
                 pod.ENV_INSTANCE_ID: start.instance_id,
                 pod.ENV_PUBLIC_URL: start.url,
@@ -364,8 +365,8 @@ class PodRunner:
 
     def check(self, start: StartInstance, *, launching: bool = False) -> str | None:
         """None if every container of the pod runs; else why not (user-facing). Once the pod
-        was launched, the storage helper is not needed for that: it restarts on its own, and
-        its troubles are reported on the instance without stopping the tool."""
+        was launched, the storage helper is not needed for that: the storage keeper starts it
+        again, and its troubles are reported on the instance without stopping the tool."""
         existing = self.containers(start.instance_id)
         for role in roles_for(start):
             if role == pod.ROLE_STORAGE and not launching:

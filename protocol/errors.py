@@ -4,7 +4,8 @@
     ├── MessageError   a queue message is malformed, of an unknown type or version, or carries
     │                  an id off the id rule
     ├── TokenError     a token is malformed, forged, expired, or for another audience/host
-    └── TunnelError    a tunnel peer broke the wire format or its flow control: close the tunnel
+    ├── TunnelError    a tunnel peer broke the wire format or its flow control: close the tunnel
+    └── HttpError      an HTTP/1.1 message is malformed (protocol.http1)
 """
 
 
@@ -22,3 +23,7 @@ class TokenError(ProtocolError):
 
 class TunnelError(ProtocolError):
     """A peer broke the tunnel's wire format (:mod:`protocol.tunnel`); the tunnel must close."""
+
+
+class HttpError(ProtocolError):
+    """A malformed HTTP/1.1 message: 400 to a client, 502 when an upstream sent it."""

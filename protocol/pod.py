@@ -3,9 +3,16 @@
 The node daemon starts each helper from the helpers image (``dit4c/helpers:dev`` locally) with
 ``python3 -m helpers.<name>`` and hands it exactly the settings below as environment variables;
 a helper reads only its own, and the tool container gets none of them. All containers of a pod
-share one network namespace (held by the ``netns`` container), so they talk over ``127.0.0.1``:
+share one network namespace (held by the ``netns`` container), so they talk over ``127.0.0.1``.
 
-    edge router <-tunnel- listener --http--> auth (AUTH_PORT) --http/ws--> tool (its own port)
+The listener runs the auth helper in its own process: given the auth helper's settings too, it
+hands every tunnel stream to the auth gate in-process (one loopback hop fewer on every
+request), and the gate also listens on ``AUTH_PORT``::
+
+    edge router <-tunnel- listener + auth (AUTH_PORT) --http/ws--> tool (its own port)
+
+``python3 -m helpers.auth`` still runs the auth helper alone (tests; a listener given
+``DIT4C_UPSTREAM`` instead forwards each stream to it over TCP).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 from typing import Final
 
 AUTH_PORT: Final = 7781
-"""The auth helper's listening port inside the pod; the listener forwards every stream to it."""
+"""The auth helper's listening port inside the pod (the readiness probe waits for it)."""
 
 CALLBACK_PATH: Final = "/.dit4c/auth/callback"
 """The auth helper's OAuth2 redirect path; the portal registers ``<instance URL><this>``."""
@@ -28,6 +35,7 @@ here, through the router, to end a user's sessions at once when their access is 
 ROLE_TOOL: Final = "tool"
 ROLE_LISTENER: Final = "listener"
 ROLE_AUTH: Final = "auth"
+"""Pods made before the listener ran the auth helper had an ``auth`` container."""
 ROLE_STORAGE: Final = "storage"
 ROLE_UPLOAD: Final = "upload"
 ROLE_NETNS: Final = "netns"
@@ -45,7 +53,7 @@ ENV_ROUTER_URLS: Final = "DIT4C_ROUTER_URLS"
 ENV_HOSTNAME: Final = "DIT4C_HOSTNAME"
 """The instance's public host without port, as bound in the tunnel token."""
 ENV_UPSTREAM: Final = "DIT4C_UPSTREAM"
-"""Where the listener sends each stream: ``127.0.0.1:<AUTH_PORT>``."""
+"""Without the auth settings: where the listener sends each stream over TCP (``host:port``)."""
 
 # --- auth helper (python3 -m helpers.auth) --------------------------------------------------
 ENV_AUTH_LISTEN: Final = "DIT4C_AUTH_LISTEN"

@@ -11,6 +11,11 @@ in this order (names in :mod:`scripts.images`):
   removed image, or a fresh clone, comes back in seconds.
 - ``dit4c/helpers:dev`` — ``helpers/Dockerfile`` built FROM the base with a context holding only
   ``protocol/`` and ``helpers/`` (no pull: the base is local).
+- ``dit4c/jupyterlab:4.6`` — JupyterLab and ipykernel in a virtualenv on the base's Python. The
+  wheels of ``scripts/jupyterlab/requirements.txt`` (every dependency pinned) are downloaded on
+  the host with pip into the cache (containers cannot reach PyPI over TLS); a container of the
+  base with no network installs them with ``--no-index`` from a read-only mount, and is
+  committed as the image. About a minute the first time; the wheels stay in the cache.
 
 Every image carries the label ``dit4c.recipe=<sha256>`` of what it was built from (file bytes,
 package lists, the base image id). An image whose label matches is reused; anything else is
@@ -26,6 +31,7 @@ import io
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -69,6 +75,30 @@ TOOL_INDEX = b"""<!doctype html>
 """
 HELPER_SOURCES = ("protocol", "helpers")
 DEBOOTSTRAP_TIMEOUT = 1800
+JUPYTERLAB_REQUIREMENTS = REPO_ROOT / "scripts" / "jupyterlab" / "requirements.txt"
+JUPYTERLAB_PYTHON = "3.11.2"
+"""The base image's python3 (bookworm): wheels are chosen for it, not for the host's Python."""
+BASE_GLIBC_MINOR = 36
+"""Bookworm's glibc is 2.36: any manylinux_2_N wheel with N <= 36 runs on it."""
+JUPYTERLAB_INSTALL = """set -e
+python3 -m venv --without-pip /opt/jupyterlab
+set -- /wheels/pip-*.whl  # pip runs from its own wheel: the base image has no pip
+/opt/jupyterlab/bin/python "$1/pip" install --no-index --find-links /wheels \
+    --no-cache-dir --disable-pip-version-check --quiet -r /wheels/requirements.txt
+useradd --create-home --uid 1000 --shell /bin/bash jovyan
+"""
+JUPYTERLAB_CHANGES = (
+    "ENV PATH=/opt/jupyterlab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV SHELL=/bin/bash",
+    "USER jovyan",
+    "WORKDIR /home/jovyan",
+    f"EXPOSE {images.JUPYTERLAB_PORT}",
+    f"LABEL {images.PORT_LABEL}={images.JUPYTERLAB_PORT}",
+    # No token, no password: the pod's auth helper is the only way in (docs/helpers.md).
+    f'CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port={images.JUPYTERLAB_PORT}", "--no-browser", '
+    '"--IdentityProvider.token=", "--ServerApp.allow_remote_access=True"]',
+)
+JUPYTERLAB_TIMEOUT = 900
 
 
 class BuildError(Exception):
@@ -380,6 +410,16 @@ class ImageBuilder:
             tar.tree(self.repo_root / folder, folder)
         return tar.close()
 
+    def pin(self, name: str, recipe: str) -> str:
+        """Tag the image ``name`` (built from ``recipe``) also as :func:`pinned` and return that
+        name: a checkout that runs its own helpers on a shared engine uses it, since another
+        checkout may move ``name`` to its own build at any moment."""
+        tagged = pinned(name, recipe)
+        if self.current_recipe(tagged) != recipe:
+            repository, tag = tagged.rsplit(":", 1)
+            self.client.images.get(name).tag(repository, tag)
+        return tagged
+
     def helpers(self, force: bool = False) -> Result:
         started = time.monotonic()
         try:
@@ -389,6 +429,12 @@ class ImageBuilder:
         context = self.helpers_context()
         recipe = _sha256(context, base_id)
         if not force and self.current_recipe(images.HELPERS) == recipe:
+            self.pin(images.HELPERS, recipe)
+            return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
+        if not force and self.current_recipe(pinned(images.HELPERS, recipe)) == recipe:
+            # Another checkout moved the name: this recipe's image is still here.
+            repository, tag = images.HELPERS.rsplit(":", 1)
+            self.client.images.get(pinned(images.HELPERS, recipe)).tag(repository, tag)
             return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
         stream = self.client.api.build(
             fileobj=io.BytesIO(context), custom_context=True, tag=images.HELPERS, pull=False,
@@ -401,7 +447,66 @@ class ImageBuilder:
             lines.append(str(chunk.get("stream", "")))
         if self.current_recipe(images.HELPERS) != recipe:
             raise BuildError(f"docker build of {images.HELPERS} left no image:\n{''.join(lines)}")
+        self.pin(images.HELPERS, recipe)
         return Result(images.HELPERS, recipe, "built", time.monotonic() - started)
+
+    # -- dit4c/jupyterlab:4.6 -----------------------------------------------------------------
+
+    def jupyterlab_wheels(self) -> Path:
+        """The pinned wheels (and the requirements file) in the cache, downloaded once."""
+        requirements = JUPYTERLAB_REQUIREMENTS.read_bytes()
+        machine = platform.machine()
+        folder = self.cache_dir / (
+            "jupyterlab-wheels-" + _sha256(requirements, JUPYTERLAB_PYTHON, machine)[:16])
+        if (folder / "requirements.txt").is_file():
+            return folder
+        partial = folder.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        platforms = [f"--platform=manylinux_2_{minor}_{machine}"
+                     for minor in range(5, BASE_GLIBC_MINOR + 1)]
+        log.info("pip download of the JupyterLab wheels into %s", folder)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+              "--dest", str(partial), "--only-binary=:all:", "--implementation=cp",
+              f"--python-version={JUPYTERLAB_PYTHON}", "--abi=cp311", "--abi=abi3",
+              "--abi=none", *platforms, "-r", str(JUPYTERLAB_REQUIREMENTS)], timeout=900)
+        # Written last: a folder with its requirements file is complete.
+        (partial / "requirements.txt").write_bytes(requirements)
+        partial.rename(folder)
+        for old in self.cache_dir.glob("jupyterlab-wheels-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)  # one recipe at a time: ~50 MB each
+        return folder
+
+    def jupyterlab(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        try:
+            base_id = self.client.images.get(images.HELPER_BASE).id
+        except docker.errors.ImageNotFound as exc:
+            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        recipe = _sha256(JUPYTERLAB_REQUIREMENTS.read_bytes(), base_id, JUPYTERLAB_INSTALL,
+                         *JUPYTERLAB_CHANGES)
+        if not force and self.current_recipe(images.JUPYTERLAB) == recipe:
+            return Result(images.JUPYTERLAB, recipe, "reused", time.monotonic() - started)
+        wheels = self.jupyterlab_wheels()
+        container = self.client.containers.run(
+            images.HELPER_BASE, ["sh", "-c", JUPYTERLAB_INSTALL], detach=True, user="root",
+            network_mode="none", volumes={str(wheels): {"bind": "/wheels", "mode": "ro"}},
+            labels={"dit4c.build": images.JUPYTERLAB},
+        )
+        try:
+            status = container.wait(timeout=JUPYTERLAB_TIMEOUT)["StatusCode"]
+            if status != 0:
+                tail = container.logs(tail=40).decode(errors="replace")
+                raise BuildError(f"installing JupyterLab exited {status}:\n{tail}")
+            repository, tag = images.JUPYTERLAB.rsplit(":", 1)
+            container.commit(repository, tag, changes=[
+                *JUPYTERLAB_CHANGES, f"LABEL {images.RECIPE_LABEL}={recipe}"])
+        finally:
+            container.remove(force=True)
+        if self.current_recipe(images.JUPYTERLAB) != recipe:
+            raise BuildError(f"committing {images.JUPYTERLAB} left no image")
+        return Result(images.JUPYTERLAB, recipe, "built", time.monotonic() - started)
 
     # -- all ------------------------------------------------------------------------------------
 
@@ -411,6 +516,7 @@ class ImageBuilder:
             images.TEST_TOOL: self.test_tool,
             images.HELPER_BASE: self.helper_base,
             images.HELPERS: self.helpers,
+            images.JUPYTERLAB: self.jupyterlab,
         }
 
     def ensure(self, names: Iterable[str] = images.ALL, force: bool = False) -> list[Result]:
@@ -419,6 +525,11 @@ class ImageBuilder:
         if unknown:
             raise BuildError(f"unknown image(s): {', '.join(sorted(unknown))}")
         return [step(force) for name, step in self.steps().items() if name in wanted]
+
+
+def pinned(name: str, recipe: str) -> str:
+    """``repository:r-<recipe prefix>``: a tag that only ever names one recipe's image."""
+    return f"{name.rsplit(':', 1)[0]}:r-{recipe[:12]}"
 
 
 def _run(argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> None:

@@ -12,6 +12,12 @@ TEST_TOOL: Final = "dit4c/test-tool:busybox"
 
 TEST_TOOL_PORT: Final = 8080
 
+JUPYTERLAB: Final = "dit4c/jupyterlab:4.6"
+"""A real tool: JupyterLab 4.6 with ipykernel, installed offline from wheels on the helper base's
+Python (scripts/jupyterlab/requirements.txt). No token: the pod's auth helper guards it."""
+
+JUPYTERLAB_PORT: Final = 8888
+
 HELPER_BASE: Final = "dit4c/helper-base:bookworm"
 """Debian bookworm minbase + python3, aiohttp, jwt, cryptography, yaml, ca-certificates."""
 
@@ -29,4 +35,4 @@ PORT_LABEL: Final = "dit4c.port"
 RECIPE_LABEL: Final = "dit4c.recipe"
 """Image label holding the hash of the recipe an image was built from (rebuild when it differs)."""
 
-ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS)
+ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB)

@@ -7,24 +7,21 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from helpers.auth.app import AuthHelper
 from helpers.auth.config import AuthConfig
 from helpers.auth.errors import ConfigError
+from helpers.auth.server import AuthServer
 
 log = logging.getLogger("dit4c.auth")
 
 
 async def serve(config: AuthConfig) -> None:
-    runner = web.AppRunner(AuthHelper(config).web_app(), access_log=None)
-    await runner.setup()
+    server = AuthServer(AuthHelper(config))
     try:
-        site = web.TCPSite(runner, config.listen_host, config.listen_port)
-        await site.start()
-        for address in runner.addresses:
+        await server.start(config.listen_host, config.listen_port)
+        for host, port in server.addresses:
             # Tests start the helper on port 0 and read the real port from this line.
-            log.info("auth helper listening on %s:%s", *address[:2])
+            log.info("auth helper listening on %s:%s", host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,7 +29,7 @@ async def serve(config: AuthConfig) -> None:
         await stop.wait()
         log.info("auth helper stopping")
     finally:
-        await runner.cleanup()
+        await server.stop()
 
 
 def main() -> int:

@@ -20,6 +20,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from protocol.tcp import quick_ack
+
 log = logging.getLogger("dit4c.auth.proxy")
 
 HOP_BY_HOP = frozenset({
@@ -94,14 +96,14 @@ def _response_headers(upstream: CIMultiDictProxy[str],
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in connection_listed:
             continue
-        if lower == "set-cookie" and _sets_cookie(value, cookie_names):
+        if lower == "set-cookie" and sets_cookie(value, cookie_names):
             log.warning("dropped the tool's Set-Cookie for a helper cookie")
             continue
         headers.add(name, value)
     return headers
 
 
-def _sets_cookie(value: str, names: Collection[str]) -> bool:
+def sets_cookie(value: str, names: Collection[str]) -> bool:
     try:
         parsed = SimpleCookie()
         parsed.load(value)
@@ -136,6 +138,7 @@ class Upstream:
             return web.Response(status=502, text="The tool is not answering (yet). "
                                 "Try again in a moment.\n")
         async with upstream:
+            _ack_tool(upstream)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                           headers=_response_headers(upstream.headers,
                                                                     self._cookie_names))
@@ -143,6 +146,7 @@ class Upstream:
             try:
                 if request.method != "HEAD":
                     async for chunk in upstream.content.iter_chunked(CHUNK):
+                        _ack_tool(upstream)
                         await response.write(chunk)
                 await response.write_eof()
             except (ConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -195,6 +199,12 @@ class Upstream:
         return browser
 
 
+def _ack_tool(upstream: aiohttp.ClientResponse) -> None:
+    """Acknowledge what the tool sent at once, before passing it on (protocol/tcp.py)."""
+    if upstream.connection is not None and upstream.connection.transport is not None:
+        quick_ack(upstream.connection.transport.get_extra_info("socket"))
+
+
 class WebSocketLink:
     """One proxied WebSocket pair; :meth:`end` makes the proxy close both (browser: 1008)."""
 
@@ -213,7 +223,10 @@ async def _pump_both(browser: web.WebSocketResponse, tool: aiohttp.ClientWebSock
     when ended."""
     async def pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
                    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        # Reading the tool: acknowledge each message at once (protocol/tcp.py).
+        tool_socket = source.get_extra_info("socket") if source is tool else None
         async for message in source:
+            quick_ack(tool_socket)
             if message.type == aiohttp.WSMsgType.TEXT:
                 await sink.send_str(message.data)
             elif message.type == aiohttp.WSMsgType.BINARY:

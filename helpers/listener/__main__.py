@@ -1,4 +1,10 @@
-"""``python3 -m helpers.listener``: settings from the environment (names in protocol/pod.py)."""
+"""``python3 -m helpers.listener``: settings from the environment (names in protocol/pod.py).
+
+With the auth helper's settings too (``DIT4C_AUTH_UPSTREAM`` and the rest, as in a pod), the
+auth helper runs in this process and every stream goes to its gate in-process
+(:mod:`helpers.listener.streams`); the gate also listens on ``DIT4C_AUTH_LISTEN``.
+Otherwise each stream is a TCP connection to ``DIT4C_UPSTREAM``.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,30 @@ import os
 import signal
 import sys
 
-from helpers.listener.links import RouterLink
+from helpers.auth.app import AuthHelper
+from helpers.auth.config import AuthConfig
+from helpers.auth.errors import ConfigError
+from helpers.auth.server import AuthServer
+from helpers.listener.links import RouterLink, StreamServer
 from helpers.listener.links import session as links_session
-from protocol.pod import ENV_HOSTNAME, ENV_ROUTER_URLS, ENV_TUNNEL_TOKEN, ENV_UPSTREAM
+from protocol.pod import (
+    ENV_AUTH_UPSTREAM,
+    ENV_HOSTNAME,
+    ENV_ROUTER_URLS,
+    ENV_TUNNEL_TOKEN,
+    ENV_UPSTREAM,
+)
+
+log = logging.getLogger("dit4c.listener")
 
 
 class SettingsError(Exception):
     """A required setting is missing or malformed; the message names it."""
 
 
-def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int]]:
-    """(token, router URLs, hostname, upstream) from the environment."""
+def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int] | AuthConfig]:
+    """(token, router URLs, hostname, upstream) from the environment; the upstream is the auth
+    helper's settings when it runs in this process."""
     def required(name: str) -> str:
         value = env.get(name, "").strip()
         if not value:
@@ -29,25 +48,47 @@ def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int]]
     for url in urls:
         if not url.startswith(("ws://", "wss://")):
             raise SettingsError(f"{ENV_ROUTER_URLS}: {url!r} is not a ws:// or wss:// URL")
+    token, hostname = required(ENV_TUNNEL_TOKEN), required(ENV_HOSTNAME).lower()
+    if env.get(ENV_AUTH_UPSTREAM):
+        try:
+            return token, urls, hostname, AuthConfig.from_env(env)
+        except ConfigError as exc:
+            raise SettingsError(str(exc)) from None
     host, sep, port = required(ENV_UPSTREAM).rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise SettingsError(f"{ENV_UPSTREAM} must be host:port")
-    return required(ENV_TUNNEL_TOKEN), urls, required(ENV_HOSTNAME).lower(), (host, int(port))
+    return token, urls, hostname, (host, int(port))
 
 
-async def run(token: str, urls: list[str], hostname: str, upstream: tuple[str, int]) -> None:
+async def run(token: str, urls: list[str], hostname: str,
+              upstream: tuple[str, int] | AuthConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with links_session() as session:
-        links = [RouterLink(session, url, token=token, hostname=hostname, upstream=upstream)
-                 for url in urls]
-        tasks = [asyncio.ensure_future(link.run()) for link in links]
-        await stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    auth = None
+    target: tuple[str, int] | StreamServer
+    if isinstance(upstream, AuthConfig):
+        auth = AuthServer(AuthHelper(upstream))
+        await auth.start(upstream.listen_host, upstream.listen_port)
+        assert auth.gate is not None
+        target = auth.gate.connection
+        for host, port in auth.addresses:
+            log.info("auth helper listening on %s:%s (and on every stream)", host, port)
+    else:
+        target = upstream
+    try:
+        async with links_session() as session:
+            links = [RouterLink(session, url, token=token, hostname=hostname, upstream=target)
+                     for url in urls]
+            tasks = [asyncio.ensure_future(link.run()) for link in links]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if auth is not None:
+            await auth.stop()
 
 
 def main() -> int:
@@ -58,8 +99,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"listener: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("dit4c.listener").info(
-        "listener for %s: routers %s, upstream %s:%d", hostname, ", ".join(urls), *upstream)
+    log.info("listener for %s: routers %s, upstream %s", hostname, ", ".join(urls),
+             "the auth gate, in this process" if isinstance(upstream, AuthConfig)
+             else f"{upstream[0]}:{upstream[1]}")
     asyncio.run(run(token, urls, hostname, upstream))
     return 0
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from helpers.listener.streams import StreamTransport
 from helpers.listener.upstream import UpstreamConnection
 from protocol.tunnel import (
     DEFAULT_WINDOW,
@@ -47,11 +48,17 @@ def backoff(attempt: int, cap: float = BACKOFF_CAP,
     return rand(ceiling / 2, ceiling)
 
 
+StreamServer = Callable[[], asyncio.Protocol]
+"""Makes the protocol that serves one stream in this process (the auth gate's connection)."""
+
+
 class RouterLink:
-    """Holds a tunnel to one router's ``url`` and serves its streams to ``upstream``."""
+    """Holds a tunnel to one router's ``url`` and serves its streams: each to a TCP connection
+    to ``upstream`` (``(host, port)``), or in-process to a protocol ``upstream()`` makes
+    (:mod:`helpers.listener.streams`)."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, *, token: str, hostname: str,
-                 upstream: tuple[str, int], window: int = DEFAULT_WINDOW,
+                 upstream: tuple[str, int] | StreamServer, window: int = DEFAULT_WINDOW,
                  heartbeat: float = HEARTBEAT) -> None:
         self.session = session
         self.url = url
@@ -104,6 +111,14 @@ class RouterLink:
             log.info("tunnel to %s down: %s", self.url, reason)
 
     def _opener(self, mux: Mux) -> Callable[[int, memoryview], None]:
+        if callable(self.upstream):
+            serve = self.upstream
+
+            def serve_here(stream_id: int, first: memoryview) -> None:
+                transport = StreamTransport(serve())
+                transport.attach(mux.accept(stream_id, transport), first)
+
+            return serve_here
         host, port = self.upstream
 
         def on_open(stream_id: int, first: memoryview) -> None:

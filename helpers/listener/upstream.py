@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
+from protocol.tcp import quick_ack
 from protocol.tunnel import Stream
 
 log = logging.getLogger("dit4c.listener.upstream")
@@ -19,6 +21,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self.stream: Stream | None = None
         self.transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None
         self._held: list[bytes] = []
         self._eof_held = False
         self._write_paused = False
@@ -60,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._sock = transport.get_extra_info("socket")
         if self._closed:
             transport.close()
             return
@@ -71,6 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
             transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
+        # Before passing the bytes on: a tool with Nagle on holds its next write until this
+        # read is acknowledged (protocol/tcp.py).
+        quick_ack(self._sock)
         if self.stream is not None and not self.stream.write(data):
             assert self.transport is not None
             self.transport.pause_reading()

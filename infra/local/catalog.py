@@ -17,4 +17,12 @@ def demo_catalog() -> list[NewImage]:
             memory_mb=64,
             tags=["demo"],
         ),
+        NewImage(
+            name="JupyterLab 4.6",
+            image=images.JUPYTERLAB,
+            port=images.JUPYTERLAB_PORT,
+            cpu=1.0,
+            memory_mb=1024,
+            tags=["demo", "jupyter"],
+        ),
     ]

@@ -1,9 +1,12 @@
 """Evaluating CloudFormation intrinsic functions against what the local stack created.
 
 Supported: ``Ref`` (parameters, pseudo parameters, resources), ``Fn::GetAtt``, ``Fn::Sub`` (both
-forms), ``Fn::Join``, ``Fn::Select``, ``Fn::Split``. Anything else is a ``TemplateError`` naming
-the function and where it was used, so a template change the local stack cannot follow fails at
-start-up instead of producing a half-configured stack.
+forms), ``Fn::Join``, ``Fn::Select``, ``Fn::Split``, and ``Fn::If`` over the template's
+``Conditions`` (``Fn::Equals``, ``Fn::Not``, ``Fn::And``, ``Fn::Or``, ``Condition``). Only the
+branch ``Fn::If`` takes is evaluated, so a branch that names a cloud-only resource (the API's own
+URL) costs nothing locally. Anything else is a ``TemplateError`` naming the function and where it
+was used, so a template change the local stack cannot follow fails at start-up instead of
+producing a half-configured stack.
 """
 
 from __future__ import annotations
@@ -31,10 +34,37 @@ class Resolver:
         parameters: Mapping[str, str | list[str]],
         pseudo: Mapping[str, str],
         resources: ResourceLookup,
+        conditions: Mapping[str, Any] | None = None,
     ) -> None:
         self._parameters = parameters
         self._pseudo = pseudo
         self._resources = resources
+        self._conditions = dict(conditions or {})
+        self._decided: dict[str, bool] = {}
+
+    def condition(self, name: str, where: str) -> bool:
+        """The value of the template's condition ``name`` (evaluated once)."""
+        if name not in self._decided:
+            if name not in self._conditions:
+                raise TemplateError(f"{where}: no condition named {name}")
+            self._decided[name] = self._truth(self._conditions[name], f"Conditions.{name}")
+        return self._decided[name]
+
+    def _truth(self, value: Any, where: str) -> bool:
+        if isinstance(value, dict) and len(value) == 1:
+            (key, argument), = value.items()
+            if key == "Condition":
+                return self.condition(str(argument), where)
+            if key == "Fn::Equals" and isinstance(argument, list) and len(argument) == 2:
+                left, right = (self.resolve(a, where) for a in argument)
+                return bool(left == right)
+            if key == "Fn::Not" and isinstance(argument, list) and len(argument) == 1:
+                return not self._truth(argument[0], where)
+            if key == "Fn::And" and isinstance(argument, list):
+                return all(self._truth(a, where) for a in argument)
+            if key == "Fn::Or" and isinstance(argument, list):
+                return any(self._truth(a, where) for a in argument)
+        raise TemplateError(f"{where}: not a condition the local stack can evaluate: {value!r}")
 
     def resolve(self, value: Any, where: str) -> Any:
         if isinstance(value, list):
@@ -46,6 +76,8 @@ class Resolver:
             (key, argument), = value.items()
             if key == "Ref":
                 return self._ref(argument, where)
+            if key == "Fn::If":
+                return self._if(argument, f"{where} (Fn::If)")
             if key.startswith("Fn::"):
                 return self._function(key, argument, where)
         resolved = {k: self.resolve(v, f"{where}.{k}") for k, v in value.items()}
@@ -70,6 +102,12 @@ class Resolver:
         if name in self._parameters:
             return self._parameters[name]
         return self._resources(name, None, where)
+
+    def _if(self, argument: Any, where: str) -> Any:
+        if not (isinstance(argument, list) and len(argument) == 3):
+            raise TemplateError(f"{where}: expected [condition, then, else]")
+        taken = argument[1] if self.condition(str(argument[0]), where) else argument[2]
+        return self.resolve(taken, where)
 
     def _function(self, key: str, argument: Any, where: str) -> Any:
         here = f"{where} ({key})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +28,31 @@ from infra.local.aws import AwsEndpoint
 log = logging.getLogger("dit4c.local.moto")
 
 
+class DynamoDbTakesTurns:
+    """WSGI middleware: DynamoDB requests one at a time, every other service concurrently.
+
+    moto's DynamoDB backend is not thread-safe: ``TransactWriteItems`` deep-copies tables that
+    concurrent writes are changing, which fails with "dictionary changed size during
+    iteration" (a 500 to the caller) — 100 launches at once hit it every time. Real DynamoDB has
+    no such limit. SQS and the rest stay concurrent: a long poll must not hold anyone up.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            return self._app(environ, start_response)
+        with self._lock:
+            return list(self._app(environ, start_response))  # the whole answer, in turn
+
+
 class MotoServer:
     """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped.
 
-    ``wrap``: a WSGI middleware put in front of moto (the storage tests' policy gate).
+    ``wrap``: a WSGI middleware put in front of moto (the IAM tests' policy gate, the storage
+    tests' S3 gate).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
@@ -44,7 +66,7 @@ class MotoServer:
     def start(self) -> AwsEndpoint:
         # werkzeug logs every request at INFO on its own handler; keep warnings only.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app: Any = DomainDispatcherApplication(create_backend_app)
+        app: Any = DynamoDbTakesTurns(DomainDispatcherApplication(create_backend_app))
         if self._wrap is not None:
             app = self._wrap(app)
         # Bound here, not by werkzeug: on a taken port werkzeug prints and calls sys.exit().
@@ -80,6 +102,14 @@ class MotoServer:
         if isinstance(host, bytes):
             host = host.decode()
         return AwsEndpoint(f"http://{host}:{port}")
+
+    def reset(self) -> None:
+        """Forget every service's state (moto's ``/moto-api/reset``). moto keeps it per process,
+        not per server: a test done with its resources resets, so the next finds none."""
+        url = f"{self.endpoint.url}/moto-api/reset"  # http://<our loopback address>
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
 
     def stop(self) -> None:
         """Stop serving and close the socket; harmless when not started."""

@@ -5,6 +5,8 @@ event -> app -> response); this module only binds it to each address the stack n
 and the pods network's gateway so pods reach the portal as ``host.docker.internal``), one thread
 per connection. Like ``chalice local``, the app's class is swapped for one whose
 ``current_request`` is thread-local, so concurrent requests do not see each other's request.
+A path no route serves gets the API's JSON 404 (:func:`control_plane.gateway.not_found`), as
+through API Gateway, instead of ``chalice.local``'s imitation of API Gateway's 403.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import urlsplit
 
 from chalice.app import Chalice
 from chalice.config import Config
@@ -21,15 +25,38 @@ from chalice.local import (
     CustomLocalChalice,
     LocalChalice,
     LocalDevServer,
+    LocalGateway,
     ThreadedHTTPServer,
 )
+
+from control_plane.gateway import RouteTable, not_found
 
 log = logging.getLogger("dit4c.local.portal")
 access_log = logging.getLogger("dit4c.local.portal.access")
 
 
+class PortalGateway(LocalGateway):
+    """``chalice.local``'s gateway, answering unknown paths as the deployed handler does."""
+
+    def __init__(self, app: Chalice, config: Config) -> None:
+        super().__init__(app, config)
+        self._routes = RouteTable(app.routes)
+
+    def handle_request(self, method: str, path: str, headers: Any, body: bytes | None
+                       ) -> Any:
+        bare = urlsplit(path).path
+        if self._routes.resolve(bare) is None:
+            return not_found(bare)
+        return super().handle_request(method, path, headers, body)
+
+
 class _RequestHandler(ChaliceRequestHandler):
-    """Chalice's handler, logging through ``logging`` instead of printing to stderr."""
+    """Chalice's handler with :class:`PortalGateway`, logging through ``logging`` (not stderr)."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice,
+                 config: Config) -> None:
+        self.local_gateway = PortalGateway(app_object, config)
+        BaseHTTPRequestHandler.__init__(self, request, client_address, server)
 
     def log_message(self, format: str, *args: Any) -> None:
         access_log.info("%s %s", self.address_string(), format % args)

@@ -75,6 +75,9 @@ class Stack:
     """Function logical id -> URL of the queue its SQS trigger reads."""
     skipped: tuple[str, ...] = ()
     """Resources of kinds the local stack does not create, that nothing it needs refers to."""
+    resolver: Resolver | None = None
+    """Evaluates more of the template's values against what was made (the IAM tests resolve
+    the functions' policies with it)."""
 
     def of_type(self, resource_type: str) -> list[Physical]:
         return [r for r in self.resources.values() if r.type == resource_type]
@@ -93,7 +96,7 @@ class Provisioner:
         skipped = []
         for logical_id in template.resources:
             resource_type = template.resource_type(logical_id)
-            if resource_type in _NOT_PROVISIONED:
+            if resource_type in _NOT_PROVISIONED or not run.wanted(logical_id):
                 continue
             if not run.can_create(resource_type):
                 # Cloud-only (an alarm, a permission ...): fine unless something refers to it.
@@ -120,6 +123,7 @@ class Provisioner:
             functions=functions,
             sqs_sources=sqs_sources,
             skipped=tuple(skipped),
+            resolver=run.resolver,
         )
 
     def client(self, service: str) -> Any:
@@ -155,7 +159,8 @@ class _Run:
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
         }
-        self.resolver = Resolver(parameters, pseudo, self._lookup)
+        self.resolver = Resolver(parameters, pseudo, self._lookup,
+                                 template.document.get("Conditions"))
         self._creators: dict[str, Callable[[str, dict[str, Any]], Physical]] = {
             "AWS::DynamoDB::Table": self._table,
             "AWS::SQS::Queue": self._queue,
@@ -168,6 +173,11 @@ class _Run:
 
     def can_create(self, resource_type: str) -> bool:
         return resource_type in self._creators
+
+    def wanted(self, logical_id: str) -> bool:
+        """False for a resource whose ``Condition`` is false (CloudFormation skips it too)."""
+        condition = self.template.resources[logical_id].get("Condition")
+        return condition is None or self.resolver.condition(str(condition), logical_id)
 
     # -- lookups -------------------------------------------------------------------------------
 

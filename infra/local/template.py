@@ -41,6 +41,9 @@ class ScheduleTrigger:
 
 @dataclass(frozen=True)
 class ApiTrigger:
+    """HTTP requests: a SAM ``Api``/``HttpApi`` event, or an HTTP API route whose Lambda proxy
+    integration names the function (``path`` is then the route key, e.g. ``$default``)."""
+
     path: str
     method: str
 
@@ -143,7 +146,7 @@ class Template:
             triggers = tuple(
                 _trigger(f"{logical_id}.Events.{name}", name, event)
                 for name, event in (properties.get("Events") or {}).items()
-            )
+            ) + tuple(self._http_api_routes().get(logical_id, ()))
             specs[logical_id] = FunctionSpec(
                 logical_id=logical_id,
                 handler=handler,
@@ -152,6 +155,39 @@ class Template:
                 triggers=triggers,
             )
         return specs
+
+
+    def _http_api_routes(self) -> dict[str, list[ApiTrigger]]:
+        """Function logical id -> the HTTP API routes whose integration invokes it."""
+        targets = {}
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] == "AWS::ApiGatewayV2::Integration":
+                function = _function_of(self.properties(logical_id).get("IntegrationUri"))
+                if function is not None:
+                    targets[logical_id] = function
+        routes: dict[str, list[ApiTrigger]] = {}
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] != "AWS::ApiGatewayV2::Route":
+                continue
+            properties = self.properties(logical_id)
+            target = properties.get("Target")
+            target_text = target.get("Fn::Sub") if isinstance(target, dict) else target
+            for integration, function in targets.items():
+                if isinstance(target_text, str) and "${" + integration + "}" in target_text:
+                    key = str(properties.get("RouteKey", "$default"))
+                    method, _, path = key.partition(" ") if " " in key else ("ANY", "", key)
+                    routes.setdefault(function, []).append(ApiTrigger(path=path, method=method))
+        return routes
+
+
+def _function_of(uri: Any) -> str | None:
+    """The function a Lambda proxy integration's ``IntegrationUri`` names (``!GetAtt F.Arn``)."""
+    if isinstance(uri, dict) and "Fn::GetAtt" in uri:
+        target = uri["Fn::GetAtt"]
+        parts = target.split(".", 1) if isinstance(target, str) else list(target)
+        if len(parts) == 2 and parts[1] == "Arn":
+            return str(parts[0])
+    return None
 
 
 def _parameter_value(name: str, spec: Mapping[str, Any], raw: Any) -> str | list[str]:

@@ -21,7 +21,7 @@ from infra.local.errors import TemplateError
 from infra.local.intrinsics import Resolver
 from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
-from infra.local.template import DEFAULT_TEMPLATE, ScheduleTrigger, SqsTrigger, Template
+from infra.local.template import DEFAULT_TEMPLATE, ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 
 PARAMETERS = {
     "PortalUrl": "http://localhost:8000",
@@ -276,8 +276,29 @@ def test_a_cloud_only_resource_nothing_refers_to_is_skipped(endpoint, stack_name
         1,
     )
     stack = provision(endpoint, stack_name, Template.loads(text))
-    assert stack.skipped == ("Alarm",)
+    assert "Alarm" in stack.skipped
     assert "Alarm" not in stack.resources
+    # The HTTP API is cloud-only too; with a PortalUrl given, nothing local refers to it.
+    assert "HttpApi" in stack.skipped
+
+
+def test_the_portal_url_follows_the_conditions(endpoint, stack_name):
+    """PortalUrl given: it; else the custom domain: neither needs the cloud-only HTTP API."""
+    given = provision(endpoint, stack_name)
+    assert given.environment["DIT4C_PORTAL_URL"] == PARAMETERS["PortalUrl"]
+    domain = Provisioner(endpoint, stack_name).provision(Template.load(), {
+        **PARAMETERS, "PortalUrl": "", "PortalDomain": "dit4c.example.org",
+        "PortalCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
+    assert domain.environment["DIT4C_PORTAL_URL"] == "https://dit4c.example.org"
+    assert "PortalDomainName" in domain.skipped  # its condition holds: cloud-only, skipped
+    with pytest.raises(TemplateError, match=r"HttpApi is a AWS::ApiGatewayV2::Api"):
+        Provisioner(endpoint, stack_name).provision(Template.load(), {**PARAMETERS,
+                                                                      "PortalUrl": ""})
+
+
+def test_the_api_function_is_found_through_the_http_api_route(endpoint, stack_name):
+    (trigger,) = provision(endpoint, stack_name).functions["ApiFunction"].triggers
+    assert trigger == ApiTrigger(path="$default", method="ANY")
 
 
 @pytest.mark.parametrize(
@@ -363,7 +384,8 @@ def test_intrinsics_evaluate_as_cloudformation_does(value, expected):
     [
         ({"Fn::Sub": "${Urls}"}, "is a list; join it first"),
         ({"Fn::Select": [5, {"Ref": "Urls"}]}, "index 5 out of range"),
-        ({"Fn::If": ["c", 1, 2]}, "Fn::If is not supported"),
+        ({"Fn::If": ["c", 1, 2]}, "no condition named c"),
+        ({"Fn::FindInMap": ["m", "k", "v"]}, "Fn::FindInMap is not supported"),
         ({"Ref": 3}, "Ref needs a name"),
     ],
 )

@@ -1,7 +1,8 @@
 """Fixtures for the integration tier: the local images, and throwaway networks and containers.
 
-- ``tool_image`` / ``helpers_image`` (session): the image names, made sure to exist with the
-  current recipe (``scripts.build_images``; reused in milliseconds after ``make images``).
+- ``tool_image`` / ``helpers_image`` / ``jupyterlab_image`` (session): the image names, made
+  sure to exist with the current recipe (``scripts.build_images``; reused in milliseconds after
+  ``make images``).
 - ``docker_network``: a fresh bridge network for this test, labelled, removed afterwards. The
   host reaches containers on it by their IP address on that network (``container_ip``): no
   published host ports, so parallel runs never fight over a port.
@@ -25,7 +26,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from scripts import images
-from scripts.build_images import ImageBuilder
+from scripts.build_images import ImageBuilder, pinned
 from tests.support.node import node_env
 
 RunContainer = Callable[..., Container]
@@ -44,8 +45,16 @@ def tool_image(image_builder: ImageBuilder) -> str:
 
 @pytest.fixture(scope="session")
 def helpers_image(image_builder: ImageBuilder) -> str:
-    image_builder.ensure([images.HELPER_BASE, images.HELPERS])
-    return images.HELPERS
+    """This checkout's helpers image by its recipe tag (``dit4c/helpers:r-<recipe>``): on a
+    shared engine another checkout may move ``dit4c/helpers:dev`` to its own code mid-run."""
+    image_builder.ensure([images.HELPER_BASE])
+    return pinned(images.HELPERS, image_builder.helpers().recipe)
+
+
+@pytest.fixture(scope="session")
+def jupyterlab_image(image_builder: ImageBuilder) -> str:
+    image_builder.ensure([images.HELPER_BASE, images.JUPYTERLAB])
+    return images.JUPYTERLAB
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, unique_name, run_labels, docker_client) -> Iterator[dict[str, Any]]:
+def stack(tmp_path_factory, unique_name, run_labels, docker_client, helpers_image
+          ) -> Iterator[dict[str, Any]]:
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (make deps installs Debian's chromium)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
@@ -43,6 +44,7 @@ def stack(tmp_path_factory, unique_name, run_labels, docker_client) -> Iterator[
         "DIT4C_STACK_NAME": "dit4c-e2e",
         "DIT4C_ADMIN_PASSWORD": "admin-e2e-password",
         "DIT4C_NODE_PODS_NETWORK": unique_name("e2e-pods"),
+        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",

@@ -97,7 +97,8 @@ class StackProcess:
 
 
 @pytest.fixture(scope="module")
-def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[str, str]:
+def stack_env(tmp_path_factory, unique_name, run_labels, docker_client, helpers_image
+              ) -> dict[str, str]:
     data_dir = tmp_path_factory.mktemp("local-stack") / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
     env.update({
@@ -111,6 +112,7 @@ def stack_env(tmp_path_factory, unique_name, run_labels, docker_client) -> dict[
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
         "DIT4C_SNAPSHOT_SECONDS": "2",
     })
     return env

@@ -99,7 +99,7 @@ def test_launch_answer_stop_save_discard(h: Harness):
     assert [e.state for e in events.states(iid)] == ["starting", "running"]
 
     containers = pod_containers(docker_client, iid)
-    assert set(containers) == {"netns", "listener", "auth", "tool"}
+    assert set(containers) == {"netns", "listener", "tool"}
     for role, container in containers.items():
         assert container.status == "running", role
         assert container.labels[pod.LABEL_NODE] == node.node_id
@@ -117,15 +117,15 @@ def test_launch_answer_stop_save_discard(h: Harness):
     assert netns.attrs["HostConfig"]["ExtraHosts"] == [f"host.docker.internal:{gateway}"]
     code, hosts = exec_out(containers["tool"], ["cat", "/etc/hosts"])
     assert "host.docker.internal" in hosts  # the joined containers share the holder's hosts
-    for role in ("listener", "auth", "tool"):
+    for role in ("listener", "tool"):
         assert containers[role].attrs["HostConfig"]["NetworkMode"] == f"container:{netns.id}"
     tool_config = containers["tool"].attrs["HostConfig"]
     assert tool_config["NanoCpus"] == 500_000_000
     assert tool_config["Memory"] == 96 * 1024 * 1024
     assert tool_config["PidsLimit"] == 64
 
-    # The tool answers inside the pod: the auth helper's upstream, from the auth container.
-    code, page = exec_out(containers["auth"], [
+    # The tool answers inside the pod: the auth helper's upstream, from the listener's container.
+    code, page = exec_out(containers["listener"], [
         "python3", "-c", "import urllib.request; print(urllib.request.urlopen("
         "'http://127.0.0.1:8080/', timeout=5).read().decode())"])
     assert code == 0, page
@@ -180,7 +180,7 @@ def test_duplicate_start_makes_one_pod(h: Harness):
     h.node.send(sample_start(iid, h.tool_image))  # the control plane re-sending
     h.wait_state(iid, "running")
     wait_drained(h)
-    assert sorted(h.pod(iid)) == ["auth", "listener", "netns", "tool"]
+    assert sorted(h.pod(iid)) == ["listener", "netns", "tool"]
     assert [e.state for e in h.events.states(iid)] == ["starting", "running"]
     h.node.send(DiscardInstance(instance_id=iid))
     h.wait_state(iid, "discarded")
@@ -261,11 +261,9 @@ def test_tool_sees_no_helper_secrets(h: Harness):
         assert secret not in config_env("tool")
     code, _ = exec_out(containers["tool"], ["ls", "/var/run/docker.sock"])
     assert code != 0
-    # Each helper has its own settings only.
+    # Each helper has its own settings only (the listener runs the auth helper: both).
     assert start.tunnel_token in config_env("listener")
-    assert start.oauth.client_secret not in config_env("listener")
-    assert start.oauth.client_secret in config_env("auth")
-    assert start.tunnel_token not in config_env("auth")
+    assert start.oauth.client_secret in config_env("listener")
     h.node.send(DiscardInstance(instance_id=iid))
 
 
@@ -372,7 +370,7 @@ def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3
     h.node.send(start)
     h.wait_state(iid, "running")
     containers = h.pod(iid)
-    assert sorted(containers) == ["auth", "listener", "netns", "storage", "tool"]
+    assert sorted(containers) == ["listener", "netns", "storage", "tool"]
     tool = containers["tool"]
     assert exec_out(tool, ["cat", "/mnt/storage/hello.txt"]) == (0, "from s3\n")
     changes = ("echo kept > /mnt/storage/file; mkdir /mnt/storage/sub; "
@@ -390,7 +388,7 @@ def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3
                       "sub/new.txt": b"deep\n", "old/": b"", "private.txt": b"mine\n"}
     helper = containers["storage"]
     assert secret in "\n".join(helper.attrs["Config"]["Env"])
-    for role in ("tool", "listener", "auth"):
+    for role in ("tool", "listener"):
         assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
     assert helper.attrs["Config"]["User"] == "0"
     assert helper.attrs["HostConfig"]["CapDrop"] == ["ALL"]
@@ -424,8 +422,8 @@ def test_a_helper_missing_from_the_helpers_image_fails_the_start_at_once(h: Harn
         plain.send(sample_start(iid, h.tool_image, storage=StorageAccess(
             kind="s3", bucket="b", prefix=f"users/{iid}/", credentials={})))
         failed = h.wait_state(iid, "failed")
-        image = settings["DIT4C_NODE_HELPERS_IMAGE"]
-        assert failed.reason == (f"the helpers image {image} has no storage helper "
+        helpers_image = settings["DIT4C_NODE_HELPERS_IMAGE"]
+        assert failed.reason == (f"the helpers image {helpers_image} has no storage helper "
                                  "(helpers.no_such_helper)")
         assert [e.state for e in h.events.states(iid)] == ["starting", "failed"]
         assert h.pod(iid) == {}  # found before anything was made

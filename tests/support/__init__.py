@@ -11,4 +11,12 @@
   login, test-controlled access) and a cookie-jar ``Browser``;
   :mod:`tests.support.auth_scenarios` — the browser and attack scenarios both tiers run
   against auth helpers.
+- :mod:`tests.support.echo_tool` — an echo tool that writes like tornado (Nagle on, several
+  small writes per answer), for the latency bench and the tests of its cause.
+- :mod:`tests.support.jupyter_kernel` — a kernel started and driven over its WebSocket as
+  JupyterLab's page does it.
+- :mod:`tests.support.deploy` — the Lambda artifact run as Lambda runs it (each function in its
+  own interpreter of the runtime's version, :mod:`tests.support.lambda_runtime`), and the events
+  API Gateway, SQS and EventBridge hand it; :mod:`tests.support.iam_gate` — each function's role
+  as SAM translates the template, and moto's server authorising every call as IAM would.
 """

@@ -256,7 +256,7 @@ async def back_channel_revocation_closes_open_websockets_at_once(stack: Stack) -
         assert await stack.back_channel("w", ALL_USERS)
         message = await ws.receive(timeout=5)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
-        assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+        assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION, (ws.close_code, message)
 
 
 async def back_channel_refuses_what_the_portal_did_not_sign(stack: Stack) -> None:

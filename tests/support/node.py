@@ -86,21 +86,22 @@ class EventLog:
 
 
 STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
-STANDIN_AUTH = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
-"""The auth stand-in answers HTTP on AUTH_PORT, which the daemon's readiness probe waits for."""
+STANDIN_LISTENER = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
+"""The listener (which runs the auth helper) stand-in answers HTTP on AUTH_PORT, which the
+daemon's readiness probe waits for."""
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
-    """The real helpers where the image has them; a stand-in that stays up (and, for auth,
-    answers HTTP on its port) for the others.
+    """The real helpers where the image has them; a stand-in that stays up (and, for the
+    listener, answers HTTP on the auth port) for the others.
 
     The daemon calls a pod running once the tool and the auth helper answer HTTP, and it
     reports a helper that exits, so an absent module would fail every launch. With every
     helper present this returns {} (the daemon's defaults).
     """
-    roles = ("listener", "auth", "storage")
+    roles = ("listener", "storage")
     missing = missing_modules(client, helpers_image, [f"helpers.{role}" for role in roles])
-    return {role: list(STANDIN_AUTH if role == "auth" else STANDIN_HELPER)
+    return {role: list(STANDIN_LISTENER if role == "listener" else STANDIN_HELPER)
             for role in roles if f"helpers.{role}" in missing}
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from edge_router.config import RouterConfig
 from edge_router.server import Router
-from helpers.listener.links import RouterLink
+from helpers.listener.links import RouterLink, StreamServer
 from helpers.listener.links import session as link_session
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import TUNNEL_PATH
@@ -66,7 +66,8 @@ class Links:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self, urls: list[str], *, token: str, hostname: str,
-                    upstream: tuple[str, int], wait: bool = True) -> list[RouterLink]:
+                    upstream: tuple[str, int] | StreamServer, wait: bool = True
+                    ) -> list[RouterLink]:
         if self.session is None:
             self.session = link_session()
         links = [RouterLink(self.session, url, token=token, hostname=hostname,

@@ -1,4 +1,4 @@
-"""The router's HTTP/1.1 head parsing and body framing (edge_router.http1)."""
+"""HTTP/1.1 head parsing and body framing (protocol.http1), as the router and the gate use it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_router import http1
-from edge_router.errors import BadRequest
+from protocol import http1
+from protocol.errors import HttpError
 
 
 def test_request_head_is_rewritten() -> None:
@@ -55,7 +55,7 @@ def test_response_head_framing() -> None:
     b"GET /",
 ])
 def test_ambiguous_or_malformed_requests_are_refused(raw: bytes) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(HttpError):
         http1.parse_request(raw)
 
 

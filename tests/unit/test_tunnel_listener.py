@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.auth.config import AuthConfig
 from helpers.listener.__main__ import SettingsError, settings
 from helpers.listener.links import BACKOFF_CAP, backoff
 from protocol import pod
@@ -25,6 +26,23 @@ def test_settings_are_read_and_normalised() -> None:
 def test_a_bad_setting_is_named(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         settings({**GOOD, name: value})
+
+
+AUTH = {pod.ENV_AUTH_LISTEN: "127.0.0.1:7781", pod.ENV_AUTH_UPSTREAM: "http://127.0.0.1:8888",
+        pod.ENV_INSTANCE_ID: "abc", pod.ENV_PUBLIC_URL: "http://abc.example.org",
+        pod.ENV_OAUTH_CLIENT_ID: "c", pod.ENV_OAUTH_CLIENT_SECRET: "s",
+        pod.ENV_OAUTH_AUTHORIZE_URL: "http://p/oauth/authorize",
+        pod.ENV_OAUTH_TOKEN_URL: "http://p/oauth/token",
+        pod.ENV_OAUTH_JWKS_URL: "http://p/.well-known/jwks.json"}
+
+
+def test_with_the_auth_helpers_settings_it_serves_streams_in_process() -> None:
+    tunnel = {k: v for k, v in GOOD.items() if k != pod.ENV_UPSTREAM}
+    *_, upstream = settings({**tunnel, **AUTH})
+    assert isinstance(upstream, AuthConfig)
+    assert upstream.upstream == "http://127.0.0.1:8888" and upstream.listen_port == 7781
+    with pytest.raises(SettingsError, match=pod.ENV_OAUTH_CLIENT_SECRET):
+        settings({**tunnel, **AUTH, pod.ENV_OAUTH_CLIENT_SECRET: ""})
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:

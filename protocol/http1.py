@@ -1,8 +1,11 @@
-"""HTTP/1.1 message heads and body framing, parsed once at the edge.
+"""HTTP/1.1 message heads and body framing, parsed once per hop that must look at them.
 
-The router never decodes bodies: it finds where each request and response ends (so it can route
-every request of a keep-alive connection and log it) and forwards the bytes unchanged. Heads are
-rewritten: hop-by-hop headers go, ``X-Forwarded-*`` are set by us (never trusted from clients).
+Shared by the edge router (routes every request of a keep-alive connection by ``Host``) and the
+auth helper's gate (lets a signed-in request through to the tool). Neither decodes bodies: they
+find where each request and response ends and forward the bytes unchanged. Heads are rewritten:
+hop-by-hop headers go, ``X-Forwarded-*`` are set by the router (never trusted from clients).
+Malformed input raises :class:`protocol.errors.HttpError` (400 to a client, 502 from an
+upstream).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from edge_router.errors import BadRequest
+from protocol.errors import HttpError
 
 HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
@@ -38,6 +41,8 @@ class RequestHead:
     host: str
     """Lower-case, without port."""
     raw_host: bytes
+    forwarded_for: bytes | None
+    """The ``X-Forwarded-For`` it came with (set by the router, read by the pod's hops)."""
     headers: list[tuple[bytes, bytes]]
     """Every header but hop-by-hop and X-Forwarded-*, in order (original names)."""
     framing: int
@@ -64,7 +69,7 @@ _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 
 
 def _split_head(head: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes]]]:
-    """Start line parts and ``(name, lower name, value)`` headers; raise BadRequest.
+    """Start line parts and ``(name, lower name, value)`` headers; raise HttpError.
 
     Validation and splitting are two regular expressions (C speed): every line must be
     ``token ":" value`` with no control characters, so no header can hide from our framing.
@@ -76,9 +81,9 @@ def _split_head(head: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes, byte
         start_line, fields = head[:start_end], head[start_end + 2:] + b"\r\n"
     start = start_line.split(b" ", 2)
     if len(start) != 3:
-        raise BadRequest("malformed start line")
+        raise HttpError("malformed start line")
     if _FIELDS.fullmatch(fields) is None:
-        raise BadRequest("malformed header line")
+        raise HttpError("malformed header line")
     return start, [(name, name.lower(), value) for name, value in _FIELD.findall(fields)]
 
 
@@ -93,70 +98,73 @@ def _framing(headers: list[tuple[bytes, bytes, bytes]]) -> tuple[int, int, bool]
     for _name, lower, value in headers:
         if lower == b"content-length":
             if not value.isdigit() or len(value) > 18:
-                raise BadRequest("invalid Content-Length")
+                raise HttpError("invalid Content-Length")
             if length is not None and length != int(value):
-                raise BadRequest("conflicting Content-Length headers")
+                raise HttpError("conflicting Content-Length headers")
             length = int(value)
         elif lower == b"transfer-encoding":
             codings = [t.strip().lower() for t in value.split(b",")]
             if codings[-1] != b"chunked" or chunked:
-                raise BadRequest("unsupported Transfer-Encoding")
+                raise HttpError("unsupported Transfer-Encoding")
             chunked = True
     if chunked and length is not None:
-        raise BadRequest("both Content-Length and Transfer-Encoding")
+        raise HttpError("both Content-Length and Transfer-Encoding")
     if chunked:
         return CHUNKED, 0, True
     return LENGTH, length or 0, length is not None
 
 
-def parse_request(head: bytes) -> RequestHead:
+def parse_request(head: bytes) -> RequestHead:  # noqa: PLR0912 - one branch per header
     """Parse a request head (without the final blank line)."""
     (method, target, version), headers = _split_head(head)
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadRequest("unsupported HTTP version")
+        raise HttpError("unsupported HTTP version")
     if not method or not TOKEN_CHARS.issuperset(method):
-        raise BadRequest("malformed method")
+        raise HttpError("malformed method")
     if not target or b"\x00" in target:
-        raise BadRequest("malformed request target")
+        raise HttpError("malformed request target")
     raw_host = b""
+    forwarded_for: bytes | None = None
     connection: set[bytes] = set()
     upgrade: bytes | None = None
     kept: list[tuple[bytes, bytes]] = []
     for name, lower, value in headers:
         if lower == b"host":
             if raw_host:
-                raise BadRequest("more than one Host header")
+                raise HttpError("more than one Host header")
             raw_host = value
         elif lower == b"connection":
             connection |= _tokens(value)
         elif lower == b"upgrade":
             upgrade = value
+        elif lower == b"x-forwarded-for":
+            forwarded_for = value
         if lower not in HOP_BY_HOP and lower not in FORWARDED:
             kept.append((name, value))
     if connection:
         kept = [(n, v) for n, v in kept if n.lower() not in connection]
     if not raw_host:
-        raise BadRequest("missing Host header")
+        raise HttpError("missing Host header")
     framing, length, _ = _framing(headers)
     if upgrade is not None and b"upgrade" not in connection:
         upgrade = None
     close = b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection)
-    return RequestHead(method, target, version, host_of(raw_host), raw_host, kept, framing,
-                       length, upgrade, close)
+    return RequestHead(method, target, version, host_of(raw_host), raw_host, forwarded_for,
+                       kept, framing, length, upgrade, close)
 
 
 def host_of(raw_host: bytes) -> str:
-    """Lower-case host without port; raise BadRequest for anything that is not a hostname."""
+    """Lower-case host without port; raise HttpError for anything that is not a hostname."""
     try:
         text = raw_host.decode("ascii").lower()
     except UnicodeDecodeError:
-        raise BadRequest("non-ASCII Host header") from None
+        raise HttpError("non-ASCII Host header") from None
     if text.startswith("["):
         host, _, _ = text[1:].partition("]")
         return host
     host, _, port = text.partition(":")
     if port and not port.isdigit():
-        raise BadRequest("malformed Host header")
+        raise HttpError("malformed Host header")
     return host
 
 
@@ -175,7 +183,7 @@ def parse_response(head: bytes, *, request_method: bytes, upgrade: bytes | None,
     """Parse an upstream response head; ``close``: the client will be disconnected after it."""
     (version, code, reason), headers = _split_head(head)
     if not version.startswith(b"HTTP/1.") or not code.isdigit() or len(code) != 3:
-        raise BadRequest("malformed status line")
+        raise HttpError("malformed status line")
     status = int(code)
     connection: set[bytes] = set()
     for _name, lower, value in headers:
@@ -227,7 +235,7 @@ class ChunkedScanner:
             if newline < 0:
                 self._line += bytes(data[pos:end])
                 if len(self._line) > self.MAX_LINE:
-                    raise BadRequest("chunk line too long")
+                    raise HttpError("chunk line too long")
                 return -1
             line = (self._line + bytes(data[pos:pos + newline])).rstrip(b"\r")
             self._line = b""
@@ -237,13 +245,13 @@ class ChunkedScanner:
                 try:
                     self._remaining = int(size_text, 16)
                 except ValueError:
-                    raise BadRequest("malformed chunk size") from None
+                    raise HttpError("malformed chunk size") from None
                 if self._remaining < 0 or len(size_text) > 15:
-                    raise BadRequest("malformed chunk size")
+                    raise HttpError("malformed chunk size")
                 self._state = self._DATA if self._remaining else self._TRAILER
             elif self._state == self._DATA_CRLF:
                 if line:
-                    raise BadRequest("chunk data longer than its size")
+                    raise HttpError("chunk data longer than its size")
                 self._state = self._SIZE
             elif not line:  # the blank line after the trailers ends the body
                 self._state = self._SIZE
