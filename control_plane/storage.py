@@ -42,7 +42,7 @@ log = logging.getLogger("dit4c.control_plane.storage")
 SAFE_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,63}$")
 OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject",
                   "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
-COUNT_SECONDS = 60
+COUNT_SECONDS = 15
 """A stored usage count younger than this is shown as is."""
 RENEWABLE = frozenset({InstanceState.SCHEDULED, InstanceState.STARTING, InstanceState.RUNNING})
 """An instance in these states may have its storage credentials renewed by its node."""
@@ -214,7 +214,9 @@ class UserStorage:
         import boto3  # noqa: PLC0415 - as control_plane.aws: only requests that count pay it
 
         creds = access.credentials
-        return boto3.client("s3", endpoint_url=access.endpoint_url, region_name=access.region,
+        # The control plane's own way to S3 (the access's endpoint is the pods').
+        return boto3.client("s3", endpoint_url=self.config.aws_endpoint_url,
+                            region_name=access.region,
                             aws_access_key_id=creds["access_key_id"],
                             aws_secret_access_key=creds["secret_access_key"],
                             aws_session_token=creds["session_token"])
