@@ -74,7 +74,7 @@ class ControlPlane:
         self._wrap = wrap
         self._moto = MotoServer(wrap=wrap)
         self.aws: AwsEndpoint = self._moto.start()
-        self._pods_moto: MotoServer | None = None
+        self._pods_motos: list[MotoServer] = []
         self._portal: PortalServer | None = None
         try:
             stack = Provisioner(self.aws, f"t{uuid.uuid4().hex[:8]}").provision(
@@ -86,9 +86,7 @@ class ControlPlane:
             config = Config.from_env({**self.aws.environment(), **stack.environment,
                                       "DIT4C_PORTAL_URL": self.url})
             if pods_gateway is not None:
-                port = urlsplit(self.aws.url or "").port or 0
-                self._pods_moto = MotoServer(pods_gateway, port, wrap=wrap)
-                self._pods_moto.start()
+                port = self.serve_aws_on(pods_gateway)
                 config = dataclasses.replace(
                     config, pod_aws_endpoint_url=f"http://host.docker.internal:{port}")
             if storage_seconds is not None:
@@ -123,6 +121,16 @@ class ControlPlane:
         self._portal.start()
         host, port = self._portal.addresses[0]
         self.url = f"http://{host}:{port}"
+
+    def serve_aws_on(self, host: str) -> int:
+        """moto (the same state) on ``host`` too, on the same port: pods whose
+        ``host.docker.internal`` is that address reach S3 as ``DIT4C_POD_AWS_ENDPOINT_URL``
+        says (another node's pods network). Returns the port."""
+        port = urlsplit(self.aws.url or "").port or 0
+        server = MotoServer(host, port, wrap=self._wrap)
+        server.start()
+        self._pods_motos.append(server)
+        return port
 
     # -- what an administrator and the scheduler do ---------------------------------------
 
@@ -171,8 +179,8 @@ class ControlPlane:
         services.use(None)
         if self._portal is not None:
             self._portal.stop()
-        if self._pods_moto is not None:
-            self._pods_moto.stop()
+        for server in self._pods_motos:
+            server.stop()
         self._moto.stop()
 
 
