@@ -6,6 +6,7 @@ such as the local stack (see docs/contracts.md):
 - ``DIT4C_AWS_ENDPOINT_URL``: one endpoint for every AWS client (moto server locally).
 - ``DIT4C_ROUTER_PUBLIC_PORT``: port in instance URLs (unset: the scheme's default).
 - ``DIT4C_POD_PORTAL_URL``: the portal as pods reach it (default: ``DIT4C_PORTAL_URL``).
+- ``DIT4C_POD_AWS_ENDPOINT_URL``: S3 as pods reach it (default: ``DIT4C_AWS_ENDPOINT_URL``).
 
 ``DIT4C_EVENTS_MAPPING`` (the events trigger's UUID) is the reaper's own setting on Lambda
 (``template.yaml`` gives it to that function alone); without it, as locally, only the reaper's
@@ -81,6 +82,9 @@ DEFAULTS: Mapping[str, str] = {
     "DIT4C_STORAGE_BUCKET": "",
     "DIT4C_REGISTRY_SERVICE": DEFAULT_SERVICE,
     "DIT4C_EXPORT_LINK_SECONDS": "3600",
+    "DIT4C_STORAGE_ROLE_ARN": "",
+    "DIT4C_STORAGE_QUOTA_MB": "10240",
+    "DIT4C_STORAGE_CREDENTIALS_SECONDS": "3600",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -121,7 +125,12 @@ class Config:
     events_mapping: str | None
     """The events queue's Lambda event source mapping (UUID), where there is one."""
     storage_bucket: str
+    storage_role_arn: str
+    """The role whose credentials, narrowed to one user's prefix, pods get ("": no storage)."""
+    storage_quota_mb: int
+    storage_credentials_seconds: int
     aws_endpoint_url: str | None
+    pod_aws_endpoint_url: str | None
     region: str
     session_seconds: int
     node_silent_seconds: int
@@ -144,6 +153,11 @@ class Config:
     registry_service: str = DEFAULT_SERVICE
     export_url: str = ""
     export_link_seconds: int = 3600
+
+    @property
+    def storage_endpoint_url(self) -> str | None:
+        """S3 as pods reach it (None on AWS)."""
+        return self.pod_aws_endpoint_url or self.aws_endpoint_url
 
     @property
     def secure_cookies(self) -> bool:
@@ -229,7 +243,13 @@ class Config:
             reaper_rule=source["DIT4C_REAPER_RULE"],
             events_mapping=source.get("DIT4C_EVENTS_MAPPING") or None,
             storage_bucket=get("DIT4C_STORAGE_BUCKET"),
+            storage_role_arn=get("DIT4C_STORAGE_ROLE_ARN"),
+            storage_quota_mb=number("DIT4C_STORAGE_QUOTA_MB"),
+            # STS's range: 15 minutes to the role's maximum (an hour).
+            storage_credentials_seconds=min(
+                number("DIT4C_STORAGE_CREDENTIALS_SECONDS", 900), 3600),
             aws_endpoint_url=source.get("DIT4C_AWS_ENDPOINT_URL") or None,
+            pod_aws_endpoint_url=source.get("DIT4C_POD_AWS_ENDPOINT_URL") or None,
             region=source.get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
             session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
             node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),

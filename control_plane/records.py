@@ -104,6 +104,10 @@ class Instance(Record):
     saved_image: str | None = None
     saved_image_id: str | None = None
     last_report_at: str | None = None
+    storage_ok: bool | None = None
+    """The storage helper's health as its node last reported it (None: no report)."""
+    storage_message: str | None = None
+    storage_reported_at: str | None = None
 
     @property
     def placed_on(self) -> str | None:

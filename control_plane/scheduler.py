@@ -24,6 +24,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes, milli
 from control_plane.records import UNPLACED, Instance, Node, NodeStatus
 from control_plane.registry import JOB_TOKEN_LIFETIME, RegistryTokens
+from control_plane.storage import StorageUnavailable, UserStorage
 from control_plane.table import ConditionFailed
 from protocol import pod
 from protocol.messages import DiscardInstance, OAuthClient, RegistryAccess, StartInstance
@@ -40,8 +41,9 @@ RENEWABLE = frozenset({S.SCHEDULED, S.STARTING, S.RUNNING})
 class Scheduler:
     def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
                  messenger: Messenger, registrar: ClientRegistrar,
-                 registry: RegistryTokens) -> None:
+                 registry: RegistryTokens, storage: UserStorage | None = None) -> None:
         self.config = config
+        self.storage = storage
         self.instances = instances
         self.nodes = nodes
         self.keys = keys
@@ -78,7 +80,13 @@ class Scheduler:
                 item = fresh
                 continue
             log.info("placed %s on node %s", item.instance_id, node.node_id)
-            self.messenger.send(node.queue_url, self.start_message(placed))
+            try:
+                start = self.start_message(placed)
+            except StorageUnavailable as exc:
+                # Nothing was sent: the node has nothing to start, and the room goes back.
+                return self.instances.transition(placed, replace(
+                    placed, state=S.FAILED, reason=exc.message))
+            self.messenger.send(node.queue_url, start)
             return placed
         note = (f"waiting for a node in cluster {item.cluster_id} with room for "
                 f"{item.cpu:g} CPU and {item.memory_mb} MB")
@@ -106,6 +114,8 @@ class Scheduler:
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
             registry=self.pull_access(item),
+            storage=self.storage.access_for(item.owner)
+            if self.storage is not None and self.storage.enabled else None,
         )
 
     def tunnel_token(self, instance_id: str) -> str:

@@ -35,6 +35,7 @@ from control_plane.revocations import Revocations
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
 from control_plane.standby import Standby
+from control_plane.storage import UserStorage
 from control_plane.table import Table
 
 
@@ -60,6 +61,7 @@ class Services:
     logins: LoginProviders
     registry: RegistryTokens
     images: SavedImages
+    storage: UserStorage
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -96,8 +98,11 @@ class Services:
         oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
                             issuer=config.portal_url, can_access=access.can_access)
         registrar = registrar or oauth
+        storage = UserStorage(config=config, sts=clients.get("sts"), users=table(t.users),
+                              instances=instances, nodes=nodes)
         scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
-                              messenger=messenger, registrar=registrar, registry=registry)
+                              messenger=messenger, registrar=registrar, registry=registry,
+                              storage=storage)
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
@@ -117,7 +122,7 @@ class Services:
                              accounts_exist=accounts.exists)
         return cls(config, clients, accounts, keys, catalog, shares, standby, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
-                   logins, registry, images)
+                   logins, registry, images, storage)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""

@@ -36,7 +36,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import docker.errors
 
@@ -55,6 +55,7 @@ from protocol.messages import (
     SaveInstance,
     StartInstance,
     StopInstance,
+    StorageAccess,
 )
 from protocol.registry import parse_reference
 from protocol.states import InstanceState as S
@@ -414,6 +415,24 @@ class Agent:
                         await self._report(fresh)
                         sent += int(fresh.reported == fresh.state)
         return sent
+
+    # -- storage (node_daemon.storage_keeper) --------------------------------------------
+
+    async def with_storage(self) -> list[InstanceRecord]:
+        """The records of instances that have storage and are starting or running."""
+        return [r for r in await self._all() if r.desired is Desired.RUNNING
+                and r.state in (S.STARTING, S.RUNNING) and r.start is not None
+                and r.start.storage]
+
+    async def renewed_storage(self, instance_id: str, access: StorageAccess) -> None:
+        """Keep renewed storage in the instance's record (a helper made again, by this daemon
+        or the next, starts from it)."""
+        async with self._lock(instance_id):
+            record = await self._get(instance_id)
+            if record is not None and record.start is not None \
+                    and record.desired is Desired.RUNNING:
+                record.start = replace(record.start, storage=access)
+                await self._put(record)
 
     # -- reconciling ---------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0
 DEFAULT_REPORT_AGAIN_SECONDS = 60.0
+DEFAULT_STORAGE_SECONDS = 15.0
 
 
 def default_data_dir() -> Path:
@@ -147,6 +148,8 @@ class RunSettings:
     ``DIT4C_NODE_POD_LAN``): :mod:`node_daemon.egress`."""
     token_check_seconds: float = DEFAULT_TOKEN_CHECK_SECONDS
     """How often the tunnel tokens of running instances are looked at (renewed at half-life)."""
+    storage_seconds: float = DEFAULT_STORAGE_SECONDS
+    """How often the storage helpers are looked at (renewals, health reports)."""
     helper_commands: Mapping[str, Sequence[str]] = field(
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
@@ -211,6 +214,8 @@ class RunSettings:
             token_check_seconds=number("token_check_seconds",
                                        "DIT4C_NODE_TOKEN_CHECK_SECONDS",
                                        DEFAULT_TOKEN_CHECK_SECONDS),
+            storage_seconds=number("storage_seconds", "DIT4C_NODE_STORAGE_SECONDS",
+                                   DEFAULT_STORAGE_SECONDS),
             helper_commands={**DEFAULT_HELPER_COMMANDS,
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
             upload_compression=compression,

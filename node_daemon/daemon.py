@@ -38,6 +38,7 @@ from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
 from node_daemon.records import RecordStore
+from node_daemon.storage_keeper import StorageKeeper
 from node_daemon.tunnel_tokens import TunnelTokens
 from protocol.errors import MessageError
 from protocol.messages import NODE_COMMANDS, decode
@@ -118,6 +119,10 @@ class Daemon:
                     agent=agent, records=self.records, pods=self.pods,
                     renew=lambda instance_id: portal.tunnel_token(
                         self.identity.node_id, self.key, instance_id))
+                keeper = StorageKeeper(
+                    agent=agent, pods=self.pods, client=self.docker,
+                    renew=lambda instance_id, **report: portal.storage(
+                        self.identity.node_id, self.key, instance_id, **report))
                 background = [
                     asyncio.create_task(self._every(
                         settings.reconcile_seconds, lambda: self._reconcile(agent, portal),
@@ -128,6 +133,8 @@ class Daemon:
                     asyncio.create_task(self._every(settings.token_check_seconds,
                                                     tokens.renew_due, "tunnel token renewal",
                                                     stopping)),
+                    asyncio.create_task(self._every(settings.storage_seconds, keeper.tend,
+                                                    "storage", stopping)),
                     asyncio.create_task(self._every(
                         settings.heartbeat_seconds,
                         lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),

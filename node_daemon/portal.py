@@ -9,6 +9,8 @@
   JWT>`` -> 200 ``{tunnel_token, expires_at}``: only for an instance placed on this node
 - ``GET /api/nodes/{id}/instances`` with ``Authorization: Bearer <node JWT>`` -> 200
   ``{instances: [{id, state}]}``: what the control plane has placed on this node
+- ``POST /api/nodes/{id}/instances/{instance}/storage`` with the same authorization and
+  ``{ok, message, usage_bytes}`` -> 200, the instance's storage (``StorageAccess`` as JSON)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import aiohttp
 
 from node_daemon.errors import PortalError
+from protocol.errors import MessageError
+from protocol.messages import StorageAccess, value_of
 from protocol.states import InstanceState
 from protocol.tokens import SigningKey, node_claims
 
@@ -132,6 +136,17 @@ class PortalClient:
         body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/tunnel-token",
                                 {}, "tunnel token renewal", headers=_signed(node_id, key))
         return str(_require(body, ("tunnel_token",), "tunnel token renewal")["tunnel_token"])
+
+    async def storage(self, node_id: str, key: SigningKey, instance_id: str, *, ok: bool,
+                      message: str | None, usage_bytes: int | None) -> StorageAccess:
+        """Renewed storage for an instance this node runs, reporting its helper's health."""
+        body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/storage",
+                                {"ok": ok, "message": message, "usage_bytes": usage_bytes},
+                                "storage", headers=_signed(node_id, key))
+        try:
+            return value_of(StorageAccess, body)
+        except MessageError as exc:
+            raise PortalError(f"storage: the portal's answer is not storage: {exc}") from None
 
     async def placed(self, node_id: str, key: SigningKey) -> dict[str, InstanceState]:
         """What the control plane has placed on this node: instance id -> its state there."""

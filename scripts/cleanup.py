@@ -11,7 +11,11 @@ bridges that no longer exist are removed too.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import errno
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -100,6 +104,9 @@ def remove_labelled(
             removed.networks.append(network.name)
     if older_than is None:
         for volume in client.volumes.list(filters=filters):
+            # A storage helper killed with its pod leaves its (dead) FUSE mount inside its
+            # volume, and the engine cannot remove a volume with a mount in it.
+            _detach_mounts_under(str(volume.attrs.get("Mountpoint") or ""))
             if _gone_ok(partial(volume.remove, force=True), f"volume {volume.name}"):
                 removed.volumes.append(volume.name)
         for image in client.images.list(filters=filters):
@@ -137,6 +144,21 @@ def remove_orphan_egress_chains(iptables: str | None = None) -> list[str]:
         if run("-X", chain).returncode == 0:
             removed.append(chain)
     return removed
+
+
+def _detach_mounts_under(folder: str, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Lazily unmount whatever is mounted below ``folder`` (this host's mounts; root only)."""
+    if not folder or not os.path.exists(mountinfo):
+        return
+    with open(mountinfo) as table:
+        points = [line.split()[4] for line in table if len(line.split()) > 4]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    for point in sorted(set(points), key=len, reverse=True):
+        if point.startswith(folder.rstrip("/") + "/"):
+            while libc.umount2(point.encode(), 2) == 0:  # MNT_DETACH; mounts may be stacked
+                log.info("detached %s", point)
+            if ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+                log.warning("could not detach %s: %s", point, os.strerror(ctypes.get_errno()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,8 @@ class DynamoDbTakesTurns:
 class MotoServer:
     """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped.
 
-    ``wrap``: a WSGI middleware put in front of moto (the IAM tests' policy gate).
+    ``wrap``: a WSGI middleware put in front of moto (the IAM tests' policy gate, the storage
+    tests' S3 gate).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,

@@ -190,6 +190,11 @@ class LocalStack:
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)
+        # Pods reach S3 (their user's storage) on the pods gateway: the same moto, one port.
+        aws_port = urlsplit(aws.url or "").port or 0
+        pods_moto = MotoServer(self._state.gateway, aws_port)
+        pods_moto.start()
+        undo.callback(pods_moto.stop)
         template = self._template or Template.load()
         stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
         snapshotter = Snapshotter(
@@ -235,6 +240,8 @@ class LocalStack:
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+            "DIT4C_POD_AWS_ENDPOINT_URL":
+                f"http://host.docker.internal:{urlsplit(aws.url or '').port}",
         }
         if self._state.registry is not None:
             port = self._config.registry_port

@@ -42,6 +42,52 @@ resource "aws_iam_role_policy" "node_role" {
   policy = data.aws_iam_policy_document.node_role.json
 }
 
+# Pods get a user's storage through this role, assumed by the API function (and the reaper)
+# with a session policy narrowed to that user's prefix (control_plane/storage.py).
+data "aws_iam_policy_document" "storage_role_trust" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["${local.arn_prefix}:iam::${local.account_id}:root"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "storage_role" {
+  statement {
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.storage_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["users/*"]
+    }
+  }
+
+  statement {
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    resources = ["${aws_s3_bucket.storage_bucket.arn}/users/*"]
+  }
+}
+
+resource "aws_iam_role" "storage_role" {
+  name_prefix          = "${var.name}-storage-"
+  max_session_duration = 3600
+  assume_role_policy   = data.aws_iam_policy_document.storage_role_trust.json
+}
+
+resource "aws_iam_role_policy" "storage_role" {
+  name   = "users-storage"
+  role   = aws_iam_role.storage_role.id
+  policy = data.aws_iam_policy_document.storage_role.json
+}
+
 data "aws_iam_policy_document" "router_role_trust" {
   statement {
     effect  = "Allow"
@@ -194,7 +240,7 @@ data "aws_iam_policy_document" "api_function" {
   statement {
     effect    = "Allow"
     actions   = ["sts:AssumeRole"]
-    resources = [aws_iam_role.node_role.arn]
+    resources = [aws_iam_role.node_role.arn, aws_iam_role.storage_role.arn]
   }
   statement {
     effect    = "Allow"
@@ -272,6 +318,16 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.nodes_table.arn, aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem"] # the owner's storage quota, for an instance placed again
+    resources = [aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["sts:AssumeRole"] # the owner's storage credentials, likewise
+    resources = [aws_iam_role.storage_role.arn]
   }
   statement {
     effect  = "Allow"

@@ -50,6 +50,8 @@ locals {
     DIT4C_REVOCATIONS_TOPIC_ARN    = aws_sns_topic.revocations_topic.arn
     DIT4C_SIGNING_KEY_PARAMETER    = local.signing_key_parameter
     DIT4C_STORAGE_BUCKET           = aws_s3_bucket.storage_bucket.bucket
+    DIT4C_STORAGE_ROLE_ARN         = aws_iam_role.storage_role.arn
+    DIT4C_STORAGE_QUOTA_MB         = tostring(var.storage_quota_mb)
     DIT4C_REAPER_RULE              = local.reaper_rule
   }
 

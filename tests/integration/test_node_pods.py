@@ -374,7 +374,7 @@ def pod_s3(docker_client, node):
     server.stop()
 
 
-def test_storage_helper_brings_the_users_files_and_keeps_the_tools_changes(h: Harness, pod_s3):
+def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3):
     s3, endpoint = pod_s3
     iid = new_id()
     bucket, prefix = f"b-{iid}", f"users/{iid}/"
@@ -390,29 +390,38 @@ def test_storage_helper_brings_the_users_files_and_keeps_the_tools_changes(h: Ha
     containers = h.pod(iid)
     assert sorted(containers) == ["listener", "netns", "storage", "tool"]
     tool = containers["tool"]
-    # "running" waits for the initial download: the files are there at once.
-    assert exec_out(tool, ["cat", "/mnt/hello.txt"]) == (0, "from s3\n")
-    changes = "echo kept > /mnt/file; mkdir /mnt/sub; echo deep > /mnt/sub/new.txt"
-    assert exec_out(tool, ["sh", "-c", f"{changes} && rm /mnt/old/gone.txt"]) == (0, "")
-    # A tool running as another uid, writing a private file, still gets it saved.
-    private = tool.exec_run(["sh", "-c", "umask 077; echo mine > /mnt/private.txt"], user="1234")
+    assert exec_out(tool, ["cat", "/mnt/storage/hello.txt"]) == (0, "from s3\n")
+    changes = ("echo kept > /mnt/storage/file; mkdir /mnt/storage/sub; "
+               "echo deep > /mnt/storage/sub/new.txt; rm /mnt/storage/old/gone.txt")
+    assert exec_out(tool, ["sh", "-c", changes]) == (0, "")
+    # Any uid in the tool, private files too.
+    private = tool.exec_run(["sh", "-c", "umask 077; echo mine > /mnt/storage/private.txt"],
+                            user="1234")
     assert private.exit_code == 0, private.output
-    storage = containers["storage"]
-    assert secret in "\n".join(storage.attrs["Config"]["Env"])
-    for role in ("tool", "listener"):
-        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
-    assert storage.attrs["Config"]["User"] == "0"
-    assert storage.attrs["HostConfig"]["CapDrop"] == ["ALL"]
-    assert storage.attrs["HostConfig"]["CapAdd"] == ["DAC_OVERRIDE"]
-    assert "no-new-privileges" in storage.attrs["HostConfig"]["SecurityOpt"]
-
-    h.node.send(StopInstance(instance_id=iid, grace_seconds=10))
-    h.wait_state(iid, "stopped")  # SIGTERM: the helper syncs once more before exiting
+    # Stored at close, while the pod runs.
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     stored = {o["Key"][len(prefix):]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
               for o in listed}
-    assert stored == {"hello.txt": b"from s3\n", "file": b"kept\n", "sub/new.txt": b"deep\n",
-                      "private.txt": b"mine\n"}
+    assert stored == {"hello.txt": b"from s3\n", "file": b"kept\n", "sub/": b"",
+                      "sub/new.txt": b"deep\n", "old/": b"", "private.txt": b"mine\n"}
+    helper = containers["storage"]
+    assert secret in "\n".join(helper.attrs["Config"]["Env"])
+    for role in ("tool", "listener"):
+        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
+    assert helper.attrs["Config"]["User"] == "0"
+    assert helper.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert sorted(helper.attrs["HostConfig"]["CapAdd"]) == ["SETGID", "SETUID", "SYS_ADMIN"]
+    assert "no-new-privileges" in helper.attrs["HostConfig"]["SecurityOpt"]
+    assert tool.attrs["HostConfig"]["CapAdd"] is None
+    assert tool.attrs["HostConfig"]["Devices"] in (None, [])
+    assert not tool.attrs["HostConfig"]["Privileged"]
+    # Nothing of the helper's runs privileged once mounted: the file server is uid 10001.
+    code, processes = exec_out(helper, ["sh", "-c", "grep -h '^Uid:\\|^CapEff:' "
+                                                    "/proc/[0-9]*/status"])
+    assert code == 0 and f"Uid:\t{pod.STORAGE_UID}" in processes
+
+    h.node.send(StopInstance(instance_id=iid, grace_seconds=10))
+    h.wait_state(iid, "stopped")
     volume_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
     assert len(h.client.volumes.list(filters=volume_filter)) == 1
     h.node.send(DiscardInstance(instance_id=iid))

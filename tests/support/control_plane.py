@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -72,10 +73,18 @@ class ControlPlane:
 
     def __init__(self, *, credential_seconds: int | None = None,
                  visibility_timeout: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, pods_gateway: str | None = None,
+                 storage_seconds: int | None = None,
+                 wrap: Callable[[Any], Any] | None = None) -> None:
+        """``settings``: more of the control plane's environment. ``pods_gateway``: moto serves
+        there too (same state, same port), and the storage endpoint pods get is
+        ``host.docker.internal`` on it. ``storage_seconds``: the storage credentials' lifetime.
+        ``wrap``: a WSGI middleware in front of moto (an S3 gate)."""
         self.visibility_timeout = visibility_timeout
-        self._moto = MotoServer()
+        self._wrap = wrap
+        self._moto = MotoServer(wrap=wrap)
         self.aws: AwsEndpoint = self._moto.start()
+        self._pods_motos: list[MotoServer] = []
         self._portal: PortalServer | None = None
         try:
             stack = Provisioner(self.aws, f"t{uuid.uuid4().hex[:8]}").provision(
@@ -87,9 +96,16 @@ class ControlPlane:
             self._serve(0)
             config = Config.from_env({**self.aws.environment(), **stack.environment,
                                       "DIT4C_PORTAL_URL": self.url, **(settings or {})})
+            if pods_gateway is not None:
+                port = self.serve_aws_on(pods_gateway)
+                config = dataclasses.replace(
+                    config, pod_aws_endpoint_url=f"http://host.docker.internal:{port}")
+            if storage_seconds is not None:
+                config = dataclasses.replace(config, storage_credentials_seconds=storage_seconds)
             botocore_session = botocore.session.get_session()
             if credential_seconds is not None:
                 config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
+            if credential_seconds is not None or storage_seconds is not None:
                 # Below STS's 900 s minimum, which botocore checks before sending; moto takes
                 # any lifetime.
                 botocore_session.set_default_client_config(
@@ -117,6 +133,16 @@ class ControlPlane:
         self._portal.start()
         host, port = self._portal.addresses[0]
         self.url = f"http://{host}:{port}"
+
+    def serve_aws_on(self, host: str) -> int:
+        """moto (the same state) on ``host`` too, on the same port: pods whose
+        ``host.docker.internal`` is that address reach S3 as ``DIT4C_POD_AWS_ENDPOINT_URL``
+        says (another node's pods network). Returns the port."""
+        port = urlsplit(self.aws.url or "").port or 0
+        server = MotoServer(host, port, wrap=self._wrap)
+        server.start()
+        self._pods_motos.append(server)
+        return port
 
     # -- what an administrator and the scheduler do ---------------------------------------
 
@@ -185,7 +211,7 @@ class ControlPlane:
         try:
             yield
         finally:
-            self._moto = MotoServer("127.0.0.1", aws_port)
+            self._moto = MotoServer("127.0.0.1", aws_port, wrap=self._wrap)
             self._moto.start()
             self._serve(portal_port)
 
@@ -193,6 +219,8 @@ class ControlPlane:
         services.use(None)
         if self._portal is not None:
             self._portal.stop()
+        for server in self._pods_motos:
+            server.stop()
         self._moto.stop()
 
 
