@@ -196,8 +196,8 @@ def pods_b(plane: ControlPlane, second_engine: SecondEngine, unique_name: Callab
         plane.serve_aws_on(ensure_pods_network(second_engine.client, network))
         yield settings
     finally:
-        second_engine.client.networks.get(network).remove()
         egress.remove(bridge)
+        second_engine.client.networks.get(network).remove()
 
 
 @pytest.fixture(scope="module")
