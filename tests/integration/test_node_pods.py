@@ -19,9 +19,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
+from node_daemon.pods import TOOL_CAPABILITIES
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance, StorageAccess
 from scripts import images
+from tests.ports import free_port
 from tests.support.control_plane import ControlPlane, control_plane
 from tests.support.node import (
     EventLog,
@@ -38,10 +40,18 @@ def portal() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="module")
+def pod_s3_port() -> int:
+    """The port of :func:`pod_s3`, picked before the node starts: its egress policy closes
+    every other port of the host to pods."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, portal: ControlPlane,
-         node_settings: dict[str, str]) -> Iterator[NodeProcess]:
+         node_settings: dict[str, str], pod_s3_port: int) -> Iterator[NodeProcess]:
     data_dir = tmp_path_factory.mktemp("nodes") / "main"
-    with NodeProcess(portal, data_dir, node_settings).running() as process:
+    settings = {**node_settings, "DIT4C_NODE_POD_HOST_PORTS": str(pod_s3_port)}
+    with NodeProcess(portal, data_dir, settings).running() as process:
         yield process
 
 
@@ -217,7 +227,7 @@ def test_stop_before_start_and_commands_after_discard(h: Harness):
     h.node.send(stale_discard)
     wait_drained(h)
     h.events.poll()
-    assert sorted(h.pod(late)) == ["auth", "listener", "netns", "tool"]
+    assert sorted(h.pod(late)) == ["listener", "netns", "tool"]
     assert [e.state for e in h.events.states(late)][-1] == "running"
     h.node.send(DiscardInstance(instance_id=late))
     reported("discarded", 2)
@@ -361,11 +371,11 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pod_s3(docker_client, node):
+def pod_s3(docker_client, node, pod_s3_port):
     """moto's S3 on the pods bridge's gateway (pods reach it as host.docker.internal):
     (boto3 client on the host, endpoint URL as the pod sees it)."""
     gateway = ensure_pods_network(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"])
-    server = ThreadedMotoServer(ip_address=gateway, port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address=gateway, port=pod_s3_port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
@@ -412,7 +422,8 @@ def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3
     assert helper.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert sorted(helper.attrs["HostConfig"]["CapAdd"]) == ["SETGID", "SETUID", "SYS_ADMIN"]
     assert "no-new-privileges" in helper.attrs["HostConfig"]["SecurityOpt"]
-    assert tool.attrs["HostConfig"]["CapAdd"] is None
+    # The tool's usual capabilities (node_daemon.pods), nothing more for storage.
+    assert sorted(tool.attrs["HostConfig"]["CapAdd"]) == sorted(TOOL_CAPABILITIES)
     assert tool.attrs["HostConfig"]["Devices"] in (None, [])
     assert not tool.attrs["HostConfig"]["Privileged"]
     # Nothing of the helper's runs privileged once mounted: the file server is uid 10001.
