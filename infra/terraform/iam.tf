@@ -42,7 +42,8 @@ resource "aws_iam_role_policy" "node_role" {
   policy = data.aws_iam_policy_document.node_role.json
 }
 
-# Pods get a user's storage through this role, assumed by the API function (and the reaper)
+# Pods get a user's storage through this role, assumed by the API function (the events
+# function and the reaper too, for a start sent again or placed again)
 # with a session policy narrowed to that user's prefix (control_plane/storage.py).
 data "aws_iam_policy_document" "storage_role_trust" {
   statement {
@@ -284,6 +285,16 @@ data "aws_iam_policy_document" "events_function" {
     effect    = "Allow"
     actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem"] # ... and with the owner's storage: its quota
+    resources = [aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["sts:AssumeRole"] # ... and its credentials
+    resources = [aws_iam_role.storage_role.arn]
   }
   statement {
     effect    = "Allow"
