@@ -240,8 +240,11 @@ class LocalStack:
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+            # The gateway's address rather than host.docker.internal: pods of another engine on
+            # this machine (a second node, whose host.docker.internal is its own gateway) reach
+            # their storage there too.
             "DIT4C_POD_AWS_ENDPOINT_URL":
-                f"http://host.docker.internal:{urlsplit(aws.url or '').port}",
+                f"http://{self._state.gateway}:{urlsplit(aws.url or '').port}",
         }
         if self._state.registry is not None:
             port = self._config.registry_port
