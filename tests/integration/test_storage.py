@@ -2,14 +2,15 @@
 their owner's storage, a real node daemon runs them with the real storage helper (the helpers
 image), and moto's S3 sits behind :class:`tests.support.s3_gate.S3Gate`, which authorises every
 S3 request as AWS would (session policies, expiry). Everything the tool does, it does in its
-container, as a user would.
+container, as a user would. A second node (:func:`node_b`, only for the test that needs it) runs
+on a second Docker engine, its pods reaching the same S3 on its own pods network's gateway.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,12 +24,15 @@ from control_plane.accounts import User
 from control_plane.bodies import Launch, NewImage, NewUser
 from control_plane.records import Instance
 from infra.local.aws import LOCAL_ACCESS_KEY
-from node_daemon.network import ensure_pods_network
+from node_daemon import egress
+from node_daemon.network import ensure_pods_network, pods_bridge
 from protocol import pod
 from protocol.messages import StorageAccess
 from protocol.states import InstanceState
+from scripts.cleanup import remove_labelled
 from tests.support.control_plane import ControlPlane, control_plane
-from tests.support.node import EventLog, NodeProcess
+from tests.support.engines import SecondEngine
+from tests.support.node import EventLog, NodeProcess, node_env
 from tests.support.s3_gate import S3Gate
 
 pytestmark = [pytest.mark.docker]
@@ -52,13 +56,17 @@ def plane(docker_client: docker.DockerClient, node_settings: dict[str, str],
         yield p
 
 
+def storage_settings(plane: ControlPlane) -> dict[str, str]:
+    """A storage test node's settings: fast storage checks, and S3's port on the host open to
+    its pods (the node's egress policy closes every other; the local stack does the same)."""
+    return {"DIT4C_NODE_STORAGE_SECONDS": "2",
+            "DIT4C_NODE_POD_HOST_PORTS": str(urlsplit(plane.aws.url or "").port)}
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, plane: ControlPlane,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
-    # The pods reach S3 on the gateway at the control plane's AWS port: the one host port the
-    # egress policy opens to them (node_daemon/egress.py).
-    settings = {**node_settings, "DIT4C_NODE_STORAGE_SECONDS": "2",
-                "DIT4C_NODE_POD_HOST_PORTS": str(urlsplit(plane.aws.url or "").port)}
+    settings = {**node_settings, **storage_settings(plane)}
     with NodeProcess(plane, tmp_path_factory.mktemp("storage") / "node", settings).running() \
             as process:
         yield process
@@ -76,6 +84,9 @@ class World:
     events: EventLog
     s3: Any = None
     users: dict[str, User] = field(default_factory=dict)
+    more_nodes: dict[str, tuple[NodeProcess, docker.DockerClient]] = field(
+        default_factory=dict)
+    """Nodes beside the first (``node``, on ``client``) with their engines, by node id."""
 
     def pump(self) -> None:
         """Apply what the node sent, as the control plane's events consumer does."""
@@ -105,42 +116,58 @@ class World:
                 return instance
             assert time.monotonic() < deadline, (
                 f"{instance_id} is {instance.state.value} ({instance.reason}), not "
-                f"{state.value}{self.node.log_tail()}")
+                f"{state.value}{self.node_of(instance_id)[0].log_tail()}")
             time.sleep(0.3)
 
-    def launch(self, user: User) -> str:
+    def launch(self, user: User, cluster_id: str | None = None) -> str:
         deadline = time.monotonic() + 30
         while True:  # the scheduler needs the node's heartbeat
             self.pump()
             instance = self.plane.services.lifecycle.launch(
-                user, Launch(image_id=self.image_id, cluster_id=self.plane.cluster_id))
+                user, Launch(image_id=self.image_id,
+                             cluster_id=cluster_id or self.plane.cluster_id))
             if instance.state != InstanceState.PENDING:
                 return instance.instance_id
             self.plane.services.lifecycle.stop(user, instance.instance_id)
             assert time.monotonic() < deadline, "no node took the instance"
             time.sleep(1)
 
-    def running(self, user: User) -> str:
-        instance_id = self.launch(user)
+    def running(self, user: User, cluster_id: str | None = None) -> str:
+        instance_id = self.launch(user, cluster_id)
         self.wait(instance_id, InstanceState.RUNNING)
         return instance_id
 
+    def node_of(self, instance_id: str) -> tuple[NodeProcess, docker.DockerClient]:
+        """The node the instance was placed on (the first while it is on none), its engine."""
+        return self.more_nodes.get(self.instance(instance_id).placed_on or "",
+                                   (self.node, self.client))
+
+    def engine(self, instance_id: str) -> docker.DockerClient:
+        return self.node_of(instance_id)[1]
+
     def tool(self, instance_id: str) -> Any:
-        return self.client.containers.get(f"dit4c-{instance_id}-{pod.ROLE_TOOL}")
+        return self.engine(instance_id).containers.get(f"dit4c-{instance_id}-{pod.ROLE_TOOL}")
 
     def sh(self, instance_id: str, script: str, user: str = "") -> tuple[int, str]:
         done = self.tool(instance_id).exec_run(["sh", "-c", script], user=user)
         return done.exit_code, done.output.decode(errors="replace")
 
     def discard(self, user: User, instance_id: str) -> None:
-        self.plane.services.lifecycle.stop(user, instance_id)
-        self.wait(instance_id, InstanceState.STOPPED)
-        self.plane.services.lifecycle.discard(user, instance_id)
+        self.discard_all([(user, instance_id)])
+
+    def discard_all(self, owned: list[tuple[User, str]]) -> None:
+        """Stop, then discard, every (owner, instance) at once, until their pods are gone."""
+        for user, instance_id in owned:
+            self.plane.services.lifecycle.stop(user, instance_id)
+        for user, instance_id in owned:
+            self.wait(instance_id, InstanceState.STOPPED)
+            self.plane.services.lifecycle.discard(user, instance_id)
         deadline = time.monotonic() + 60
-        while self.client.api.containers(
-                all=True, filters={"label": f"{pod.LABEL_INSTANCE}={instance_id}"}):
-            assert time.monotonic() < deadline, "the pod is still there"
-            time.sleep(0.5)
+        for _, instance_id in owned:
+            while self.engine(instance_id).api.containers(
+                    all=True, filters={"label": f"{pod.LABEL_INSTANCE}={instance_id}"}):
+                assert time.monotonic() < deadline, f"the pod of {instance_id} is still there"
+                time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +178,43 @@ def world(plane: ControlPlane, node: NodeProcess, docker_client: docker.DockerCl
     world = World(plane, node, docker_client, gate, image.image_id, EventLog(plane, node))
     world.s3 = plane.aws.client("s3")
     return world
+
+
+@pytest.fixture(scope="module")
+def pods_b(plane: ControlPlane, second_engine: SecondEngine, unique_name: Callable[[str], str],
+           run_labels: dict[str, str], helpers_image: str) -> Iterator[dict[str, str]]:
+    """The second node's settings: the second engine (the session's, stopped with its bridge
+    and mounts at the end of the session) and a pods network of its own there, on whose
+    gateway (the pods' ``host.docker.internal``) moto is served too, on the port the start
+    commands name. On leaving, the network and its egress chains go."""
+    network = unique_name("pods-b")
+    settings = node_env(second_engine.client, pods_network=network, labels=run_labels,
+                        helpers_image=helpers_image, DIT4C_NODE_HELPERS_IMAGE=helpers_image,
+                        **storage_settings(plane), **second_engine.env())
+    bridge = pods_bridge(second_engine.client, network)
+    try:
+        plane.serve_aws_on(ensure_pods_network(second_engine.client, network))
+        yield settings
+    finally:
+        egress.remove(bridge)
+        second_engine.client.networks.get(network).remove()
+
+
+@pytest.fixture(scope="module")
+def node_b(tmp_path_factory: pytest.TempPathFactory, world: World, second_engine: SecondEngine,
+           pods_b: dict[str, str]) -> Iterator[NodeProcess]:
+    """A second node on the second engine, in a cluster of its own so that a launch there
+    lands on it. On leaving, its pods go (their storage mounts detached)."""
+    cluster_id = world.plane.services.nodes.create_cluster("second").cluster_id
+    node = NodeProcess(world.plane, tmp_path_factory.mktemp("storage-b") / "node", pods_b,
+                       cluster_id=cluster_id)
+    try:
+        with node.running():
+            world.more_nodes[node.node_id] = (node, second_engine.client)
+            yield node
+    finally:
+        if node.node_id:
+            remove_labelled(second_engine.client, f"{pod.LABEL_NODE}={node.node_id}")
 
 
 def stored(world: World, username: str) -> dict[str, bytes]:
@@ -172,8 +236,9 @@ def until(check: Any, timeout: float, what: str) -> float:
 def test_a_users_instances_share_live_storage_that_outlives_them(world: World):
     alice = world.user(f"alice{uuid.uuid4().hex[:6]}")
     eve = world.user(f"eve{uuid.uuid4().hex[:6]}")
-    one, two = world.running(alice), world.running(alice)
-    other = world.running(eve)
+    one, two, other = world.launch(alice), world.launch(alice), world.launch(eve)
+    for instance in (one, two, other):
+        world.wait(instance, InstanceState.RUNNING)
 
     # Written in one running instance: readable in the other within 10 s, neither restarted.
     assert world.sh(one, "mkdir -p /mnt/storage/results && echo 42 > "
@@ -191,13 +256,40 @@ def test_a_users_instances_share_live_storage_that_outlives_them(world: World):
     assert stored(world, eve.username) == {}
 
     # Discard both; a new instance has the files.
-    world.discard(alice, one)
-    world.discard(alice, two)
+    world.discard_all([(alice, one), (alice, two)])
     three = world.running(alice)
     assert world.sh(three, "cat /mnt/storage/kept.txt; ls /mnt/storage/results") == (0, "kept\n")
     assert stored(world, alice.username) == {"kept.txt": b"kept\n", "results/": b""}
     world.discard(alice, three)
     world.discard(eve, other)
+
+
+def test_a_users_instances_on_two_nodes_share_live_storage(world: World, node_b: NodeProcess):
+    alice = world.user(f"alice{uuid.uuid4().hex[:6]}")
+    eve = world.user(f"eve{uuid.uuid4().hex[:6]}")
+    here = world.launch(alice)
+    there = world.launch(alice, node_b.cluster_id)
+    other = world.launch(eve, node_b.cluster_id)  # beside alice's, on the second node
+    for instance in (here, there, other):
+        world.wait(instance, InstanceState.RUNNING)
+    assert world.instance(here).placed_on == world.node.node_id
+    assert world.instance(there).placed_on == world.instance(other).placed_on == node_b.node_id
+
+    # Written on one node: readable on the other within 10 s, neither restarted.
+    assert world.sh(here, "mkdir -p /mnt/storage/results && echo 42 > "
+                          "/mnt/storage/results/answer.txt") == (0, "")
+    seen = until(lambda: world.sh(there, "cat /mnt/storage/results/answer.txt") == (0, "42\n"),
+                 LIVE_SECONDS, "a file written on one node, read on the other")
+    # Deleted on the other: gone from the first within 10 s.
+    assert world.sh(there, "rm /mnt/storage/results/answer.txt")[0] == 0
+    gone = until(lambda: world.sh(here, "test -e /mnt/storage/results/answer.txt")[0] == 1,
+                 LIVE_SECONDS, "a file deleted on one node, gone from the other")
+    print(f"live across nodes: seen after {seen:.1f} s, gone after {gone:.1f} s")
+    # Another user's instance on the second node sees nothing of it.
+    assert world.sh(other, "ls -A /mnt/storage") == (0, "")
+    assert stored(world, eve.username) == {}
+    assert stored(world, alice.username) == {"results/": b""}
+    world.discard_all([(alice, here), (alice, there), (eve, other)])
 
 
 def test_stolen_credentials_reach_only_their_owners_prefix(world: World):

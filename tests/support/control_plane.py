@@ -146,8 +146,9 @@ class ControlPlane:
 
     # -- what an administrator and the scheduler do ---------------------------------------
 
-    def new_join_token(self) -> str:
-        return self.services.nodes.create_join_token(self.cluster_id).token
+    def new_join_token(self, cluster_id: str | None = None) -> str:
+        """A join token for ``cluster_id`` (default: the test cluster)."""
+        return self.services.nodes.create_join_token(cluster_id or self.cluster_id).token
 
     def node(self, node_id: str) -> Item:
         """The node's item as the control plane stored it."""

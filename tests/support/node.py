@@ -139,12 +139,16 @@ def sample_start(instance_id: str, image: str, *, port: int = 8080, cpu: float =
 class NodeProcess:
     """``python -m node_daemon`` as a real process, joined to a :class:`ControlPlane`.
 
-    Output goes to ``<data_dir>.log``; ``env`` adds ``DIT4C_NODE_*`` settings.
+    Output goes to ``<data_dir>.log``; ``env`` adds ``DIT4C_NODE_*`` settings (and
+    ``DOCKER_HOST`` for a node on another engine); it joins ``cluster_id`` (default: the
+    portal's test cluster).
     """
 
     def __init__(self, portal: ControlPlane, data_dir: Path, env: dict[str, str],
-                 cpu: float = 4, memory_mb: int = 4096) -> None:
+                 cpu: float = 4, memory_mb: int = 4096, *,
+                 cluster_id: str | None = None) -> None:
         self.portal = portal
+        self.cluster_id = cluster_id or portal.cluster_id
         self.data_dir = data_dir
         self.env = {**os.environ, "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", **env}
         self.log_path = data_dir.with_name(data_dir.name + ".log")
@@ -158,7 +162,7 @@ class NodeProcess:
     def join(self) -> str:
         done = subprocess.run(
             self.argv("join", "--portal", self.portal.url, "--token",
-                       self.portal.new_join_token(), "--cpu", str(self.cpu),
+                       self.portal.new_join_token(self.cluster_id), "--cpu", str(self.cpu),
                        "--memory-mb", str(self.memory_mb), "--name", self.data_dir.name),
             env=self.env, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
