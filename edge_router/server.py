@@ -1,6 +1,8 @@
 """The router process: public listeners, tunnel endpoint, metrics, queues, timeouts.
 
-:class:`Router` owns every socket and background task and closes them in :meth:`Router.stop`.
+:class:`Router` owns every socket and background task and closes them in :meth:`Router.stop`;
+:meth:`Router.reload_tls` reads the certificate files again (``SIGHUP``, see
+:mod:`edge_router.tls`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +24,9 @@ from edge_router.keys import Fetch, KeyCache, http_fetcher
 from edge_router.metrics import Stats, StatsCollector
 from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
+from edge_router.redirect import redirect_app
 from edge_router.routes import RouteTable
+from edge_router.tls import Certificates
 from edge_router.tunnels import TunnelEndpoint
 from protocol.tunnel import DEFAULT_WINDOW
 
@@ -51,6 +54,8 @@ class Router:
         self.addresses: list[tuple[str, int]] = []
         """Bound plain-HTTP addresses (port 0 resolved), in ``config.listen`` order."""
         self.tls_addresses: list[tuple[str, int]] = []
+        self.redirect_addresses: list[tuple[str, int]] = []
+        self.certificates: Certificates | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.endpoint: TunnelEndpoint | None = None
         self.proxy: ProxyContext | None = None
@@ -72,14 +77,18 @@ class Router:
             self._servers.append(srv)
             self.addresses.append(srv.sockets[0].getsockname()[:2])
         if cfg.tls_listen:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             assert cfg.tls_cert is not None and cfg.tls_key is not None
-            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            self.certificates = Certificates(cfg.tls_cert, cfg.tls_key)
             for host, port in cfg.tls_listen:
                 srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
-                                               ssl=tls, reuse_address=True, backlog=1024)
+                                               ssl=self.certificates.context,
+                                               reuse_address=True, backlog=1024)
                 self._servers.append(srv)
                 self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
+        for host, port in cfg.redirect_listen:
+            https_port = cfg.https_port or self.tls_addresses[0][1]
+            self.redirect_addresses.append(
+                await self._start_app(redirect_app(cfg.domain, https_port), host, port))
         if cfg.metrics_listen is not None:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
@@ -97,6 +106,9 @@ class Router:
                 self._spawn(self.reporter.run())
         log.info("edge router for *.%s on %s", cfg.domain,
                  ", ".join(f"{h}:{p}" for h, p in self.addresses + self.tls_addresses))
+        if self.redirect_addresses:
+            log.info("redirecting to HTTPS on %s",
+                     ", ".join(f"{h}:{p}" for h, p in self.redirect_addresses))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -115,13 +127,27 @@ class Router:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        self.metrics_address = await self._start_app(app, host, port)
+
+    async def _start_app(self, app: web.Application, host: str, port: int) -> tuple[str, int]:
+        """Serve a small aiohttp app (metrics, redirects) until :meth:`stop`; the bound
+        address."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
-        host, port = runner.addresses[-1][:2]
-        self.metrics_address = (host, port)
+        bound_host, bound_port = runner.addresses[-1][:2]
+        return bound_host, bound_port
+
+    def reload_tls(self) -> bool:
+        """Read the certificate files again (``SIGHUP``): new handshakes use them, open
+        connections and tunnels stay. False when there is no TLS or the files were refused
+        (the previous certificate stays)."""
+        if self.certificates is None:
+            log.info("no TLS listener: nothing to reload")
+            return False
+        return self.certificates.reload()
 
     async def _sweep(self, ctx: ProxyContext) -> None:
         while True:
@@ -152,10 +178,11 @@ class Router:
             await self._session.close()
 
 
-async def run(config: RouterConfig, until: Callable[[], Awaitable[None]]) -> None:
+async def run(config: RouterConfig, until: Callable[[Router], Awaitable[None]]) -> None:
+    """Start a router, wait for ``until(router)`` (which may act on it: signals), stop it."""
     router = Router(config)
     await router.start()
     try:
-        await until()
+        await until(router)
     finally:
         await router.stop()
