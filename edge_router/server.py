@@ -24,7 +24,6 @@ from edge_router.keys import Fetch, KeyCache, http_fetcher
 from edge_router.metrics import Stats, StatsCollector
 from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
-from edge_router.redirect import redirect_app
 from edge_router.routes import RouteTable
 from edge_router.tls import Certificates
 from edge_router.tunnels import TunnelEndpoint
@@ -87,8 +86,10 @@ class Router:
                 self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
         for host, port in cfg.redirect_listen:
             https_port = cfg.https_port or self.tls_addresses[0][1]
-            self.redirect_addresses.append(
-                await self._start_app(redirect_app(cfg.domain, https_port), host, port))
+            srv = await loop.create_server(client_factory(ctx, b"http", https_port), host, port,
+                                           reuse_address=True, backlog=1024)
+            self._servers.append(srv)
+            self.redirect_addresses.append(srv.sockets[0].getsockname()[:2])
         if cfg.metrics_listen is not None:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
@@ -127,18 +128,13 @@ class Router:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        self.metrics_address = await self._start_app(app, host, port)
-
-    async def _start_app(self, app: web.Application, host: str, port: int) -> tuple[str, int]:
-        """Serve a small aiohttp app (metrics, redirects) until :meth:`stop`; the bound
-        address."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
-        bound_host, bound_port = runner.addresses[-1][:2]
-        return bound_host, bound_port
+        host, port = runner.addresses[-1][:2]
+        self.metrics_address = (host, port)
 
     def reload_tls(self) -> bool:
         """Read the certificate files again (``SIGHUP``): new handshakes use them, open
