@@ -61,6 +61,9 @@ class Router:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.tls_listen:  # first: files that do not load stop the start before anything opens
+            assert cfg.tls_cert is not None and cfg.tls_key is not None
+            self.certificates = Certificates(cfg.tls_cert, cfg.tls_key)
         fetch = self._fetch_jwks
         if fetch is None:
             self._session = aiohttp.ClientSession()
@@ -75,9 +78,7 @@ class Router:
                                            reuse_address=True, backlog=1024)
             self._servers.append(srv)
             self.addresses.append(srv.sockets[0].getsockname()[:2])
-        if cfg.tls_listen:
-            assert cfg.tls_cert is not None and cfg.tls_key is not None
-            self.certificates = Certificates(cfg.tls_cert, cfg.tls_key)
+        if self.certificates is not None:
             for host, port in cfg.tls_listen:
                 srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
                                                ssl=self.certificates.context,

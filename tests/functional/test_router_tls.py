@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from protocol.tunnel import TUNNEL_PATH
 from tests.ports import free_port
 from tests.support import router as harness
 from tests.support.certs import der, self_signed
-from tests.support.process import Process
+from tests.support.process import ROOT, Process
 from tests.support.router_stack import HOST, INSTANCE, upstream
 
 __all__ = ["upstream"]
@@ -178,3 +179,18 @@ async def test_plain_http_redirects_to_https(tmp_path: Path) -> None:
         assert router.addresses == []  # with TLS, no plain proxy listener unless asked
     finally:
         await router.stop()
+
+
+def test_certificate_files_that_do_not_load_stop_the_start(tmp_path: Path) -> None:
+    cert, _ = self_signed(tmp_path, f"*.{harness.DOMAIN}")
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_router"], cwd=ROOT, capture_output=True, text=True,
+        timeout=30, check=False, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                      "DIT4C_ROUTER_DOMAIN": harness.DOMAIN,
+                                      "DIT4C_ROUTER_JWKS_URL": "http://127.0.0.1:9/",
+                                      "DIT4C_ROUTER_TLS_LISTEN": f"127.0.0.1:{free_port()}",
+                                      "DIT4C_ROUTER_TLS_CERT": cert,
+                                      "DIT4C_ROUTER_TLS_KEY": str(tmp_path / "missing.pem")})
+    assert done.returncode == 2, done.stderr
+    assert f"cannot load {cert} and {tmp_path / 'missing.pem'}" in done.stderr
+    assert "Traceback" not in done.stderr
