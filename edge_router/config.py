@@ -6,8 +6,16 @@ variable                               meaning                                  
 ``DIT4C_ROUTER_DOMAIN``                routing domain: instance ``ID`` is          required
                                        ``ID.<domain>``
 ``DIT4C_ROUTER_LISTEN``                plain HTTP listeners, comma list host:port  127.0.0.1:8080
+                                                                                  (none with
+                                                                                  TLS_LISTEN)
 ``DIT4C_ROUTER_TLS_LISTEN``            HTTPS listeners (needs cert and key)        none
-``DIT4C_ROUTER_TLS_CERT`` / ``_KEY``   PEM files, a wildcard cert for the domain   none
+``DIT4C_ROUTER_TLS_CERT`` / ``_KEY``   PEM files, a wildcard cert for the domain;  none
+                                       read again on SIGHUP
+``DIT4C_ROUTER_REDIRECT_LISTEN``       plain HTTP listeners that answer 308 to     none
+                                       the same URL on HTTPS (needs TLS_LISTEN)
+``DIT4C_ROUTER_HTTPS_PORT``            the HTTPS port in those redirects           first
+                                                                                  TLS_LISTEN
+                                                                                  port
 ``DIT4C_ROUTER_METRICS_LISTEN``        Prometheus ``/metrics``, host:port          none (off)
 ``DIT4C_ROUTER_JWKS_URL``              the control plane's JWKS                    required
 ``DIT4C_ROUTER_TOKEN_ISSUER``          expected ``iss`` of tunnel tokens           not checked
@@ -76,6 +84,9 @@ class RouterConfig:
     tls_listen: tuple[Address, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    redirect_listen: tuple[Address, ...] = ()
+    https_port: int | None = None
+    """None: the port the first TLS listener bound."""
     metrics_listen: Address | None = None
     token_issuer: str | None = None
     revocations_queue_url: str | None = None
@@ -130,11 +141,21 @@ class RouterConfig:
         cert, key = get("ROUTER_TLS_CERT"), get("ROUTER_TLS_KEY")
         if tls_listen and not (cert and key):
             raise ConfigError("DIT4C_ROUTER_TLS_LISTEN needs DIT4C_ROUTER_TLS_CERT and _KEY")
+        redirect_listen = tuple(parse_addresses("DIT4C_ROUTER_REDIRECT_LISTEN",
+                                                get("ROUTER_REDIRECT_LISTEN") or ""))
+        if redirect_listen and not tls_listen:
+            raise ConfigError("DIT4C_ROUTER_REDIRECT_LISTEN needs DIT4C_ROUTER_TLS_LISTEN")
+        https_port = get("ROUTER_HTTPS_PORT")
+        if https_port is not None and not (https_port.isdigit() and 0 < int(https_port) < 65536):
+            raise ConfigError(f"DIT4C_ROUTER_HTTPS_PORT: {https_port!r} is not a port")
         metrics = get("ROUTER_METRICS_LISTEN")
         metrics_address = (parse_addresses("DIT4C_ROUTER_METRICS_LISTEN", metrics)[0]
                            if metrics else None)
-        listen = tuple(parse_addresses("DIT4C_ROUTER_LISTEN",
-                                       get("ROUTER_LISTEN") or "127.0.0.1:8080"))
+        # A public host serves HTTPS only: plain HTTP on loopback is the default of a router
+        # without TLS (the local stack, a router behind a TLS-terminating balancer).
+        listen = tuple(parse_addresses(
+            "DIT4C_ROUTER_LISTEN",
+            get("ROUTER_LISTEN") or ("" if tls_listen else "127.0.0.1:8080")))
         if not listen and not tls_listen:
             raise ConfigError("DIT4C_ROUTER_LISTEN names no address")
         return cls(
@@ -144,6 +165,8 @@ class RouterConfig:
             tls_listen=tls_listen,
             tls_cert=cert,
             tls_key=key,
+            redirect_listen=redirect_listen,
+            https_port=int(https_port) if https_port is not None else None,
             metrics_listen=metrics_address,
             token_issuer=get("ROUTER_TOKEN_ISSUER"),
             revocations_queue_url=get("ROUTER_REVOCATIONS_QUEUE_URL"),

@@ -8,7 +8,8 @@ another host waits until the earlier responses are complete and then gets a stre
 so bytes of one instance's connection never reach another instance.
 
 A request for ``TUNNEL_PATH`` on a host that is not an instance is handed, bytes and socket, to
-the tunnel endpoint (:mod:`edge_router.tunnels`).
+the tunnel endpoint (:mod:`edge_router.tunnels`). On a redirect listener every request is only
+answered with a redirect to HTTPS (:mod:`edge_router.redirect`).
 
 A tunnel carries at most ``max_streams`` streams, so nobody may keep them without using them:
 
@@ -37,6 +38,7 @@ from edge_router.config import RouterConfig
 from edge_router.errors import BadRequest
 from edge_router.metrics import Stats
 from edge_router.pages import error_response
+from edge_router.redirect import location, redirect_response
 from edge_router.routes import RouteTable, Tunnel
 from edge_router.tunnels import TunnelEndpoint
 from protocol import http1
@@ -116,11 +118,14 @@ class Pending:
 
 
 class ClientConnection(asyncio.Protocol):
-    """One public client connection (HTTP or HTTPS)."""
+    """One public client connection (HTTP or HTTPS; with ``redirect_port``, a connection to
+    the plain-HTTP listener that redirects to HTTPS on that port)."""
 
-    def __init__(self, ctx: ProxyContext, scheme: bytes) -> None:
+    def __init__(self, ctx: ProxyContext, scheme: bytes, redirect_port: int | None = None
+                 ) -> None:
         self.ctx = ctx
         self.scheme = scheme
+        self.redirect_port = redirect_port
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = "-"
@@ -287,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
             head = http1.parse_request(bytes(self.buf[:end]))
         except HttpError:
             self._fail(400)
+            return False
+        if self.redirect_port is not None:
+            self._redirect(head)
             return False
         instance_id = self.ctx.routes.instance_id(head.host)
         if instance_id is None:
@@ -551,12 +559,22 @@ class ClientConnection(asyncio.Protocol):
 
     # --- ending ----------------------------------------------------------------------------
 
-    def _fail(self, status: int, request: Pending | None = None, *, text: str | None = None
-              ) -> None:
-        """Answer with one of our pages and close (any unread request bytes are dropped)."""
+    def _redirect(self, head: http1.RequestHead) -> None:
+        assert self.redirect_port is not None
+        to = location(head.host, head.target, domain=self.ctx.config.domain,
+                      https_port=self.redirect_port)
+        if to is None:
+            self._fail(404)
+        else:
+            self._fail(308, page=redirect_response(to))
+
+    def _fail(self, status: int, request: Pending | None = None, *, text: str | None = None,
+              page: bytes | None = None) -> None:
+        """Answer with one of our pages (or ``page``) and close (any unread request bytes are
+        dropped)."""
         if self.transport is None or self.state == CLOSED:
             return
-        page = error_response(status, text=text)
+        page = page or error_response(status, text=text)
         self.ctx.stats.bytes_out += len(page)
         self.transport.write(page)
         if request is not None:
@@ -637,8 +655,9 @@ class ClientConnection(asyncio.Protocol):
             self._abort()
 
 
-def client_factory(ctx: ProxyContext, scheme: bytes) -> Callable[[], ClientConnection]:
+def client_factory(ctx: ProxyContext, scheme: bytes, redirect_port: int | None = None
+                   ) -> Callable[[], ClientConnection]:
     def make() -> ClientConnection:
-        return ClientConnection(ctx, scheme)
+        return ClientConnection(ctx, scheme, redirect_port)
     return make
 

@@ -1,6 +1,8 @@
 """The router process: public listeners, tunnel endpoint, metrics, queues, timeouts.
 
-:class:`Router` owns every socket and background task and closes them in :meth:`Router.stop`.
+:class:`Router` owns every socket and background task and closes them in :meth:`Router.stop`;
+:meth:`Router.reload_tls` reads the certificate files again (``SIGHUP``, see
+:mod:`edge_router.tls`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
 from edge_router.revocations import RevocationList, http_list
 from edge_router.routes import RouteTable
+from edge_router.tls import Certificates
 from edge_router.tunnels import TunnelEndpoint
 from protocol.tunnel import DEFAULT_WINDOW
 
@@ -52,6 +54,8 @@ class Router:
         self.addresses: list[tuple[str, int]] = []
         """Bound plain-HTTP addresses (port 0 resolved), in ``config.listen`` order."""
         self.tls_addresses: list[tuple[str, int]] = []
+        self.redirect_addresses: list[tuple[str, int]] = []
+        self.certificates: Certificates | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.endpoint: TunnelEndpoint | None = None
         self.revocations: RevocationList | None = None
@@ -59,6 +63,9 @@ class Router:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.tls_listen:  # first: files that do not load stop the start before anything opens
+            assert cfg.tls_cert is not None and cfg.tls_key is not None
+            self.certificates = Certificates(cfg.tls_cert, cfg.tls_key)
         fetch = self._fetch_jwks
         if fetch is None:
             self._session = aiohttp.ClientSession()
@@ -77,40 +84,57 @@ class Router:
             heartbeat=cfg.heartbeat, revocations_read=lambda: revocations is None
             or revocations.loaded.is_set())
         ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, self.endpoint)
-        loop = asyncio.get_running_loop()
-        for host, port in cfg.listen:
-            srv = await loop.create_server(client_factory(ctx, b"http"), host, port,
-                                           reuse_address=True, backlog=1024)
-            self._servers.append(srv)
-            self.addresses.append(srv.sockets[0].getsockname()[:2])
-        if cfg.tls_listen:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            assert cfg.tls_cert is not None and cfg.tls_key is not None
-            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            for host, port in cfg.tls_listen:
-                srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
-                                               ssl=tls, reuse_address=True, backlog=1024)
-                self._servers.append(srv)
-                self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
+        await self._listen(ctx)
         if cfg.metrics_listen is not None:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
         self._spawn(self._refresh_keys(keys))
         if revocations is not None:
             self._spawn(revocations.run())
-        if cfg.revocations_queue_url or cfg.events_queue_url:
-            sqs = self._sqs if self._sqs is not None else await asyncio.to_thread(
-                sqs_client, cfg.aws_endpoint_url)
-            if cfg.revocations_queue_url:
-                self._spawn(RevocationListener(sqs, cfg.revocations_queue_url,
-                                               self.routes).run())
-            if cfg.events_queue_url:
-                self.reporter = ActivityReporter(sqs, cfg.events_queue_url, self.routes,
-                                                 router_id=cfg.router_id,
-                                                 interval=cfg.activity_interval)
-                self._spawn(self.reporter.run())
+        await self._start_queues()
         log.info("edge router for *.%s on %s", cfg.domain,
                  ", ".join(f"{h}:{p}" for h, p in self.addresses + self.tls_addresses))
+        if self.redirect_addresses:
+            log.info("redirecting to HTTPS on %s",
+                     ", ".join(f"{h}:{p}" for h, p in self.redirect_addresses))
+
+    async def _listen(self, ctx: ProxyContext) -> None:
+        """Open the plain, TLS and redirect listeners."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for host, port in cfg.listen:
+            srv = await loop.create_server(client_factory(ctx, b"http"), host, port,
+                                           reuse_address=True, backlog=1024)
+            self._servers.append(srv)
+            self.addresses.append(srv.sockets[0].getsockname()[:2])
+        if self.certificates is not None:
+            for host, port in cfg.tls_listen:
+                srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
+                                               ssl=self.certificates.context,
+                                               reuse_address=True, backlog=1024)
+                self._servers.append(srv)
+                self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
+        for host, port in cfg.redirect_listen:
+            https_port = cfg.https_port or self.tls_addresses[0][1]
+            srv = await loop.create_server(client_factory(ctx, b"http", https_port), host, port,
+                                           reuse_address=True, backlog=1024)
+            self._servers.append(srv)
+            self.redirect_addresses.append(srv.sockets[0].getsockname()[:2])
+
+    async def _start_queues(self) -> None:
+        """Revocations from the router's own queue; activity reports (the local stack's)."""
+        cfg = self.config
+        if not (cfg.revocations_queue_url or cfg.events_queue_url):
+            return
+        sqs = self._sqs if self._sqs is not None else await asyncio.to_thread(
+            sqs_client, cfg.aws_endpoint_url)
+        if cfg.revocations_queue_url:
+            self._spawn(RevocationListener(sqs, cfg.revocations_queue_url, self.routes).run())
+        if cfg.events_queue_url:
+            self.reporter = ActivityReporter(sqs, cfg.events_queue_url, self.routes,
+                                             router_id=cfg.router_id,
+                                             interval=cfg.activity_interval)
+            self._spawn(self.reporter.run())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -136,6 +160,15 @@ class Router:
         await site.start()
         host, port = runner.addresses[-1][:2]
         self.metrics_address = (host, port)
+
+    def reload_tls(self) -> bool:
+        """Read the certificate files again (``SIGHUP``): new handshakes use them, open
+        connections and tunnels stay. False when there is no TLS or the files were refused
+        (the previous certificate stays)."""
+        if self.certificates is None:
+            log.info("no TLS listener: nothing to reload")
+            return False
+        return self.certificates.reload()
 
     async def _sweep(self, ctx: ProxyContext) -> None:
         while True:
@@ -167,10 +200,11 @@ class Router:
             await self._session.close()
 
 
-async def run(config: RouterConfig, until: Callable[[], Awaitable[None]]) -> None:
+async def run(config: RouterConfig, until: Callable[[Router], Awaitable[None]]) -> None:
+    """Start a router, wait for ``until(router)`` (which may act on it: signals), stop it."""
     router = Router(config)
     await router.start()
     try:
-        await until()
+        await until(router)
     finally:
         await router.stop()

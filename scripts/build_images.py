@@ -16,6 +16,11 @@ in this order (names in :mod:`scripts.images`):
   the host with pip into the cache (containers cannot reach PyPI over TLS); a container of the
   base with no network installs them with ``--no-index`` from a read-only mount, and is
   committed as the image. About a minute the first time; the wheels stay in the cache.
+- ``dit4c/router:dev`` — the edge router: ``edge_router/Dockerfile`` built FROM the base with a
+  context holding the Dockerfile, ``protocol/``, ``edge_router/`` and the wheels of
+  pyproject.toml's ``router`` group (their dependencies at the versions this environment runs,
+  so the image runs what the tests ran), downloaded on the host as JupyterLab's are and
+  installed with ``--no-index`` in a build stage that the image leaves behind.
 
 Every image carries the label ``dit4c.recipe=<sha256>`` of what it was built from (file bytes,
 package lists, the base image id). An image whose label matches is reused; anything else is
@@ -47,7 +52,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from scripts import images
+from scripts import images, requirements
 
 log = logging.getLogger("dit4c.scripts.build_images")
 
@@ -76,7 +81,7 @@ TOOL_INDEX = b"""<!doctype html>
 HELPER_SOURCES = ("protocol", "helpers")
 DEBOOTSTRAP_TIMEOUT = 1800
 JUPYTERLAB_REQUIREMENTS = REPO_ROOT / "scripts" / "jupyterlab" / "requirements.txt"
-JUPYTERLAB_PYTHON = "3.11.2"
+BASE_PYTHON = "3.11.2"
 """The base image's python3 (bookworm): wheels are chosen for it, not for the host's Python."""
 BASE_GLIBC_MINOR = 36
 """Bookworm's glibc is 2.36: any manylinux_2_N wheel with N <= 36 runs on it."""
@@ -99,6 +104,9 @@ JUPYTERLAB_CHANGES = (
     '"--IdentityProvider.token=", "--ServerApp.allow_remote_access=True"]',
 )
 JUPYTERLAB_TIMEOUT = 900
+ROUTER_SOURCES = ("protocol", "edge_router")
+ROUTER_PIP = "pip==25.3"
+"""The pip that installs the router's wheels in the build stage (the base has none)."""
 
 
 class BuildError(Exception):
@@ -427,37 +435,22 @@ class ImageBuilder:
         except docker.errors.ImageNotFound as exc:
             raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
         context = self.helpers_context()
-        recipe = _sha256(context, base_id)
-        if not force and self.current_recipe(images.HELPERS) == recipe:
-            self.pin(images.HELPERS, recipe)
-            return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
-        if not force and self.current_recipe(pinned(images.HELPERS, recipe)) == recipe:
-            # Another checkout moved the name: this recipe's image is still here.
-            repository, tag = images.HELPERS.rsplit(":", 1)
-            self.client.images.get(pinned(images.HELPERS, recipe)).tag(repository, tag)
-            return Result(images.HELPERS, recipe, "reused", time.monotonic() - started)
-        stream = self.client.api.build(
-            fileobj=io.BytesIO(context), custom_context=True, tag=images.HELPERS, pull=False,
-            rm=True, forcerm=True, labels={images.RECIPE_LABEL: recipe}, decode=True,
-        )
-        lines = []
-        for chunk in stream:
-            if "error" in chunk:
-                raise BuildError(f"docker build of {images.HELPERS} failed: {chunk['error']}")
-            lines.append(str(chunk.get("stream", "")))
-        if self.current_recipe(images.HELPERS) != recipe:
-            raise BuildError(f"docker build of {images.HELPERS} left no image:\n{''.join(lines)}")
-        self.pin(images.HELPERS, recipe)
-        return Result(images.HELPERS, recipe, "built", time.monotonic() - started)
+        return self._build(images.HELPERS, _sha256(context, base_id), context, force, started)
 
     # -- dit4c/jupyterlab:4.6 -----------------------------------------------------------------
 
     def jupyterlab_wheels(self) -> Path:
         """The pinned wheels (and the requirements file) in the cache, downloaded once."""
-        requirements = JUPYTERLAB_REQUIREMENTS.read_bytes()
+        return self.wheels("jupyterlab", JUPYTERLAB_REQUIREMENTS.read_bytes())
+
+    def wheels(self, kind: str, requirements: bytes, constraints: bytes = b"") -> Path:
+        """The wheels of ``requirements`` (``constraints`` pinning what they pull in) for the
+        base's Python, with the requirements file as ``requirements.txt``; downloaded once into
+        the cache (``<kind>-wheels-<hash>``)."""
         machine = platform.machine()
-        folder = self.cache_dir / (
-            "jupyterlab-wheels-" + _sha256(requirements, JUPYTERLAB_PYTHON, machine)[:16])
+        key = _sha256(requirements, *([constraints] if constraints else []), BASE_PYTHON,
+                      machine)
+        folder = self.cache_dir / f"{kind}-wheels-{key[:16]}"
         if (folder / "requirements.txt").is_file():
             return folder
         partial = folder.with_suffix(".partial")
@@ -465,15 +458,20 @@ class ImageBuilder:
         partial.mkdir(parents=True)
         platforms = [f"--platform=manylinux_2_{minor}_{machine}"
                      for minor in range(5, BASE_GLIBC_MINOR + 1)]
-        log.info("pip download of the JupyterLab wheels into %s", folder)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-              "--dest", str(partial), "--only-binary=:all:", "--implementation=cp",
-              f"--python-version={JUPYTERLAB_PYTHON}", "--abi=cp311", "--abi=abi3",
-              "--abi=none", *platforms, "-r", str(JUPYTERLAB_REQUIREMENTS)], timeout=900)
+        log.info("pip download of the %s wheels into %s", kind, folder)
+        with tempfile.TemporaryDirectory() as scratch:
+            wanted, pinned_by = Path(scratch) / "requirements.txt", Path(scratch) / "pins.txt"
+            wanted.write_bytes(requirements)
+            pinned_by.write_bytes(constraints)
+            _run([sys.executable, "-m", "pip", "download", "--quiet",
+                  "--disable-pip-version-check", "--dest", str(partial), "--only-binary=:all:",
+                  "--implementation=cp", f"--python-version={BASE_PYTHON}", "--abi=cp311",
+                  "--abi=abi3", "--abi=none", *platforms, "-r", str(wanted),
+                  "-c", str(pinned_by)], timeout=900)
         # Written last: a folder with its requirements file is complete.
         (partial / "requirements.txt").write_bytes(requirements)
         partial.rename(folder)
-        for old in self.cache_dir.glob("jupyterlab-wheels-*"):
+        for old in self.cache_dir.glob(f"{kind}-wheels-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)  # one recipe at a time: ~50 MB each
         return folder
@@ -508,6 +506,66 @@ class ImageBuilder:
             raise BuildError(f"committing {images.JUPYTERLAB} left no image")
         return Result(images.JUPYTERLAB, recipe, "built", time.monotonic() - started)
 
+    # -- dit4c/router:dev ---------------------------------------------------------------------
+
+    def router_wheels(self) -> Path:
+        """The router group's wheels; what they depend on at the versions installed here."""
+        groups = requirements.load_groups(self.repo_root / "pyproject.toml")
+        wanted = sorted(requirements.expand(groups, "router").values(), key=str.lower)
+        frozen = subprocess.run(
+            [sys.executable, "-m", "pip", "freeze", "--exclude-editable",
+             "--disable-pip-version-check"],
+            check=True, capture_output=True, text=True, timeout=60).stdout
+        constraints = "".join(line + "\n" for line in sorted(frozen.splitlines())
+                              if "==" in line and not line.startswith("-"))
+        return self.wheels("router", "\n".join([*wanted, ROUTER_PIP, ""]).encode(),
+                           constraints.encode())
+
+    def router_context(self, wheels: Path) -> bytes:
+        """The build context: the Dockerfile, the wheels, protocol/ and edge_router/."""
+        tar = _Tar()
+        tar.file("Dockerfile", (self.repo_root / "edge_router" / "Dockerfile").read_bytes())
+        tar.tree(wheels, "wheels")
+        for folder in ROUTER_SOURCES:
+            tar.tree(self.repo_root / folder, folder)
+        return tar.close()
+
+    def router(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        try:
+            base_id = self.client.images.get(images.HELPER_BASE).id
+        except docker.errors.ImageNotFound as exc:
+            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        context = self.router_context(self.router_wheels())
+        recipe = _sha256(context, base_id)
+        return self._build(images.ROUTER, recipe, context, force, started)
+
+    def _build(self, name: str, recipe: str, context: bytes, force: bool,
+               started: float) -> Result:
+        """``docker build`` of ``context`` as ``name`` (and its pinned tag), unless an image of
+        ``recipe`` is there already."""
+        if not force and self.current_recipe(name) == recipe:
+            self.pin(name, recipe)
+            return Result(name, recipe, "reused", time.monotonic() - started)
+        if not force and self.current_recipe(pinned(name, recipe)) == recipe:
+            # Another checkout moved the name: this recipe's image is still here.
+            repository, tag = name.rsplit(":", 1)
+            self.client.images.get(pinned(name, recipe)).tag(repository, tag)
+            return Result(name, recipe, "reused", time.monotonic() - started)
+        stream = self.client.api.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=name, pull=False,
+            rm=True, forcerm=True, labels={images.RECIPE_LABEL: recipe}, decode=True,
+        )
+        lines = []
+        for chunk in stream:
+            if "error" in chunk:
+                raise BuildError(f"docker build of {name} failed: {chunk['error']}")
+            lines.append(str(chunk.get("stream", "")))
+        if self.current_recipe(name) != recipe:
+            raise BuildError(f"docker build of {name} left no image:\n{''.join(lines)}")
+        self.pin(name, recipe)
+        return Result(name, recipe, "built", time.monotonic() - started)
+
     # -- all ------------------------------------------------------------------------------------
 
     def steps(self) -> dict[str, Callable[[bool], Result]]:
@@ -517,6 +575,7 @@ class ImageBuilder:
             images.HELPER_BASE: self.helper_base,
             images.HELPERS: self.helpers,
             images.JUPYTERLAB: self.jupyterlab,
+            images.ROUTER: self.router,
         }
 
     def ensure(self, names: Iterable[str] = images.ALL, force: bool = False) -> list[Result]:

@@ -29,10 +29,14 @@ HELPERS_USER: Final = "dit4c"
 
 HELPERS_UID: Final = 10001
 
+ROUTER: Final = "dit4c/router:dev"
+"""HELPER_BASE + a virtualenv of pyproject.toml's ``router`` group + protocol/ and edge_router/;
+runs ``python -m edge_router`` as HELPERS_USER (edge_router/Dockerfile, docs/edge-router.md)."""
+
 PORT_LABEL: Final = "dit4c.port"
 """Image label naming the TCP port a tool serves HTTP on."""
 
 RECIPE_LABEL: Final = "dit4c.recipe"
 """Image label holding the hash of the recipe an image was built from (rebuild when it differs)."""
 
-ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB)
+ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB, ROUTER)

@@ -106,12 +106,6 @@ data "aws_iam_policy_document" "router_role" {
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage"]
     resources = [aws_sqs_queue.router_revocations_queue.arn]
   }
-
-  statement {
-    effect    = "Allow"
-    actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.events_queue.arn]
-  }
 }
 
 resource "aws_iam_role" "router_role" {

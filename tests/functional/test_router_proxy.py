@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import os
 import ssl
@@ -11,13 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from protocol.tokens import SigningKey
 from tests.support import router as harness
+from tests.support.certs import self_signed
 from tests.support.router_stack import HOST, Stack, stack, upstream
 
 __all__ = ["stack", "upstream"]
@@ -187,26 +183,6 @@ async def test_https_listener(upstream: tuple[str, int], tmp_path: Path) -> None
     finally:
         await links.close()
         await router.stop()
-
-
-def self_signed(directory: Path, name: str) -> tuple[str, str]:
-    private = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(private.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(private, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
 
 
 async def test_response_heads_split_anywhere_and_bodies_behind_them(stack: Stack) -> None:
