@@ -52,6 +52,9 @@ locals {
     DIT4C_STORAGE_BUCKET           = aws_s3_bucket.storage_bucket.bucket
     DIT4C_STORAGE_ROLE_ARN         = aws_iam_role.storage_role.arn
     DIT4C_STORAGE_QUOTA_MB         = tostring(var.storage_quota_mb)
+    DIT4C_REGISTRY                 = var.registry_host
+    DIT4C_POD_REGISTRY_URL         = var.pod_registry_url
+    DIT4C_EXPORT_URL               = var.export_url
     DIT4C_REAPER_RULE              = local.reaper_rule
   }
 

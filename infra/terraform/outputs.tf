@@ -37,6 +37,16 @@ output "router_instance_profile_arn" {
   value       = aws_iam_instance_profile.router_instance_profile.arn
 }
 
+output "registry_bucket_name" {
+  description = "The image server's storage (Distribution's s3 driver, its bucket)"
+  value       = aws_s3_bucket.registry_bucket.bucket
+}
+
+output "registry_instance_profile_arn" {
+  description = "Give the image server's EC2 instance this profile"
+  value       = aws_iam_instance_profile.registry_instance_profile.arn
+}
+
 output "jwks_url" {
   description = "DIT4C_ROUTER_JWKS_URL of the edge routers"
   value       = "${local.portal_url}/.well-known/jwks.json"

@@ -78,6 +78,24 @@ variable "storage_quota_mb" {
   }
 }
 
+variable "registry_host" {
+  description = "host[:port] of the image server (Distribution on registry_bucket, run with registry_instance_profile_arn; docs/deploy.md), as nodes pull from it over TLS. Empty: no saving, sharing or export."
+  type        = string
+  default     = ""
+}
+
+variable "pod_registry_url" {
+  description = "The image server's URL as pods reach it, when not https://registry_host"
+  type        = string
+  default     = ""
+}
+
+variable "export_url" {
+  description = "Public base URL of the image exporter (python -m image_export), for export links"
+  type        = string
+  default     = ""
+}
+
 variable "login_providers" {
   description = "JSON list of identity providers (docs/control-plane.md); \"[]\": local accounts only"
   type        = string

@@ -323,7 +323,7 @@ def test_each_functions_policy_statements_are_the_same(function: str):
     assert _terraform_statements(FUNCTIONS[function]) == expected
 
 
-@pytest.mark.parametrize("role", ["NodeRole", "RouterRole", "StorageRole"])
+@pytest.mark.parametrize("role", ["NodeRole", "RouterRole", "StorageRole", "RegistryRole"])
 def test_node_and_router_roles_are_the_same(role: str):
     props = template().properties(role)
     (policy,) = props["Policies"]
