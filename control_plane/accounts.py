@@ -128,8 +128,20 @@ class Accounts:
     def login(self, credentials: Login, address: str, device: str | None = None) -> LoggedIn:
         """Check a password. ``address``: the client's; ``device``: the browser's device token
         (see the module docstring), if it sent one."""
-        name, password = credentials.username.lower(), credentials.password
+        name = credentials.username.lower()
         known = self._device_key(device, name)
+        user = self.authenticate(credentials, address, known_device=known)
+        if known is None or device is None:
+            device = self._new_device(name)
+        return LoggedIn(self.start_session(user), device)
+
+    def authenticate(self, credentials: Login, address: str, *,
+                     known_device: str | None = None) -> User:
+        """The user whose password this is (throttled as a login: per account and address,
+        or per known device), or Unauthorized; starts no session (the image server's token
+        service asks this for ``docker login``'s Basic credentials)."""
+        name, password = credentials.username.lower(), credentials.password
+        known = known_device
         if known is not None:
             limits = {f"throttle:device:{known}": self.failures_per_account}
         else:
@@ -147,9 +159,7 @@ class Accounts:
                 self._record_failure(key, limit)
             raise Unauthorized("wrong username or password")
         self.tokens.delete({"token_key": next(iter(limits))})
-        if known is None or device is None:
-            device = self._new_device(name)
-        return LoggedIn(self.start_session(user_of(item)), device)
+        return user_of(item)
 
     def _device_key(self, token: str | None, username: str) -> str | None:
         """The stored key of a live device token of ``username``, or None."""

@@ -22,6 +22,8 @@ from control_plane.login_providers import LOGIN_COOKIE, LOGIN_PATH, STATE_SECOND
 from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
+from control_plane.registry_routes import registry_blueprint
+from protocol.tokens import unverified_claims
 
 if TYPE_CHECKING:
     from control_plane.services import Services
@@ -50,6 +52,7 @@ def _session_username(request: Request) -> str | None:
 app.register_blueprint(portal_routes.blueprint)
 app.register_blueprint(oauth_blueprint(get_server=lambda: _svc().oauth,
                                        session_username=_session_username))
+app.register_blueprint(registry_blueprint(get_registry=lambda: _svc().registry))
 
 REQUEST_BODIES: dict[tuple[str, str], type[Body]] = {}
 """The body type of each route that takes one: it parses the body and is its OpenAPI schema."""
@@ -191,6 +194,33 @@ def create_user(session: Session, body: bodies.NewUser) -> User:
     return _svc().accounts.create_user(body)
 
 
+# --- storage ----------------------------------------------------------------------------
+
+
+def _storage_use(username: str, *, fresh: bool = False) -> replies.StorageUse:
+    storage = _svc().storage
+    used, counted_at = storage.usage(username, fresh=fresh)
+    return replies.StorageUse(username=username, used_bytes=used,
+                              quota_bytes=storage.quota_bytes(username), counted_at=counted_at)
+
+
+@route("/api/storage", auth="session")
+def my_storage(session: Session) -> replies.StorageUse:
+    return _storage_use(session.user.username)
+
+
+@route("/api/users/{username}/storage", auth="admin")
+def user_storage(session: Session, username: str) -> replies.StorageUse:
+    return _storage_use(username)
+
+
+@route("/api/users/{username}/storage", "PUT", auth="admin", body=bodies.StorageQuota)
+def set_user_quota(session: Session, username: str, body: bodies.StorageQuota
+                   ) -> replies.StorageUse:
+    _svc().storage.set_quota(username, body.quota_mb)
+    return _storage_use(username)
+
+
 # --- images -----------------------------------------------------------------------------
 
 
@@ -207,13 +237,28 @@ def add_image(session: Session, body: bodies.NewImage) -> replies.Image:
 
 @route("/api/images/{image_id}", "DELETE", auth="session")
 def delete_image(session: Session, image_id: str) -> None:
-    _svc().catalog.remove(image_id, session.user.username, admin=session.user.admin)
+    _svc().images.delete(session.user, image_id)
 
 
-@route("/api/images/{image_id}/share", "POST", auth="session", body=bodies.Share)
-def share_image(session: Session, image_id: str, body: bodies.Share) -> replies.Shared:
-    return replies.Shared(id=image_id, shared_with=_svc().lifecycle.share_image(
-        session.user, image_id, body))
+@route("/api/images/{image_id}/share", auth="session")
+def image_sharing(session: Session, image_id: str) -> replies.ImageShared:
+    return _svc().images.sharing(session.user, image_id)
+
+
+@route("/api/images/{image_id}/share", "POST", auth="session", body=bodies.ImageShare)
+def share_image(session: Session, image_id: str, body: bodies.ImageShare
+                ) -> replies.ImageShared:
+    return _svc().images.share(session.user, image_id, body)
+
+
+@route("/api/images/links", "POST", auth="session", body=bodies.AcceptLink)
+def accept_image_link(session: Session, body: bodies.AcceptLink) -> replies.Image:
+    return replies.Image.of(_svc().images.accept(session.user, body))
+
+
+@route("/api/images/{image_id}/export", "POST", auth="session")
+def export_image(session: Session, image_id: str) -> replies.ExportLink:
+    return _svc().images.export(session.user, image_id)
 
 
 # --- instances --------------------------------------------------------------------------
@@ -256,6 +301,12 @@ def discard_instance(session: Session, instance_id: str) -> replies.Instance:
 @route("/api/instances/{instance_id}", "DELETE", auth="session")
 def delete_instance(session: Session, instance_id: str) -> None:
     _svc().lifecycle.delete(session.user, instance_id)
+
+
+@route("/api/instances/{instance_id}/share", auth="session")
+def instance_sharing(session: Session, instance_id: str) -> replies.Shared:
+    return replies.Shared(id=instance_id, shared_with=_svc().lifecycle.sharing(
+        session.user, instance_id))
 
 
 @route("/api/instances/{instance_id}/share", "POST", auth="session", body=bodies.Share)
@@ -305,6 +356,42 @@ def enroll(body: bodies.Enroll) -> replies.Enrolled:
 @route("/api/nodes/{node_id}/credentials", "POST")
 def node_credentials(node_id: str) -> replies.Credentials:
     return _svc().nodes.credentials(node_id, _request().headers.get("authorization"))
+
+
+@route("/api/nodes/{node_id}/instances/{instance_id}/tunnel-token", "POST")
+def renew_tunnel_token(node_id: str, instance_id: str) -> replies.TunnelToken:
+    svc = _svc()
+    node = svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    token = svc.scheduler.renew_tunnel_token(node, instance_id)
+    return replies.TunnelToken(tunnel_token=token,
+                               expires_at=int(unverified_claims(token)["exp"]))
+
+
+@route("/api/revocations")
+def revocations() -> Response:
+    listed = [replies.Revoked(host_sha256=r.host_sha256, revoked_at=r.revoked_at,
+                              expires_at=r.expires_at)
+              for r in _svc().messenger.revocations.active()]
+    return web.json_response(replies.Revocations(revocations=listed),
+                             headers={"Cache-Control": "no-store"})
+
+
+@route("/api/nodes/{node_id}/instances")
+def node_instances(node_id: str) -> replies.Placed:
+    svc = _svc()
+    svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    return replies.Placed.of(svc.instances.on_node(node_id))
+
+
+@route("/api/nodes/{node_id}/instances/{instance_id}/storage", "POST",
+       body=bodies.StorageReport)
+def node_instance_storage(node_id: str, instance_id: str, body: bodies.StorageReport
+                          ) -> replies.StorageSession:
+    """A node renews the storage credentials of an instance it runs (its JWT, as for
+    ``credentials``), reporting how the instance's storage helper is."""
+    return replies.StorageSession.of(_svc().storage.renew(
+        node_id, instance_id, _request().headers.get("authorization"), ok=body.ok,
+        message=body.message, usage_bytes=body.usage_bytes))
 
 
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")

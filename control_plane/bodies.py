@@ -27,6 +27,11 @@ MIN_CPU = 0.001
 MAX_CPU = 256.0
 MAX_MEMORY_MB = 4 * 1024 * 1024
 DEFAULT_CLUSTER = "default"
+LINK_HOURS = 6.0
+"""How long a share link can be redeemed, unless asked otherwise (as the original DIT4C)."""
+MAX_LINK_HOURS = 30 * 24.0
+LINK_TOKEN_PATTERN = r"^[a-z0-9]{1,63}\.[a-z0-9]{1,63}\.[A-Za-z0-9_-]{16,64}$"  # noqa: S105 - a pattern
+"""``<image id>.<link id>.<secret>``."""
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 
@@ -93,6 +98,27 @@ class Share(Body):
 
 
 @json_object
+class ImageShare(Body):
+    """``POST /api/images/{id}/share``: one of: grant (or ``revoke``) ``username``; make an
+    expiring link (``link``, valid ``hours``); revoke a link (``link_id`` with ``revoke``)."""
+
+    username: str | None = field(default=None, max_length=64, pattern=USERNAME_PATTERN,
+                                 says=USERNAME_SAYS)
+    revoke: bool = False
+    link: bool = False
+    hours: float = field(default=LINK_HOURS, minimum=0.1, maximum=MAX_LINK_HOURS)
+    link_id: str | None = _id(default=None)
+
+
+@json_object
+class AcceptLink(Body):
+    """``POST /api/images/links``: redeem a share link (the token at the end of its URL)."""
+
+    token: str = field(max_length=200, pattern=LINK_TOKEN_PATTERN,
+                       says="the token of a share link")
+
+
+@json_object
 class Launch(Body):
     """``POST /api/instances``: ``name`` defaults to the image's name."""
 
@@ -139,3 +165,22 @@ class Enroll(Body):
     cpu: float = field(minimum=MIN_CPU, maximum=MAX_CPU)
     memory_mb: int = field(minimum=64, maximum=MAX_MEMORY_MB)
 
+
+
+@json_object
+class StorageReport(Body):
+    """``POST /api/nodes/{node}/instances/{instance}/storage``: how the instance's storage
+    helper is, as its node saw it (the answer is renewed credentials)."""
+
+    ok: bool = True
+    message: str | None = field(default=None, max_length=500,
+                                description="what went wrong, for the instance's user")
+    usage_bytes: int | None = field(default=None, minimum=0, maximum=2**62,
+                                    description="the user's bytes as the helper counted them")
+
+
+@json_object
+class StorageQuota(Body):
+    """``PUT /api/users/{username}/storage`` (admin): a user's own quota (null: the default)."""
+
+    quota_mb: int | None = field(minimum=0, maximum=2**31)

@@ -19,6 +19,7 @@ from control_plane.records import CATALOG_OWNER, Image, ImageRef, Instance
 from control_plane.shares import Shares
 from control_plane.table import ConditionFailed, Item, Table
 from protocol.ids import is_id, new_id
+from protocol.registry import Reference
 
 
 class Catalog:
@@ -27,17 +28,20 @@ class Catalog:
         self.shares = shares
 
     def list_for(self, username: str) -> list[Image]:
-        images = self._owned_by(CATALOG_OWNER) + self._owned_by(username)
-        seen = {i.image_id for i in images}
-        wanted = [{"image_id": i} for i in self.shares.shared_with("image", username)
-                  if i not in seen]
-        if wanted:
-            images += _images(self.images.batch_get(wanted))
-        return images
+        images = self.owned_by(CATALOG_OWNER) + self.owned_by(username)
+        return images + self.shared_with(username, skip={i.image_id for i in images})
 
-    def _owned_by(self, owner: str) -> list[Image]:
+    def owned_by(self, owner: str) -> list[Image]:
+        """The catalog (``CATALOG_OWNER``) or a user's saved images: one Query."""
         return _images(self.images.query("#o = :o", index="by-owner", names={"#o": "owner"},
                                          vals={":o": owner}))
+
+    def shared_with(self, username: str, skip: set[str] | frozenset[str] = frozenset()
+                    ) -> list[Image]:
+        """Images shared with the user (one Query and one BatchGetItem)."""
+        wanted = [{"image_id": i} for i in self.shares.shared_with("image", username)
+                  if i not in skip]
+        return _images(self.images.batch_get(wanted)) if wanted else []
 
     def get(self, image_id: str) -> Image:
         image = _image(self.images.get({"image_id": image_id})) if is_id(image_id) else None
@@ -71,13 +75,17 @@ class Catalog:
         self.images.put(image.to_item())
         return image
 
-    def saved_put(self, instance: Instance, image: str) -> dict[str, Any]:
-        """The transaction entry that adds the image ``instance`` was saved as (same id)."""
+    def saved_put(self, instance: Instance, image: str, pushed: Reference | None,
+                  size: int | None) -> dict[str, Any]:
+        """The transaction entry that adds the image ``instance`` was saved as (same id);
+        ``pushed``: its reference on the image server."""
         saved = Image(image_id=instance.instance_id, owner=instance.owner,
                       name=f"{instance.name} (saved)", image=image,
                       port=instance.port, cpu=instance.cpu, memory_mb=instance.memory_mb,
                       tags=["saved"], source_instance=instance.instance_id,
-                      created_at=now_iso())
+                      created_at=now_iso(),
+                      repository=pushed.repository if pushed else None,
+                      digest=pushed.digest if pushed else None, size=size)
         return self.images.put_op(saved.to_item())
 
     def remove(self, image_id: str, username: str, *, admin: bool) -> None:

@@ -8,7 +8,8 @@
     ├── Forbidden (403)              authenticated but not allowed (CSRF, not admin, drained)
     ├── NotFound (404)               unknown id, or another user's id (never reveal which)
     ├── Conflict (409)               wrong state for the request, a lost conditional write
-    └── TooManyRequests (429)        login throttling, per-user instance limit
+    ├── TooManyRequests (429)        login throttling, per-user instance limit
+    └── Unavailable (503)            a dependency (the image server) did not answer: try again
 
 The API turns each into ``{"error": {"code", "message"}}`` with ``status``; the message is safe
 to show to the caller.
@@ -69,3 +70,8 @@ class Conflict(ControlPlaneError):
 class TooManyRequests(ControlPlaneError):
     status = 429
     code = "too_many_requests"
+
+
+class Unavailable(ControlPlaneError):
+    status = 503
+    code = "unavailable"

@@ -21,7 +21,8 @@ SQS delivers at least once and in any order, so:
   when it comes from the node the instance is placed on; a node reporting a live pod for an
   instance placed elsewhere (or gone) is told to discard it;
 - progress is applied only when newer (by ``sent_at``) than the last applied report;
-- a heartbeat is applied only when newer than the last applied heartbeat.
+- a heartbeat is applied only when newer than the last applied heartbeat, and then compared
+  with the records (:mod:`control_plane.reconcile`); so is a router's activity report.
 
 A lost conditional write (someone moved the record meanwhile) is retried on a fresh read.
 Malformed messages are logged and dropped: redelivering them cannot make them valid.
@@ -41,10 +42,12 @@ from control_plane.errors import Forbidden, Unauthorized
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.reconcile import Reconciler
 from control_plane.records import Instance, Node
+from control_plane.registry import RegistryTokens, user_repository
 from control_plane.scheduler import Scheduler
 from control_plane.table import ConditionFailed
-from protocol.errors import MessageError
+from protocol.errors import MessageError, RegistryError
 from protocol.ids import is_id
 from protocol.messages import (
     MAX_CLOCK_SKEW_SECONDS,
@@ -57,6 +60,7 @@ from protocol.messages import (
     decode,
     sent_time,
 )
+from protocol.registry import Reference, parse_reference
 from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.control_plane.events")
@@ -66,13 +70,16 @@ RETRIES = 5
 
 class Events:
     def __init__(self, instances: Instances, nodes: Nodes, catalog: Catalog,
-                 messenger: Messenger, scheduler: Scheduler, *,
+                 messenger: Messenger, *, scheduler: Scheduler, reconciler: Reconciler,
+                 registry: RegistryTokens,
                  clock: Callable[[], float] = time.time) -> None:
         self.instances = instances
         self.nodes = nodes
         self.catalog = catalog
         self.messenger = messenger
         self.scheduler = scheduler
+        self.reconciler = reconciler
+        self.registry = registry
         self.clock = clock
 
     def handle_record(self, record: Mapping[str, Any]) -> str:
@@ -92,7 +99,10 @@ class Events:
             log.warning("dropped malformed event: %s", exc)
             return "malformed"
         if isinstance(message, InstanceActivity):
-            return "activity"
+            # Routers hold no key, so their reports are unsigned. That is safe for what one
+            # does: it only revokes routes of instances that are not routable by their own
+            # record, and a token issued after a revocation still passes.
+            return self.handle(message)
         if not isinstance(message, InstanceStateEvent | NodeHeartbeat):
             log.warning("dropped %s: not an event", message.TYPE)
             return "not an event"
@@ -118,9 +128,13 @@ class Events:
             return self.instance_state(message)
         if isinstance(message, NodeHeartbeat):
             node = sender or self.nodes.find(message.node_id, consistent=True)
-            applied = node is not None and self.nodes.heartbeat(node, message)
-            return "heartbeat" if applied else "stale heartbeat"
+            applied = node and self.nodes.heartbeat(node, message)
+            if not applied:
+                return "stale heartbeat"
+            self.reconciler.heartbeat(applied, message)
+            return "heartbeat"
         if isinstance(message, InstanceActivity):
+            self.reconciler.activity(message)
             return "activity"
         log.warning("dropped %s: not an event", message.TYPE)
         return "not an event"
@@ -154,6 +168,17 @@ class Events:
         self.messenger.send(node.queue_url, DiscardInstance(instance_id=event.instance_id))
         return "discarded elsewhere"
 
+    def _pushed(self, item: Instance, image: str) -> Reference | None:
+        """``image`` if it is the instance's own repository on the image server, by digest."""
+        try:
+            reference = parse_reference(image)
+        except RegistryError:
+            return None
+        if reference.registry != self.registry.config.registry or not reference.digest or \
+                reference.repository != user_repository(item.owner, item.instance_id):
+            return None
+        return reference
+
     def _apply(self, item: Instance, new: InstanceState, event: InstanceStateEvent) -> str:
         current = item.state
         last = item.last_report_at or ""
@@ -174,12 +199,20 @@ class Events:
             moved = replace(moved, reason=event.reason or "saving failed; the instance is stopped")
         extra = []
         if new == S.SAVED:
-            moved = replace(moved, saved_image_id=item.instance_id,
-                            progress={**item.progress, "save": 100})
-            extra.append(self.catalog.saved_put(item, event.image or item.saved_image
-                                                or item.image))
+            image = event.image or item.saved_image or item.image
+            pushed = self._pushed(item, image)
+            if pushed is None and self.registry.enabled:
+                # Not where the save was sent: never list someone else's repository as theirs.
+                log.warning("instance %s: saved as %r, not in its repository", item.instance_id,
+                            image)
+                moved = replace(moved, state=S.STOPPED,
+                                reason="the node reported the image saved elsewhere; save again")
+            else:
+                moved = replace(moved, saved_image_id=item.instance_id,
+                                saved_image=image, progress={**item.progress, "save": 100})
+                extra.append(self.catalog.saved_put(item, image, pushed, event.size))
         self.instances.transition(item, moved, extra=extra)
         log.info("instance %s: %s -> %s", item.instance_id, current.value, new.value)
         if new == S.FAILED:
-            self.scheduler.retire(item, "failed")
+            self.scheduler.retire(item.instance_id, item.hostname, "failed")
         return new.value

@@ -1,13 +1,18 @@
 """What users do with instances: launch, list, stop, save, discard, delete, share.
 
+(Saved images themselves, once saved: :mod:`control_plane.images`.)
+
 Access (:mod:`control_plane.access`): the owner, a user the instance is shared with, or an admin.
 Anyone else gets 404, exactly as for an id that does not exist. Grantees may see and stop a
 shared instance; saving, discarding, deleting and sharing belong to the owner (and admins).
+
+A launch that finds no room and a save leave the instance to the reaper (placed later, or
+timed out), which may be switched off while no node runs: they wake it
+(:mod:`control_plane.standby`). Everything else happens with a live node, so with it on.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,11 +28,14 @@ from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.records import UNPLACED, Instance
+from control_plane.registry import JOB_TOKEN_LIFETIME, SAVED_TAG, RegistryTokens, user_repository
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed
 from protocol.ids import new_id
-from protocol.messages import DiscardInstance, Message, SaveInstance, StopInstance
+from protocol.messages import DiscardInstance, Message, RegistryAccess, SaveInstance, StopInstance
+from protocol.registry import PULL, PUSH, repository_access
 from protocol.states import InstanceState
 
 S = InstanceState
@@ -38,9 +46,10 @@ LOGOUT_FANOUT = 8
 class Lifecycle:
     def __init__(self, *, config: Config, instances: Instances, catalog: Catalog, shares: Shares,
                  nodes: Nodes, scheduler: Scheduler, messenger: Messenger,
-                 registrar: ClientRegistrar, access: Access,
-                 accounts_exist: Callable[[str], bool]) -> None:
+                 registrar: ClientRegistrar, access: Access, standby: Standby,
+                 accounts_exist: Callable[[str], bool], registry: RegistryTokens) -> None:
         self.config = config
+        self.registry = registry
         self.access = access
         self.instances = instances
         self.catalog = catalog
@@ -49,6 +58,7 @@ class Lifecycle:
         self.scheduler = scheduler
         self.messenger = messenger
         self.registrar = registrar
+        self.standby = standby
         self.accounts_exist = accounts_exist
 
     # --- access -----------------------------------------------------------------------
@@ -108,7 +118,10 @@ class Lifecycle:
             raise TooManyRequests(
                 f"you already have {limit} instances running or starting (the limit is "
                 f"{limit}); stop one before launching another") from None
-        return self.scheduler.place(item)
+        placed = self.scheduler.place(item)
+        if placed.state == S.PENDING:
+            self.standby.wake()
+        return placed
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -127,16 +140,31 @@ class Lifecycle:
         return item
 
     def save(self, user: User, instance_id: str) -> Instance:
+        """Tell the node to push the instance to the owner's namespace on the image server,
+        with a token for exactly that (and a pull of the image it started from, whose layers
+        it then mounts instead of uploading)."""
         item = self.owned(user, instance_id)
         if item.state != S.STOPPED:
             raise Conflict(f"instance is {item.state.value}; stop it before saving")
         if not item.node_queue_url:
             raise Conflict("instance never ran: there is nothing to save")
-        owner = re.sub(r"[^a-z0-9._-]", "-", item.owner)
-        target = f"dit4c-saved/{owner}/{item.instance_id}:latest"
+        self.registry.require()
+        repository = user_repository(item.owner, item.instance_id)
+        target = self.registry.reference(repository, tag=SAVED_TAG)
+        access = [repository_access(repository, PUSH)]
+        source = self.registry.repository_of(item.image)
+        if source is not None and source != repository and \
+                self.registry.may_pull(item.owner, source):  # a share revoked since: no mount
+            access.append(repository_access(source, PULL))
+        token = self.registry.token(f"node:{item.placed_on}", access,
+                                    lifetime=JOB_TOKEN_LIFETIME)
         item = self._move(item, replace(item, state=S.SAVING, progress={"save": 0},
-                                        saved_image=target))
-        self._tell_node(item, SaveInstance(instance_id=instance_id, image=target))
+                                        reason=None, saved_image=target))
+        self._tell_node(item, SaveInstance(
+            instance_id=instance_id, image=target,
+            registry=RegistryAccess(registry=self.config.registry, token=token),
+            upload_url=self.config.pod_registry_url))
+        self.standby.wake()  # its node may be gone: the reaper times the save out
         return item
 
     def discard(self, user: User, instance_id: str) -> Instance:
@@ -166,6 +194,11 @@ class Lifecycle:
         self.shares.remove_all("instance", item.instance_id)
         self.messenger.revoke(item.instance_id, item.hostname, "deleted")
 
+    def sharing(self, user: User, instance_id: str) -> list[str]:
+        """Who the instance is shared with (the owner's and admins' question)."""
+        item = self.owned(user, instance_id)
+        return self.shares.grantees("instance", item.instance_id)
+
     def share(self, user: User, instance_id: str, body: Share) -> list[str]:
         """Grant or revoke; returns who the instance is shared with now."""
         item = self.owned(user, instance_id)
@@ -179,18 +212,6 @@ class Lifecycle:
         else:
             self.shares.grant("instance", instance_id, grantee, user.username)
         return self.shares.grantees("instance", instance_id)
-
-    def share_image(self, user: User, image_id: str, body: Share) -> list[str]:
-        """Grant or revoke; returns who the image is shared with now."""
-        image = self.catalog.get_for(image_id, user.username, admin=user.admin)
-        if image.owner != user.username and not user.admin:
-            raise Forbidden("only the owner can share this image")
-        grantee, revoke = self._grantee(body, image.owner)
-        if revoke:
-            self.shares.revoke("image", image_id, grantee)
-        else:
-            self.shares.grant("image", image_id, grantee, user.username)
-        return self.shares.grantees("image", image_id)
 
     def _grantee(self, body: Share, owner: str) -> tuple[str, bool]:
         if body.username == owner:
@@ -214,4 +235,4 @@ class Lifecycle:
 
     def _forget(self, item: Instance, reason: str) -> None:
         self._tell_node(item, DiscardInstance(instance_id=item.instance_id))
-        self.scheduler.retire(item, reason)
+        self.scheduler.retire(item.instance_id, item.hostname, reason)

@@ -41,6 +41,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/oauth/token"): Operation("OAuth2 token endpoint (form body, client "
                                         "authentication; RFC 6749 errors)", 200, None,
                                         (400, 401), replies.OAuthError),
+    ("GET", "/registry/token"): Operation(
+        "Image server token (Docker's token protocol; HTTP Basic for users, a node's own "
+        "token as Bearer): only the scopes the caller may have", 200, replies.RegistryToken,
+        (400, 401, 409, 429)),
+    ("GET", "/registry/ca.pem"): Operation("The certificate the image server trusts for "
+                                           "tokens (its rootcertbundle)", 200, "file"),
     ("GET", "/"): Operation("The portal web UI (HTML)", 200, "html"),
     ("GET", "/login"): Operation("The portal's login page (HTML)", 200, "html"),
     ("GET", "/portal/{name}"): Operation("The portal's static files", 200, "file", (404,)),
@@ -62,11 +68,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                       replies.Images, (401,)),
     ("POST", "/api/images"): Operation("Add or update a catalog entry (admin)", 201,
                                        replies.Image, (*_AUTH, *_BODY)),
-    ("DELETE", "/api/images/{image_id}"): Operation("Remove a catalog entry or own saved image",
-                                                    204, None, (*_AUTH, 404)),
+    ("DELETE", "/api/images/{image_id}"): Operation(
+        "Remove a catalog entry or own saved image (its manifest on the image server too; "
+        "the layers go at the next garbage collection)", 204, None, (*_AUTH, 404, 503)),
+    ("GET", "/api/images/{image_id}/share"): Operation(
+        "Who a saved image is shared with, and its live links (owner)", 200,
+        replies.ImageShared, (*_AUTH, 404)),
     ("POST", "/api/images/{image_id}/share"): Operation(
-        "Share a saved image with a user (or revoke)", 200, replies.Shared,
+        "Share a saved image with a user or by an expiring link, or revoke (owner)", 200,
+        replies.ImageShared, (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/images/links"): Operation(
+        "Redeem a share link: the image joins my images", 200, replies.Image,
         (*_AUTH, 404, *_BODY)),
+    ("POST", "/api/images/{image_id}/export"): Operation(
+        "An expiring link to download the image as a docker save tar", 200,
+        replies.ExportLink, (*_AUTH, 404, 409)),
     ("POST", "/api/instances"): Operation("Launch an instance (403: a cluster the user may not "
                                           "use)", 202, replies.Instance,
                                           (*_AUTH, 404, *_BODY, 429)),
@@ -83,6 +99,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Discard a stopped instance", 202, replies.Instance, (*_AUTH, 404, 409)),
     ("DELETE", "/api/instances/{instance_id}"): Operation("Delete (from the list)", 204, None,
                                                           (*_AUTH, 404, 409)),
+    ("GET", "/api/instances/{instance_id}/share"): Operation(
+        "Who the instance is shared with (owner)", 200, replies.Shared, (*_AUTH, 404)),
     ("POST", "/api/instances/{instance_id}/share"): Operation(
         "Share with a user (or revoke)", 200, replies.Shared, (*_AUTH, 404, *_BODY)),
     ("POST", "/api/clusters"): Operation("Create a cluster (admin)", 201, replies.Cluster,
@@ -101,6 +119,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/nodes/{node_id}/credentials"): Operation(
         "Short-lived queue credentials for a node (Bearer: node-signed JWT)", 200,
         replies.Credentials, (401, 403, 404)),
+    ("POST", "/api/nodes/{node_id}/instances/{instance_id}/tunnel-token"): Operation(
+        "Renew the tunnel token of an instance placed on this node (Bearer: node-signed JWT)",
+        200, replies.TunnelToken, (401, 403)),
+    ("GET", "/api/revocations"): Operation(
+        "Revoked instance hosts an edge router must know when it starts", 200,
+        replies.Revocations),
+    ("GET", "/api/nodes/{node_id}/instances"): Operation(
+        "What is placed on this node, in which state (Bearer: node-signed JWT): what it may "
+        "keep", 200, replies.Placed, (401, 403)),
+    ("POST", "/api/nodes/{node_id}/instances/{instance_id}/storage"): Operation(
+        "Renewed storage credentials for an instance the node runs, with the storage helper's "
+        "health (Bearer: node-signed JWT)", 200, replies.StorageSession,
+        (400, 401, 403, 404, 409, *_BODY, 503)),
+    ("GET", "/api/storage"): Operation("My persistent storage: use and quota", 200,
+                                       replies.StorageUse, (401, 503)),
+    ("GET", "/api/users/{username}/storage"): Operation(
+        "A user's persistent storage: use and quota (admin)", 200, replies.StorageUse,
+        (*_AUTH, 404, 503)),
+    ("PUT", "/api/users/{username}/storage"): Operation(
+        "Set a user's own storage quota, or null for the default (admin)", 200,
+        replies.StorageUse, (*_AUTH, 404, *_BODY, 503)),
     ("POST", "/api/nodes/{node_id}/drain"): Operation("No new placements on this node (admin)",
                                                       200, replies.Node, (*_AUTH, 404, 409)),
     ("POST", "/api/nodes/{node_id}/activate"): Operation("Undo drain (admin)", 200,
@@ -114,6 +153,11 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
                                  "schema": {"type": "string", "enum": ["true", "false"]}}],
     ("GET", "/api/login/{provider}"): [{"name": "next", "in": "query", "required": False,
                                         "schema": {"type": "string"}}],
+    ("GET", "/registry/token"): [
+        {"name": "service", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "scope", "in": "query", "required": False, "explode": True,
+         "schema": {"type": "array", "items": {"type": "string", "maxLength": 300}},
+         "description": "repeatable: type:name:actions, e.g. repository:users/alice/x:pull"}],
     ("GET", "/api/login/{provider}/callback"): [
         {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
         for n in ("code", "state", "error")],

@@ -104,6 +104,10 @@ class Instance(Record):
     saved_image: str | None = None
     saved_image_id: str | None = None
     last_report_at: str | None = None
+    storage_ok: bool | None = None
+    """The storage helper's health as its node last reported it (None: no report)."""
+    storage_message: str | None = None
+    storage_reported_at: str | None = None
 
     @property
     def placed_on(self) -> str | None:
@@ -147,6 +151,11 @@ class Node(Record):
     memory_mb_used: int | None = None
     load: float | None = None
     running: list[str] | None = None
+    strays: dict[str, str] | None = None
+    """Instances it reports running that the records say should not run there: id -> since
+    when (the node's clock) a repair is waited for (:mod:`control_plane.reconcile`)."""
+    missing: dict[str, str] | None = None
+    """Instances the records have running there that it no longer reports: id -> since when."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +200,12 @@ class Image(Record):
     tags: list[str] = field(default_factory=list)
     created_at: str
     source_instance: str | None = None
+    repository: str | None = None
+    """A saved image's repository on the image server (``image`` is ``<registry>/<repository>
+    @<digest>``)."""
+    digest: str | None = None
+    size: int | None = None
+    """Bytes a saved image takes on the image server."""
 
     @property
     def in_catalog(self) -> bool:

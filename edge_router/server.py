@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from edge_router.keys import Fetch, KeyCache, http_fetcher
 from edge_router.metrics import Stats, StatsCollector
 from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
+from edge_router.revocations import RevocationList, http_list
 from edge_router.routes import RouteTable
 from edge_router.tls import Certificates
 from edge_router.tunnels import TunnelEndpoint
@@ -57,6 +59,7 @@ class Router:
         self.certificates: Certificates | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.endpoint: TunnelEndpoint | None = None
+        self.revocations: RevocationList | None = None
         self.proxy: ProxyContext | None = None
 
     async def start(self) -> None:
@@ -68,33 +71,27 @@ class Router:
         if fetch is None:
             self._session = aiohttp.ClientSession()
             fetch = http_fetcher(self._session, cfg.jwks_url)
-        keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh)
-        self.endpoint = TunnelEndpoint(self.routes, keys, self.stats, window=DEFAULT_WINDOW,
-                                       max_streams=cfg.max_streams, heartbeat=cfg.heartbeat)
+        keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh,
+                        leeway=cfg.token_leeway)
+        revocations = None
+        if cfg.revocations_url:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            revocations = RevocationList(http_list(self._session, cfg.revocations_url),
+                                         self.routes)
+        self.revocations = revocations
+        self.endpoint = TunnelEndpoint(
+            self.routes, keys, self.stats, window=DEFAULT_WINDOW, max_streams=cfg.max_streams,
+            heartbeat=cfg.heartbeat, revocations_read=lambda: revocations is None
+            or revocations.loaded.is_set())
         ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, self.endpoint)
-        loop = asyncio.get_running_loop()
-        for host, port in cfg.listen:
-            srv = await loop.create_server(client_factory(ctx, b"http"), host, port,
-                                           reuse_address=True, backlog=1024)
-            self._servers.append(srv)
-            self.addresses.append(srv.sockets[0].getsockname()[:2])
-        if self.certificates is not None:
-            for host, port in cfg.tls_listen:
-                srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
-                                               ssl=self.certificates.context,
-                                               reuse_address=True, backlog=1024)
-                self._servers.append(srv)
-                self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
-        for host, port in cfg.redirect_listen:
-            https_port = cfg.https_port or self.tls_addresses[0][1]
-            srv = await loop.create_server(client_factory(ctx, b"http", https_port), host, port,
-                                           reuse_address=True, backlog=1024)
-            self._servers.append(srv)
-            self.redirect_addresses.append(srv.sockets[0].getsockname()[:2])
+        await self._start_listeners(ctx)
         if cfg.metrics_listen is not None:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
         self._spawn(self._refresh_keys(keys))
+        if revocations is not None:
+            self._spawn(revocations.run())
         if cfg.revocations_queue_url or cfg.events_queue_url:
             sqs = self._sqs if self._sqs is not None else await asyncio.to_thread(
                 sqs_client, cfg.aws_endpoint_url)
@@ -111,6 +108,30 @@ class Router:
         if self.redirect_addresses:
             log.info("redirecting to HTTPS on %s",
                      ", ".join(f"{h}:{p}" for h, p in self.redirect_addresses))
+
+    async def _start_listeners(self, ctx: ProxyContext) -> None:
+        """The public sockets: plain HTTP, HTTPS, and the redirects to HTTPS."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+
+        async def listen(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                         tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True,
+                                           backlog=1024)
+            self._servers.append(srv)
+            bound_host, bound_port = srv.sockets[0].getsockname()[:2]
+            return bound_host, bound_port
+
+        for host, port in cfg.listen:
+            self.addresses.append(await listen(client_factory(ctx, b"http"), host, port))
+        if self.certificates is not None:
+            for host, port in cfg.tls_listen:
+                self.tls_addresses.append(await listen(client_factory(ctx, b"https"), host,
+                                                       port, self.certificates.context))
+        for host, port in cfg.redirect_listen:
+            https_port = cfg.https_port or self.tls_addresses[0][1]
+            self.redirect_addresses.append(
+                await listen(client_factory(ctx, b"http", https_port), host, port))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -150,6 +171,7 @@ class Router:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             ctx.sweep(time.monotonic())
+            self.routes.expire(self.config.token_leeway)
 
     async def _refresh_keys(self, keys: KeyCache) -> None:
         while True:

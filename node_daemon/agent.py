@@ -10,26 +10,33 @@ The agent owns the order of effects that makes the node safe to kill at any mome
 
 :meth:`Agent.reconcile` runs the same :meth:`Agent._converge` for every record, so a daemon
 restarted after SIGKILL finishes (or rolls back) whatever it was doing, and removes containers
-of instances it has no record of. Work on one instance is serialised by a per-instance lock;
-different instances proceed concurrently.
+of instances it has no record of. :meth:`Agent.check_placed` discards what the portal says is
+no longer placed on this node (deleted, discarded, placed elsewhere), only on the portal's
+word, never because it could not be asked; and reports again a state the portal has not taken.
+Work on one instance is serialised by a per-instance lock; different instances proceed
+concurrently.
 
 Ordering rules (SQS delivers at least once, in any order):
 
 - a start for an instance that is already known is a duplicate: it finishes a half-done launch
-  or does nothing; a start after a stop or discard is stale and ignored;
+  or does nothing; a start after a stop or discard is stale and ignored, unless the control
+  plane sent it after that discard (by ``sent_at``): then the instance was placed here anew
+  (the reaper re-placing it where it was), and it starts;
 - a stop before any start leaves a stopped record, so the late start is ignored;
-- a stop, save or start after a discard is ignored; a discard always removes everything.
+- a stop, save or older start after a discard is ignored; a discard removes everything, unless
+  it was sent before the start the node runs (a stale discard of an earlier placement).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 
 import docker.errors
 
@@ -38,6 +45,8 @@ from node_daemon.errors import LaunchError, NodeDaemonError, PodError
 from node_daemon.metrics import NodeMetrics
 from node_daemon.pods import PodRunner
 from node_daemon.records import Desired, InstanceRecord, RecordStore
+from node_daemon.uploads import Uploader, UploadJob
+from protocol.errors import RegistryError
 from protocol.messages import (
     DiscardInstance,
     InstanceStateEvent,
@@ -46,7 +55,9 @@ from protocol.messages import (
     SaveInstance,
     StartInstance,
     StopInstance,
+    StorageAccess,
 )
+from protocol.registry import parse_reference
 from protocol.states import InstanceState as S
 
 log = logging.getLogger("dit4c.node.agent")
@@ -73,15 +84,23 @@ class Agent:
 
     def __init__(self, *, node_id: str, capacity: Capacity, records: RecordStore,
                  pods: PodRunner, send: Send, metrics: NodeMetrics,
-                 launch_timeout: float) -> None:
+                 launch_timeout: float, uploads: Uploader | None = None,
+                 upload_compression: str = "gzip", report_again_after: float = 60.0) -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.records = records
         self.pods = pods
+        self.uploads = uploads or Uploader(pods)
+        self.upload_compression = upload_compression
         self._send = send
         self.metrics = metrics
         self.launch_timeout = launch_timeout
+        self.report_again_after = report_again_after
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, instance_id: str) -> asyncio.Lock:
+        """What serialises work on one instance (commands, reconcile, token renewals)."""
+        return self._lock(instance_id)
 
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -107,11 +126,15 @@ class Agent:
             elif isinstance(message, SaveInstance):
                 await self._on_save(message, record)
             elif isinstance(message, DiscardInstance):
-                await self._on_discard(record, instance_id)
+                await self._on_discard(message, record)
             else:
                 raise NodeDaemonError(f"{message.TYPE} is not a node command")
 
     async def _on_start(self, start: StartInstance, record: InstanceRecord | None) -> None:
+        if record is not None and record.desired is Desired.DISCARDED \
+                and record.discarded_at is not None and start.sent_at > record.discarded_at:
+            log.info("start of %s sent after its discard: placed here anew", start.instance_id)
+            record = None
         if record is not None:
             if record.desired is not Desired.RUNNING:
                 log.info("start of %s ignored: it is already %s", start.instance_id,
@@ -164,13 +187,20 @@ class Agent:
             return
         record.desired = Desired.SAVED
         record.save_image = save.image
+        record.save = save
         await self._put(record)
         await self._converge(record, present=True)
 
-    async def _on_discard(self, record: InstanceRecord | None, instance_id: str) -> None:
+    async def _on_discard(self, discard: DiscardInstance,
+                          record: InstanceRecord | None) -> None:
         if record is None:
-            record = InstanceRecord(instance_id, Desired.DISCARDED)
+            record = InstanceRecord(discard.instance_id, Desired.DISCARDED)
+        elif record.start is not None and record.start.sent_at > discard.sent_at:
+            log.info("discard of %s ignored: sent before the start it runs now",
+                     discard.instance_id)
+            return
         record.desired = Desired.DISCARDED
+        record.discarded_at = max(discard.sent_at, record.discarded_at or "")
         await self._put(record)
         await self._converge(record, present=True)
 
@@ -194,10 +224,17 @@ class Agent:
         elif record.desired is Desired.SAVED:
             if record.state != S.SAVED:
                 await self._save(record, grace)
+            elif record.saved_image != record.save_image and (
+                    record.start is not None or record.committed_image is not None):
+                await self._drop_saved(record)  # killed between saved and the clean-up
         else:
             if present:
                 await asyncio.to_thread(self.pods.remove, record.instance_id)
+            if record.committed_image and record.save_image:  # a save that never got out
+                await asyncio.to_thread(self.pods.forget_image, record.save_image)
+                record.committed_image = None
             record.start = None  # drop the secrets with the pod
+            record.save = None
             if record.state != S.DISCARDED:
                 await self._set_state(record, S.DISCARDED)
             else:
@@ -226,18 +263,7 @@ class Agent:
         began = received if received is not None else time.monotonic()
         if record.state != S.STARTING:
             await self._set_state(record, S.STARTING)
-        loop = asyncio.get_running_loop()
-        last_sent = 0.0
-
-        def progress(percent: int) -> None:  # called from the Docker thread
-            nonlocal last_sent
-            now = time.monotonic()
-            if percent < 100 and now - last_sent < PROGRESS_EVERY_SECONDS:
-                return
-            last_sent = now
-            event = self._event(record, S.STARTING, progress={"pull": percent})
-            asyncio.run_coroutine_threadsafe(self._send_quietly(event), loop)
-
+        progress = self._progress_sender(record, S.STARTING, "pull")
         try:
             await asyncio.to_thread(self.pods.launch, start, self.launch_timeout, progress)
         except LaunchError as exc:
@@ -250,33 +276,104 @@ class Agent:
         self.metrics.launch_seconds.observe(time.monotonic() - began)
         await self._set_state(record, S.RUNNING)
 
+    def _progress_sender(self, record: InstanceRecord, state: S, key: str
+                         ) -> Callable[[int], None]:
+        """A callback for a worker thread: ``{key: percent}`` events of ``state``, at most one
+        a second (and always the final 100)."""
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
+
+        def progress(percent: int) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if percent < 100 and now - last_sent < PROGRESS_EVERY_SECONDS:
+                return
+            last_sent = now
+            event = self._event(record, state, progress={key: percent})
+            asyncio.run_coroutine_threadsafe(self._send_quietly(event), loop)
+
+        return progress
+
     async def _save(self, record: InstanceRecord, grace: float) -> None:
+        """Commit the stopped tool container, push it with the upload helper, and drop what
+        the node no longer needs. A failure leaves the instance stopped with the reason, and
+        the commit kept for a retry; a daemon killed meanwhile resumes here."""
         assert record.save_image is not None
-        await asyncio.to_thread(self.pods.stop, record.instance_id, grace)
+        instance_id = record.instance_id
+        await asyncio.to_thread(self.pods.stop, instance_id, grace)
         if record.state != S.SAVING:
             await self._set_state(record, S.SAVING)
         try:
-            image_id = await asyncio.to_thread(self.pods.commit, record.instance_id,
-                                               record.save_image)
-        except PodError as exc:
-            # saving -> stopped: the container is kept, the user can try again.
+            if record.committed_image is None or not await asyncio.to_thread(
+                    self.pods.has_image, record.committed_image):
+                record.committed_image = await asyncio.to_thread(
+                    self.pods.commit, instance_id, record.save_image)
+                await self._put(record)
+            job = self._upload_job(record)
+            if job is None:
+                # A save without an image server (an older control plane): the image stays
+                # on this node, under the name the save asked for.
+                log.info("saved %s as %s on this node only", instance_id, record.save_image)
+                record.saved_image = record.save_image
+            else:
+                pushed = await asyncio.to_thread(
+                    self.uploads.push, instance_id, record.committed_image, job,
+                    self._progress_sender(record, S.SAVING, "save"))
+                target = parse_reference(record.save_image)
+                record.saved_image = f"{target.registry}/{target.repository}@{pushed.digest}"
+                record.saved_size = pushed.size
+                log.info("saved %s as %s (%d bytes)", instance_id, record.saved_image,
+                         pushed.size)
+        except (PodError, RegistryError) as exc:
+            # saving -> stopped: the container and the commit are kept, the user can retry.
+            await asyncio.to_thread(self.uploads.remove, instance_id)
             record.desired = Desired.STOPPED
+            record.save = None
             await self._set_state(record, S.STOPPED, reason=str(exc))
             return
-        # Until the image server lands the committed image stays on this node; the upload
-        # helper will push it from here.
-        log.info("saved %s as %s (%s)", record.instance_id, record.save_image, image_id[:19])
-        record.saved_image = record.save_image
+        record.save = None
         await self._set_state(record, S.SAVED)
+        if job is not None:
+            # Reported first (the user waits for that), then the clean-up: reconciliation
+            # finishes it if the daemon dies in between.
+            await self._drop_saved(record)
+
+    async def _drop_saved(self, record: InstanceRecord) -> None:
+        """The image is on the image server: the pod, its volumes, the upload helper, the
+        commit and the secrets leave this node."""
+        await asyncio.to_thread(self.pods.remove, record.instance_id)
+        if record.save_image is not None:
+            await asyncio.to_thread(self.pods.forget_image, record.save_image)
+        record.committed_image = None
+        record.start = None
+        await self._put(record)
+
+    def _upload_job(self, record: InstanceRecord) -> UploadJob | None:
+        save = record.save
+        if save is None or save.registry is None or not save.upload_url:
+            return None
+        target = parse_reference(save.image)
+        source = None
+        start = record.start
+        if start is not None:
+            with contextlib.suppress(RegistryError):
+                launched = parse_reference(start.image)
+                if launched.registry == target.registry:
+                    source = (launched.repository, launched.pinned)
+        return UploadJob(registry_url=save.upload_url, repository=target.repository,
+                         tag=target.tag or "saved", token=save.registry.token,
+                         compression=self.upload_compression, source=source)
 
     # -- states and events ---------------------------------------------------------------
 
     def _event(self, record: InstanceRecord, state: str,
                progress: dict[str, int] | None = None) -> InstanceStateEvent:
+        saved = state == S.SAVED
         return InstanceStateEvent(
             node_id=self.node_id, instance_id=record.instance_id, state=state,
             reason=record.reason, progress=progress or {},
-            image=record.saved_image if state == S.SAVED else None)
+            image=record.saved_image if saved else None,
+            size=record.saved_size if saved else None)
 
     async def _set_state(self, record: InstanceRecord, state: S,
                          reason: str | None = None) -> None:
@@ -319,6 +416,24 @@ class Agent:
                         sent += int(fresh.reported == fresh.state)
         return sent
 
+    # -- storage (node_daemon.storage_keeper) --------------------------------------------
+
+    async def with_storage(self) -> list[InstanceRecord]:
+        """The records of instances that have storage and are starting or running."""
+        return [r for r in await self._all() if r.desired is Desired.RUNNING
+                and r.state in (S.STARTING, S.RUNNING) and r.start is not None
+                and r.start.storage]
+
+    async def renewed_storage(self, instance_id: str, access: StorageAccess) -> None:
+        """Keep renewed storage in the instance's record (a helper made again, by this daemon
+        or the next, starts from it)."""
+        async with self._lock(instance_id):
+            record = await self._get(instance_id)
+            if record is not None and record.start is not None \
+                    and record.desired is Desired.RUNNING:
+                record.start = replace(record.start, storage=access)
+                await self._put(record)
+
     # -- reconciling ---------------------------------------------------------------------
 
     async def reconcile(self) -> dict[str, int]:
@@ -353,6 +468,45 @@ class Agent:
         log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return counts
 
+    async def check_placed(self, placed: Mapping[str, S], asked_at: float) -> dict[str, int]:
+        """The portal's answer (``placed``: what it has on this node, asked at ``asked_at``)
+        against the records. An instance it does not have here, or has as discarded, is
+        discarded. One whose state it has not taken although it could (it says ``stopping``,
+        this node has it ``stopped``, since ``report_again_after`` seconds: the report was
+        lost with a queue) is reported again by the next :meth:`flush`. A record changed since
+        the question was asked waits for the next time: the answer may predate it. Returns
+        counts: ``gone``, ``reported_again``."""
+        counts = {"gone": 0, "reported_again": 0}
+        for record in await self._all():
+            if record.desired is Desired.DISCARDED or record.updated_at >= asked_at:
+                continue
+            state = placed.get(record.instance_id)
+            if state is None or state is S.DISCARDED:
+                log.warning("the portal has instance %s %s: discarding what this node holds "
+                            "of it", record.instance_id,
+                            "as discarded" if state is not None else "no longer on this node")
+                # Newer than the start it runs whatever this machine's clock says: the portal's
+                # word is the latest there is.
+                now = DiscardInstance(instance_id=record.instance_id)
+                if record.start is not None and record.start.sent_at > now.sent_at:
+                    now = DiscardInstance(instance_id=record.instance_id,
+                                          sent_at=record.start.sent_at)
+                await self.handle(now)
+                counts["gone"] += 1
+            elif record.state is not None and record.state != state \
+                    and state.can_become(S(record.state)) and record.reported == record.state \
+                    and asked_at - record.updated_at >= self.report_again_after:
+                async with self._lock(record.instance_id):
+                    fresh = await self._get(record.instance_id)
+                    if fresh is not None and fresh.state == record.state:
+                        log.info("the portal has instance %s as %s, this node as %s: "
+                                 "reporting it again", record.instance_id, state.value,
+                                 record.state)
+                        fresh.reported = None
+                        await self._put(fresh)
+                        counts["reported_again"] += 1
+        return counts
+
     async def counts(self) -> dict[str, int]:
         return dict(Counter(r.state or "unknown" for r in await self._all()))
 
@@ -373,7 +527,8 @@ class Agent:
             memory_mb_total=self.capacity.memory_mb, cpu_used=cpu_used,
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
-                           and r.desired is Desired.RUNNING))
+                           and r.desired is Desired.RUNNING),
+            holds=sorted(r.instance_id for r in records if r.desired is not Desired.DISCARDED))
 
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:

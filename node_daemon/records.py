@@ -8,10 +8,11 @@ then the pod, and only then is its message deleted from the queue.
 A discarded instance keeps a small tombstone (no secrets) so that a late start or stop for it
 is recognised and ignored; tombstones older than :data:`TOMBSTONE_DAYS` are pruned.
 
-On disk a record is one JSON object of its fields, ``start`` being the start command exactly as
-it came off the queue (:meth:`protocol.messages.Message.to_dict`), checked by the messages
-module when read. The format is that of the first release, so a node upgraded in place reads
-the records of the pods it already runs and adopts them.
+On disk a record is one JSON object of its fields, ``start`` (and ``save``, while saving) being
+the command exactly as it came off the queue (:meth:`protocol.messages.Message.to_dict`),
+checked by the messages module when read. The format is that of the first release (plus the
+save's fields, absent there), so a node upgraded in place reads the records of the pods it
+already runs and adopts them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
 from protocol.errors import MessageError
 from protocol.ids import ID_PATTERN, is_id
-from protocol.messages import StartInstance, from_dict
+from protocol.messages import Message, SaveInstance, StartInstance, from_dict
 
 log = logging.getLogger("dit4c.node.records")
 
 TOMBSTONE_DAYS = 7
+SAVE_FIELDS = ("save", "committed_image", "saved_size")
 
 
 class Desired(StrEnum):
@@ -55,25 +58,52 @@ class InstanceRecord:
     """The last state the events queue accepted; differs from ``state`` until it is sent."""
     reason: str | None = None
     save_image: str | None = None
+    """Where the save goes (``registry/repository:tag``), from the save command."""
+    save: SaveInstance | None = None
+    """The save command (with its push token) while the save is under way."""
+    committed_image: str | None = None
+    """The id of the tool container's commit, kept on this node until it is pushed (a retried
+    save pushes it again instead of committing anew)."""
     saved_image: str | None = None
+    """The pushed image, ``registry/repository@digest``."""
+    saved_size: int | None = None
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
+    discarded_at: str | None = None
+    """``sent_at`` of the discard that made this record a tombstone: a start the control plane
+    sent after it is a new placement of the same instance (the control plane's clock on both)."""
 
     def to_json(self) -> bytes:
-        fields = asdict(replace(self, start=None))
+        fields = asdict(replace(self, start=None, save=None))
         fields["start"] = None if self.start is None else self.start.to_dict()
+        fields["save"] = None if self.save is None else self.save.to_dict()
+        # The save's fields and the tombstone's time are left out while unset: a record with
+        # neither is byte for byte the first release's, which an older daemon (downgraded)
+        # still reads.
+        for name in (*SAVE_FIELDS, "discarded_at"):
+            if fields[name] is None:
+                del fields[name]
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> InstanceRecord:
         """Raise ValueError, TypeError, KeyError or MessageError for what is not a record."""
         raw = json.loads(text)
-        start = raw.pop("start", None)
-        if start is not None:
-            start = from_dict(start)
-            if not isinstance(start, StartInstance):
-                raise MessageError(f"a record's start is a {start.TYPE}")
-        return cls(**{**raw, "desired": Desired(raw["desired"]), "start": start})
+        start = _command(raw.pop("start", None), StartInstance)
+        save = _command(raw.pop("save", None), SaveInstance)
+        return cls(**{**raw, "desired": Desired(raw["desired"]), "start": start, "save": save})
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _command(raw: object, kind: type[M]) -> M | None:
+    if raw is None:
+        return None
+    message = from_dict(raw)
+    if not isinstance(message, kind):
+        raise MessageError(f"a record's {kind.TYPE} is a {message.TYPE}")
+    return message
 
 
 class RecordStore:

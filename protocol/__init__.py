@@ -8,6 +8,7 @@ A change to a contract is a change here, in one place:
 - :mod:`protocol.tokens` — JWT claims for every token the control plane or a node signs, and
   their verification against a JWKS.
 - :mod:`protocol.tunnel` — the wire format of the edge router's multiplexed tunnels.
+- :mod:`protocol.registry` — image references, the image server's token scopes and claims.
 
 Everything here is pure Python over the Lambda requirements (PyJWT, cryptography): the control
 plane imports it inside Lambda.

@@ -5,7 +5,8 @@
     │                  an id off the id rule
     ├── TokenError     a token is malformed, forged, expired, or for another audience/host
     ├── TunnelError    a tunnel peer broke the wire format or its flow control: close the tunnel
-    └── HttpError      an HTTP/1.1 message is malformed (protocol.http1)
+    ├── HttpError      an HTTP/1.1 message is malformed (protocol.http1)
+    └── RegistryError  an image reference or registry scope is not well formed
 """
 
 
@@ -27,3 +28,7 @@ class TunnelError(ProtocolError):
 
 class HttpError(ProtocolError):
     """A malformed HTTP/1.1 message: 400 to a client, 502 when an upstream sent it."""
+
+
+class RegistryError(ProtocolError):
+    """An image reference or a registry token scope is not well formed."""

@@ -33,12 +33,13 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, TypeVar
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import MessageError
 from protocol.ids import ID_PATTERN, is_id
 
+T = TypeVar("T")
 MAX_MESSAGE_BYTES = 256 * 1024
 """SQS's own limit; a message larger than this cannot be sent, so refuse to build one."""
 
@@ -114,21 +115,30 @@ class RegistryAccess:
     """Where and how the node pulls (and the upload helper pushes) this instance's image."""
 
     registry: str
-    """Host[:port] of the image server."""
+    """Host[:port] of the image server, as image references name it (the engine pulls it)."""
     token: str
-    """Bearer token from the portal's /registry/token, scoped to the repositories involved."""
+    """A registry token signed by the portal (``protocol.registry``), scoped to this job: pull
+    of the image to start; push of the image to save (and pull of the one it was started
+    from, whose layers are then mounted rather than uploaded)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class StorageAccess:
-    """The user's persistent storage, mounted at /mnt by the storage helper."""
+    """The user's persistent storage, mounted at ``protocol.pod.STORAGE_MOUNT`` by the storage
+    helper; also what the portal answers when the node renews it."""
 
     kind: str
     """"s3" today."""
     bucket: str
     prefix: str
+    """The user's key prefix, ending in ``/`` (the credentials allow nothing outside it)."""
     credentials: dict[str, str]
+    """``access_key_id``, ``secret_access_key``, ``session_token``, ``expiration`` (RFC 3339):
+    STS credentials whose session policy allows only ``prefix``."""
     endpoint_url: str | None = None
+    region: str = "us-east-1"
+    quota_bytes: int | None = None
+    """The user's storage quota; None: none."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +181,10 @@ class SaveInstance(Message):
     image: str
     """Where the saved image goes: ``registry/namespace/name:tag``."""
     registry: RegistryAccess | None = None
+    upload_url: str | None = None
+    """The image server's base URL as pods reach it (the upload helper pushes there), e.g.
+    ``http://host.docker.internal:5001``. Without it (or ``registry``) the commit stays on
+    the node."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,7 +208,9 @@ class InstanceStateEvent(Message):
     progress: dict[str, int] = field(default_factory=dict)
     """Percentages, e.g. ``{"pull": 40}`` or ``{"save": 90}``."""
     image: str | None = None
-    """With ``saved``: the reference of the saved image."""
+    """With ``saved``: the reference of the saved image (``registry/repository@digest``)."""
+    size: int | None = None
+    """With ``saved``: bytes the saved image takes on the image server."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +225,10 @@ class NodeHeartbeat(Message):
     load: float
     running: list[Id]
     """Ids of the instances whose pods this node runs now."""
+    holds: list[Id] | None = None
+    """Ids of every instance this node has a live record of (starting, running, stopped,
+    failed, saved: anything not discarded). None from a node that does not say: the control
+    plane then never concludes that the node lacks an instance."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +293,15 @@ def from_dict(raw: object) -> Message:
     message: Message = _build(cls, raw, str(kind))
     sent_time(message)
     return message
+
+
+def value_of(cls: type[T], raw: object) -> T:
+    """``raw`` (parsed JSON) as ``cls``, a dataclass of this module that is not a message
+    (e.g. the portal's answer of a :class:`StorageAccess`), checked as :func:`decode` checks."""
+    if not isinstance(raw, dict):
+        raise MessageError(f"{cls.__name__}: expected an object")
+    value: T = _build(cls, raw, cls.__name__)
+    return value
 
 
 def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:

@@ -96,8 +96,12 @@ async function renderInstances(force) {
     const id = inst.instance_id || inst.id;
     const progress = inst.progress && Object.keys(inst.progress).length
       ? " " + Object.entries(inst.progress).map(([k, v]) => `${k} ${v}%`).join(", ") : "";
+    const storage = inst.storage && !inst.storage.ok
+      ? el("div", { "class": "reason", "data-testid": "storage" },
+        `storage: ${inst.storage.message || "failing"}`) : null;
     const state = el("td", { "class": `state state-${inst.state}`, "data-testid": "state" },
-      inst.state + progress, inst.reason ? el("div", { "class": "reason" }, inst.reason) : null);
+      inst.state + progress, inst.reason ? el("div", { "class": "reason" }, inst.reason) : null,
+      storage);
     const open = inst.url && inst.state === "running"
       ? el("a", { href: inst.url, target: "_blank", rel: "noopener" }, "open") : "";
     const actions = el("td", { "class": "actions" });
@@ -111,32 +115,156 @@ async function renderInstances(force) {
     if (["running", "starting", "scheduled", "pending"].includes(inst.state)) act("stop", "POST", "/stop");
     if (inst.state === "stopped") { act("save", "POST", "/save"); act("discard", "POST", "/discard"); }
     if (["saved", "discarded", "failed", "stopped"].includes(inst.state)) act("delete", "DELETE", "");
+    const mine = me && inst.owner === (me.user || me).username;
+    if (mine && !["saved", "discarded"].includes(inst.state)) {
+      actions.append(el("button", {
+        type: "button", "data-action": "share",
+        onclick: () => toggleSharePanel(actions, `/api/instances/${id}/share`, false),
+      }, "share…"));
+    }
     body.append(el("tr", { "data-instance": id },
       el("td", {}, inst.name || id), el("td", {}, inst.image_name || inst.image || inst.image_id || ""),
       state, el("td", {}, open), actions));
   }
 }
 
+// A small form under an instance's or image's actions: share with a user, revoke, and for
+// images an expiring link. Shows who has access after every change.
+function toggleSharePanel(holder, path, links) {
+  const open = holder.querySelector(".share-panel");
+  if (open) { open.remove(); return; }
+  const who = el("input", { name: "username", placeholder: "username", "aria-label": "username" });
+  const status = el("div", { "class": "shared", "data-testid": "shared" });
+  const showAccess = (data) => {
+    const users = (data && data.shared_with) || [];
+    status.replaceChildren(users.length ? `Shared with ${users.join(", ")}` : "Not shared with anyone");
+    for (const link of (data && data.links) || []) {
+      status.append(el("div", { "class": "link" }, "Link until ", formatDate(link.expires_at), ": ",
+        el("input", { readonly: "readonly", value: link.url, "data-testid": "share-link", size: 40 }),
+        el("button", {
+          type: "button", "data-action": "revoke-link",
+          onclick: () => change({ link_id: link.id, revoke: true }),
+        }, "revoke link")));
+    }
+  };
+  const change = async (body) => {
+    try { showAccess(await api("POST", path, body)); shownInstances = ""; }
+    catch (e) { flash(e.message); }
+  };
+  const panel = el("div", { "class": "share-panel" }, who,
+    el("button", { type: "button", "data-action": "share-user",
+                   onclick: () => change({ username: who.value }) }, "Share"),
+    el("button", { type: "button", "data-action": "revoke-user",
+                   onclick: () => change({ username: who.value, revoke: true }) }, "Revoke"),
+    links ? el("button", { type: "button", "data-action": "make-link",
+                           onclick: () => change({ link: true }) }, "Make a link (6 h)") : null,
+    status);
+  holder.append(panel);
+  api("GET", path).then(showAccess).catch(() => {});
+}
+
+function formatSize(bytes) {
+  if (bytes == null) return "";
+  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} GB` : `${(bytes / (1 << 20)).toFixed(1)} MB`;
+}
+
+function formatDate(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return isNaN(date) ? iso : date.toLocaleString();
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function storageText(use) {
+  const share = use.quota_bytes ? ` (${Math.round(100 * use.used_bytes / use.quota_bytes)}%)` : "";
+  return `${use.username}: ${bytes(use.used_bytes)} of ${bytes(use.quota_bytes)} used${share}, ` +
+    `at ${use.mount} in every instance (counted ${use.counted_at})`;
+}
+
+async function renderStorage() {
+  const holder = $("storage");
+  try {
+    const use = await api("GET", "/api/storage");
+    holder.textContent = "Storage " + storageText(use);
+    holder.hidden = false;
+  } catch (e) { holder.hidden = true; }  // no storage in this deployment
+}
+
 async function renderImages() {
   const data = await api("GET", "/api/images");
-  const list = $("images");
-  list.replaceChildren();
+  const user = (me && (me.user || me).username) || "";
+  const groups = { catalog: $("images"), mine: $("saved-images"), shared: $("shared-images") };
+  for (const list of Object.values(groups)) list.replaceChildren();
   for (const image of listOf(data, "images")) {
     const id = image.image_id || image.id;
-    list.append(el("li", { "data-image": id },
+    const saved = image.kind === "saved";
+    const mine = saved && image.owner === user;
+    const card = el("li", { "data-image": id },
       el("h3", {}, image.name || image.display_name || image.image),
-      el("code", {}, image.image || image.ref || ""),
-      el("button", {
-        type: "button", "data-action": "launch",
+      saved ? el("p", { "class": "meta" },
+        formatSize(image.size), image.source_instance ? ` · from instance ${image.source_instance}` : "",
+        image.created_at ? ` · ${formatDate(image.created_at)}` : "",
+        mine ? "" : ` · shared by ${image.owner}`) : el("code", {}, image.image || image.ref || ""));
+    const actions = el("div", { "class": "actions" });
+    actions.append(el("button", {
+      type: "button", "data-action": "launch",
+      onclick: async () => {
+        try {
+          await api("POST", "/api/instances", { image_id: id });
+          flash("Launching…", "info");
+          location.hash = "#/";
+        } catch (e) { flash(e.message); }
+      },
+    }, "Launch"));
+    if (saved) {
+      actions.append(el("button", {
+        type: "button", "data-action": "export",
         onclick: async () => {
           try {
-            await api("POST", "/api/instances", { image_id: id });
-            flash("Launching…", "info");
-            location.hash = "#/";
+            const link = await api("POST", `/api/images/${id}/export`);
+            actions.querySelector(".export")?.remove();
+            actions.append(el("a", { "class": "export", href: link.url, download: "",
+                                     "data-testid": "export-link" },
+              `Download (link valid until ${formatDate(link.expires_at)})`));
           } catch (e) { flash(e.message); }
         },
-      }, "Launch")));
+      }, "Export"));
+    }
+    if (mine) {
+      actions.append(el("button", {
+        type: "button", "data-action": "share",
+        onclick: () => toggleSharePanel(actions, `/api/images/${id}/share`, true),
+      }, "Share…"));
+      actions.append(el("button", {
+        type: "button", "data-action": "delete",
+        onclick: async () => {
+          if (!confirm(`Delete the saved image ${image.name}? Its storage is freed.`)) return;
+          try { await api("DELETE", `/api/images/${id}`); await renderImages(); }
+          catch (e) { flash(e.message); }
+        },
+      }, "Delete"));
+    }
+    card.append(actions);
+    (mine ? groups.mine : saved ? groups.shared : groups.catalog).append(card);
   }
+  $("no-saved-images").hidden = groups.mine.children.length > 0;
+  $("shared-heading").hidden = groups.shared.children.length === 0;
+}
+
+// A link someone shared: /#/images/accept/<token> adds the image to this user's images.
+async function acceptImageLink(token) {
+  const image = await api("POST", "/api/images/links", { token });
+  // Not through location.hash: that would route again, and routing clears the message.
+  history.replaceState(null, "", "#/images");
+  show("images");
+  await renderImages();
+  flash(`${image.name} was shared with you: it is in your images now.`, "info");
 }
 
 async function renderAdmin() {
@@ -176,13 +304,16 @@ async function route() {
   const user = me.user || me;
   $("whoami").textContent = user.username || "";
   $("nav-admin").hidden = !user.admin;
-  const view = (location.hash.replace(/^#\//, "") || "instances").split("/")[0];
+  const path = (location.hash.replace(/^#\//, "") || "instances").split("/");
+  const view = path[0];
   try {
+    if (view === "images" && path[1] === "accept" && path[2]) { await acceptImageLink(path[2]); return; }
     if (view === "images") { show("images"); await renderImages(); }
     else if (view === "admin" && user.admin) { show("admin"); await renderAdmin(); }
     else {
       show("instances");
       await renderInstances(true);
+      await renderStorage();
       pollTimer = setInterval(() => renderInstances().catch((e) => flash(e.message)), POLL_MS);
     }
   } catch (e) { flash(e.message); }
@@ -230,6 +361,19 @@ document.addEventListener("DOMContentLoaded", () => {
   onSubmit("user-form", async (body) => {
     await api("POST", "/api/users", body);
     flash(`User ${body.username} created.`, "info");
+  });
+  $("storage-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const name = encodeURIComponent(form.elements.username.value);
+    const quota = form.elements.quota_mb.value;
+    try {
+      const use = event.submitter && event.submitter.name === "set"
+        ? await api("PUT", `/api/users/${name}/storage`, { quota_mb: quota === "" ? null : Number(quota) })
+        : await api("GET", `/api/users/${name}/storage`);
+      $("user-storage").textContent = storageText(use);
+      $("user-storage").hidden = false;
+    } catch (e) { flash(e.message); }
   });
   onSubmit("image-form", async (body) => {
     await api("POST", "/api/images", body);

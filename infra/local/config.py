@@ -12,14 +12,25 @@ variable                       meaning                                          
 ``DIT4C_AWS_PORT``             moto's port (loopback only); 0 picks a free one.   8001
                                Keep it fixed: queue URLs saved in the data
                                carry it
-``DIT4C_REGISTRY_PORT``        image server's port (loopback only), when Debian's  5001
-                               ``docker-registry`` is installed
+``DIT4C_REGISTRY_PORT``        image server's port (loopback and pods gateway),   5001
+                               when Debian's ``docker-registry`` is installed
+``DIT4C_EXPORT_PORT``          image exporter's port (loopback; export links)     5002
+``DIT4C_REGISTRY_GC_SECONDS``  seconds between the image server's garbage         3600
+                               collections (frees deleted images' layers)
 ``DIT4C_STACK_NAME``           prefix of every table, queue, topic and bucket     ``dit4c-local``
 ``DIT4C_NODE_PODS_NETWORK``    the pods' bridge network (shared with the node     ``dit4c-pods``
                                daemon, which reads the same variable)
 ``DIT4C_NODE_LABELS``          ``k=v,...`` labels on the Docker objects made      none
                                (the node daemon reads it too; tests use it)
-``DIT4C_SNAPSHOT_SECONDS``     seconds between periodic snapshots                 30
+``DIT4C_SNAPSHOT_SECONDS``     how often the journal's size is checked            30
+``DIT4C_JOURNAL_BYTES``        a journal this large is compacted into a new       1048576
+                               snapshot (at the next check)
+``DIT4C_JOURNAL_SYNC``         ``always``: each change is on disk (fdatasync)     ``always``
+                               before its answer leaves, and survives a power
+                               cut; ``never``: it survives a killed stack, and
+                               the kernel writes it to disk within ~30 s
+``DIT4C_SCHEDULE_SECONDS``     run the template's scheduled functions (the        their
+                               reaper) this often instead (tests)                 ``rate()``
 ``DIT4C_READY_TIMEOUT``        seconds to wait for every part to be ready         120
 ``DIT4C_STOP_GRACE``           seconds a child gets after SIGTERM before SIGKILL  4
 =============================  =================================================  ==============
@@ -49,10 +60,16 @@ class LocalConfig:
     router_port: int = 8080
     aws_port: int = 8001
     registry_port: int = 5001
+    export_port: int = 5002
+    registry_gc_seconds: float = 3600.0
     stack_name: str = "dit4c-local"
     pods_network: str = PODS_NETWORK
     docker_labels: Mapping[str, str] = field(default_factory=dict)
     snapshot_seconds: float = 30.0
+    journal_bytes: int = 1 << 20
+    journal_sync: bool = True
+    schedule_seconds: float | None = None
+    """Overrides every ``rate(...)`` of the template's schedules when set."""
     ready_timeout: float = 120.0
     stop_grace: float = 4.0
     public_host: str = "localhost"
@@ -86,6 +103,19 @@ class LocalConfig:
                 raise ConfigError(f"{name} must be positive, not {text!r}")
             return value
 
+        def count(name: str, default: int) -> int:
+            text = get(name)
+            if text is None:
+                return default
+            if not text.isdigit() or int(text) == 0:
+                raise ConfigError(f"{name} must be a positive whole number, not {text!r}")
+            return int(text)
+
+        journal_sync = get("DIT4C_JOURNAL_SYNC") or "always"
+        if journal_sync not in ("always", "never"):
+            raise ConfigError(f"DIT4C_JOURNAL_SYNC must be 'always' or 'never', not "
+                              f"{journal_sync!r}")
+
         stack_name = get("DIT4C_STACK_NAME") or "dit4c-local"
         if not _STACK_NAME.match(stack_name):
             raise ConfigError(
@@ -98,9 +128,11 @@ class LocalConfig:
         portal_port = port("DIT4C_PORTAL_PORT", 8000)
         router_port = port("DIT4C_ROUTER_PORT", 8080)
         registry_port = port("DIT4C_REGISTRY_PORT", 5001)
-        if len({portal_port, router_port, registry_port}) < 3:
+        export_port = port("DIT4C_EXPORT_PORT", 5002)
+        if len({portal_port, router_port, registry_port, export_port}) < 4:
             raise ConfigError(
-                "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT and DIT4C_REGISTRY_PORT must differ"
+                "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT, DIT4C_REGISTRY_PORT and "
+                "DIT4C_EXPORT_PORT must differ"
             )
         return cls(
             data_dir=Path(get("DIT4C_DATA_DIR") or ".dit4c").absolute(),
@@ -109,10 +141,15 @@ class LocalConfig:
             router_port=router_port,
             aws_port=port("DIT4C_AWS_PORT", 8001, allow_zero=True),
             registry_port=registry_port,
+            export_port=export_port,
+            registry_gc_seconds=seconds("DIT4C_REGISTRY_GC_SECONDS", 3600.0),
             stack_name=stack_name,
             pods_network=get("DIT4C_NODE_PODS_NETWORK") or PODS_NETWORK,
             docker_labels=parse_labels(get("DIT4C_NODE_LABELS") or ""),
             snapshot_seconds=seconds("DIT4C_SNAPSHOT_SECONDS", 30.0),
+            journal_bytes=count("DIT4C_JOURNAL_BYTES", 1 << 20),
+            journal_sync=journal_sync == "always",
+            schedule_seconds=seconds("DIT4C_SCHEDULE_SECONDS", 0.0) or None,
             ready_timeout=seconds("DIT4C_READY_TIMEOUT", 120.0),
             stop_grace=seconds("DIT4C_STOP_GRACE", 4.0),
         )
@@ -128,6 +165,11 @@ class LocalConfig:
     def local_portal_url(self) -> str:
         """The portal as processes on this machine reach it (no name lookup)."""
         return f"http://127.0.0.1:{self.portal_port}"
+
+    @property
+    def export_url(self) -> str:
+        """The image exporter as browsers on this machine reach it (export links)."""
+        return f"http://{self.public_host}:{self.export_port}"
 
     @property
     def pod_portal_url(self) -> str:

@@ -11,6 +11,14 @@
 - ``container_ip(container, network)``: its address on that network.
 - ``node_settings`` (module): a test node daemon's ``DIT4C_NODE_*`` settings, with a pods
   network of its own (``tests.support.node.node_env``).
+- ``registry_keys``, ``image_server`` (session): the portal's key store over moto's SSM, and
+  Debian's ``docker-registry`` trusting it (``tests.support.registry.RegistryServer``; its
+  ``token(access)`` signs tokens as the portal does).
+- ``second_engine`` (session): a second ``dockerd`` (``tests.support.engines.SecondEngine``:
+  own data root, exec root, socket, pidfile and bridge) with the tool and helpers images
+  loaded from the first engine (the helpers under their pinned tag, and as
+  ``dit4c/helpers:dev``: nobody else moves tags on this engine); stopped, with everything on
+  it, at the end of the session.
 """
 
 from __future__ import annotations
@@ -25,9 +33,12 @@ import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 
+from control_plane.keys import KeyStore
 from scripts import images
 from scripts.build_images import ImageBuilder, pinned
+from tests.support.engines import SecondEngine
 from tests.support.node import node_env
+from tests.support.registry import RegistryServer, key_store
 
 RunContainer = Callable[..., Container]
 
@@ -118,3 +129,31 @@ def node_settings(docker_client: docker.DockerClient, run_labels: dict[str, str]
     # The pods network is removed with everything else labelled by this run.
     return node_env(docker_client, pods_network=unique_name("pods"), labels=run_labels,
                     helpers_image=helpers_image, DIT4C_NODE_HELPERS_IMAGE=helpers_image)
+
+
+@pytest.fixture(scope="session")
+def registry_keys() -> Iterator[KeyStore]:
+    with key_store() as keys:
+        yield keys
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory: pytest.TempPathFactory,
+                 registry_keys: KeyStore) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path_factory.mktemp("image-server"), registry_keys).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_client: docker.DockerClient, test_run_id: str, run_labels: dict[str, str],
+                  tool_image: str, helpers_image: str) -> Iterator[SecondEngine]:
+    """A second node's engine (see tests/support/engines.py), started once per session."""
+    name = "e" + "".join(c for c in test_run_id.lower() if c.isalnum() and c.isascii())[:9]
+    engine = SecondEngine(name, labels=run_labels).start()
+    try:
+        engine.load_from(docker_client, [tool_image, helpers_image])
+        engine.client.images.get(helpers_image).tag(images.HELPERS)
+        yield engine
+    finally:
+        engine.stop()

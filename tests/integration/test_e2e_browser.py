@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
+from tests.support.local_stack import StackProcess
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -48,11 +48,13 @@ def stack(tmp_path_factory, unique_name, run_labels, docker_client, helpers_imag
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        "DIT4C_EXPORT_PORT": str(free_port()),
     })
     process = StackProcess(env)
     try:
         process.wait_ready()
         yield {"portal": f"http://localhost:{portal}", "router_port": router,
+               "export_port": int(env["DIT4C_EXPORT_PORT"]),
                "password": env["DIT4C_ADMIN_PASSWORD"], "process": process}
     finally:
         process.kill()
@@ -145,6 +147,22 @@ def test_another_user_gets_a_403_page(stack, browser, launched):
         context.close()
 
 
+def test_storage_use_and_quotas_are_shown(stack, launched):
+    page = launched["admin"].new_page()
+    page.goto(stack["portal"] + "/")
+    shown = page.wait_for_selector("#storage:not([hidden])", timeout=WAIT_MS)
+    assert re.search(r"Storage admin: .* of 10\.0 GB used", shown.text_content() or "")
+    assert "/mnt/storage" in (shown.text_content() or "")
+    page.goto(stack["portal"] + "/#/admin")
+    page.wait_for_selector("#view-admin:not([hidden])")
+    page.fill("#storage-form input[name=username]", "bob")
+    page.fill("#storage-form input[name=quota_mb]", "5")
+    page.click("#storage-form button[name=set]")
+    answer = page.wait_for_selector("#user-storage:not([hidden])", timeout=WAIT_MS)
+    assert (answer.text_content() or "").startswith("bob: 0 B of 5.0 MB used")
+    page.close()
+
+
 def test_after_stop_and_discard_the_instance_is_gone(launched):
     page = launched["page"]
     row = f"tr[data-instance='{launched['id']}']"
@@ -157,3 +175,65 @@ def test_after_stop_and_discard_the_instance_is_gone(launched):
     response = tool.goto(launched["url"] + "/?after-discard")
     assert response is not None and response.status in (404, 502, 503)
     assert tool.locator(f"text={TOOL_TEXT}").count() == 0
+
+
+def test_saving_sharing_exporting_and_deleting_in_the_portal(stack, browser, launched):
+    """The owner saves an instance from its row (progress, then saved), finds the image under
+    "Your saved images" with its size and source, shares it with bob by name and by a link
+    that bob opens, gets an export link, and deletes it; an instance is shared from its row."""
+    page = launched["page"]
+    page.goto(stack["portal"] + "/#/images")
+    page.click("#images li[data-image] button[data-action=launch] >> nth=0")
+    page.wait_for_selector("#view-instances:not([hidden])")
+    row = f"tr[data-instance]:not([data-instance='{launched['id']}'])"
+    page.wait_for_selector(f"{row} td.state-running", timeout=WAIT_MS * 2)
+    iid = page.get_attribute(row, "data-instance")
+    row = f"tr[data-instance='{iid}']"
+
+    page.click(f"{row} button[data-action=share]")
+    page.fill(f"{row} .share-panel input[name=username]", "bob")
+    page.click(f"{row} .share-panel button[data-action=share-user]")
+    page.wait_for_selector(f"{row} [data-testid=shared]:has-text('Shared with bob')")
+
+    page.click(f"{row} button[data-action=stop]")
+    page.wait_for_selector(f"{row} td.state-stopped", timeout=WAIT_MS)
+    page.click(f"{row} button[data-action=save]")
+    page.wait_for_selector(f"{row} td.state-saved", timeout=WAIT_MS * 2)
+
+    page.goto(stack["portal"] + "/#/images")
+    card = f"#saved-images li[data-image='{iid}']"
+    page.wait_for_selector(card)
+    meta = page.text_content(f"{card} .meta") or ""
+    assert "MB" in meta and f"from instance {iid}" in meta
+
+    page.click(f"{card} button[data-action=share]")
+    page.fill(f"{card} .share-panel input[name=username]", "bob")
+    page.click(f"{card} .share-panel button[data-action=share-user]")
+    page.wait_for_selector(f"{card} [data-testid=shared]:has-text('Shared with bob')")
+    page.click(f"{card} .share-panel button[data-action=make-link]")
+    link = page.wait_for_selector(f"{card} input[data-testid=share-link]")
+    assert link is not None
+    url = link.input_value()
+    assert "/#/images/accept/" in url
+
+    other = browser.new_context()
+    try:
+        bob = other.new_page()
+        bob.goto(stack["portal"] + "/")
+        log_in(bob, "bob", "bob-password-1")
+        bob.wait_for_selector("#view-instances:not([hidden])", timeout=WAIT_MS)
+        bob.goto(url)
+        bob.wait_for_selector("#flash.info:has-text('shared with you')", timeout=WAIT_MS)
+        bob.wait_for_selector(f"#shared-images li[data-image='{iid}']")
+    finally:
+        other.close()
+
+    page.click(f"{card} button[data-action=export]")
+    download = page.wait_for_selector(f"{card} a[data-testid=export-link]")
+    assert download is not None
+    href = download.get_attribute("href") or ""
+    assert href.startswith(f"http://localhost:{stack['export_port']}/export/")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"{card} button[data-action=delete]")
+    page.wait_for_selector(card, state="detached", timeout=WAIT_MS)

@@ -61,7 +61,8 @@ def test_helpers_image_runs_repo_code_on_debian_python(
     helpers_image: str, run_container: Callable[..., Container]
 ):
     probe = (
-        "import json, os, aiohttp, jwt, cryptography, yaml, protocol, protocol.tokens, helpers;"
+        "import json, os, aiohttp, jwt, cryptography, yaml, protocol, protocol.tokens, helpers,"
+        " helpers.upload.push;"
         "print(json.dumps({'aiohttp': aiohttp.__version__, 'uid': os.getuid(),"
         " 'protocol': protocol.__file__, 'cwd': os.getcwd()}))"
     )

@@ -17,7 +17,7 @@ from scripts.build_images import BASE_PACKAGES
 
 ROOT = requirements.ROOT
 FIRST_PARTY = {"control_plane", "edge_router", "node_daemon", "helpers", "protocol", "infra",
-               "scripts", "tests", "bench"}
+               "scripts", "tests", "bench", "image_export"}
 PARTS = {
     # folder: (its dependency group, the first-party packages it may import besides itself)
     "protocol": ("protocol", set()),
@@ -25,6 +25,7 @@ PARTS = {
     "edge_router": ("router", {"protocol"}),
     "node_daemon": ("node", {"protocol"}),
     "helpers": ("helpers", {"protocol"}),
+    "image_export": ("image-export", {"protocol"}),
     "infra": ("local", {"control_plane", "edge_router", "node_daemon", "protocol", "scripts"}),
     "scripts": ("local", set()),
     "tests": ("dev", FIRST_PARTY),

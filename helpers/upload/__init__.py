@@ -1,0 +1,1 @@
+"""The upload helper: pushes a saved instance's committed image to the image server."""
