@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,7 +85,7 @@ class Router:
             heartbeat=cfg.heartbeat, revocations_read=lambda: revocations is None
             or revocations.loaded.is_set())
         ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, self.endpoint)
-        await self._listen(ctx)
+        await self._start_listeners(ctx)
         if cfg.metrics_listen is not None:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
@@ -97,29 +98,6 @@ class Router:
         if self.redirect_addresses:
             log.info("redirecting to HTTPS on %s",
                      ", ".join(f"{h}:{p}" for h, p in self.redirect_addresses))
-
-    async def _listen(self, ctx: ProxyContext) -> None:
-        """Open the plain, TLS and redirect listeners."""
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        for host, port in cfg.listen:
-            srv = await loop.create_server(client_factory(ctx, b"http"), host, port,
-                                           reuse_address=True, backlog=1024)
-            self._servers.append(srv)
-            self.addresses.append(srv.sockets[0].getsockname()[:2])
-        if self.certificates is not None:
-            for host, port in cfg.tls_listen:
-                srv = await loop.create_server(client_factory(ctx, b"https"), host, port,
-                                               ssl=self.certificates.context,
-                                               reuse_address=True, backlog=1024)
-                self._servers.append(srv)
-                self.tls_addresses.append(srv.sockets[0].getsockname()[:2])
-        for host, port in cfg.redirect_listen:
-            https_port = cfg.https_port or self.tls_addresses[0][1]
-            srv = await loop.create_server(client_factory(ctx, b"http", https_port), host, port,
-                                           reuse_address=True, backlog=1024)
-            self._servers.append(srv)
-            self.redirect_addresses.append(srv.sockets[0].getsockname()[:2])
 
     async def _start_queues(self) -> None:
         """Revocations from the router's own queue; activity reports (the local stack's)."""
@@ -135,6 +113,30 @@ class Router:
                                              router_id=cfg.router_id,
                                              interval=cfg.activity_interval)
             self._spawn(self.reporter.run())
+
+    async def _start_listeners(self, ctx: ProxyContext) -> None:
+        """The public sockets: plain HTTP, HTTPS, and the redirects to HTTPS."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+
+        async def listen(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                         tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True,
+                                           backlog=1024)
+            self._servers.append(srv)
+            bound_host, bound_port = srv.sockets[0].getsockname()[:2]
+            return bound_host, bound_port
+
+        for host, port in cfg.listen:
+            self.addresses.append(await listen(client_factory(ctx, b"http"), host, port))
+        if self.certificates is not None:
+            for host, port in cfg.tls_listen:
+                self.tls_addresses.append(await listen(client_factory(ctx, b"https"), host,
+                                                       port, self.certificates.context))
+        for host, port in cfg.redirect_listen:
+            https_port = cfg.https_port or self.tls_addresses[0][1]
+            self.redirect_addresses.append(
+                await listen(client_factory(ctx, b"http", https_port), host, port))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
