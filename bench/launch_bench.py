@@ -174,6 +174,8 @@ async def through_dit4c(api: Api, browser: Browser, hosts: dict[str, tuple[str, 
                 break
             if time.monotonic() - began > DEADLINE:
                 raise RuntimeError(f"{tool.image} never reached through dit4c: {page}")
+            if running.done():
+                running.result()  # a failed launch says why, at once
             await asyncio.sleep(POLL)
         reported = await asyncio.wait_for(running, DEADLINE)
     finally:

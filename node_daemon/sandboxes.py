@@ -138,8 +138,11 @@ class Binding:
         self._answers: deque[tuple[str, str]] = deque()
 
     def close(self) -> None:
+        # The SocketIO docker-py returns does not close the socket it wraps.
         with contextlib.suppress(OSError):
             self._io.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
 
     def bind(self, settings: Mapping[str, str], timeout: float) -> None:
         """Send the instance's settings; return once the listener took them."""
@@ -394,10 +397,12 @@ class SandboxPool:
             self._making.add(sandbox_id)
         try:
             sandbox = self._make(sandbox_id)
-        finally:
+        except BaseException:
             with self._lock:
                 self._making.discard(sandbox_id)
-        with self._lock:
+            raise
+        with self._lock:  # one step: a reconcile never sees it neither making nor free
+            self._making.discard(sandbox_id)
             self._free.append(sandbox)
             free = len(self._free)
         log.info("sandbox %s ready (%d free)", sandbox_id, free)
