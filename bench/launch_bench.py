@@ -1,6 +1,7 @@
 """Launch overhead as the owner feels it: from the API call to the browser reaching the tool.
 
-    python -m bench.launch_bench [--launches 10] [--images busybox,jupyterlab]
+    python -m bench.launch_bench [--launches 10] [--images busybox,jupyterlab] [--sandboxes 1]
+                                 [--timeline]
 
 Runs ``python -m infra.local run`` (portal, API, moto, edge router, node daemon on the real
 Docker engine) on free ports with its own data directory and pods network. ``alice`` signs in
@@ -16,6 +17,10 @@ machine load:
   the portal included — until the tool's own page answers 200. The URL is known from the
   launch call's answer (``<id>.localhost``); when the API first reports the instance
   ``running`` (the portal shows its link then) is recorded too.
+
+``--sandboxes`` sets the node's pool of ready pod sandboxes (``DIT4C_NODE_SANDBOXES``; 0 shows
+the launch without it); ``--timeline`` prints where the last launch of each image spent its
+time (:mod:`bench.launch_timeline`).
 
 Prints p50/p95 of both and the overhead (dit4c - bare) per image as a Markdown table. Every
 instance is stopped and discarded after its round; everything created carries the label
@@ -281,6 +286,8 @@ def main() -> int:
     parser.add_argument("--images", default="busybox,jupyterlab",
                         help=f"comma list of {', '.join(TOOLS)}")
     parser.add_argument("--stack-log", type=Path, help="write the local stack's output here")
+    parser.add_argument("--sandboxes", type=int, default=1,
+                        help="free pod sandboxes the node keeps (0: each launch makes its own)")
     parser.add_argument("--timeline", action="store_true",
                         help="print where the last launch of each image spent its time")
     args = parser.parse_args()
@@ -302,6 +309,7 @@ def main() -> int:
             "DIT4C_NODE_PODS_NETWORK": network, "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
             "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
             "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_ROUTER_ACCESS_LOG": "0",
+            "DIT4C_NODE_SANDBOXES": str(args.sandboxes),
         })
         stack = StackProcess(env)
         try:

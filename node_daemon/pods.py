@@ -94,6 +94,9 @@ containers again."""
 STORAGE_SLICE = 5.0
 """Seconds one exec waiting for the storage helper's ready file keeps trying (each is a
 Python start in the helper's container)."""
+FILE_POLL = 0.01
+"""How often that exec looks for the file: a stat, on the tool's critical path (the tool starts
+once it is there), so often."""
 
 
 # Runs in the storage container: exit 0 once the file argv[1] exists, 1 after argv[2] seconds.
@@ -104,7 +107,7 @@ while not os.path.exists(sys.argv[1]):
     if time.monotonic() > until:
         sys.exit(1)
     time.sleep(%s)
-""" % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+""" % FILE_POLL  # noqa: UP031 - braces of the script would fight format()
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,7 @@ class PodRunner:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
             container = made[role].result()
             if role == pod.ROLE_TOOL and start.storage is not None:
+                made[pod.ROLE_STORAGE].result()  # else the wait may find no helper yet
                 self._await_storage(start, time.monotonic() + timeout)
             start_joined(container.id, container.status, role)
 
