@@ -498,7 +498,15 @@ class PodRunner:
         while True:
             if all(f.done() for f in starting):
                 check()
-            if listener.wait_ready(max(0.1, min(PROBE_SLICE, remaining()))):
+            try:
+                ready = listener.wait_ready(max(0.1, min(PROBE_SLICE, remaining())))
+            except LaunchError:
+                # A container that exited says why (its code, its last lines).
+                reason = self.check(start, launching=True)
+                if reason is not None:
+                    raise LaunchError(reason) from None
+                raise
+            if ready:
                 check()
                 return
             if time.monotonic() >= deadline:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
@@ -54,7 +55,10 @@ def plane(docker_client: docker.DockerClient, node_settings: dict[str, str],
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, plane: ControlPlane,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
-    settings = {**node_settings, "DIT4C_NODE_STORAGE_SECONDS": "2"}
+    # The pods reach the storage endpoint (moto, on the pods bridge's gateway) through the
+    # egress policy, as a deployment's endpoint is reachable.
+    settings = {**node_settings, "DIT4C_NODE_STORAGE_SECONDS": "2",
+                "DIT4C_NODE_POD_HOST_PORTS": str(urlsplit(plane.aws.url or "").port)}
     with NodeProcess(plane, tmp_path_factory.mktemp("storage") / "node", settings).running() \
             as process:
         yield process
