@@ -100,6 +100,13 @@ class JournaledApp:
         self.inner = app
         return self
 
+    def also(self, app: WsgiApp) -> JournaledApp:
+        """Be the middleware of another server of the same moto (``app`` serves the same
+        backends as the first: moto's state is one per process), so that changes made
+        through it (the pods' S3 on their gateway) are journalled too."""
+        del app  # equivalent to self.inner
+        return self
+
     def arm(self, journal: Journal) -> None:
         """Journal from now on (after recovery: what is replayed must not be journalled)."""
         self._journal = journal

@@ -190,9 +190,10 @@ class LocalStack:
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)
-        # Pods reach S3 (their user's storage) on the pods gateway: the same moto, one port.
+        # Pods reach S3 (their user's storage) on the pods gateway: the same moto, one port,
+        # and what they store is journalled like any other change.
         aws_port = urlsplit(aws.url or "").port or 0
-        pods_moto = MotoServer(self._state.gateway, aws_port)
+        pods_moto = MotoServer(self._state.gateway, aws_port, wrap=journaled.also)
         pods_moto.start()
         undo.callback(pods_moto.stop)
         template = self._template or Template.load()
@@ -240,8 +241,10 @@ class LocalStack:
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+            # The gateway's address rather than host.docker.internal: pods of another engine
+            # on this machine (a second node) reach it too.
             "DIT4C_POD_AWS_ENDPOINT_URL":
-                f"http://host.docker.internal:{urlsplit(aws.url or '').port}",
+                f"http://{self._state.gateway}:{urlsplit(aws.url or '').port}",
         }
         if self._state.registry is not None:
             port = self._config.registry_port

@@ -42,8 +42,8 @@ resource "aws_iam_role_policy" "node_role" {
   policy = data.aws_iam_policy_document.node_role.json
 }
 
-# Pods get a user's storage through this role, assumed by the API function (and the reaper)
-# with a session policy narrowed to that user's prefix (control_plane/storage.py).
+# Pods get a user's storage through this role, assumed by the functions that send starts (API,
+# reaper, events) with a session policy narrowed to that user's prefix (control_plane/storage.py).
 data "aws_iam_policy_document" "storage_role_trust" {
   statement {
     effect  = "Allow"
@@ -264,6 +264,17 @@ data "aws_iam_policy_document" "events_function" {
     effect    = "Allow"
     actions   = ["dynamodb:Query"]
     resources = ["${aws_dynamodb_table.instances_table.arn}/index/by-node"]
+  }
+  # A start the node never got is sent again with the owner's storage (quota, credentials).
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["sts:AssumeRole"]
+    resources = [aws_iam_role.storage_role.arn]
   }
   statement {
     effect    = "Allow"

@@ -110,7 +110,12 @@ class NodeB:
                     "DIT4C_NODE_PODS_NETWORK": network,
                     "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
                     "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
-                    "DIT4C_NODE_HEARTBEAT_SECONDS": "2", "DIT4C_NODE_RECONCILE_SECONDS": "3"}
+                    "DIT4C_NODE_HEARTBEAT_SECONDS": "2", "DIT4C_NODE_RECONCILE_SECONDS": "3",
+                    # Its pods reach the stack on this host as a home node's reach a
+                    # deployment: router, portal, S3 and the image server only.
+                    "DIT4C_NODE_POD_HOST_PORTS": ",".join(
+                        str(stack["ports"][name])
+                        for name in ("ROUTER", "PORTAL", "AWS", "REGISTRY"))}
         self.engine = engine
         self.data = data
         self.log = data.with_suffix(".log")

@@ -40,17 +40,17 @@ def portal() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="module")
-def s3_port() -> int:
-    """The port of the pods' S3 (``pod_s3``): one the egress policy lets pods reach on the host,
-    as a deployment's storage endpoint is."""
+def pod_s3_port() -> int:
+    """Where :func:`pod_s3` serves: the only port of the host the egress policy opens to this
+    node's pods (node_daemon/egress.py)."""
     return free_port()
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, portal: ControlPlane,
-         node_settings: dict[str, str], s3_port: int) -> Iterator[NodeProcess]:
+         node_settings: dict[str, str], pod_s3_port: int) -> Iterator[NodeProcess]:
     data_dir = tmp_path_factory.mktemp("nodes") / "main"
-    settings = {**node_settings, "DIT4C_NODE_POD_HOST_PORTS": str(s3_port)}
+    settings = {**node_settings, "DIT4C_NODE_POD_HOST_PORTS": str(pod_s3_port)}
     with NodeProcess(portal, data_dir, settings).running() as process:
         yield process
 
@@ -377,11 +377,11 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pod_s3(docker_client, node, s3_port):
+def pod_s3(docker_client, node, pod_s3_port):
     """moto's S3 on the pods bridge's gateway (pods reach it as host.docker.internal):
     (boto3 client on the host, endpoint URL as the pod sees it)."""
     gateway = ensure_pods_network(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"])
-    server = ThreadedMotoServer(ip_address=gateway, port=s3_port, verbose=False)
+    server = ThreadedMotoServer(ip_address=gateway, port=pod_s3_port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
@@ -428,7 +428,8 @@ def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3
     assert helper.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert sorted(helper.attrs["HostConfig"]["CapAdd"]) == ["SETGID", "SETUID", "SYS_ADMIN"]
     assert "no-new-privileges" in helper.attrs["HostConfig"]["SecurityOpt"]
-    # The tool gets nothing for the mount: its capabilities are the tool's usual cut ones.
+    # The storage gives the tool nothing: it keeps the cut set every tool has.
+    assert tool.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert sorted(tool.attrs["HostConfig"]["CapAdd"]) == sorted(TOOL_CAPABILITIES)
     assert tool.attrs["HostConfig"]["Devices"] in (None, [])
     assert not tool.attrs["HostConfig"]["Privileged"]

@@ -55,8 +55,8 @@ def plane(docker_client: docker.DockerClient, node_settings: dict[str, str],
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, plane: ControlPlane,
          node_settings: dict[str, str]) -> Iterator[NodeProcess]:
-    # The pods reach the storage endpoint (moto, on the pods bridge's gateway) through the
-    # egress policy, as a deployment's endpoint is reachable.
+    # The pods reach S3 on the gateway at the control plane's AWS port: the one host port the
+    # egress policy opens to them (node_daemon/egress.py).
     settings = {**node_settings, "DIT4C_NODE_STORAGE_SECONDS": "2",
                 "DIT4C_NODE_POD_HOST_PORTS": str(urlsplit(plane.aws.url or "").port)}
     with NodeProcess(plane, tmp_path_factory.mktemp("storage") / "node", settings).running() \
