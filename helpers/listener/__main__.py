@@ -31,6 +31,7 @@ from helpers.listener.links import session as links_session
 from helpers.listener.sandbox import Sandbox, stdin_reader
 from helpers.listener.tokens import TunnelToken
 from helpers.listener.tokens import write as write_token
+from protocol.errors import TokenError
 from protocol.pod import (
     ENV_AUTH_UPSTREAM,
     ENV_HOSTNAME,
@@ -40,7 +41,7 @@ from protocol.pod import (
     ENV_UPSTREAM,
 )
 from protocol.sandbox import ENV_SANDBOX
-from protocol.tokens import KeySet, SigningKey, TokenError, verify
+from protocol.tokens import KeySet, SigningKey, verify
 
 log = logging.getLogger("dit4c.listener")
 
