@@ -1,6 +1,7 @@
 """Launch overhead as the owner feels it: from the API call to the browser reaching the tool.
 
-    python -m bench.launch_bench [--launches 10] [--images busybox,jupyterlab]
+    python -m bench.launch_bench [--launches 10] [--images busybox,jupyterlab] [--sandboxes 1]
+                                 [--timeline]
 
 Runs ``python -m infra.local run`` (portal, API, moto, edge router, node daemon on the real
 Docker engine) on free ports with its own data directory and pods network. ``alice`` signs in
@@ -16,6 +17,10 @@ machine load:
   the portal included — until the tool's own page answers 200. The URL is known from the
   launch call's answer (``<id>.localhost``); when the API first reports the instance
   ``running`` (the portal shows its link then) is recorded too.
+
+``--sandboxes`` sets the node's pool of ready pod sandboxes (``DIT4C_NODE_SANDBOXES``; 0 shows
+the launch without it); ``--timeline`` prints where the last launch of each image spent its
+time (:mod:`bench.launch_timeline`).
 
 Prints p50/p95 of both and the overhead (dit4c - bare) per image as a Markdown table. Every
 instance is stopped and discarded after its round; everything created carries the label
@@ -41,8 +46,19 @@ from typing import Any
 import docker
 import requests
 
+from bench.launch_timeline import (
+    Step,
+    browser_step,
+    container_log_steps,
+    docker_steps,
+    log_steps,
+    merge,
+    render,
+)
 from bench.node_bench import percentile
 from node_daemon.network import ensure_pods_network
+from node_daemon.sandboxes import LABEL_SANDBOX
+from protocol import pod
 from scripts import images
 from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
@@ -116,19 +132,39 @@ def bare(client: docker.DockerClient, tool: Tool, network: str, labels: dict[str
         container.remove(force=True)
 
 
+@dataclass
+class Launch:
+    instance_id: str
+    reached: float
+    """Seconds from the launch call to the owner's browser getting the tool's page."""
+    reported: float
+    """Seconds from the launch call to the API reporting the instance running."""
+    began: float
+    """Wall clock of the launch call."""
+    steps: list[Step]
+    """What the bench saw (the call, its answer, the browser's responses), for --timeline."""
+
+
 async def through_dit4c(api: Api, browser: Browser, hosts: dict[str, tuple[str, int]],
-                        tool: Tool, *, image_id: str, router_port: int
-                        ) -> tuple[float, float, str]:
-    """Seconds from the launch call to the owner's browser getting the tool's page, and to the
-    API reporting the instance running; and the instance id.
+                        tool: Tool, *, image_id: str, router_port: int) -> Launch:
+    """Launch ``tool`` as ``api``'s user and follow it into the browser.
 
     The browser goes to the instance's URL at once (``<id>.localhost``: known from the launch
     call's answer) and retries every 20 ms through whatever it meets on the way: the router's
     404 before the tunnel is up, the sign-in at the portal, the auth helper's 502 while the
     tool does not answer yet."""
-    began = time.monotonic()
+    began, wall = time.monotonic(), time.time()
     instance = await asyncio.to_thread(api.call, "POST", "/api/instances",
                                        {"image_id": image_id})
+    steps = [Step(wall, "bench", "POST /api/instances"),
+             Step(time.time(), "bench", "launch call answered")]
+    seen_steps: set[tuple[int, str]] = set()
+
+    def on_response(status: int, url: str) -> None:
+        if (status, url) not in seen_steps:
+            seen_steps.add((status, url))
+            steps.append(browser_step(time.time(), status, url))
+
     host = f"{instance['id']}.localhost"
     hosts[host] = ("127.0.0.1", router_port)  # the browser's resolver
     url = f"http://{host}:{router_port}/"
@@ -136,20 +172,23 @@ async def through_dit4c(api: Api, browser: Browser, hosts: dict[str, tuple[str, 
     seen: dict[str, float] = {}
     try:
         while True:
-            page = await browser.get(url)
+            page = await browser.get(url, on_response=on_response)
             seen.setdefault(str(page.status), time.monotonic() - began)
             if page.status == 200 and tool.marker in page.text:
                 reached = time.monotonic() - began
                 break
             if time.monotonic() - began > DEADLINE:
                 raise RuntimeError(f"{tool.image} never reached through dit4c: {page}")
+            if running.done():
+                running.result()  # a failed launch says why, at once
             await asyncio.sleep(POLL)
         reported = await asyncio.wait_for(running, DEADLINE)
     finally:
         running.cancel()
     print("  first seen (s): " + ", ".join(f"{k} {v:.3f}" for k, v in seen.items())
           + f"; reported running at {reported:.3f}", file=sys.stderr)
-    return reached, reported, instance["id"]
+    steps.append(Step(wall + reported, "bench", "the API says running"))
+    return Launch(instance["id"], reached, reported, wall, steps)
 
 
 async def _running(api: Api, instance_id: str, began: float) -> float:
@@ -174,8 +213,32 @@ async def discard(api: Api, instance_id: str) -> None:
     await asyncio.to_thread(api.call, "POST", f"/api/instances/{instance_id}/discard")
 
 
+def pod_containers(client: docker.DockerClient, instance_id: str) -> dict[str, str]:
+    """The instance's containers by role (id), its pod sandbox's included."""
+    rows = client.api.containers(all=True, filters={"label": f"{pod.LABEL_INSTANCE}={instance_id}"})
+    found = {row["Labels"].get(pod.LABEL_ROLE, "?"): row["Id"] for row in rows}
+    for sandbox in {row["Labels"].get(LABEL_SANDBOX) for row in rows} - {None}:
+        for row in client.api.containers(all=True,
+                                         filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
+            found.setdefault(row["Labels"].get(pod.LABEL_ROLE, "?"), row["Id"])
+    return found
+
+
+def timeline(client: docker.DockerClient, logs: Path, launch: Launch) -> str:
+    until = launch.began + launch.reported + 1.0
+    containers = pod_containers(client, launch.instance_id)
+    steps = merge(
+        launch.steps,
+        log_steps(logs, launch.instance_id, launch.began, until),
+        docker_steps(client, containers, launch.began - 0.5, until),
+        container_log_steps(client, {r: c for r, c in containers.items()
+                                     if r in (pod.ROLE_LISTENER, pod.ROLE_STORAGE)},
+                            launch.began - 0.5, until))
+    return render(steps, launch.began)
+
+
 async def rounds(env: dict[str, str], client: docker.DockerClient, tools: list[Tool],
-                 launches: int, labels: dict[str, str]
+                 launches: int, labels: dict[str, str], *, timelines: dict[str, str] | None
                  ) -> dict[str, tuple[list[float], list[float], list[float]]]:
     portal = f"http://127.0.0.1:{env['DIT4C_PORTAL_PORT']}"
     admin = Api(portal, "admin", PASSWORD)
@@ -195,10 +258,15 @@ async def rounds(env: dict[str, str], client: docker.DockerClient, tools: list[T
             for round_ in range(launches + 1):
                 plain = await asyncio.to_thread(bare, client, tool, env[
                     "DIT4C_NODE_PODS_NETWORK"], labels)
-                seconds, reported, instance_id = await through_dit4c(
+                launch = await through_dit4c(
                     alice, browser, hosts, tool, image_id=catalog[tool.image],
                     router_port=router_port)
-                await discard(alice, instance_id)
+                seconds, reported = launch.reached, launch.reported
+                if timelines is not None and round_ == launches:
+                    await asyncio.sleep(1.0)  # the logs are written
+                    timelines[tool.image] = await asyncio.to_thread(
+                        timeline, client, Path(env["DIT4C_DATA_DIR"]) / "logs", launch)
+                await discard(alice, launch.instance_id)
                 print(f"{tool.image} round {round_}: bare {plain:.3f} s, dit4c "
                       f"{seconds:.3f} s (running reported at {reported:.3f} s)",
                       file=sys.stderr)
@@ -218,6 +286,10 @@ def main() -> int:
     parser.add_argument("--images", default="busybox,jupyterlab",
                         help=f"comma list of {', '.join(TOOLS)}")
     parser.add_argument("--stack-log", type=Path, help="write the local stack's output here")
+    parser.add_argument("--sandboxes", type=int, default=1,
+                        help="free pod sandboxes the node keeps (0: each launch makes its own)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print where the last launch of each image spent its time")
     args = parser.parse_args()
     tools = [TOOLS[name] for name in args.images.split(",")]
     client = docker.from_env(timeout=120)
@@ -237,11 +309,14 @@ def main() -> int:
             "DIT4C_NODE_PODS_NETWORK": network, "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
             "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
             "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_ROUTER_ACCESS_LOG": "0",
+            "DIT4C_NODE_SANDBOXES": str(args.sandboxes),
         })
         stack = StackProcess(env)
         try:
             stack.wait_ready()
-            results = asyncio.run(rounds(env, client, tools, args.launches, labels))
+            timelines: dict[str, str] | None = {} if args.timeline else None
+            results = asyncio.run(rounds(env, client, tools, args.launches, labels,
+                                         timelines=timelines))
         except Exception:
             print(stack.output()[-5000:], file=sys.stderr)
             raise
@@ -261,6 +336,8 @@ def main() -> int:
               f"| {percentile(pods, 0.5) - percentile(bares, 0.5):+.3f} "
               f"| {statistics.mean(p - b for p, b in zip(pods, bares, strict=True)):+.3f} "
               f"| {percentile(runs, 0.5):.3f} |")
+    for image, text in (timelines or {}).items():
+        print(f"\nTimeline of the last launch of {image}:\n\n{text}")
     return 0
 
 

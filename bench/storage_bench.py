@@ -44,7 +44,7 @@ import docker.errors
 from infra.local.moto_server import MotoServer
 from node_daemon import storage
 from node_daemon.network import ensure_pods_network
-from node_daemon.pods import HELPER_LIMITS
+from node_daemon.sandboxes import HELPER_LIMITS
 from protocol import pod
 from protocol.messages import StorageAccess
 from scripts import images

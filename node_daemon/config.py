@@ -47,6 +47,8 @@ node silent after 600 s (``DIT4C_NODE_SILENT_SECONDS``): two heartbeats missed, 
 DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0
+MAX_SANDBOXES = 16
+"""Each free sandbox holds about 40 MB; more than a few only helps bursts of launches."""
 DEFAULT_REPORT_AGAIN_SECONDS = 60.0
 DEFAULT_STORAGE_SECONDS = 15.0
 
@@ -154,6 +156,10 @@ class RunSettings:
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
     e.g. to run a site's own build of a helper."""
+    sandboxes: int = 0
+    """Free pod sandboxes (namespace holder + listener, ready to bind) the node keeps
+    (``DIT4C_NODE_SANDBOXES``): a launch that finds one skips the holder's and the listener's
+    start; 0 makes each launch make its own (:mod:`node_daemon.sandboxes`)."""
     upload_compression: str = "gzip"
     """How the upload helper sends new layers: ``gzip`` (level 1: half the bytes of typical
     data, for nodes on slow uplinks) or ``none`` (fastest on a fast network)."""
@@ -189,6 +195,10 @@ class RunSettings:
         if compression not in ("gzip", "none"):
             raise ConfigError(f"DIT4C_NODE_UPLOAD_COMPRESSION must be gzip or none, "
                               f"got {compression!r}")
+        sandboxes = env.get("DIT4C_NODE_SANDBOXES", "0").strip()
+        if not sandboxes.isdigit() or int(sandboxes) > MAX_SANDBOXES:
+            raise ConfigError(f"DIT4C_NODE_SANDBOXES must be a whole number from 0 to "
+                              f"{MAX_SANDBOXES}, got {sandboxes!r}")
         return cls(
             data_dir=data_dir,
             pods_network=pick("pods_network", "DIT4C_NODE_PODS_NETWORK", PODS_NETWORK),
@@ -219,4 +229,5 @@ class RunSettings:
             helper_commands={**DEFAULT_HELPER_COMMANDS,
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
             upload_compression=compression,
+            sandboxes=int(sandboxes),
         )

@@ -50,6 +50,9 @@ MAX_IN_FLIGHT = 16
 """Commands handled at once; polling pauses at this many (the rest wait safely in the queue)."""
 REJECTED_DIR = "rejected"
 """Bodies of commands that could not be understood, kept for a human before deletion."""
+SANDBOX_CHECK_SECONDS = 0.5
+"""How often the pool is looked at for room (in memory: costs nothing)."""
+SANDBOX_RETRY_SECONDS = 10.0
 
 
 class Backoff:
@@ -82,7 +85,7 @@ class Daemon:
         self.pods = PodRunner(docker_client, PodSettings(
             node_id=identity.node_id, network=settings.pods_network,
             helpers_image=settings.helpers_image, labels=dict(settings.labels),
-            helper_commands=dict(settings.helper_commands)))
+            helper_commands=dict(settings.helper_commands), sandboxes=settings.sandboxes))
         self._inflight: set[asyncio.Task[None]] = set()
         self.metrics_address: str | None = None
 
@@ -139,6 +142,8 @@ class Daemon:
                         settings.heartbeat_seconds,
                         lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),
                 ]
+                if settings.sandboxes:
+                    background.append(asyncio.create_task(self._keep_sandboxes(stopping)))
                 try:
                     await self._poll(queues, VisibilityKeeper(queues), agent, stopping)
                     # Finish the commands in hand; pods keep running.
@@ -151,8 +156,28 @@ class Daemon:
                     await asyncio.gather(*background, return_exceptions=True)
         finally:
             await asyncio.to_thread(stop_serving, server)
+            drained = await asyncio.to_thread(self.pods.sandboxes.drain)
+            if drained:
+                log.info("removed %d free pod sandbox(es)", drained)
             await asyncio.to_thread(self.pods.close)
             log.info("node %s stopped; pods left running", self.identity.node_id)
+
+    async def _keep_sandboxes(self, stopping: asyncio.Event) -> None:
+        """Keep the pool of free pod sandboxes full: one made at a time, none while a launch
+        runs (the pool says when); the pool's reconcile (with the pods') drops broken ones."""
+        pool = self.pods.sandboxes
+        while not stopping.is_set():
+            if pool.wanted():
+                try:
+                    await asyncio.to_thread(pool.fill_one)
+                    continue
+                except (NodeDaemonError, docker.errors.DockerException) as exc:
+                    log.warning("cannot make a pod sandbox (tried again later): %s", exc)
+                    wait = SANDBOX_RETRY_SECONDS
+            else:
+                wait = SANDBOX_CHECK_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), wait)
 
     async def _egress(self) -> None:
         """(Re)apply the pods network's egress policy (:mod:`node_daemon.egress`)."""
@@ -184,6 +209,11 @@ class Daemon:
         """The engine against the records, then the records against the portal's placements.
         A portal that cannot be asked changes nothing: pods are never stopped on silence."""
         await agent.reconcile()
+        try:
+            # After the pods': a leftover instance's sandbox went with its pod.
+            await asyncio.to_thread(self.pods.sandboxes.reconcile)
+        except NodeDaemonError as exc:
+            log.warning("pod sandboxes not reconciled: %s", exc)
         asked_at = time.time()
         try:
             placed = await portal.placed(self.identity.node_id, self.key)
@@ -243,6 +273,8 @@ class Daemon:
             self._reject(received, str(exc))
             await self._delete(received, queues)
             return
+        log.info("received %s %s for %s", message.TYPE, message.id,
+                 getattr(message, "instance_id", "?"))
         try:
             # A long command (a big pull, a slow save) keeps its message hidden meanwhile.
             async with keeper.holding(received):

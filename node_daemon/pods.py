@@ -1,16 +1,22 @@
 """Pods over the Docker API.
 
-A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instance`` and
-``dit4c.role`` (plus the configured extra labels), sharing one network namespace:
+A pod is one instance's containers sharing one network namespace. Its namespace holder and
+listener are a *sandbox* (:mod:`node_daemon.sandboxes`): made ahead of time in a pool, or by the
+launch itself when none is free, claimed for the instance (the holder renamed
+``dit4c-<instance>-netns``) and bound to it at launch; they carry ``dit4c.sandbox`` and no
+``dit4c.instance``. The instance's own containers carry ``dit4c.node``, ``dit4c.instance``,
+``dit4c.role`` and ``dit4c.sandbox`` (plus the configured extra labels):
 
-- ``netns`` — owns the namespace: the helpers image running ``sleep infinity`` under Docker's
-  init, on the pods network with ``host.docker.internal`` mapped to that bridge's gateway. A
-  dedicated holder (rather than the listener) means a helper that crashes or is restarted never
-  takes the pod's network away from the tool.
-- ``listener`` helper (``python3 -m helpers.listener``) with the tunnel's and the auth helper's
-  settings from :mod:`protocol.pod`: it holds the tunnels and runs the auth helper in its own
-  process (every stream goes to the auth gate in-process, one loopback hop fewer; the gate
-  also listens on ``AUTH_PORT``); unprivileged, all capabilities dropped;
+- ``netns`` (sandbox) — owns the namespace: the helpers image running ``sleep infinity`` under
+  Docker's init, on the pods network with ``host.docker.internal`` mapped to that bridge's
+  gateway. A dedicated holder (rather than the listener) means a helper that crashes or is
+  restarted never takes the pod's network away from the tool.
+- ``listener`` helper (sandbox; ``python3 -m helpers.listener``), given the tunnel's and the
+  auth helper's settings from :mod:`protocol.pod` by the bind (:mod:`protocol.sandbox`, over a
+  Docker attach: in no container's configuration): it holds the tunnels and runs the auth
+  helper in its own process (every stream goes to the auth gate in-process, one loopback hop
+  fewer; the gate also listens on ``AUTH_PORT``), and tells the node when the tool answers;
+  unprivileged, all capabilities dropped;
 - ``storage`` helper when the start asks for storage: the user's storage mounted (FUSE) inside
   the pod's storage volume, which the tool binds too (privileges, mounts and the rest:
   :mod:`node_daemon.storage`); the tool starts once it is mounted;
@@ -32,6 +38,7 @@ import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +51,16 @@ from node_daemon import storage
 from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
 from node_daemon.network import ensure_pods_network
+from node_daemon.sandboxes import (
+    HELPER_LIMITS,
+    HELPER_SECURITY,
+    LABEL_SANDBOX,
+    SANDBOX_ROLES,
+    Binding,
+    Sandbox,
+    SandboxPool,
+    claimant,
+)
 from protocol import pod
 from protocol.messages import RegistryAccess, StartInstance
 
@@ -70,41 +87,16 @@ TOOL_PRIVILEGES: Mapping[str, Any] = {
 LISTENER_TMPFS: Mapping[str, str] = {
     posixpath.dirname(pod.TUNNEL_TOKEN_FILE): f"uid={pod.HELPERS_UID},mode=0700,size=64k"}
 
-# One core each: a helper idles at almost nothing, but its start (Python importing aiohttp) is
-# on the launch's critical path, and half a core made launches 3.4x a bare `docker run`.
-HELPER_LIMITS: Mapping[str, Any] = {"mem_limit": "256m", "nano_cpus": 1_000_000_000,
-                                    "pids_limit": 128}
 PROBE_INTERVAL = 0.05
-PROBE_SLICE = 5.0
-"""Seconds one readiness exec keeps trying before the daemon looks at the containers again."""
-
-# Runs inside the pod's namespace (the netns container has python3): exit 0 once every given
-# port (the tool's, then the auth helper's) answers HTTP, 1 when the slice runs out. The auth
-# helper is waited for too: "running" means a browser sent to the instance URL gets through.
-_PROBE = """
-import socket, sys, time
-ports, until = [int(p) for p in sys.argv[1].split(",")], time.monotonic() + float(sys.argv[2])
-def answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n")
-            head = b""
-            while len(head) < 5:
-                chunk = s.recv(5 - len(head))
-                if not chunk:
-                    break
-                head += chunk
-            return head.startswith(b"HTTP/")
-    except OSError:
-        return False
-while ports:
-    if answers(ports[0]):
-        ports.pop(0)
-        continue
-    if time.monotonic() > until:
-        sys.exit(1)
-    time.sleep(%s)
-""" % PROBE_INTERVAL  # noqa: UP031 - braces of the script would fight format()
+PROBE_SLICE = 1.0
+"""Seconds one wait for the listener's ``ready`` lasts before the daemon looks at the
+containers again."""
+STORAGE_SLICE = 5.0
+"""Seconds one exec waiting for the storage helper's ready file keeps trying (each is a
+Python start in the helper's container)."""
+FILE_POLL = 0.01
+"""How often that exec looks for the file: a stat, on the tool's critical path (the tool starts
+once it is there), so often."""
 
 
 # Runs in the storage container: exit 0 once the file argv[1] exists, 1 after argv[2] seconds.
@@ -115,7 +107,7 @@ while not os.path.exists(sys.argv[1]):
     if time.monotonic() > until:
         sys.exit(1)
     time.sleep(%s)
-""" % PROBE_INTERVAL  # noqa: UP031 - as _PROBE
+""" % FILE_POLL  # noqa: UP031 - braces of the script would fight format()
 
 
 @dataclass(frozen=True)
@@ -125,12 +117,15 @@ class PodContainer:
     role: str
     status: str
     """Docker's state: created, running, exited, ..."""
+    sandbox: str | None = None
+    """The sandbox it belongs to or joined (None: a pod made before sandboxes)."""
 
 
 def _row(row: dict[str, Any]) -> PodContainer:
     names = row.get("Names") or ["?"]
-    return PodContainer(row["Id"], names[0].lstrip("/"), row["Labels"].get(pod.LABEL_ROLE, "?"),
-                        row.get("State", "?"))
+    labels = row["Labels"]
+    return PodContainer(row["Id"], names[0].lstrip("/"), labels.get(pod.LABEL_ROLE, "?"),
+                        row.get("State", "?"), labels.get(LABEL_SANDBOX))
 
 
 @dataclass(frozen=True)
@@ -141,6 +136,8 @@ class PodSettings:
     labels: Mapping[str, str] = field(default_factory=dict)
     helper_commands: Mapping[str, Sequence[str]] = field(
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
+    sandboxes: int = 0
+    """Free pod sandboxes to keep ready (0: each launch makes its own)."""
 
 
 # Prints the modules among its arguments that this python3 cannot import.
@@ -218,6 +215,12 @@ class PodRunner:
         self._pulls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dit4c-pull")
         self._modules: dict[str, dict[str, bool]] = {}
         """Per helpers image id: helper module -> the image has it (images do not change)."""
+        self.sandboxes = SandboxPool(
+            client, node_id=settings.node_id, network=settings.network,
+            helpers_image=settings.helpers_image,
+            listener_command=settings.helper_commands[pod.ROLE_LISTENER],
+            labels=settings.labels, size=settings.sandboxes,
+            listener_options={"tmpfs": dict(LISTENER_TMPFS)})
 
     def close(self) -> None:
         self._pulls.shutdown(wait=True)
@@ -246,17 +249,28 @@ class PodRunner:
         return {"label": labels}
 
     def containers(self, instance_id: str) -> dict[str, PodContainer]:
-        """The pod's containers by role (any status), from one listing call (never racing a
-        concurrent removal the way a list-then-inspect does)."""
-        rows = self._client.api.containers(all=True, filters=self._filters(instance_id))
-        return {row["Labels"].get(pod.LABEL_ROLE, "?"): _row(row) for row in rows}
+        """The pod's containers by role (any status), its sandbox's included, from one listing
+        call (never racing a concurrent removal the way a list-then-inspect does)."""
+        rows = self._client.api.containers(all=True, filters=self._filters())
+        mine = [_row(r) for r in rows if r["Labels"].get(pod.LABEL_INSTANCE) == instance_id]
+        sandboxes = {c.sandbox for c in mine if c.sandbox is not None}
+        sandboxes.update(r["Labels"][LABEL_SANDBOX] for r in rows
+                         if claimant(r) == instance_id)
+        found = {c.role: c for c in mine}
+        for row in rows:
+            labels = row["Labels"]
+            if pod.LABEL_INSTANCE not in labels and labels.get(LABEL_SANDBOX) in sandboxes:
+                found.setdefault(labels.get(pod.LABEL_ROLE, "?"), _row(row))
+        return found
 
     def instances(self) -> dict[str, list[str]]:
-        """Every instance id that has a container or volume of this node: what it has."""
+        """Every instance id that has a container, volume or claimed sandbox of this node: what
+        it has."""
         found: dict[str, list[str]] = {}
         filters = self._filters()
         for row in self._client.api.containers(all=True, filters=filters):
-            found.setdefault(row["Labels"].get(pod.LABEL_INSTANCE, ""), []).append("container")
+            instance_id = row["Labels"].get(pod.LABEL_INSTANCE) or claimant(row) or ""
+            found.setdefault(instance_id, []).append("container")
         for volume in self._client.api.volumes(filters=filters).get("Volumes") or []:
             labels = volume.get("Labels") or {}
             found.setdefault(labels.get(pod.LABEL_INSTANCE, ""), []).append("volume")
@@ -298,46 +312,34 @@ class PodRunner:
             raise LaunchError(f"pulling {image} failed: {exc.explanation or exc}") from exc
         progress(100)
 
-    def _create(self, start: StartInstance, role: str,
-                netns: PodContainer | None) -> PodContainer:
+    def _create(self, start: StartInstance, role: str, sandbox: Sandbox) -> PodContainer:
+        """The instance's own container ``role`` (storage, tool), joined to ``sandbox``."""
         name = container_name(start.instance_id, role)
-        common: dict[str, Any] = {"name": name, "labels": self.labels(start.instance_id, role),
-                                  "detach": True, "privileged": False}
-        if role == pod.ROLE_NETNS:
-            spec = {**common, "image": self.settings.helpers_image,
-                    "command": ["sleep", "infinity"], "init": True,
-                    "network": self.settings.network,
-                    "hostname": start.instance_id,
-                    "extra_hosts": {"host.docker.internal": self.pods_gateway()},
-                    "mem_limit": "32m", "pids_limit": 16, "cap_drop": ["ALL"],
-                    "security_opt": ["no-new-privileges"]}
+        common: dict[str, Any] = {
+            "name": name, "labels": {**self.labels(start.instance_id, role),
+                                     LABEL_SANDBOX: sandbox.id},
+            "detach": True, "privileged": False, "network_mode": f"container:{sandbox.netns}"}
+        if role == pod.ROLE_TOOL:
+            spec = {**common, "image": start.image, "environment": dict(start.env),
+                    "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
+                    "pids_limit": start.pids_limit, **TOOL_PRIVILEGES}
+            if start.storage is not None:
+                spec["mounts"] = storage.tool_mounts(self._storage_path(start.instance_id))
         else:
-            assert netns is not None
-            common["network_mode"] = f"container:{netns.id}"
-            if role == pod.ROLE_TOOL:
-                spec = {**common, "image": start.image, "environment": dict(start.env),
-                        "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
-                        "pids_limit": start.pids_limit, **TOOL_PRIVILEGES}
-                if start.storage is not None:
-                    spec["mounts"] = storage.tool_mounts(self._storage_path(start.instance_id))
-            else:
-                spec = {**common, "image": self.settings.helpers_image,
-                        "command": list(self.settings.helper_commands[role]),
-                        "environment": helper_env(start, role), "init": True,
-                        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
-                        **HELPER_LIMITS}
-                if role == pod.ROLE_LISTENER:
-                    spec["tmpfs"] = LISTENER_TMPFS
-                if role == pod.ROLE_STORAGE:
-                    spec.update(storage.PRIVILEGES)
-                    spec["mounts"] = storage.helper_mounts(self._storage_path(start.instance_id))
+            spec = {**common, "image": self.settings.helpers_image,
+                    "command": list(self.settings.helper_commands[role]),
+                    "environment": helper_env(start, role), **HELPER_SECURITY,
+                    **HELPER_LIMITS}
+            if role == pod.ROLE_STORAGE:
+                spec.update(storage.PRIVILEGES)
+                spec["mounts"] = storage.helper_mounts(self._storage_path(start.instance_id))
         try:
             made = self._client.containers.create(**spec)
-            return PodContainer(made.id, name, role, "created")
+            return PodContainer(made.id, name, role, "created", sandbox.id)
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # made by an earlier, interrupted attempt
                 found = self.containers(start.instance_id).get(role)
-                if found is not None:
+                if found is not None and found.sandbox == sandbox.id:
                     return found
             raise LaunchError(f"cannot create the {role} container: "
                               f"{exc.explanation or exc}") from exc
@@ -351,55 +353,74 @@ class PodRunner:
             self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
         return storage.volume_path(self._client, name)
 
-    def _start(self, container: PodContainer, role: str) -> None:
+    def _start(self, container_id: str, role: str) -> None:
         try:
-            self._client.api.start(container.id)
+            self._client.api.start(container_id)
         except docker.errors.APIError as exc:
             raise LaunchError(f"cannot start the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
-    def create(self, start: StartInstance, timeout: float = 300.0) -> None:
-        """Create and start every container of the pod, reusing what exists."""
-        for future in self._bring_up(start, timeout):
-            future.result()
-
     def _bring_up(self, start: StartInstance, timeout: float,
-                  pulled: Future[None] | None = None) -> list[Future[None]]:
-        """Start the namespace holder; return futures that start the rest.
+                  pulled: Future[None] | None = None
+                  ) -> tuple[Future[Binding], list[Future[None]]]:
+        """Claim the pod's sandbox (started if it was stopped); return a future of its bound
+        listener and futures that make and start the instance's own containers.
 
-        The joined containers are created while the holder starts, and started in parallel
-        (a launch is mostly engine round trips; overlapping them is most of its speed), except
-        that a tool with storage waits for the storage helper's mount (within ``timeout`` of
-        the tool's creation). ``pulled``: the pull of the tool's image, still under way: the
-        holder and the helpers come up meanwhile, the tool once it is done.
+        The bind and the instance's containers' create and start run in parallel (a launch is
+        mostly engine round trips and the listener's dial; overlapping them is most of its
+        speed), except that a tool with storage waits for the storage helper's mount (within
+        ``timeout`` of the tool's creation). ``pulled``: the pull of the tool's image, still
+        under way: the sandbox and the helpers come up meanwhile, the tool once it is done.
         """
         existing = self.containers(start.instance_id)
-        netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
-        joined = [role for role in roles_for(start) if role != pod.ROLE_NETNS]
+        sandbox = self.sandboxes.acquire(start.instance_id)
+        # Parts of a pod made before sandboxes, or joined to a sandbox since replaced.
+        stale = [c.id for c in existing.values()
+                 if c.sandbox != sandbox.id and c.role != pod.ROLE_UPLOAD]
+        self.sandboxes.remove_containers(stale)
+        joined = [role for role in roles_for(start) if role not in SANDBOX_ROLES]
 
         def make(role: str) -> PodContainer:
             if role == pod.ROLE_TOOL and pulled is not None:
                 pulled.result()  # another pool: never waits on a task queued behind it
-            return existing.get(role) or self._create(start, role, netns)
+            found = existing.get(role)
+            if found is not None and found.sandbox == sandbox.id:
+                return found
+            return self._create(start, role, sandbox)
 
         made = {role: self._pool.submit(make, role) for role in joined}
-        restart_joined = False
-        if netns.status != "running":
-            # Containers that joined a previous run of this namespace lost it with it.
-            restart_joined = pod.ROLE_NETNS in existing
-            self._start(netns, pod.ROLE_NETNS)
+        # Containers that joined a previous run of the namespace lost it with it.
+        restart_joined = sandbox.statuses[pod.ROLE_NETNS] != "running"
+        if restart_joined:
+            self._start(sandbox.netns, pod.ROLE_NETNS)
+
+        def start_joined(container_id: str, status: str, role: str) -> None:
+            if status == "running" and restart_joined:
+                self._client.api.restart(container_id, timeout=5)
+            elif status != "running":
+                self._start(container_id, role)
+
+        def bind() -> Binding:
+            start_joined(sandbox.listener, sandbox.statuses[pod.ROLE_LISTENER],
+                         pod.ROLE_LISTENER)
+            binding = Binding(self._client, sandbox.listener)
+            try:
+                binding.bind(helper_env(start, pod.ROLE_LISTENER), timeout)
+            except BaseException:
+                binding.close()
+                raise
+            return binding
 
         def bring_up(role: str) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
             container = made[role].result()
             if role == pod.ROLE_TOOL and start.storage is not None:
+                made[pod.ROLE_STORAGE].result()  # else the wait may find no helper yet
                 self._await_storage(start, time.monotonic() + timeout)
-            if container.status == "running" and restart_joined:
-                self._client.api.restart(container.id, timeout=5)
-            elif container.status != "running":
-                self._start(container, role)
+            start_joined(container.id, container.status, role)
 
-        return [self._pool.submit(bring_up, role) for role in joined]
+        binding = self._pool.submit(bind)
+        return binding, [self._pool.submit(bring_up, role) for role in joined]
 
     def check(self, start: StartInstance, *, launching: bool = False) -> str | None:
         """None if every container of the pod runs; else why not (user-facing). Once the pod
@@ -434,7 +455,7 @@ class PodRunner:
         if helper is None or helper.status in ("running", "created", "restarting"):
             return None
         reason = self._exit_reason(helper)
-        self._start(helper, pod.ROLE_STORAGE)
+        self._start(helper.id, pod.ROLE_STORAGE)
         return reason
 
     def _exit_reason(self, container: PodContainer) -> str:
@@ -452,31 +473,45 @@ class PodRunner:
             reason += " (out of memory)"
         return f"{reason}: {tail[-300:]}" if tail else reason
 
-    def wait_ready(self, start: StartInstance, timeout: float,
+    def wait_ready(self, start: StartInstance, timeout: float, binding: Future[Binding],
                    starting: Sequence[Future[None]] = ()) -> None:
-        """Return once every container runs and the tool and the auth helper answer HTTP inside
-        the pod's namespace. ``starting``: container starts still under way (probing overlaps
-        them); their errors are raised here."""
+        """Return once every container runs, the listener took its settings (its auth gate
+        listens) and says the tool answers HTTP (pushed over the bind's attach: no probe runs
+        in the pod). ``starting``: container starts still under way; their errors are raised
+        here."""
         deadline = time.monotonic() + timeout
-        netns_id = self.containers(start.instance_id)[pod.ROLE_NETNS].id
+
+        def remaining() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        def check() -> None:
+            for future in starting:
+                future.result()
+            reason = self.check(start, launching=True)
+            if reason is not None:
+                raise LaunchError(reason)
+
+        try:
+            listener = binding.result(timeout=remaining())
+        except FutureTimeout:
+            raise LaunchError("the listener did not take its settings in time") from None
         while True:
             if all(f.done() for f in starting):
-                for future in starting:
-                    future.result()
+                check()
+            try:
+                ready = listener.wait_ready(max(0.1, min(PROBE_SLICE, remaining())))
+            except LaunchError:
+                # A container that exited says why (its code, its last lines).
                 reason = self.check(start, launching=True)
                 if reason is not None:
-                    raise LaunchError(reason)
-            slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            if self._probe(netns_id, (start.port, pod.AUTH_PORT), slice_):
-                for future in starting:
-                    future.result()
-                reason = self.check(start, launching=True)
-                if reason is not None:
-                    raise LaunchError(reason)
+                    raise LaunchError(reason) from None
+                raise
+            if ready:
+                check()
                 return
             if time.monotonic() >= deadline:
-                raise LaunchError(f"the tool (port {start.port}) or its auth helper did not "
-                                  f"answer within {timeout:.0f} s")
+                raise LaunchError(f"the tool (port {start.port}) did not answer within "
+                                  f"{timeout:.0f} s")
 
     def _await_storage(self, start: StartInstance, deadline: float) -> None:
         """Return once the storage helper made its ready file (the user's storage is mounted);
@@ -486,7 +521,7 @@ class PodRunner:
             helper = self.containers(start.instance_id).get(pod.ROLE_STORAGE)
             if helper is None:
                 raise LaunchError("the storage container is missing")
-            slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
+            slice_ = max(0.1, min(STORAGE_SLICE, deadline - time.monotonic()))
             if helper.status == "running" and self._exec_ok(
                     helper.id, ["python3", "-c", _WAIT_FILE, pod.STORAGE_READY_FILE,
                                 f"{slice_:.2f}"]):
@@ -498,12 +533,6 @@ class PodRunner:
                 raise LaunchError("the storage helper did not mount the user's storage in time")
             if helper.status == "created":
                 time.sleep(PROBE_INTERVAL)
-
-    def _probe(self, netns_id: str, ports: Sequence[int], seconds: float) -> bool:
-        """True if every port answered HTTP within ``seconds``; False also if the holder
-        stopped (the caller's check() then says why)."""
-        return self._exec_ok(netns_id, ["python3", "-c", _PROBE, ",".join(map(str, ports)),
-                                        f"{seconds:.2f}"])
 
     def _exec_ok(self, container_id: str, argv: list[str]) -> bool:
         """True if ``argv`` exited 0 in the container; False also if it is not running."""
@@ -571,23 +600,28 @@ class PodRunner:
 
     def launch(self, start: StartInstance, timeout: float,
                progress: Callable[[int], None]) -> None:
-        """Pull the tool's image while the holder and the helpers start (a derived launch of
-        a saved image is mostly its pull); ``timeout`` counts from the pull's end."""
+        """Pull the tool's image while the sandbox is bound and the helpers start (a derived
+        launch of a saved image is mostly its pull); ``timeout`` counts from the pull's end."""
         self.check_helpers(start)
-        pulled = self._pulls.submit(self.ensure_image, start.image, start.registry, progress)
-        starting = self._bring_up(start, timeout, pulled)
-        try:
+        with self.sandboxes.launching():
+            pulled = self._pulls.submit(self.ensure_image, start.image, start.registry,
+                                        progress)
+            binding, starting = self._bring_up(start, timeout, pulled)
+            futures: list[Future[Any]] = [binding, *starting]
             try:
-                pulled.result()  # a failed pull says so, before any readiness wait
-            except LaunchError:
-                for future in starting:
+                try:
+                    pulled.result()  # a failed pull says so, before any readiness wait
+                except LaunchError:
+                    for future in futures:
+                        future.exception()
+                    self.remove(start.instance_id)  # as if never begun: no image, no pod
+                    raise
+                self.wait_ready(start, timeout, binding, starting)
+            finally:
+                for future in futures:  # never leave a start running behind a failure
                     future.exception()
-                self.remove(start.instance_id)  # as if never begun: no image, no pod
-                raise
-            self.wait_ready(start, timeout, starting)
-        finally:
-            for future in starting:  # never leave a start running behind a failure
-                future.exception()
+                if not binding.cancelled() and binding.exception() is None:
+                    binding.result().close()
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ import docker
 import docker.errors
 
 from node_daemon.errors import PodError
-from node_daemon.pods import HELPER_LIMITS, PodRunner, container_name
+from node_daemon.pods import PodRunner, container_name
+from node_daemon.sandboxes import HELPER_LIMITS
 from protocol import pod
 
 log = logging.getLogger("dit4c.node.uploads")

@@ -19,7 +19,6 @@ who lost access), and the session's open WebSockets are closed by the renewal ta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import logging
 import time
@@ -93,13 +92,14 @@ class AuthHelper:
         self._upstream = Upstream(tool_http, c.upstream,
                                   scheme="https" if c.secure else "http",
                                   cookie_names=self.own_cookies)
-        renewer = asyncio.ensure_future(self._renew_forever())
+        background = [asyncio.ensure_future(self._renew_forever()),
+                      asyncio.ensure_future(self._portal.prefetch_keys())]
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             for session in self.sessions.all():
                 self._close_websockets(session, "helper shutting down")
             await tool_http.close()

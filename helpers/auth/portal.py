@@ -134,6 +134,16 @@ class Portal:
         self._revocations_seen[jti] = float(claims["exp"]) + DEFAULT_LEEWAY_SECONDS
         return claims
 
+    async def prefetch_keys(self) -> None:
+        """Fetch the JWKS before a token needs it (a helper's start: the first sign-in then
+        waits for one portal call fewer). A failure is logged and forgotten: it must not hold
+        back the fetch a real token makes."""
+        try:
+            await self._refresh_keys()
+        except PortalError as exc:
+            log.info("JWKS not fetched ahead (fetched at the first sign-in): %s", exc)
+            self._keys_fetched = -JWKS_MIN_REFETCH
+
     async def _keys_for(self, token: str) -> KeySet:
         if unverified_kid(token) not in self._keys:
             await self._refresh_keys()

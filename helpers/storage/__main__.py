@@ -30,13 +30,11 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helpers.storage import fuse_server
 from helpers.storage.config import ConfigError, StorageConfig, quota_of
-from helpers.storage.filesystem import StorageFS
 from helpers.storage.quota import RECOUNT_SECONDS, Quota
-from helpers.storage.store import Credentials, S3Store, StoreError
 from protocol.pod import (
     ENV_STORAGE_SESSION,
     STORAGE_MOUNT,
@@ -45,6 +43,9 @@ from protocol.pod import (
     STORAGE_STATUS_FILE,
     STORAGE_UID,
 )
+
+if TYPE_CHECKING:
+    from helpers.storage.filesystem import StorageFS
 
 log = logging.getLogger("dit4c.storage")
 
@@ -103,6 +104,10 @@ def run(config: StorageConfig) -> int:
 def serve(config: StorageConfig, fd: int) -> int:
     # `docker kill -s USR1` on the helper prints every thread's stack (a hung file system).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Imported here, not at the top: ``run`` (whose start a launch waits for) never needs boto3.
+    from helpers.storage.filesystem import StorageFS  # noqa: PLC0415
+    from helpers.storage.store import Credentials, S3Store, StoreError  # noqa: PLC0415
+
     credentials = Credentials(config.credentials, Path(STORAGE_SESSION_FILE), key="credentials")
     store = S3Store(bucket=config.bucket, prefix=config.prefix, credentials=credentials,
                     endpoint_url=config.endpoint_url, region=config.region)
@@ -153,6 +158,8 @@ def upkeep(fs: StorageFS, quota: Quota, stop: threading.Event,
            serving: threading.Thread) -> None:
     """Until ``stop`` (or the mount goes away): store again what failed, trim the local copies,
     take new quota from a renewal, recount usage, write the status file."""
+    from helpers.storage.store import StoreError  # noqa: PLC0415 - as in serve
+
     counted = time.monotonic()
     while not stop.wait(UPKEEP_SECONDS) and serving.is_alive():
         fs.retry_failed()

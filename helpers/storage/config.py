@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from helpers.storage.store import check_prefix
+from helpers.storage.names import check_prefix
 from protocol.pod import ENV_STORAGE
 
 

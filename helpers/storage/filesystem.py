@@ -51,8 +51,9 @@ from helpers.storage.fuse_wire import (
     SetAttr,
     StatFs,
 )
+from helpers.storage.names import safe_name
 from helpers.storage.quota import Quota
-from helpers.storage.store import Listing, ObjectInfo, Store, StoreError, safe_name
+from helpers.storage.store import Listing, ObjectInfo, Store, StoreError
 
 log = logging.getLogger("dit4c.storage.fs")
 P = ParamSpec("P")

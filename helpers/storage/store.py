@@ -4,7 +4,7 @@
 the user's prefix (``a/b.txt``; the root is ``""``); the key of a file is ``prefix + path``, a
 folder may have a marker object ``prefix + path + "/"`` (so an empty folder persists).
 A key under the prefix that is not a safe path (an empty, ``.`` or ``..`` part) is never shown:
-:func:`safe_name` is the one check, shared with the names the tool asks for.
+:func:`helpers.storage.names.safe_name` is the one check, shared with the names the tool asks for.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 
+from helpers.storage.names import check_prefix, safe_name
+
 log = logging.getLogger("dit4c.storage.s3")
 
 MAX_KEY_BYTES = 1024
 """S3's limit on a key."""
-MAX_NAME_BYTES = 255
 PART_BYTES = 8 << 20
 """Multipart upload part and download chunk size."""
 TRANSFER = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
@@ -43,22 +44,6 @@ class StoreError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def safe_name(name: str) -> bool:
-    """True if ``name`` can be one part of a path: not empty, not ``.``/``..``, no ``/`` or
-    NUL, at most 255 bytes."""
-    return (name not in ("", ".", "..") and "/" not in name and "\0" not in name
-            and len(name.encode()) <= MAX_NAME_BYTES)
-
-
-def check_prefix(prefix: str) -> str:
-    """The user's prefix, or ValueError: relative, ending in ``/``, every part safe."""
-    if not prefix.endswith("/") or prefix.startswith("/"):
-        raise ValueError(f"prefix {prefix!r} must be relative and end with '/'")
-    if not all(safe_name(part) for part in prefix[:-1].split("/")):
-        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' part")
-    return prefix
 
 
 @dataclass(frozen=True)

@@ -424,6 +424,8 @@ class LocalStack:
             "DIT4C_NODE_UPLOAD_COMPRESSION": self._base_env.get(
                 "DIT4C_NODE_UPLOAD_COMPRESSION", "none"
             ),
+            # One pod sandbox ready: a launch skips the holder's and the listener's start.
+            "DIT4C_NODE_SANDBOXES": self._base_env.get("DIT4C_NODE_SANDBOXES", "1"),
         }
         argv = [sys.executable, "-m", "node_daemon", "run", "--data-dir", str(node_dir)]
         self._start_child(undo, "node-daemon", argv, env)

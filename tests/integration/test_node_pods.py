@@ -289,9 +289,15 @@ def test_tool_sees_no_helper_secrets(h: Harness):
         assert secret not in config_env("tool")
     code, _ = exec_out(containers["tool"], ["ls", "/var/run/docker.sock"])
     assert code != 0
-    # Each helper has its own settings only (the listener runs the auth helper: both).
-    assert start.tunnel_token in config_env("listener")
-    assert start.oauth.client_secret in config_env("listener")
+    # The listener (it runs the auth helper) got both over its bind, in no configuration:
+    # it dialled the router with the token (its log says so without the token).
+    for secret in secrets:
+        assert secret not in config_env("listener")
+        assert secret not in config_env("netns")
+    logs = containers["listener"].logs().decode(errors="replace")
+    assert f"listener for {start.hostname}" in logs
+    for secret in secrets:
+        assert secret not in logs
     h.node.send(DiscardInstance(instance_id=iid))
 
 

@@ -216,9 +216,11 @@ class Browser:
         await self.session.close()
 
     async def get(self, url: str, *, max_hops: int = 10, stop_at: str | None = None,
-                  headers: dict[str, str] | None = None) -> Visit:
+                  headers: dict[str, str] | None = None,
+                  on_response: Callable[[int, str], None] | None = None) -> Visit:
         """Follow redirects (and the login form); ``stop_at``: return the first redirect whose
-        target starts with it, without following it (to capture codes and states)."""
+        target starts with it, without following it (to capture codes and states);
+        ``on_response(status, url)``: told of every response on the way (a bench's timeline)."""
         visited = [url]
         method: str = "GET"
         data: dict[str, str] | None = None
@@ -229,6 +231,8 @@ class Browser:
             ) as response:
                 text = await response.text()
                 status, location = response.status, response.headers.get("Location")
+            if on_response is not None:
+                on_response(status, url)
             if status in (301, 302, 303, 307, 308) and location:
                 target = str(URL(url).join(URL(location)))
                 if stop_at is not None and target.startswith(stop_at):

@@ -86,16 +86,31 @@ class EventLog:
 
 
 STANDIN_HELPER = ("python3", "-c", "import signal; signal.pause()")
-STANDIN_LISTENER = ("python3", "-m", "http.server", "--bind", "127.0.0.1", str(pod.AUTH_PORT))
-"""The listener (which runs the auth helper) stand-in answers HTTP on AUTH_PORT, which the
-daemon's readiness probe waits for."""
+_STANDIN_BIND = """
+import json, socket, sys, time
+settings = json.loads(sys.stdin.readline())["bind"]
+instance = settings[sys.argv[1]]
+port = int(settings[sys.argv[2]].rsplit(":", 1)[1])
+print(json.dumps({"bound": instance}), flush=True)
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+print(json.dumps({"ready": instance}), flush=True)
+time.sleep(10 ** 9)
+"""
+STANDIN_LISTENER = ("python3", "-c", _STANDIN_BIND, pod.ENV_INSTANCE_ID, pod.ENV_AUTH_UPSTREAM)
+"""The listener stand-in takes a bind (protocol.sandbox) and says ``ready`` once the tool's port
+accepts, as the daemon waits for."""
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
     """The real helpers where the image has them; a stand-in that stays up (and, for the
-    listener, answers HTTP on the auth port) for the others.
+    listener, takes the bind and says when the tool answers) for the others.
 
-    The daemon calls a pod running once the tool and the auth helper answer HTTP, and it
+    The daemon calls a pod running once the listener says the tool answers, and it
     reports a helper that exits, so an absent module would fail every launch. With every
     helper present this returns {} (the daemon's defaults).
     """
