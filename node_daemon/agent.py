@@ -436,7 +436,7 @@ class Agent:
         self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
         return counts
 
-    async def heartbeat(self) -> NodeHeartbeat:
+    async def heartbeat(self, helpers: str | None = None) -> NodeHeartbeat:
         records = await self._all()
         cpu_used, mem_used = _used(records)
         try:
@@ -448,7 +448,7 @@ class Agent:
             memory_mb_total=self.capacity.memory_mb, cpu_used=cpu_used,
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
-                           and r.desired is Desired.RUNNING))
+                           and r.desired is Desired.RUNNING), helpers=helpers)
 
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:

@@ -167,6 +167,11 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.tokens_table.arn}/index/by-cluster"]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
   }

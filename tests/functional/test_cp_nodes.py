@@ -11,6 +11,7 @@ import jwt
 import pytest
 from moto.sts.models import sts_backends
 
+from control_plane.config import Config
 from protocol.tokens import SigningKey, node_claims
 
 
@@ -33,7 +34,9 @@ def test_enroll_makes_a_queue_with_redrive_and_returns_contract_fields(cp_admin,
                                                                       cluster, cp_env):
     _, r, _ = _enroll(cp_admin, cp_client(), cluster)
     assert r.status_code == 201, r.body
-    assert set(r.json) == {"node_id", "cluster_id", "queue_url", "events_queue_url"}
+    assert set(r.json) == {"node_id", "cluster_id", "queue_url", "events_queue_url",
+                           "helpers_image"}
+    assert r.json["helpers_image"] is None  # no helpers image published here
     assert r.json["cluster_id"] == cluster
     assert r.json["events_queue_url"] == cp_env["DIT4C_EVENTS_QUEUE_URL"]
     sqs = boto3.client("sqs", region_name="us-east-1")
@@ -86,7 +89,59 @@ def test_enroll_bad_input_is_400_and_keeps_the_token(cp_admin, cp_client, cluste
 def test_join_tokens_need_an_admin(cp_user, cluster):
     alice = cp_user("alice")
     assert alice.post(f"/api/clusters/{cluster}/join-tokens").status_code == 403
+    assert alice.get(f"/api/clusters/{cluster}/join-tokens").status_code == 403
+    assert alice.delete(f"/api/clusters/{cluster}/join-tokens/{'0' * 64}").status_code == 403
     assert alice.post("/api/clusters", {"name": "x"}).status_code == 403
+
+
+def test_join_tokens_are_listed_without_the_secret_and_revoked(cp_admin, cp_client, cluster,
+                                                               cp_env):
+    made = cp_admin.post(f"/api/clusters/{cluster}/join-tokens", {"hours": 2}).json
+    token = made["token"]
+    assert made["id"] == hashlib.sha256(token.encode()).hexdigest()
+    assert made["created_by"] == "admin"
+    assert 7100 < time.mktime(time.strptime(made["expires_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+        - time.mktime(time.gmtime()) < 7300
+    # The exact line a self-hoster runs, with this portal's URL filled in.
+    assert made["command"] == (f"dit4c-node join --portal {cp_env['DIT4C_PORTAL_URL']} "
+                               f"--token {token} && dit4c-node run")
+    other = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json
+    listed = cp_admin.get(f"/api/clusters/{cluster}/join-tokens").json["join_tokens"]
+    assert [t["id"] for t in listed] == [made["id"], other["id"]]
+    assert token not in json.dumps(listed) and "token" not in listed[0]
+    assert made["id"] not in json.dumps(cp_admin.get("/api/clusters/default/join-tokens").json)
+    # Revoked: gone from the list, and a node can no longer join with it.
+    assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{made['id']}").status_code \
+        == 204
+    assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{made['id']}").status_code \
+        == 404
+    assert [t["id"] for t in cp_admin.get(
+        f"/api/clusters/{cluster}/join-tokens").json["join_tokens"]] == [other["id"]]
+    body = {"join_token": token, "public_jwk": SigningKey.generate().public_jwk(),
+            "name": "n", "cpu": 1, "memory_mb": 1024}
+    refused = cp_client().post("/api/nodes/enroll", body)
+    assert refused.status_code == 401
+    assert "new join command" in refused.json["error"]["message"]
+    # A used token leaves the list too; a token of another cluster is not revoked through this.
+    assert cp_client().post("/api/nodes/enroll", {**body, "join_token": other["token"]}) \
+        .status_code == 201
+    assert cp_admin.get(f"/api/clusters/{cluster}/join-tokens").json["join_tokens"] == []
+    third = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json
+    assert cp_admin.delete(f"/api/clusters/default/join-tokens/{third['id']}").status_code == 404
+    for bad in ("x" * 64, "0" * 63, "0" * 65):
+        assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{bad}").status_code == 404
+    for hours in (0, -1, 10_000, "two"):
+        assert cp_admin.post(f"/api/clusters/{cluster}/join-tokens", {"hours": hours}) \
+            .status_code == 400
+
+
+def test_join_command_pins_the_published_helpers_digest(cp_env, cp_services):
+    digest = "sha256:" + "ab" * 32
+    cp_services.nodes.config = Config.from_env(
+        {**cp_env, "DIT4C_HELPERS_IMAGE": f"127.0.0.1:5000/dit4c/helpers:0.1.0@{digest}"})
+    cluster = cp_services.nodes.create_cluster("lab")
+    made = cp_services.nodes.create_join_token(cluster.cluster_id)
+    assert made.command.endswith(f"--helpers-digest {digest} && dit4c-node run")
 
 
 def _credentials(client, node_id, token):
