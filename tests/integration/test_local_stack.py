@@ -109,6 +109,7 @@ def stack_env(tmp_path_factory, unique_name, run_labels, docker_client, helpers_
         "DIT4C_AWS_PORT": str(free_port()),
         "DIT4C_REGISTRY_PORT": str(free_port()),
         "DIT4C_STACK_NAME": "dit4c-test",
+        "DIT4C_PUBLISH_HELPERS": "0",  # only test_home_node needs it
         "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
