@@ -16,6 +16,10 @@ in this order (names in :mod:`scripts.images`):
   the host with pip into the cache (containers cannot reach PyPI over TLS); a container of the
   base with no network installs them with ``--no-index`` from a read-only mount, and is
   committed as the image. About a minute the first time; the wheels stay in the cache.
+- ``dit4c/node:dev`` — the node daemon: ``node_daemon/Dockerfile`` built FROM the base with a
+  context holding the Dockerfile, ``make dist``'s wheel and its dependencies' wheels
+  (``scripts/dist.py``, downloaded once into the cache), installed into a virtualenv in a build
+  stage that the image leaves behind.
 
 Every image carries the label ``dit4c.recipe=<sha256>`` of what it was built from (file bytes,
 package lists, the base image id). An image whose label matches is reused; anything else is
@@ -47,7 +51,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from scripts import images
+from scripts import dist, images
 
 log = logging.getLogger("dit4c.scripts.build_images")
 
@@ -508,6 +512,52 @@ class ImageBuilder:
             raise BuildError(f"committing {images.JUPYTERLAB} left no image")
         return Result(images.JUPYTERLAB, recipe, "built", time.monotonic() - started)
 
+    # -- dit4c/node:dev -------------------------------------------------------------------------
+
+    def node_sources(self) -> bytes:
+        """What the node package is made from (its recipe): pyproject.toml, the node group's
+        requirements, node_daemon/, protocol/ and the Dockerfile."""
+        tar = _Tar()
+        for name in ("pyproject.toml", dist.NODE_FILE, "node_daemon/Dockerfile"):
+            tar.file(name, (self.repo_root / name).read_bytes())
+        for folder in dist.PACKAGES:
+            tar.tree(self.repo_root / folder, folder)
+        return tar.close()
+
+    def node(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        try:
+            base_id = self.client.images.get(images.HELPER_BASE).id
+        except docker.errors.ImageNotFound as exc:
+            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        recipe = _sha256(self.node_sources(), base_id)
+        if not force and self.current_recipe(images.NODE) == recipe:
+            return Result(images.NODE, recipe, "reused", time.monotonic() - started)
+        try:
+            wheels = dist.dependency_wheels(self.cache_dir)
+            with tempfile.TemporaryDirectory(prefix="dit4c-node-image-") as scratch:
+                wheel = dist.build_wheel(Path(scratch))
+                tar = _Tar()
+                tar.file("Dockerfile",
+                         (self.repo_root / "node_daemon" / "Dockerfile").read_bytes())
+                tar.tree(wheels, "wheels")
+                tar.file(f"wheels/{wheel.name}", wheel.read_bytes())
+                context = tar.close()
+        except dist.DistError as exc:
+            raise BuildError(str(exc)) from exc
+        stream = self.client.api.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=images.NODE, pull=False,
+            rm=True, forcerm=True, labels={images.RECIPE_LABEL: recipe}, decode=True,
+        )
+        lines = []
+        for chunk in stream:
+            if "error" in chunk:
+                raise BuildError(f"docker build of {images.NODE} failed: {chunk['error']}")
+            lines.append(str(chunk.get("stream", "")))
+        if self.current_recipe(images.NODE) != recipe:
+            raise BuildError(f"docker build of {images.NODE} left no image:\n{''.join(lines)}")
+        return Result(images.NODE, recipe, "built", time.monotonic() - started)
+
     # -- all ------------------------------------------------------------------------------------
 
     def steps(self) -> dict[str, Callable[[bool], Result]]:
@@ -517,6 +567,7 @@ class ImageBuilder:
             images.HELPER_BASE: self.helper_base,
             images.HELPERS: self.helpers,
             images.JUPYTERLAB: self.jupyterlab,
+            images.NODE: self.node,
         }
 
     def ensure(self, names: Iterable[str] = images.ALL, force: bool = False) -> list[Result]:

@@ -24,8 +24,11 @@ from typing import Final
 
 from scripts.requirements import NODE_FILE, ROOT
 
+__all__ = ["DIST", "NODE_FILE", "PACKAGES", "DistError", "build_wheel", "dependency_wheels"]
+
 DIST: Final = ROOT / "dist"
-SOURCES: Final = ("pyproject.toml", NODE_FILE, "node_daemon", "protocol")
+PACKAGES: Final = ("node_daemon", "protocol")
+SOURCES: Final = ("pyproject.toml", NODE_FILE, *PACKAGES)
 BUILD_TIMEOUT: Final = 300
 
 

@@ -29,10 +29,15 @@ HELPERS_USER: Final = "dit4c"
 
 HELPERS_UID: Final = 10001
 
+NODE: Final = "dit4c/node:dev"
+"""HELPER_BASE + a virtualenv of the node package (``make dist``'s wheel and the ``node`` group);
+``dit4c-node run`` as root, given the engine's socket (node_daemon/Dockerfile,
+docs/node-daemon.md)."""
+
 PORT_LABEL: Final = "dit4c.port"
 """Image label naming the TCP port a tool serves HTTP on."""
 
 RECIPE_LABEL: Final = "dit4c.recipe"
 """Image label holding the hash of the recipe an image was built from (rebuild when it differs)."""
 
-ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB)
+ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB, NODE)

@@ -38,6 +38,7 @@ from tests.support.home_node import (
     clean_env,
     listening,
     node_virtualenv,
+    publish_tool,
     wait_for,
 )
 
@@ -135,22 +136,6 @@ def copy_join_command(stack: dict[str, Any]) -> str:
     return command
 
 
-def publish_tool(stack: dict[str, Any], docker_client: docker.DockerClient, tool_image: str,
-                 test_run_id: str) -> str:
-    """The admin pushes the tool to the image server with their password, as with
-    ``docker login``; its reference there."""
-    repository = f"{stack['registry']}/tools/home-{test_run_id.lower()}"
-    docker_client.images.get(tool_image).tag(repository, "1")
-    try:
-        for event in docker_client.api.push(
-                repository, tag="1", stream=True, decode=True,
-                auth_config={"username": "admin", "password": ADMIN_PASSWORD}):
-            assert "error" not in event, event
-    finally:
-        docker_client.images.remove(f"{repository}:1")
-    return f"{repository}:1"
-
-
 def nodes(stack: dict[str, Any]) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = call(stack["admin"], stack, "GET",
                                         "/api/clusters/default/nodes")["nodes"]
@@ -161,7 +146,9 @@ def nodes(stack: dict[str, Any]) -> list[dict[str, Any]]:
 def published_tool(stack: dict[str, Any], docker_client: docker.DockerClient, tool_image: str,
                    test_run_id: str) -> dict[str, Any]:
     """The catalog entry of a tool the admin pushed to the image server."""
-    tool = publish_tool(stack, docker_client, tool_image, test_run_id)
+    tool = publish_tool(docker_client, tool_image,
+                        f"{stack['registry']}/tools/home-{test_run_id.lower()}:1", "admin",
+                        ADMIN_PASSWORD)
     entry: dict[str, Any] = call(stack["admin"], stack, "POST", "/api/images",
                                  {"name": "home tool", "image": tool, "port": 8080}, expect=201)
     return entry

@@ -13,12 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+import docker
 
 from scripts import dist
 
+T = TypeVar("T")
 PIP_TIMEOUT = 300
+TOOL_PORT = 8080
 CACHE_DIR = Path(os.environ.get("DIT4C_CACHE_DIR") or Path.home() / ".cache" / "dit4c")
 
 
@@ -26,16 +31,21 @@ def node_virtualenv(root: Path) -> Path:
     """A virtualenv under ``root`` with the node wheel installed from local wheels only (the
     dependencies' wheels are downloaded once into the cache); its ``bin`` folder."""
     wheel = dist.build_wheel(root / "dist")
-    wheels = dist.dependency_wheels(CACHE_DIR)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=PIP_TIMEOUT)
-    (pip,) = wheels.glob("pip-*.whl")
-    # pip runs from its own wheel file: the virtualenv gets nothing but what is installed.
-    subprocess.run([str(venv / "bin" / "python"), str(pip / "pip"), "install", "--quiet",
-                    "--disable-pip-version-check", "--no-index", "--find-links", str(wheels),
-                    str(wheel)], check=True, timeout=PIP_TIMEOUT, capture_output=True)
+    pip_install(venv / "bin", wheel)
     return venv / "bin"
+
+
+def pip_install(bin_dir: Path, wheel: Path, *args: str) -> None:
+    """``pip install`` into the virtualenv from the local wheels only; pip runs from its own
+    wheel file, so the virtualenv holds nothing but what is installed."""
+    wheels = dist.dependency_wheels(CACHE_DIR)
+    (pip,) = wheels.glob("pip-*.whl")
+    subprocess.run([str(bin_dir / "python"), str(pip / "pip"), "install", "--quiet",
+                    "--disable-pip-version-check", "--no-index", "--find-links", str(wheels),
+                    *args, str(wheel)], check=True, timeout=PIP_TIMEOUT, capture_output=True)
 
 
 def clean_env(bin_dir: Path, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
@@ -100,16 +110,32 @@ def listening(pids: set[int]) -> list[str]:
     return found
 
 
-def wait_for(predicate: object, what: str, timeout: float, log: ShellCommand | None = None,
-             interval: float = 0.5) -> object:
+def wait_for(predicate: Callable[[], T | None], what: str, timeout: float,
+             log: ShellCommand | None = None, interval: float = 0.5) -> T:
     """Call ``predicate`` until it returns something truthy; AssertionError after ``timeout``
     (with the end of ``log``)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()  # type: ignore[operator]
+        value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s"
                                  + (f"; end of the node's log:\n{log.tail()}" if log else ""))
         time.sleep(interval)
+
+
+def publish_tool(client: docker.DockerClient, source: str, reference: str, username: str,
+                 password: str) -> str:
+    """Push ``source`` to an image server as ``reference`` with a user's password (an admin's:
+    what ``docker login`` and ``docker push`` do); the local tag is removed again."""
+    repository, tag = reference.rsplit(":", 1)
+    client.images.get(source).tag(repository, tag)
+    try:
+        for event in client.api.push(repository, tag=tag, stream=True, decode=True,
+                                     auth_config={"username": username, "password": password}):
+            if "error" in event:
+                raise RuntimeError(f"pushing {reference} failed: {event['error']}")
+    finally:
+        client.images.remove(reference)
+    return reference
