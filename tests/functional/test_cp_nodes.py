@@ -203,6 +203,30 @@ def test_token_of_another_node_is_refused(cp_admin, cp_client, cluster):
     assert _credentials(cp_client(), "0123abcd", token).status_code == 401
 
 
+def test_a_node_withdraws_only_itself_and_only_before_it_ran(cp_admin, cp_client, cluster,
+                                                             cp_services):
+    key_a, a, _ = _enroll(cp_admin, cp_client(), cluster)
+    key_b, b, _ = _enroll(cp_admin, cp_client(), cluster)
+    a_id, b_id = a.json["node_id"], b.json["node_id"]
+
+    def withdraw(node_id, key, as_node=None):
+        token = key.sign(node_claims(node_id=as_node or node_id))
+        return cp_client().delete(f"/api/nodes/{node_id}",
+                                  headers={"authorization": f"Bearer {token}"})
+
+    assert withdraw(b_id, key_a, as_node=a_id).status_code == 401  # a's token, b's id
+    assert cp_client().delete(f"/api/nodes/{b_id}").status_code == 401
+    assert withdraw(a_id, key_a).status_code == 204
+    assert cp_services.nodes.find(a_id) is None
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.get_queue_attributes(QueueUrl=a.json["queue_url"], AttributeNames=["QueueArn"])
+    # Once it has sent a heartbeat it is a node an admin decommissions.
+    cp_services.nodes.nodes.update({"node_id": b_id}, "SET running = :r", vals={":r": []})
+    assert withdraw(b_id, key_b).status_code == 409
+    assert cp_services.nodes.find(b_id) is not None
+
+
 def test_decommissioned_node_gets_no_credentials(cp_admin, cp_client, cluster):
     key, r, _ = _enroll(cp_admin, cp_client(), cluster)
     node_id = r.json["node_id"]
