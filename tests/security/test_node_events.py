@@ -80,7 +80,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with control_plane() as plane:
+    # An image server is named (none needs to answer): saving is refused without one.
+    with control_plane(settings={"DIT4C_REGISTRY": "127.0.0.1:9"}) as plane:
         svc = plane.services
         svc.accounts.set_password("admin", "admin-password-1", admin=True)
         svc.accounts.create_user(NewUser(username="alice", password=PASSWORD))
