@@ -269,6 +269,11 @@ def test_nodes_page_join_tokens_and_node_actions(stack, browser, launched):
         page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('draining')")
         page.click(f"{row} button[data-action=activate]")
         page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('active')")
+        # Last of this module's tests: the stack's only node goes for good.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click(f"{row} button[data-action=decommission]")
+        page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('decommissioned')")
+        assert page.locator(f"{row} button").count() == 0
     finally:
         context.close()
     other = browser.new_context()
