@@ -176,13 +176,14 @@ def test_a_home_machine_joins_with_the_copied_command_and_runs_a_users_tool(
     call(stack["admin"], stack, "POST", f"/api/nodes/{local_node['id']}/drain")
     entry = published_tool
 
-    node = ShellCommand(command, clean_env(node_bin, tmp_path, {
+    node_env = clean_env(node_bin, tmp_path, {
         "DOCKER_HOST": home_engine.host,
         # The run's labels (the engine carries them), so the suite's clean-up finds the pods.
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in home_engine.labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
-    }), tmp_path, tmp_path / "node.log")
+    })
+    node = ShellCommand(command, node_env, tmp_path, tmp_path / "node.log")
     try:
         home = wait_for(lambda: next((n for n in nodes(stack) if n["id"] != local_node["id"]
                                       and n["helpers"] == "ok"
@@ -222,6 +223,12 @@ def test_a_home_machine_joins_with_the_copied_command_and_runs_a_users_tool(
                     for c in home_engine.client.containers.list(all=True)}
             raise AssertionError(f"last answer {last}; pods' logs {logs}") from None
         assert isinstance(body, bytes) and TOOL_TEXT in body
+
+        status = ShellCommand("dit4c-node status", node_env, tmp_path, tmp_path / "status.log")
+        assert status.process.wait(60) == 0, status.tail()
+        report = status.tail()
+        assert "daemon:   running" in report and "1 instance(s)" in report, report
+        assert f"@{digest} present" in report, report
 
         # Outbound only: the node's processes listen on loopback at most (metrics), and its
         # pods publish nothing on the machine.
