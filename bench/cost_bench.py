@@ -14,10 +14,14 @@ time, with the control plane in this process (the code Lambda runs):
   its ``starting`` and ``running`` reports through the events function, and three portal polls
   (``GET /api/instances``) while the user waits.
 
+- **the reaper**: one run while a node is live (as every minute), and the run that finds
+  nothing left and switches the events trigger and its schedule off (``control_plane/standby``).
+
 Per idle hour = per cycle x cycles per hour at the defaults (heartbeat every 240 s, long-polls
-of 20 s, credentials of 3600 s). Prices: us-east-1 list prices (``PRICES``), free tiers ignored.
-Fixed costs that do not grow with nodes (the reaper's schedule, the event source mapping's own
-polling of the events queue) are printed apart.
+of 20 s, credentials of 3600 s). Prices: us-east-1 list prices (``PRICES``), free tiers ignored;
+the Lambda and EventBridge API calls that switch things are not billed. Costs that do not grow
+with nodes (the reaper's schedule, the event source mapping's own polling of the events queue)
+are printed apart: they are paid while any node is live, and not at all when nothing runs.
 
 Run: ``.venv/bin/python -m bench.cost_bench``.
 """
@@ -66,6 +70,9 @@ LAMBDA_SECONDS: Final = 0.05
 """Billed duration assumed per warm invocation (1 ms granularity; these handlers take ~10-50 ms)."""
 HEARTBEAT_SECONDS: Final = 240
 POLL_SECONDS: Final = 20
+POLLERS: Final = 5
+"""Lambda's SQS event source mapping long-polls with five pollers at once while it is on."""
+MINUTES_A_MONTH: Final = 43200
 CREDENTIAL_SECONDS: Final = 3600
 _WRITES: Final = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
 _TRANSACT_ITEM_UNITS: Final = 2  # transactions cost two units per item
@@ -216,6 +223,24 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
         launch = cost(units, lambdas=1 + 2 + 3, api=1 + 3)
         rows.append(("launch (API, start command, 2 state reports, 3 portal polls)",
                      _show(calls) + ", 4 API requests", launch))
+        # The reaper, every minute while anything runs.
+        assert svc.reaper.run()["standby"] == "on"
+        calls, units = counter.take()
+        reaper_run = cost(units, lambdas=1)
+        rows.append(("reaper run while a node is live (every minute)",
+                     _show(calls) + " (+ lambda:GetEventSourceMapping on AWS)", reaper_run))
+        # Nothing left: the instance stopped, the node decommissioned. The run that sees it.
+        assert api("POST", f"/api/instances/{instance}/stop", headers=browser)["statusCode"] == 202
+        report(InstanceStateEvent(node_id=node_id, instance_id=instance, state="stopped"))
+        assert api("POST", f"/api/nodes/{node_id}/decommission",
+                   headers=browser)["statusCode"] == 200
+        counter.take()
+        assert svc.reaper.run()["standby"] == "off"
+        calls, units = counter.take()
+        settle = cost(units, lambdas=1)
+        rows.append(("the reaper run that finds nothing and switches off (once)",
+                     _show(calls) + " (+ lambda:Get/UpdateEventSourceMapping on AWS)", settle))
+        idle_rule = endpoint.client("events").describe_rule(Name=config.reaper_rule)["State"]
     finally:
         services.use(None)
         server.reset()
@@ -227,7 +252,8 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
 
     node_hour = node_hour_at(HEARTBEAT_SECONDS)
     router_hour = 3600 / POLL_SECONDS * poll
-    reaper_month = 43200 * cost(collections.Counter(), lambdas=1)
+    reaper_month = MINUTES_A_MONTH * reaper_run
+    pollers_month = POLLERS * 60 / POLL_SECONDS * MINUTES_A_MONTH * PRICES["sqs"]
     print(f"{'measured':<72} {'USD':>10}  AWS calls")
     for what, shown, usd in rows:
         print(f"{what:<72} {usd:>10.2e}  {shown}")
@@ -237,11 +263,12 @@ def main() -> None:  # noqa: PLR0915 - one measurement after another, printed as
     print(f"  (with the former 30 s heartbeat: ${node_hour_at(30) * 730:.3f} a node-month)")
     print(f"idle router-hour: {router_hour:.2e} USD  -> router-month: ${router_hour * 730:.3f}")
     print(f"launch:           {launch:.2e} USD  (goal <= $0.001)")
-    print(f"fixed, idle: reaper every minute ~${reaper_month:.3f}/month (Lambda only; its "
-          "DynamoDB queries on empty indexes are ~4 read units a run: "
-          f"${43200 * 4 * PRICES['dynamodb_read']:.3f}); Lambda's SQS event source polls the "
-          "events queue itself (5 pollers x 20 s long polls, as AWS documents it: "
-          f"~${5 * 3 * 43200 * PRICES['sqs']:.2f}/month, estimated: moto cannot show it)")
+    print(f"while any node is live (whatever their number): the reaper every minute "
+          f"${reaper_month:.3f}/month (measured run x {MINUTES_A_MONTH}), Lambda's polling of "
+          f"the events queue ~${pollers_month:.2f}/month ({POLLERS} pollers x {POLL_SECONDS} s "
+          "long-polls, as AWS documents it; estimated: moto cannot show it)")
+    print(f"nothing running (no live node, no instance in transition): the reaper's schedule "
+          f"is {idle_rule} and the events trigger off: $0 a month beside storage")
 
 
 def _show(calls: collections.Counter[tuple[str, str]]) -> str:

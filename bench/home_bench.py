@@ -48,7 +48,6 @@ import docker
 from scripts import images
 from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
-from tests.integration.test_local_stack import Browser, StackProcess, log_in
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
 from tests.support.home_node import (
@@ -60,6 +59,7 @@ from tests.support.home_node import (
     publish_tool,
     wait_for,
 )
+from tests.support.local_stack import Browser, StackProcess, log_in
 
 ADMIN_PASSWORD = "admin-bench-password"  # noqa: S105 - a throwaway stack's
 USER_PASSWORD = "bench-user-password"  # noqa: S105 - a throwaway stack's
@@ -199,9 +199,12 @@ def dit4c_round(engine: SecondEngine, d: Deployment, node_bin: Path, work: Path,
                 result: Round) -> None:
     command = d.call(d.admin, "POST", "/api/clusters/default/join-tokens", {})["command"]
     known = {n["id"] for n in d.nodes()}
-    env = clean_env(node_bin, work, {"DOCKER_HOST": engine.host,
-                                     "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
-                                     "DIT4C_NODE_HEARTBEAT_SECONDS": "2"})
+    env = clean_env(node_bin, work, {
+        "DOCKER_HOST": engine.host, "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
+        "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        # The deployment is on this host: the ports its pods may reach (egress policy).
+        "DIT4C_NODE_POD_HOST_PORTS": ",".join(
+            str(d.ports[name]) for name in ("ROUTER", "PORTAL", "AWS", "REGISTRY"))})
     started = time.monotonic()
     node = ShellCommand(command, env, work, work / "node.log")
     try:

@@ -250,7 +250,9 @@ def start_path(procs: Processes, portal: PortalHarness, portal_url: str
     procs.start("router", [sys.executable, "-m", "edge_router"], {
         **env, "DIT4C_ROUTER_DOMAIN": DOMAIN, "DIT4C_ROUTER_ACCESS_LOG": "0",
         "DIT4C_ROUTER_JWKS_URL": f"{portal_url}/.well-known/jwks.json",
-        "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{router_port}"}, ROOT)
+        "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{router_port}",
+        # The load phase's sessions and connections all come from this one address.
+        "DIT4C_ROUTER_MAX_STREAMS_PER_CLIENT": "256"}, ROOT)
     wait_for(procs.log("router"), r"edge router for")
     pod_helper = helper_env(portal, "p", listen="127.0.0.1:0",
                             upstream=f"http://127.0.0.1:{tool_port}", token_base=portal_url)

@@ -46,9 +46,9 @@ from node_daemon.network import ensure_pods_network
 from scripts import images
 from scripts.build_images import ImageBuilder, pinned
 from scripts.cleanup import remove_labelled
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
 from tests.support.auth_harness import Browser
+from tests.support.local_stack import StackProcess
 
 PASSWORD = "a-password-for-the-bench"  # noqa: S105 - a throwaway local stack
 POLL = 0.02

@@ -133,7 +133,10 @@ def main() -> int:
                     **env, "DIT4C_ROUTER_DOMAIN": DOMAIN, "DIT4C_ROUTER_ACCESS_LOG": "0",
                     "DIT4C_ROUTER_JWKS_URL": f"{portal_url}/.well-known/jwks.json",
                     "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{router_port}",
-                    "DIT4C_ROUTER_MAX_STREAMS": str(args.sessions + 10)}, ROOT)
+                    "DIT4C_ROUTER_MAX_STREAMS": str(args.sessions + 10),
+                    # Every session comes from this one address.
+                    "DIT4C_ROUTER_MAX_STREAMS_PER_CLIENT": str(args.sessions + 10),
+                    "DIT4C_ROUTER_MAX_CONNECTIONS_PER_CLIENT": str(args.sessions + 10)}, ROOT)
                 wait_for(procs.log("router"), r"edge router for")
                 hostname = f"p.{DOMAIN}"
                 listener = procs.start("listener", [sys.executable, "-m", "helpers.listener"], {

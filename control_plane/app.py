@@ -23,6 +23,7 @@ from control_plane.oauth_routes import oauth_blueprint
 from control_plane.openapi import spec
 from control_plane.records import NodeStatus
 from control_plane.registry_routes import registry_blueprint
+from protocol.tokens import unverified_claims
 
 if TYPE_CHECKING:
     from control_plane.services import Services
@@ -193,6 +194,33 @@ def create_user(session: Session, body: bodies.NewUser) -> User:
     return _svc().accounts.create_user(body)
 
 
+# --- storage ----------------------------------------------------------------------------
+
+
+def _storage_use(username: str, *, fresh: bool = False) -> replies.StorageUse:
+    storage = _svc().storage
+    used, counted_at = storage.usage(username, fresh=fresh)
+    return replies.StorageUse(username=username, used_bytes=used,
+                              quota_bytes=storage.quota_bytes(username), counted_at=counted_at)
+
+
+@route("/api/storage", auth="session")
+def my_storage(session: Session) -> replies.StorageUse:
+    return _storage_use(session.user.username)
+
+
+@route("/api/users/{username}/storage", auth="admin")
+def user_storage(session: Session, username: str) -> replies.StorageUse:
+    return _storage_use(username)
+
+
+@route("/api/users/{username}/storage", "PUT", auth="admin", body=bodies.StorageQuota)
+def set_user_quota(session: Session, username: str, body: bodies.StorageQuota
+                   ) -> replies.StorageUse:
+    _svc().storage.set_quota(username, body.quota_mb)
+    return _storage_use(username)
+
+
 # --- images -----------------------------------------------------------------------------
 
 
@@ -347,6 +375,42 @@ def node_credentials(node_id: str) -> replies.Credentials:
 @route("/api/nodes/{node_id}", "DELETE")
 def withdraw_node(node_id: str) -> None:
     _svc().nodes.withdraw(node_id, _request().headers.get("authorization"))
+
+
+@route("/api/nodes/{node_id}/instances/{instance_id}/tunnel-token", "POST")
+def renew_tunnel_token(node_id: str, instance_id: str) -> replies.TunnelToken:
+    svc = _svc()
+    node = svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    token = svc.scheduler.renew_tunnel_token(node, instance_id)
+    return replies.TunnelToken(tunnel_token=token,
+                               expires_at=int(unverified_claims(token)["exp"]))
+
+
+@route("/api/revocations")
+def revocations() -> Response:
+    listed = [replies.Revoked(host_sha256=r.host_sha256, revoked_at=r.revoked_at,
+                              expires_at=r.expires_at)
+              for r in _svc().messenger.revocations.active()]
+    return web.json_response(replies.Revocations(revocations=listed),
+                             headers={"Cache-Control": "no-store"})
+
+
+@route("/api/nodes/{node_id}/instances")
+def node_instances(node_id: str) -> replies.Placed:
+    svc = _svc()
+    svc.nodes.authenticate(node_id, _request().headers.get("authorization"))
+    return replies.Placed.of(svc.instances.on_node(node_id))
+
+
+@route("/api/nodes/{node_id}/instances/{instance_id}/storage", "POST",
+       body=bodies.StorageReport)
+def node_instance_storage(node_id: str, instance_id: str, body: bodies.StorageReport
+                          ) -> replies.StorageSession:
+    """A node renews the storage credentials of an instance it runs (its JWT, as for
+    ``credentials``), reporting how the instance's storage helper is."""
+    return replies.StorageSession.of(_svc().storage.renew(
+        node_id, instance_id, _request().headers.get("authorization"), ok=body.ok,
+        message=body.message, usage_bytes=body.usage_bytes))
 
 
 @route("/api/nodes/{node_id}/drain", "POST", auth="admin")

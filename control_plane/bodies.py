@@ -175,3 +175,22 @@ class Enroll(Body):
     cpu: float = field(minimum=MIN_CPU, maximum=MAX_CPU)
     memory_mb: int = field(minimum=64, maximum=MAX_MEMORY_MB)
 
+
+
+@json_object
+class StorageReport(Body):
+    """``POST /api/nodes/{node}/instances/{instance}/storage``: how the instance's storage
+    helper is, as its node saw it (the answer is renewed credentials)."""
+
+    ok: bool = True
+    message: str | None = field(default=None, max_length=500,
+                                description="what went wrong, for the instance's user")
+    usage_bytes: int | None = field(default=None, minimum=0, maximum=2**62,
+                                    description="the user's bytes as the helper counted them")
+
+
+@json_object
+class StorageQuota(Body):
+    """``PUT /api/users/{username}/storage`` (admin): a user's own quota (null: the default)."""
+
+    quota_mb: int | None = field(minimum=0, maximum=2**31)

@@ -6,6 +6,11 @@ such as the local stack (see docs/contracts.md):
 - ``DIT4C_AWS_ENDPOINT_URL``: one endpoint for every AWS client (moto server locally).
 - ``DIT4C_ROUTER_PUBLIC_PORT``: port in instance URLs (unset: the scheme's default).
 - ``DIT4C_POD_PORTAL_URL``: the portal as pods reach it (default: ``DIT4C_PORTAL_URL``).
+- ``DIT4C_POD_AWS_ENDPOINT_URL``: S3 as pods reach it (default: ``DIT4C_AWS_ENDPOINT_URL``).
+
+``DIT4C_EVENTS_MAPPING`` (the events trigger's UUID) is the reaper's own setting on Lambda
+(``template.yaml`` gives it to that function alone); without it, as locally, only the reaper's
+schedule is switched (:mod:`control_plane.standby`).
 
 The image server (docs/images.md), all optional (without ``DIT4C_REGISTRY`` nothing can be
 saved, shared across nodes or exported):
@@ -37,6 +42,7 @@ from control_plane.errors import ConfigError
 from protocol.errors import RegistryError
 from protocol.ids import instance_host
 from protocol.registry import DEFAULT_SERVICE, parse_reference
+from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
 
 REQUIRED = (
     "DIT4C_PORTAL_URL",
@@ -50,6 +56,7 @@ REQUIRED = (
     "DIT4C_NODES_TABLE",
     "DIT4C_TOKENS_TABLE",
     "DIT4C_OAUTH_CLIENTS_TABLE",
+    "DIT4C_REVOCATIONS_TABLE",
     "DIT4C_EVENTS_QUEUE_URL",
     "DIT4C_EVENTS_QUEUE_ARN",
     "DIT4C_NODE_COMMANDS_DLQ_ARN",
@@ -57,6 +64,7 @@ REQUIRED = (
     "DIT4C_NODE_ROLE_ARN",
     "DIT4C_REVOCATIONS_TOPIC_ARN",
     "DIT4C_SIGNING_KEY_PARAMETER",
+    "DIT4C_REAPER_RULE",
 )
 
 DEFAULTS: Mapping[str, str] = {
@@ -67,13 +75,19 @@ DEFAULTS: Mapping[str, str] = {
     # Nodes send a heartbeat every 240 s (node_daemon.config): silent = two missed, and a bit.
     "DIT4C_NODE_SILENT_SECONDS": "600",
     "DIT4C_TRANSITION_TIMEOUT_SECONDS": "600",
+    "DIT4C_RECONCILE_GRACE_SECONDS": "60",
     "DIT4C_JOIN_TOKEN_HOURS": "24",
     "DIT4C_NODE_CREDENTIALS_SECONDS": "3600",
+    # Nodes renew at half-life: an hour (the most routers take) keeps the calls rare.
+    "DIT4C_TUNNEL_TOKEN_SECONDS": "3600",
     "DIT4C_LOGIN_FAILURES_PER_ACCOUNT": "5",
     "DIT4C_LOGIN_FAILURES_PER_ADDRESS": "20",
     "DIT4C_STORAGE_BUCKET": "",
     "DIT4C_REGISTRY_SERVICE": DEFAULT_SERVICE,
     "DIT4C_EXPORT_LINK_SECONDS": "3600",
+    "DIT4C_STORAGE_ROLE_ARN": "",
+    "DIT4C_STORAGE_QUOTA_MB": "10240",
+    "DIT4C_STORAGE_CREDENTIALS_SECONDS": "3600",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -89,6 +103,7 @@ class Tables:
     nodes: str
     tokens: str
     oauth_clients: str
+    revocations: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,14 +123,29 @@ class Config:
     node_role_arn: str
     revocations_topic_arn: str
     signing_key_parameter: str
+    reaper_rule: str
+    """The reaper's EventBridge schedule rule (:mod:`control_plane.standby`)."""
+    events_mapping: str | None
+    """The events queue's Lambda event source mapping (UUID), where there is one."""
     storage_bucket: str
+    storage_role_arn: str
+    """The role whose credentials, narrowed to one user's prefix, pods get ("": no storage)."""
+    storage_quota_mb: int
+    storage_credentials_seconds: int
     aws_endpoint_url: str | None
+    pod_aws_endpoint_url: str | None
     region: str
     session_seconds: int
     node_silent_seconds: int
     transition_timeout_seconds: int
+    reconcile_grace_seconds: int
+    """How long a node and the records may disagree about an instance before it is repaired
+    (:mod:`control_plane.reconcile`)."""
     join_token_seconds: int
     node_credentials_seconds: int
+    tunnel_token_seconds: int
+    """Life of the tunnel tokens the portal signs (at most
+    ``protocol.tokens.TUNNEL_TOKEN_MAX_LIFETIME``); the node renews them at half-life."""
     login_failures_per_account: int
     login_failures_per_address: int
     login_providers: str = ""
@@ -130,6 +160,11 @@ class Config:
     """``DIT4C_HELPERS_IMAGE``: the helpers image nodes run, on this deployment's image server and
     pinned by digest (``<registry>/dit4c/helpers:<version>@sha256:...``); "" when none is
     published (nodes then use their own build)."""
+
+    @property
+    def storage_endpoint_url(self) -> str | None:
+        """S3 as pods reach it (None on AWS)."""
+        return self.pod_aws_endpoint_url or self.aws_endpoint_url
 
     @property
     def secure_cookies(self) -> bool:
@@ -203,6 +238,7 @@ class Config:
                 nodes=source["DIT4C_NODES_TABLE"],
                 tokens=source["DIT4C_TOKENS_TABLE"],
                 oauth_clients=source["DIT4C_OAUTH_CLIENTS_TABLE"],
+                revocations=source["DIT4C_REVOCATIONS_TABLE"],
             ),
             events_queue_url=source["DIT4C_EVENTS_QUEUE_URL"],
             events_queue_arn=source["DIT4C_EVENTS_QUEUE_ARN"],
@@ -211,14 +247,25 @@ class Config:
             node_role_arn=source["DIT4C_NODE_ROLE_ARN"],
             revocations_topic_arn=source["DIT4C_REVOCATIONS_TOPIC_ARN"],
             signing_key_parameter=source["DIT4C_SIGNING_KEY_PARAMETER"],
+            reaper_rule=source["DIT4C_REAPER_RULE"],
+            events_mapping=source.get("DIT4C_EVENTS_MAPPING") or None,
             storage_bucket=get("DIT4C_STORAGE_BUCKET"),
+            storage_role_arn=get("DIT4C_STORAGE_ROLE_ARN"),
+            storage_quota_mb=number("DIT4C_STORAGE_QUOTA_MB"),
+            # STS's range: 15 minutes to the role's maximum (an hour).
+            storage_credentials_seconds=min(
+                number("DIT4C_STORAGE_CREDENTIALS_SECONDS", 900), 3600),
             aws_endpoint_url=source.get("DIT4C_AWS_ENDPOINT_URL") or None,
+            pod_aws_endpoint_url=source.get("DIT4C_POD_AWS_ENDPOINT_URL") or None,
             region=source.get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
             session_seconds=number("DIT4C_SESSION_HOURS") * 3600,
             node_silent_seconds=number("DIT4C_NODE_SILENT_SECONDS"),
             transition_timeout_seconds=number("DIT4C_TRANSITION_TIMEOUT_SECONDS"),
+            reconcile_grace_seconds=number("DIT4C_RECONCILE_GRACE_SECONDS"),
             join_token_seconds=number("DIT4C_JOIN_TOKEN_HOURS") * 3600,
             node_credentials_seconds=number("DIT4C_NODE_CREDENTIALS_SECONDS", 900),
+            tunnel_token_seconds=min(number("DIT4C_TUNNEL_TOKEN_SECONDS", 2),
+                                     TUNNEL_TOKEN_MAX_LIFETIME),
             login_failures_per_account=number("DIT4C_LOGIN_FAILURES_PER_ACCOUNT"),
             login_failures_per_address=number("DIT4C_LOGIN_FAILURES_PER_ADDRESS"),
             login_providers=source.get("DIT4C_LOGIN_PROVIDERS", ""),

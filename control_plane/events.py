@@ -21,7 +21,8 @@ SQS delivers at least once and in any order, so:
   when it comes from the node the instance is placed on; a node reporting a live pod for an
   instance placed elsewhere (or gone) is told to discard it;
 - progress is applied only when newer (by ``sent_at``) than the last applied report;
-- a heartbeat is applied only when newer than the last applied heartbeat.
+- a heartbeat is applied only when newer than the last applied heartbeat, and then compared
+  with the records (:mod:`control_plane.reconcile`); so is a router's activity report.
 
 A lost conditional write (someone moved the record meanwhile) is retried on a fresh read.
 Malformed messages are logged and dropped: redelivering them cannot make them valid.
@@ -41,6 +42,7 @@ from control_plane.errors import Forbidden, Unauthorized
 from control_plane.instances import Instances
 from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.reconcile import Reconciler
 from control_plane.records import Instance, Node
 from control_plane.registry import RegistryTokens, user_repository
 from control_plane.scheduler import Scheduler
@@ -68,13 +70,15 @@ RETRIES = 5
 
 class Events:
     def __init__(self, instances: Instances, nodes: Nodes, catalog: Catalog,
-                 messenger: Messenger, scheduler: Scheduler, *, registry: RegistryTokens,
+                 messenger: Messenger, *, scheduler: Scheduler, reconciler: Reconciler,
+                 registry: RegistryTokens,
                  clock: Callable[[], float] = time.time) -> None:
         self.instances = instances
         self.nodes = nodes
         self.catalog = catalog
         self.messenger = messenger
         self.scheduler = scheduler
+        self.reconciler = reconciler
         self.registry = registry
         self.clock = clock
 
@@ -95,7 +99,10 @@ class Events:
             log.warning("dropped malformed event: %s", exc)
             return "malformed"
         if isinstance(message, InstanceActivity):
-            return "activity"
+            # Routers hold no key, so their reports are unsigned. That is safe for what one
+            # does: it only revokes routes of instances that are not routable by their own
+            # record, and a token issued after a revocation still passes.
+            return self.handle(message)
         if not isinstance(message, InstanceStateEvent | NodeHeartbeat):
             log.warning("dropped %s: not an event", message.TYPE)
             return "not an event"
@@ -121,9 +128,13 @@ class Events:
             return self.instance_state(message)
         if isinstance(message, NodeHeartbeat):
             node = sender or self.nodes.find(message.node_id, consistent=True)
-            applied = node is not None and self.nodes.heartbeat(node, message)
-            return "heartbeat" if applied else "stale heartbeat"
+            applied = node and self.nodes.heartbeat(node, message)
+            if not applied:
+                return "stale heartbeat"
+            self.reconciler.heartbeat(applied, message)
+            return "heartbeat"
         if isinstance(message, InstanceActivity):
+            self.reconciler.activity(message)
             return "activity"
         log.warning("dropped %s: not an event", message.TYPE)
         return "not an event"
@@ -203,5 +214,5 @@ class Events:
         self.instances.transition(item, moved, extra=extra)
         log.info("instance %s: %s -> %s", item.instance_id, current.value, new.value)
         if new == S.FAILED:
-            self.scheduler.retire(item, "failed")
+            self.scheduler.retire(item.instance_id, item.hostname, "failed")
         return new.value

@@ -86,6 +86,13 @@ class Instances:
         return [i["instance_id"] for i in self.table.query(
             condition, index="by-transition", names={"#t": "transition"}, vals=vals)]
 
+    def any_in_transition(self) -> bool:
+        """Is any instance in a transitional state? (One item at most from each state.)"""
+        return any(next(self.table.query("#t = :s", index="by-transition",
+                                         names={"#t": "transition"},
+                                         vals={":s": state.value}, limit=1), None) is not None
+                   for state in TRANSITIONAL)
+
     def transition(self, old: Instance, new: Instance | InstanceState, *,
                    extra: list[dict[str, Any]] | None = None,
                    reserve_on: Node | None = None) -> Instance:

@@ -5,6 +5,10 @@
 Access (:mod:`control_plane.access`): the owner, a user the instance is shared with, or an admin.
 Anyone else gets 404, exactly as for an id that does not exist. Grantees may see and stop a
 shared instance; saving, discarding, deleting and sharing belong to the owner (and admins).
+
+A launch that finds no room and a save leave the instance to the reaper (placed later, or
+timed out), which may be switched off while no node runs: they wake it
+(:mod:`control_plane.standby`). Everything else happens with a live node, so with it on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from control_plane.records import UNPLACED, Instance
 from control_plane.registry import JOB_TOKEN_LIFETIME, SAVED_TAG, RegistryTokens, user_repository
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed
 from protocol.ids import new_id
 from protocol.messages import DiscardInstance, Message, RegistryAccess, SaveInstance, StopInstance
@@ -41,7 +46,7 @@ LOGOUT_FANOUT = 8
 class Lifecycle:
     def __init__(self, *, config: Config, instances: Instances, catalog: Catalog, shares: Shares,
                  nodes: Nodes, scheduler: Scheduler, messenger: Messenger,
-                 registrar: ClientRegistrar, access: Access,
+                 registrar: ClientRegistrar, access: Access, standby: Standby,
                  accounts_exist: Callable[[str], bool], registry: RegistryTokens) -> None:
         self.config = config
         self.registry = registry
@@ -53,6 +58,7 @@ class Lifecycle:
         self.scheduler = scheduler
         self.messenger = messenger
         self.registrar = registrar
+        self.standby = standby
         self.accounts_exist = accounts_exist
 
     # --- access -----------------------------------------------------------------------
@@ -112,7 +118,10 @@ class Lifecycle:
             raise TooManyRequests(
                 f"you already have {limit} instances running or starting (the limit is "
                 f"{limit}); stop one before launching another") from None
-        return self.scheduler.place(item)
+        placed = self.scheduler.place(item)
+        if placed.state == S.PENDING:
+            self.standby.wake()
+        return placed
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -155,6 +164,7 @@ class Lifecycle:
             instance_id=instance_id, image=target,
             registry=RegistryAccess(registry=self.config.registry, token=token),
             upload_url=self.config.pod_registry_url))
+        self.standby.wake()  # its node may be gone: the reaper times the save out
         return item
 
     def discard(self, user: User, instance_id: str) -> Instance:
@@ -225,4 +235,4 @@ class Lifecycle:
 
     def _forget(self, item: Instance, reason: str) -> None:
         self._tell_node(item, DiscardInstance(instance_id=item.instance_id))
-        self.scheduler.retire(item, reason)
+        self.scheduler.retire(item.instance_id, item.hostname, reason)

@@ -1,11 +1,13 @@
-"""Outgoing messages: commands to a node's queue (SQS) and revocations to edge routers (SNS)."""
+"""Outgoing messages: commands to a node's queue (SQS) and revocations to edge routers (SNS,
+and the revocations list a starting router reads: :mod:`control_plane.revocations`)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from protocol.messages import Message, Revocation
+from control_plane.revocations import Revocations
+from protocol.messages import Message, Revocation, sent_time
 
 log = logging.getLogger("dit4c.control_plane.messaging")
 
@@ -13,10 +15,12 @@ log = logging.getLogger("dit4c.control_plane.messaging")
 class Messenger:
     """``send`` puts one command on a node's queue; ``revoke`` tells every edge router."""
 
-    def __init__(self, sqs: Any, sns: Any, revocations_topic_arn: str) -> None:
+    def __init__(self, sqs: Any, sns: Any, revocations_topic_arn: str,
+                 revocations: Revocations) -> None:
         self.sqs = sqs
         self.sns = sns
         self.topic = revocations_topic_arn
+        self.revocations = revocations
 
     def send(self, queue_url: str, message: Message) -> None:
         """Put ``message`` on a node's queue. A decommissioned node's queue is gone: there is
@@ -31,6 +35,9 @@ class Messenger:
         log.info("sent %s %s to %s", message.TYPE, message.id, name)
 
     def revoke(self, instance_id: str, hostname: str, reason: str) -> None:
+        """Tokens for ``hostname`` issued until now stop working on every router: written to
+        the list first (a router starting meanwhile reads it), then published."""
         message = Revocation(instance_id=instance_id, hostname=hostname, reason=reason)
+        self.revocations.record(hostname, sent_time(message).timestamp())
         self.sns.publish(TopicArn=self.topic, Message=message.encode())
         log.info("revoked %s: %s", instance_id, reason)

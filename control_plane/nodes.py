@@ -3,10 +3,11 @@
 Join tokens are random, shown once, stored as ``join:<sha256>`` with an expiry, and consumed by a
 conditional delete: two enrolments with the same token cannot both succeed.
 
-A node's credentials call carries a JWT the node signed with the key it registered
-(:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is recorded with a
-conditional put, so a replayed token is refused. The STS credentials returned carry a session
-policy naming only that node's queue (receive/delete) and the events queue (send).
+A node's calls (credentials, its placed instances) carry a JWT the node signed with the key it
+registered (:func:`protocol.tokens.verify_node`: at most five minutes of life); its ``jti`` is
+recorded with a conditional put, so a replayed token is refused. The STS credentials returned
+carry a session policy naming only that node's queue (receive/delete) and the events queue
+(send).
 
 The events queue is shared by every node, so its messages are bound to their sender by the
 node's signature on each body (:meth:`Nodes.event_sender`, ``protocol.tokens.verify_event``),
@@ -20,6 +21,10 @@ enrolled with to attract placements.
 
 Capacity is kept in integer millicores and MB (``cpu_milli_*``, ``memory_mb_*``): reservations
 are conditional updates, and DynamoDB conditions cannot do arithmetic on floats reliably.
+
+Enrolling a node, and a silent node asking for credentials (it is back: that counts as hearing
+from it), wake the reaper and with it the events trigger (:mod:`control_plane.standby`): while
+no node runs they are off, so a returning node's heartbeats would otherwise wait unread.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from control_plane.records import CLUSTER_KIND, JOIN_PREFIX, Cluster, JoinGrant, Node, NodeStatus
 from control_plane.replies import Credentials, Enrolled, JoinToken, JoinTokenInfo
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
 from protocol.ids import is_id, new_id
@@ -59,13 +65,14 @@ def milli(cpu: float) -> int:
 
 class Nodes:
     def __init__(self, *, config: Config, clusters: Table, nodes: Table, tokens: Table,
-                 sqs: Any, sts: Any) -> None:
+                 sqs: Any, sts: Any, standby: Standby) -> None:
         self.config = config
         self.clusters = clusters
         self.nodes = nodes
         self.tokens = tokens
         self.sqs = sqs
         self.sts = sts
+        self.standby = standby
 
     # --- clusters ---------------------------------------------------------------------
 
@@ -186,6 +193,7 @@ class Nodes:
             cpu_milli_total=milli(body.cpu), memory_mb_total=body.memory_mb,
             cpu_milli_enrolled=milli(body.cpu), memory_mb_enrolled=body.memory_mb,
             enrolled_at=now_iso(), last_heartbeat=time.time()).to_item())
+        self.standby.wake()
         return Enrolled(node_id=node_id, cluster_id=grant.cluster_id, queue_url=queue_url,
                         events_queue_url=self.config.events_queue_url,
                         helpers_image=self.config.helpers_image or None)
@@ -205,8 +213,9 @@ class Nodes:
     # --- credentials ------------------------------------------------------------------
 
     def authenticate(self, node_id: str, authorization: str | None) -> Node:
-        """The node that signed ``Authorization: Bearer <node token>`` (its own key, not
-        replayed, not decommissioned), or Unauthorized/Forbidden."""
+        """The node whose JWT (``Authorization: Bearer``) this is: signed by its registered
+        key, for this node id, at most five minutes old, its ``jti`` never seen before, the
+        node not decommissioned. Unauthorized or Forbidden otherwise."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send 'Authorization: Bearer <node token>'")
         token = authorization[len("Bearer "):].strip()
@@ -229,6 +238,8 @@ class Nodes:
 
     def credentials(self, node_id: str, authorization: str | None) -> Credentials:
         node = self.authenticate(node_id, authorization)
+        if time.time() - node.last_heartbeat > self.config.node_silent_seconds:
+            self._back(node_id)
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow",
              "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -250,6 +261,13 @@ class Nodes:
             region=self.config.region, queue_url=node.queue_url,
             events_queue_url=self.config.events_queue_url,
             endpoint_url=self.config.aws_endpoint_url)
+
+    def _back(self, node_id: str) -> None:
+        """A node thought silent proved it runs: heard from now, and the reaper wakes (its
+        heartbeats may sit unread while everything is off)."""
+        self.nodes.update({"node_id": node_id}, "SET last_heartbeat = :now",
+                          condition="attribute_exists(node_id)", vals={":now": time.time()})
+        self.standby.wake()
 
     def event_sender(self, node_id: str, body: str, signature: str | None) -> Node:
         """The node that signed this events-queue ``body`` (the message names ``node_id``):
@@ -322,14 +340,15 @@ class Nodes:
         with contextlib.suppress(self.sqs.exceptions.QueueDoesNotExist):
             self.sqs.delete_queue(QueueUrl=node.queue_url)
 
-    def heartbeat(self, node: Node, beat: NodeHeartbeat) -> bool:
-        """Apply a heartbeat unless a newer one was applied already; False when ignored.
-        The capacity it reports counts up to what the node enrolled with."""
+    def heartbeat(self, node: Node, beat: NodeHeartbeat) -> Node | None:
+        """Apply a heartbeat unless a newer one was applied already; returns the node as it is
+        now, or None when the heartbeat was ignored. The capacity it reports counts up to what
+        the node enrolled with."""
         # Nodes enrolled before the cap was kept: their capacity when the cap first applies.
         cpu_cap = node.cpu_milli_enrolled or node.cpu_milli_total
         memory_cap = node.memory_mb_enrolled or node.memory_mb_total
         try:
-            self.nodes.update(
+            item = self.nodes.update(
                 {"node_id": node.node_id},
                 "SET last_heartbeat = :now, heartbeat_sent_at = :s, daemon_version = :v, "
                 "cpu_milli_total = :ct, memory_mb_total = :mt, cpu_used = :cu, "
@@ -346,8 +365,19 @@ class Nodes:
                       ":h": beat.helpers,
                       ":cc": cpu_cap, ":mc": memory_cap})
         except ConditionFailed:
-            return False
-        return True
+            return None
+        return Node.from_item(item)
+
+    def watch(self, node: Node, *, strays: dict[str, str], missing: dict[str, str]) -> None:
+        """Keep what :mod:`control_plane.reconcile` is waiting out on ``node``: instance id ->
+        since when (the node's clock). Only on an existing node; a lost race only delays a
+        repair by one heartbeat."""
+        if strays == (node.strays or {}) and missing == (node.missing or {}):
+            return
+        with contextlib.suppress(ConditionFailed):
+            self.nodes.update({"node_id": node.node_id}, "SET strays = :s, #m = :m",
+                              condition="attribute_exists(node_id)", names={"#m": "missing"},
+                              vals={":s": strays, ":m": missing})
 
 
 def _keys(node: Node) -> KeySet:

@@ -128,6 +128,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/api/nodes/{node_id}"): Operation(
         "A node that just enrolled withdraws (its own bearer token; nothing ever placed on it)",
         204, None, (401, 403, 409)),
+    ("POST", "/api/nodes/{node_id}/instances/{instance_id}/tunnel-token"): Operation(
+        "Renew the tunnel token of an instance placed on this node (Bearer: node-signed JWT)",
+        200, replies.TunnelToken, (401, 403)),
+    ("GET", "/api/revocations"): Operation(
+        "Revoked instance hosts an edge router must know when it starts", 200,
+        replies.Revocations),
+    ("GET", "/api/nodes/{node_id}/instances"): Operation(
+        "What is placed on this node, in which state (Bearer: node-signed JWT): what it may "
+        "keep", 200, replies.Placed, (401, 403)),
+    ("POST", "/api/nodes/{node_id}/instances/{instance_id}/storage"): Operation(
+        "Renewed storage credentials for an instance the node runs, with the storage helper's "
+        "health (Bearer: node-signed JWT)", 200, replies.StorageSession,
+        (400, 401, 403, 404, 409, *_BODY, 503)),
+    ("GET", "/api/storage"): Operation("My persistent storage: use and quota", 200,
+                                       replies.StorageUse, (401, 503)),
+    ("GET", "/api/users/{username}/storage"): Operation(
+        "A user's persistent storage: use and quota (admin)", 200, replies.StorageUse,
+        (*_AUTH, 404, 503)),
+    ("PUT", "/api/users/{username}/storage"): Operation(
+        "Set a user's own storage quota, or null for the default (admin)", 200,
+        replies.StorageUse, (*_AUTH, 404, *_BODY, 503)),
     ("POST", "/api/nodes/{node_id}/drain"): Operation("No new placements on this node (admin)",
                                                       200, replies.Node, (*_AUTH, 404, 409)),
     ("POST", "/api/nodes/{node_id}/activate"): Operation("Undo drain (admin)", 200,

@@ -7,9 +7,16 @@
 - ``scheduled`` past the deadline: placed again elsewhere (at most ``MAX_ATTEMPTS``), then fail.
 - ``starting``/``stopping`` past the deadline fail; ``saving`` past it returns to ``stopped``.
 
+Failing is :meth:`control_plane.reconcile.Reconciler.fail`: routes revoked, OAuth client
+forgotten, the node told to discard. What a live node runs against the records is reconciled at
+each of its heartbeats (:mod:`control_plane.reconcile`), not here.
+
 Every move is the same conditional write as everywhere else, so a reaper racing an event or
 another reaper changes nothing twice. Finding work uses the by-cluster, by-node and sparse
 by-transition indexes, and the clusters through their by-kind index: no Scan anywhere.
+
+Each run ends by settling the standby (:mod:`control_plane.standby`): with no live node and no
+instance in transition left, the reaper turns the events trigger and its own schedule off.
 """
 
 from __future__ import annotations
@@ -17,18 +24,18 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from control_plane.clock import now_iso
 from control_plane.instances import Instances
-from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
+from control_plane.reconcile import Reconciler
 from control_plane.records import Instance, Node, NodeStatus
 from control_plane.scheduler import Scheduler
+from control_plane.standby import Standby
 from control_plane.table import ConditionFailed
-from protocol.messages import DiscardInstance
 from protocol.states import InstanceState
 
 log = logging.getLogger("dit4c.control_plane.reaper")
@@ -38,32 +45,48 @@ MAX_ATTEMPTS = 3
 
 class Reaper:
     def __init__(self, instances: Instances, nodes: Nodes, scheduler: Scheduler,
-                 messenger: Messenger, *, node_silent_seconds: int,
+                 reconciler: Reconciler, standby: Standby, *, node_silent_seconds: int,
                  transition_timeout: int) -> None:
         self.instances = instances
         self.nodes = nodes
         self.scheduler = scheduler
-        self.messenger = messenger
+        self.reconciler = reconciler
+        self.standby = standby
         self.silent = node_silent_seconds
         self.timeout = transition_timeout
 
     def run(self) -> dict[str, Any]:
         report: dict[str, Any] = {"silent_nodes": [], "replaced": [], "failed": [],
                                   "placed": []}
-        now = time.time()
-        for cluster in self.nodes.all_clusters():
-            for node in self.nodes.in_cluster(cluster.cluster_id):
-                silent = now - node.last_heartbeat > self.silent
-                gone = silent or node.status == NodeStatus.DECOMMISSIONED
-                if gone and self._lost_node(node, report):
+        live = False
+        for node in self._nodes():
+            if self._gone(node):
+                if self._lost_node(node, report):
                     report["silent_nodes"].append(node.node_id)
+            else:
+                live = True
         deadline = now_iso()
         for instance_id in self.instances.in_transition(S.PENDING):
             self._pending(instance_id, deadline, report)
         for state in (S.SCHEDULED, S.STARTING, S.STOPPING, S.SAVING):
             for instance_id in self.instances.in_transition(state, before=deadline):
                 self._stuck(instance_id, report)
+        report["standby"] = self.standby.settle(
+            live or self.instances.any_in_transition(), self.has_work)
         return report
+
+    def has_work(self) -> bool:
+        """A node that is neither decommissioned nor silent, or an instance in transition."""
+        return (any(not self._gone(node) for node in self._nodes())
+                or self.instances.any_in_transition())
+
+    def _nodes(self) -> Iterator[Node]:
+        for cluster in self.nodes.all_clusters():
+            yield from self.nodes.in_cluster(cluster.cluster_id)
+
+    def _gone(self, node: Node) -> bool:
+        silent = time.time() - node.last_heartbeat > self.silent
+        return silent or node.status == NodeStatus.DECOMMISSIONED
 
     def _lost_node(self, node: Node, report: dict[str, Any]) -> bool:
         touched = False
@@ -115,13 +138,8 @@ class Reaper:
                 report, "failed", item)
 
     def _fail(self, item: Instance, reason: str, report: dict[str, Any]) -> bool:
-        if self._try(lambda: self.instances.transition(item, replace(
-                item, state=S.FAILED, reason=reason)), report, "failed", item):
-            self.scheduler.retire(item, "failed")
-            if item.node_queue_url:  # whatever the node still holds must go
-                self.messenger.send(item.node_queue_url,
-                                    DiscardInstance(instance_id=item.instance_id))
-            log.info("failed %s: %s", item.instance_id, reason)
+        if self.reconciler.fail(item, reason):
+            report["failed"].append(item.instance_id)
             return True
         return False
 

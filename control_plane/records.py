@@ -104,6 +104,10 @@ class Instance(Record):
     saved_image: str | None = None
     saved_image_id: str | None = None
     last_report_at: str | None = None
+    storage_ok: bool | None = None
+    """The storage helper's health as its node last reported it (None: no report)."""
+    storage_message: str | None = None
+    storage_reported_at: str | None = None
 
     @property
     def placed_on(self) -> str | None:
@@ -150,6 +154,11 @@ class Node(Record):
     helpers: str | None = None
     """The helpers image as the node's last heartbeat found it (``protocol.messages.HELPERS_OK``
     or what is wrong)."""
+    strays: dict[str, str] | None = None
+    """Instances it reports running that the records say should not run there: id -> since
+    when (the node's clock) a repair is waited for (:mod:`control_plane.reconcile`)."""
+    missing: dict[str, str] | None = None
+    """Instances the records have running there that it no longer reports: id -> since when."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,6 +15,7 @@ from control_plane import records
 from control_plane.accounts import User
 from control_plane.records import NodeStatus
 from control_plane.schema import field, json_object
+from protocol.messages import StorageAccess
 from protocol.states import InstanceState
 
 
@@ -119,6 +120,15 @@ class ExportLink:
 
 
 @json_object
+class StorageHealth:
+    """The instance's storage helper as its node last reported it."""
+
+    ok: bool
+    message: str | None = field(description="what went wrong (the tool keeps running)")
+    reported_at: str | None
+
+
+@json_object
 class Instance:
     id: str
     name: str
@@ -137,10 +147,16 @@ class Instance:
     saved_image_id: str | None
     created_at: str
     updated_at: str
+    storage: StorageHealth | None = field(
+        default=None, description="the storage helper's last report, while the instance runs")
 
     @classmethod
     def of(cls, instance: records.Instance) -> Instance:
         running = instance.state == InstanceState.RUNNING
+        storage = None
+        if running and instance.storage_ok is not None:
+            storage = StorageHealth(ok=instance.storage_ok, message=instance.storage_message,
+                                    reported_at=instance.storage_reported_at)
         return cls(
             id=instance.instance_id, name=instance.name, owner=instance.owner,
             image_id=instance.image_id, image=instance.image, cluster_id=instance.cluster_id,
@@ -148,7 +164,7 @@ class Instance:
             cpu=instance.cpu, memory_mb=instance.memory_mb,
             url=instance.url if running else None, progress=instance.progress,
             reason=instance.reason, saved_image_id=instance.saved_image_id,
-            created_at=instance.created_at, updated_at=instance.updated_at)
+            created_at=instance.created_at, updated_at=instance.updated_at, storage=storage)
 
 
 @json_object
@@ -234,6 +250,74 @@ class Credentials:
 
 
 @json_object
+class TunnelToken:
+    """A renewed tunnel token for an instance placed on the calling node."""
+
+    tunnel_token: str
+    expires_at: int = field(description="the token's exp (POSIX seconds)")
+
+
+@json_object
+class Revoked:
+    host_sha256: str = field(description="SHA-256 (hex) of the revoked host name")
+    revoked_at: float = field(description="tunnel tokens issued at or before this moment "
+                                          "(POSIX seconds) are refused")
+    expires_at: float = field(description="after this no such token can pass any more")
+
+
+@json_object
+class Revocations:
+    """Every revocation a router must know when it starts (the rest reach it as messages)."""
+
+    revocations: list[Revoked]
+
+
+@json_object
+class StorageCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: str
+
+
+@json_object
+class StorageSession:
+    """A user's storage for a node's instance: ``protocol.messages.StorageAccess`` as JSON
+    (credentials allowing only ``prefix``, for at most an hour)."""
+
+    kind: Literal["s3"]
+    bucket: str
+    prefix: str
+    credentials: StorageCredentials
+    endpoint_url: str | None = field(description="S3 as pods reach it; null on AWS")
+    region: str
+    quota_bytes: int | None
+
+    @classmethod
+    def of(cls, access: StorageAccess) -> StorageSession:
+        creds = access.credentials
+        return cls(kind="s3", bucket=access.bucket, prefix=access.prefix,
+                   credentials=StorageCredentials(
+                       access_key_id=creds["access_key_id"],
+                       secret_access_key=creds["secret_access_key"],
+                       session_token=creds.get("session_token", ""),
+                       expiration=creds.get("expiration", "")),
+                   endpoint_url=access.endpoint_url, region=access.region,
+                   quota_bytes=access.quota_bytes)
+
+
+@json_object
+class StorageUse:
+    """A user's persistent storage (at ``/mnt/storage`` in each of their instances)."""
+
+    username: str
+    used_bytes: int
+    quota_bytes: int
+    counted_at: str
+    mount: str = field(default="/mnt/storage", description="where instances see it")
+
+
+@json_object
 class Node:
     id: str
     cluster_id: str
@@ -271,6 +355,25 @@ class Node:
 @json_object
 class Nodes:
     nodes: list[Node]
+
+
+@json_object
+class PlacedInstance:
+    id: str
+    state: InstanceState
+
+
+@json_object
+class Placed:
+    """What the control plane has placed on one node (any state): what that node may keep.
+    An instance of the node's that is not here is gone (deleted, or placed elsewhere)."""
+
+    instances: list[PlacedInstance]
+
+    @classmethod
+    def of(cls, instances: list[records.Instance]) -> Placed:
+        return cls(instances=[PlacedInstance(id=i.instance_id, state=i.state)
+                              for i in instances])
 
 
 @json_object

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 
 from control_plane.config import Config
+from control_plane.errors import Forbidden
 from control_plane.instance_clients import ClientRegistrar
 from control_plane.instances import Instances
 from control_plane.keys import KeyStore
@@ -23,6 +24,7 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes, milli
 from control_plane.records import UNPLACED, Instance, Node, NodeStatus
 from control_plane.registry import JOB_TOKEN_LIFETIME, RegistryTokens
+from control_plane.storage import StorageUnavailable, UserStorage
 from control_plane.table import ConditionFailed
 from protocol import pod
 from protocol.messages import DiscardInstance, OAuthClient, RegistryAccess, StartInstance
@@ -32,13 +34,16 @@ from protocol.tokens import tunnel_claims
 
 log = logging.getLogger("dit4c.control_plane.scheduler")
 S = InstanceState
+RENEWABLE = frozenset({S.SCHEDULED, S.STARTING, S.RUNNING})
+"""States in which the placed node may renew the instance's tunnel token."""
 
 
 class Scheduler:
     def __init__(self, *, config: Config, instances: Instances, nodes: Nodes, keys: KeyStore,
                  messenger: Messenger, registrar: ClientRegistrar,
-                 registry: RegistryTokens) -> None:
+                 registry: RegistryTokens, storage: UserStorage | None = None) -> None:
         self.config = config
+        self.storage = storage
         self.instances = instances
         self.nodes = nodes
         self.keys = keys
@@ -75,7 +80,13 @@ class Scheduler:
                 item = fresh
                 continue
             log.info("placed %s on node %s", item.instance_id, node.node_id)
-            self.messenger.send(node.queue_url, self.start_message(placed))
+            try:
+                start = self.start_message(placed)
+            except StorageUnavailable as exc:
+                # Nothing was sent: the node has nothing to start, and the room goes back.
+                return self.instances.transition(placed, replace(
+                    placed, state=S.FAILED, reason=exc.message))
+            self.messenger.send(node.queue_url, start)
             return placed
         note = (f"waiting for a node in cluster {item.cluster_id} with room for "
                 f"{item.cpu:g} CPU and {item.memory_mb} MB")
@@ -92,8 +103,7 @@ class Scheduler:
         url = self.config.instance_url(instance_id)
         client_id, secret = self.registrar.register(
             instance_id=instance_id, owner=item.owner, redirect_uri=url + pod.CALLBACK_PATH)
-        token = self.keys.sign(tunnel_claims(issuer=self.config.portal_url,
-                                             instance_id=instance_id, hostname=hostname))
+        token = self.tunnel_token(instance_id)
         return StartInstance(
             instance_id=instance_id, image=item.image, port=item.port,
             cpu=item.cpu, memory_mb=item.memory_mb, hostname=hostname, url=url,
@@ -104,8 +114,26 @@ class Scheduler:
                 token_url=f"{self.config.pod_portal_url}/oauth/token",
                 jwks_url=f"{self.config.pod_portal_url}/.well-known/jwks.json"),
             registry=self.pull_access(item),
+            storage=self.storage.access_for(item.owner)
+            if self.storage is not None and self.storage.enabled else None,
         )
 
+    def tunnel_token(self, instance_id: str) -> str:
+        """A fresh tunnel token for the instance's host (at a start, and when its node renews
+        it: :meth:`renew_tunnel_token`)."""
+        return self.keys.sign(tunnel_claims(
+            issuer=self.config.portal_url, instance_id=instance_id,
+            hostname=self.config.instance_hostname(instance_id),
+            lifetime=self.config.tunnel_token_seconds))
+
+    def renew_tunnel_token(self, node: Node, instance_id: str) -> str:
+        """A fresh tunnel token for an instance placed on ``node`` (and live there); Forbidden
+        for any other, whether it exists or not: a node that lost an instance (placed again
+        elsewhere, stopped, failed) gets no token for it, so the one it holds runs out."""
+        item = self.instances.get(instance_id)
+        if item is None or item.node_id != node.node_id or item.state not in RENEWABLE:
+            raise Forbidden(f"instance {instance_id} is not placed on node {node.node_id}")
+        return self.tunnel_token(instance_id)
     def pull_access(self, item: Instance) -> RegistryAccess | None:
         """A token for the node to pull the instance's image, when it is on the image server
         (the launch itself checked that the user may use the image)."""
@@ -117,21 +145,25 @@ class Scheduler:
                                     lifetime=JOB_TOKEN_LIFETIME)
         return RegistryAccess(registry=self.config.registry, token=token)
 
-    def retire(self, item: Instance, reason: str) -> None:
+    def retire(self, instance_id: str, hostname: str, reason: str) -> None:
         """Undo what :meth:`start_message` issued, for an instance that will never run again
-        (failed, discarded, deleted): routers drop its route and its OAuth2 client goes, so
-        neither the tunnel token nor the client secret the node held opens anything."""
-        self.registrar.forget(item.instance_id)
-        self.messenger.revoke(item.instance_id, item.hostname, reason)
+        (failed, discarded, deleted, or a stray no record places anywhere): routers drop its
+        route and its OAuth2 client goes, so neither the tunnel token nor the client secret the
+        node held opens anything."""
+        self.registrar.forget(instance_id)
+        self.messenger.revoke(instance_id, hostname, reason)
 
     def release_and_repend(self, item: Instance, reason: str) -> Instance:
         """A scheduled instance whose node is gone goes back to pending (room released).
 
         The old node is told to discard the instance, so that a pod it may still start when it
-        comes back never serves the instance beside its new placement.
+        comes back never serves the instance beside its new placement; and the old placement's
+        tunnel token is revoked, so that whoever holds it cannot take the new pod's tunnels
+        (the new placement's token is issued after the revocation, and passes).
         """
         moved = self.instances.transition(item, replace(
             item, state=S.PENDING, reason=reason, node_id=UNPLACED, node_queue_url=None))
+        self.messenger.revoke(item.instance_id, item.hostname, "placed again")
         if item.node_queue_url:
             self.messenger.send(item.node_queue_url, DiscardInstance(instance_id=item.instance_id))
         return moved

@@ -27,11 +27,15 @@ from control_plane.messaging import Messenger
 from control_plane.nodes import Nodes
 from control_plane.oauth import OAuthServer
 from control_plane.reaper import Reaper
+from control_plane.reconcile import Reconciler
 from control_plane.records import CATALOG_OWNER
 from control_plane.registry import RegistryTokens, repositories
 from control_plane.replies import Health
+from control_plane.revocations import Revocations
 from control_plane.scheduler import Scheduler
 from control_plane.shares import Shares
+from control_plane.standby import Standby
+from control_plane.storage import UserStorage
 from control_plane.table import Table
 
 
@@ -43,6 +47,7 @@ class Services:
     keys: KeyStore
     catalog: Catalog
     shares: Shares
+    standby: Standby
     nodes: Nodes
     instances: Instances
     messenger: Messenger
@@ -56,6 +61,7 @@ class Services:
     logins: LoginProviders
     registry: RegistryTokens
     images: SavedImages
+    storage: UserStorage
 
     @classmethod
     def build(cls, config: Config, clients: Clients | None = None,
@@ -74,8 +80,10 @@ class Services:
         keys = KeyStore(clients.get("ssm"), config.signing_key_parameter)
         shares = Shares(table(t.shares))
         catalog = Catalog(table(t.images), shares)
+        standby = Standby(clients, rule=config.reaper_rule, mapping=config.events_mapping)
         nodes = Nodes(config=config, clusters=table(t.clusters), nodes=table(t.nodes),
-                      tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"))
+                      tokens=table(t.tokens), sqs=clients.get("sqs"), sts=clients.get("sts"),
+                      standby=standby)
         registry = RegistryTokens(
             config=config, keys=keys, accounts=accounts, nodes=nodes,
             catalog_repositories=lambda: repositories(config.registry,
@@ -85,28 +93,36 @@ class Services:
         instances = Instances(table(t.instances), table(t.nodes), table(t.users),
                               transition_timeout=config.transition_timeout_seconds)
         messenger = Messenger(clients.get("sqs"), clients.get("sns"),
-                              config.revocations_topic_arn)
+                              config.revocations_topic_arn, Revocations(table(t.revocations)))
         access = Access(instances, shares)
         oauth = OAuthServer(clients=table(t.oauth_clients), tokens=table(t.tokens), signer=keys,
                             issuer=config.portal_url, can_access=access.can_access)
         registrar = registrar or oauth
+        storage = UserStorage(config=config, sts=clients.get("sts"), users=table(t.users),
+                              instances=instances, nodes=nodes)
         scheduler = Scheduler(config=config, instances=instances, nodes=nodes, keys=keys,
-                              messenger=messenger, registrar=registrar, registry=registry)
+                              messenger=messenger, registrar=registrar, registry=registry,
+                              storage=storage)
         lifecycle = Lifecycle(config=config, instances=instances, catalog=catalog,
                               shares=shares, nodes=nodes, scheduler=scheduler,
                               messenger=messenger, registrar=registrar, access=access,
-                              accounts_exist=accounts.exists, registry=registry)
-        events = Events(instances, nodes, catalog, messenger, scheduler, registry=registry)
-        reaper = Reaper(instances, nodes, scheduler, messenger,
+                              standby=standby, accounts_exist=accounts.exists,
+                              registry=registry)
+        reconciler = Reconciler(instances, nodes, messenger, scheduler,
+                                grace_seconds=config.reconcile_grace_seconds,
+                                hostname=config.instance_hostname)
+        events = Events(instances, nodes, catalog, messenger, scheduler=scheduler,
+                        reconciler=reconciler, registry=registry)
+        reaper = Reaper(instances, nodes, scheduler, reconciler, standby,
                         node_silent_seconds=config.node_silent_seconds,
                         transition_timeout=config.transition_timeout_seconds)
         logins = LoginProviders(parse_providers(config.login_providers), table(t.tokens),
                                 accounts, Identities(table(t.users)), config.portal_url)
         images = SavedImages(config=config, catalog=catalog, shares=shares, registry=registry,
                              accounts_exist=accounts.exists)
-        return cls(config, clients, accounts, keys, catalog, shares, nodes, instances,
+        return cls(config, clients, accounts, keys, catalog, shares, standby, nodes, instances,
                    messenger, registrar, scheduler, lifecycle, events, reaper, access, oauth,
-                   logins, registry, images)
+                   logins, registry, images, storage)
 
     def can_access(self, username: str, instance_id: str) -> bool:
         """Owner, share grantee, or admin: may this user reach this instance?"""

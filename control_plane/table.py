@@ -139,9 +139,10 @@ class Table:
                 pending = response.get("UnprocessedKeys") or {}
         return items
 
-    def scan(self) -> Iterator[Item]:
-        """Only for the reaper and admin maintenance, never on a request path."""
-        kwargs: dict[str, Any] = {"TableName": self.name}
+    def scan(self, *, consistent: bool = False) -> Iterator[Item]:
+        """Only for the reaper, admin maintenance and small tables (the revocations list),
+        never over a table that grows with use on a request path."""
+        kwargs: dict[str, Any] = {"TableName": self.name, "ConsistentRead": consistent}
         while True:
             response = self.client.scan(**kwargs)
             for raw in response.get("Items", []):

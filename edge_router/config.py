@@ -12,11 +12,22 @@ variable                               meaning                                  
 ``DIT4C_ROUTER_JWKS_URL``              the control plane's JWKS                    required
 ``DIT4C_ROUTER_TOKEN_ISSUER``          expected ``iss`` of tunnel tokens           not checked
 ``DIT4C_ROUTER_REVOCATIONS_QUEUE_URL`` SQS queue of ``Revocation`` messages        none (off)
+``DIT4C_ROUTER_REVOCATIONS_URL``       the control plane's revocations list, read  none (off)
+                                       at start (tunnels wait for it) and every
+                                       5 minutes
+``DIT4C_ROUTER_TOKEN_LEEWAY``          seconds of clock skew allowed on tokens     30
 ``DIT4C_ROUTER_EVENTS_QUEUE_URL``      SQS queue for ``InstanceActivity``          none (off)
 ``DIT4C_AWS_ENDPOINT_URL``             one endpoint for AWS clients (moto)         AWS default
 ``DIT4C_ROUTER_ID``                    this router's name in activity reports      hostname
 ``DIT4C_ROUTER_ACTIVITY_INTERVAL``     seconds between activity reports            60
 ``DIT4C_ROUTER_MAX_STREAMS``           concurrent streams per tunnel               256
+``DIT4C_ROUTER_MAX_STREAMS_PER_CLIENT`` streams one client address may hold on one  64
+                                       tunnel (IPv6: per /64)
+``DIT4C_ROUTER_MAX_CONNECTIONS_PER_CLIENT`` open connections of one client address  512
+``DIT4C_ROUTER_STREAM_IDLE_TIMEOUT``    seconds an idle keep-alive connection keeps 5
+                                       its tunnel stream
+``DIT4C_ROUTER_BODY_TIMEOUT``           window (s) in which a request body must     20
+                                       move at least ``MIN_BODY_RATE`` bytes/s
 ``DIT4C_ROUTER_MAX_TUNNELS_PER_HOST``  tunnels one hostname may hold               4
 ``DIT4C_ROUTER_MAX_HEADER_BYTES``      largest request head                        32768
 ``DIT4C_ROUTER_HEADER_TIMEOUT``        seconds to receive a request head           15
@@ -68,11 +79,17 @@ class RouterConfig:
     metrics_listen: Address | None = None
     token_issuer: str | None = None
     revocations_queue_url: str | None = None
+    revocations_url: str | None = None
+    token_leeway: int = 30
     events_queue_url: str | None = None
     aws_endpoint_url: str | None = None
     router_id: str = "router"
     activity_interval: float = 60.0
     max_streams: int = 256
+    max_streams_per_client: int = 64
+    max_connections_per_client: int = 512
+    stream_idle_timeout: float = 5.0
+    body_timeout: float = 20.0
     max_tunnels_per_host: int = 4
     max_header_bytes: int = 32768
     header_timeout: float = 15.0
@@ -130,11 +147,18 @@ class RouterConfig:
             metrics_listen=metrics_address,
             token_issuer=get("ROUTER_TOKEN_ISSUER"),
             revocations_queue_url=get("ROUTER_REVOCATIONS_QUEUE_URL"),
+            revocations_url=get("ROUTER_REVOCATIONS_URL"),
+            token_leeway=int(number("ROUTER_TOKEN_LEEWAY", 30, int)),
             events_queue_url=get("ROUTER_EVENTS_QUEUE_URL"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             router_id=get("ROUTER_ID") or socket.gethostname(),
             activity_interval=number("ROUTER_ACTIVITY_INTERVAL", 60.0),
             max_streams=int(number("ROUTER_MAX_STREAMS", 256, int)),
+            max_streams_per_client=int(number("ROUTER_MAX_STREAMS_PER_CLIENT", 64, int)),
+            max_connections_per_client=int(number("ROUTER_MAX_CONNECTIONS_PER_CLIENT", 512,
+                                                  int)),
+            stream_idle_timeout=number("ROUTER_STREAM_IDLE_TIMEOUT", 5.0),
+            body_timeout=number("ROUTER_BODY_TIMEOUT", 20.0),
             max_tunnels_per_host=int(number("ROUTER_MAX_TUNNELS_PER_HOST", 4, int)),
             max_header_bytes=int(number("ROUTER_MAX_HEADER_BYTES", 32768, int)),
             header_timeout=number("ROUTER_HEADER_TIMEOUT", 15.0),

@@ -12,7 +12,7 @@ import aiohttp
 
 from edge_router.errors import KeysUnavailable
 from protocol.errors import TokenError
-from protocol.tokens import KeySet, unverified_kid, verify_tunnel
+from protocol.tokens import DEFAULT_LEEWAY_SECONDS, KeySet, unverified_kid, verify_tunnel
 
 log = logging.getLogger("dit4c.router.keys")
 
@@ -38,9 +38,11 @@ class KeyCache:
     when a token names a ``kid`` we do not hold (rate-limited)."""
 
     def __init__(self, fetch: Fetch, *, issuer: str | None = None, max_age: float = 300.0,
+                 leeway: int = DEFAULT_LEEWAY_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
         self._issuer = issuer
+        self._leeway = leeway
         self._max_age = max_age
         self._clock = clock
         self._keys = KeySet({})
@@ -79,4 +81,5 @@ class KeyCache:
             await self.refresh(force=True)
         if self._fetched_at is None:
             raise KeysUnavailable("the router cannot fetch the control plane's keys yet")
-        return verify_tunnel(token, self._keys, hostname=hostname, issuer=self._issuer)
+        return verify_tunnel(token, self._keys, hostname=hostname, issuer=self._issuer,
+                             leeway=self._leeway)

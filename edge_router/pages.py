@@ -15,6 +15,7 @@ TEXTS = {
     404: "There is no instance at this address.",
     408: "The request took too long to arrive.",
     421: "This connection already serves another instance.",
+    429: "Too many connections from your address. Close some and try again.",
     431: "The request headers are too large.",
     502: "The instance did not answer. It may be starting up or shutting down.",
     503: "The instance is starting or offline. Try again in a moment.",
@@ -28,5 +29,5 @@ def error_response(status: int, *, text: str | None = None) -> bytes:
     body = _TEMPLATE.format(title=title, text=text or TEXTS.get(status, "")).encode()
     head = (f"HTTP/1.1 {title}\r\nContent-Type: text/html; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n"
-            + ("Retry-After: 5\r\n" if status == 503 else "") + "\r\n")
+            + ("Retry-After: 5\r\n" if status in (429, 503) else "") + "\r\n")
     return head.encode() + body

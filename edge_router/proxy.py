@@ -9,11 +9,23 @@ so bytes of one instance's connection never reach another instance.
 
 A request for ``TUNNEL_PATH`` on a host that is not an instance is handed, bytes and socket, to
 the tunnel endpoint (:mod:`edge_router.tunnels`).
+
+A tunnel carries at most ``max_streams`` streams, so nobody may keep them without using them:
+
+- one client (an address; IPv6 by /64, which one subscriber gets) holds at most
+  ``max_streams_per_client`` of a tunnel's streams (429 beyond) and at most
+  ``max_connections_per_client`` connections to the router (429 and closed beyond);
+- a keep-alive connection between requests gives its stream back after
+  ``stream_idle_timeout`` and opens a new one with its next request;
+- a request body must move at least ``MIN_BODY_RATE`` bytes a second over every
+  ``body_timeout`` window (408 otherwise; time the tunnel holds the body back does not count,
+  nor waiting for ``100 Continue``): a byte every few minutes no longer holds a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -38,6 +50,9 @@ MAX_RESPONSE_HEAD = 64 * 1024
 SWEEP_ACTIVITY_SECONDS = 1.0
 """Connections that moved bytes within about this long count as activity at each sweep."""
 TUNNEL_TARGET = TUNNEL_PATH.encode()
+MIN_BODY_RATE = 500
+"""Bytes a second a request body must average over each ``body_timeout`` window (Apache's
+mod_reqtimeout default): a slow link passes, a byte every few minutes does not."""
 
 # Request side states.
 HEAD, BODY, WAIT_HOST, UPGRADING, UPGRADED, CLOSED = range(6)
@@ -55,6 +70,8 @@ class ProxyContext:
     tunnels: TunnelEndpoint
     """Takes over connections whose request is for the tunnel endpoint."""
     connections: set[ClientConnection] = field(default_factory=set)
+    client_connections: dict[str, int] = field(default_factory=dict)
+    """Open public connections by :func:`client_key`."""
 
     def sweep(self, now: float) -> None:
         """Enforce timeouts and tunnel heartbeats; called about once a second."""
@@ -66,6 +83,20 @@ class ProxyContext:
         """Shutting down: drop every client connection (their streams end with them)."""
         for connection in list(self.connections):
             connection._abort()
+
+
+def client_key(address: str) -> str:
+    """Who counts as one client: an IPv4 address, or an IPv6 /64 (a subscriber's prefix: one
+    host can take any address in it)."""
+    if ":" not in address:
+        return address  # IPv4 (the common case, no parsing)
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 @dataclass(slots=True)
@@ -81,6 +112,7 @@ class Pending:
     started: float
     status: int = 0
     bytes_out: int = 0
+    expect_continue: bool = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -92,6 +124,11 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = "-"
+        self.client = "-"
+        """:func:`client_key` of ``client_ip``: what the per-client limits count."""
+        self.received = 0
+        self.body_mark = (0.0, 0)
+        """(when, ``received`` then): the start of the current body-rate window."""
         self.buf = bytearray()
         self.state = HEAD
         self.body: http1.BodyTracker | None = None
@@ -120,20 +157,36 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
+        self.client = client_key(self.client_ip)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.ctx.connections.add(self)
         self.ctx.stats.connections += 1
+        counts = self.ctx.client_connections
+        counts[self.client] = counts.get(self.client, 0) + 1
+        if counts[self.client] > self.ctx.config.max_connections_per_client:
+            self._fail(429, text="Too many connections from your address.")
+
+    def _uncount(self) -> None:
+        """This connection no longer counts against its client (closed, or a tunnel now)."""
+        if self.client == "-":
+            return
+        counts = self.ctx.client_connections
+        left = counts.get(self.client, 1) - 1
+        if left > 0:
+            counts[self.client] = left
+        else:
+            counts.pop(self.client, None)
+        self.client = "-"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
+        self._drop_stream("client disconnected")
+        self._uncount()
         self.state = CLOSED
         self.transport = None
         self.out.clear()
-        if self.stream is not None:
-            self.stream.close("client disconnected")
-            self.stream = None
         for request in self.pending:
             self._log(request, request.status or 499)
         self.pending.clear()
@@ -141,16 +194,24 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
         self.ctx.stats.bytes_in += len(data)
+        self.received += len(data)
         state = self.state
-        if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
-            self._forward_body(data)
-            return
-        if state == CLOSED:
-            return
-        if state == HEAD and not self.buf:
-            self.head_started = self.last_active
-        self.buf += data
-        self._process()
+        try:
+            if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
+                self._forward_body(data)
+                return
+            if state == CLOSED:
+                return
+            if state == HEAD and not self.buf:
+                self.head_started = self.last_active
+            self.buf += data
+            self._process()
+        except HttpError as exc:  # a body's framing (chunk sizes, line ends)
+            log.info("malformed request body from %s: %s", self.client_ip, exc)
+            if len(self.pending) == 1 and not self.pending[0].status:
+                self._fail(400, self.pending.popleft())
+            else:  # an earlier response is under way: a 400 now would be read as its end
+                self._abort()
 
     def eof_received(self) -> bool:
         if self.state == HEAD and not self.buf and not self.pending:
@@ -240,8 +301,7 @@ class ClientConnection(asyncio.Protocol):
                 self.state = WAIT_HOST
                 self._pause_reading()
                 return False
-            self.stream.close("client moved to another host")
-            self.stream = None
+            self._drop_stream("client moved to another host")
         del self.buf[:end + 4]
         first = head.encode(self.client_ip, self.scheme)
         request = Pending(head.method, head.target, head.host, instance_id, head.upgrade,
@@ -260,6 +320,11 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.body = http1.BodyTracker(head.framing, head.length)
         self.state = HEAD if self.body.done else BODY
+        if self.state == BODY:
+            self.body_mark = (self.last_active, self.received - len(self.buf))
+            request.expect_continue = any(
+                name.lower() == b"expect" and value.lower() == b"100-continue"
+                for name, value in head.headers)
         return True
 
     def _open_stream(self, host: str, first: bytes, request: Pending) -> bool:
@@ -267,20 +332,42 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is None:
             self._fail(503 if self.ctx.routes.known(host) else 404, request)
             return False
+        held = tunnel.client_streams.get(self.client, 0)
+        if held >= self.ctx.config.max_streams_per_client:
+            self._fail(429, request, text="Too many open connections to this instance from "
+                                          "your address.")
+            return False
         stream = tunnel.mux.open(self, first)
         if stream is None:
             self._fail(503, request, text="The instance has too many open connections.")
             return False
+        tunnel.client_streams[self.client] = held + 1
         self.ctx.stats.streams_opened += 1
         self.stream, self.tunnel, self.host = stream, tunnel, host
         self.instance_id = request.instance_id
         self.r_state, self.r_buf = R_HEAD, b""
         return True
 
+    def _drop_stream(self, reason: str | None) -> None:
+        """Let go of the stream (telling the peer ``reason``; None: the peer ended it)."""
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        if reason is not None:
+            stream.close(reason)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            left = tunnel.client_streams.get(self.client, 1) - 1
+            if left > 0:
+                tunnel.client_streams[self.client] = left
+            else:
+                tunnel.client_streams.pop(self.client, None)
+
     def _hand_over(self, head: http1.RequestHead, head_size: int) -> None:
         """Give this socket, and the bytes after the head, to the tunnel endpoint."""
         assert self.transport is not None
         self.ctx.connections.discard(self)
+        self._uncount()
         self.state = CLOSED
         leftover, self.buf = bytes(self.buf[head_size:]), bytearray()
         transport, self.transport = self.transport, None
@@ -445,7 +532,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
     def stream_closed(self, reason: str) -> None:
-        self.stream = None
+        self._drop_stream(None)
         if self.state == CLOSED:
             return
         if self.pending and self.r_state == R_HEAD and not self.pending[0].status:
@@ -489,17 +576,13 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         self._flush()
         self.state = CLOSED
-        if self.stream is not None:
-            self.stream.close("client connection closed")
-            self.stream = None
+        self._drop_stream("client connection closed")
         if self.transport is not None:
             self.transport.close()
 
     def _abort(self) -> None:
         self.state = CLOSED
-        if self.stream is not None:
-            self.stream.close("client connection aborted")
-            self.stream = None
+        self._drop_stream("client connection aborted")
         if self.transport is not None:
             self.transport.abort()
 
@@ -517,11 +600,41 @@ class ClientConnection(asyncio.Protocol):
                     self._fail(408)
             elif now - self.last_active > cfg.idle_timeout:
                 self._close()
+            elif self.stream is not None and now - self.last_active > cfg.stream_idle_timeout:
+                self._drop_stream("idle keep-alive connection")
+        elif self.state == BODY and self._body_too_slow(now):
+            self._request_timeout()
         elif now - self.last_active > cfg.read_timeout:
             if self.pending and not self.pending[0].status:
                 self._upstream_failed(504)
             else:
                 self._abort()
+
+
+    def _body_too_slow(self, now: float) -> bool:
+        """Whether the request body fell below ``MIN_BODY_RATE`` over the last window. Time
+        in which we held the body back (no credit) or the client waits for ``100 Continue``
+        starts the window again: that slowness is not the client's."""
+        since, received = self.body_mark
+        request = self.pending[-1] if self.pending else None
+        if self.credit_paused or (request is not None and request.expect_continue
+                                  and not request.status):
+            self.body_mark = (now, self.received)
+            return False
+        window = self.ctx.config.body_timeout
+        if now - since < window:
+            return False
+        if self.received - received < MIN_BODY_RATE * window:
+            return True
+        self.body_mark = (now, self.received)
+        return False
+
+    def _request_timeout(self) -> None:
+        log.info("request body from %s too slow: closed", self.client_ip)
+        if len(self.pending) == 1 and not self.pending[0].status:
+            self._fail(408, self.pending.popleft(), text="The request body came too slowly.")
+        else:
+            self._abort()
 
 
 def client_factory(ctx: ProxyContext, scheme: bytes) -> Callable[[], ClientConnection]:

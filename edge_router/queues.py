@@ -14,7 +14,7 @@ import boto3
 
 from edge_router.routes import RouteTable
 from protocol.errors import MessageError
-from protocol.messages import InstanceActivity, Revocation, decode
+from protocol.messages import InstanceActivity, Revocation, decode, sent_time
 
 log = logging.getLogger("dit4c.router.queues")
 
@@ -26,13 +26,6 @@ POLL_WAIT_SECONDS = 1
 
 def sqs_client(endpoint_url: str | None) -> Any:
     return boto3.client("sqs", endpoint_url=endpoint_url)
-
-
-def _timestamp(iso: str) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class RevocationListener:
@@ -53,9 +46,9 @@ class RevocationListener:
         if not isinstance(message, Revocation):
             log.warning("dropping a %s message on the revocations queue", message.TYPE)
             return
-        # Tokens issued up to the revocation's time are dead; a clock ahead of ours must not
-        # push that into the future past a re-issued token, so take the earlier of the two.
-        sent = _timestamp(message.sent_at)
+        # Tokens issued up to the revocation's time are dead (its sent_at is the control
+        # plane's clock, as is every token's iat: a token issued after it passes).
+        sent = sent_time(message).timestamp()  # decode checked it is a time
         closed = self.routes.revoke(message.hostname, at=sent, reason=message.reason)
         log.info("revoked %s (%s): %d tunnel(s) closed", message.hostname, message.reason,
                  closed)

@@ -23,6 +23,7 @@ from edge_router.keys import Fetch, KeyCache, http_fetcher
 from edge_router.metrics import Stats, StatsCollector
 from edge_router.proxy import ProxyContext, client_factory
 from edge_router.queues import ActivityReporter, RevocationListener, sqs_client
+from edge_router.revocations import RevocationList, http_list
 from edge_router.routes import RouteTable
 from edge_router.tunnels import TunnelEndpoint
 from protocol.tunnel import DEFAULT_WINDOW
@@ -53,6 +54,7 @@ class Router:
         self.tls_addresses: list[tuple[str, int]] = []
         self.metrics_address: tuple[str, int] | None = None
         self.endpoint: TunnelEndpoint | None = None
+        self.revocations: RevocationList | None = None
         self.proxy: ProxyContext | None = None
 
     async def start(self) -> None:
@@ -61,9 +63,19 @@ class Router:
         if fetch is None:
             self._session = aiohttp.ClientSession()
             fetch = http_fetcher(self._session, cfg.jwks_url)
-        keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh)
-        self.endpoint = TunnelEndpoint(self.routes, keys, self.stats, window=DEFAULT_WINDOW,
-                                       max_streams=cfg.max_streams, heartbeat=cfg.heartbeat)
+        keys = KeyCache(fetch, issuer=cfg.token_issuer, max_age=cfg.jwks_refresh,
+                        leeway=cfg.token_leeway)
+        revocations = None
+        if cfg.revocations_url:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            revocations = RevocationList(http_list(self._session, cfg.revocations_url),
+                                         self.routes)
+        self.revocations = revocations
+        self.endpoint = TunnelEndpoint(
+            self.routes, keys, self.stats, window=DEFAULT_WINDOW, max_streams=cfg.max_streams,
+            heartbeat=cfg.heartbeat, revocations_read=lambda: revocations is None
+            or revocations.loaded.is_set())
         ctx = self.proxy = ProxyContext(cfg, self.routes, self.stats, self.endpoint)
         loop = asyncio.get_running_loop()
         for host, port in cfg.listen:
@@ -84,6 +96,8 @@ class Router:
             await self._start_metrics(*cfg.metrics_listen)
         self._spawn(self._sweep(ctx))
         self._spawn(self._refresh_keys(keys))
+        if revocations is not None:
+            self._spawn(revocations.run())
         if cfg.revocations_queue_url or cfg.events_queue_url:
             sqs = self._sqs if self._sqs is not None else await asyncio.to_thread(
                 sqs_client, cfg.aws_endpoint_url)
@@ -127,6 +141,7 @@ class Router:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             ctx.sweep(time.monotonic())
+            self.routes.expire(self.config.token_leeway)
 
     async def _refresh_keys(self, keys: KeyCache) -> None:
         while True:

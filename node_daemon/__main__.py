@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "default 127.0.0.1:9464)")
     run.add_argument("--heartbeat-seconds", type=float, default=None)
     run.add_argument("--reconcile-seconds", type=float, default=None)
+    run.add_argument("--report-again-seconds", type=float, default=None)
     run.add_argument("--log-level", default=os.environ.get("DIT4C_NODE_LOG_LEVEL", "INFO"))
 
     status = commands.add_parser(

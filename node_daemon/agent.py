@@ -10,15 +10,21 @@ The agent owns the order of effects that makes the node safe to kill at any mome
 
 :meth:`Agent.reconcile` runs the same :meth:`Agent._converge` for every record, so a daemon
 restarted after SIGKILL finishes (or rolls back) whatever it was doing, and removes containers
-of instances it has no record of. Work on one instance is serialised by a per-instance lock;
-different instances proceed concurrently.
+of instances it has no record of. :meth:`Agent.check_placed` discards what the portal says is
+no longer placed on this node (deleted, discarded, placed elsewhere), only on the portal's
+word, never because it could not be asked; and reports again a state the portal has not taken.
+Work on one instance is serialised by a per-instance lock; different instances proceed
+concurrently.
 
 Ordering rules (SQS delivers at least once, in any order):
 
 - a start for an instance that is already known is a duplicate: it finishes a half-done launch
-  or does nothing; a start after a stop or discard is stale and ignored;
+  or does nothing; a start after a stop or discard is stale and ignored, unless the control
+  plane sent it after that discard (by ``sent_at``): then the instance was placed here anew
+  (the reaper re-placing it where it was), and it starts;
 - a stop before any start leaves a stopped record, so the late start is ignored;
-- a stop, save or start after a discard is ignored; a discard always removes everything.
+- a stop, save or older start after a discard is ignored; a discard removes everything, unless
+  it was sent before the start the node runs (a stale discard of an earlier placement).
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 
 import docker.errors
 
@@ -49,6 +55,7 @@ from protocol.messages import (
     SaveInstance,
     StartInstance,
     StopInstance,
+    StorageAccess,
 )
 from protocol.registry import parse_reference
 from protocol.states import InstanceState as S
@@ -78,7 +85,7 @@ class Agent:
     def __init__(self, *, node_id: str, capacity: Capacity, records: RecordStore,
                  pods: PodRunner, send: Send, metrics: NodeMetrics,
                  launch_timeout: float, uploads: Uploader | None = None,
-                 upload_compression: str = "gzip") -> None:
+                 upload_compression: str = "gzip", report_again_after: float = 60.0) -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.records = records
@@ -88,7 +95,12 @@ class Agent:
         self._send = send
         self.metrics = metrics
         self.launch_timeout = launch_timeout
+        self.report_again_after = report_again_after
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, instance_id: str) -> asyncio.Lock:
+        """What serialises work on one instance (commands, reconcile, token renewals)."""
+        return self._lock(instance_id)
 
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -114,11 +126,15 @@ class Agent:
             elif isinstance(message, SaveInstance):
                 await self._on_save(message, record)
             elif isinstance(message, DiscardInstance):
-                await self._on_discard(record, instance_id)
+                await self._on_discard(message, record)
             else:
                 raise NodeDaemonError(f"{message.TYPE} is not a node command")
 
     async def _on_start(self, start: StartInstance, record: InstanceRecord | None) -> None:
+        if record is not None and record.desired is Desired.DISCARDED \
+                and record.discarded_at is not None and start.sent_at > record.discarded_at:
+            log.info("start of %s sent after its discard: placed here anew", start.instance_id)
+            record = None
         if record is not None:
             if record.desired is not Desired.RUNNING:
                 log.info("start of %s ignored: it is already %s", start.instance_id,
@@ -175,10 +191,16 @@ class Agent:
         await self._put(record)
         await self._converge(record, present=True)
 
-    async def _on_discard(self, record: InstanceRecord | None, instance_id: str) -> None:
+    async def _on_discard(self, discard: DiscardInstance,
+                          record: InstanceRecord | None) -> None:
         if record is None:
-            record = InstanceRecord(instance_id, Desired.DISCARDED)
+            record = InstanceRecord(discard.instance_id, Desired.DISCARDED)
+        elif record.start is not None and record.start.sent_at > discard.sent_at:
+            log.info("discard of %s ignored: sent before the start it runs now",
+                     discard.instance_id)
+            return
         record.desired = Desired.DISCARDED
+        record.discarded_at = max(discard.sent_at, record.discarded_at or "")
         await self._put(record)
         await self._converge(record, present=True)
 
@@ -394,6 +416,24 @@ class Agent:
                         sent += int(fresh.reported == fresh.state)
         return sent
 
+    # -- storage (node_daemon.storage_keeper) --------------------------------------------
+
+    async def with_storage(self) -> list[InstanceRecord]:
+        """The records of instances that have storage and are starting or running."""
+        return [r for r in await self._all() if r.desired is Desired.RUNNING
+                and r.state in (S.STARTING, S.RUNNING) and r.start is not None
+                and r.start.storage]
+
+    async def renewed_storage(self, instance_id: str, access: StorageAccess) -> None:
+        """Keep renewed storage in the instance's record (a helper made again, by this daemon
+        or the next, starts from it)."""
+        async with self._lock(instance_id):
+            record = await self._get(instance_id)
+            if record is not None and record.start is not None \
+                    and record.desired is Desired.RUNNING:
+                record.start = replace(record.start, storage=access)
+                await self._put(record)
+
     # -- reconciling ---------------------------------------------------------------------
 
     async def reconcile(self) -> dict[str, int]:
@@ -428,6 +468,45 @@ class Agent:
         log.info("reconciled: %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return counts
 
+    async def check_placed(self, placed: Mapping[str, S], asked_at: float) -> dict[str, int]:
+        """The portal's answer (``placed``: what it has on this node, asked at ``asked_at``)
+        against the records. An instance it does not have here, or has as discarded, is
+        discarded. One whose state it has not taken although it could (it says ``stopping``,
+        this node has it ``stopped``, since ``report_again_after`` seconds: the report was
+        lost with a queue) is reported again by the next :meth:`flush`. A record changed since
+        the question was asked waits for the next time: the answer may predate it. Returns
+        counts: ``gone``, ``reported_again``."""
+        counts = {"gone": 0, "reported_again": 0}
+        for record in await self._all():
+            if record.desired is Desired.DISCARDED or record.updated_at >= asked_at:
+                continue
+            state = placed.get(record.instance_id)
+            if state is None or state is S.DISCARDED:
+                log.warning("the portal has instance %s %s: discarding what this node holds "
+                            "of it", record.instance_id,
+                            "as discarded" if state is not None else "no longer on this node")
+                # Newer than the start it runs whatever this machine's clock says: the portal's
+                # word is the latest there is.
+                now = DiscardInstance(instance_id=record.instance_id)
+                if record.start is not None and record.start.sent_at > now.sent_at:
+                    now = DiscardInstance(instance_id=record.instance_id,
+                                          sent_at=record.start.sent_at)
+                await self.handle(now)
+                counts["gone"] += 1
+            elif record.state is not None and record.state != state \
+                    and state.can_become(S(record.state)) and record.reported == record.state \
+                    and asked_at - record.updated_at >= self.report_again_after:
+                async with self._lock(record.instance_id):
+                    fresh = await self._get(record.instance_id)
+                    if fresh is not None and fresh.state == record.state:
+                        log.info("the portal has instance %s as %s, this node as %s: "
+                                 "reporting it again", record.instance_id, state.value,
+                                 record.state)
+                        fresh.reported = None
+                        await self._put(fresh)
+                        counts["reported_again"] += 1
+        return counts
+
     async def counts(self) -> dict[str, int]:
         return dict(Counter(r.state or "unknown" for r in await self._all()))
 
@@ -448,7 +527,9 @@ class Agent:
             memory_mb_total=self.capacity.memory_mb, cpu_used=cpu_used,
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
-                           and r.desired is Desired.RUNNING), helpers=helpers)
+                           and r.desired is Desired.RUNNING),
+            holds=sorted(r.instance_id for r in records if r.desired is not Desired.DISCARDED),
+            helpers=helpers)
 
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:

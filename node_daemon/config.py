@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node_daemon.egress import EgressPolicy
 from node_daemon.errors import ConfigError
 from node_daemon.files import ensure_private_dir, write_atomic
 from protocol import pod
@@ -38,6 +39,7 @@ DEFAULT_HELPER_COMMANDS: Mapping[str, Sequence[str]] = {
     for role in (pod.ROLE_LISTENER, pod.ROLE_STORAGE)
 }
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_TOKEN_CHECK_SECONDS = 60.0
 DEFAULT_HEARTBEAT_SECONDS = 240.0
 """Every 4 minutes: a heartbeat is an SQS message, a Lambda run and a DynamoDB write, so its
 rate is most of what an idle node costs (docs/deploy.md, cost model). The control plane counts a
@@ -45,6 +47,8 @@ node silent after 600 s (``DIT4C_NODE_SILENT_SECONDS``): two heartbeats missed, 
 DEFAULT_RECONCILE_SECONDS = 60.0
 DEFAULT_POLL_WAIT_SECONDS = 20
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 300.0
+DEFAULT_REPORT_AGAIN_SECONDS = 60.0
+DEFAULT_STORAGE_SECONDS = 15.0
 
 
 def default_data_dir() -> Path:
@@ -139,8 +143,18 @@ class RunSettings:
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9464)
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
+    report_again_seconds: float = DEFAULT_REPORT_AGAIN_SECONDS
+    """A state the portal has not taken this long after this node reported it is reported
+    again (the first report was lost)."""
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS
     launch_timeout_seconds: float = DEFAULT_LAUNCH_TIMEOUT_SECONDS
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    """What pods may reach (``DIT4C_NODE_EGRESS``, ``DIT4C_NODE_POD_HOST_PORTS``,
+    ``DIT4C_NODE_POD_LAN``): :mod:`node_daemon.egress`."""
+    token_check_seconds: float = DEFAULT_TOKEN_CHECK_SECONDS
+    """How often the tunnel tokens of running instances are looked at (renewed at half-life)."""
+    storage_seconds: float = DEFAULT_STORAGE_SECONDS
+    """How often the storage helpers are looked at (renewals, health reports)."""
     helper_commands: Mapping[str, Sequence[str]] = field(
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
@@ -197,9 +211,20 @@ class RunSettings:
                                      DEFAULT_HEARTBEAT_SECONDS),
             reconcile_seconds=number("reconcile_seconds", "DIT4C_NODE_RECONCILE_SECONDS",
                                      DEFAULT_RECONCILE_SECONDS),
+            report_again_seconds=number("report_again_seconds",
+                                        "DIT4C_NODE_REPORT_AGAIN_SECONDS",
+                                        DEFAULT_REPORT_AGAIN_SECONDS),
             poll_wait_seconds=int(poll_wait),
             launch_timeout_seconds=number("launch_timeout", "DIT4C_NODE_LAUNCH_TIMEOUT_SECONDS",
                                           DEFAULT_LAUNCH_TIMEOUT_SECONDS),
+            egress=EgressPolicy.parse(env.get("DIT4C_NODE_EGRESS", "enforce").strip(),
+                                      env.get("DIT4C_NODE_POD_HOST_PORTS", ""),
+                                      env.get("DIT4C_NODE_POD_LAN", "")),
+            token_check_seconds=number("token_check_seconds",
+                                       "DIT4C_NODE_TOKEN_CHECK_SECONDS",
+                                       DEFAULT_TOKEN_CHECK_SECONDS),
+            storage_seconds=number("storage_seconds", "DIT4C_NODE_STORAGE_SECONDS",
+                                   DEFAULT_STORAGE_SECONDS),
             helper_commands={**DEFAULT_HELPER_COMMANDS,
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
             upload_compression=compression,

@@ -1,9 +1,10 @@
 """The long-running node daemon: polling, heartbeats, reconciliation, shutdown.
 
-Everything is outbound: the daemon calls the portal for credentials, long-polls its own SQS
-queue, and sends events; it listens only on a loopback port for metrics. Losing the network or
-the control plane is survived: each loop backs off (1 s doubling to 60 s, with jitter) and
-resumes when calls succeed again. On SIGTERM it stops polling, finishes the commands in hand and
+Everything is outbound: the daemon calls the portal for credentials and for what is placed on
+it, long-polls its own SQS queue, and sends events; it listens only on a loopback port for
+metrics. Losing the network or the control plane is survived: each loop backs off (1 s doubling
+to 60 s, with jitter) and resumes when calls succeed again, and no pod is stopped because the
+portal cannot be reached. On SIGTERM it stops polling, finishes the commands in hand and
 exits, leaving pods running (they outlive the daemon; the next start reconciles them).
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -27,15 +29,18 @@ from node_daemon.config import (
     RunSettings,
 )
 from node_daemon.credentials import CredentialBroker
-from node_daemon.errors import HelpersError, NodeDaemonError, QueueError
+from node_daemon.egress import apply as apply_egress
+from node_daemon.errors import HelpersError, NodeDaemonError, PortalError, QueueError
 from node_daemon.files import ensure_private_dir, write_atomic
 from node_daemon.helpers_image import HelpersImage, runnable
 from node_daemon.metrics import NodeMetrics, serve, stop_serving
-from node_daemon.network import ensure_pods_network
+from node_daemon.network import ensure_pods_network, pods_bridge
 from node_daemon.pods import PodRunner, PodSettings
 from node_daemon.portal import PortalClient
 from node_daemon.queues import NodeQueues, Received, VisibilityKeeper
 from node_daemon.records import RecordStore
+from node_daemon.storage_keeper import StorageKeeper
+from node_daemon.tunnel_tokens import TunnelTokens
 from protocol.errors import MessageError
 from protocol.messages import HELPERS_OK, NODE_COMMANDS, decode
 from protocol.tokens import SigningKey
@@ -89,6 +94,7 @@ class Daemon:
         try:
             gateway = await asyncio.to_thread(ensure_pods_network, self.docker,
                                               settings.pods_network, settings.labels)
+            await self._egress()
         except BaseException:
             await asyncio.to_thread(stop_serving, server)
             raise
@@ -113,10 +119,28 @@ class Daemon:
                               records=self.records, pods=self.pods, send=queues.send_event,
                               metrics=self.metrics,
                               launch_timeout=settings.launch_timeout_seconds,
-                              upload_compression=settings.upload_compression)
+                              upload_compression=settings.upload_compression,
+                              report_again_after=settings.report_again_seconds)
+                tokens = TunnelTokens(
+                    agent=agent, records=self.records, pods=self.pods,
+                    renew=lambda instance_id: portal.tunnel_token(
+                        self.identity.node_id, self.key, instance_id))
+                keeper = StorageKeeper(
+                    agent=agent, pods=self.pods, client=self.docker,
+                    renew=lambda instance_id, **report: portal.storage(
+                        self.identity.node_id, self.key, instance_id, **report))
                 background = [
-                    asyncio.create_task(self._every(settings.reconcile_seconds, agent.reconcile,
-                                                    "reconcile", stopping)),
+                    asyncio.create_task(self._every(
+                        settings.reconcile_seconds, lambda: self._reconcile(agent, portal),
+                        "reconcile", stopping)),
+                    # A firewall reload may flush the pods' egress rules: put them back.
+                    asyncio.create_task(self._every(settings.reconcile_seconds, self._egress,
+                                                    "egress policy", stopping)),
+                    asyncio.create_task(self._every(settings.token_check_seconds,
+                                                    tokens.renew_due, "tunnel token renewal",
+                                                    stopping)),
+                    asyncio.create_task(self._every(settings.storage_seconds, keeper.tend,
+                                                    "storage", stopping)),
                     asyncio.create_task(self._every(
                         settings.heartbeat_seconds,
                         lambda: self._heartbeat(agent, queues, helpers), "heartbeat",
@@ -137,6 +161,16 @@ class Daemon:
             await asyncio.to_thread(self.pods.close)
             log.info("node %s stopped; pods left running", self.identity.node_id)
 
+    async def _egress(self) -> None:
+        """(Re)apply the pods network's egress policy (:mod:`node_daemon.egress`)."""
+        policy = self.settings.egress
+        if not policy.enforce:
+            log.warning("DIT4C_NODE_EGRESS=off: pods reach this host's ports, its LAN and "
+                        "169.254.169.254")
+            return
+        bridge = await asyncio.to_thread(pods_bridge, self.docker, self.settings.pods_network)
+        await asyncio.to_thread(apply_egress, policy, bridge)
+
     async def _every(self, seconds: float, work: Callable[[], Awaitable[object]], what: str,
                      stopping: asyncio.Event) -> None:
         """Run ``work`` now and then every ``seconds``; failures are logged, never fatal."""
@@ -152,6 +186,19 @@ class Daemon:
                 log.exception("%s failed unexpectedly (retried in %.0f s)", what, seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), seconds)
+
+    async def _reconcile(self, agent: Agent, portal: PortalClient) -> None:
+        """The engine against the records, then the records against the portal's placements.
+        A portal that cannot be asked changes nothing: pods are never stopped on silence."""
+        await agent.reconcile()
+        asked_at = time.time()
+        try:
+            placed = await portal.placed(self.identity.node_id, self.key)
+        except PortalError as exc:
+            log.warning("cannot ask the portal what is placed here, every pod is kept: %s", exc)
+            return
+        await agent.check_placed(placed, asked_at)
+        await agent.flush()
 
     async def _heartbeat(self, agent: Agent, queues: NodeQueues, helpers: HelpersImage
                          ) -> None:

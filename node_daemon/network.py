@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import docker
 import docker.errors
 
+from node_daemon.egress import bridge_of
 from node_daemon.errors import ConfigError, PodError
 from protocol.pod import PODS_NETWORK
 
@@ -59,3 +60,11 @@ def _find(client: docker.DockerClient, name: str) -> docker.models.networks.Netw
             network.reload()
             return network
     return None
+
+
+def pods_bridge(client: docker.DockerClient, name: str = PODS_NETWORK) -> str:
+    """The Linux bridge of the pods network (where its egress policy applies)."""
+    network = _find(client, name)
+    if network is None:
+        raise PodError(f"network {name} does not exist")
+    return bridge_of(network.attrs)

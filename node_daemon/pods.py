@@ -11,10 +11,13 @@ A pod is one instance's containers, all labelled ``dit4c.node``, ``dit4c.instanc
   settings from :mod:`protocol.pod`: it holds the tunnels and runs the auth helper in its own
   process (every stream goes to the auth gate in-process, one loopback hop fewer; the gate
   also listens on ``AUTH_PORT``); unprivileged, all capabilities dropped;
-- ``storage`` helper with a pod volume at ``/mnt`` when the start asks for storage (root, only
-  ``DAC_OVERRIDE``: it must read what the tool writes as any uid);
+- ``storage`` helper when the start asks for storage: the user's storage mounted (FUSE) inside
+  the pod's storage volume, which the tool binds too (privileges, mounts and the rest:
+  :mod:`node_daemon.storage`); the tool starts once it is mounted;
 - ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
-  own environment only, no Docker socket, not privileged.
+  own environment only, no Docker socket, not privileged, a few capabilities only,
+  ``no-new-privileges`` and a file-descriptor limit (:data:`TOOL_PRIVILEGES`). What the pod may
+  reach on the network: :mod:`node_daemon.egress`.
 
 No port is published on the host. Every method here is synchronous (call it from a thread)
 and idempotent: run twice, it finds and reuses what the first run made.
@@ -34,8 +37,10 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.types import Ulimit
 from docker.utils import parse_repository_tag
 
+from node_daemon import storage
 from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
 from node_daemon.network import ensure_pods_network
@@ -44,15 +49,26 @@ from protocol.messages import RegistryAccess, StartInstance
 
 log = logging.getLogger("dit4c.node.pods")
 
-STORAGE_MOUNT = "/mnt"
-# The pod volume is made root-owned and the tool may write as any uid, so the storage helper
-# runs as root with one capability: DAC_OVERRIDE, to read (and upload) whatever the tool wrote,
-# 0600 files of another uid included. Every other capability stays dropped, no-new-privileges
-# stays set, and only the storage container has the storage credentials.
-# The ready file's folder is a tmpfs, so a restarted helper is waited for again.
-STORAGE_PRIVILEGES: Mapping[str, Any] = {
-    "user": "0", "cap_add": ["DAC_OVERRIDE"],
-    "tmpfs": {posixpath.dirname(pod.STORAGE_READY_FILE): "mode=0700,size=64k"}}
+# The tool is someone else's code. Of Docker's default capabilities it keeps what an image
+# that starts as root needs to hand itself to its user (an entrypoint's chown, su/gosu, a
+# server dropping privileges, signalling its workers, a port below 1024); it loses NET_RAW
+# (raw sockets: spoofing, ARP on the pods network), MKNOD, SETFCAP, SETPCAP, FSETID,
+# SYS_CHROOT and AUDIT_WRITE. no-new-privileges: no setuid binary gives more than that. A
+# root tool stays possible (many images are), with those capabilities only. Files: at most
+# TOOL_NOFILE descriptors (else the engine's own limit: a million under systemd; it must be
+# at most that, or containers do not start); processes:
+# StartInstance.pids_limit.
+TOOL_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL",
+                     "NET_BIND_SERVICE")
+TOOL_NOFILE = 16384
+TOOL_PRIVILEGES: Mapping[str, Any] = {
+    "cap_drop": ["ALL"], "cap_add": list(TOOL_CAPABILITIES),
+    "security_opt": ["no-new-privileges"],
+    "ulimits": [Ulimit(name="nofile", soft=TOOL_NOFILE, hard=TOOL_NOFILE)]}
+
+# The listener's renewed tunnel tokens (helpers.listener.tokens): only its user reads them.
+LISTENER_TMPFS: Mapping[str, str] = {
+    posixpath.dirname(pod.TUNNEL_TOKEN_FILE): f"uid={pod.HELPERS_UID},mode=0700,size=64k"}
 
 # One core each: a helper idles at almost nothing, but its start (Python importing aiohttp) is
 # on the launch's critical path, and half a core made launches 3.4x a bare `docker run`.
@@ -165,6 +181,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
     listener gets the tunnel's and, since it runs the auth helper, the auth helper's."""
     if role == pod.ROLE_LISTENER:
         return {pod.ENV_TUNNEL_TOKEN: start.tunnel_token,
+                pod.ENV_TUNNEL_TOKEN_FILE: pod.TUNNEL_TOKEN_FILE,
                 pod.ENV_ROUTER_URLS: ",".join(start.router_urls),
                 pod.ENV_HOSTNAME: start.hostname,
                 pod.ENV_AUTH_LISTEN: f"127.0.0.1:{pod.AUTH_PORT}",
@@ -177,10 +194,7 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
                 pod.ENV_OAUTH_TOKEN_URL: start.oauth.token_url,
                 pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
     if role == pod.ROLE_STORAGE and start.storage is not None:
-        storage = start.storage
-        return {pod.ENV_STORAGE: json.dumps({
-            "kind": storage.kind, "bucket": storage.bucket, "prefix": storage.prefix,
-            "credentials": storage.credentials, "endpoint_url": storage.endpoint_url})}
+        return storage.settings_env(start.storage)
     return {}
 
 
@@ -300,22 +314,23 @@ class PodRunner:
         else:
             assert netns is not None
             common["network_mode"] = f"container:{netns.id}"
-            volumes = {}
-            if start.storage is not None and role in (pod.ROLE_TOOL, pod.ROLE_STORAGE):
-                volume = self._storage_volume(start.instance_id)
-                volumes = {volume: {"bind": STORAGE_MOUNT, "mode": "rw"}}
             if role == pod.ROLE_TOOL:
                 spec = {**common, "image": start.image, "environment": dict(start.env),
                         "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
-                        "pids_limit": start.pids_limit, "volumes": volumes}
+                        "pids_limit": start.pids_limit, **TOOL_PRIVILEGES}
+                if start.storage is not None:
+                    spec["mounts"] = storage.tool_mounts(self._storage_path(start.instance_id))
             else:
                 spec = {**common, "image": self.settings.helpers_image,
                         "command": list(self.settings.helper_commands[role]),
                         "environment": helper_env(start, role), "init": True,
                         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
-                        "volumes": volumes, **HELPER_LIMITS}
+                        **HELPER_LIMITS}
+                if role == pod.ROLE_LISTENER:
+                    spec["tmpfs"] = LISTENER_TMPFS
                 if role == pod.ROLE_STORAGE:
-                    spec.update(STORAGE_PRIVILEGES)
+                    spec.update(storage.PRIVILEGES)
+                    spec["mounts"] = storage.helper_mounts(self._storage_path(start.instance_id))
         try:
             made = self._client.containers.create(**spec)
             return PodContainer(made.id, name, role, "created")
@@ -327,13 +342,14 @@ class PodRunner:
             raise LaunchError(f"cannot create the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
-    def _storage_volume(self, instance_id: str) -> str:
+    def _storage_path(self, instance_id: str) -> str:
+        """The pod's storage volume (made if missing), by its path on the engine's host."""
         name = container_name(instance_id, "storage")
         try:
             self._client.volumes.get(name)
         except docker.errors.NotFound:
             self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
-        return name
+        return storage.volume_path(self._client, name)
 
     def _start(self, container: PodContainer, role: str) -> None:
         try:
@@ -342,19 +358,20 @@ class PodRunner:
             raise LaunchError(f"cannot start the {role} container: "
                               f"{exc.explanation or exc}") from exc
 
-    def create(self, start: StartInstance) -> None:
+    def create(self, start: StartInstance, timeout: float = 300.0) -> None:
         """Create and start every container of the pod, reusing what exists."""
-        for future in self._bring_up(start):
+        for future in self._bring_up(start, timeout):
             future.result()
 
-    def _bring_up(self, start: StartInstance, pulled: Future[None] | None = None
-                  ) -> list[Future[None]]:
+    def _bring_up(self, start: StartInstance, timeout: float,
+                  pulled: Future[None] | None = None) -> list[Future[None]]:
         """Start the namespace holder; return futures that start the rest.
 
         The joined containers are created while the holder starts, and started in parallel
-        (a launch is mostly engine round trips; overlapping them is most of its speed).
-        ``pulled``: the pull of the tool's image, still under way: the holder and the helpers
-        come up meanwhile, the tool once it is done.
+        (a launch is mostly engine round trips; overlapping them is most of its speed), except
+        that a tool with storage waits for the storage helper's mount (within ``timeout`` of
+        the tool's creation). ``pulled``: the pull of the tool's image, still under way: the
+        holder and the helpers come up meanwhile, the tool once it is done.
         """
         existing = self.containers(start.instance_id)
         netns = existing.get(pod.ROLE_NETNS) or self._create(start, pod.ROLE_NETNS, None)
@@ -375,6 +392,8 @@ class PodRunner:
         def bring_up(role: str) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
             container = made[role].result()
+            if role == pod.ROLE_TOOL and start.storage is not None:
+                self._await_storage(start, time.monotonic() + timeout)
             if container.status == "running" and restart_joined:
                 self._client.api.restart(container.id, timeout=5)
             elif container.status != "running":
@@ -382,16 +401,41 @@ class PodRunner:
 
         return [self._pool.submit(bring_up, role) for role in joined]
 
-    def check(self, start: StartInstance) -> str | None:
-        """None if every container of the pod runs; else why not (user-facing)."""
+    def check(self, start: StartInstance, *, launching: bool = False) -> str | None:
+        """None if every container of the pod runs; else why not (user-facing). Once the pod
+        was launched, the storage helper is not needed for that: the storage keeper starts it
+        again, and its troubles are reported on the instance without stopping the tool."""
         existing = self.containers(start.instance_id)
         for role in roles_for(start):
+            if role == pod.ROLE_STORAGE and not launching:
+                continue
             container = existing.get(role)
             if container is None:
                 return f"the {role} container is missing"
             if container.status != "running":
                 return self._exit_reason(container)
         return None
+
+    def storage_helper(self, instance_id: str) -> tuple[str, str] | None:
+        """(container id, when it last started) of the pod's storage helper while it runs."""
+        helper = self.containers(instance_id).get(pod.ROLE_STORAGE)
+        if helper is None or helper.status != "running":
+            return None
+        try:
+            state = self._client.api.inspect_container(helper.id).get("State", {})
+        except docker.errors.NotFound:
+            return None
+        return helper.id, str(state.get("StartedAt", ""))
+
+    def restart_storage(self, instance_id: str) -> str | None:
+        """Start the pod's storage helper again if it stopped; why it stopped (None: it was
+        running, or the pod has none)."""
+        helper = self.containers(instance_id).get(pod.ROLE_STORAGE)
+        if helper is None or helper.status in ("running", "created", "restarting"):
+            return None
+        reason = self._exit_reason(helper)
+        self._start(helper, pod.ROLE_STORAGE)
+        return reason
 
     def _exit_reason(self, container: PodContainer) -> str:
         role = container.role
@@ -419,38 +463,41 @@ class PodRunner:
             if all(f.done() for f in starting):
                 for future in starting:
                     future.result()
-                reason = self.check(start)
+                reason = self.check(start, launching=True)
                 if reason is not None:
                     raise LaunchError(reason)
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
             if self._probe(netns_id, (start.port, pod.AUTH_PORT), slice_):
                 for future in starting:
                     future.result()
-                reason = self.check(start)
+                reason = self.check(start, launching=True)
                 if reason is not None:
                     raise LaunchError(reason)
-                if start.storage is None or self._storage_ready(start, deadline):
-                    return
-                raise LaunchError("the storage helper did not bring the user's files within "
-                                  f"{timeout:.0f} s")
+                return
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool (port {start.port}) or its auth helper did not "
                                   f"answer within {timeout:.0f} s")
 
-    def _storage_ready(self, start: StartInstance, deadline: float) -> bool:
-        """True once the storage helper made its ready file (the user's files are in /mnt),
-        False at ``deadline``; :class:`LaunchError` if a container stopped meanwhile."""
-        storage_id = self.containers(start.instance_id)[pod.ROLE_STORAGE].id
+    def _await_storage(self, start: StartInstance, deadline: float) -> None:
+        """Return once the storage helper made its ready file (the user's storage is mounted);
+        LaunchError with its reason if it stopped (the store refused the credentials, ...) or
+        ``deadline`` passed."""
         while True:
+            helper = self.containers(start.instance_id).get(pod.ROLE_STORAGE)
+            if helper is None:
+                raise LaunchError("the storage container is missing")
             slice_ = max(0.1, min(PROBE_SLICE, deadline - time.monotonic()))
-            if self._exec_ok(storage_id, ["python3", "-c", _WAIT_FILE, pod.STORAGE_READY_FILE,
-                                          f"{slice_:.2f}"]):
-                return True
-            reason = self.check(start)
-            if reason is not None:
-                raise LaunchError(reason)
+            if helper.status == "running" and self._exec_ok(
+                    helper.id, ["python3", "-c", _WAIT_FILE, pod.STORAGE_READY_FILE,
+                                f"{slice_:.2f}"]):
+                return
+            helper = self.containers(start.instance_id).get(pod.ROLE_STORAGE) or helper
+            if helper.status not in ("running", "created"):
+                raise LaunchError(f"storage failed: {self._exit_reason(helper)}")
             if time.monotonic() >= deadline:
-                return False
+                raise LaunchError("the storage helper did not mount the user's storage in time")
+            if helper.status == "created":
+                time.sleep(PROBE_INTERVAL)
 
     def _probe(self, netns_id: str, ports: Sequence[int], seconds: float) -> bool:
         """True if every port answered HTTP within ``seconds``; False also if the holder
@@ -470,6 +517,26 @@ class PodRunner:
                 time.sleep(PROBE_INTERVAL)
                 return False
             raise
+
+    def hand_tunnel_token(self, instance_id: str, token: str) -> None:
+        """Give the pod's listener a renewed tunnel token (it sends it over its tunnels);
+        PodError if the listener is not running or did not take it."""
+        listener = self.containers(instance_id).get(pod.ROLE_LISTENER)
+        if listener is None or listener.status != "running":
+            raise PodError(f"instance {instance_id} has no running listener")
+        argv = [*self.settings.helper_commands[pod.ROLE_LISTENER], "renew"]
+        api = self._client.api
+        try:
+            run = api.exec_create(listener.id, argv, environment={
+                pod.ENV_TUNNEL_TOKEN: token, pod.ENV_TUNNEL_TOKEN_FILE: pod.TUNNEL_TOKEN_FILE})
+            output = api.exec_start(run["Id"])
+            code = api.exec_inspect(run["Id"])["ExitCode"]
+        except docker.errors.APIError as exc:
+            raise PodError(f"cannot hand {instance_id}'s listener its token: "
+                           f"{exc.explanation or exc}") from exc
+        if code != 0:
+            raise PodError(f"{instance_id}'s listener refused its token: "
+                           f"{output.decode(errors='replace').strip()[-300:]}")
 
     def check_helpers(self, start: StartInstance) -> None:
         """Raise :class:`LaunchError` at once if the helpers image lacks the module of a helper
@@ -508,7 +575,7 @@ class PodRunner:
         a saved image is mostly its pull); ``timeout`` counts from the pull's end."""
         self.check_helpers(start)
         pulled = self._pulls.submit(self.ensure_image, start.image, start.registry, progress)
-        starting = self._bring_up(start, pulled)
+        starting = self._bring_up(start, timeout, pulled)
         try:
             try:
                 pulled.result()  # a failed pull says so, before any readiness wait
@@ -525,17 +592,24 @@ class PodRunner:
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self, instance_id: str, grace: float) -> None:
-        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the holder last. The upload
-        helper is not part of it: a save resumed after a restart stops the pod again while its
-        push goes on."""
+        """Stop the pod: SIGTERM, ``grace`` seconds, then SIGKILL; the tool first (so that it
+        can still write its files), the storage helper with at least its own grace (it stores
+        what changed), the holder last. The upload helper is not part of it: a save resumed
+        after a restart stops the pod again while its push goes on."""
         existing = self.containers(instance_id)
         existing.pop(pod.ROLE_UPLOAD, None)
         netns = existing.pop(pod.ROLE_NETNS, None)
+        tool = existing.pop(pod.ROLE_TOOL, None)
 
         def stop_one(container: PodContainer) -> None:
+            seconds = grace
+            if container.role == pod.ROLE_STORAGE:
+                seconds = max(grace, storage.STOP_SECONDS)
             with contextlib.suppress(docker.errors.NotFound):
-                self._client.api.stop(container.id, timeout=int(grace))
+                self._client.api.stop(container.id, timeout=int(seconds))
 
+        if tool is not None:
+            stop_one(tool)
         for future in [self._pool.submit(stop_one, c) for c in existing.values()]:
             future.result()
         if netns is not None:
@@ -588,11 +662,22 @@ class PodRunner:
                 if exc.status_code != 409:  # 409: removal already in progress
                     raise
 
-        containers = self.containers(instance_id).values()
-        for future in [self._pool.submit(remove_one, c) for c in containers]:
+        existing = self.containers(instance_id)
+        helper = existing.get(pod.ROLE_STORAGE)
+        if helper is not None and helper.status in ("running", "restarting"):
+            self.stop(instance_id, 0)  # the storage helper stores what changed and unmounts
+        for future in [self._pool.submit(remove_one, c) for c in existing.values()]:
             future.result()
         for volume in self._client.volumes.list(filters=filters):
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
+                volume.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                # A storage helper that was killed left its mount in the volume.
+                storage.detach(self._client, self.settings.helpers_image,
+                               storage.volume_path(self._client, volume.name),
+                               self.settings.labels)
                 volume.remove(force=True)
         for network in self._client.networks.list(filters=filters):
             with contextlib.suppress(docker.errors.NotFound):

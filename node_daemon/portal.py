@@ -11,6 +11,12 @@
   (``join`` failed after enrolment: no half-joined node stays in the portal);
 - ``GET /registry/token?scope=repository:<repo>:pull`` with the node's JWT: a short-lived
   registry token (the helpers image's pull).
+- ``POST /api/nodes/{id}/instances/{instance}/tunnel-token`` with ``Authorization: Bearer <node
+  JWT>`` -> 200 ``{tunnel_token, expires_at}``: only for an instance placed on this node
+- ``GET /api/nodes/{id}/instances`` with ``Authorization: Bearer <node JWT>`` -> 200
+  ``{instances: [{id, state}]}``: what the control plane has placed on this node
+- ``POST /api/nodes/{id}/instances/{instance}/storage`` with the same authorization and
+  ``{ok, message, usage_bytes}`` -> 200, the instance's storage (``StorageAccess`` as JSON)
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from typing import Any
 import aiohttp
 
 from node_daemon.errors import PortalError
+from protocol.errors import MessageError
+from protocol.messages import StorageAccess, value_of
+from protocol.states import InstanceState
 from protocol.tokens import SigningKey, node_claims
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -82,11 +91,10 @@ class PortalClient:
 
     async def _post(self, path: str, body: dict[str, Any], what: str,
                     headers: dict[str, str] | None = None) -> Any:
-        return await self._call("POST", path, what, body=body, headers=headers)
+        return await self._call("POST", path, body, what, headers)
 
-    async def _call(self, method: str, path: str, what: str, *,
-                    body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-                    ok: tuple[int, ...] = ()) -> Any:
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, what: str,
+                    headers: dict[str, str] | None = None, *, ok: tuple[int, ...] = ()) -> Any:
         """The answer's JSON (None when empty or not JSON); PortalError for a status >= 400
         not in ``ok``, or when the portal cannot be reached."""
         url = f"{self._base}{path}"
@@ -123,7 +131,7 @@ class PortalClient:
 
     async def health(self) -> PortalHealth:
         """What the portal says of itself (a degraded portal still answers, 503)."""
-        body = await self._call("GET", "/api/health", "health check", ok=(503,))
+        body = await self._call("GET", "/api/health", None, "health check", ok=(503,))
         if not isinstance(body, dict) or not isinstance(body.get("version"), str):
             raise PortalError(f"{self._base} is not a dit4c portal (GET /api/health gave no "
                               "version)", status=404)
@@ -133,22 +141,20 @@ class PortalClient:
 
     async def withdraw(self, node_id: str, key: SigningKey) -> None:
         token = key.sign(node_claims(node_id=node_id))
-        await self._call("DELETE", f"/api/nodes/{node_id}", "withdrawal",
-                         headers={"Authorization": f"Bearer {token}"})
+        await self._call("DELETE", f"/api/nodes/{node_id}", None, "withdrawal",
+                         {"Authorization": f"Bearer {token}"})
 
     async def registry_token(self, node_id: str, key: SigningKey, repository: str) -> str:
         """A registry token for pulling ``repository``, as the node itself."""
         token = key.sign(node_claims(node_id=node_id))
         body = await self._call("GET", f"/registry/token?scope=repository:{repository}:pull",
-                                "registry token",
-                                headers={"Authorization": f"Bearer {token}"})
+                                None, "registry token", {"Authorization": f"Bearer {token}"})
         token_text: str = _require(body, ("token",), "registry token")["token"]
         return token_text
 
     async def credentials(self, node_id: str, key: SigningKey) -> AwsCredentials:
-        token = key.sign(node_claims(node_id=node_id))
         body = await self._post(f"/api/nodes/{node_id}/credentials", {}, "credentials",
-                                headers={"Authorization": f"Bearer {token}"})
+                                headers=_signed(node_id, key))
         fields = _require(body, ("access_key_id", "secret_access_key", "session_token",
                                  "expiration", "region", "queue_url", "events_queue_url"),
                           "credentials")
@@ -163,3 +169,36 @@ class PortalClient:
             events_queue_url=fields["events_queue_url"],
             endpoint_url=endpoint if isinstance(endpoint, str) and endpoint else None,
         )
+
+    async def tunnel_token(self, node_id: str, key: SigningKey, instance_id: str) -> str:
+        """A renewed tunnel token for an instance placed on this node; PortalError (403) when
+        it is not placed here (any more)."""
+        body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/tunnel-token",
+                                {}, "tunnel token renewal", headers=_signed(node_id, key))
+        return str(_require(body, ("tunnel_token",), "tunnel token renewal")["tunnel_token"])
+
+    async def storage(self, node_id: str, key: SigningKey, instance_id: str, *, ok: bool,
+                      message: str | None, usage_bytes: int | None) -> StorageAccess:
+        """Renewed storage for an instance this node runs, reporting its helper's health."""
+        body = await self._post(f"/api/nodes/{node_id}/instances/{instance_id}/storage",
+                                {"ok": ok, "message": message, "usage_bytes": usage_bytes},
+                                "storage", headers=_signed(node_id, key))
+        try:
+            return value_of(StorageAccess, body)
+        except MessageError as exc:
+            raise PortalError(f"storage: the portal's answer is not storage: {exc}") from None
+
+    async def placed(self, node_id: str, key: SigningKey) -> dict[str, InstanceState]:
+        """What the control plane has placed on this node: instance id -> its state there."""
+        body = await self._call("GET", f"/api/nodes/{node_id}/instances", None,
+                                "placed instances", headers=_signed(node_id, key))
+        try:
+            return {str(i["id"]): InstanceState(i["state"]) for i in body["instances"]}
+        except (TypeError, KeyError, ValueError):
+            raise PortalError("placed instances: the portal's answer is not a list of "
+                              "{id, state}") from None
+
+
+def _signed(node_id: str, key: SigningKey) -> dict[str, str]:
+    """A fresh node token (each is good for one call)."""
+    return {"Authorization": f"Bearer {key.sign(node_claims(node_id=node_id))}"}

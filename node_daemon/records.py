@@ -69,14 +69,18 @@ class InstanceRecord:
     saved_size: int | None = None
     progress: dict[str, int] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
+    discarded_at: str | None = None
+    """``sent_at`` of the discard that made this record a tombstone: a start the control plane
+    sent after it is a new placement of the same instance (the control plane's clock on both)."""
 
     def to_json(self) -> bytes:
         fields = asdict(replace(self, start=None, save=None))
         fields["start"] = None if self.start is None else self.start.to_dict()
         fields["save"] = None if self.save is None else self.save.to_dict()
-        # The save's fields are left out while unset: a record with no save is byte for byte
-        # the first release's, which an older daemon (downgraded) still reads.
-        for name in SAVE_FIELDS:
+        # The save's fields and the tombstone's time are left out while unset: a record with
+        # neither is byte for byte the first release's, which an older daemon (downgraded)
+        # still reads.
+        for name in (*SAVE_FIELDS, "discarded_at"):
             if fields[name] is None:
                 del fields[name]
         return json.dumps(fields, sort_keys=True).encode()

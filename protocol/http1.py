@@ -6,6 +6,12 @@ find where each request and response ends and forward the bytes unchanged. Heads
 hop-by-hop headers go, ``X-Forwarded-*`` are set by the router (never trusted from clients).
 Malformed input raises :class:`protocol.errors.HttpError` (400 to a client, 502 from an
 upstream).
+
+Strict where two parsers could disagree (RFC 9112): lines end with CRLF only (a bare LF is
+refused, in heads and in chunked framing), header values and request targets carry no control
+characters (HTAB aside), and a chunk size is hex digits only (``0x5``, ``+5``, ``-0``, ``5_0``,
+`` 5`` are refused; Python's ``int(_, 16)`` takes them all). A proxy that reads a message
+differently from the server behind it is how requests are smuggled past it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ HOP_BY_HOP: Final = frozenset({
 """Dropped in both directions. ``Transfer-Encoding`` stays: chunked bodies pass through as-is.
 ``Upgrade``/``Connection: upgrade`` are put back for an upgrade request and its 101."""
 FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                              b"forwarded"})
+                              b"forwarded", b"x-real-ip"})
+"""Who the client is and how it came: set by the router (``X-Forwarded-*``), never taken from
+the client. ``X-Real-IP`` is not set by us, but tools (and nginx's realip) read it as the
+client's address, so a client's own is dropped."""
 METHODS_WITHOUT_RESPONSE_BODY: Final = frozenset({b"HEAD"})
 TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
                                b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -64,8 +73,16 @@ class RequestHead:
 
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\x00]*\r\n)*")
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+"""A field value: visible characters, spaces, HTAB, obs-text; no control character."""
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
+"""A request target: no space, no control character (a bare LF would end the line for
+another parser)."""
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;" + _VALUE + rb")?")
+"""``chunk-size [chunk-ext]``: hex digits only, then extensions we pass on unread."""
+_TRAILER_LINE = re.compile(_TOKEN + rb":" + _VALUE)
 
 
 def _split_head(head: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes]]]:
@@ -121,7 +138,7 @@ def parse_request(head: bytes) -> RequestHead:  # noqa: PLR0912 - one branch per
         raise HttpError("unsupported HTTP version")
     if not method or not TOKEN_CHARS.issuperset(method):
         raise HttpError("malformed method")
-    if not target or b"\x00" in target:
+    if _TARGET.fullmatch(target) is None:
         raise HttpError("malformed request target")
     raw_host = b""
     forwarded_for: bytes | None = None
@@ -237,17 +254,17 @@ class ChunkedScanner:
                 if len(self._line) > self.MAX_LINE:
                     raise HttpError("chunk line too long")
                 return -1
-            line = (self._line + bytes(data[pos:pos + newline])).rstrip(b"\r")
+            line = self._line + bytes(data[pos:pos + newline])
             self._line = b""
             pos += newline + 1
+            if not line.endswith(b"\r"):
+                raise HttpError("bare LF in chunked framing")
+            line = line[:-1]
             if self._state == self._SIZE:
-                size_text = line.split(b";", 1)[0].strip()
-                try:
-                    self._remaining = int(size_text, 16)
-                except ValueError:
-                    raise HttpError("malformed chunk size") from None
-                if self._remaining < 0 or len(size_text) > 15:
+                size = _CHUNK_SIZE.fullmatch(line)
+                if size is None:
                     raise HttpError("malformed chunk size")
+                self._remaining = int(size.group(1), 16)
                 self._state = self._DATA if self._remaining else self._TRAILER
             elif self._state == self._DATA_CRLF:
                 if line:
@@ -256,6 +273,8 @@ class ChunkedScanner:
             elif not line:  # the blank line after the trailers ends the body
                 self._state = self._SIZE
                 return pos
+            elif _TRAILER_LINE.fullmatch(line) is None:
+                raise HttpError("malformed trailer")
         return -1
 
 

@@ -33,12 +33,13 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, TypeVar
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import MessageError
 from protocol.ids import ID_PATTERN, is_id
 
+T = TypeVar("T")
 MAX_MESSAGE_BYTES = 256 * 1024
 """SQS's own limit; a message larger than this cannot be sent, so refuse to build one."""
 
@@ -126,14 +127,21 @@ class RegistryAccess:
 
 @dataclass(frozen=True, kw_only=True)
 class StorageAccess:
-    """The user's persistent storage, mounted at /mnt by the storage helper."""
+    """The user's persistent storage, mounted at ``protocol.pod.STORAGE_MOUNT`` by the storage
+    helper; also what the portal answers when the node renews it."""
 
     kind: str
     """"s3" today."""
     bucket: str
     prefix: str
+    """The user's key prefix, ending in ``/`` (the credentials allow nothing outside it)."""
     credentials: dict[str, str]
+    """``access_key_id``, ``secret_access_key``, ``session_token``, ``expiration`` (RFC 3339):
+    STS credentials whose session policy allows only ``prefix``."""
     endpoint_url: str | None = None
+    region: str = "us-east-1"
+    quota_bytes: int | None = None
+    """The user's storage quota; None: none."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +231,10 @@ class NodeHeartbeat(Message):
     helpers: str | None = None
     """The helpers image as the node finds it: :data:`HELPERS_OK`, or what is wrong and what
     to do (missing, wrong digest, pull refused); None from daemons older than the field."""
+    holds: list[Id] | None = None
+    """Ids of every instance this node has a live record of (starting, running, stopped,
+    failed, saved: anything not discarded). None from a node that does not say: the control
+    plane then never concludes that the node lacks an instance."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +299,15 @@ def from_dict(raw: object) -> Message:
     message: Message = _build(cls, raw, str(kind))
     sent_time(message)
     return message
+
+
+def value_of(cls: type[T], raw: object) -> T:
+    """``raw`` (parsed JSON) as ``cls``, a dataclass of this module that is not a message
+    (e.g. the portal's answer of a :class:`StorageAccess`), checked as :func:`decode` checks."""
+    if not isinstance(raw, dict):
+        raise MessageError(f"{cls.__name__}: expected an object")
+    value: T = _build(cls, raw, cls.__name__)
+    return value
 
 
 def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:

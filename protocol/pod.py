@@ -54,6 +54,14 @@ ENV_HOSTNAME: Final = "DIT4C_HOSTNAME"
 """The instance's public host without port, as bound in the tunnel token."""
 ENV_UPSTREAM: Final = "DIT4C_UPSTREAM"
 """Without the auth settings: where the listener sends each stream over TCP (``host:port``)."""
+ENV_TUNNEL_TOKEN_FILE: Final = "DIT4C_TUNNEL_TOKEN_FILE"  # noqa: S105 - a variable name
+"""Optional: a file the listener watches for renewed tunnel tokens (it sends each to the routers
+over its tunnels). The node daemon writes it with ``python3 -m helpers.listener renew`` (an exec
+in the listener container, the token in ``ENV_TUNNEL_TOKEN``)."""
+TUNNEL_TOKEN_FILE: Final = "/run/dit4c/tunnel-token"  # noqa: S105 - a path
+"""Where the node has the listener keep it: on a tmpfs only the listener's user can read."""
+HELPERS_UID: Final = 10001
+"""The unprivileged user (``dit4c``) the helpers image runs as."""
 
 # --- auth helper (python3 -m helpers.auth) --------------------------------------------------
 ENV_AUTH_LISTEN: Final = "DIT4C_AUTH_LISTEN"
@@ -88,11 +96,27 @@ def portal_issuer(authorize_url: str) -> str:
 # --- storage helper (python3 -m helpers.storage) --------------------------------------------
 ENV_STORAGE: Final = "DIT4C_STORAGE"
 """The start command's ``storage`` object (``protocol.messages.StorageAccess``) as JSON."""
-ENV_STORAGE_SYNC_SECONDS: Final = "DIT4C_STORAGE_SYNC_SECONDS"
-"""Optional: seconds between uploads of the tool's changes (default 30)."""
+STORAGE_VOLUME_MOUNT: Final = "/mnt"
+"""Where the pod's storage volume is, in the storage container and in the tool: the helper
+binds it ``rshared`` and mounts the user's storage inside it, the tool binds it ``rslave``
+(no privilege) and so sees that mount, and a new one after a restart of the helper."""
+STORAGE_MOUNT: Final = "/mnt/storage"
+"""The user's storage, as the tool sees it."""
+STORAGE_UID: Final = 10001
+"""The unprivileged user the storage helper's file server runs as (the helpers image's)."""
 STORAGE_READY_FILE: Final = "/run/dit4c/storage-ready"
-"""Made in the storage container once the user's files are in /mnt; the node daemon waits for
-it before it reports the instance running. Its folder is a tmpfs (empty at every start)."""
+"""Made in the storage container once the user's storage is mounted; the node daemon waits for
+it before it starts the tool. Its folder (``STORAGE_RUN_DIR``) is a tmpfs, empty at every
+start."""
+STORAGE_RUN_DIR: Final = "/run/dit4c"
+STORAGE_STATUS_FILE: Final = "/run/dit4c/storage-status.json"
+"""The helper's health, rewritten every few seconds: ``{"ok": bool, "message": str | null,
+"usage_bytes": int, "quota_bytes": int | null, "at": RFC 3339}``; the node daemon reads it."""
+STORAGE_SESSION_FILE: Final = "/run/dit4c/storage-session.json"
+"""Renewed credentials (and quota) from the portal: ``{"credentials": {...}, "quota_bytes":
+int | null}``, written by ``python3 -m helpers.storage renew`` that the node daemon runs in the
+storage container (as ``STORAGE_UID``) with ``ENV_STORAGE_SESSION``."""
+ENV_STORAGE_SESSION: Final = "DIT4C_STORAGE_SESSION"
 
 # --- upload helper (python3 -m helpers.upload) ----------------------------------------------
 ENV_UPLOAD: Final = "DIT4C_UPLOAD"

@@ -9,7 +9,8 @@ Audiences, one per kind of token:
 
 ===========================  ==============================================================
 ``AUD_TUNNEL``               binds one tunnel to one hostname (claim ``host``); ``sub`` is the
-                             instance id. Signed by the control plane, checked by routers.
+                             instance id. Signed by the control plane, checked by routers;
+                             at most an hour of life, renewed by the node.
 ``AUD_NODE``                 a node proving itself to ``/api/nodes/{id}/credentials``; signed
                              by the node's own key; ``iss`` = ``sub`` = node id; short and
                              single-use (``jti``).
@@ -175,6 +176,16 @@ def unverified_kid(token: str) -> str:
     return kid
 
 
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A token's claims, **not verified**: for its holder, who reads its own token's times
+    (when to renew it); never to decide anything about someone else's."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.exceptions.DecodeError:
+        raise TokenError("malformed token") from None
+    return claims
+
+
 def verify(
     token: str,
     keys: KeySet,
@@ -218,21 +229,42 @@ def verify(
 # --- claim builders: one per kind, so every signer writes the same shape --------------------
 
 
+TUNNEL_TOKEN_MAX_LIFETIME = 3600
+"""The longest a tunnel token may live; routers refuse longer ones. The node renews its
+instances' tokens through the portal (only for an instance placed on it), so a token that
+leaks, or that a node keeps after its instance moved, dies within this; and a router needs to
+remember a revocation only this long (:data:`REVOCATION_KEEP_SECONDS`)."""
+REVOCATION_KEEP_SECONDS = TUNNEL_TOKEN_MAX_LIFETIME + DEFAULT_LEEWAY_SECONDS
+"""After this, no token issued before a revocation can pass any more: the entry may go."""
+
+
 def tunnel_claims(*, issuer: str, instance_id: str, hostname: str,
-                  lifetime: int = 30 * 24 * 3600, now: float | None = None) -> dict[str, Any]:
-    """A tunnel token lives as long as an instance may run; revocation ends it sooner."""
-    iat = int(now if now is not None else time.time())
+                  lifetime: int = TUNNEL_TOKEN_MAX_LIFETIME,
+                  now: float | None = None) -> dict[str, Any]:
+    """A tunnel token for ``hostname``. ``iat`` has millisecond precision: routers refuse
+    tokens issued at or before a revocation of their host, and the token of an instance placed
+    again is issued within the same second as the revocation of its old placement."""
+    iat = round(now if now is not None else time.time(), 3)
     return {"iss": issuer, "aud": AUD_TUNNEL, "sub": instance_id, "host": hostname.lower(),
-            "iat": iat, "exp": iat + lifetime, "jti": uuid.uuid4().hex}
+            "iat": iat, "exp": int(iat) + min(lifetime, TUNNEL_TOKEN_MAX_LIFETIME),
+            "jti": uuid.uuid4().hex}
 
 
-def verify_tunnel(token: str, keys: KeySet, *, hostname: str,
-                  issuer: str | None = None) -> dict[str, Any]:
-    """Verify a tunnel token and that it binds exactly ``hostname``."""
-    claims = verify(token, keys, audience=AUD_TUNNEL, issuer=issuer, required=("sub", "host"))
+def verify_tunnel(token: str, keys: KeySet, *, hostname: str, issuer: str | None = None,
+                  leeway: int = DEFAULT_LEEWAY_SECONDS) -> dict[str, Any]:
+    """Verify a tunnel token: it binds exactly ``hostname`` and lives at most
+    :data:`TUNNEL_TOKEN_MAX_LIFETIME`."""
+    claims = verify(token, keys, audience=AUD_TUNNEL, issuer=issuer, required=("sub", "host"),
+                    max_lifetime=TUNNEL_TOKEN_MAX_LIFETIME, leeway=leeway)
     if claims["host"] != hostname.lower():
         raise TokenError("tunnel token is for another host")
     return claims
+
+
+def host_digest(hostname: str) -> str:
+    """How the public revocations list names a host (SHA-256, hex): a router can match the
+    host a tunnel asks for, nobody can read off which instances were revoked."""
+    return hashlib.sha256(hostname.lower().encode()).hexdigest()
 
 
 def node_claims(*, node_id: str, lifetime: int = 120, now: float | None = None) -> dict[str, Any]:

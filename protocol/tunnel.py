@@ -23,7 +23,13 @@ window, or a grant of more than was ever sent is a :class:`TunnelError` (the tun
 ``EOF``    the sender will send no more bytes on this stream (a half-close)
 ``CLOSE``  the stream is over; payload is a UTF-8 reason (the peer drops its end)
 ``WINDOW`` payload u32: the receiver grants that many more bytes of credit
+``TOKEN``  listener -> router, stream 0: a renewed tunnel token (ASCII) for the same host; the
+           router checks it as at the handshake and the tunnel lives until its expiry
 =========  ============================================================================
+
+Tunnel tokens live at most an hour (``protocol.tokens.TUNNEL_TOKEN_MAX_LIFETIME``): the router
+ends a tunnel whose token expired, so a long-running tunnel stays up by ``TOKEN`` frames with
+the tokens the node renews, without dropping its streams.
 
 Pure Python on asyncio only: the listener runs this on Debian's Python with aiohttp 3.8, the router
 on the development virtualenv. :func:`serve` carries a mux over any aiohttp WebSocket (the
@@ -48,7 +54,9 @@ DATA: Final = 2
 EOF: Final = 3
 CLOSE: Final = 4
 WINDOW: Final = 5
-KINDS: Final = frozenset({OPEN, DATA, EOF, CLOSE, WINDOW})
+TOKEN: Final = 6
+KINDS: Final = frozenset({OPEN, DATA, EOF, CLOSE, WINDOW, TOKEN})
+MAX_TOKEN_BYTES: Final = 8192
 
 HEADER: Final = struct.Struct("!BII")
 CREDIT: Final = struct.Struct("!I")
@@ -263,10 +271,13 @@ class Mux:
 
     def __init__(self, *, window: int = DEFAULT_WINDOW, max_streams: int = 1000,
                  on_open: Callable[[int, memoryview], None] | None = None,
+                 on_token: Callable[[str], None] | None = None,
                  max_data: int = MAX_DATA) -> None:
         self.window = window
         self.max_streams = max_streams
         self.max_data = max_data
+        self.on_token = on_token
+        """Router side: a renewed tunnel token came (``TOKEN``)."""
         self.outbox = Outbox()
         self.outbox.batch_bytes = max(BATCH_BYTES, max_data + HEADER.size)
         self.streams: dict[int, Stream] = {}
@@ -294,6 +305,10 @@ class Mux:
     def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
 
+    def send_token(self, token: str) -> None:
+        """Listener side: hand the router a renewed tunnel token."""
+        self.outbox.put(encode(TOKEN, 0, token.encode("ascii")))
+
     def feed(self, message: bytes | bytearray) -> None:  # noqa: PLR0912 - one branch per frame kind
         """Dispatch one received message; raise :class:`TunnelError` if the peer misbehaves."""
         for kind, stream_id, payload in decode(message):
@@ -320,6 +335,10 @@ class Mux:
             elif kind == CLOSE:
                 if stream is not None:
                     stream._peer_closed(bytes(payload).decode(errors="replace"))
+            elif kind == TOKEN:
+                if self.on_token is None or stream_id or len(payload) > MAX_TOKEN_BYTES:
+                    raise TunnelError("unexpected TOKEN frame")
+                self.on_token(bytes(payload).decode("ascii", errors="replace"))
             elif kind == OPEN:
                 if self.on_open is None or stream is not None:
                     raise TunnelError(f"unexpected OPEN for stream {stream_id}")

@@ -4,18 +4,27 @@ Everything a test creates carries ``dit4c.test-run=<run id>`` (see tests/conftes
 ``python -m scripts.cleanup --run ID`` removes one run's containers, networks, volumes and
 images; ``--stale MINUTES`` removes those of any run that are older than that (leftovers of a
 killed run), so concurrent runs of other people on a shared engine are left alone.
-Removing what is already gone is success.
+Removing what is already gone is success. Either way, the node daemon's egress chains of pods
+bridges that no longer exist are removed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import errno
 import logging
+import os
+import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -95,6 +104,9 @@ def remove_labelled(
             removed.networks.append(network.name)
     if older_than is None:
         for volume in client.volumes.list(filters=filters):
+            # A storage helper killed with its pod leaves its (dead) FUSE mount inside its
+            # volume, and the engine cannot remove a volume with a mount in it.
+            _detach_mounts_under(str(volume.attrs.get("Mountpoint") or ""))
             if _gone_ok(partial(volume.remove, force=True), f"volume {volume.name}"):
                 removed.volumes.append(volume.name)
         for image in client.images.list(filters=filters):
@@ -102,6 +114,51 @@ def remove_labelled(
             if _gone_ok(partial(client.images.remove, image.id, force=True), f"image {name}"):
                 removed.images.append(name)
     return removed
+
+
+EGRESS_CHAIN = re.compile(r"^-N (DIT4C-(?:FWD|IN)-(\S+))$")
+"""The node daemon's egress chains (node_daemon/egress.py), one pair per pods bridge."""
+
+
+def remove_orphan_egress_chains(iptables: str | None = None) -> list[str]:
+    """Remove the egress chains (and their jumps) of pods bridges that no longer exist: they
+    match nothing, but every test run's pods network would leave two behind."""
+    binary = iptables or shutil.which("iptables")
+    if binary is None:
+        return []
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "-w", "5", *args], capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    listing = run("-S").stdout.splitlines()
+    removed = []
+    for line in listing:
+        match = EGRESS_CHAIN.match(line)
+        if match is None or Path("/sys/class/net", match.group(2)).exists():
+            continue
+        chain, bridge = match.groups()
+        for parent in ("DOCKER-USER", "INPUT"):
+            run("-D", parent, "-i", bridge, "-j", chain)
+        run("-F", chain)
+        if run("-X", chain).returncode == 0:
+            removed.append(chain)
+    return removed
+
+
+def _detach_mounts_under(folder: str, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Lazily unmount whatever is mounted below ``folder`` (this host's mounts; root only)."""
+    if not folder or not os.path.exists(mountinfo):
+        return
+    with open(mountinfo) as table:
+        points = [line.split()[4] for line in table if len(line.split()) > 4]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    for point in sorted(set(points), key=len, reverse=True):
+        if point.startswith(folder.rstrip("/") + "/"):
+            while libc.umount2(point.encode(), 2) == 0:  # MNT_DETACH; mounts may be stacked
+                log.info("detached %s", point)
+            if ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+                log.warning("could not detach %s: %s", point, os.strerror(ctypes.get_errno()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as exc:
         print(f"cleanup: {exc}", file=sys.stderr)
         return 1
-    print(f"cleanup: removed {removed}")
+    chains = remove_orphan_egress_chains()
+    print(f"cleanup: removed {removed}" + (f", {len(chains)} egress chains" if chains else ""))
     return 0
 
 

@@ -96,8 +96,12 @@ async function renderInstances(force) {
     const id = inst.instance_id || inst.id;
     const progress = inst.progress && Object.keys(inst.progress).length
       ? " " + Object.entries(inst.progress).map(([k, v]) => `${k} ${v}%`).join(", ") : "";
+    const storage = inst.storage && !inst.storage.ok
+      ? el("div", { "class": "reason", "data-testid": "storage" },
+        `storage: ${inst.storage.message || "failing"}`) : null;
     const state = el("td", { "class": `state state-${inst.state}`, "data-testid": "state" },
-      inst.state + progress, inst.reason ? el("div", { "class": "reason" }, inst.reason) : null);
+      inst.state + progress, inst.reason ? el("div", { "class": "reason" }, inst.reason) : null,
+      storage);
     const open = inst.url && inst.state === "running"
       ? el("a", { href: inst.url, target: "_blank", rel: "noopener" }, "open") : "";
     const actions = el("td", { "class": "actions" });
@@ -168,6 +172,28 @@ function formatDate(iso) {
   if (!iso) return "";
   const date = new Date(iso);
   return isNaN(date) ? iso : date.toLocaleString();
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function storageText(use) {
+  const share = use.quota_bytes ? ` (${Math.round(100 * use.used_bytes / use.quota_bytes)}%)` : "";
+  return `${use.username}: ${bytes(use.used_bytes)} of ${bytes(use.quota_bytes)} used${share}, ` +
+    `at ${use.mount} in every instance (counted ${use.counted_at})`;
+}
+
+async function renderStorage() {
+  const holder = $("storage");
+  try {
+    const use = await api("GET", "/api/storage");
+    holder.textContent = "Storage " + storageText(use);
+    holder.hidden = false;
+  } catch (e) { holder.hidden = true; }  // no storage in this deployment
 }
 
 async function renderImages() {
@@ -404,6 +430,7 @@ async function route() {
     else {
       show("instances");
       await renderInstances(true);
+      await renderStorage();
       pollTimer = setInterval(() => renderInstances().catch((e) => flash(e.message)), POLL_MS);
     }
   } catch (e) { flash(e.message); }
@@ -451,6 +478,19 @@ document.addEventListener("DOMContentLoaded", () => {
   onSubmit("user-form", async (body) => {
     await api("POST", "/api/users", body);
     flash(`User ${body.username} created.`, "info");
+  });
+  $("storage-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const name = encodeURIComponent(form.elements.username.value);
+    const quota = form.elements.quota_mb.value;
+    try {
+      const use = event.submitter && event.submitter.name === "set"
+        ? await api("PUT", `/api/users/${name}/storage`, { quota_mb: quota === "" ? null : Number(quota) })
+        : await api("GET", `/api/users/${name}/storage`);
+      $("user-storage").textContent = storageText(use);
+      $("user-storage").hidden = false;
+    } catch (e) { flash(e.message); }
   });
   onSubmit("image-form", async (body) => {
     await api("POST", "/api/images", body);

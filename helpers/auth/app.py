@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import logging
 import time
@@ -32,6 +31,7 @@ from aiohttp import web
 
 from helpers.auth.config import AuthConfig
 from helpers.auth.errors import GrantRefused, PortalError
+from helpers.auth.origins import foreign, origin_of
 from helpers.auth.portal import Portal
 from helpers.auth.proxy import Upstream, cookie_value
 from helpers.auth.sessions import LOGIN_LIFETIME, Session, SessionStore, new_secret
@@ -63,6 +63,7 @@ class AuthHelper:
         self.login_cookie = f"{prefix}dit4c-login"
         self.own_cookies = frozenset(
             f"{p}{name}" for p in ("", "__Host-") for name in ("dit4c-auth", "dit4c-login"))
+        self.own_origin = origin_of(config.origin)
         self._own_paths = {pod.CALLBACK_PATH: self.callback, pod.LOGOUT_PATH: self.logout,
                            pod.REVOKE_PATH: self.revoke}
         self._portal: Portal | None = None
@@ -129,6 +130,15 @@ class AuthHelper:
             if request.method in ("GET", "HEAD") and not websocket:
                 return self.start_login(request)
             return _page(401, "Sign-in required", "Open this page in the browser to sign in.")
+        if foreign(request.method, upgrade="Upgrade" in request.headers,
+                   origin=request.headers.get("Origin"),
+                   fetch_site=request.headers.get("Sec-Fetch-Site"),
+                   own_origin=self.own_origin):
+            log.warning("%s %s from origin %r refused", "WebSocket" if websocket
+                        else request.method, request.path, request.headers.get("Origin"))
+            return _page(403, "Request from another site refused",
+                         "This instance takes changes and WebSocket connections from its own "
+                         "pages only.")
         if websocket:
             return await self.upstream.forward_websocket(request, session.websockets)
         return await self.upstream.forward_http(request)
@@ -147,9 +157,9 @@ class AuthHelper:
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        login = self.sessions.finish_login(query.get("state", ""))
-        nonce = cookie_value(request, self.login_cookie)
-        if login is None or nonce is None or not _equal(nonce, login.browser_nonce):
+        login = self.sessions.finish_login(query.get("state", ""),
+                                           cookie_value(request, self.login_cookie))
+        if login is None:
             log.warning("callback with an unknown, used or foreign state refused")
             return _page(400, "Sign-in link expired",
                          "This sign-in was not started here, or was already used. "
@@ -288,8 +298,6 @@ class AuthHelper:
                             secure=self.config.secure or None, max_age=max_age)
 
 
-def _equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _redirect(location: str) -> web.Response:

@@ -10,8 +10,9 @@ directions. A WebSocket becomes a byte pipe after the tool's ``101``; if the ses
 boundary and both connections close.
 
 Everything else — no session, sign-in, callback, logout, back-channel revocation, a token due
-for renewal — goes as bytes, unchanged, to the helper's aiohttp application
-(:mod:`helpers.auth.app`) on a private Unix socket, which decides and answers as it always did
+for renewal, a WebSocket or unsafe method from another origin (:mod:`helpers.auth.origins`) —
+goes as bytes, unchanged, to the helper's aiohttp application (:mod:`helpers.auth.app`) on a
+private Unix socket, which decides and answers as it always did
 (and proxies to the tool itself after a renewal). The application stays the one place where
 access is decided; the gate only recognises, in memory, a session the application made.
 
@@ -30,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from helpers.auth.origins import foreign, origin_of
 from helpers.auth.proxy import WebSocketLink, sets_cookie, strip_cookies
 from protocol import http1
 from protocol.errors import HttpError
@@ -77,6 +79,7 @@ class Gate:
         self.scheme = b"https" if helper.config.secure else b"http"
         self.own_cookies = frozenset(helper.own_cookies)
         self.session_cookie = helper.session_cookie.encode() + b"="
+        self.own_origin = origin_of(helper.config.origin)
         scheme, _, address = helper.config.upstream.partition("://")
         host, _, port = address.rpartition(":")
         self.tool: tuple[str, int] | None = None
@@ -87,17 +90,31 @@ class Gate:
         return GateConnection(self)
 
     def session_for(self, head: http1.RequestHead) -> Session | None:
-        """The live session this request may use the fast path with, else None."""
+        """The live session this request may use the fast path with, else None (the
+        application then decides: sign-in, renewal, or a refusal of a foreign origin)."""
         if self.tool is None or head.target.startswith(OWN_PREFIX):
             return None
+        session_id: str | None = None
+        origin: bytes | None = None
+        fetch_site: bytes | None = None
         for name, value in head.headers:
-            if name.lower() == b"cookie":
+            lower = name.lower()
+            if lower == b"cookie" and session_id is None:
                 session_id = _cookie(value, self.session_cookie)
-                if session_id is not None:
-                    session = self.helper.sessions.get(session_id)
-                    if session is not None and self.helper.clock() < session.renew_at():
-                        return session
-                    return None
+            elif lower == b"origin":
+                origin = value
+            elif lower == b"sec-fetch-site":
+                fetch_site = value
+        if session_id is None:
+            return None
+        if foreign(head.method.decode("latin-1"), upgrade=head.upgrade is not None,
+                   origin=None if origin is None else origin.decode("latin-1"),
+                   fetch_site=None if fetch_site is None else fetch_site.decode("latin-1"),
+                   own_origin=self.own_origin):
+            return None
+        session = self.helper.sessions.get(session_id)
+        if session is not None and self.helper.clock() < session.renew_at():
+            return session
         return None
 
     def tool_head(self, head: http1.RequestHead) -> bytes:
@@ -321,11 +338,18 @@ class GateConnection(asyncio.Protocol):
                 if self.client_frames.close_seen:
                     self._close()  # the browser answered our close: the handshake is done
                 return
-        if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
-            self._forward_body(data)
-        elif state != CLOSED:
-            self.buf += data
-            self._process()
+        try:
+            if state in (UPGRADED, UPGRADING) or (state == BODY and not self.buf):
+                self._forward_body(data)
+            elif state != CLOSED:
+                self.buf += data
+                self._process()
+        except HttpError:  # a body's framing (chunk sizes, line ends)
+            if len(self.pending) == 1 and not self.pending[0].answered and not self.out:
+                self.pending.clear()
+                self._fail(400)
+            else:
+                self._abort()
 
     def eof_received(self) -> bool:
         if self.state == CLOSING or (self.state == HEAD and not self.buf and not self.pending):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection
-from http.cookies import CookieError, SimpleCookie
 
 import aiohttp
 from aiohttp import web
@@ -104,12 +103,20 @@ def _response_headers(upstream: CIMultiDictProxy[str],
 
 
 def sets_cookie(value: str, names: Collection[str]) -> bool:
-    try:
-        parsed = SimpleCookie()
-        parsed.load(value)
-        return any(name in names for name in parsed)
-    except CookieError:
-        return value.split("=", 1)[0].strip() in names
+    """Whether a ``Set-Cookie`` value sets one of ``names``, read as browsers read it (RFC
+    6265bis 5.7), not as :class:`http.cookies.SimpleCookie` does: that one silently drops a
+    cookie it finds malformed (``dit4c-auth=a b``, a stray quote), which browsers store all the
+    same. The name is what precedes the first ``=`` of the first ``;``-part, trimmed; a
+    nameless cookie (``=dit4c-auth=x``) is sent back as its bare value, ``dit4c-auth=x``, so
+    the name inside that value counts too."""
+    pair = value.split(";", 1)[0]
+    name, sep, rest = pair.partition("=")
+    name = name.strip(" \t")
+    if not sep:
+        return False  # a nameless cookie without "=": it comes back as a bare word
+    if name:
+        return name in names
+    return rest.partition("=")[0].strip(" \t") in names
 
 
 class Upstream:

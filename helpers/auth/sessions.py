@@ -5,13 +5,23 @@ so a cookie copied to another instance, or forged, finds nothing. A helper resta
 sessions; users then pass through the portal again, which is silent while their portal session
 lasts.
 
-Both stores are bounded: a flood of anonymous requests evicts the oldest logins in progress,
-never a session.
+Logins in progress keep no state here: a flood of sign-in starts (every anonymous GET is one)
+cannot push out anyone's sign-in. The ``state`` sent through the portal carries the login
+itself (when it started, the page to go back to) and a MAC over it and the browser's login
+cookie, under a key that lives only in this process; the PKCE verifier is derived from the
+state with the same key, so it never leaves the helper. A state works once: finished states
+are remembered until they expire (a bounded memory that only a completed round trip through
+the callback adds to; past the bound the oldest are forgotten early, and the portal's
+single-use codes still stop a replay).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -23,13 +33,20 @@ from helpers.auth.proxy import WebSocketLink
 
 LOGIN_LIFETIME = 600.0
 """Seconds a browser has to come back from the portal with the code."""
-MAX_PENDING_LOGINS = 1000
+MAX_FINISHED_LOGINS = 10_000
+"""Finished states remembered (until they expire) so that each works once."""
+MAX_NEXT_PATH = 2048
+"""A longer first page is not carried through the sign-in (the state rides in a URL)."""
 SESSION_IDLE_LIMIT = 12 * 3600.0
 """A session not used for this long is forgotten (the portal's grants end by then anyway)."""
 
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass
@@ -62,36 +79,62 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by id and logins in progress by ``state``; ``clock`` is seconds (monotonic-free:
-    token times are wall-clock)."""
+    """Sessions by id, and the logins this helper started (kept in their ``state``, see the
+    module docstring); ``clock`` is seconds (monotonic-free: token times are wall-clock)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *,
+                 key: bytes | None = None) -> None:
         self._clock = clock
+        self._key = key or secrets.token_bytes(32)
         self._sessions: dict[str, Session] = {}
-        self._pending: OrderedDict[str, PendingLogin] = OrderedDict()
+        self._finished: OrderedDict[str, float] = OrderedDict()
+        """state -> when it expires, for the states that came back."""
 
     # --- logins in progress ----------------------------------------------------------------
 
+    def _mac(self, purpose: str, *parts: str) -> str:
+        message = "\x00".join((purpose, *parts)).encode()
+        return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
+
     def start_login(self, browser_nonce: str, next_path: str) -> PendingLogin:
-        self._expire_logins()
-        while len(self._pending) >= MAX_PENDING_LOGINS:
-            self._pending.popitem(last=False)
-        login = PendingLogin(new_secret(), new_secret(), browser_nonce, next_path, self._clock())
-        self._pending[login.state] = login
-        return login
+        started = self._clock()
+        if len(next_path) > MAX_NEXT_PATH:
+            next_path = "/"
+        payload = _b64(json.dumps([started, next_path, secrets.token_hex(8)]).encode())
+        state = f"{payload}.{self._mac('state', payload, browser_nonce)}"
+        return PendingLogin(state, self._mac("pkce", state), browser_nonce, next_path, started)
 
-    def finish_login(self, state: str) -> PendingLogin | None:
-        """The login ``state`` belongs to, removed (a state works once); None if unknown/old."""
-        self._expire_logins()
-        return self._pending.pop(state, None)
+    def finish_login(self, state: str, browser_nonce: str | None) -> PendingLogin | None:
+        """The login ``state`` stands for, if this helper made it for this browser (its
+        login cookie's nonce) within ``LOGIN_LIFETIME`` and it has not come back before;
+        else None."""
+        payload, _, mac = state.partition(".")
+        if browser_nonce is None or not hmac.compare_digest(
+                mac.encode(), self._mac("state", payload, browser_nonce).encode()):
+            return None
+        try:
+            started, next_path, _ = json.loads(base64.urlsafe_b64decode(
+                payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            return None  # made by us, so never: but a key is no reason to crash
+        now = self._clock()
+        if not started <= now + 5 or now - started > LOGIN_LIFETIME:
+            return None
+        self._expire_finished(now)
+        if state in self._finished:
+            return None
+        self._finished[state] = started + LOGIN_LIFETIME
+        while len(self._finished) > MAX_FINISHED_LOGINS:
+            self._finished.popitem(last=False)
+        return PendingLogin(state, self._mac("pkce", state), browser_nonce, str(next_path),
+                            float(started))
 
-    def _expire_logins(self) -> None:
-        cutoff = self._clock() - LOGIN_LIFETIME
-        while self._pending:
-            oldest = next(iter(self._pending.values()))
-            if oldest.started >= cutoff:
+    def _expire_finished(self, now: float) -> None:
+        while self._finished:
+            state, expires = next(iter(self._finished.items()))
+            if expires > now:
                 break
-            self._pending.popitem(last=False)
+            del self._finished[state]
 
     # --- sessions --------------------------------------------------------------------------
 
@@ -120,4 +163,4 @@ class SessionStore:
             dead = session.tokens.refresh_token is None and session.tokens.expires_at < now
             if (idle or dead) and not session.websockets:
                 self.drop(session)
-        self._expire_logins()
+        self._expire_finished(now)

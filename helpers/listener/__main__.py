@@ -1,4 +1,6 @@
 """``python3 -m helpers.listener``: settings from the environment (names in protocol/pod.py).
+``python3 -m helpers.listener renew``: hand the running listener a renewed tunnel token
+(:mod:`helpers.listener.tokens`).
 
 With the auth helper's settings too (``DIT4C_AUTH_UPSTREAM`` and the rest, as in a pod), the
 auth helper runs in this process and every stream goes to its gate in-process
@@ -20,11 +22,14 @@ from helpers.auth.errors import ConfigError
 from helpers.auth.server import AuthServer
 from helpers.listener.links import RouterLink, StreamServer
 from helpers.listener.links import session as links_session
+from helpers.listener.tokens import TunnelToken
+from helpers.listener.tokens import write as write_token
 from protocol.pod import (
     ENV_AUTH_UPSTREAM,
     ENV_HOSTNAME,
     ENV_ROUTER_URLS,
     ENV_TUNNEL_TOKEN,
+    ENV_TUNNEL_TOKEN_FILE,
     ENV_UPSTREAM,
 )
 
@@ -35,7 +40,8 @@ class SettingsError(Exception):
     """A required setting is missing or malformed; the message names it."""
 
 
-def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int] | AuthConfig]:
+def settings(env: dict[str, str]
+             ) -> tuple[TunnelToken, list[str], str, tuple[str, int] | AuthConfig]:
     """(token, router URLs, hostname, upstream) from the environment; the upstream is the auth
     helper's settings when it runs in this process."""
     def required(name: str) -> str:
@@ -48,7 +54,8 @@ def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int] 
     for url in urls:
         if not url.startswith(("ws://", "wss://")):
             raise SettingsError(f"{ENV_ROUTER_URLS}: {url!r} is not a ws:// or wss:// URL")
-    token, hostname = required(ENV_TUNNEL_TOKEN), required(ENV_HOSTNAME).lower()
+    token = TunnelToken(required(ENV_TUNNEL_TOKEN), env.get(ENV_TUNNEL_TOKEN_FILE) or None)
+    hostname = required(ENV_HOSTNAME).lower()
     if env.get(ENV_AUTH_UPSTREAM):
         try:
             return token, urls, hostname, AuthConfig.from_env(env)
@@ -60,7 +67,7 @@ def settings(env: dict[str, str]) -> tuple[str, list[str], str, tuple[str, int] 
     return token, urls, hostname, (host, int(port))
 
 
-async def run(token: str, urls: list[str], hostname: str,
+async def run(token: TunnelToken, urls: list[str], hostname: str,
               upstream: tuple[str, int] | AuthConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,6 +89,7 @@ async def run(token: str, urls: list[str], hostname: str,
             links = [RouterLink(session, url, token=token, hostname=hostname, upstream=target)
                      for url in urls]
             tasks = [asyncio.ensure_future(link.run()) for link in links]
+            tasks.append(asyncio.ensure_future(token.watch()))
             await stop.wait()
             for task in tasks:
                 task.cancel()
@@ -91,7 +99,22 @@ async def run(token: str, urls: list[str], hostname: str,
             await auth.stop()
 
 
+def renew(env: dict[str, str]) -> int:
+    """``python3 -m helpers.listener renew``: the node daemon hands over a renewed token
+    (``DIT4C_TUNNEL_TOKEN``), which the running listener picks up from its token file."""
+    token = env.get(ENV_TUNNEL_TOKEN, "").strip()
+    path = env.get(ENV_TUNNEL_TOKEN_FILE, "").strip()
+    if not token or not path:
+        print(f"listener renew: {ENV_TUNNEL_TOKEN} and {ENV_TUNNEL_TOKEN_FILE} must be set",
+              file=sys.stderr)
+        return 2
+    write_token(path, token)
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["renew"]:
+        return renew(dict(os.environ))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import aiohttp
 
 from helpers.listener.streams import StreamTransport
+from helpers.listener.tokens import TunnelToken
 from helpers.listener.upstream import UpstreamConnection
 from protocol.tunnel import (
     DEFAULT_WINDOW,
@@ -57,12 +58,12 @@ class RouterLink:
     to ``upstream`` (``(host, port)``), or in-process to a protocol ``upstream()`` makes
     (:mod:`helpers.listener.streams`)."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, *, token: str, hostname: str,
-                 upstream: tuple[str, int] | StreamServer, window: int = DEFAULT_WINDOW,
-                 heartbeat: float = HEARTBEAT) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, *, token: str | TunnelToken,
+                 hostname: str, upstream: tuple[str, int] | StreamServer,
+                 window: int = DEFAULT_WINDOW, heartbeat: float = HEARTBEAT) -> None:
         self.session = session
         self.url = url
-        self.token = token
+        self.token = token if isinstance(token, TunnelToken) else TunnelToken(token)
         self.hostname = hostname
         self.upstream = upstream
         self.window = window
@@ -94,7 +95,8 @@ class RouterLink:
             await asyncio.sleep(delay)
 
     async def _serve_once(self) -> None:
-        headers = {"Authorization": f"Bearer {self.token}", HOST_HEADER: self.hostname}
+        dialled_with = self.token.value
+        headers = {"Authorization": f"Bearer {dialled_with}", HOST_HEADER: self.hostname}
         async with self.session.ws_connect(
             self.url, headers=headers, heartbeat=self.heartbeat, autoping=True,
             max_msg_size=MAX_MESSAGE_BYTES, compress=0,
@@ -103,9 +105,13 @@ class RouterLink:
             mux.on_open = self._opener(mux)
             log.info("tunnel to %s up for %s", self.url, self.hostname)
             self.connected.set()
+            unsubscribe = self.token.subscribe(mux.send_token)
+            if self.token.value != dialled_with:  # renewed while we dialled
+                mux.send_token(self.token.value)
             try:
                 reason = await serve(ws, mux)
             finally:
+                unsubscribe()
                 for task in list(self._connects):
                     task.cancel()
             log.info("tunnel to %s down: %s", self.url, reason)

@@ -1,1 +1,1 @@
-"""The storage helper: mirrors the user's S3 prefix into the pod volume at /mnt and back."""
+"""The storage helper: the user's S3 prefix as a file system at /mnt/storage (FUSE)."""

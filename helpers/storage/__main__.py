@@ -1,107 +1,251 @@
-"""``python3 -m helpers.storage``: settings from the environment (names in protocol/pod.py).
+"""``python3 -m helpers.storage [run | serve | renew | unmount]``.
 
-Downloads the user's files into /mnt (retrying until it succeeds), then logs ``storage ready``
-and makes ``protocol.pod.STORAGE_READY_FILE`` (the node daemon waits for it). Then syncs every
-``DIT4C_STORAGE_SYNC_SECONDS`` (default 30) and once more on SIGTERM/SIGINT before exiting.
+- ``run`` (the container's command): as root with only ``SYS_ADMIN`` (to mount), ``SETUID``
+  and ``SETGID`` (to hand over): detaches whatever a previous run left at
+  ``protocol.pod.STORAGE_MOUNT``, mounts the FUSE file system there, and starts ``serve`` as
+  the unprivileged ``STORAGE_UID`` with the mount's descriptor: from then on nothing the tool
+  can reach runs with a capability. Once ``serve`` says it is ready, makes
+  ``STORAGE_READY_FILE``. SIGTERM/SIGINT go on to ``serve``, which stores every changed file;
+  then the mount is detached. If ``serve`` ends on its own, the mount is detached and ``run``
+  exits with its status (the container's restart policy starts it again).
+- ``serve``: checks the credentials against the store (a refusal or an unreachable store ends
+  it, with the reason, before it is ready: the launch fails with it), counts the usage, serves
+  the mount, and keeps ``STORAGE_STATUS_FILE`` current.
+- ``renew``: writes ``ENV_STORAGE_SESSION`` (new credentials and quota from the portal) to
+  ``STORAGE_SESSION_FILE``, where ``serve`` reads it; the node daemon runs it.
+- ``unmount``: detaches a mount left by a helper that was killed (the node daemon's cleanup).
 """
 
 from __future__ import annotations
 
+import errno
+import faulthandler
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from helpers.storage.s3 import S3Store
-from helpers.storage.sync import Mirror, StorageError
-from protocol.pod import ENV_STORAGE, ENV_STORAGE_SYNC_SECONDS, STORAGE_READY_FILE
+from helpers.storage import fuse_server
+from helpers.storage.config import ConfigError, StorageConfig, quota_of
+from helpers.storage.filesystem import StorageFS
+from helpers.storage.quota import RECOUNT_SECONDS, Quota
+from helpers.storage.store import Credentials, S3Store, StoreError
+from protocol.pod import (
+    ENV_STORAGE_SESSION,
+    STORAGE_MOUNT,
+    STORAGE_READY_FILE,
+    STORAGE_SESSION_FILE,
+    STORAGE_STATUS_FILE,
+    STORAGE_UID,
+)
 
 log = logging.getLogger("dit4c.storage")
 
-ROOT = Path("/mnt")
-READY_FILE = Path(STORAGE_READY_FILE)
-"""Exists once the initial download finished (outside /mnt: the tool must not see it)."""
-DEFAULT_SYNC_SECONDS = 30.0
-RETRY_SECONDS = 5.0
+ENV_FD = "DIT4C_STORAGE_FUSE_FD"
+"""How ``run`` hands the mount's descriptor to ``serve``."""
+CACHE_DIR = Path("/tmp/dit4c-storage-cache")  # noqa: S108 - the helper's own container
+STOP_SECONDS = 8.0
+"""How long ``serve`` keeps trying to store changed files at stop (within Docker's 10 s)."""
+START_ATTEMPTS = 2
+CREDENTIALS_WAIT_SECONDS = 120.0
+UPKEEP_SECONDS = 5.0
+READY = b"ready\n"
+ERROR_SHOWN_SECONDS = 30.0
+"""A failure the tool saw stays in the status this long (the node reads it now and then)."""
 
 
-def settings(env: dict[str, str]) -> tuple[dict[str, Any], float]:
-    """(the storage object, sync interval) from the environment."""
+# -- run: the privileged part, kept small ----------------------------------------------------
+
+
+def run(config: StorageConfig) -> int:
+    del config  # checked before anything is mounted; serve reads it again
+    target = STORAGE_MOUNT
+    while fuse_server.unmount(target):  # a killed helper's mount (maybe several, stacked)
+        log.info("detached a stale mount at %s", target)
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    fd = fuse_server.mount(target, STORAGE_UID, STORAGE_UID)
     try:
-        storage = json.loads(env.get(ENV_STORAGE, ""))
-    except ValueError:
-        raise StorageError(f"{ENV_STORAGE} must be a JSON object") from None
-    if not isinstance(storage, dict) or storage.get("kind") != "s3":
-        raise StorageError(f"{ENV_STORAGE} must be a JSON object with kind \"s3\"")
-    for name in ("bucket", "prefix"):
-        if not isinstance(storage.get(name), str) or (name == "bucket" and not storage[name]):
-            raise StorageError(f"{ENV_STORAGE}: {name} must be a string")
-    if not isinstance(storage.get("credentials", {}), dict):
-        raise StorageError(f"{ENV_STORAGE}: credentials must be an object")
-    try:
-        interval = float(env.get(ENV_STORAGE_SYNC_SECONDS) or DEFAULT_SYNC_SECONDS)
-    except ValueError:
-        raise StorageError(f"{ENV_STORAGE_SYNC_SECONDS} must be a number of seconds") from None
-    if interval <= 0:
-        raise StorageError(f"{ENV_STORAGE_SYNC_SECONDS} must be positive")
-    return storage, interval
+        child = subprocess.Popen(
+            [sys.executable, "-m", "helpers.storage", "serve"], pass_fds=(fd,),
+            env={**os.environ, ENV_FD: str(fd)}, stdout=subprocess.PIPE,
+            user=STORAGE_UID, group=STORAGE_UID, extra_groups=[])
+    except BaseException:
+        os.close(fd)
+        fuse_server.unmount(target)
+        raise
+    os.close(fd)  # the child's copy is the connection: when it ends, the mount is dead
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    assert child.stdout is not None
+    if child.stdout.readline() == READY:
+        Path(STORAGE_READY_FILE).touch()
+        log.info("storage ready at %s", target)
+    status = child.wait()
+    fuse_server.unmount(target)
+    log.info("storage stopped (file server exit status %s)", status)
+    return status
 
 
-def run(mirror: Mirror, interval: float, stop: threading.Event,
-        ready_file: Path = READY_FILE) -> None:
-    """Download, make ``ready_file``, then sync every ``interval`` until ``stop`` is set, and
-    once more then."""
-    while not stop.is_set():
+# -- serve: the file server, unprivileged ----------------------------------------------------
+
+
+def serve(config: StorageConfig, fd: int) -> int:
+    # `docker kill -s USR1` on the helper prints every thread's stack (a hung file system).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    credentials = Credentials(config.credentials, Path(STORAGE_SESSION_FILE), key="credentials")
+    store = S3Store(bucket=config.bucket, prefix=config.prefix, credentials=credentials,
+                    endpoint_url=config.endpoint_url, region=config.region)
+    quota = Quota(config.quota_bytes)
+    where = f"s3://{config.bucket}/{config.prefix}"
+    # A restarted helper starts from its container's settings, whose credentials may have
+    # expired: the node daemon sees the restart and hands over renewed ones.
+    waited = time.monotonic() + CREDENTIALS_WAIT_SECONDS
+    if credentials.expired(margin=5):
+        log.info("credentials expired: waiting for renewed ones")
+    while credentials.expired(margin=5) and time.monotonic() < waited:
+        time.sleep(1.0)
+    for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            count = mirror.download_all()
+            store.list_dir("")
+            quota.counted(store.usage())
             break
-        except Exception as exc:  # network or S3 errors: try again
-            log.warning("initial download failed, retrying in %gs: %s", RETRY_SECONDS, exc)
-            stop.wait(RETRY_SECONDS)
-    else:
-        log.info("stopped before the initial download finished: nothing synced")
-        return
-    ready_file.parent.mkdir(parents=True, exist_ok=True)
-    ready_file.touch()
-    log.info("storage ready: %d files in %s", count, mirror.root)
-    while True:
-        stopping = stop.wait(interval)
-        try:
-            uploaded, deleted = mirror.sync()
-            if uploaded or deleted:
-                log.info("synced: %d uploaded, %d deleted", uploaded, deleted)
-        except Exception as exc:  # the next round tries again
-            log.warning("sync failed: %s", exc)
-        if stopping:
-            return
+        except StoreError as exc:
+            # Only an unreachable store is tried again; a refusal is final.
+            if attempt == START_ATTEMPTS or exc.code != errno.EIO:
+                print(f"storage: cannot use {where}: {exc}", file=sys.stderr, flush=True)
+                return 3
+            log.warning("storage at %s not reachable yet (%s); trying again", where, exc)
+            time.sleep(1.0)
+    CACHE_DIR.mkdir(mode=0o700, exist_ok=True)
+    fs = StorageFS(store, quota, CACHE_DIR)
+    server = fuse_server.FuseServer(fd, fs)
+    fs.notifier = server
+    serving = threading.Thread(target=server.serve, name="dit4c-fuse", daemon=True)
+    serving.start()
+    stop = threading.Event()
+    threading.Thread(target=fs.watch, args=(stop,), name="dit4c-watch", daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("serving %s at %s (quota %s bytes, %s used)", where, STORAGE_MOUNT,
+             quota.limit, quota.used)
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
+    upkeep(fs, quota, stop, serving)
+    left = fs.store_all(time.monotonic() + STOP_SECONDS)
+    for path in left:
+        log.error("could not store %s before stopping: its changes are lost", path)
+    write_status(fs, quota)
+    return 1 if left else 0
 
 
-def main() -> int:
+def upkeep(fs: StorageFS, quota: Quota, stop: threading.Event,
+           serving: threading.Thread) -> None:
+    """Until ``stop`` (or the mount goes away): store again what failed, trim the local copies,
+    take new quota from a renewal, recount usage, write the status file."""
+    counted = time.monotonic()
+    while not stop.wait(UPKEEP_SECONDS) and serving.is_alive():
+        fs.retry_failed()
+        fs.evict()
+        session = read_session()
+        if session is not None and "quota_bytes" in session:
+            try:
+                quota.set_limit(quota_of(session, STORAGE_SESSION_FILE))
+            except ConfigError as exc:
+                log.warning("%s", exc)
+        if time.monotonic() - counted > RECOUNT_SECONDS:
+            try:
+                quota.counted(fs.store.usage())
+                counted = time.monotonic()
+            except StoreError as exc:
+                fs.failed(f"counting usage failed: {exc}")
+        write_status(fs, quota)
+
+
+def read_session() -> dict[str, Any] | None:
+    try:
+        found = json.loads(Path(STORAGE_SESSION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def write_status(fs: StorageFS, quota: Quota) -> None:
+    failing = dict(fs.failures)
+    message = None
+    if failing:
+        path, error = next(iter(failing.items()))
+        message = f"{len(failing)} changed file(s) not stored yet, e.g. {path}: {error}"
+    elif fs.last_error and time.monotonic() - fs.last_error_at < ERROR_SHOWN_SECONDS:
+        message = fs.last_error
+    status = {"ok": message is None, "message": message, "usage_bytes": quota.used,
+              "quota_bytes": quota.limit,
+              "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    _write_atomic(Path(STORAGE_STATUS_FILE), json.dumps(status))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        partial.replace(path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
+
+
+# -- renew and unmount: run by the node daemon -----------------------------------------------
+
+
+def renew(env: dict[str, str]) -> int:
+    try:
+        session = json.loads(env.get(ENV_STORAGE_SESSION, ""))
+        if not isinstance(session, dict) or not isinstance(session.get("credentials"), dict):
+            raise ValueError
+        quota_of(session, ENV_STORAGE_SESSION)
+    except (ValueError, ConfigError):
+        print(f"storage: {ENV_STORAGE_SESSION} must be a JSON object with credentials",
+              file=sys.stderr)
+        return 2
+    _write_atomic(Path(STORAGE_SESSION_FILE), json.dumps(session))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "run"
+    if command == "renew":
+        return renew(dict(os.environ))
+    if command == "unmount":
+        while fuse_server.unmount(STORAGE_MOUNT):
+            log.info("detached %s", STORAGE_MOUNT)
+        return 0
+    if command not in ("run", "serve"):
+        print(f"storage: unknown command {command!r} (run, serve, renew, unmount)",
+              file=sys.stderr)
+        return 2
     try:
-        storage, interval = settings(dict(os.environ))
-    except StorageError as exc:
+        config = StorageConfig.from_env(dict(os.environ))
+    except ConfigError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         return 2
-    # The tool may run as any uid: it must be able to change what we download, and to write
-    # in the (root-owned) volume.
-    os.umask(0)
-    ROOT.chmod(0o777)
-    store = S3Store(bucket=storage["bucket"], prefix=storage["prefix"],
-                    credentials=storage.get("credentials") or {},
-                    endpoint_url=storage.get("endpoint_url"))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("storage: s3://%s/%s -> %s every %gs", store.bucket, store.prefix, ROOT, interval)
-    run(Mirror(ROOT, store), interval, stop)
-    return 0
+    if command == "run":
+        return run(config)
+    return serve(config, int(os.environ[ENV_FD]))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start everything in the foreground; Ctrl-C stops it")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument("--restart-children", action="store_true",
+                     help="start the edge router or node daemon again when it exits, instead "
+                          "of stopping the stack (what the fault suite runs)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dit4c: error: cannot use data directory {config.data_dir} (DIT4C_DATA_DIR): "
               f"{exc}", file=sys.stderr)
         return 2
-    status = LocalStack(config).run()
+    status = LocalStack(config, restart_children=args.restart_children).run()
     # Everything the stack started is stopped and its files are closed. Skip the interpreter's
     # teardown: freeing moto's in-memory state and thousands of modules takes seconds, and
     # Ctrl-C should give the terminal back at once.

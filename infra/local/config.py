@@ -27,7 +27,15 @@ variable                       meaning                                          
                                daemon, which reads the same variable)
 ``DIT4C_NODE_LABELS``          ``k=v,...`` labels on the Docker objects made      none
                                (the node daemon reads it too; tests use it)
-``DIT4C_SNAPSHOT_SECONDS``     seconds between periodic snapshots                 30
+``DIT4C_SNAPSHOT_SECONDS``     how often the journal's size is checked            30
+``DIT4C_JOURNAL_BYTES``        a journal this large is compacted into a new       1048576
+                               snapshot (at the next check)
+``DIT4C_JOURNAL_SYNC``         ``always``: each change is on disk (fdatasync)     ``always``
+                               before its answer leaves, and survives a power
+                               cut; ``never``: it survives a killed stack, and
+                               the kernel writes it to disk within ~30 s
+``DIT4C_SCHEDULE_SECONDS``     run the template's scheduled functions (the        their
+                               reaper) this often instead (tests)                 ``rate()``
 ``DIT4C_READY_TIMEOUT``        seconds to wait for every part to be ready         120
 ``DIT4C_STOP_GRACE``           seconds a child gets after SIGTERM before SIGKILL  4
 =============================  =================================================  ==============
@@ -66,6 +74,10 @@ class LocalConfig:
     pods_network: str = PODS_NETWORK
     docker_labels: Mapping[str, str] = field(default_factory=dict)
     snapshot_seconds: float = 30.0
+    journal_bytes: int = 1 << 20
+    journal_sync: bool = True
+    schedule_seconds: float | None = None
+    """Overrides every ``rate(...)`` of the template's schedules when set."""
     ready_timeout: float = 120.0
     stop_grace: float = 4.0
     public_host: str = "localhost"
@@ -98,6 +110,19 @@ class LocalConfig:
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, not {text!r}")
             return value
+
+        def count(name: str, default: int) -> int:
+            text = get(name)
+            if text is None:
+                return default
+            if not text.isdigit() or int(text) == 0:
+                raise ConfigError(f"{name} must be a positive whole number, not {text!r}")
+            return int(text)
+
+        journal_sync = get("DIT4C_JOURNAL_SYNC") or "always"
+        if journal_sync not in ("always", "never"):
+            raise ConfigError(f"DIT4C_JOURNAL_SYNC must be 'always' or 'never', not "
+                              f"{journal_sync!r}")
 
         stack_name = get("DIT4C_STACK_NAME") or "dit4c-local"
         if not _STACK_NAME.match(stack_name):
@@ -135,6 +160,9 @@ class LocalConfig:
             pods_network=get("DIT4C_NODE_PODS_NETWORK") or PODS_NETWORK,
             docker_labels=parse_labels(get("DIT4C_NODE_LABELS") or ""),
             snapshot_seconds=seconds("DIT4C_SNAPSHOT_SECONDS", 30.0),
+            journal_bytes=count("DIT4C_JOURNAL_BYTES", 1 << 20),
+            journal_sync=journal_sync == "always",
+            schedule_seconds=seconds("DIT4C_SCHEDULE_SECONDS", 0.0) or None,
             ready_timeout=seconds("DIT4C_READY_TIMEOUT", 120.0),
             stop_grace=seconds("DIT4C_STOP_GRACE", 4.0),
         )

@@ -6,6 +6,7 @@
     ├── ConfigError        a setting (environment variable) is missing or bad
     ├── TemplateError      template.yaml cannot be read, or uses what the local stack cannot create
     ├── SnapshotError      the saved AWS state in the data directory cannot be read or restored
+    ├── JournalError       a change to the AWS state cannot be written to the journal (disk full)
     ├── DockerUnavailable  no Docker engine answers
     └── ChildFailed        a process the stack started exited or never became ready
 """
@@ -26,6 +27,10 @@ class TemplateError(LocalStackError):
 
 
 class SnapshotError(LocalStackError):
+    pass
+
+
+class JournalError(LocalStackError):
     pass
 
 

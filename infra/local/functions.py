@@ -6,7 +6,10 @@
   so they come back after the visibility timeout and, after ``maxReceiveCount`` tries, go to the
   dead-letter queue: SQS's own redrive, as on AWS.
 - :class:`ScheduleTimer`: calls the handler with an EventBridge scheduled event every
-  ``rate(...)`` interval.
+  ``rate(...)`` interval, while its rule (in moto's EventBridge) is enabled.
+- :class:`RuleState`: whether a rule is enabled. The control plane switches the reaper's rule
+  and the events trigger off while nothing runs (``control_plane/standby.py``); locally there
+  is no trigger to switch, so the pump follows the reaper's rule instead.
 
 Handlers come from the template (``Handler: module.attribute``) and are imported only once the
 environment is set, as in a Lambda cold start. A handler error is logged with its traceback and
@@ -81,8 +84,33 @@ def _context(spec: FunctionSpec) -> LambdaContext:
     )
 
 
+class RuleState:
+    """``state()``: is the EventBridge rule ``name`` enabled? Read at most once a second; a rule
+    that cannot be read counts as enabled (the pump and timer keep working as before)."""
+
+    def __init__(self, events: Any, name: str) -> None:
+        self._events = events
+        self.name = name
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._enabled = True
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._read_at >= 1.0:
+                try:
+                    self._enabled = self._events.describe_rule(Name=self.name)["State"] \
+                        != "DISABLED"
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("cannot read rule %s (%s); taking it as enabled", self.name, exc)
+                    self._enabled = True
+                self._read_at = time.monotonic()
+            return self._enabled
+
+
 class SqsPump:
-    """One SQS trigger: see the module docstring. ``start()`` runs it in a thread."""
+    """One SQS trigger: see the module docstring. ``start()`` runs it in a thread; while
+    ``enabled()`` says no, it does not poll."""
 
     def __init__(
         self,
@@ -96,9 +124,11 @@ class SqsPump:
         region: str,
         observer: Observer | None = None,
         stopping: threading.Event | None = None,
+        enabled: Callable[[], bool] | None = None,
     ) -> None:
         self._spec = spec
         self._handler = handler
+        self._enabled = enabled or (lambda: True)
         self._sqs = sqs
         self._queue_url = queue_url
         self._queue_arn = queue_arn
@@ -128,6 +158,9 @@ class SqsPump:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if not self._enabled():
+                self._stopping.wait(POLL_WAIT_SECONDS)
+                continue
             try:
                 self.run_once(POLL_WAIT_SECONDS)
             except (ClientError, BotoCoreError) as exc:
@@ -196,14 +229,16 @@ def _failed_ids(result: Any) -> set[str]:
 
 
 class ScheduleTimer:
-    """One ``rate(...)`` schedule: see the module docstring. ``start()`` runs it in a thread."""
+    """One ``rate(...)`` schedule: see the module docstring. ``start()`` runs it in a thread;
+    while ``enabled()`` says no, the runs are skipped."""
 
     def __init__(
         self, spec: FunctionSpec, handler: Handler, rule_name: str, interval: float, region: str,
-        *, stopping: threading.Event | None = None,
+        *, stopping: threading.Event | None = None, enabled: Callable[[], bool] | None = None,
     ) -> None:
         self._spec = spec
         self._handler = handler
+        self._enabled = enabled or (lambda: True)
         self._rule_arn = f"arn:aws:events:{region}:{ACCOUNT_ID}:rule/{rule_name}"
         self._interval = interval
         self._region = region
@@ -226,7 +261,8 @@ class ScheduleTimer:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
-            self.fire()
+            if self._enabled():
+                self.fire()
 
     def fire(self) -> None:
         """Call the handler once with a scheduled event; errors are logged, not raised."""

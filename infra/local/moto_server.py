@@ -3,8 +3,8 @@
 Like ``moto.server.ThreadedMotoServer``, but it binds in the caller's thread, so a port that is
 taken is an ``OSError`` naming it at once (instead of a thread that dies while ``start()`` waits
 forever, or werkzeug's ``sys.exit``), and ``stop()`` closes the listening socket. moto keeps
-every service's state in this process's memory; :mod:`infra.local.snapshot` saves and restores
-what must outlive it.
+every service's state in this process's memory; :mod:`infra.local.durable` writes what must
+outlive it through to disk, as the middleware in front of it (``wrap``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class DynamoDbTakesTurns:
 class MotoServer:
     """Serves every AWS service moto has on ``host:port`` (port 0: a free one) until stopped.
 
-    ``wrap``: a WSGI middleware put in front of moto (the IAM tests' policy gate).
+    ``wrap``: a WSGI middleware put in front of moto (the IAM tests' policy gate, the storage
+    tests' S3 gate).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,

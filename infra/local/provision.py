@@ -10,6 +10,12 @@ skipped, and only an error when something the stack needs refers to it. Physical
 deterministic: ``<stack name>-<LogicalId>`` (buckets in lower case), like CloudFormation's
 without the random suffix.
 
+What SAM makes for the functions' events is made too, under SAM's logical ids (function +
+event name): a schedule's EventBridge rule, in moto, where the control plane switches it and
+the local stack's timer follows it; an SQS event's mapping is not made (the local stack's pump
+reads the queue itself: a mapping in moto would have moto invoke a function of its own for
+each message), so its ``Ref`` is a stand-in, or the mapping of that queue that exists already.
+
 The result, :class:`Stack`, maps each logical id to what ``Ref`` and ``GetAtt`` give, and holds
 the resolved ``Globals.Function.Environment.Variables``: the environment of the control plane.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +34,7 @@ from botocore.exceptions import ClientError
 from infra.local.aws import ACCOUNT_ID, AwsEndpoint
 from infra.local.errors import TemplateError
 from infra.local.intrinsics import Resolver
-from infra.local.template import FunctionSpec, SqsTrigger, Template
+from infra.local.template import FunctionSpec, ScheduleTrigger, SqsTrigger, Template
 
 log = logging.getLogger("dit4c.local.provision")
 
@@ -73,6 +80,8 @@ class Stack:
     functions: Mapping[str, FunctionSpec]
     sqs_sources: Mapping[str, str] = field(default_factory=dict)
     """Function logical id -> URL of the queue its SQS trigger reads."""
+    function_environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Function logical id -> its environment on Lambda: ``environment`` and its own."""
     skipped: tuple[str, ...] = ()
     """Resources of kinds the local stack does not create, that nothing it needs refers to."""
     resolver: Resolver | None = None
@@ -104,10 +113,6 @@ class Provisioner:
                 skipped.append(logical_id)
                 continue
             run.physical(logical_id, where=logical_id)
-        environment = {
-            name: run.resolver.resolve_string(value, f"Globals.Function.Environment.{name}")
-            for name, value in template.function_environment().items()
-        }
         functions = template.functions()
         sqs_sources = {}
         for spec in functions.values():
@@ -115,6 +120,19 @@ class Provisioner:
                 if isinstance(trigger, SqsTrigger):
                     arn = run.resolver.resolve_string(trigger.queue, f"{spec.logical_id}.Queue")
                     sqs_sources[spec.logical_id] = run.queue_url_for_arn(arn)
+                    run.created[trigger.resource] = run.mapping(trigger.resource, arn)
+                elif isinstance(trigger, ScheduleTrigger):
+                    run.created[trigger.resource] = run.rule(trigger)
+        environment = {
+            name: run.resolver.resolve_string(value, f"Globals.Function.Environment.{name}")
+            for name, value in template.function_environment().items()
+        }
+        function_environments = {
+            spec.logical_id: {**environment, **{
+                name: run.resolver.resolve_string(value, f"{spec.logical_id}.Environment.{name}")
+                for name, value in spec.environment.items()}}
+            for spec in functions.values()
+        }
         return Stack(
             name=self._stack_name,
             region=self._endpoint.region,
@@ -122,6 +140,7 @@ class Provisioner:
             environment=environment,
             functions=functions,
             sqs_sources=sqs_sources,
+            function_environments=function_environments,
             skipped=tuple(skipped),
             resolver=run.resolver,
         )
@@ -222,6 +241,31 @@ class _Run:
             if physical.type == "AWS::SQS::Queue" and physical.attributes["Arn"] == arn:
                 return physical.ref
         raise TemplateError(f"no queue of this template has the ARN {arn}")
+
+    # -- what SAM makes for the functions' events -----------------------------------------------
+
+    def rule(self, trigger: ScheduleTrigger) -> Physical:
+        """The schedule's rule, made on in moto's EventBridge; one there already keeps its
+        state (the control plane switches it)."""
+        events = self.owner.client("events")
+        name = (self.resolver.resolve_string(trigger.rule_name, f"{trigger.resource}.Name")
+                if trigger.rule_name else f"{self.owner.stack_name}-{trigger.resource}")
+        try:
+            state = events.describe_rule(Name=name)["State"]
+        except events.exceptions.ResourceNotFoundException:
+            state = "ENABLED"
+        arn = events.put_rule(Name=name, ScheduleExpression=trigger.expression,
+                              State=state)["RuleArn"]
+        return Physical(trigger.resource, "AWS::Events::Rule", name, {"Arn": arn})
+
+    def mapping(self, logical_id: str, queue_arn: str) -> Physical:
+        """An SQS event's mapping: the one of that queue made beforehand, else a stand-in id
+        (see the module docstring)."""
+        made = self.owner.client("lambda").list_event_source_mappings(
+            EventSourceArn=queue_arn)["EventSourceMappings"]
+        ref = made[0]["UUID"] if made else str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"{queue_arn}#{logical_id}"))
+        return Physical(logical_id, "AWS::Lambda::EventSourceMapping", ref)
 
     def _name(self, logical_id: str, properties: Mapping[str, Any], key: str) -> str:
         given = properties.get(key)

@@ -9,17 +9,29 @@ of ``make run`` and puts it back into a fresh moto:
 - the objects of the stack's S3 buckets;
 - the SQS queues made at run time whose names start with the node queue prefix (per-node command
   queues): name, attributes and tags. Their *messages* are not kept: a command that was waiting
-  when the stack stopped is lost, and the control plane's reaper fails the transition it belonged
-  to, as it would for a node that never answered.
+  when the stack stopped is lost, and the control plane's reaper repairs the transition it
+  belonged to, as it would for a node that never answered.
+
+Changes between snapshots are in the journal (:mod:`infra.local.durable`), which holds exactly
+the same kinds of state.
 
 Layout under the snapshot directory::
 
-    snapshot.json        the manifest: tables, parameters, queues, object index (written atomically)
-    blobs/<sha256>       S3 object bodies, content-addressed
+    snapshot.json        the manifest: tables, parameters, queues, object index, and the first
+                         journal segment it does not hold (``journal_from``)
+    snapshot.prev.json   the manifest before it, kept as a fallback
+    blobs/<sha256>       S3 object bodies, content-addressed (those of both manifests)
+
+A save is :meth:`Snapshotter.capture` (reading the state; the caller keeps writers out while it
+runs, so the snapshot is one moment) then :meth:`Snapshotter.write`: bodies first, then the
+manifest atomically, the old one becoming ``snapshot.prev.json``.
 
 A table or bucket in the snapshot that the template no longer has is kept in the next snapshot
-(and reported), never dropped: bad input loses nothing. A snapshot that cannot be read is a
-:class:`SnapshotError` and the stack refuses to start rather than overwrite it.
+(and reported), never dropped: bad input loses nothing. A manifest that cannot be read, or
+whose objects are missing or damaged, is moved aside (``snapshot.json.damaged-<time>``) and the
+previous one is used, with the journal from where that one ends, and :class:`Restored` says so.
+When no good manifest is left it is a :class:`SnapshotError` and the stack refuses to start,
+leaving the files as they are: it never starts empty in their place.
 """
 
 from __future__ import annotations
@@ -41,12 +53,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.local.aws import AwsEndpoint
 from infra.local.errors import SnapshotError
+from infra.local.files import set_aside, sync_directory, write_atomically
 from infra.local.provision import Stack
 
 log = logging.getLogger("dit4c.local.snapshot")
 
 SNAPSHOT_VERSION: Final = 1
 MANIFEST: Final = "snapshot.json"
+PREVIOUS: Final = "snapshot.prev.json"
 
 # Queue attributes that SQS computes; the rest is what a queue was created with.
 _COMPUTED_QUEUE_ATTRIBUTES: Final = frozenset({
@@ -77,11 +91,45 @@ class Summary:
         )
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What :meth:`Snapshotter.restore` did."""
+
+    summary: Summary
+    journal_from: int
+    """The first journal segment the restored snapshot does not hold: replay from there."""
+    source: Path | None
+    """The manifest restored (None: there was none, a first start)."""
+    notes: tuple[str, ...] = ()
+    """Damage found and what was done about it, one sentence each, for the terminal."""
+
+
+@dataclass
+class Capture:
+    """The stack's state at one moment, read by :meth:`Snapshotter.capture`, not yet on disk."""
+
+    manifest: dict[str, Any]
+    bodies: dict[str, bytes]
+    summary: Summary
+
+
+@dataclass
+class _Loaded:
+    """A manifest read and checked, with the bodies of its objects."""
+
+    path: Path
+    manifest: dict[str, Any]
+    bodies: dict[str, bytes]
+
+    @property
+    def journal_from(self) -> int:
+        return int(self.manifest.get("journal_from", 0))
+
+
 class Snapshotter:
     """Saves the stack's AWS state to ``directory`` and restores it; see the module docstring.
 
-    ``save`` may be called from several threads (a timer and the shutdown path); saves are
-    serialised. Call ``restore`` once, before anything writes to the stack.
+    Saves are serialised. Call ``restore`` once, before anything writes to the stack.
     """
 
     def __init__(
@@ -96,44 +144,82 @@ class Snapshotter:
         # Sections of the last restored snapshot that the current template has no place for.
         self._orphan_tables: dict[str, Any] = {}
         self._orphan_buckets: dict[str, Any] = {}
+        # The manifest on disk that the next write makes the previous one: its objects and
+        # journal stay until the write after that.
+        self._kept_blobs: set[str] = set()
+        self._kept_journal_from = 0
 
     @property
     def manifest_path(self) -> Path:
         return self._directory / MANIFEST
 
+    @property
+    def previous_path(self) -> Path:
+        return self._directory / PREVIOUS
+
     # -- restore ---------------------------------------------------------------------------------
 
-    def restore(self) -> Summary:
-        """Put a saved snapshot back into the (fresh) stack; no snapshot: nothing to do."""
-        manifest = self._read_manifest()
-        if manifest is None:
-            return Summary()
-        try:
-            return self._restore(manifest)
-        except (ClientError, BotoCoreError, KeyError, TypeError, ValueError) as exc:
+    def restore(self) -> Restored:
+        """Put the newest good snapshot back into the (fresh) stack; see the module docstring."""
+        damaged: list[tuple[Path, SnapshotError]] = []
+        for path in (self.manifest_path, self.previous_path):
+            try:
+                loaded = self._load(path)
+            except SnapshotError as exc:
+                damaged.append((path, exc))
+                continue
+            if loaded is None:
+                continue
+            notes = []
+            for bad, reason in damaged:
+                aside = set_aside(bad)
+                notes.append(f"{reason}: moved to {aside}; restored from {path} and the journal "
+                             f"from segment {loaded.journal_from} instead")
+            try:
+                summary = self._apply(loaded)
+            except (ClientError, BotoCoreError, KeyError, TypeError, ValueError) as exc:
+                raise SnapshotError(
+                    f"cannot restore {path}: {exc}; the file is left as it is"
+                ) from exc
+            self._kept_blobs = set(loaded.bodies)
+            self._kept_journal_from = loaded.journal_from
+            return Restored(summary, loaded.journal_from, path, tuple(notes))
+        if damaged:
+            reasons = "; ".join(str(exc) for _, exc in damaged)
             raise SnapshotError(
-                f"cannot restore {self.manifest_path}: {exc}; the file is left as it is"
-            ) from exc
+                f"{reasons}; no good snapshot is left to restore from, so the stack does not "
+                "start (the files are left as they are; move them aside to start empty)"
+            )
+        return Restored(Summary(), 0, None)
 
-    def _read_manifest(self) -> dict[str, Any] | None:
+    def _load(self, path: Path) -> _Loaded | None:
+        """The manifest at ``path`` with its objects, checked; None when there is no file."""
         try:
-            text = self.manifest_path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise SnapshotError(f"cannot read {self.manifest_path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"cannot read {path}: {exc}") from exc
         try:
             manifest = json.loads(text)
         except ValueError as exc:
-            raise SnapshotError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
+            raise SnapshotError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(manifest, dict) or manifest.get("version") != SNAPSHOT_VERSION:
             raise SnapshotError(
-                f"{self.manifest_path}: unknown snapshot version "
+                f"{path}: unknown snapshot version "
                 f"{manifest.get('version') if isinstance(manifest, dict) else manifest!r}"
             )
-        return manifest
+        try:
+            digests = {entry["sha256"] for entries in manifest.get("objects", {}).values()
+                       for entry in entries}
+            int(manifest.get("journal_from", 0))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"{path} is damaged: {exc!r}") from exc
+        bodies = {digest: self._read_blob(digest, path) for digest in digests}
+        return _Loaded(path, manifest, bodies)
 
-    def _restore(self, manifest: dict[str, Any]) -> Summary:
+    def _apply(self, loaded: _Loaded) -> Summary:
+        manifest = loaded.manifest
         dynamodb = self._endpoint.client("dynamodb")
         tables = self._tables()
         items = restored_tables = 0
@@ -171,9 +257,9 @@ class Snapshotter:
                 self._orphan_buckets[logical_id] = saved_objects
                 continue
             for entry in saved_objects:
-                body = self._read_blob(entry["sha256"])
                 s3.put_object(
-                    Bucket=buckets[logical_id], Key=entry["key"], Body=body,
+                    Bucket=buckets[logical_id], Key=entry["key"],
+                    Body=loaded.bodies[entry["sha256"]],
                     ContentType=entry.get("content_type") or "binary/octet-stream",
                     Metadata=entry.get("metadata") or {},
                 )
@@ -190,31 +276,63 @@ class Snapshotter:
                     request["tags"] = queue["tags"]
                 sqs.create_queue(**request)
         summary = Summary(items, restored_tables, len(parameters), objects, len(queues))
-        log.info("restored %s from %s", summary, self.manifest_path)
+        log.info("restored %s from %s", summary, loaded.path)
         return summary
 
-    def _read_blob(self, digest: str) -> bytes:
+    def _read_blob(self, digest: str, manifest: Path) -> bytes:
         path = self._blobs / digest
         try:
             body = path.read_bytes()
         except OSError as exc:
-            raise SnapshotError(f"snapshot object {path} is missing: {exc}") from exc
+            raise SnapshotError(
+                f"{manifest} names object {path}, which cannot be read: {exc}"
+            ) from exc
         if hashlib.sha256(body).hexdigest() != digest:
-            raise SnapshotError(f"snapshot object {path} is damaged (checksum differs)")
+            raise SnapshotError(f"{manifest} names object {path}, which is damaged "
+                                "(checksum differs)")
         return body
 
     # -- save ------------------------------------------------------------------------------------
 
-    def save(self) -> Summary:
-        """Write the current state atomically (manifest last); returns what was saved."""
-        with self._lock:
-            try:
-                return self._save()
-            except (ClientError, BotoCoreError) as exc:
-                raise SnapshotError(f"cannot read the stack's state to save it: {exc}") from exc
+    def save(self, journal_from: int = 0) -> Summary:
+        """Capture and write at once (nothing else may write meanwhile); see :meth:`write`."""
+        summary, _ = self.write(self.capture(), journal_from)
+        return summary
 
-    def _save(self) -> Summary:
-        self._blobs.mkdir(parents=True, exist_ok=True)
+    def capture(self) -> Capture:
+        """Read the whole state to save; writers must be kept out until it returns."""
+        try:
+            return self._capture()
+        except (ClientError, BotoCoreError) as exc:
+            raise SnapshotError(f"cannot read the stack's state to save it: {exc}") from exc
+
+    def write(self, capture: Capture, journal_from: int) -> tuple[Summary, int]:
+        """Put ``capture`` on disk as the snapshot that holds the journal up to segment
+        ``journal_from`` (excluded). Returns what was saved and the first journal segment still
+        needed by the manifest kept as the previous one: the ones before it may go."""
+        with self._lock:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            for digest, body in capture.bodies.items():
+                path = self._blobs / digest
+                if not path.exists():
+                    write_atomically(path, body)
+            sync_directory(self._blobs)
+            manifest = {**capture.manifest, "journal_from": journal_from,
+                        "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            tmp = self.manifest_path.with_name(MANIFEST + ".tmp")
+            write_atomically(tmp, json.dumps(manifest, indent=1).encode())
+            if self.manifest_path.exists():
+                os.replace(self.manifest_path, self.previous_path)
+            os.replace(tmp, self.manifest_path)
+            sync_directory(self._directory)
+            keep = set(capture.bodies) | self._kept_blobs
+            self._collect_garbage(keep)
+            previous_from = self._kept_journal_from
+            self._kept_blobs = set(capture.bodies)
+            self._kept_journal_from = journal_from
+            return capture.summary, previous_from
+
+    def _capture(self) -> Capture:
         dynamodb = self._endpoint.client("dynamodb")
         tables: dict[str, Any] = dict(self._orphan_tables)
         items = 0
@@ -231,6 +349,7 @@ class Snapshotter:
 
         s3 = self._endpoint.client("s3")
         objects: dict[str, Any] = dict(self._orphan_buckets)
+        bodies: dict[str, bytes] = {}
         object_count = 0
         for logical_id, bucket in self._buckets().items():
             entries = []
@@ -238,7 +357,8 @@ class Snapshotter:
                 for listed in page.get("Contents", []):
                     response = s3.get_object(Bucket=bucket, Key=listed["Key"])
                     body = response["Body"].read()
-                    digest = self._write_blob(body)
+                    digest = hashlib.sha256(body).hexdigest()
+                    bodies[digest] = body
                     entries.append({
                         "key": listed["Key"],
                         "sha256": digest,
@@ -247,20 +367,23 @@ class Snapshotter:
                     })
             objects[logical_id] = entries
             object_count += len(entries)
+        for entries in self._orphan_buckets.values():
+            for entry in entries:  # still on disk: keep them
+                bodies.setdefault(entry["sha256"], self._read_blob(entry["sha256"],
+                                                                   self.manifest_path))
 
         queues = list(self._node_queues())
         manifest = {
             "version": SNAPSHOT_VERSION,
-            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "stack": self._stack.name,
             "tables": tables,
             "parameters": parameters,
             "objects": objects,
             "queues": queues,
         }
-        _write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
-        self._collect_garbage(objects)
-        return Summary(items, len(self._tables()), len(parameters), object_count, len(queues))
+        summary = Summary(items, len(self._tables()), len(parameters), object_count,
+                          len(queues))
+        return Capture(manifest, bodies, summary)
 
     def _parameters(self) -> Iterator[dict[str, str]]:
         ssm = self._endpoint.client("ssm")
@@ -302,15 +425,7 @@ class Snapshotter:
                     "tags": tags,
                 }
 
-    def _write_blob(self, body: bytes) -> str:
-        digest = hashlib.sha256(body).hexdigest()
-        path = self._blobs / digest
-        if not path.exists():
-            _write_atomically(path, body)
-        return digest
-
-    def _collect_garbage(self, objects: dict[str, Any]) -> None:
-        referenced = {entry["sha256"] for entries in objects.values() for entry in entries}
+    def _collect_garbage(self, referenced: set[str]) -> None:
         for path in self._blobs.iterdir():
             if path.name not in referenced and not path.name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
@@ -321,39 +436,6 @@ class Snapshotter:
 
     def _buckets(self) -> dict[str, str]:
         return {r.logical_id: r.ref for r in self._stack.of_type("AWS::S3::Bucket")}
-
-
-class PeriodicSnapshots:
-    """Calls ``snapshotter.save()`` every ``interval`` seconds in a thread until ``stop()``.
-
-    A failed save is logged (with the reason) and retried at the next tick: a periodic save is a
-    safety net, the one at shutdown is the one that must succeed.
-    """
-
-    def __init__(
-        self, snapshotter: Snapshotter, interval: float, stopping: threading.Event | None = None
-    ) -> None:
-        self._snapshotter = snapshotter
-        self._interval = interval
-        self._stopping = stopping or threading.Event()
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self._interval):
-            try:
-                summary = self._snapshotter.save()
-            except Exception:
-                log.exception("periodic snapshot failed; retrying in %.0f s", self._interval)
-            else:
-                log.debug("periodic snapshot: %s", summary)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -407,12 +489,3 @@ def _decode_value(value: dict[str, Any]) -> dict[str, Any]:
     if kind == "L":
         return {kind: [_decode_value(v) for v in inner]}
     return value
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

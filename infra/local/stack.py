@@ -6,7 +6,8 @@ that dies stops exactly what was started, in reverse order):
 1. data directory (locked: one stack per directory), leftovers of a killed run stopped,
    admin password;
 2. the Docker engine and the pods network (its gateway is the host's address for pods);
-3. moto on loopback; the template's resources; the snapshot restored, periodic snapshots on;
+3. moto on loopback, every change journalled (:mod:`infra.local.durable`); the template's
+   resources; the saved state recovered (snapshot, then journal), compactions on;
 4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
    trigger and the schedule of the template's functions;
 5. the edge router (``python -m edge_router``) and the image server as child processes, the
@@ -17,8 +18,10 @@ that dies stops exactly what was started, in reverse order):
    a heartbeat of the node has come through the events queue.
 
 A child that exits while the stack runs stops the whole stack with its exit code and the end of
-its log: a half-working stack would look ready and fail later in confusing ways. Stopping saves
-a last snapshot after everything that writes has stopped.
+its log: a half-working stack would look ready and fail later in confusing ways; so does a
+journal that cannot be written. With ``restart_children`` (``run --restart-children``, what
+the fault suite kills children under) such a child is started again instead. Stopping compacts
+the journal into a last snapshot after everything that writes has stopped.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from control_plane import services
 from control_plane.bootstrap import ensure_local_defaults
@@ -47,14 +51,16 @@ from infra.local.aws import AwsEndpoint
 from infra.local.catalog import demo_catalog
 from infra.local.config import LocalConfig
 from infra.local.datadir import AdminPassword, DataDir, shown
+from infra.local.durable import Compactor, DurableState, JournaledApp
 from infra.local.errors import ChildFailed, LocalStackError
-from infra.local.functions import ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_app, load_handler
 from infra.local.helpers_publish import PublishError, publish_helpers
+from infra.local.journal import Journal
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner, Stack
 from infra.local.registry_gc import RegistryCollector
-from infra.local.snapshot import PeriodicSnapshots, Snapshotter
+from infra.local.snapshot import Snapshotter
 from infra.local.template import ApiTrigger, ScheduleTrigger, SqsTrigger, Template
 from node_daemon.config import IDENTITY_FILE, METRICS_ADDRESS_FILE
 from protocol.messages import NodeHeartbeat
@@ -104,8 +110,10 @@ class LocalStack:
         template: Template | None = None,
         out: TextIO = sys.stdout,
         environ: Mapping[str, str] | None = None,
+        restart_children: bool = False,
     ) -> None:
         self._config = config
+        self._restart_children = restart_children
         self._template = template
         self._out = out
         # Children get the environment the stack was started with, minus AWS credentials and
@@ -120,6 +128,7 @@ class LocalStack:
         self._collector: RegistryCollector | None = None
         self._stopping = threading.Event()
         self._heartbeat_lock = threading.Lock()
+        self._durable: DurableState | None = None
 
     # -- the whole run -------------------------------------------------------------------------
 
@@ -180,22 +189,35 @@ class LocalStack:
         self._check_stop()
 
         self._plan_registry()
-        moto = MotoServer("127.0.0.1", config.aws_port)
+        journaled = JournaledApp()
+        moto = MotoServer("127.0.0.1", config.aws_port, wrap=journaled.wrap)
         aws = moto.start()
         self._state.aws = aws
         undo.callback(moto.stop)
+        # Pods reach S3 (their user's storage) on the pods gateway: the same moto, one port,
+        # and what they store is journalled like any other change.
+        aws_port = urlsplit(aws.url or "").port or 0
+        pods_moto = MotoServer(self._state.gateway, aws_port, wrap=journaled.also)
+        pods_moto.start()
+        undo.callback(pods_moto.stop)
         template = self._template or Template.load()
         stack = Provisioner(aws, config.stack_name).provision(template, self._parameters())
         snapshotter = Snapshotter(
             aws, stack, data.aws, stack.environment["DIT4C_NODE_QUEUE_PREFIX"]
         )
-        restored = snapshotter.restore()
-        log.info("restored %s", restored)
+        journal = Journal(data.aws / "journal", sync=config.journal_sync)
+        durable = DurableState(journaled, snapshotter, journal)
+        recovery = durable.recover()
+        for note in recovery.notes:
+            self._say(f"warning: {note}")
+        log.info("recovered %s", recovery)
+        self._durable = durable
         # Registered before anything can write, so it runs after everything has stopped.
-        undo.callback(self._final_snapshot, snapshotter)
-        periodic = PeriodicSnapshots(snapshotter, config.snapshot_seconds, self._stopping)
-        periodic.start()
-        undo.callback(periodic.stop)
+        undo.callback(self._final_snapshot, durable, snapshotter)
+        compactor = Compactor(durable, config.snapshot_seconds, config.journal_bytes,
+                              self._stopping)
+        compactor.start()
+        undo.callback(compactor.stop)
         self._check_stop()
 
         os.environ.update(self._control_plane_env(aws, stack))
@@ -206,7 +228,6 @@ class LocalStack:
         self._start_registry(undo)
         self._publish_helpers(docker)
         self._bootstrap()
-        snapshotter.save()  # the admin account and cluster are on disk from the first start
         self._check_stop()
         self._start_node(undo, aws, stack)
 
@@ -225,6 +246,10 @@ class LocalStack:
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
             "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url(self._state.gateway),
+            # The gateway's address rather than host.docker.internal: pods of another engine
+            # on this machine (a second node) reach it too.
+            "DIT4C_POD_AWS_ENDPOINT_URL":
+                f"http://{self._state.gateway}:{urlsplit(aws.url or '').port}",
         }
         if self._state.registry is not None:
             port = self._config.registry_port
@@ -256,6 +281,12 @@ class LocalStack:
                 portal.start()
                 undo.callback(portal.stop)
         sqs = aws.client("sqs")
+        events = aws.client("events")
+        # The control plane switches the reaper's schedule and the events trigger together; the
+        # local stack has no trigger to switch, so its pump follows the schedule's rule. A start
+        # (its node with it) is work: on, until the reaper finds none (control_plane/standby.py).
+        reaper_rule = RuleState(events, stack.environment["DIT4C_REAPER_RULE"])
+        events.enable_rule(Name=reaper_rule.name)
         for spec in stack.functions.values():
             for trigger in spec.triggers:
                 if isinstance(trigger, SqsTrigger):
@@ -267,13 +298,16 @@ class LocalStack:
                         spec, load_handler(spec), sqs, queue_url=url, queue_arn=arn,
                         batch_size=trigger.batch_size, region=aws.region,
                         observer=self._observe_event, stopping=self._stopping,
+                        enabled=reaper_rule,
                     )
                     pump.start()
                     undo.callback(pump.stop)
                 elif isinstance(trigger, ScheduleTrigger):
+                    rule = stack.resources[trigger.resource].ref
                     timer = ScheduleTimer(
-                        spec, load_handler(spec), f"{stack.name}-{spec.logical_id}{trigger.name}",
-                        trigger.interval_seconds, aws.region, stopping=self._stopping,
+                        spec, load_handler(spec), rule,
+                        self._config.schedule_seconds or trigger.interval_seconds, aws.region,
+                        stopping=self._stopping, enabled=RuleState(events, rule),
                     )
                     timer.start()
                     undo.callback(timer.stop)
@@ -294,6 +328,7 @@ class LocalStack:
             "DIT4C_ROUTER_DOMAIN": config.public_host,
             "DIT4C_ROUTER_LISTEN": listen,
             "DIT4C_ROUTER_JWKS_URL": f"{config.local_portal_url}/.well-known/jwks.json",
+            "DIT4C_ROUTER_REVOCATIONS_URL": f"{config.local_portal_url}/api/revocations",
             "DIT4C_ROUTER_REVOCATIONS_QUEUE_URL": stack.resources["RouterRevocationsQueue"].ref,
             "DIT4C_ROUTER_EVENTS_QUEUE_URL": stack.environment["DIT4C_EVENTS_QUEUE_URL"],
             "DIT4C_ROUTER_ID": "local",
@@ -402,6 +437,14 @@ class LocalStack:
         env = {
             **self._child_env(),
             "DIT4C_NODE_PODS_NETWORK": self._config.pods_network,
+            # The pods' helpers find the router and the portal on this host (the gateway),
+            # and the storage and upload helpers the AWS endpoint and the image server; every
+            # other port of the host stays closed to pods (node_daemon/egress.py).
+            "DIT4C_NODE_POD_HOST_PORTS": self._base_env.get(
+                "DIT4C_NODE_POD_HOST_PORTS",
+                ",".join(str(port) for port in (
+                    self._config.router_port, self._config.portal_port,
+                    urlsplit(aws.url or "").port, self._config.registry_port) if port)),
             # A free port unless asked for one: a fixed default would clash with another stack.
             "DIT4C_NODE_METRICS_LISTEN": self._base_env.get(
                 "DIT4C_NODE_METRICS_LISTEN", "127.0.0.1:0"
@@ -483,8 +526,8 @@ class LocalStack:
             code = child.stop(self._config.stop_grace)
             log.info("%s stopped (status %s)", child.name, code)
 
-    def _final_snapshot(self, snapshotter: Snapshotter) -> None:
-        summary = snapshotter.save()
+    def _final_snapshot(self, durable: DurableState, snapshotter: Snapshotter) -> None:
+        summary = durable.close()
         self._say(f"saved {summary} to {snapshotter.manifest_path}")
 
     # -- readiness and watching ----------------------------------------------------------------
@@ -539,12 +582,21 @@ class LocalStack:
             self._check_children()
 
     def _check_children(self) -> None:
+        if self._durable is not None and self._durable.failure is not None:
+            raise LocalStackError(
+                f"the AWS state can no longer be saved ({self._durable.failure}); the stack "
+                "stops rather than acknowledge what it could lose"
+            )
         collector = self._collector
         for child in self._children:
             if collector is not None and collector.paused and child.name in collector.names():
                 continue  # stopped on purpose, for the garbage collection
             code = child.poll()
-            if code is not None:
+            if code is not None and self._restart_children and not self._stopping.is_set():
+                log.warning("%s exited with status %s; starting it again", child.name, code)
+                self._say(f"{child.name} exited with status {code}; starting it again")
+                child.start()
+            elif code is not None:
                 raise ChildFailed(
                     f"{child.name} exited unexpectedly with status {code}; the stack stops. "
                     f"End of {child.log_path}:\n{child.tail()}"

@@ -24,19 +24,25 @@ _UNIT_SECONDS: Final = {"minute": 60, "hour": 3600, "day": 86400}
 
 @dataclass(frozen=True)
 class SqsTrigger:
-    """An SQS event source: the function gets batches from this queue (raw ``Queue`` value)."""
+    """An SQS event source: the function gets batches from this queue (raw ``Queue`` value).
+    ``resource``: the logical id of the event source mapping SAM makes for it."""
 
     queue: Any
     batch_size: int
     report_item_failures: bool
+    resource: str = ""
 
 
 @dataclass(frozen=True)
 class ScheduleTrigger:
-    """A ``rate(...)`` schedule, as seconds between runs."""
+    """A ``rate(...)`` schedule, as seconds between runs. ``resource``: the logical id of the
+    EventBridge rule SAM makes for it; ``rule_name``: its ``Name`` (raw; None: SAM names it)."""
 
     name: str
     interval_seconds: int
+    resource: str = ""
+    expression: str = ""
+    rule_name: Any = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class FunctionSpec:
     timeout_seconds: int
     memory_mb: int
     triggers: tuple[Trigger, ...] = field(default=())
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    """The function's own ``Environment.Variables`` (unresolved), beside the Globals'."""
 
     @property
     def module(self) -> str:
@@ -144,15 +152,19 @@ class Template:
             if not isinstance(handler, str) or "." not in handler:
                 raise TemplateError(f"{self.source}: {logical_id} needs Handler module.attribute")
             triggers = tuple(
-                _trigger(f"{logical_id}.Events.{name}", name, event)
+                _trigger(f"{logical_id}.Events.{name}", logical_id, name, event)
                 for name, event in (properties.get("Events") or {}).items()
             ) + tuple(self._http_api_routes().get(logical_id, ()))
+            own = (self.properties(logical_id).get("Environment") or {}).get("Variables") or {}
+            if not isinstance(own, dict):
+                raise TemplateError(f"{self.source}: {logical_id}.Environment.Variables")
             specs[logical_id] = FunctionSpec(
                 logical_id=logical_id,
                 handler=handler,
                 timeout_seconds=int(properties.get("Timeout", 3)),
                 memory_mb=int(properties.get("MemorySize", 128)),
                 triggers=triggers,
+                environment=own,
             )
         return specs
 
@@ -213,7 +225,8 @@ def _parameter_value(name: str, spec: Mapping[str, Any], raw: Any) -> str | list
     return value
 
 
-def _trigger(where: str, name: str, event: Any) -> Trigger:
+def _trigger(where: str, function: str, name: str, event: Any) -> Trigger:
+    """One SAM event; ``function + name`` is the logical id SAM gives what it makes for it."""
     if not isinstance(event, dict):
         raise TemplateError(f"{where}: expected a mapping")
     kind = event.get("Type")
@@ -224,6 +237,7 @@ def _trigger(where: str, name: str, event: Any) -> Trigger:
             batch_size=int(properties.get("BatchSize", 10)),
             report_item_failures="ReportBatchItemFailures"
             in (properties.get("FunctionResponseTypes") or []),
+            resource=function + name,
         )
     if kind == "Schedule":
         expression = str(properties.get("Schedule", ""))
@@ -234,7 +248,8 @@ def _trigger(where: str, name: str, event: Any) -> Trigger:
             )
         unit = match.group(2).rstrip("s")
         return ScheduleTrigger(
-            name=name, interval_seconds=int(match.group(1)) * _UNIT_SECONDS[unit]
+            name=name, interval_seconds=int(match.group(1)) * _UNIT_SECONDS[unit],
+            resource=function + name, expression=expression, rule_name=properties.get("Name"),
         )
     if kind == "Api":
         return ApiTrigger(

@@ -257,6 +257,28 @@ resource "aws_dynamodb_table" "tokens_table" {
   }
 }
 
+resource "aws_dynamodb_table" "revocations_table" {
+  #checkov:skip=CKV_AWS_28:entries expire within about an hour (TTL); nothing to recover
+  #checkov:skip=CKV_AWS_119:encrypted with the AWS owned key; a customer key costs $1/month idle
+  name         = "${var.name}-RevocationsTable"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "hostname"
+
+  attribute {
+    name = "hostname"
+    type = "S"
+  }
+
+  ttl {
+    attribute_name = "expires_at"
+    enabled        = true
+  }
+
+  point_in_time_recovery {
+    enabled = false
+  }
+}
+
 resource "aws_dynamodb_table" "oauth_clients_table" {
   #checkov:skip=CKV_AWS_119:encrypted with the AWS owned key; a customer key costs $1/month idle
   name         = "${var.name}-OAuthClientsTable"

@@ -42,6 +42,52 @@ resource "aws_iam_role_policy" "node_role" {
   policy = data.aws_iam_policy_document.node_role.json
 }
 
+# Pods get a user's storage through this role, assumed by the functions that send starts (API,
+# reaper, events) with a session policy narrowed to that user's prefix (control_plane/storage.py).
+data "aws_iam_policy_document" "storage_role_trust" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["${local.arn_prefix}:iam::${local.account_id}:root"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "storage_role" {
+  statement {
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.storage_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["users/*"]
+    }
+  }
+
+  statement {
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    resources = ["${aws_s3_bucket.storage_bucket.arn}/users/*"]
+  }
+}
+
+resource "aws_iam_role" "storage_role" {
+  name_prefix          = "${var.name}-storage-"
+  max_session_duration = 3600
+  assume_role_policy   = data.aws_iam_policy_document.storage_role_trust.json
+}
+
+resource "aws_iam_role_policy" "storage_role" {
+  name   = "users-storage"
+  role   = aws_iam_role.storage_role.id
+  policy = data.aws_iam_policy_document.storage_role.json
+}
+
 data "aws_iam_policy_document" "router_role_trust" {
   statement {
     effect  = "Allow"
@@ -142,7 +188,7 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.clusters_table.arn]
   }
   statement {
@@ -178,6 +224,11 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
+    actions   = ["dynamodb:PutItem", "dynamodb:Scan"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
+  }
+  statement {
+    effect    = "Allow"
     actions   = ["sns:Publish"]
     resources = [aws_sns_topic.revocations_topic.arn]
   }
@@ -195,12 +246,17 @@ data "aws_iam_policy_document" "api_function" {
   statement {
     effect    = "Allow"
     actions   = ["sts:AssumeRole"]
-    resources = [aws_iam_role.node_role.arn]
+    resources = [aws_iam_role.node_role.arn, aws_iam_role.storage_role.arn]
   }
   statement {
     effect    = "Allow"
     actions   = ["ssm:GetParameter", "ssm:PutParameter"]
     resources = [local.signing_key_parameter_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule"]
+    resources = [local.reaper_rule_arn]
   }
 }
 
@@ -209,6 +265,22 @@ data "aws_iam_policy_document" "events_function" {
     effect    = "Allow"
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.instances_table.arn, aws_dynamodb_table.nodes_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.instances_table.arn}/index/by-node"]
+  }
+  # A start the node never got is sent again with the owner's storage (quota, credentials).
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["sts:AssumeRole"]
+    resources = [aws_iam_role.storage_role.arn]
   }
   statement {
     effect    = "Allow"
@@ -222,8 +294,18 @@ data "aws_iam_policy_document" "events_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:DeleteItem"]
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.signing_key_parameter_arn]
   }
   statement {
     effect    = "Allow"
@@ -255,6 +337,16 @@ data "aws_iam_policy_document" "reaper_function" {
     resources = [aws_dynamodb_table.nodes_table.arn, aws_dynamodb_table.users_table.arn]
   }
   statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem"] # the owner's storage quota, for an instance placed again
+    resources = [aws_dynamodb_table.users_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["sts:AssumeRole"] # the owner's storage credentials, likewise
+    resources = [aws_iam_role.storage_role.arn]
+  }
+  statement {
     effect  = "Allow"
     actions = ["dynamodb:Query"]
     resources = ["${aws_dynamodb_table.nodes_table.arn}/index/by-cluster",
@@ -264,6 +356,11 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.oauth_clients_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.revocations_table.arn]
   }
   statement {
     effect    = "Allow"
@@ -279,6 +376,16 @@ data "aws_iam_policy_document" "reaper_function" {
     effect    = "Allow"
     actions   = ["ssm:GetParameter"]
     resources = [local.signing_key_parameter_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["events:EnableRule", "events:DisableRule"]
+    resources = [local.reaper_rule_arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["lambda:GetEventSourceMapping", "lambda:UpdateEventSourceMapping"]
+    resources = [aws_lambda_event_source_mapping.events_function_events.arn]
   }
 }
 

@@ -1,5 +1,6 @@
 # The three functions from build/lambda.zip (`make package`), their logs, the events queue's
-# trigger and the reaper's schedule: as template.yaml's Globals.Function and Events say.
+# trigger and the reaper's schedule: as template.yaml's Globals.Function, Environment and Events
+# say.
 
 locals {
   runtime       = "python3.13"
@@ -91,7 +92,7 @@ resource "aws_lambda_function" "reaper_function" {
   source_code_hash = filebase64sha256(local.lambda_zip)
 
   environment {
-    variables = local.environment
+    variables = merge(local.environment, local.reaper_environment)
   }
 
   tracing_config { # Lambda's default, as the template leaves it
@@ -104,16 +105,28 @@ resource "aws_lambda_function" "reaper_function" {
   }
 }
 
+# The events trigger and the reaper's schedule start on; the reaper turns both off while nothing
+# runs and the API turns them on again (control_plane/standby.py): Terraform leaves that to them.
 resource "aws_lambda_event_source_mapping" "events_function_events" {
   event_source_arn        = aws_sqs_queue.events_queue.arn
   function_name           = aws_lambda_function.events_function.arn
   batch_size              = 10
   function_response_types = ["ReportBatchItemFailures"]
+  enabled                 = true
+
+  lifecycle {
+    ignore_changes = [enabled]
+  }
 }
 
 resource "aws_cloudwatch_event_rule" "reaper_function_every_minute" {
-  name                = "${var.name}-ReaperFunctionEveryMinute"
+  name                = local.reaper_rule
   schedule_expression = "rate(1 minute)"
+  state               = "ENABLED"
+
+  lifecycle {
+    ignore_changes = [state]
+  }
 }
 
 resource "aws_cloudwatch_event_target" "reaper_function_every_minute" {

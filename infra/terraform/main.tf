@@ -21,6 +21,9 @@ locals {
   node_queues_arn           = "${local.arn_prefix}:sqs:${local.region}:${local.account_id}:${local.node_queue_prefix}*"
   signing_key_parameter     = "/${var.name}/signing-keys"
   signing_key_parameter_arn = "${local.arn_prefix}:ssm:${local.region}:${local.account_id}:parameter${local.signing_key_parameter}"
+  # The reaper's schedule: switched off while nothing runs (control_plane/standby.py).
+  reaper_rule     = "${var.name}-reaper"
+  reaper_rule_arn = "${local.arn_prefix}:events:${local.region}:${local.account_id}:rule/${local.reaper_rule}"
 
   environment = {
     DIT4C_PORTAL_URL               = local.portal_url
@@ -38,6 +41,7 @@ locals {
     DIT4C_NODES_TABLE              = aws_dynamodb_table.nodes_table.name
     DIT4C_TOKENS_TABLE             = aws_dynamodb_table.tokens_table.name
     DIT4C_OAUTH_CLIENTS_TABLE      = aws_dynamodb_table.oauth_clients_table.name
+    DIT4C_REVOCATIONS_TABLE        = aws_dynamodb_table.revocations_table.name
     DIT4C_EVENTS_QUEUE_URL         = aws_sqs_queue.events_queue.url
     DIT4C_EVENTS_QUEUE_ARN         = aws_sqs_queue.events_queue.arn
     DIT4C_NODE_COMMANDS_DLQ_ARN    = aws_sqs_queue.node_commands_dlq.arn
@@ -46,5 +50,13 @@ locals {
     DIT4C_REVOCATIONS_TOPIC_ARN    = aws_sns_topic.revocations_topic.arn
     DIT4C_SIGNING_KEY_PARAMETER    = local.signing_key_parameter
     DIT4C_STORAGE_BUCKET           = aws_s3_bucket.storage_bucket.bucket
+    DIT4C_STORAGE_ROLE_ARN         = aws_iam_role.storage_role.arn
+    DIT4C_STORAGE_QUOTA_MB         = tostring(var.storage_quota_mb)
+    DIT4C_REAPER_RULE              = local.reaper_rule
+  }
+
+  # The reaper's own: the events trigger it switches with its schedule.
+  reaper_environment = {
+    DIT4C_EVENTS_MAPPING = aws_lambda_event_source_mapping.events_function_events.uuid
   }
 }

@@ -41,3 +41,8 @@ output "jwks_url" {
   description = "DIT4C_ROUTER_JWKS_URL of the edge routers"
   value       = "${local.portal_url}/.well-known/jwks.json"
 }
+
+output "revocations_url" {
+  description = "DIT4C_ROUTER_REVOCATIONS_URL of the edge routers"
+  value       = "${local.portal_url}/api/revocations"
+}

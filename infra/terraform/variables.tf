@@ -67,6 +67,17 @@ variable "max_running_instances_per_user" {
   }
 }
 
+variable "storage_quota_mb" {
+  description = "Each user's storage quota (MB) unless an admin sets their own"
+  type        = number
+  default     = 10240
+
+  validation {
+    condition     = var.storage_quota_mb >= 0
+    error_message = "storage_quota_mb must be at least 0."
+  }
+}
+
 variable "login_providers" {
   description = "JSON list of identity providers (docs/control-plane.md); \"[]\": local accounts only"
   type        = string

@@ -13,7 +13,7 @@ from helpers.auth.app import AuthHelper
 from helpers.auth.config import AuthConfig
 from helpers.auth.errors import ConfigError
 from helpers.auth.proxy import _response_headers, strip_cookies
-from helpers.auth.sessions import MAX_PENDING_LOGINS, SessionStore
+from helpers.auth.sessions import SessionStore
 from protocol import pod
 from protocol.tokens import pkce_challenge
 
@@ -53,10 +53,12 @@ def test_under_https_cookies_are_secure_and_host_prefixed():
     assert location.netloc == "portal.example"
     assert query["redirect_uri"] == "https://abc.apps.example" + pod.CALLBACK_PATH
     assert query["code_challenge_method"] == "S256" and query["client_id"] == "instance-abc"
-    login = helper.sessions.finish_login(query["state"])
+    nonce = cookie.value
+    assert helper.sessions.finish_login(query["state"], "another browser") is None
+    login = helper.sessions.finish_login(query["state"], nonce)
     assert login is not None and login.next_path == "/lab?x=1"
     assert pkce_challenge(login.verifier) == query["code_challenge"]
-    assert helper.sessions.finish_login(query["state"]) is None  # a state works once
+    assert helper.sessions.finish_login(query["state"], nonce) is None  # a state works once
 
 
 def test_under_http_cookies_are_not_secure():
@@ -85,12 +87,23 @@ def test_tool_cannot_set_the_helpers_cookies():
     assert kept["Content-Type"] == "text/plain"
 
 
-def test_logins_in_progress_are_bounded():
+def test_sign_in_starts_keep_no_state():
     store = SessionStore()
     first = store.start_login("n", "/")
-    for _ in range(MAX_PENDING_LOGINS):
-        store.start_login("n", "/")
-    assert store.finish_login(first.state) is None  # the oldest made room
+    for _ in range(5000):
+        store.start_login("m", "/")
+    assert store.finish_login(first.state, "n") is not None  # nothing pushed it out
+    assert not store._finished.keys() - {first.state}
+
+
+def test_a_state_is_bound_to_its_browser_and_untampered():
+    store = SessionStore()
+    login = store.start_login("n", "/lab")
+    payload, mac = login.state.split(".")
+    assert store.finish_login(login.state, "other") is None
+    assert store.finish_login(payload + "x." + mac, "n") is None
+    assert store.finish_login(login.state, None) is None
+    assert SessionStore().finish_login(login.state, "n") is None  # another helper's key
 
 
 def test_logins_in_progress_expire():
@@ -98,4 +111,4 @@ def test_logins_in_progress_expire():
     store = SessionStore(clock=lambda: now[0])
     login = store.start_login("n", "/")
     now[0] += 601
-    assert store.finish_login(login.state) is None
+    assert store.finish_login(login.state, "n") is None

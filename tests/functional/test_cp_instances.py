@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import jwt
 import pytest
 
-from control_plane.app import on_event
-from control_plane.bodies import NewImage
 from control_plane.bootstrap import ensure_local_defaults
 from protocol import pod
-from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance, decode
+from protocol.messages import InstanceStateEvent, NodeHeartbeat, StartInstance
 from protocol.registry import parse_reference
-from protocol.tokens import AUD_TUNNEL, KeySet, SigningKey, verify_tunnel
-from tests.support.events import signed_event
+from protocol.tokens import AUD_TUNNEL, KeySet, verify_tunnel
+from tests.functional.conftest import (
+    CATALOG,
+    cp_enroll,
+    cp_event,
+    cp_image_id,
+    cp_messages,
+    cp_reap,
+    cp_revocations,
+    with_registry,
+)
 
-from .conftest import with_registry
-
-KEYS: dict[str, SigningKey] = {}
-"""Each enrolled node's key, by node id: its events are signed with it."""
-
-CATALOG = [NewImage(name="Busybox", image="dit4c/test-tool:busybox", port=8080, cpu=1,
-                    memory_mb=512, tags=["demo"])]
 DIGEST = "sha256:" + "5a" * 32
 
 
@@ -37,75 +36,15 @@ def pushed(save) -> str:
     return str(save.image.rsplit(":", 1)[0]) + "@" + DIGEST
 
 
-@pytest.fixture
-def local(cp_services):
-    return ensure_local_defaults("admin-password-1", CATALOG, cp_services)
-
-
-def _enroll(client, join_token, name):
-    key = SigningKey.generate()
-    r = client.post("/api/nodes/enroll", {
-        "join_token": join_token, "public_jwk": key.public_jwk(), "name": name, "cpu": 2,
-        "memory_mb": 1024})
-    assert r.status_code == 201, r.body
-    KEYS[r.json["node_id"]] = key
-    return r.json
-
-
-@pytest.fixture
-def node(local, cp_client):
-    return _enroll(cp_client(), local.join_token, "node-1")
-
-
-def _image_id(client):
-    return next(i["id"] for i in client.get("/api/images").json["images"]
-                if i["image"] == "dit4c/test-tool:busybox")
-
-
-def _messages(queue_url):
-    sqs = boto3.client("sqs", region_name="us-east-1")
-    out: list[object] = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages",
-                                                                                  [])
-        if not got:
-            return out
-        for m in got:
-            out.append(decode(m["Body"]))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-
-
-def _event(cp_chalice, *messages):
-    event = signed_event(KEYS, *messages)
-    result = cp_chalice.lambda_.invoke("on_event", event).payload
-    assert on_event is not None
-    return result
-
-
-def _reap(cp_chalice):
-    event = cp_chalice.events.generate_cw_event(
-        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
-    return cp_chalice.lambda_.invoke("reap", event)
-
-
-def _revocations(cp_env):
-    sqs = boto3.client("sqs", region_name="us-east-1")
-    url = sqs.get_queue_url(QueueName=cp_env["DIT4C_REVOCATIONS_TOPIC_ARN"].rsplit(":", 1)[1]
-                            .replace("RevocationsTopic", "RouterRevocationsQueue"))["QueueUrl"]
-    return [decode(m) for m in
-            (x["Body"] for x in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-             .get("Messages", []))]
-
-
 def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp_chalice,
                                                   cp_env):
     alice = cp_user("alice")
-    r = alice.post("/api/instances", {"image_id": _image_id(alice)})
+    r = alice.post("/api/instances", {"image_id": cp_image_id(alice)})
     assert r.status_code == 202, r.body
     inst = r.json
     assert inst["state"] == "scheduled" and inst["node_id"] == node["node_id"]
     assert inst["url"] is None
-    (start,) = _messages(node["queue_url"])
+    (start,) = cp_messages(node["queue_url"])
     assert isinstance(start, StartInstance)
     iid = inst["id"]
     assert start.instance_id == iid
@@ -129,21 +68,21 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     running = InstanceStateEvent(node_id=nid, instance_id=iid, state="running")
     pulling = InstanceStateEvent(node_id=nid, instance_id=iid, state="starting",
                                  progress={"pull": 40}, sent_at="2000-01-01T00:00:00.000Z")
-    assert _event(cp_chalice, running, running, pulling) == {"batchItemFailures": []}
+    assert cp_event(cp_chalice, running, running, pulling) == {"batchItemFailures": []}
     got = alice.get(f"/api/instances/{iid}").json
     assert got["state"] == "running" and got["url"] == start.url
 
     # stop: the node is told; its report releases the room
     stopped = alice.post(f"/api/instances/{iid}/stop")
     assert stopped.status_code == 202 and stopped.json["state"] == "stopping"
-    assert [m.TYPE for m in _messages(node["queue_url"])] == ["stop_instance"]
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
+    assert [m.TYPE for m in cp_messages(node["queue_url"])] == ["stop_instance"]
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
     assert cp_services.nodes.get(nid).cpu_milli_reserved == 0
 
     # save: saving with progress, then saved -> a saved image of the owner
     saving = alice.post(f"/api/instances/{iid}/save").json
     assert saving["state"] == "saving"
-    (save,) = _messages(node["queue_url"])
+    (save,) = cp_messages(node["queue_url"])
     assert save.TYPE == "save_instance"
     target = parse_reference(save.image)
     assert target.repository == f"users/alice/{iid}" and target.tag == "saved"
@@ -152,10 +91,10 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     claims = jwt.decode(save.registry.token, options={"verify_signature": False})
     assert claims["access"] == [{"type": "repository", "name": target.repository,
                                  "actions": ["pull", "push"]}]
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saving",
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saving",
                                           progress={"save": 50}))
     assert alice.get(f"/api/instances/{iid}").json["progress"]["save"] == 50
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
                                           image=pushed(save), size=1234))
     done = alice.get(f"/api/instances/{iid}").json
     assert done["state"] == "saved" and done["saved_image_id"]
@@ -166,7 +105,7 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     # a derived instance from the saved image: the node gets a token to pull it
     derived = alice.post("/api/instances", {"image_id": saved[0]["id"]})
     assert derived.status_code == 202 and derived.json["image"] == pushed(save)
-    (start_derived,) = [m for m in _messages(node["queue_url"]) if m.TYPE == "start_instance"]
+    (start_derived,) = [m for m in cp_messages(node["queue_url"]) if m.TYPE == "start_instance"]
     assert start_derived.registry is not None
     claims = jwt.decode(start_derived.registry.token, options={"verify_signature": False})
     assert claims["access"] == [{"type": "repository", "name": target.repository,
@@ -175,12 +114,12 @@ def test_launch_places_and_sends_a_complete_start(cp_user, node, cp_services, cp
     # delete removes it from the list and tells the routers
     assert alice.delete(f"/api/instances/{iid}").status_code == 204
     assert iid not in [i["id"] for i in alice.get("/api/instances").json["instances"]]
-    assert any(r.instance_id == iid for r in _revocations(cp_env))
+    assert any(r.instance_id == iid for r in cp_revocations(cp_env))
 
 
 def test_other_users_instances_are_not_found(cp_user, node):
     alice, bob = cp_user("alice"), cp_user("bob")
-    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    iid = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json["id"]
     for method, path in [("GET", ""), ("POST", "/stop"), ("POST", "/save"),
                          ("POST", "/discard"), ("DELETE", ""), ("POST", "/share")]:
         r = bob.request(method, f"/api/instances/{iid}{path}", {"username": "bob"})
@@ -191,7 +130,7 @@ def test_other_users_instances_are_not_found(cp_user, node):
 
 def test_sharing_grants_and_revokes(cp_user, node, cp_env):
     alice, bob = cp_user("alice"), cp_user("bob")
-    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    iid = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json["id"]
     assert alice.post(f"/api/instances/{iid}/share", {"username": "bob"}).json[
         "shared_with"] == ["bob"]
     assert bob.get(f"/api/instances/{iid}").status_code == 200
@@ -203,13 +142,13 @@ def test_sharing_grants_and_revokes(cp_user, node, cp_env):
     assert bob.get(f"/api/instances/{iid}").status_code == 404
     # The grantee's sessions end in the pod; the route stays up for the owner (a router
     # revocation would close the pod's tunnel for everyone).
-    assert not [r for r in _revocations(cp_env) if r.instance_id == iid]
+    assert not [r for r in cp_revocations(cp_env) if r.instance_id == iid]
     assert alice.get(f"/api/instances/{iid}").status_code == 200
 
 
 def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node, cp_chalice):
     alice = cp_user("alice")
-    image = _image_id(alice)
+    image = cp_image_id(alice)
     launched = [alice.post("/api/instances", {"image_id": image}) for _ in range(3)]
     assert [r.status_code for r in launched] == [202] * 3  # the fixture's limit is 3
     r = alice.post("/api/instances", {"image_id": image})
@@ -220,7 +159,7 @@ def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node, cp_chali
     first = launched[0].json
     alice.post(f"/api/instances/{first['id']}/stop")
     assert alice.post("/api/instances", {"image_id": image}).status_code == 429  # stopping
-    _event(cp_chalice, InstanceStateEvent(node_id=first["node_id"], instance_id=first["id"],
+    cp_event(cp_chalice, InstanceStateEvent(node_id=first["node_id"], instance_id=first["id"],
                                           state="stopped"))
     assert alice.post("/api/instances", {"image_id": image}).status_code == 202
 
@@ -228,7 +167,7 @@ def test_per_user_limit_answers_429_with_a_clear_message(cp_user, node, cp_chali
 def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalice,
                                                         cp_services):
     alice = cp_user("alice")
-    image = _image_id(alice)
+    image = cp_image_id(alice)
     first = alice.post("/api/instances", {"image_id": image}).json
     second = alice.post("/api/instances", {"image_id": image}).json
     third = alice.post("/api/instances", {"image_id": image}).json  # node has 2 CPU, 1024 MB
@@ -241,7 +180,7 @@ def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalic
     cp_services.instances.table.update({"instance_id": third["id"]},
                                        "SET transition_deadline = :d",
                                        vals={":d": "2000-01-01T00:00:00.000Z"})
-    _reap(cp_chalice)
+    cp_reap(cp_chalice)
     failed = alice.get(f"/api/instances/{third['id']}").json
     assert failed["state"] == "failed" and "had room" in failed["reason"]
 
@@ -250,28 +189,28 @@ def test_no_room_stays_pending_with_a_reason_then_fails(cp_user, node, cp_chalic
 def test_silent_node_fails_running_and_replaces_scheduled(cp_user, node, cp_chalice,
                                                           cp_services, cp_client):
     alice = cp_user("alice")
-    image = _image_id(alice)
+    image = cp_image_id(alice)
     a = alice.post("/api/instances", {"image_id": image}).json
     b = alice.post("/api/instances", {"image_id": image}).json
     nid = node["node_id"]
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
-    second = _enroll(cp_client(), cp_services.nodes.create_join_token("default").token,
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=a["id"], state="running"))
+    second = cp_enroll(cp_client(), cp_services.nodes.create_join_token("default").token,
                      "node-2")
     cp_services.nodes.nodes.update({"node_id": nid}, "SET last_heartbeat = :t",
                                    vals={":t": 0})
-    report = _reap(cp_chalice).payload
+    report = cp_reap(cp_chalice).payload
     assert nid in report["silent_nodes"]
     got_a = alice.get(f"/api/instances/{a['id']}").json
     assert got_a["state"] == "failed" and "node-1 stopped responding" in got_a["reason"]
     got_b = alice.get(f"/api/instances/{b['id']}").json
     assert got_b["state"] == "scheduled" and got_b["node_id"] == second["node_id"]
     assert cp_services.nodes.get(nid).cpu_milli_reserved == 0
-    told = [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])
+    told = [(m.TYPE, m.instance_id) for m in cp_messages(node["queue_url"])
             if m.TYPE == "discard_instance"]
     assert sorted(told) == sorted([("discard_instance", a["id"]), ("discard_instance", b["id"])])
     # when the old node comes back still running b, it is told again to discard it
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=b["id"], state="running"))
-    assert [(m.TYPE, m.instance_id) for m in _messages(node["queue_url"])] == \
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=b["id"], state="running"))
+    assert [(m.TYPE, m.instance_id) for m in cp_messages(node["queue_url"])] == \
         [("discard_instance", b["id"])]
     assert alice.get(f"/api/instances/{b['id']}").json["node_id"] == second["node_id"]
 
@@ -284,7 +223,7 @@ def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
                              cpu_used=0.5, memory_mb_used=100, load=load, running=[],
                              sent_at=sent_at)
 
-    _event(cp_chalice, beat("2020-01-01T00:00:02.000Z", 2.0),
+    cp_event(cp_chalice, beat("2020-01-01T00:00:02.000Z", 2.0),
            beat("2020-01-01T00:00:01.000Z", 1.0))
     assert cp_services.nodes.get(nid).load == 2.0
 
@@ -292,7 +231,7 @@ def test_heartbeats_apply_newest_only(node, cp_chalice, cp_services):
 def test_drained_node_gets_no_placements(cp_user, node, cp_admin):
     assert cp_admin.post(f"/api/nodes/{node['node_id']}/drain").status_code == 200
     alice = cp_user("alice")
-    r = alice.post("/api/instances", {"image_id": _image_id(alice)})
+    r = alice.post("/api/instances", {"image_id": cp_image_id(alice)})
     assert r.json["state"] == "pending"
 
 
@@ -314,13 +253,13 @@ def test_bootstrap_is_idempotent(cp_services, cp_client):
 
 
 def _saved_image(alice, node, cp_chalice):
-    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    iid = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json["id"]
     nid = node["node_id"]
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="running"),
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="running"),
            InstanceStateEvent(node_id=nid, instance_id=iid, state="stopped"))
     assert alice.post(f"/api/instances/{iid}/save").status_code == 202
-    (save,) = [m for m in _messages(node["queue_url"]) if m.TYPE == "save_instance"]
-    _event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
+    (save,) = [m for m in cp_messages(node["queue_url"]) if m.TYPE == "save_instance"]
+    cp_event(cp_chalice, InstanceStateEvent(node_id=nid, instance_id=iid, state="saved",
                                           image=pushed(save)))
     return alice.get(f"/api/instances/{iid}").json["saved_image_id"]
 
@@ -343,13 +282,13 @@ def test_saved_images_are_private_until_shared(cp_user, node, cp_chalice, cp_ima
 
 def test_admins_see_and_act_on_any_instance(cp_user, node, cp_admin):
     alice = cp_user("alice")
-    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    iid = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json["id"]
     assert cp_admin.get(f"/api/instances/{iid}").json["owner"] == "alice"
-    unplaced = alice.post("/api/instances", {"image_id": _image_id(alice),
+    unplaced = alice.post("/api/instances", {"image_id": cp_image_id(alice),
                                              "cluster_id": "lab"})
     assert unplaced.status_code == 404  # no such cluster: nothing made
     cp_admin.post(f"/api/nodes/{node['node_id']}/drain")
-    waiting = alice.post("/api/instances", {"image_id": _image_id(alice)}).json
+    waiting = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json
     assert waiting["state"] == "pending" and waiting["node_id"] is None
     listed = {i["id"] for i in cp_admin.get("/api/instances?all=true").json["instances"]}
     assert {iid, waiting["id"]} <= listed
@@ -359,7 +298,7 @@ def test_admins_see_and_act_on_any_instance(cp_user, node, cp_admin):
 
 def test_state_conflicts_are_409_with_the_state_named(cp_user, node):
     alice = cp_user("alice")
-    iid = alice.post("/api/instances", {"image_id": _image_id(alice)}).json["id"]
+    iid = alice.post("/api/instances", {"image_id": cp_image_id(alice)}).json["id"]
     r = alice.post(f"/api/instances/{iid}/save")
     assert r.status_code == 409 and "scheduled" in r.json["error"]["message"]
     assert alice.delete(f"/api/instances/{iid}").status_code == 409
@@ -371,6 +310,6 @@ def test_state_conflicts_are_409_with_the_state_named(cp_user, node):
 def test_bad_launches_are_4xx(cp_user, node, body):
     alice = cp_user("alice")
     if body.get("image_id") == "abc":
-        body = {**body, "image_id": _image_id(alice)}
+        body = {**body, "image_id": cp_image_id(alice)}
     r = alice.post("/api/instances", body)
     assert r.status_code in (400, 404), r.body

@@ -3,7 +3,7 @@ and a GitHub-shaped one; then the attacks on the flow."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -18,7 +18,7 @@ from control_plane.config import Config
 from control_plane.services import Services
 from tests.support.identity_provider import IdentityProvider, identity_provider
 
-from .conftest import CPClient, cp_boto_session
+from .conftest import CPClient
 
 
 @pytest.fixture
@@ -28,10 +28,11 @@ def idp() -> Iterator[IdentityProvider]:
 
 
 @pytest.fixture
-def cp_login(cp_env: dict[str, str], idp: IdentityProvider) -> Iterator[CPClient]:
+def cp_login(cp_env: dict[str, str], cp_clients: Callable[[Config], Clients],
+             idp: IdentityProvider) -> Iterator[CPClient]:
     env = {**cp_env, "DIT4C_LOGIN_PROVIDERS": idp.providers()}
     config = Config.from_env(env)
-    services.use(Services.build(config, Clients(config, session=cp_boto_session())))
+    services.use(Services.build(config, cp_clients(config)))
     with Client(app) as client:
         yield CPClient(client)
     services.use(None)

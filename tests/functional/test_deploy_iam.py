@@ -5,7 +5,9 @@ credentials of its own role (SAM's translation of ``template.yaml``, made in mot
 Lambda assumes it), against moto's server behind :class:`tests.support.iam_gate.IamGate`, which
 authorises every call as IAM would. A scenario drives everything the functions do: a browser
 (admin, two users) through API Gateway events, a node (enrolment, credentials, its state reports
-and heartbeats) through the events function's SQS batches, and the reaper's schedule. It fails
+and heartbeats) through the events function's SQS batches, and the reaper's schedule, down to
+the run that finds nothing left and switches the events trigger (a mapping moto holds) and its
+own schedule off. It fails
 on a call the template does not allow (naming the action and resource), and on an action the
 template allows that no call used (least privilege: nothing more).
 """
@@ -40,6 +42,7 @@ from tests.support.deploy import (
     provisioned,
     scheduled_event,
     sqs_event,
+    with_event_source_mappings,
 )
 from tests.support.events import sign
 from tests.support.iam_gate import IamGate, function_credentials, function_policies, unused_grants
@@ -136,7 +139,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     artifact = packaged_artifact()
     gate = IamGate()
     policies = function_policies(Template.load())
-    with provisioned(f"iam{uuid.uuid4().hex[:6]}", MotoServer(wrap=gate)) as (endpoint, stack):
+    with provisioned(f"iam{uuid.uuid4().hex[:6]}", MotoServer(wrap=gate)) as (endpoint, made):
+        stack = with_event_source_mappings(endpoint, made)  # the reaper switches the trigger
         admin = _admin_services(stack, endpoint)
         # The image server the saves go to; it starts once the API has made the signing keys
         # (and the CA it trusts): making them is the API function's own call to prove.
@@ -145,7 +149,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         try:
             for name in FUNCTIONS:
                 credentials = function_credentials(endpoint, stack, policies[name])
-                env = function_environment(stack, endpoint, credentials)
+                env = function_environment(stack, endpoint, credentials, function=name)
                 env.update({"DIT4C_REGISTRY": registry.address,
                             "DIT4C_REGISTRY_URL": registry.url})
                 # The reaper's view of "silent": the scenario makes a node silent on purpose.
@@ -192,9 +196,11 @@ def _enroll(world: World, admin: Browser, cluster_id: str, name: str
     return key, enrolment
 
 
-def _heartbeat(node_id: str, running: list[str]) -> NodeHeartbeat:
+def _heartbeat(node_id: str, running: list[str], holds: list[str] | None = None
+               ) -> NodeHeartbeat:
     return NodeHeartbeat(node_id=node_id, version="iam", cpu_total=4.0, memory_mb_total=4096,
-                         cpu_used=0.1, memory_mb_used=100, load=0.1, running=running)
+                         cpu_used=0.1, memory_mb_used=100, load=0.1, running=running,
+                         holds=holds)
 
 
 def _state(node_id: str, instance_id: str, state: str, **extra: Any) -> InstanceStateEvent:
@@ -216,8 +222,10 @@ def _scenario(world: World) -> None:
     assert status == 201, cluster
     cluster_id = cluster["id"]
     assert admin.call("GET", "/api/clusters")[0] == 200
-    _, node = _enroll(world, admin, cluster_id, "node-1")
-    _, other_node = _enroll(world, admin, cluster_id, "node-2")
+    assert admin.call("POST", f"/api/clusters/{cluster_id}/access",
+                      {"public": True, "users": []})[0] == 200
+    node_key, node = _enroll(world, admin, cluster_id, "node-1")
+    other_key, other_node = _enroll(world, admin, cluster_id, "node-2")
     # A join that fails after enrolling: the node withdraws itself (record and queue).
     leaving_key, leaving = _enroll(world, admin, cluster_id, "node-3")
     status, _ = Browser(world).call(
@@ -254,6 +262,13 @@ def _scenario(world: World) -> None:
     world.events(_state(other_node["node_id"], a["id"], "running"))
     assert [m.TYPE for m in world.node_messages(other_node["queue_url"])] == [
         "discard_instance"]
+    # node-1 renews A's tunnel token; node-2, where A is not placed, cannot.
+    for key, who, expected in ((node_key, node, 200), (other_key, other_node, 403)):
+        renewal = who["node_id"]
+        assert anonymous.call(
+            "POST", f"/api/nodes/{renewal}/instances/{a['id']}/tunnel-token",
+            headers={"authorization": "Bearer " + key.sign(node_claims(node_id=renewal))},
+        )[0] == expected
     assert alice.call("POST", f"/api/instances/{a['id']}/share", {"username": "bob"})[0] == 200
     assert len(bob.call("GET", "/api/instances")[1]["instances"]) == 1
     assert bob.call("GET", f"/api/instances/{a['id']}")[0] == 200
@@ -278,6 +293,8 @@ def _scenario(world: World) -> None:
     assert any(i["id"] == saved["id"] for i in bob.call("GET", "/api/images")[1]["images"])
     assert alice.call("DELETE", f"/api/images/{saved['id']}")[0] == 204
     assert alice.call("DELETE", f"/api/instances/{a['id']}")[0] == 204
+    status, listed = anonymous.call("GET", "/api/revocations")  # what a starting router reads
+    assert status == 200 and listed["revocations"], listed
 
     # Instance B fails on the node: revoked.
     status, b = alice.call("POST", "/api/instances", {"image_id": image["id"],
@@ -295,15 +312,29 @@ def _scenario(world: World) -> None:
     world.events(_heartbeat(node_id, []))
     world.reap()
     assert bob.call("GET", f"/api/instances/{c['id']}")[1]["state"] == "scheduled"
+    # Its start is lost: past the grace period, node-1's heartbeat (which does not hold it)
+    # has the events function send it again.
+    admin_svc.instances.table.update({"instance_id": c["id"]}, "SET updated_at = :t",
+                                     vals={":t": "2000-01-01T00:00:00.000Z"})
+    world.node_messages(queue)
+    world.events(_heartbeat(node_id, [], holds=[]))
+    assert "start_instance" in [m.TYPE for m in world.node_messages(queue)]
     world.events(_state(node_id, c["id"], "starting"))
 
     # node-1 goes silent: the reaper fails its live instances and tells the node.
     admin_svc.nodes.nodes.update({"node_id": node_id}, "SET last_heartbeat = :t",
                                  vals={":t": 0})
-    world.reap()
+    assert world.reap()["standby"] == "on"  # node-2 is still there
     assert bob.call("GET", f"/api/instances/{c['id']}")[1]["state"] == "failed"
     assert admin.call("POST", f"/api/nodes/{other_node['node_id']}/decommission")[0] == 200
     assert bob.call("POST", "/api/logout")[0] == 204
+
+    # Nothing left to run: the reaper turns the events trigger and its own schedule off.
+    assert world.reap()["standby"] == "off"
+    rule = world.endpoint.client("events").describe_rule(Name=world.env["DIT4C_REAPER_RULE"])
+    mapping = world.endpoint.client("lambda").get_event_source_mapping(
+        UUID=world.stack.function_environments["ReaperFunction"]["DIT4C_EVENTS_MAPPING"])
+    assert (rule["State"], mapping["State"]) == ("DISABLED", "Disabled")
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ FORM = "application/x-www-form-urlencoded"
 # which proves the request reached it) except where a known one gives a deterministic answer.
 PARAMETERS = {"cluster_id": "default", "instance_id": "nosuchinstance",
               "image_id": "nosuchimage", "token_id": "0" * 64, "node_id": "nosuchnode",
-              "provider": "nosuchprovider", "name": "portal.js"}
+              "provider": "nosuchprovider", "name": "portal.js", "username": "nosuchuser"}
 QUERIES: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("GET", "/api/instances"): [("all", "true")],
     ("GET", "/oauth/authorize"): [("client_id", "nosuchclient"), ("response_type", "code")],

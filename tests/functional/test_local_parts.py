@@ -27,7 +27,7 @@ from infra.local.children import Child, stop_leftovers
 from infra.local.config import LocalConfig
 from infra.local.datadir import DataDir
 from infra.local.errors import ConfigError, TemplateError
-from infra.local.functions import ScheduleTimer, SqsPump, load_handler
+from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_handler
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer
 from infra.local.template import FunctionSpec
@@ -140,6 +140,31 @@ def test_the_schedule_sends_a_scheduled_event():
     assert event["detail-type"] == "Scheduled Event" and event["source"] == "aws.events"
     assert event["resources"] == ["arn:aws:events:us-east-1:123456789012:rule/stack-FnEveryMinute"]
     assert context.function_name == "Fn" and context.get_remaining_time_in_millis() > 0
+
+
+def test_the_pump_and_the_schedule_follow_their_rule(endpoint, queue):
+    """The control plane switches the reaper's rule off while nothing runs; locally the
+    pump (the events trigger's stand-in) and the timer follow it."""
+    events = endpoint.client("events")
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    events.put_rule(Name=name, ScheduleExpression="rate(1 minute)", State="DISABLED")
+    rule = RuleState(events, name)
+    sqs, url, arn = queue
+    delivered, fired = threading.Event(), threading.Event()
+    running = SqsPump(spec(), lambda event, context: delivered.set(), sqs, queue_url=url,
+                      queue_arn=arn, batch_size=10, region="us-east-1", enabled=rule)
+    timer = ScheduleTimer(spec(), lambda event, context: fired.set(), name, 0.05, "us-east-1",
+                          enabled=rule)
+    sqs.send_message(QueueUrl=url, MessageBody="x")
+    running.start()
+    timer.start()
+    try:
+        assert not delivered.wait(2.5) and not fired.is_set()  # the rule is read once a second
+        events.enable_rule(Name=name)
+        assert delivered.wait(30) and fired.wait(30)
+    finally:
+        timer.stop()
+        running.stop()
 
 
 def test_a_handler_the_code_lacks_is_named():
@@ -322,6 +347,8 @@ def test_configuration_defaults_and_overrides(tmp_path):
         ({"DIT4C_STACK_NAME": "Bad_Name"}, "DIT4C_STACK_NAME"),
         ({"DIT4C_NODE_LABELS": "novalue"}, "DIT4C_NODE_LABELS"),
         ({"DIT4C_SNAPSHOT_SECONDS": "-1"}, "DIT4C_SNAPSHOT_SECONDS must be positive"),
+        ({"DIT4C_JOURNAL_BYTES": "1M"}, "DIT4C_JOURNAL_BYTES must be a positive whole number"),
+        ({"DIT4C_JOURNAL_SYNC": "sometimes"}, "DIT4C_JOURNAL_SYNC must be 'always' or 'never'"),
     ],
 )
 def test_bad_configuration_is_named(env, message):

@@ -8,7 +8,6 @@ name: the snapshot is keyed by the template's logical ids) and by deleting the g
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from infra.local.aws import AwsEndpoint
 from infra.local.errors import SnapshotError
 from infra.local.moto_server import MotoServer
 from infra.local.provision import Provisioner, Stack
-from infra.local.snapshot import PeriodicSnapshots, Snapshotter
+from infra.local.snapshot import Snapshotter
 from infra.local.template import Template
 
 PARAMETERS = {
@@ -89,7 +88,8 @@ def test_tables_parameters_objects_and_node_queues_round_trip(endpoint, tmp_path
 
     restored = snapshotter(endpoint, second, tmp_path).restore()
 
-    assert restored == saved
+    assert restored.summary == saved
+    assert (restored.source, restored.notes) == (tmp_path / "snapshot.json", ())
     item = dynamodb.get_item(
         TableName=second.environment["DIT4C_USERS_TABLE"], Key={"username": {"S": "alice"}}
     )["Item"]
@@ -110,7 +110,9 @@ def test_tables_parameters_objects_and_node_queues_round_trip(endpoint, tmp_path
 
 
 def test_no_snapshot_restores_nothing(endpoint, tmp_path):
-    assert str(snapshotter(endpoint, new_stack(endpoint), tmp_path).restore()).startswith("0 items")
+    restored = snapshotter(endpoint, new_stack(endpoint), tmp_path).restore()
+    assert str(restored.summary).startswith("0 items")
+    assert (restored.source, restored.journal_from) == (None, 0)
 
 
 def test_a_table_the_template_lost_is_kept_not_dropped(endpoint, tmp_path):
@@ -141,11 +143,54 @@ def test_a_table_the_template_lost_is_kept_not_dropped(endpoint, tmp_path):
     ("content", "message"),
     [("{not json", "not valid JSON"), ('{"version": 99}', "unknown snapshot version 99")],
 )
-def test_an_unreadable_snapshot_is_refused_and_left_alone(endpoint, tmp_path, content, message):
+def test_an_unreadable_snapshot_with_nothing_to_fall_back_on_is_refused_and_left_alone(
+    endpoint, tmp_path, content, message
+):
     (tmp_path / "snapshot.json").write_text(content)
-    with pytest.raises(SnapshotError, match=message):
+    with pytest.raises(SnapshotError, match=message) as raised:
         snapshotter(endpoint, new_stack(endpoint), tmp_path).restore()
+    assert "no good snapshot is left" in str(raised.value)
     assert (tmp_path / "snapshot.json").read_text() == content
+
+
+def test_a_damaged_snapshot_is_set_aside_and_the_previous_one_restored(endpoint, tmp_path):
+    first = new_stack(endpoint)
+    dynamodb = endpoint.client("dynamodb")
+    table = first.environment["DIT4C_USERS_TABLE"]
+    dynamodb.put_item(TableName=table, Item={"username": {"S": "old"}})
+    saver = snapshotter(endpoint, first, tmp_path)
+    saver.save(journal_from=3)
+    dynamodb.put_item(TableName=table, Item={"username": {"S": "new"}})
+    saver.save(journal_from=5)
+    manifest = tmp_path / "snapshot.json"
+    torn = manifest.read_bytes()[:100]
+    manifest.write_bytes(torn)
+
+    second = new_stack(endpoint)
+    restored = snapshotter(endpoint, second, tmp_path).restore()
+
+    assert (restored.source, restored.journal_from) == (tmp_path / "snapshot.prev.json", 3)
+    (note,) = restored.notes
+    (aside,) = tmp_path.glob("snapshot.json.damaged-*")
+    assert f"{manifest} is not valid JSON" in note
+    assert f"moved to {aside}" in note
+    assert "restored from" in note and "journal from segment 3" in note
+    assert aside.read_bytes() == torn
+    items = dynamodb.scan(TableName=second.environment["DIT4C_USERS_TABLE"])["Items"]
+    assert items == [{"username": {"S": "old"}}]
+
+
+def test_a_save_cut_between_its_two_renames_restores_the_previous_one(endpoint, tmp_path):
+    stack = new_stack(endpoint)
+    saver = snapshotter(endpoint, stack, tmp_path)
+    saver.save(journal_from=1)
+    saver.save(journal_from=2)
+    (tmp_path / "snapshot.json").unlink()  # as if killed after the first rename
+
+    restored = snapshotter(endpoint, new_stack(endpoint), tmp_path).restore()
+
+    assert (restored.source, restored.journal_from, restored.notes) == (
+        tmp_path / "snapshot.prev.json", 1, ())
 
 
 def test_a_damaged_object_is_refused(endpoint, tmp_path):
@@ -160,7 +205,7 @@ def test_a_damaged_object_is_refused(endpoint, tmp_path):
         snapshotter(endpoint, new_stack(endpoint), tmp_path).restore()
 
 
-def test_objects_no_longer_referenced_are_removed_from_the_blob_store(endpoint, tmp_path):
+def test_objects_neither_snapshot_names_are_removed_from_the_blob_store(endpoint, tmp_path):
     stack = new_stack(endpoint)
     s3 = endpoint.client("s3")
     bucket = stack.environment["DIT4C_STORAGE_BUCKET"]
@@ -169,18 +214,7 @@ def test_objects_no_longer_referenced_are_removed_from_the_blob_store(endpoint, 
     saver.save()
     s3.put_object(Bucket=bucket, Key="a", Body=b"two")
     saver.save()
-    assert [p.read_bytes() for p in (tmp_path / "blobs").iterdir()] == [b"two"]
-
-
-def test_periodic_snapshots_save_until_stopped(endpoint, tmp_path):
-    stack = new_stack(endpoint)
-    periodic = PeriodicSnapshots(snapshotter(endpoint, stack, tmp_path), interval=0.05)
-    periodic.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "snapshot.json").exists():
-            assert time.monotonic() < deadline, "no periodic snapshot was written"
-            time.sleep(0.05)
-    finally:
-        periodic.stop()
-    assert json.loads((tmp_path / "snapshot.json").read_text())["stack"] == stack.name
+    blobs = tmp_path / "blobs"
+    assert sorted(p.read_bytes() for p in blobs.iterdir()) == [b"one", b"two"]  # prev needs one
+    saver.save()
+    assert [p.read_bytes() for p in blobs.iterdir()] == [b"two"]

@@ -149,7 +149,29 @@ def test_functions_and_their_triggers_come_from_the_template(endpoint, stack_nam
     assert stack.sqs_sources["EventsFunction"] == stack.environment["DIT4C_EVENTS_QUEUE_URL"]
     reaper = stack.functions["ReaperFunction"]
     assert (reaper.module, reaper.attribute) == ("control_plane.app", "reap")
-    assert reaper.triggers == (ScheduleTrigger(name="EveryMinute", interval_seconds=60),)
+    (schedule,) = reaper.triggers
+    assert isinstance(schedule, ScheduleTrigger)
+    assert (schedule.interval_seconds, schedule.resource) == (60, "ReaperFunctionEveryMinute")
+
+
+def test_what_sam_makes_for_the_events_is_made_under_sams_ids(endpoint, stack_name):
+    stack = provision(endpoint, stack_name)
+    # The schedule's rule, in EventBridge, named as the control plane knows it.
+    rule = stack.resources["ReaperFunctionEveryMinute"]
+    assert rule.ref == stack.environment["DIT4C_REAPER_RULE"] == f"{stack_name}-reaper"
+    described = endpoint.client("events").describe_rule(Name=rule.ref)
+    assert (described["State"], described["ScheduleExpression"]) == ("ENABLED", "rate(1 minute)")
+    # No mapping in moto (the local stack's pump reads the queue): a stand-in id, which the
+    # reaper's own environment carries as on Lambda.
+    mapping = stack.resources["EventsFunctionEvents"]
+    assert mapping.type == "AWS::Lambda::EventSourceMapping"
+    assert endpoint.client("lambda").list_event_source_mappings()["EventSourceMappings"] == []
+    assert stack.function_environments["ReaperFunction"]["DIT4C_EVENTS_MAPPING"] == mapping.ref
+    assert "DIT4C_EVENTS_MAPPING" not in stack.function_environments["ApiFunction"]
+    # Provisioning again keeps the rule as the control plane left it.
+    endpoint.client("events").disable_rule(Name=rule.ref)
+    provision(endpoint, stack_name)
+    assert endpoint.client("events").describe_rule(Name=rule.ref)["State"] == "DISABLED"
 
 
 def test_a_table_and_queue_added_to_the_template_appear_without_code_changes(

@@ -1,5 +1,8 @@
 """The portal's OAuth2 server through its HTTP routes (Chalice test client, moto DynamoDB).
 
+The server's tables are the template's (one stack for the module, every test with its own
+instances), reached as the API function reaches them: its calls are held to its policies.
+
 Every attack of issue 6 that the server itself must refuse is tried here: a tampered
 redirect_uri, a replayed code, a code issued for another instance, a wrong PKCE verifier, an
 expired code, wrong client credentials.
@@ -14,9 +17,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from chalice.test import Client
-from moto import mock_aws
 
+from control_plane.config import Config
 from control_plane.oauth import CODE_LIFETIME, InvalidRequest
+from control_plane.table import Table
+from infra.local.template import Template
 from protocol.errors import TokenError
 from protocol.tokens import (
     KeySet,
@@ -26,17 +31,29 @@ from protocol.tokens import (
     verify_revocation,
 )
 from tests.support.auth_harness import PortalHarness
+from tests.support.iam_clients import attribute_calls
+
+from .conftest import cp_gated_clients, cp_module_stack
 
 A_REDIRECT = "http://a.dit4c.test/.dit4c/auth/callback"
 B_REDIRECT = "http://b.dit4c.test/.dit4c/auth/callback"
 
 
+@pytest.fixture(scope="module")
+def stack():
+    with cp_module_stack("oa") as made:
+        yield made
+
+
 @pytest.fixture
-def portal():
-    with mock_aws():
-        harness = PortalHarness()
-        harness.access = {"a": {"alice", "sam"}, "b": {"bob"}}
-        yield harness
+def portal(stack):
+    config = Config.from_env(stack.environment)
+    dynamodb = cp_gated_clients(stack, config).get("dynamodb")
+    harness = PortalHarness(tables=(Table(dynamodb, config.tables.oauth_clients),
+                                    Table(dynamodb, config.tables.tokens)))
+    attribute_calls(harness.app, Template.load())
+    harness.access = {"a": {"alice", "sam"}, "b": {"bob"}}
+    return harness
 
 
 @pytest.fixture

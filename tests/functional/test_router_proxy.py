@@ -120,12 +120,18 @@ async def test_websocket_echo_through_the_tunnel(stack: Stack) -> None:
 
 
 async def test_100_concurrent_streams_over_one_tunnel(stack: Stack) -> None:
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as client:
+    # From four client addresses: one address may hold at most 64 of a tunnel's streams.
+    clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        limit=0, force_close=True, local_addr=(f"127.0.0.{n}", 0))) for n in range(1, 5)]
+    try:
         async def one(i: int) -> str:
-            async with client.get(stack.base + "/sleep/0.2", headers={"Host": HOST}) as r:
+            async with clients[i % 4].get(stack.base + "/sleep/0.2",
+                                          headers={"Host": HOST}) as r:
                 return await r.text()
         results = await asyncio.gather(*(one(i) for i in range(100)))
+    finally:
+        for client in clients:
+            await client.close()
     assert results == ["slept\n"] * 100
 
 

@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 import requests
 
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
 from tests.support.auth_harness import Browser
 from tests.support.jupyter_kernel import Kernel, start_kernel, stop_kernel
+from tests.support.local_stack import StackProcess
 
 pytestmark = pytest.mark.docker
 

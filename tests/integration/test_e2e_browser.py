@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_local_stack import StackProcess
 from tests.ports import free_port
+from tests.support.local_stack import StackProcess
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -145,6 +145,22 @@ def test_another_user_gets_a_403_page(stack, browser, launched):
         assert page.locator(f"text={TOOL_TEXT}").count() == 0
     finally:
         context.close()
+
+
+def test_storage_use_and_quotas_are_shown(stack, launched):
+    page = launched["admin"].new_page()
+    page.goto(stack["portal"] + "/")
+    shown = page.wait_for_selector("#storage:not([hidden])", timeout=WAIT_MS)
+    assert re.search(r"Storage admin: .* of 10\.0 GB used", shown.text_content() or "")
+    assert "/mnt/storage" in (shown.text_content() or "")
+    page.goto(stack["portal"] + "/#/admin")
+    page.wait_for_selector("#view-admin:not([hidden])")
+    page.fill("#storage-form input[name=username]", "bob")
+    page.fill("#storage-form input[name=quota_mb]", "5")
+    page.click("#storage-form button[name=set]")
+    answer = page.wait_for_selector("#user-storage:not([hidden])", timeout=WAIT_MS)
+    assert (answer.text_content() or "").startswith("bob: 0 B of 5.0 MB used")
+    page.close()
 
 
 def test_after_stop_and_discard_the_instance_is_gone(launched):

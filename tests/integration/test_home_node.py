@@ -30,7 +30,6 @@ import docker
 import pytest
 
 from infra.local import registry
-from tests.integration.test_local_stack import Browser, StackProcess, log_in
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
 from tests.support.home_node import (
@@ -41,6 +40,7 @@ from tests.support.home_node import (
     publish_tool,
     wait_for,
 )
+from tests.support.local_stack import Browser, StackProcess, log_in
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -182,6 +182,10 @@ def test_a_home_machine_joins_with_the_copied_command_and_runs_a_users_tool(
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in home_engine.labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
         "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
+        # Its pods reach the deployment on this host as a home node's reach it on the
+        # internet: router, portal (and S3, the image server) only (the egress policy).
+        "DIT4C_NODE_POD_HOST_PORTS": ",".join(
+            str(stack["ports"][name]) for name in ("ROUTER", "PORTAL", "AWS", "REGISTRY")),
     })
     node = ShellCommand(command, node_env, tmp_path, tmp_path / "node.log")
     try:

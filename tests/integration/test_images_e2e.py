@@ -37,9 +37,9 @@ from infra.local.stack import REPO_ROOT
 from node_daemon.pods import container_name
 from protocol import pod
 from protocol.registry import parse_reference
-from tests.integration.test_local_stack import Browser, StackProcess, log_in
 from tests.ports import free_port
 from tests.support.engines import SecondEngine
+from tests.support.local_stack import Browser, StackProcess, log_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -111,7 +111,12 @@ class NodeB:
                     "DIT4C_NODE_PODS_NETWORK": network,
                     "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
                     "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
-                    "DIT4C_NODE_HEARTBEAT_SECONDS": "2", "DIT4C_NODE_RECONCILE_SECONDS": "3"}
+                    "DIT4C_NODE_HEARTBEAT_SECONDS": "2", "DIT4C_NODE_RECONCILE_SECONDS": "3",
+                    # Its pods reach the stack on this host as a home node's reach a
+                    # deployment: router, portal, S3 and the image server only.
+                    "DIT4C_NODE_POD_HOST_PORTS": ",".join(
+                        str(stack["ports"][name])
+                        for name in ("ROUTER", "PORTAL", "AWS", "REGISTRY"))}
         self.engine = engine
         self.data = data
         self.log = data.with_suffix(".log")

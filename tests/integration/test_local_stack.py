@@ -14,12 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import pytest
 
@@ -27,96 +24,31 @@ from infra.local import registry
 from infra.local.stack import REPO_ROOT
 from scripts.images import TEST_TOOL
 from tests.ports import free_port
+from tests.support.local_stack import (
+    STOP_DEADLINE,
+    Browser,
+    StackProcess,
+    alive,
+    children,
+    get,
+    launch_test_tool,
+    log_in,
+    port_of,
+    reach,
+    stack_settings,
+)
 
 pytestmark = pytest.mark.docker
 
-READY_TIMEOUT = 180
-STOP_DEADLINE = 10  # the contract: Ctrl-C stops everything within 10 seconds
-
-
-class StackProcess:
-    """One ``python -m infra.local run`` with its output collected line by line."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        # Never the default 5001 in a test: `make run` may hold it.
-        env.setdefault("DIT4C_REGISTRY_PORT", str(free_port()))
-        env.setdefault("DIT4C_EXPORT_PORT", str(free_port()))
-        self.env = env
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        self._ready = threading.Event()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "infra.local", "run"], cwd=REPO_ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        threading.Thread(target=self._read, args=(self.process.stdout, self.lines),
-                         daemon=True).start()
-        threading.Thread(target=self._read, args=(self.process.stderr, self.errors),
-                         daemon=True).start()
-
-    def _read(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line.rstrip("\n"))
-            if "Ctrl-C stops everything." in line:
-                self._ready.set()
-
-    def wait_ready(self) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self._ready.wait(0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"stack not ready (exit {self.process.poll()}):\n" + self.output()
-                )
-        return "\n".join(self.lines)
-
-    def output(self) -> str:
-        return "\n".join(["-- stdout", *self.lines, "-- stderr", *self.errors[-80:]])
-
-    def interrupt(self, sig: signal.Signals = signal.SIGINT) -> float:
-        """SIGINT (Ctrl-C) or SIGTERM; returns how long the stack took to exit."""
-        started = time.monotonic()
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"still running {STOP_DEADLINE} s after {sig.name}:\n{self.output()}"
-            ) from None
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory, unique_name, run_labels, docker_client, helpers_image
               ) -> dict[str, str]:
-    data_dir = tmp_path_factory.mktemp("local-stack") / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
-    env.update({
-        "DIT4C_DATA_DIR": str(data_dir),
-        "DIT4C_PORTAL_PORT": str(free_port()),
-        "DIT4C_ROUTER_PORT": str(free_port()),
-        "DIT4C_AWS_PORT": str(free_port()),
-        "DIT4C_REGISTRY_PORT": str(free_port()),
-        "DIT4C_STACK_NAME": "dit4c-test",
-        "DIT4C_PUBLISH_HELPERS": "0",  # only test_home_node needs it
-        "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
-        "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
-        "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
-        "DIT4C_NODE_HEARTBEAT_SECONDS": "2",
-        "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
-        "DIT4C_SNAPSHOT_SECONDS": "2",
-    })
+    env = stack_settings(tmp_path_factory.mktemp("local-stack") / "data", unique_name("pods"),
+                         run_labels, helpers_image)
+    # No compaction while a test runs: what a restart finds comes from the journal.
+    env["DIT4C_SNAPSHOT_SECONDS"] = "600"
     return env
 
 
@@ -128,98 +60,6 @@ def running(stack_env) -> Iterator[StackProcess]:
         yield stack
     finally:
         stack.kill()
-
-
-def get(
-    port: int, path: str, *, host: str | None = None, method: str = "GET", body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        all_headers = {"Host": host or f"localhost:{port}", **(headers or {})}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            all_headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=payload, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def port_of(env: dict[str, str], name: str) -> int:
-    return int(env[name])
-
-
-class Browser:
-    """Just enough of a browser: cookies per host name (not port, as browsers do), redirects,
-    and ``*.localhost`` resolved to 127.0.0.1 (Python's resolver does not)."""
-
-    def __init__(self) -> None:
-        self.cookies: dict[str, dict[str, str]] = {}
-        self.csrf = ""
-
-    def request(
-        self, url: str, method: str = "GET", body: Any = None, follow: bool = True
-    ) -> tuple[int, str, bytes]:
-        """Returns the final (status, url, body)."""
-        for _ in range(10):
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            jar = self.cookies.setdefault(host, {})
-            headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())} if jar else {}
-            if self.csrf and method != "GET":
-                headers["X-CSRF-Token"] = self.csrf
-            path = parts.path or "/"
-            if parts.query:
-                path += "?" + parts.query
-            status, response_headers, content, cookies = _exchange(
-                parts.port or 80, path, host=parts.netloc, method=method, body=body,
-                headers=headers,
-            )
-            for cookie in cookies:
-                name, _, rest = cookie.partition("=")
-                value = rest.split(";", 1)[0]
-                if "max-age=0" in cookie.lower() or not value:
-                    jar.pop(name, None)
-                else:
-                    jar[name] = value
-            location = response_headers.get("location")
-            if not (follow and status in (301, 302, 303, 307) and location):
-                return status, url, content
-            url = urljoin(url, location)
-            method, body = "GET", None
-        raise AssertionError(f"too many redirects, last {url}")
-
-
-def _exchange(
-    port: int, path: str, *, host: str, method: str, body: Any, headers: dict[str, str]
-) -> tuple[int, dict[str, str], bytes, list[str]]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        all_headers = {"Host": host, **headers}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            all_headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=payload, headers=all_headers)
-        response = connection.getresponse()
-        cookies = response.msg.get_all("Set-Cookie") or []
-        return (response.status, {k.lower(): v for k, v in response.getheaders()},
-                response.read(), cookies)
-    finally:
-        connection.close()
-
-
-def log_in(browser: Browser, portal: int, username: str, password: str) -> int:
-    status, _, body = browser.request(
-        f"http://localhost:{portal}/api/login", "POST",
-        {"username": username, "password": password},
-    )
-    if status == 200:
-        browser.csrf = json.loads(body)["csrf_token"]
-    return status
 
 
 # -- a running stack ---------------------------------------------------------------------------
@@ -293,37 +133,12 @@ def test_a_launched_tool_is_reached_through_the_router_after_logging_in(running,
 
     # The pod dials the router through the pods gateway; until its tunnel is up the router
     # answers 404 for the host, and 502 until the pod's auth helper answers.
-    deadline = time.monotonic() + 60
-    while True:
-        status, url, body = browser.request(instance["url"] + "/")
-        if status not in (404, 502) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    status, url, body = reach(browser, instance["url"] + "/")
     # Anonymous -> portal authorize (admin's session) -> callback: the auth helper redeems the
     # code at the portal through the pods gateway -> the tool.
     assert status == 200, (status, url, body[:300])
     assert b"busybox httpd is serving this page" in body
     assert url.startswith(instance["url"])
-
-
-def launch_test_tool(browser: Browser, portal: int) -> dict[str, Any]:
-    status, _, body = browser.request(f"http://localhost:{portal}/api/images")
-    assert status == 200, body
-    (tool,) = [i for i in json.loads(body)["images"] if i["image"] == "dit4c/test-tool:busybox"]
-    status, _, body = browser.request(
-        f"http://localhost:{portal}/api/instances", "POST", {"image_id": tool["id"]}
-    )
-    assert status == 202, body
-    instance_id = json.loads(body)["id"]
-    deadline = time.monotonic() + 120
-    while True:
-        status, _, body = browser.request(f"http://localhost:{portal}/api/instances/{instance_id}")
-        instance: dict[str, Any] = json.loads(body)
-        if instance["state"] in ("running", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert instance["state"] == "running", instance
-    return instance
 
 
 # -- stop and start again ----------------------------------------------------------------------
@@ -333,14 +148,6 @@ def _listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _login(port: int, password: str) -> int:
@@ -407,7 +214,7 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
     assert not [p for p in (portal, router, aws_port, registry_port) if _listening(p)], (
         "something still listens"
     )
-    assert not [p for p in child_pids if _alive(p)], "a child process survived"
+    assert not [p for p in child_pids if alive(p)], "a child process survived"
     assert "stopped in" in "\n".join(running.lines)
     print(f"stopped in {took:.1f} s")
 
@@ -431,16 +238,12 @@ def test_sigint_stops_everything_and_a_restart_keeps_the_data(running, stack_env
         again.kill()
 
 
-def _children(data_dir: Path) -> dict[str, int]:
-    return {p.stem: json.loads(p.read_text())["pid"] for p in (data_dir / "run").glob("*.pid")}
-
-
 def test_a_child_that_dies_stops_the_stack_with_its_log(stack_env):
     data_dir = Path(stack_env["DIT4C_DATA_DIR"])
     stack = StackProcess(stack_env)
     try:
         stack.wait_ready()
-        router = _children(data_dir)["edge-router"]
+        router = children(data_dir)["edge-router"]
         os.kill(router, signal.SIGKILL)
         stack.process.wait(STOP_DEADLINE + 5)
         assert stack.process.returncode == 1
@@ -449,20 +252,35 @@ def test_a_child_that_dies_stops_the_stack_with_its_log(stack_env):
         assert "edge-router.log" in errors
         ports = [port_of(stack_env, n) for n in ("DIT4C_PORTAL_PORT", "DIT4C_AWS_PORT")]
         assert not [p for p in ports if _listening(p)]
-        assert _children(data_dir) == {}
+        assert children(data_dir) == {}
     finally:
         stack.kill()
 
 
-def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env):
+def test_a_killed_stack_keeps_what_it_acknowledged_and_the_next_start_stops_its_leftovers(
+    stack_env,
+):
+    """Issue 15 as a user met it: a user made and a tool launched, then the stack is killed
+    (SIGKILL: no last snapshot, no clean-up; its children live on) moments after its answers.
+    The next start has the user and the instance, running and reachable again by its owner."""
     data_dir = Path(stack_env["DIT4C_DATA_DIR"])
+    portal = port_of(stack_env, "DIT4C_PORTAL_PORT")
+    password = (data_dir / "admin-password").read_text().strip()
     killed = StackProcess(stack_env)
     try:
         killed.wait_ready()
-        orphans = _children(data_dir)
-        killed.process.kill()  # no clean-up at all: the children live on
+        admin = Browser()
+        assert log_in(admin, portal, "admin", password) == 200
+        status, _, body = admin.request(
+            f"http://localhost:{portal}/api/users", "POST",
+            {"username": "dave", "password": "dave-password-1"},
+        )
+        assert status == 201, body
+        instance = launch_test_tool(admin, portal)
+        orphans = children(data_dir)
+        killed.process.kill()  # at once: within the snapshot interval of the old stack
         killed.process.wait(10)
-        assert all(_alive(pid) for pid in orphans.values())
+        assert all(alive(pid) for pid in orphans.values())
     finally:
         killed.kill()
 
@@ -472,11 +290,22 @@ def test_after_the_stack_is_killed_the_next_start_stops_its_leftovers(stack_env)
         said = "\n".join(again.lines)
         for name in orphans:
             assert f"stopped {name} left running by an earlier stack" in said
-        assert not [pid for pid in orphans.values() if _alive(pid)]
-        password = (data_dir / "admin-password").read_text().strip()
-        assert log_in(Browser(), port_of(stack_env, "DIT4C_PORTAL_PORT"), "alice",
-                      "alice-password-1") == 200
+        assert not [pid for pid in orphans.values() if alive(pid)]
+        assert "warning" not in said, said
+        assert log_in(Browser(), portal, "alice", "alice-password-1") == 200
+        assert log_in(Browser(), portal, "dave", "dave-password-1") == 200
         assert f"admin / {password}" in said
+        admin = Browser()
+        assert log_in(admin, portal, "admin", password) == 200
+        status, _, body = admin.request(f"http://localhost:{portal}/api/instances/"
+                                        f"{instance['id']}")
+        assert status == 200, body
+        assert json.loads(body)["state"] == "running"
+        started = time.monotonic()
+        status, url, body = reach(admin, instance["url"] + "/")
+        assert status == 200, (status, url, body[:300])
+        assert b"busybox httpd is serving this page" in body
+        print(f"reached again {time.monotonic() - started:.1f} s after the stack was ready")
         again.interrupt()
         assert again.process.returncode == 0, again.output()
     finally:

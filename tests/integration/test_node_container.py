@@ -56,7 +56,10 @@ def test_the_daemon_runs_as_a_container_with_the_socket_mounted(  # noqa: PLR091
             environment={**{k: v for k, v in node_settings.items() if k.startswith("DIT4C_")},
                          # The host's network: never the default port another node may hold.
                          "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
-                         "DIT4C_NODE_DATA_DIR": "/var/lib/dit4c-node"})
+                         "DIT4C_NODE_DATA_DIR": "/var/lib/dit4c-node",
+                         # The helper base has no iptables (docs/node-daemon.md, "As a
+                         # container": NET_ADMIN and iptables, or this).
+                         "DIT4C_NODE_EGRESS": "off"})
 
     events = EventLog(portal)
     daemon = run_container()

@@ -19,9 +19,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
+from node_daemon.pods import TOOL_CAPABILITIES
 from protocol import pod
 from protocol.messages import DiscardInstance, SaveInstance, StopInstance, StorageAccess
 from scripts import images
+from tests.ports import free_port
 from tests.support.control_plane import ControlPlane, control_plane
 from tests.support.node import (
     EventLog,
@@ -38,10 +40,18 @@ def portal() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="module")
+def pod_s3_port() -> int:
+    """Where :func:`pod_s3` serves: the only port of the host the egress policy opens to this
+    node's pods (node_daemon/egress.py)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, portal: ControlPlane,
-         node_settings: dict[str, str]) -> Iterator[NodeProcess]:
+         node_settings: dict[str, str], pod_s3_port: int) -> Iterator[NodeProcess]:
     data_dir = tmp_path_factory.mktemp("nodes") / "main"
-    with NodeProcess(portal, data_dir, node_settings).running() as process:
+    settings = {**node_settings, "DIT4C_NODE_POD_HOST_PORTS": str(pod_s3_port)}
+    with NodeProcess(portal, data_dir, settings).running() as process:
         yield process
 
 
@@ -192,18 +202,36 @@ def test_stop_before_start_and_commands_after_discard(h: Harness):
     h.wait_state(early, "stopped")
     h.node.send(sample_start(early, h.tool_image))  # overtaken by its stop: never runs
     late = new_id()
-    h.node.send(sample_start(late, h.tool_image))
+    late_start = sample_start(late, h.tool_image)
+    h.node.send(late_start)
     h.wait_state(late, "running")
+    stale_discard = DiscardInstance(instance_id=late, sent_at=late_start.sent_at)
     h.node.send(DiscardInstance(instance_id=late))
     h.wait_state(late, "discarded")
     h.node.send(StopInstance(instance_id=late))
-    h.node.send(sample_start(late, h.tool_image))
+    h.node.send(late_start)  # redelivered: sent before the discard, never runs again
     wait_drained(h)
     h.events.poll()
     assert h.pod(early) == {}
     assert h.pod(late) == {}
     assert [e.state for e in h.events.states(early)] == ["stopped"]
     assert [e.state for e in h.events.states(late)] == ["starting", "running", "discarded"]
+    # A start sent after the discard is the instance placed here anew (the reaper re-placing
+    # it where it was): it runs, and a discard older than it does not touch it.
+    def reported(state: str, times: int) -> None:
+        h.events.wait_for(lambda: [e.state for e in h.events.states(late)].count(state) == times,
+                          60, f"{late} -> {state} ({times})")
+
+    h.node.send(sample_start(late, h.tool_image))
+    reported("running", 2)
+    h.node.send(stale_discard)
+    wait_drained(h)
+    h.events.poll()
+    assert sorted(h.pod(late)) == ["listener", "netns", "tool"]
+    assert [e.state for e in h.events.states(late)][-1] == "running"
+    h.node.send(DiscardInstance(instance_id=late))
+    reported("discarded", 2)
+    assert h.pod(late) == {}
 
 
 def test_start_without_room_fails_with_reason(h: Harness):
@@ -343,11 +371,11 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pod_s3(docker_client, node):
+def pod_s3(docker_client, node, pod_s3_port):
     """moto's S3 on the pods bridge's gateway (pods reach it as host.docker.internal):
     (boto3 client on the host, endpoint URL as the pod sees it)."""
     gateway = ensure_pods_network(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"])
-    server = ThreadedMotoServer(ip_address=gateway, port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address=gateway, port=pod_s3_port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
@@ -356,7 +384,7 @@ def pod_s3(docker_client, node):
     server.stop()
 
 
-def test_storage_helper_brings_the_users_files_and_keeps_the_tools_changes(h: Harness, pod_s3):
+def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3):
     s3, endpoint = pod_s3
     iid = new_id()
     bucket, prefix = f"b-{iid}", f"users/{iid}/"
@@ -372,29 +400,40 @@ def test_storage_helper_brings_the_users_files_and_keeps_the_tools_changes(h: Ha
     containers = h.pod(iid)
     assert sorted(containers) == ["listener", "netns", "storage", "tool"]
     tool = containers["tool"]
-    # "running" waits for the initial download: the files are there at once.
-    assert exec_out(tool, ["cat", "/mnt/hello.txt"]) == (0, "from s3\n")
-    changes = "echo kept > /mnt/file; mkdir /mnt/sub; echo deep > /mnt/sub/new.txt"
-    assert exec_out(tool, ["sh", "-c", f"{changes} && rm /mnt/old/gone.txt"]) == (0, "")
-    # A tool running as another uid, writing a private file, still gets it saved.
-    private = tool.exec_run(["sh", "-c", "umask 077; echo mine > /mnt/private.txt"], user="1234")
+    assert exec_out(tool, ["cat", "/mnt/storage/hello.txt"]) == (0, "from s3\n")
+    changes = ("echo kept > /mnt/storage/file; mkdir /mnt/storage/sub; "
+               "echo deep > /mnt/storage/sub/new.txt; rm /mnt/storage/old/gone.txt")
+    assert exec_out(tool, ["sh", "-c", changes]) == (0, "")
+    # Any uid in the tool, private files too.
+    private = tool.exec_run(["sh", "-c", "umask 077; echo mine > /mnt/storage/private.txt"],
+                            user="1234")
     assert private.exit_code == 0, private.output
-    storage = containers["storage"]
-    assert secret in "\n".join(storage.attrs["Config"]["Env"])
-    for role in ("tool", "listener"):
-        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
-    assert storage.attrs["Config"]["User"] == "0"
-    assert storage.attrs["HostConfig"]["CapDrop"] == ["ALL"]
-    assert storage.attrs["HostConfig"]["CapAdd"] == ["DAC_OVERRIDE"]
-    assert "no-new-privileges" in storage.attrs["HostConfig"]["SecurityOpt"]
-
-    h.node.send(StopInstance(instance_id=iid, grace_seconds=10))
-    h.wait_state(iid, "stopped")  # SIGTERM: the helper syncs once more before exiting
+    # Stored at close, while the pod runs.
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     stored = {o["Key"][len(prefix):]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
               for o in listed}
-    assert stored == {"hello.txt": b"from s3\n", "file": b"kept\n", "sub/new.txt": b"deep\n",
-                      "private.txt": b"mine\n"}
+    assert stored == {"hello.txt": b"from s3\n", "file": b"kept\n", "sub/": b"",
+                      "sub/new.txt": b"deep\n", "old/": b"", "private.txt": b"mine\n"}
+    helper = containers["storage"]
+    assert secret in "\n".join(helper.attrs["Config"]["Env"])
+    for role in ("tool", "listener"):
+        assert secret not in "\n".join(containers[role].attrs["Config"]["Env"] or [])
+    assert helper.attrs["Config"]["User"] == "0"
+    assert helper.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert sorted(helper.attrs["HostConfig"]["CapAdd"]) == ["SETGID", "SETUID", "SYS_ADMIN"]
+    assert "no-new-privileges" in helper.attrs["HostConfig"]["SecurityOpt"]
+    # The storage gives the tool nothing: it keeps the cut set every tool has.
+    assert tool.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert sorted(tool.attrs["HostConfig"]["CapAdd"]) == sorted(TOOL_CAPABILITIES)
+    assert tool.attrs["HostConfig"]["Devices"] in (None, [])
+    assert not tool.attrs["HostConfig"]["Privileged"]
+    # Nothing of the helper's runs privileged once mounted: the file server is uid 10001.
+    code, processes = exec_out(helper, ["sh", "-c", "grep -h '^Uid:\\|^CapEff:' "
+                                                    "/proc/[0-9]*/status"])
+    assert code == 0 and f"Uid:\t{pod.STORAGE_UID}" in processes
+
+    h.node.send(StopInstance(instance_id=iid, grace_seconds=10))
+    h.wait_state(iid, "stopped")
     volume_filter = {"label": f"{pod.LABEL_INSTANCE}={iid}"}
     assert len(h.client.volumes.list(filters=volume_filter)) == 1
     h.node.send(DiscardInstance(instance_id=iid))

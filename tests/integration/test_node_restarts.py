@@ -210,24 +210,37 @@ def test_a_command_longer_than_the_visibility_timeout_is_handled_once(
 
 
 @pytest.mark.timeout(180)
-def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], portal: ControlPlane):
+def test_outage_is_survived_with_backoff(tmp_path, settings: dict[str, str], portal: ControlPlane,
+                                         docker_client):
     # Short polls, so that the outage (shorter than one 20 s poll, to keep the test short)
     # is met by several polls.
     short_polls = {**settings, "DIT4C_NODE_POLL_WAIT_SECONDS": "1"}
     with NodeProcess(portal, tmp_path / "node", short_polls).running() as node:
-        _outage(node, portal)
+        _outage(node, portal, docker_client)
 
 
-def _outage(node: NodeProcess, portal: ControlPlane) -> None:
+def _outage(node: NodeProcess, portal: ControlPlane, docker_client: docker.DockerClient) -> None:
     events = EventLog(portal, node)
     wait_until((node.data_dir / "metrics-address").exists, 30, "metrics")
     time.sleep(1)
+    kept = "k" + uuid.uuid4().hex[:12]
+    node.send(sample_start(kept, node.env["DIT4C_TOOL_IMAGE"]))
+    events.wait_state(kept, "running", 60)
     with portal.outage():
         time.sleep(8)  # longer than the credentials' refresh margin: refreshes fail too
     assert metric(node, "dit4c_node_queue_poll_errors_total") >= 2
+    # Silence is no reason to stop anything: the pod ran through the outage.
+    assert "cannot ask the portal what is placed here, every pod is kept" in node.log_text()
+    assert node_containers(docker_client, node.node_id).get(kept) == ROLES
     iid = "o" + uuid.uuid4().hex[:12]
     node.send(sample_start(iid, node.env["DIT4C_TOOL_IMAGE"]))
     events.wait_state(iid, "running", 60)
     log = node.log_text()
     assert "polling failed, retrying in" in log
     assert node.process is not None and node.process.poll() is None
+    # Its portal's word is: the instance was deleted (the discard command never came).
+    portal.services.instances.table.delete({"instance_id": kept})
+    events.wait_state(kept, "discarded", 30)
+    assert kept not in node_containers(docker_client, node.node_id)
+    assert f"the portal has instance {kept} no longer on this node" in node.log_text()
+    assert iid in node_containers(docker_client, node.node_id)

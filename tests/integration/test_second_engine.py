@@ -58,9 +58,8 @@ def test_loaded_images_run_and_reach_the_host(second_engine: SecondEngine, b_net
 
     class Hello(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello from the host")
+            # One write: headers and body apart, a loaded machine could let nc leave between.
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\nhello from the host")
 
         def log_message(self, *args: object) -> None:
             pass

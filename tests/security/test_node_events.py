@@ -80,7 +80,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    # An image server is named (none needs to answer): saving is refused without one.
+    # Saves need an image server named; nothing is pushed to it here.
     with control_plane(settings={"DIT4C_REGISTRY": "127.0.0.1:9"}) as plane:
         svc = plane.services
         svc.accounts.set_password("admin", "admin-password-1", admin=True)
@@ -96,7 +96,7 @@ def world() -> Iterator[World]:
 
 def _heartbeat(node_id: str, *, sent_at: str | None = None, cpu: float = 2,
                memory_mb: int = 2048) -> NodeHeartbeat:
-    fields = {} if sent_at is None else {"sent_at": sent_at}
+    fields: dict[str, Any] = {} if sent_at is None else {"sent_at": sent_at}
     return NodeHeartbeat(node_id=node_id, version="1", cpu_total=cpu, memory_mb_total=memory_mb,
                          cpu_used=0.1, memory_mb_used=10, load=0.1, running=[], **fields)
 

@@ -83,11 +83,14 @@ class PortalHarness:
     """The OAuth server under test with a fake portal around it (see the module docstring)."""
 
     def __init__(self, *, issuer: str = "http://portal.test",
-                 access_lifetime: int = ACCESS_TOKEN_MAX_LIFETIME) -> None:
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        tables = create_tables(dynamodb, "OAuthClientsTable", "TokensTable")
-        self.clients_table = tables["OAuthClientsTable"]
-        self.tokens_table = tables["TokensTable"]
+                 access_lifetime: int = ACCESS_TOKEN_MAX_LIFETIME,
+                 tables: tuple[Table, Table] | None = None) -> None:
+        """``tables``: the OAuth clients and tokens tables to use (default: new ones)."""
+        if tables is None:
+            dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+            made = create_tables(dynamodb, "OAuthClientsTable", "TokensTable")
+            tables = made["OAuthClientsTable"], made["TokensTable"]
+        self.clients_table, self.tokens_table = tables
         self.issuer = issuer
         self.signer = SigningKey.generate()
         self.access: dict[str, set[str]] = {}

@@ -35,6 +35,14 @@ TOKEN_LIFETIME = 6
 PORTAL = "http://portal.dit4c.test"
 DEFAULT_ACCESS = {"a": {"alice", "sam"}, "b": {"bob"}, "w": {"alice"}, "d": {"alice"}}
 
+# What a tool tries, to set the helper's session cookie: well-formed, and malformed in ways
+# that Python's SimpleCookie drops (so a filter built on it missed them) while browsers store
+# them all the same; a nameless cookie comes back as its bare value, "dit4c-auth=...".
+PLANTED_COOKIES = ["dit4c-auth=from-the-tool; Path=/", "dit4c-auth=from the tool; Path=/",
+                   'dit4c-auth="from-the-tool; Path=/', "dit4c-auth=from\\the-tool",
+                   " dit4c-auth =from-the-tool; Expires=Wed, 21 Oct 2099 07:28:00 GMT; x",
+                   "=dit4c-auth=from-the-tool; Path=/", "dit4c-login=from-the-tool"]
+
 # The echo tool: HTTP answers describe the request; /ws echoes; /set-cookie tries to set the
 # helper's cookie. Runs as `python3 -c ECHO_TOOL HOST PORT` on aiohttp 3.8 and current alike,
 # and prints "listening <port>" once it accepts connections.
@@ -54,11 +62,13 @@ async def ws(request):
     return sock
 
 async def echo(request):
+    PLANTED_COOKIES = %r
     if request.path == "/ws":
         return await ws(request)
     if request.path == "/set-cookie":
         response = web.Response(text="dit4c echo tool: cookies")
-        response.headers.add("Set-Cookie", "dit4c-auth=from-the-tool; Path=/")
+        for planted in PLANTED_COOKIES:
+            response.headers.add("Set-Cookie", planted)
         response.headers.add("Set-Cookie", "tool=1; Path=/")
         return response
     body = await request.read()
@@ -77,7 +87,7 @@ async def main(host, port):
     await asyncio.Event().wait()
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
-'''
+''' % (PLANTED_COOKIES,)  # noqa: UP031 - the tool's own braces would fight format()
 
 
 @dataclass
@@ -343,7 +353,7 @@ async def helper_cookies_never_reach_the_tool(stack: Stack) -> None:
     async with browser.session.get(stack.url("w", "/set-cookie")) as response:
         set_cookies = response.headers.getall("Set-Cookie", [])
     assert any(c.startswith("tool=1") for c in set_cookies)
-    assert not any(c.startswith("dit4c-auth") for c in set_cookies)
+    assert len(set_cookies) == 1, set_cookies  # every planted one dropped
 
 
 async def request_bodies_stream_both_ways(stack: Stack) -> None:
@@ -458,6 +468,63 @@ async def callback_with_a_state_from_another_browser_is_refused(stack: Stack) ->
     visit = await victim.get(stolen.url, max_hops=1)
     assert visit.status == 400, visit
     assert _session_cookie(victim, "a") is None
+
+
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+FOREIGN_ORIGINS = ("http://a.dit4c.test", "null", "http://w.dit4c.test.evil.example",
+                   "https://w.dit4c.test")
+
+
+async def requests_from_another_origin_are_refused(stack: Stack) -> None:
+    # A page of instance a (same-site: the Lax cookie goes along) at alice's own instance w.
+    browser = await _login(stack, "alice", "w")
+    own = stack.url("w").rstrip("/")
+
+    async def send(method: str, **headers: str) -> int:
+        async with browser.session.request(method, stack.url("w", "/api/contents"),
+                                           data=b"{}", headers=headers,
+                                           allow_redirects=False) as response:
+            return response.status
+
+    for method in UNSAFE_METHODS:
+        for origin in FOREIGN_ORIGINS:
+            assert await send(method, Origin=origin) == 403, (method, origin)
+        # No Origin but the browser's own word that another site sent it.
+        assert await send(method, **{"Sec-Fetch-Site": "same-site"}) == 403, method
+        assert await send(method, Origin=own) == 200, method
+        assert await send(method, Origin=own.upper()) == 200, method
+        # No Origin at all: no browser sent it (they always do for these methods), so a
+        # program holding the user's own cookie; there is no one to forge it for.
+        assert await send(method) == 200, method
+        assert await send(method, **{"Sec-Fetch-Site": "same-origin"}) == 200, method
+    # Safe methods are left alone (Lax sends the cookie on a navigation from anywhere).
+    assert await send("GET", Origin="http://a.dit4c.test") == 200
+    for origin in FOREIGN_ORIGINS:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            async with browser.session.ws_connect(stack.url("w", "/ws"), origin=origin):
+                pass
+        assert caught.value.status == 403, origin
+    allowed: tuple[str | None, ...] = (own, None)
+    for allowed_origin in allowed:
+        async with browser.session.ws_connect(stack.url("w", "/ws"),
+                                              origin=allowed_origin) as ws:
+            assert json.loads((await ws.receive(timeout=10)).data)["hello"]
+
+
+async def flooded_sign_in_starts_push_out_no_one(stack: Stack) -> None:
+    victim = stack.browser("alice")
+    started = await victim.get(stack.url("w", "/deep?x=1"), stop_at=f"{PORTAL}/oauth/authorize")
+    flooder = stack.browser(None)
+
+    async def flood(count: int) -> None:
+        for _ in range(count):
+            async with flooder.session.get(stack.url("w", "/"), allow_redirects=False,
+                                           headers={"Cookie": "dit4c-login=flood"}) as r:
+                assert r.status == 302
+
+    await asyncio.gather(*(flood(300) for _ in range(5)))  # 1,500: the old store kept 1,000
+    visit = await victim.get(started.url)
+    assert visit.status == 200 and json.loads(visit.text)["path_qs"] == "/deep?x=1", visit
 
 
 def _forge(claims: dict[str, Any], kid: str) -> dict[str, str]:
@@ -576,5 +643,6 @@ SCENARIOS: list[Scenario] = [
     code_without_the_right_pkce_verifier_is_refused,
     callback_with_a_state_from_another_browser_is_refused, forged_tokens_are_refused,
     cookie_of_instance_a_is_useless_on_b, garbage_gets_a_clear_refusal_never_a_crash,
+    requests_from_another_origin_are_refused, flooded_sign_in_starts_push_out_no_one,
     discarded_instance_is_cut_off_at_once_by_the_router,
 ]

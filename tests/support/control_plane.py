@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -39,7 +40,9 @@ from botocore.config import Config as BotoConfig
 from control_plane import services
 from control_plane.app import app, on_event
 from control_plane.aws import Clients
+from control_plane.clock import now_iso
 from control_plane.config import Config
+from control_plane.records import Instance
 from control_plane.services import Services
 from control_plane.table import Item, Table
 from infra.local.aws import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, AwsEndpoint
@@ -48,7 +51,8 @@ from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
 from infra.local.provision import Provisioner
 from infra.local.template import ApiTrigger, Template
-from protocol.messages import Message
+from protocol.messages import Message, StartInstance
+from protocol.states import InstanceState
 
 PARAMETERS = {
     "PortalUrl": "http://127.0.0.1",  # the real one (its port) is known once the API listens
@@ -69,10 +73,18 @@ class ControlPlane:
 
     def __init__(self, *, credential_seconds: int | None = None,
                  visibility_timeout: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, pods_gateway: str | None = None,
+                 storage_seconds: int | None = None,
+                 wrap: Callable[[Any], Any] | None = None) -> None:
+        """``settings``: more of the control plane's environment. ``pods_gateway``: moto serves
+        there too (same state, same port), and the storage endpoint pods get is
+        ``host.docker.internal`` on it. ``storage_seconds``: the storage credentials' lifetime.
+        ``wrap``: a WSGI middleware in front of moto (an S3 gate)."""
         self.visibility_timeout = visibility_timeout
-        self._moto = MotoServer()
+        self._wrap = wrap
+        self._moto = MotoServer(wrap=wrap)
         self.aws: AwsEndpoint = self._moto.start()
+        self._pods_motos: list[MotoServer] = []
         self._portal: PortalServer | None = None
         try:
             stack = Provisioner(self.aws, f"t{uuid.uuid4().hex[:8]}").provision(
@@ -84,9 +96,16 @@ class ControlPlane:
             self._serve(0)
             config = Config.from_env({**self.aws.environment(), **stack.environment,
                                       "DIT4C_PORTAL_URL": self.url, **(settings or {})})
+            if pods_gateway is not None:
+                port = self.serve_aws_on(pods_gateway)
+                config = dataclasses.replace(
+                    config, pod_aws_endpoint_url=f"http://host.docker.internal:{port}")
+            if storage_seconds is not None:
+                config = dataclasses.replace(config, storage_credentials_seconds=storage_seconds)
             botocore_session = botocore.session.get_session()
             if credential_seconds is not None:
                 config = dataclasses.replace(config, node_credentials_seconds=credential_seconds)
+            if credential_seconds is not None or storage_seconds is not None:
                 # Below STS's 900 s minimum, which botocore checks before sending; moto takes
                 # any lifetime.
                 botocore_session.set_default_client_config(
@@ -104,6 +123,7 @@ class ControlPlane:
             raise
         self.sqs: Any = self.aws.client("sqs")
         self.events_queue_url = config.events_queue_url
+        self.router_queue_url: str = stack.resources["RouterRevocationsQueue"].ref
 
     def _serve(self, port: int) -> None:
         self._portal = PortalServer(app, [("127.0.0.1", port)],
@@ -113,6 +133,16 @@ class ControlPlane:
         self._portal.start()
         host, port = self._portal.addresses[0]
         self.url = f"http://{host}:{port}"
+
+    def serve_aws_on(self, host: str) -> int:
+        """moto (the same state) on ``host`` too, on the same port: pods whose
+        ``host.docker.internal`` is that address reach S3 as ``DIT4C_POD_AWS_ENDPOINT_URL``
+        says (another node's pods network). Returns the port."""
+        port = urlsplit(self.aws.url or "").port or 0
+        server = MotoServer(host, port, wrap=self._wrap)
+        server.start()
+        self._pods_motos.append(server)
+        return port
 
     # -- what an administrator and the scheduler do ---------------------------------------
 
@@ -137,6 +167,11 @@ class ControlPlane:
                 Attributes={"VisibilityTimeout": str(self.visibility_timeout)})
 
     def send(self, node_id: str, message: Message) -> None:
+        """Put ``message`` on the node's queue. A start is first recorded as placed on the
+        node, as the scheduler does: a node removes the pods of instances its portal does not
+        have placed on it (:meth:`node_daemon.agent.Agent.check_placed`)."""
+        if isinstance(message, StartInstance):
+            self.place(node_id, message)
         self.services.messenger.send(self.queue_url(node_id), message)
 
     def consume_events(self) -> int:
@@ -151,6 +186,16 @@ class ControlPlane:
         while got := pump.run_once(0):
             taken += got
         return taken
+    def place(self, node_id: str, start: StartInstance) -> None:
+        """The instance record a scheduler leaves behind for ``start`` on ``node_id``."""
+        record = Instance(
+            instance_id=start.instance_id, owner="test", name=start.instance_id,
+            image_id="test", image=start.image, port=start.port, cpu=start.cpu,
+            memory_mb=start.memory_mb, cluster_id=self.cluster_id, hostname=start.hostname,
+            url=start.url, state=InstanceState.SCHEDULED, node_id=node_id,
+            node_queue_url=self.queue_url(node_id), created_at=now_iso(),
+            updated_at=now_iso())
+        self.services.instances.table.put(record.to_item())
 
     # -- outages and shutdown --------------------------------------------------------------
 
@@ -166,7 +211,7 @@ class ControlPlane:
         try:
             yield
         finally:
-            self._moto = MotoServer("127.0.0.1", aws_port)
+            self._moto = MotoServer("127.0.0.1", aws_port, wrap=self._wrap)
             self._moto.start()
             self._serve(portal_port)
 
@@ -174,6 +219,8 @@ class ControlPlane:
         services.use(None)
         if self._portal is not None:
             self._portal.stop()
+        for server in self._pods_motos:
+            server.stop()
         self._moto.stop()
 
 

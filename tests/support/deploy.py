@@ -12,7 +12,8 @@ Lambda hands it (API Gateway, SQS, EventBridge schedule), over moto's server.
   ``/{proxy+}`` resource on a stage; :func:`sqs_event` and :func:`scheduled_event` are the
   events function's and the reaper's.
 - :func:`provisioned` starts moto's server and creates the template's resources in it with the
-  local stack's provisioner.
+  local stack's provisioner; :func:`with_event_source_mappings` adds the events trigger as a
+  mapping moto holds (the local stack has none), for the reaper to switch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import atexit
 import base64
 import contextlib
 import functools
+import io
 import json
 import selectors
 import shutil
@@ -257,11 +259,42 @@ def provisioned(stack_name: str, server: MotoServer | None = None
         server.stop()
 
 
+def with_event_source_mappings(endpoint: AwsEndpoint, stack: Stack,
+                               parameters: Mapping[str, str | Sequence[str]] = PARAMETERS
+                               ) -> Stack:
+    """The stack with each SQS trigger made a mapping in moto (off, for a function of that
+    name moto holds but never runs) and provisioned again to refer to it: the reaper can switch
+    it as on Lambda. While one is on, moto would run its function for each message sent to the
+    queue: nothing may send to those queues. ``parameters``: the stack's, as first provisioned."""
+    iam, lambda_ = endpoint.client("iam"), endpoint.client("lambda")
+    role = iam.create_role(RoleName=f"{stack.name}-mappings",
+                           AssumeRolePolicyDocument=json.dumps({
+                               "Version": "2012-10-17", "Statement": [{
+                                   "Effect": "Allow", "Action": "sts:AssumeRole",
+                                   "Principal": {"Service": "lambda.amazonaws.com"}}]}))
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("never_run.py", "def handler(event, context):\n    raise SystemExit\n")
+    for function, queue_url in stack.sqs_sources.items():
+        name = f"{stack.name}-{function}"
+        lambda_.create_function(FunctionName=name, Role=role["Role"]["Arn"],
+                                Runtime=f"python{package.Target.from_template().python}",
+                                Handler="never_run.handler", Code={"ZipFile": code.getvalue()})
+        arn = endpoint.client("sqs").get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        lambda_.create_event_source_mapping(EventSourceArn=arn, FunctionName=name,
+                                            Enabled=False)
+    return Provisioner(endpoint, stack.name).provision(Template.load(), parameters)
+
+
 def function_environment(stack: Stack, endpoint: AwsEndpoint,
-                         credentials: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A function's environment: the template's Globals, the endpoint, and credentials (the
-    local stack's fixed keys unless given, as a role's would be on Lambda)."""
-    env = {**stack.environment, **endpoint.environment()}
+                         credentials: Mapping[str, str] | None = None, *,
+                         function: str | None = None) -> dict[str, str]:
+    """A function's environment: the template's Globals (and ``function``'s own), the endpoint,
+    and credentials (the local stack's fixed keys unless given, as a role's would be on
+    Lambda)."""
+    own = stack.function_environments[function] if function else stack.environment
+    env = {**own, **endpoint.environment()}
     env.pop("AWS_ENDPOINT_URL", None)
     env.update(credentials or {})
     return env
@@ -269,4 +302,4 @@ def function_environment(stack: Stack, endpoint: AwsEndpoint,
 
 __all__ = ["FunctionError", "FunctionProcess", "HttpRequest", "function_environment",
            "http_api_event", "packaged_artifact", "provisioned", "rest_api_event",
-           "runtime_python", "scheduled_event", "sqs_event"]
+           "runtime_python", "scheduled_event", "sqs_event", "with_event_source_mappings"]

@@ -33,6 +33,8 @@ def sign(message: Message | str, key: SigningKey, node_id: str) -> tuple[str, st
 
 
 def signed_event(keys: Mapping[str, SigningKey], *messages: Message) -> dict[str, Any]:
-    """An SQS event of ``messages``, each signed by the key of the node it names."""
-    return {"Records": [record(*sign(m, keys[m.node_id], m.node_id))  # type: ignore[attr-defined]
-                        for m in messages]}
+    """An SQS event of ``messages``, each signed by the key of the node it names (a router's
+    ``instance_activity`` names none and goes unsigned, as routers send it)."""
+    return {"Records": [
+        record(*sign(m, keys[node_id], node_id)) if (node_id := getattr(m, "node_id", None))
+        else record(m.encode()) for m in messages]}

@@ -21,6 +21,7 @@ authorised against the policies the template gives that function, and nothing el
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import re
@@ -94,31 +95,56 @@ def _arn_text(arn: Any) -> str:
 def managed_policy_document(arn: str) -> dict[str, Any]:
     """An AWS managed policy's document (moto ships AWS's list)."""
 
-    name = arn.rsplit("/", 1)[-1]
-    policy = json.loads(aws_managed_policies_data)[name]
-    return dict(policy["Document"])
+    return dict(_managed_policies()[arn.rsplit("/", 1)[-1]]["Document"])
+
+
+@functools.cache
+def _managed_policies() -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(aws_managed_policies_data)  # ~0.3 s: once
+    return parsed
+
+
+def resolved_documents(stack: Stack, policies: FunctionPolicies) -> dict[str, dict[str, Any]]:
+    """The function's policies as IAM holds them for this stack: policy name -> document
+    (intrinsics resolved against what was provisioned; AWS managed ones as ``managed-<name>``)."""
+    assert stack.resolver is not None
+    documents = {name: stack.resolver.resolve(document, f"{policies.function}.{name}")
+                 for name, document in policies.inline.items()}
+    for arn in policies.managed:
+        documents[f"managed-{arn.rsplit('/', 1)[-1]}"] = managed_policy_document(arn)
+    return documents
+
+
+def role_name(stack: Stack, function: str) -> str:
+    return f"{stack.name}-{function}Role"
 
 
 def function_credentials(endpoint: AwsEndpoint, stack: Stack, policies: FunctionPolicies
                          ) -> dict[str, str]:
     """Make the function's role (exactly its policies) in moto and assume it, as Lambda does;
     returns the environment variables Lambda would set."""
-    assert stack.resolver is not None
     iam, sts = endpoint.client("iam"), endpoint.client("sts")
-    name = f"{stack.name}-{policies.function}Role"
+    name = role_name(stack, policies.function)
     role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))
-    for policy_name, document in policies.inline.items():
-        resolved = stack.resolver.resolve(document, f"{policies.function}.{policy_name}")
+    for policy_name, document in resolved_documents(stack, policies).items():
         iam.put_role_policy(RoleName=name, PolicyName=policy_name,
-                            PolicyDocument=json.dumps(resolved))
-    for arn in policies.managed:
-        iam.put_role_policy(RoleName=name, PolicyName=f"managed-{arn.rsplit('/', 1)[-1]}",
-                            PolicyDocument=json.dumps(managed_policy_document(arn)))
+                            PolicyDocument=json.dumps(document))
     creds = sts.assume_role(RoleArn=role["Role"]["Arn"],
                             RoleSessionName=policies.function)["Credentials"]
     return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
             "AWS_SESSION_TOKEN": creds["SessionToken"]}
+
+
+def allows(policies: Iterable[IAMPolicy], action: str, resource: str, caller_arn: str) -> bool:
+    """IAM's decision on one action on one resource for a principal holding ``policies``, by
+    moto's evaluator: some statement allows it and none denies it. ``sts:AssumeRole`` also
+    needs the role's trust policy to admit ``caller_arn``."""
+    results = {p.is_action_permitted(action, resource) for p in policies}
+    allowed = PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+    if allowed and action == "sts:AssumeRole":
+        allowed = _trusted(resource, caller_arn)
+    return allowed
 
 
 # --- what a request needs ---------------------------------------------------------------------
@@ -179,7 +205,16 @@ def _sts(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _lambda(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if "UUID" in params:  # an event source mapping's own operations
+        return [(f"lambda:{operation}",
+                 _arn("lambda", f"event-source-mapping:{params['UUID']}"))]
     return [(f"lambda:{operation}", _arn("lambda", f"function:{params['FunctionName']}"))]
+
+
+def _events(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    bus = params.get("EventBusName") or "default"
+    rule = params["Name"] if bus == "default" else f"{bus}/{params['Name']}"
+    return [(f"events:{operation}", _arn("events", f"rule/{rule}"))]
 
 
 def _cloudformation(operation: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -189,8 +224,10 @@ def _cloudformation(operation: str, params: Mapping[str, Any]) -> list[tuple[str
 
 _RESOURCES: dict[str, Callable[[str, Mapping[str, Any]], list[tuple[str, str]]]] = {
     "dynamodb": _dynamodb, "sqs": _sqs, "sns": _sns, "ssm": _ssm, "sts": _sts,
-    "lambda": _lambda, "cloudformation": _cloudformation}
+    "lambda": _lambda, "events": _events, "cloudformation": _cloudformation}
 _FUNCTION_CONFIGURATION = re.compile(r"^/2015-03-31/functions/([^/]+)/configuration$")
+_EVENT_SOURCE_MAPPING = re.compile(r"^/2015-03-31/event-source-mappings/([^/]+)$")
+_MAPPING_OPERATIONS = {"GET": "GetEventSourceMapping", "PUT": "UpdateEventSourceMapping"}
 
 
 def required(service: str, operation: str, params: Mapping[str, Any]
@@ -256,10 +293,16 @@ class IamGate:
         scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].split("/")
         service = scope[3]
         target = headers.get("X-Amz-Target")
-        configuration = _FUNCTION_CONFIGURATION.match(environ.get("PATH_INFO", ""))
-        if service == "lambda" and configuration:  # the one REST operation the tests make
+        path_info = environ.get("PATH_INFO", "")
+        configuration = _FUNCTION_CONFIGURATION.match(path_info)
+        mapping = _EVENT_SOURCE_MAPPING.match(path_info)
+        # Lambda's REST operations the functions and tests make.
+        if service == "lambda" and configuration:
             operation, params = "GetFunctionConfiguration", {
                 "FunctionName": unquote(configuration.group(1))}
+        elif service == "lambda" and mapping and environ["REQUEST_METHOD"] in _MAPPING_OPERATIONS:
+            operation = _MAPPING_OPERATIONS[environ["REQUEST_METHOD"]]
+            params = {"UUID": unquote(mapping.group(1))}
         elif target:
             operation = target.rsplit(".", 1)[-1]
             params = json.loads(body or b"{}")
@@ -291,12 +334,8 @@ class IamGate:
             key = request._access_key
             principal = getattr(key, "_session_name", "?")
             request.check_signature()
-            results = {IAMPolicy(p).is_action_permitted(action, resource)
-                       for p in key.collect_policies()}
-            allowed = (PermissionResult.DENIED not in results
-                       and PermissionResult.PERMITTED in results)
-            if allowed and action == "sts:AssumeRole":
-                allowed = _trusted(resource, key.arn)
+            allowed = allows([IAMPolicy(p) for p in key.collect_policies()], action, resource,
+                             key.arn)
         except HTTPException:
             allowed = False
         with self._lock:

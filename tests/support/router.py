@@ -20,6 +20,7 @@ from edge_router.config import RouterConfig
 from edge_router.server import Router
 from helpers.listener.links import RouterLink, StreamServer
 from helpers.listener.links import session as link_session
+from helpers.listener.tokens import TunnelToken
 from protocol.tokens import SigningKey, tunnel_claims
 from protocol.tunnel import TUNNEL_PATH
 
@@ -65,7 +66,7 @@ class Links:
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, urls: list[str], *, token: str, hostname: str,
+    async def start(self, urls: list[str], *, token: str | TunnelToken, hostname: str,
                     upstream: tuple[str, int] | StreamServer, wait: bool = True
                     ) -> list[RouterLink]:
         if self.session is None:

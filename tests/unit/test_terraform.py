@@ -19,7 +19,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from infra.local.template import Template
+from infra.local.template import ScheduleTrigger, SqsTrigger, Template
 from tests.support.iam_gate import function_policies
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
@@ -220,7 +220,12 @@ def test_functions_are_the_same():
     for logical_id, spec in functions.items():
         body = lambdas[FUNCTIONS[logical_id]]
         assert (body["handler"], body["timeout"]) == (spec.handler, spec.timeout_seconds)
-        assert body["environment"][0]["variables"] == "${local.environment}"
+        short = FUNCTIONS[logical_id].removesuffix("_function")
+        own = f"local.{short}_environment"
+        assert body["environment"][0]["variables"] == (
+            f"${{merge(local.environment, {own})}}" if spec.environment
+            else "${local.environment}")
+        assert set(local.get(f"{short}_environment", {})) == set(spec.environment)
         assert body["filename"] == "${local.lambda_zip}"
     assert set(local["environment"]) == set(template().function_environment())
 
@@ -236,6 +241,14 @@ def test_triggers_are_the_same():
     schedule = template().properties("ReaperFunction")["Events"]["EveryMinute"]["Properties"]
     rule = resources("aws_cloudwatch_event_rule")["reaper_function_every_minute"]
     assert rule["schedule_expression"] == schedule["Schedule"]
+    assert schedule["Name"] == {"Fn::Sub": "${AWS::StackName}-reaper"}
+    assert rule["name"] == "${local.reaper_rule}"
+    assert _locals()["reaper_rule"] == "${var.name}-reaper"
+    # Both start on, and the control plane switches them (control_plane/standby.py): Terraform
+    # must not switch them back on each apply.
+    assert "Enabled" not in events and "State" not in schedule  # SAM's default: on
+    assert (mapping["enabled"], mapping["lifecycle"]) == (True, [{"ignore_changes": ["enabled"]}])
+    assert (rule["state"], rule["lifecycle"]) == ("ENABLED", [{"ignore_changes": ["state"]}])
     target = resources("aws_cloudwatch_event_target")["reaper_function_every_minute"]
     assert target["arn"] == "${aws_lambda_function.reaper_function.arn}"
     integration = resources("aws_apigatewayv2_integration")["http_api_integration"]
@@ -261,19 +274,27 @@ def _template_resource(value: Any) -> str:
         assert kinds[value["Ref"]] == "AWS::SNS::Topic", value  # a topic's Ref is its ARN
         return f"{value['Ref']}.Arn"
     text = value["Fn::Sub"] if isinstance(value, dict) else value
-    if "-node-*" in text:
-        return "node-queues"
-    if ":parameter/" in text:
-        return "signing-key-parameter"
-    if ":iam::${AWS::AccountId}:root" in text:
-        return "account-root"
+    for marker, name in _NAMED_ARNS.items():
+        if marker in text:
+            return name
+    # An ARN of a resource's own (a mapping SAM makes for a function's SQS event: by its Ref).
+    text = re.sub(r"^.*:event-source-mapping:\$\{(\w+)\}$", r"\1.Arn", text)
     return re.sub(r"\$\{(\w+)\.Arn\}", r"\1.Arn", text)
 
 
+_NAMED_ARNS = {"-node-*": "node-queues", ":rule/${AWS::StackName}-reaper": "reaper-rule",
+               ":parameter/": "signing-key-parameter",
+               ":iam::${AWS::AccountId}:root": "account-root"}
+"""What a template ARN built with Fn::Sub contains -> the name both sides give it."""
+
+
 def _terraform_resource(text: str) -> str:
-    by_snake = {snake(k): k for k in template().resources}
+    generated = [t.resource for f in template().functions().values() for t in f.triggers
+                 if isinstance(t, SqsTrigger | ScheduleTrigger)]
+    by_snake = {snake(k): k for k in [*template().resources, *generated]}
     text = text.replace("${local.node_queues_arn}", "node-queues").replace(
-        "${local.signing_key_parameter_arn}", "signing-key-parameter")
+        "${local.signing_key_parameter_arn}", "signing-key-parameter").replace(
+        "${local.reaper_rule_arn}", "reaper-rule")
     if text == "${local.arn_prefix}:iam::${local.account_id}:root":
         return "account-root"
     return re.sub(r"\$\{aws_\w+\.(\w+)\.arn\}", lambda m: f"{by_snake[m.group(1)]}.Arn", text)
@@ -302,7 +323,7 @@ def test_each_functions_policy_statements_are_the_same(function: str):
     assert _terraform_statements(FUNCTIONS[function]) == expected
 
 
-@pytest.mark.parametrize("role", ["NodeRole", "RouterRole"])
+@pytest.mark.parametrize("role", ["NodeRole", "RouterRole", "StorageRole"])
 def test_node_and_router_roles_are_the_same(role: str):
     props = template().properties(role)
     (policy,) = props["Policies"]

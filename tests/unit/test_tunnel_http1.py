@@ -85,3 +85,32 @@ def test_length_body_ends_exactly() -> None:
     assert tracker.advance(memoryview(b"abc"), 0) == -1
     assert tracker.advance(memoryview(b"deNEXT"), 0) == 2
     assert tracker.done
+
+
+@pytest.mark.parametrize("body", [
+    b"0x5\r\nhello\r\n0\r\n\r\n", b"+5\r\nhello\r\n0\r\n\r\n", b"-0\r\n\r\n",
+    b"5_0\r\n", b" 5\r\n", b"5 \r\n", b"5\nhello\r\n0\r\n\r\n", b"5\r\nhello\n",
+    b"0\r\nX\x01: y\r\n\r\n", b"0\r\nX: \x01\r\n\r\n", b"0\r\nno colon\r\n\r\n",
+])
+def test_lenient_chunk_lines_are_refused(body: bytes) -> None:
+    with pytest.raises(HttpError):
+        http1.BodyTracker(http1.CHUNKED, 0).advance(memoryview(body), 0)
+
+
+def test_chunk_extensions_and_trailers_pass() -> None:
+    body = b"5 ;a=b\r\nhello\r\n0\r\nX-T: t\tu\r\n\r\n"
+    assert http1.BodyTracker(http1.CHUNKED, 0).advance(memoryview(body), 0) == len(body)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b", b"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f",
+    b"GET /a\nb HTTP/1.1\r\nHost: a", b"GET /a\x00 HTTP/1.1\r\nHost: a",
+])
+def test_control_characters_are_refused(raw: bytes) -> None:
+    with pytest.raises(HttpError):
+        http1.parse_request(raw)
+
+
+def test_x_real_ip_is_dropped() -> None:
+    head = http1.parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Real-IP: 6.6.6.6")
+    assert b"6.6.6.6" not in head.encode("10.0.0.1", b"http")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers.auth.config import AuthConfig
 from helpers.listener.__main__ import SettingsError, settings
 from helpers.listener.links import BACKOFF_CAP, backoff
+from helpers.listener.tokens import TunnelToken, write
 from protocol import pod
+from scripts import images
 
 GOOD = {pod.ENV_TUNNEL_TOKEN: "t", pod.ENV_ROUTER_URLS: "ws://a/.dit4c/tunnel, wss://b/x",
         pod.ENV_HOSTNAME: "Abc.Example.org", pod.ENV_UPSTREAM: "127.0.0.1:7781"}
@@ -15,8 +19,23 @@ GOOD = {pod.ENV_TUNNEL_TOKEN: "t", pod.ENV_ROUTER_URLS: "ws://a/.dit4c/tunnel, w
 
 def test_settings_are_read_and_normalised() -> None:
     token, urls, hostname, upstream = settings(GOOD)
-    assert (token, urls, hostname, upstream) == (
-        "t", ["ws://a/.dit4c/tunnel", "wss://b/x"], "abc.example.org", ("127.0.0.1", 7781))
+    assert (token.value, token.path, urls, hostname, upstream) == (
+        "t", None, ["ws://a/.dit4c/tunnel", "wss://b/x"], "abc.example.org",
+        ("127.0.0.1", 7781))
+    assert settings({**GOOD, pod.ENV_TUNNEL_TOKEN_FILE: "/run/t"})[0].path == "/run/t"
+
+
+def test_a_renewed_token_is_taken_from_its_file_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "token")
+    token = TunnelToken("first", path)
+    sent: list[str] = []
+    token.subscribe(sent.append)
+    assert not token.poll()  # no file yet
+    write(path, "second")
+    assert token.poll() and token.value == "second" and sent == ["second"]
+    assert not token.poll()  # unchanged
+    write(path, "second")
+    assert not token.poll() and sent == ["second"]  # the same token again: nothing to send
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -52,3 +71,8 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert all(h == 2 * lo for lo, h in zip(lows, highs, strict=True))
     assert highs == sorted(highs) and max(highs) == BACKOFF_CAP
     assert backoff(1000) <= BACKOFF_CAP
+
+
+def test_the_helpers_uid_is_the_images_user() -> None:
+    # The node makes the listener's token tmpfs for this uid; the image builder makes the user.
+    assert pod.HELPERS_UID == images.HELPERS_UID
