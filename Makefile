@@ -13,7 +13,7 @@ endif
 STALE_MINUTES ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: run test venv deps images lint unit bench clean-test package checkov
+.PHONY: run test venv deps images lint unit bench clean-test package checkov dist
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,11 @@ run: venv deps images
 # template's runtime and architecture; prints its size. Deploying: docs/deploy.md.
 package: venv
 	$(PY) -m infra.package
+
+# The node daemon's wheel (dist/dit4c-<version>-py3-none-any.whl: node_daemon/ and protocol/,
+# the `node` dependency group, entry point dit4c-node); see docs/node-daemon.md.
+dist: venv
+	$(PY) -m scripts.dist
 
 # checkov over infra/terraform, from its own virtualenv in the cache directory (scripts/checkov.py).
 checkov: venv

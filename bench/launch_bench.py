@@ -304,6 +304,7 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
         env.update({
             "DIT4C_DATA_DIR": str(Path(tmp) / "data"), "DIT4C_STACK_NAME": "dit4c-bench",
+            "DIT4C_PUBLISH_HELPERS": "0",
             "DIT4C_PORTAL_PORT": str(free_port()), "DIT4C_ROUTER_PORT": str(free_port()),
             "DIT4C_AWS_PORT": str(free_port()), "DIT4C_ADMIN_PASSWORD": PASSWORD,
             "DIT4C_NODE_PODS_NETWORK": network, "DIT4C_NODE_HELPERS_IMAGE": helpers_image,

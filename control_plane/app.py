@@ -336,9 +336,23 @@ def list_clusters(session: Session) -> replies.Clusters:
                                       for c in _svc().nodes.all_clusters()])
 
 
-@route("/api/clusters/{cluster_id}/join-tokens", "POST", 201, auth="admin")
-def create_join_token(session: Session, cluster_id: str) -> replies.JoinToken:
-    return _svc().nodes.create_join_token(cluster_id)
+@route("/api/clusters/{cluster_id}/join-tokens", "POST", 201, auth="admin",
+       body=bodies.NewJoinToken)
+def create_join_token(session: Session, cluster_id: str,
+                      body: bodies.NewJoinToken) -> replies.JoinToken:
+    return _svc().nodes.create_join_token(cluster_id, hours=body.hours,
+                                          created_by=session.user.username)
+
+
+@route("/api/clusters/{cluster_id}/join-tokens", auth="admin")
+def list_join_tokens(session: Session, cluster_id: str) -> replies.JoinTokens:
+    return replies.JoinTokens(join_tokens=[replies.JoinTokenInfo.of(g) for g in
+                                           _svc().nodes.join_tokens(cluster_id)])
+
+
+@route("/api/clusters/{cluster_id}/join-tokens/{token_id}", "DELETE", auth="admin")
+def revoke_join_token(session: Session, cluster_id: str, token_id: str) -> None:
+    _svc().nodes.revoke_join_token(cluster_id, token_id)
 
 
 @route("/api/clusters/{cluster_id}/nodes", auth="admin")
@@ -356,6 +370,11 @@ def enroll(body: bodies.Enroll) -> replies.Enrolled:
 @route("/api/nodes/{node_id}/credentials", "POST")
 def node_credentials(node_id: str) -> replies.Credentials:
     return _svc().nodes.credentials(node_id, _request().headers.get("authorization"))
+
+
+@route("/api/nodes/{node_id}", "DELETE")
+def withdraw_node(node_id: str) -> None:
+    _svc().nodes.withdraw(node_id, _request().headers.get("authorization"))
 
 
 @route("/api/nodes/{node_id}/instances/{instance_id}/tunnel-token", "POST")

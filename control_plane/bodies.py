@@ -32,6 +32,7 @@ LINK_HOURS = 6.0
 MAX_LINK_HOURS = 30 * 24.0
 LINK_TOKEN_PATTERN = r"^[a-z0-9]{1,63}\.[a-z0-9]{1,63}\.[A-Za-z0-9_-]{16,64}$"  # noqa: S105 - a pattern
 """``<image id>.<link id>.<secret>``."""
+MAX_JOIN_TOKEN_HOURS = 30 * 24.0
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 
@@ -152,6 +153,15 @@ class ClusterAccess(Body):
 
     public: bool
     users: list[str] = _cluster_users()
+
+
+@json_object
+class NewJoinToken(Body):
+    """``POST /api/clusters/{id}/join-tokens`` (admin); an empty body takes the defaults."""
+
+    hours: float | None = field(default=None, minimum=0.05, maximum=MAX_JOIN_TOKEN_HOURS,
+                                description="how long it can be used (default "
+                                            "DIT4C_JOIN_TOKEN_HOURS)")
 
 
 @json_object

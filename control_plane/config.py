@@ -24,6 +24,8 @@ saved, shared across nodes or exported):
   ``dit4c-registry``.
 - ``DIT4C_EXPORT_URL``: the image exporter's public base URL (export links).
 - ``DIT4C_EXPORT_LINK_SECONDS``: how long an export link works (default 3600).
+- ``DIT4C_HELPERS_IMAGE``: the helpers image published there, pinned by digest; nodes pull it
+  with their own registry token and check it (docs/node-daemon.md, "Helpers image").
 
 Tunables with defaults (``DIT4C_SESSION_HOURS``, ``DIT4C_NODE_SILENT_SECONDS``, ...) are listed in
 :data:`DEFAULTS`. A missing or malformed setting raises :class:`ConfigError` naming it.
@@ -37,8 +39,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from control_plane.errors import ConfigError
+from protocol.errors import RegistryError
 from protocol.ids import instance_host
-from protocol.registry import DEFAULT_SERVICE
+from protocol.registry import DEFAULT_SERVICE, parse_reference
 from protocol.tokens import TUNNEL_TOKEN_MAX_LIFETIME
 
 REQUIRED = (
@@ -153,6 +156,10 @@ class Config:
     registry_service: str = DEFAULT_SERVICE
     export_url: str = ""
     export_link_seconds: int = 3600
+    helpers_image: str = ""
+    """``DIT4C_HELPERS_IMAGE``: the helpers image nodes run, on this deployment's image server and
+    pinned by digest (``<registry>/dit4c/helpers:<version>@sha256:...``); "" when none is
+    published (nodes then use their own build)."""
 
     @property
     def storage_endpoint_url(self) -> str | None:
@@ -269,7 +276,21 @@ class Config:
             registry_service=get("DIT4C_REGISTRY_SERVICE"),
             export_url=_url(export_url, "DIT4C_EXPORT_URL") if export_url else "",
             export_link_seconds=number("DIT4C_EXPORT_LINK_SECONDS", 60),
+            helpers_image=_pinned_image(source.get("DIT4C_HELPERS_IMAGE", "").strip(),
+                                        "DIT4C_HELPERS_IMAGE"),
         )
+
+
+def _pinned_image(value: str, name: str) -> str:
+    if not value:
+        return ""
+    try:
+        reference = parse_reference(value)
+    except RegistryError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    if reference.digest is None:
+        raise ConfigError(f"{name} must name its digest (...@sha256:...), not {value!r}")
+    return value
 
 
 def _url(value: str, name: str) -> str:

@@ -32,18 +32,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import secrets
+import shlex
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from control_plane.bodies import ClusterAccess, Enroll
 from control_plane.clock import now_iso
 from control_plane.config import Config
 from control_plane.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from control_plane.records import CLUSTER_KIND, Cluster, JoinGrant, Node, NodeStatus
-from control_plane.replies import Credentials, Enrolled, JoinToken
+from control_plane.records import CLUSTER_KIND, JOIN_PREFIX, Cluster, JoinGrant, Node, NodeStatus
+from control_plane.replies import Credentials, Enrolled, JoinToken, JoinTokenInfo
 from control_plane.standby import Standby
 from control_plane.table import ConditionFailed, Table
 from protocol.errors import TokenError
@@ -52,6 +53,7 @@ from protocol.messages import NodeHeartbeat
 from protocol.tokens import KeySet, load_public_jwk, thumbprint, verify_event, verify_node
 
 N = NodeStatus
+ASK_AGAIN = "ask an admin for a new join command (portal: Nodes, New join token)"
 ALLOWED_FROM = {N.ACTIVE: (N.ACTIVE, N.DRAINING), N.DRAINING: (N.ACTIVE, N.DRAINING),
                 N.DECOMMISSIONED: (N.ACTIVE, N.DRAINING, N.DECOMMISSIONED)}
 """The statuses a node may be set to each status from (decommissioned is for good)."""
@@ -119,14 +121,51 @@ class Nodes:
                                         vals={":k": CLUSTER_KIND}):
             yield Cluster.from_item(item)
 
-    def create_join_token(self, cluster_id: str) -> JoinToken:
+    # --- join tokens ------------------------------------------------------------------
+
+    def create_join_token(self, cluster_id: str, *, hours: float | None = None,
+                          created_by: str | None = None) -> JoinToken:
+        """A one-time token to join ``cluster_id``, valid ``hours`` (default
+        ``DIT4C_JOIN_TOKEN_HOURS``); the answer is the only place the token is ever shown."""
         self.get_cluster(cluster_id)
         token = "djt_" + secrets.token_urlsafe(32)
-        expires = int(time.time()) + self.config.join_token_seconds
-        self.tokens.put(JoinGrant(token_key="join:" + _digest(token), cluster_id=cluster_id,
-                                  expires_at=expires).to_item())
-        return JoinToken(token=token, cluster_id=cluster_id,
-                         expires_at=datetime.fromtimestamp(expires, UTC).isoformat())
+        seconds = round(hours * 3600) if hours is not None else self.config.join_token_seconds
+        grant = JoinGrant(token_key=JOIN_PREFIX + _digest(token), cluster_id=cluster_id,
+                          expires_at=int(time.time()) + seconds, created_at=now_iso(),
+                          created_by=created_by)
+        self.tokens.put(grant.to_item())
+        info = JoinTokenInfo.of(grant)
+        return JoinToken(**vars(info), token=token, command=self.join_command(token))
+
+    def join_command(self, token: str) -> str:
+        """The one line a self-hoster runs (docs/node-daemon.md): join with this portal's URL,
+        the helpers image's digest pinned when the deployment publishes one, then run."""
+        pin = ""
+        if self.config.helpers_image:
+            pin = f" --helpers-digest {self.config.helpers_image.rsplit('@', 1)[1]}"
+        return (f"dit4c-node join --portal {shlex.quote(self.config.portal_url)} "
+                f"--token {shlex.quote(token)}{pin} && dit4c-node run")
+
+    def join_tokens(self, cluster_id: str) -> list[JoinGrant]:
+        """The cluster's unused, unexpired join tokens, oldest first."""
+        self.get_cluster(cluster_id)
+        now = time.time()
+        grants = [JoinGrant.from_item(i) for i in self.tokens.query(
+            "cluster_id = :c", index="by-cluster", vals={":c": cluster_id})]
+        # TTL deletion is lazy (up to days on AWS): an expired grant is simply not shown.
+        return sorted((g for g in grants if g.expires_at >= now),
+                      key=lambda g: (g.created_at or "", g.token_key))
+
+    def revoke_join_token(self, cluster_id: str, token_id: str) -> None:
+        """Delete the grant: a node that has not enrolled with it yet never will."""
+        if not re.fullmatch(r"[0-9a-f]{64}", token_id):
+            raise NotFound(f"no join token {token_id[:80]!r}")
+        try:
+            self.tokens.delete({"token_key": JOIN_PREFIX + token_id},
+                               condition="cluster_id = :c", vals={":c": cluster_id})
+        except ConditionFailed:
+            raise NotFound(f"no unused join token {token_id} in cluster {cluster_id!r} "
+                           "(used, expired or revoked already)") from None
 
     # --- enrolment --------------------------------------------------------------------
 
@@ -138,13 +177,13 @@ class Nodes:
         except TokenError as exc:
             raise BadRequest(f"public_jwk: {exc}") from None
         try:
-            item = self.tokens.delete({"token_key": "join:" + _digest(body.join_token)},
+            item = self.tokens.delete({"token_key": JOIN_PREFIX + _digest(body.join_token)},
                                       condition="attribute_exists(token_key)")
         except ConditionFailed:
-            raise Unauthorized("join token is unknown or already used") from None
+            raise Unauthorized(f"join token is unknown, used or revoked; {ASK_AGAIN}") from None
         grant = JoinGrant.from_item(item) if item else None
         if grant is None or grant.expires_at < time.time():
-            raise Unauthorized("join token expired")
+            raise Unauthorized(f"join token expired; {ASK_AGAIN}")
         node_id = new_id()
         queue_url, queue_arn = self._make_queue(node_id)
         self.nodes.put(Node(
@@ -156,7 +195,8 @@ class Nodes:
             enrolled_at=now_iso(), last_heartbeat=time.time()).to_item())
         self.standby.wake()
         return Enrolled(node_id=node_id, cluster_id=grant.cluster_id, queue_url=queue_url,
-                        events_queue_url=self.config.events_queue_url)
+                        events_queue_url=self.config.events_queue_url,
+                        helpers_image=self.config.helpers_image or None)
 
     def _make_queue(self, node_id: str) -> tuple[str, str]:
         redrive = {"deadLetterTargetArn": self.config.node_commands_dlq_arn,
@@ -280,6 +320,20 @@ class Nodes:
             self._delete_queue(node)
         return node
 
+    def withdraw(self, node_id: str, authorization: str | None) -> None:
+        """The node itself leaves, right after enrolling (its ``join`` failed later on: no
+        half-joined node stays listed). Only while nothing was ever placed on it."""
+        node = self.authenticate(node_id, authorization)
+        try:
+            self.nodes.delete({"node_id": node_id},
+                              condition="attribute_not_exists(running) AND "
+                                        "cpu_milli_reserved = :z AND memory_mb_reserved = :z",
+                              vals={":z": 0})
+        except ConditionFailed:
+            raise Conflict(f"node {node_id} has run instances: an admin decommissions it") \
+                from None
+        self._delete_queue(node)
+
     def _delete_queue(self, node: Node) -> None:
         """Credentials already issued still name this queue: without it they receive nothing.
         Deleting it again (a second decommission) is fine."""
@@ -298,7 +352,7 @@ class Nodes:
                 {"node_id": node.node_id},
                 "SET last_heartbeat = :now, heartbeat_sent_at = :s, daemon_version = :v, "
                 "cpu_milli_total = :ct, memory_mb_total = :mt, cpu_used = :cu, "
-                "memory_mb_used = :mu, #l = :l, running = :r, "
+                "memory_mb_used = :mu, #l = :l, running = :r, helpers = :h, "
                 "cpu_milli_enrolled = if_not_exists(cpu_milli_enrolled, :cc), "
                 "memory_mb_enrolled = if_not_exists(memory_mb_enrolled, :mc)",
                 condition="attribute_exists(node_id) AND (attribute_not_exists(heartbeat_sent_at)"
@@ -308,6 +362,7 @@ class Nodes:
                       ":ct": min(milli(beat.cpu_total), cpu_cap),
                       ":mt": min(beat.memory_mb_total, memory_cap), ":cu": beat.cpu_used,
                       ":mu": beat.memory_mb_used, ":l": beat.load, ":r": beat.running,
+                      ":h": beat.helpers,
                       ":cc": cpu_cap, ":mc": memory_cap})
         except ConditionFailed:
             return None

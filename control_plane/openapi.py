@@ -110,7 +110,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Who may launch into the cluster (admin)", 200, replies.Cluster,
         (*_AUTH, 404, *_BODY)),
     ("POST", "/api/clusters/{cluster_id}/join-tokens"): Operation(
-        "One-time node join token (admin)", 201, replies.JoinToken, (*_AUTH, 404)),
+        "One-time node join token and the command that uses it (admin)", 201,
+        replies.JoinToken, (*_AUTH, 404, *_BODY)),
+    ("GET", "/api/clusters/{cluster_id}/join-tokens"): Operation(
+        "Unused join tokens, without their secrets (admin)", 200, replies.JoinTokens,
+        (*_AUTH, 404)),
+    ("DELETE", "/api/clusters/{cluster_id}/join-tokens/{token_id}"): Operation(
+        "Revoke an unused join token (admin)", 204, None, (*_AUTH, 404)),
     ("GET", "/api/clusters/{cluster_id}/nodes"): Operation(
         "Nodes with capacity, usage, heartbeat age (admin)", 200, replies.Nodes,
         (*_AUTH, 404)),
@@ -119,6 +125,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/nodes/{node_id}/credentials"): Operation(
         "Short-lived queue credentials for a node (Bearer: node-signed JWT)", 200,
         replies.Credentials, (401, 403, 404)),
+    ("DELETE", "/api/nodes/{node_id}"): Operation(
+        "A node that just enrolled withdraws (its own bearer token; nothing ever placed on it)",
+        204, None, (401, 403, 409)),
     ("POST", "/api/nodes/{node_id}/instances/{instance_id}/tunnel-token"): Operation(
         "Renew the tunnel token of an instance placed on this node (Bearer: node-signed JWT)",
         200, replies.TunnelToken, (401, 403)),

@@ -151,6 +151,9 @@ class Node(Record):
     memory_mb_used: int | None = None
     load: float | None = None
     running: list[str] | None = None
+    helpers: str | None = None
+    """The helpers image as the node's last heartbeat found it (``protocol.messages.HELPERS_OK``
+    or what is wrong)."""
     strays: dict[str, str] | None = None
     """Instances it reports running that the records say should not run there: id -> since
     when (the node's clock) a repair is waited for (:mod:`control_plane.reconcile`)."""
@@ -176,14 +179,26 @@ class Cluster(Record):
         return self.public or admin or username in self.users
 
 
+JOIN_PREFIX = "join:"
+
+
 @dataclass(frozen=True, kw_only=True)
 class JoinGrant(Record):
     """TokensTable, ``token_key = join:<sha256 of the token>``: one node may join ``cluster_id``
-    until ``expires_at`` (epoch seconds; also the table's TTL attribute)."""
+    until ``expires_at`` (epoch seconds; also the table's TTL attribute). Listed per cluster
+    through the ``by-cluster`` index (only join grants carry ``cluster_id``); the token itself
+    is never stored, so a listed grant shows its hash's prefix, not the secret."""
 
     token_key: str
     cluster_id: str
     expires_at: int
+    created_at: str | None = None
+    created_by: str | None = None
+
+    @property
+    def token_id(self) -> str:
+        """The sha256 of the token: names the grant (to revoke it) without revealing it."""
+        return self.token_key.removeprefix(JOIN_PREFIX)
 
 
 @dataclass(frozen=True, kw_only=True)

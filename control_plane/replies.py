@@ -8,6 +8,7 @@ constructors, which decide what a caller sees (``url`` only while running, no in
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from control_plane import records
@@ -192,12 +193,35 @@ class Clusters:
 
 
 @json_object
-class JoinToken:
-    """Shown once; a node enrols with it (``POST /api/nodes/enroll``) before ``expires_at``."""
+class JoinTokenInfo:
+    """An unused join token as listed: never the token itself (only its hash is stored)."""
 
-    token: str
+    id: str = field(description="the token's sha256 (hex): what revoking names")
     cluster_id: str
     expires_at: str
+    created_at: str | None
+    created_by: str | None
+
+    @classmethod
+    def of(cls, grant: records.JoinGrant) -> JoinTokenInfo:
+        return cls(id=grant.token_id, cluster_id=grant.cluster_id,
+                   expires_at=datetime.fromtimestamp(grant.expires_at, UTC).isoformat(),
+                   created_at=grant.created_at, created_by=grant.created_by)
+
+
+@json_object
+class JoinTokens:
+    join_tokens: list[JoinTokenInfo]
+
+
+@json_object
+class JoinToken(JoinTokenInfo):
+    """Shown once; a node enrols with it (``POST /api/nodes/enroll``) before ``expires_at``.
+    ``command`` is the line a self-hoster runs: ``dit4c-node join`` with this portal's URL and
+    the token (and the helpers image's digest, when one is published), then ``dit4c-node run``."""
+
+    token: str
+    command: str
 
 
 @json_object
@@ -206,6 +230,9 @@ class Enrolled:
     cluster_id: str
     queue_url: str
     events_queue_url: str
+    helpers_image: str | None = field(
+        default=None, description="the helpers image to pull from the image server (pinned by "
+        "digest), null when the deployment publishes none")
 
 
 @json_object
@@ -307,6 +334,8 @@ class Node:
     version: str | None
     enrolled_at: str | None
     heartbeat_age_seconds: float | None
+    helpers: str | None = field(description='"ok", or what is wrong with the node\'s helpers '
+                                "image (from its last heartbeat)")
 
     @classmethod
     def of(cls, node: records.Node, now: float | None = None) -> Node:
@@ -320,7 +349,7 @@ class Node:
             running=node.running or [],
             version=node.daemon_version, enrolled_at=node.enrolled_at,
             heartbeat_age_seconds=max(0, round(now - node.last_heartbeat, 1))
-            if node.last_heartbeat else None)
+            if node.last_heartbeat else None, helpers=node.helpers)
 
 
 @json_object
@@ -352,6 +381,9 @@ class Health:
     status: Literal["ok", "degraded"]
     version: str
     registry: str | None = field(description="the image server (host:port), if any")
+    helpers_image: str | None = field(
+        default=None, description="the helpers image nodes pull (pinned by digest), if "
+        "published: a join command pins the same digest")
     dependencies: dict[str, str] = field(description='"ok" or "error: <kind>" for each')
 
 

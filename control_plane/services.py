@@ -148,7 +148,8 @@ class Services:
                 results[name] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())
         return Health(status="ok" if ok else "degraded", version=__version__,
-                      registry=self.config.registry or None, dependencies=results)
+                      registry=self.config.registry or None,
+                      helpers_image=self.config.helpers_image or None, dependencies=results)
 
 
 _current: Services | None = None

@@ -1,4 +1,5 @@
-"""``python -m node_daemon join|run`` — the node daemon's two commands (thin: parse, call)."""
+"""``dit4c-node join|run|status`` (also ``python -m node_daemon ...``): the node daemon's
+commands (thin: parse, call)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ import socket
 import sys
 from pathlib import Path
 
-import aiohttp
 import docker
 import docker.errors
 
 from node_daemon import __version__
-from node_daemon.config import IDENTITY_FILE, NodeIdentity, RunSettings, default_data_dir
+from node_daemon.config import NodeIdentity, RunSettings, default_data_dir
 from node_daemon.daemon import Daemon
 from node_daemon.errors import ConfigError, NodeDaemonError
-from node_daemon.portal import PortalClient
-from protocol.tokens import SigningKey
+from node_daemon.joining import JoinError, JoinRequest, join
+from node_daemon.status import node_status
 
 log = logging.getLogger("dit4c.node")
 
@@ -31,7 +31,7 @@ def _memory_mb() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m node_daemon",
+        prog="dit4c-node",
         description="dit4c node daemon: runs researchers' tool pods on this machine's Docker "
                     "engine, driven by the control plane over outbound connections only.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CPU cores pods may use (default: all)")
     join.add_argument("--memory-mb", type=int, default=_memory_mb(),
                       help="memory pods may use, MB (default: all)")
+    join.add_argument("--helpers-digest", default=None, metavar="sha256:...",
+                      help="the helpers image's digest the portal must publish (the join "
+                           "command the portal shows pins it)")
 
     run = commands.add_parser(
         "run", help="run the agent (until SIGTERM; pods keep running)",
@@ -71,25 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reconcile-seconds", type=float, default=None)
     run.add_argument("--report-again-seconds", type=float, default=None)
     run.add_argument("--log-level", default=os.environ.get("DIT4C_NODE_LOG_LEVEL", "INFO"))
+
+    status = commands.add_parser(
+        "status", help="say what this node is and whether its parts answer",
+        description="Print the node's identity, whether the Docker engine, the portal and the "
+                    "running daemon answer, the helpers image and the pods; exit 0 when all "
+                    "is well, 1 otherwise.")
+    status.add_argument("--data-dir", type=Path, default=None, help="as given to join")
+    status.add_argument("--helpers-image", default=None, help="DIT4C_NODE_HELPERS_IMAGE")
     return parser
 
 
 async def _join(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
-    if (data_dir / IDENTITY_FILE).exists():
-        print(f"join: {data_dir} already holds a node identity; use another --data-dir or "
-              "remove it first", file=sys.stderr)
-        return 2
-    key = SigningKey.generate()
-    async with aiohttp.ClientSession() as session:
-        enrolment = await PortalClient(args.portal, session).enroll(
-            join_token=args.token, key=key, name=args.name, cpu=args.cpu,
-            memory_mb=args.memory_mb)
-    NodeIdentity(node_id=enrolment.node_id, cluster_id=enrolment.cluster_id,
-                 portal_url=args.portal, queue_url=enrolment.queue_url,
-                 events_queue_url=enrolment.events_queue_url, name=args.name, cpu=args.cpu,
-                 memory_mb=args.memory_mb).save(data_dir, key)
-    print(f"joined cluster {enrolment.cluster_id} as node {enrolment.node_id}; "
+    try:
+        joined = await join(JoinRequest(
+            portal=args.portal.rstrip("/"), token=args.token, data_dir=data_dir,
+            name=args.name, cpu=args.cpu, memory_mb=args.memory_mb,
+            helpers_digest=args.helpers_digest))
+    except JoinError as exc:
+        print(f"join: {exc}", file=sys.stderr)
+        return exc.status
+    identity = joined.identity
+    helpers = f"; helpers image {joined.helpers} pulled and checked" if joined.helpers else ""
+    print(f"joined cluster {identity.cluster_id} as node {identity.node_id}{helpers}; "
           f"saved in {data_dir}")
     return 0
 
@@ -115,13 +123,23 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _status(args: argparse.Namespace) -> int:
+    report = await node_status(args.data_dir or default_data_dir(), args.helpers_image)
+    for line in report.lines:
+        print(line)
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"join": _join, "run": _run, "status": _status}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", "INFO")
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        return asyncio.run(_join(args) if args.command == "join" else _run(args))
+        return asyncio.run(COMMANDS[args.command](args))
     except ConfigError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 2

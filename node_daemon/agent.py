@@ -515,7 +515,7 @@ class Agent:
         self.metrics.set_pods({k: v for k, v in counts.items() if k != S.DISCARDED})
         return counts
 
-    async def heartbeat(self) -> NodeHeartbeat:
+    async def heartbeat(self, helpers: str | None = None) -> NodeHeartbeat:
         records = await self._all()
         cpu_used, mem_used = _used(records)
         try:
@@ -528,7 +528,8 @@ class Agent:
             memory_mb_used=mem_used, load=load,
             running=sorted(r.instance_id for r in records if r.state == S.RUNNING
                            and r.desired is Desired.RUNNING),
-            holds=sorted(r.instance_id for r in records if r.desired is not Desired.DISCARDED))
+            holds=sorted(r.instance_id for r in records if r.desired is not Desired.DISCARDED),
+            helpers=helpers)
 
 
 def _used(records: list[InstanceRecord]) -> tuple[float, int]:

@@ -73,6 +73,8 @@ class NodeIdentity:
     name: str
     cpu: float
     memory_mb: int
+    helpers_image: str | None = None
+    """The helpers image the portal named at enrolment (pinned by digest), if it publishes one."""
 
     def save(self, data_dir: Path, key: SigningKey) -> None:
         ensure_private_dir(data_dir)
@@ -85,11 +87,12 @@ class NodeIdentity:
         path = data_dir / IDENTITY_FILE
         try:
             raw = json.loads(path.read_text())
-            identity = cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+            # Fields with defaults may be absent: identities saved by older daemons.
+            identity = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
             key = SigningKey.from_pem((data_dir / KEY_FILE).read_bytes())
         except FileNotFoundError as exc:
             raise ConfigError(
-                f"{exc.filename} not found: run `python -m node_daemon join --portal URL "
+                f"{exc.filename} not found: run `dit4c-node join --portal URL "
                 f"--token TOKEN --data-dir {data_dir}` first") from None
         except (ValueError, KeyError, TypeError, TokenError) as exc:
             raise ConfigError(f"{path} or its key is unreadable: {exc!r}") from None
@@ -136,7 +139,9 @@ class RunSettings:
     pods_network: str = PODS_NETWORK
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on every container, volume and network the daemon makes (tests use them)."""
-    helpers_image: str = DEFAULT_HELPERS_IMAGE
+    helpers_image: str | None = None
+    """Given by flag or environment; else the identity's (the portal's), else
+    :data:`DEFAULT_HELPERS_IMAGE` (see :meth:`helpers_for`)."""
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9464)
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
@@ -163,6 +168,11 @@ class RunSettings:
     upload_compression: str = "gzip"
     """How the upload helper sends new layers: ``gzip`` (level 1: half the bytes of typical
     data, for nodes on slow uplinks) or ``none`` (fastest on a fast network)."""
+
+    def helpers_for(self, identity: NodeIdentity) -> str:
+        """The helpers image this node runs: flag or environment, then what the portal named
+        at enrolment, then the local build's name."""
+        return self.helpers_image or identity.helpers_image or DEFAULT_HELPERS_IMAGE
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> RunSettings:
@@ -203,8 +213,7 @@ class RunSettings:
             data_dir=data_dir,
             pods_network=pick("pods_network", "DIT4C_NODE_PODS_NETWORK", PODS_NETWORK),
             labels=labels,
-            helpers_image=pick("helpers_image", "DIT4C_NODE_HELPERS_IMAGE",
-                               DEFAULT_HELPERS_IMAGE),
+            helpers_image=pick("helpers_image", "DIT4C_NODE_HELPERS_IMAGE", "") or None,
             metrics_listen=parse_listen(
                 pick("metrics_listen", "DIT4C_NODE_METRICS_LISTEN", DEFAULT_METRICS_LISTEN),
                 "DIT4C_NODE_METRICS_LISTEN (--metrics-listen)"),

@@ -30,8 +30,9 @@ from node_daemon.config import (
 )
 from node_daemon.credentials import CredentialBroker
 from node_daemon.egress import apply as apply_egress
-from node_daemon.errors import NodeDaemonError, PortalError, QueueError
+from node_daemon.errors import HelpersError, NodeDaemonError, PortalError, QueueError
 from node_daemon.files import ensure_private_dir, write_atomic
+from node_daemon.helpers_image import HelpersImage, runnable
 from node_daemon.metrics import NodeMetrics, serve, stop_serving
 from node_daemon.network import ensure_pods_network, pods_bridge
 from node_daemon.pods import PodRunner, PodSettings
@@ -41,7 +42,7 @@ from node_daemon.records import RecordStore
 from node_daemon.storage_keeper import StorageKeeper
 from node_daemon.tunnel_tokens import TunnelTokens
 from protocol.errors import MessageError
-from protocol.messages import NODE_COMMANDS, decode
+from protocol.messages import HELPERS_OK, NODE_COMMANDS, decode
 from protocol.tokens import SigningKey
 
 log = logging.getLogger("dit4c.node.daemon")
@@ -82,9 +83,10 @@ class Daemon:
         self.docker = docker_client
         self.metrics = NodeMetrics()
         self.records = RecordStore(settings.data_dir / RECORDS_DIR)
+        self.helpers_reference = settings.helpers_for(identity)
         self.pods = PodRunner(docker_client, PodSettings(
             node_id=identity.node_id, network=settings.pods_network,
-            helpers_image=settings.helpers_image, labels=dict(settings.labels),
+            helpers_image=runnable(self.helpers_reference), labels=dict(settings.labels),
             helper_commands=dict(settings.helper_commands), sandboxes=settings.sandboxes))
         self._inflight: set[asyncio.Task[None]] = set()
         self.metrics_address: str | None = None
@@ -111,6 +113,10 @@ class Daemon:
                 broker = CredentialBroker(
                     lambda: portal.credentials(self.identity.node_id, self.key))
                 queues = NodeQueues(broker, key=self.key, node_id=self.identity.node_id)
+                helpers = HelpersImage(
+                    self.docker, self.helpers_reference,
+                    lambda repository: portal.registry_token(self.identity.node_id, self.key,
+                                                             repository))
                 agent = Agent(node_id=self.identity.node_id,
                               capacity=Capacity(self.identity.cpu, self.identity.memory_mb),
                               records=self.records, pods=self.pods, send=queues.send_event,
@@ -140,7 +146,8 @@ class Daemon:
                                                     "storage", stopping)),
                     asyncio.create_task(self._every(
                         settings.heartbeat_seconds,
-                        lambda: self._heartbeat(agent, queues), "heartbeat", stopping)),
+                        lambda: self._heartbeat(agent, queues, helpers), "heartbeat",
+                        stopping)),
                 ]
                 if settings.sandboxes:
                     background.append(asyncio.create_task(self._keep_sandboxes(stopping)))
@@ -223,9 +230,17 @@ class Daemon:
         await agent.check_placed(placed, asked_at)
         await agent.flush()
 
-    async def _heartbeat(self, agent: Agent, queues: NodeQueues) -> None:
+    async def _heartbeat(self, agent: Agent, queues: NodeQueues, helpers: HelpersImage
+                         ) -> None:
+        if helpers.status != HELPERS_OK:
+            # Pulled (or found) before the first heartbeat; a missing or wrong image is
+            # retried at each one, and the portal shows why it is not there.
+            try:
+                await helpers.ensure()
+            except HelpersError as exc:
+                log.warning("helpers image: %s", exc)
         await agent.flush()
-        await queues.send_event(await agent.heartbeat())
+        await queues.send_event(await agent.heartbeat(helpers=helpers.status))
 
     async def _poll(self, queues: NodeQueues, keeper: VisibilityKeeper, agent: Agent,
                     stopping: asyncio.Event) -> None:

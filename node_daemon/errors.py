@@ -4,6 +4,7 @@
     ├── ConfigError    a missing or bad setting, or an unusable data directory
     ├── PortalError    the control plane refused a call or could not be reached
     ├── QueueError     an SQS call failed
+    ├── HelpersError   the helpers image is missing, cannot be pulled, or fails its digest
     └── PodError       the Docker engine refused pod work
         └── LaunchError  a pod could not be brought up; ``reason`` is shown to the user
 """
@@ -37,6 +38,11 @@ class PortalError(NodeDaemonError):
 
 class QueueError(NodeDaemonError):
     """An SQS call failed (network, credentials, or the queue itself)."""
+
+
+class HelpersError(NodeDaemonError):
+    """The helpers image is missing, cannot be pulled, or is not the pinned digest; the
+    message says what to do (it is also what the portal shows for the node)."""
 
 
 class PodError(NodeDaemonError):

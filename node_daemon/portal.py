@@ -1,10 +1,16 @@
-"""The control plane's two node endpoints (contract: docs/contracts.md, "Node API").
+"""The control plane's node endpoints (contract: docs/contracts.md, "Node API").
 
+- ``GET /api/health`` -> ``{status, version, registry, helpers_image, ...}``: ``join`` asks it
+  first, to tell a wrong URL or a portal that is down from a refused token;
 - ``POST /api/nodes/enroll`` ``{join_token, public_jwk, name, cpu, memory_mb}`` -> 201
-  ``{node_id, cluster_id, queue_url, events_queue_url}``
+  ``{node_id, cluster_id, queue_url, events_queue_url, helpers_image}``
 - ``POST /api/nodes/{id}/credentials`` with ``Authorization: Bearer <node JWT>`` -> 200
   ``{access_key_id, secret_access_key, session_token, expiration, region, queue_url,
   events_queue_url, endpoint_url}``
+- ``DELETE /api/nodes/{id}`` with the node's JWT -> 204: a node that just enrolled withdraws
+  (``join`` failed after enrolment: no half-joined node stays in the portal);
+- ``GET /registry/token?scope=repository:<repo>:pull`` with the node's JWT: a short-lived
+  registry token (the helpers image's pull).
 - ``POST /api/nodes/{id}/instances/{instance}/tunnel-token`` with ``Authorization: Bearer <node
   JWT>`` -> 200 ``{tunnel_token, expires_at}``: only for an instance placed on this node
 - ``GET /api/nodes/{id}/instances`` with ``Authorization: Bearer <node JWT>`` -> 200
@@ -36,6 +42,13 @@ class Enrolment:
     cluster_id: str
     queue_url: str
     events_queue_url: str
+    helpers_image: str | None = None
+
+
+@dataclass(frozen=True)
+class PortalHealth:
+    version: str
+    helpers_image: str | None
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,9 @@ class PortalClient:
         return await self._call("POST", path, body, what, headers)
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None, what: str,
-                    headers: dict[str, str] | None = None) -> Any:
+                    headers: dict[str, str] | None = None, *, ok: tuple[int, ...] = ()) -> Any:
+        """The answer's JSON (None when empty or not JSON); PortalError for a status >= 400
+        not in ``ok``, or when the portal cannot be reached."""
         url = f"{self._base}{path}"
         try:
             async with self._session.request(method, url, json=body, headers=headers,
@@ -90,7 +105,7 @@ class PortalClient:
                     payload = await response.json(content_type=None)
                 except ValueError:
                     payload = None
-                if response.status >= 400:
+                if response.status >= 400 and response.status not in ok:
                     detail = ""
                     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
                         detail = f": {payload['error'].get('message', '')}"
@@ -109,8 +124,33 @@ class PortalClient:
             "enrolment")
         fields = _require(body, ("node_id", "cluster_id", "queue_url", "events_queue_url"),
                           "enrolment")
+        helpers = fields.get("helpers_image")
         return Enrolment(fields["node_id"], fields["cluster_id"], fields["queue_url"],
-                         fields["events_queue_url"])
+                         fields["events_queue_url"],
+                         helpers if isinstance(helpers, str) and helpers else None)
+
+    async def health(self) -> PortalHealth:
+        """What the portal says of itself (a degraded portal still answers, 503)."""
+        body = await self._call("GET", "/api/health", None, "health check", ok=(503,))
+        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+            raise PortalError(f"{self._base} is not a dit4c portal (GET /api/health gave no "
+                              "version)", status=404)
+        helpers = body.get("helpers_image")
+        return PortalHealth(body["version"], helpers if isinstance(helpers, str) and helpers
+                            else None)
+
+    async def withdraw(self, node_id: str, key: SigningKey) -> None:
+        token = key.sign(node_claims(node_id=node_id))
+        await self._call("DELETE", f"/api/nodes/{node_id}", None, "withdrawal",
+                         {"Authorization": f"Bearer {token}"})
+
+    async def registry_token(self, node_id: str, key: SigningKey, repository: str) -> str:
+        """A registry token for pulling ``repository``, as the node itself."""
+        token = key.sign(node_claims(node_id=node_id))
+        body = await self._call("GET", f"/registry/token?scope=repository:{repository}:pull",
+                                None, "registry token", {"Authorization": f"Bearer {token}"})
+        token_text: str = _require(body, ("token",), "registry token")["token"]
+        return token_text
 
     async def credentials(self, node_id: str, key: SigningKey) -> AwsCredentials:
         body = await self._post(f"/api/nodes/{node_id}/credentials", {}, "credentials",

@@ -52,6 +52,9 @@ Id = Annotated[str, _ID_RULE]
 SIGNATURE_ATTRIBUTE: Final = "dit4c-signature"
 """The SQS message attribute (``String``) holding a node's signature on an event's body."""
 
+HELPERS_OK: Final = "ok"
+""":attr:`NodeHeartbeat.helpers` when the node has the helpers image it was told to run."""
+
 MAX_CLOCK_SKEW_SECONDS: Final = 60
 """How far in the future a report's ``sent_at`` may be (clocks drift); beyond, it is refused:
 a report from the future would make every later true report look stale."""
@@ -225,6 +228,9 @@ class NodeHeartbeat(Message):
     load: float
     running: list[Id]
     """Ids of the instances whose pods this node runs now."""
+    helpers: str | None = None
+    """The helpers image as the node finds it: :data:`HELPERS_OK`, or what is wrong and what
+    to do (missing, wrong digest, pull refused); None from daemons older than the field."""
     holds: list[Id] | None = None
     """Ids of every instance this node has a live record of (starting, running, stopped,
     failed, saved: anything not discarded). None from a node that does not say: the control

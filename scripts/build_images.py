@@ -21,6 +21,10 @@ in this order (names in :mod:`scripts.images`):
   pyproject.toml's ``router`` group (their dependencies at the versions this environment runs,
   so the image runs what the tests ran), downloaded on the host as JupyterLab's are and
   installed with ``--no-index`` in a build stage that the image leaves behind.
+- ``dit4c/node:dev`` — the node daemon: ``node_daemon/Dockerfile`` built FROM the base with a
+  context holding the Dockerfile, ``make dist``'s wheel and its dependencies' wheels
+  (``scripts/dist.py``, downloaded once into the cache), installed into a virtualenv in a build
+  stage that the image leaves behind.
 
 Every image carries the label ``dit4c.recipe=<sha256>`` of what it was built from (file bytes,
 package lists, the base image id). An image whose label matches is reused; anything else is
@@ -52,7 +56,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from scripts import images, requirements
+from scripts import dist, images, requirements
 
 log = logging.getLogger("dit4c.scripts.build_images")
 
@@ -540,6 +544,43 @@ class ImageBuilder:
         recipe = _sha256(context, base_id)
         return self._build(images.ROUTER, recipe, context, force, started)
 
+    # -- dit4c/node:dev -------------------------------------------------------------------------
+
+    def node_sources(self) -> bytes:
+        """What the node package is made from (its recipe): pyproject.toml, the node group's
+        requirements, node_daemon/, protocol/ and the Dockerfile."""
+        tar = _Tar()
+        for name in ("pyproject.toml", dist.NODE_FILE, "node_daemon/Dockerfile"):
+            tar.file(name, (self.repo_root / name).read_bytes())
+        for folder in dist.PACKAGES:
+            tar.tree(self.repo_root / folder, folder)
+        return tar.close()
+
+    def node(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        try:
+            base_id = self.client.images.get(images.HELPER_BASE).id
+        except docker.errors.ImageNotFound as exc:
+            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        # The recipe is the sources: the wheel and its context are made only to build.
+        recipe = _sha256(self.node_sources(), base_id)
+        if not force and self.current_recipe(images.NODE) == recipe:
+            self.pin(images.NODE, recipe)
+            return Result(images.NODE, recipe, "reused", time.monotonic() - started)
+        try:
+            wheels = dist.dependency_wheels(self.cache_dir)
+            with tempfile.TemporaryDirectory(prefix="dit4c-node-image-") as scratch:
+                wheel = dist.build_wheel(Path(scratch))
+                tar = _Tar()
+                tar.file("Dockerfile",
+                         (self.repo_root / "node_daemon" / "Dockerfile").read_bytes())
+                tar.tree(wheels, "wheels")
+                tar.file(f"wheels/{wheel.name}", wheel.read_bytes())
+                context = tar.close()
+        except dist.DistError as exc:
+            raise BuildError(str(exc)) from exc
+        return self._build(images.NODE, recipe, context, force, started)
+
     def _build(self, name: str, recipe: str, context: bytes, force: bool,
                started: float) -> Result:
         """``docker build`` of ``context`` as ``name`` (and its pinned tag), unless an image of
@@ -576,6 +617,7 @@ class ImageBuilder:
             images.HELPERS: self.helpers,
             images.JUPYTERLAB: self.jupyterlab,
             images.ROUTER: self.router,
+            images.NODE: self.node,
         }
 
     def ensure(self, names: Iterable[str] = images.ALL, force: bool = False) -> list[Result]:

@@ -32,6 +32,10 @@ HELPERS_UID: Final = 10001
 ROUTER: Final = "dit4c/router:dev"
 """HELPER_BASE + a virtualenv of pyproject.toml's ``router`` group + protocol/ and edge_router/;
 runs ``python -m edge_router`` as HELPERS_USER (edge_router/Dockerfile, docs/edge-router.md)."""
+NODE: Final = "dit4c/node:dev"
+"""HELPER_BASE + a virtualenv of the node package (``make dist``'s wheel and the ``node`` group);
+``dit4c-node run`` as root, given the engine's socket (node_daemon/Dockerfile,
+docs/node-daemon.md)."""
 
 PORT_LABEL: Final = "dit4c.port"
 """Image label naming the TCP port a tool serves HTTP on."""
@@ -39,4 +43,4 @@ PORT_LABEL: Final = "dit4c.port"
 RECIPE_LABEL: Final = "dit4c.recipe"
 """Image label holding the hash of the recipe an image was built from (rebuild when it differs)."""
 
-ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB, ROUTER)
+ALL: Final = (TEST_TOOL, HELPER_BASE, HELPERS, JUPYTERLAB, ROUTER, NODE)

@@ -7,7 +7,9 @@ what the tools read:
 
 - ``requirements.txt``: the ``control-plane`` group and nothing else, what the Lambda
   functions are built with;
-- ``requirements-dev.txt``: every group, the development environment ``make venv`` installs.
+- ``requirements-dev.txt``: every group, the development environment ``make venv`` installs;
+- ``requirements-node.txt``: the ``node`` group, the dependencies of the package ``make dist``
+  builds (pyproject.toml reads them as its dynamic ``dependencies``).
 
     python -m scripts.requirements              # write both files
     python -m scripts.requirements --check      # exit 1 when either differs from pyproject.toml
@@ -32,6 +34,8 @@ PROJECT: Final = "dit4c"
 LAMBDA_GROUP: Final = "control-plane"
 LAMBDA_FILE: Final = "requirements.txt"
 DEV_FILE: Final = "requirements-dev.txt"
+NODE_GROUP: Final = "node"
+NODE_FILE: Final = "requirements-node.txt"
 _REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[(?P<extras>[^\]]*)\])?"
                           r"(?P<pin>==\S+)?$")
 _WRITTEN_BY = "Written by `python -m scripts.requirements`; edit pyproject.toml, not this file."
@@ -85,6 +89,7 @@ def expand(groups: Mapping[str, list[str]], *names: str) -> dict[str, str]:
 def render(groups: Mapping[str, list[str]]) -> dict[str, str]:
     """File name -> the text it must hold."""
     for_lambda = expand(groups, LAMBDA_GROUP)
+    for_node = expand(groups, NODE_GROUP)
     everything = expand(groups, *groups)
     rest = {k: v for k, v in everything.items() if k not in for_lambda}
     return {
@@ -99,6 +104,11 @@ def render(groups: Mapping[str, list[str]]) -> dict[str, str]:
             f"# {_WRITTEN_BY}",
             f"-r {LAMBDA_FILE}",
             *(rest[k] for k in sorted(rest)), ""]),
+        NODE_FILE: "\n".join([
+            f"# The node daemon package's dependencies (`make dist`): pyproject.toml's "
+            f"`{NODE_GROUP}` group.",
+            f"# {_WRITTEN_BY}",
+            *(for_node[k] for k in sorted(for_node)), ""]),
     }
 
 

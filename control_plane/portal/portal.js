@@ -267,29 +267,140 @@ async function acceptImageLink(token) {
   flash(`${image.name} was shared with you: it is in your images now.`, "info");
 }
 
-async function renderAdmin() {
-  const data = await api("GET", "/api/clusters");
-  const holder = $("clusters");
-  holder.replaceChildren();
-  for (const cluster of listOf(data, "clusters")) {
+// Admins' nodes page: per cluster, its join tokens (make one, copy its command, revoke) and
+// its nodes (capacity, use, heartbeat, version, helpers, drain and decommission).
+const NODE_ONLINE_SECONDS = 600;
+let shownNodes = "";
+
+async function renderNodes(force) {
+  const clusters = listOf(await api("GET", "/api/clusters"), "clusters");
+  const pages = [];
+  for (const cluster of clusters) {
     const id = cluster.cluster_id || cluster.id;
-    const nodes = listOf(await api("GET", `/api/clusters/${id}/nodes`), "nodes");
-    const table = el("table", {}, el("thead", {}, el("tr", {},
-      el("th", {}, "Node"), el("th", {}, "State"), el("th", {}, "CPU"), el("th", {}, "Memory (MB)"),
-      el("th", {}, "Heartbeat"))));
-    const tbody = el("tbody");
-    for (const node of nodes) {
-      tbody.append(el("tr", {}, el("td", {}, node.name || node.node_id),
-        el("td", {}, node.state || ""),
-        el("td", {}, `${node.cpu_used ?? "?"} / ${node.cpu_total ?? node.cpu ?? "?"}`),
-        el("td", {}, `${node.memory_mb_used ?? "?"} / ${node.memory_mb_total ?? node.memory_mb ?? "?"}`),
-        el("td", {}, node.heartbeat_age_seconds != null ? `${Math.round(node.heartbeat_age_seconds)} s ago` : "never")));
-    }
-    table.append(tbody);
+    const [nodes, tokens] = await Promise.all([
+      api("GET", `/api/clusters/${id}/nodes`), api("GET", `/api/clusters/${id}/join-tokens`)]);
+    pages.push({ cluster, id, nodes: listOf(nodes, "nodes"), tokens: listOf(tokens, "join_tokens") });
+  }
+  // Redraw only when something changed: a table rebuilt under the pointer loses clicks, and
+  // a command just made must stay on screen to be copied.
+  const fingerprint = JSON.stringify(pages.map((p) => [p.id, p.tokens,
+    p.nodes.map((n) => ({ ...n, heartbeat_age_seconds: Math.round((n.heartbeat_age_seconds || 0) / 10) }))]));
+  if (!force && fingerprint === shownNodes) return;
+  shownNodes = fingerprint;
+  const holder = $("clusters");
+  const made = new Map([...holder.querySelectorAll("[data-testid=join-command]")]
+    .map((box) => [box.closest("[data-cluster]").dataset.cluster, box.closest(".join-made")]));
+  holder.replaceChildren();
+  for (const { cluster, id, nodes, tokens } of pages) {
     const who = cluster.public ? "everyone may launch here"
       : `only admins${(cluster.users || []).length ? " and " + cluster.users.join(", ") : ""} may launch here`;
-    holder.append(el("h3", {}, cluster.name || id), el("p", { "class": "access" }, who), table);
+    const section = el("div", { "class": "cluster", "data-cluster": id },
+      el("h2", {}, cluster.name || id), el("p", { "class": "access" }, who),
+      joinTokenPanel(id, tokens, made.get(id)), nodeTable(nodes));
+    holder.append(section);
   }
+}
+
+function joinTokenPanel(clusterId, tokens, made) {
+  const hours = el("select", { name: "hours", "aria-label": "valid for" },
+    el("option", { value: "1" }, "1 hour"), el("option", { value: "24", selected: "selected" }, "1 day"),
+    el("option", { value: "168" }, "7 days"));
+  const panel = el("div", { "class": "join-tokens" }, el("h3", {}, "Join tokens"));
+  const form = el("form", { "class": "join-form" }, el("label", {}, "Valid for", hours),
+    el("button", { type: "submit", "data-action": "new-join-token" }, "New join token"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const token = await api("POST", `/api/clusters/${clusterId}/join-tokens`, { hours: Number(hours.value) });
+      panel.querySelector(".join-made")?.remove();
+      form.after(joinCommand(token));
+      shownNodes = "";
+      await renderNodes();
+    } catch (e) { flash(e.message); }
+  });
+  panel.append(form);
+  if (made) panel.append(made);
+  if (!tokens.length) {
+    panel.append(el("p", { "class": "meta", "data-testid": "no-join-tokens" }, "No unused join tokens."));
+    return panel;
+  }
+  const rows = el("tbody");
+  for (const token of tokens) {
+    rows.append(el("tr", { "data-join-token": token.id },
+      el("td", {}, el("code", {}, token.id.slice(0, 12))), el("td", {}, formatDate(token.expires_at)),
+      el("td", {}, token.created_by || ""), el("td", { "class": "actions" }, el("button", {
+        type: "button", "data-action": "revoke-join-token",
+        onclick: async () => {
+          try {
+            await api("DELETE", `/api/clusters/${clusterId}/join-tokens/${token.id}`);
+            const shown = panel.querySelector(".join-made");
+            if (shown && shown.dataset.token === token.id) shown.remove();
+            flash("Join token revoked: no node can join with it.", "info");
+            shownNodes = "";
+            await renderNodes();
+          } catch (e) { flash(e.message); }
+        },
+      }, "revoke"))));
+  }
+  panel.append(el("table", { "class": "join-token-list" }, el("thead", {}, el("tr", {},
+    el("th", {}, "Token"), el("th", {}, "Valid until"), el("th", {}, "Made by"), el("th", {}, ""))), rows));
+  return panel;
+}
+
+// The command is shown once (the portal keeps only the token's hash): copy it now.
+function joinCommand(token) {
+  const box = el("textarea", { readonly: "readonly", rows: 3, "data-testid": "join-command" });
+  box.value = token.command;
+  const copy = el("button", {
+    type: "button", "data-action": "copy-join-command",
+    onclick: async () => {
+      try { await navigator.clipboard.writeText(box.value); }
+      catch (e) { box.select(); document.execCommand("copy"); }
+      flash("Join command copied: run it on the node's machine.", "info");
+    },
+  }, "Copy");
+  return el("div", { "class": "join-made", "data-token": token.id },
+    el("p", {}, `Run this on the new node's machine before ${formatDate(token.expires_at)}; `
+      + "it works once and is not shown again."), box, copy);
+}
+
+function nodeTable(nodes) {
+  if (!nodes.length) return el("p", { "class": "meta", "data-testid": "no-nodes" }, "No nodes yet.");
+  const tbody = el("tbody");
+  for (const node of nodes) {
+    const age = node.heartbeat_age_seconds;
+    const online = node.state !== "decommissioned" && age != null && age < NODE_ONLINE_SECONDS;
+    const actions = el("td", { "class": "actions" });
+    const act = (label, suffix, question) => actions.append(el("button", {
+      type: "button", "data-action": label,
+      onclick: async () => {
+        if (question && !confirm(question)) return;
+        try { await api("POST", `/api/nodes/${node.id}/${suffix}`); shownNodes = ""; await renderNodes(); }
+        catch (e) { flash(e.message); }
+      },
+    }, label));
+    if (node.state === "active") act("drain", "drain");
+    if (node.state === "draining") act("activate", "activate");
+    if (node.state !== "decommissioned") {
+      act("decommission", "decommission", `Decommission ${node.name}? It can never come back `
+        + "(its instances fail); to bring the machine back, join it again.");
+    }
+    const helpers = node.helpers == null ? "" : node.helpers;
+    tbody.append(el("tr", { "data-node": node.id },
+      el("td", {}, node.name || node.id),
+      el("td", { "data-testid": "node-state", "class": `state-${online ? "online" : "offline"}` },
+        `${node.state}, ${online ? "online" : "offline"}`),
+      el("td", {}, `${node.cpu_total} CPU, ${node.memory_mb_total} MB`),
+      el("td", {}, `${node.cpu_reserved} CPU, ${node.memory_mb_reserved} MB reserved; `
+        + `${(node.running || []).length} running, load ${Number(node.load || 0).toFixed(2)}`),
+      el("td", { "data-testid": "node-heartbeat" }, age != null ? `${Math.round(age)} s ago` : "never"),
+      el("td", {}, node.version || ""),
+      el("td", { "data-testid": "node-helpers", "class": helpers && helpers !== "ok" ? "problem" : "" }, helpers),
+      actions));
+  }
+  return el("table", { "class": "nodes" }, el("thead", {}, el("tr", {},
+    el("th", {}, "Node"), el("th", {}, "State"), el("th", {}, "Capacity"), el("th", {}, "Use"),
+    el("th", {}, "Heartbeat"), el("th", {}, "Version"), el("th", {}, "Helpers"), el("th", {}, ""))), tbody);
 }
 
 async function route() {
@@ -304,12 +415,18 @@ async function route() {
   const user = me.user || me;
   $("whoami").textContent = user.username || "";
   $("nav-admin").hidden = !user.admin;
+  $("nav-nodes").hidden = !user.admin;
   const path = (location.hash.replace(/^#\//, "") || "instances").split("/");
   const view = path[0];
   try {
     if (view === "images" && path[1] === "accept" && path[2]) { await acceptImageLink(path[2]); return; }
     if (view === "images") { show("images"); await renderImages(); }
-    else if (view === "admin" && user.admin) { show("admin"); await renderAdmin(); }
+    else if (view === "admin" && user.admin) { show("admin"); }
+    else if (view === "nodes" && user.admin) {
+      show("nodes");
+      await renderNodes(true);
+      pollTimer = setInterval(() => renderNodes().catch((e) => flash(e.message)), POLL_MS);
+    }
     else {
       show("instances");
       await renderInstances(true);

@@ -17,6 +17,11 @@ variable                       meaning                                          
 ``DIT4C_EXPORT_PORT``          image exporter's port (loopback; export links)     5002
 ``DIT4C_REGISTRY_GC_SECONDS``  seconds between the image server's garbage         3600
                                collections (frees deleted images' layers)
+``DIT4C_PUBLISH_HELPERS``      ``1``: push the helpers image (``DIT4C_NODE_       ``1``
+                               HELPERS_IMAGE``, else ``dit4c/helpers:dev``) to
+                               the image server at start as
+                               ``dit4c/helpers:<version>``; the portal names it,
+                               pinned by digest, to nodes that join (``0``: off)
 ``DIT4C_STACK_NAME``           prefix of every table, queue, topic and bucket     ``dit4c-local``
 ``DIT4C_NODE_PODS_NETWORK``    the pods' bridge network (shared with the node     ``dit4c-pods``
                                daemon, which reads the same variable)
@@ -48,6 +53,7 @@ from pathlib import Path
 
 from infra.local.errors import ConfigError
 from protocol.pod import PODS_NETWORK
+from scripts import images
 
 _STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
@@ -62,6 +68,8 @@ class LocalConfig:
     registry_port: int = 5001
     export_port: int = 5002
     registry_gc_seconds: float = 3600.0
+    publish_helpers: str | None = None
+    """The helpers image to publish on the image server at start (None: do not)."""
     stack_name: str = "dit4c-local"
     pods_network: str = PODS_NETWORK
     docker_labels: Mapping[str, str] = field(default_factory=dict)
@@ -134,7 +142,12 @@ class LocalConfig:
                 "DIT4C_PORTAL_PORT, DIT4C_ROUTER_PORT, DIT4C_REGISTRY_PORT and "
                 "DIT4C_EXPORT_PORT must differ"
             )
+        publish = get("DIT4C_PUBLISH_HELPERS") or "1"
+        if publish not in ("0", "1"):
+            raise ConfigError(f"DIT4C_PUBLISH_HELPERS must be 0 or 1, not {publish!r}")
         return cls(
+            publish_helpers=(get("DIT4C_NODE_HELPERS_IMAGE") or images.HELPERS)
+            if publish == "1" else None,
             data_dir=Path(get("DIT4C_DATA_DIR") or ".dit4c").absolute(),
             admin_password=password,
             portal_port=portal_port,
@@ -171,13 +184,15 @@ class LocalConfig:
         """The image exporter as browsers on this machine reach it (export links)."""
         return f"http://{self.public_host}:{self.export_port}"
 
-    @property
-    def pod_portal_url(self) -> str:
-        return f"http://host.docker.internal:{self.portal_port}"
+    # Pods reach the portal and the router at the pods bridge's gateway address, not as
+    # host.docker.internal: that name is each node's own gateway, and the pods of a node on
+    # another engine of this machine (a "home" node in the tests) must reach this stack's.
 
-    @property
-    def pod_tunnel_url(self) -> str:
-        return f"ws://host.docker.internal:{self.router_port}/.dit4c/tunnel"
+    def pod_portal_url(self, gateway: str) -> str:
+        return f"http://{gateway}:{self.portal_port}"
+
+    def pod_tunnel_url(self, gateway: str) -> str:
+        return f"ws://{gateway}:{self.router_port}/.dit4c/tunnel"
 
 
 def parse_labels(text: str) -> dict[str, str]:

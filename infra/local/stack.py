@@ -10,7 +10,8 @@ that dies stops exactly what was started, in reverse order):
    resources; the saved state recovered (snapshot, then journal), compactions on;
 4. the control plane in this process: the Chalice app on 127.0.0.1 and the pods gateway, the SQS
    trigger and the schedule of the template's functions;
-5. the edge router (``python -m edge_router``) and the image server as child processes, then
+5. the edge router (``python -m edge_router``) and the image server as child processes, the
+   helpers image pushed to the image server (``DIT4C_PUBLISH_HELPERS``), then
    ``ensure_local_defaults`` (admin, default cluster, demo catalog, a join token) while they
    start, then the node daemon (``join`` once, then ``run``);
 6. ready when the health check answers 200, the router answers, the image server answers, and
@@ -53,6 +54,7 @@ from infra.local.datadir import AdminPassword, DataDir, shown
 from infra.local.durable import Compactor, DurableState, JournaledApp
 from infra.local.errors import ChildFailed, LocalStackError
 from infra.local.functions import RuleState, ScheduleTimer, SqsPump, load_app, load_handler
+from infra.local.helpers_publish import PublishError, publish_helpers
 from infra.local.journal import Journal
 from infra.local.moto_server import MotoServer
 from infra.local.portal import PortalServer, use_process_logging
@@ -95,6 +97,8 @@ class _State:
     """Why no image server runs."""
     exporter: bool = False
     """Whether the image exporter runs (with the image server, when its port is free)."""
+    helpers_image: str | None = None
+    """The helpers image published on the image server (pinned by digest)."""
 
 
 class LocalStack:
@@ -222,6 +226,7 @@ class LocalStack:
         # processes, other cores) overlaps it.
         self._start_router(undo, aws, stack)
         self._start_registry(undo)
+        self._publish_helpers(docker)
         self._bootstrap()
         self._check_stop()
         self._start_node(undo, aws, stack)
@@ -232,7 +237,7 @@ class LocalStack:
             "PortalUrl": config.portal_url,
             "RouterDomain": config.public_host,
             "RouterScheme": "http",
-            "RouterTunnelUrls": config.pod_tunnel_url,
+            "RouterTunnelUrls": config.pod_tunnel_url(self._state.gateway),
         }
 
     def _control_plane_env(self, aws: AwsEndpoint, stack: Stack) -> dict[str, str]:
@@ -240,7 +245,7 @@ class LocalStack:
             **aws.environment(),
             **stack.environment,
             "DIT4C_ROUTER_PUBLIC_PORT": str(self._config.router_port),
-            "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url,
+            "DIT4C_POD_PORTAL_URL": self._config.pod_portal_url(self._state.gateway),
             # The gateway's address rather than host.docker.internal: pods of another engine
             # on this machine (a second node) reach it too.
             "DIT4C_POD_AWS_ENDPOINT_URL":
@@ -377,6 +382,31 @@ class LocalStack:
         collector.start()
         undo.callback(collector.stop)
         self._collector = collector
+
+    def _publish_helpers(self, docker: Any) -> None:
+        """Push the helpers image to the image server and make the portal name it (services
+        are built again from the changed environment). A failure is reported, not fatal: this
+        machine's node runs its own build, only nodes elsewhere need the published image."""
+        source = self._config.publish_helpers
+        if source is None or self._state.registry is None:
+            return
+        deadline = time.monotonic() + self._config.ready_timeout
+        while not self._registry_answers():
+            self._check_stop()
+            if time.monotonic() > deadline:
+                self._say("helpers image not published: the image server did not answer")
+                return
+            time.sleep(POLL_INTERVAL)
+        registry_tokens = services.current().registry
+        try:
+            reference = publish_helpers(docker, source, self._state.registry,
+                                        registry_tokens.token)
+        except PublishError as exc:
+            self._say(f"helpers image not published ({exc}); nodes elsewhere cannot join")
+            return
+        os.environ["DIT4C_HELPERS_IMAGE"] = reference
+        services.use(None)
+        self._state.helpers_image = reference
 
     def _image_work_under_way(self) -> bool:
         """A save (push) or a launch (pull) that the collector must not race, or any request
@@ -589,7 +619,7 @@ class LocalStack:
             f"  portal:     {config.portal_url}",
             f"  login:      admin / {state.password.value}   ({state.password.source})",
             f"  instances:  http://<instance id>.{config.public_host}:{config.router_port}/",
-            f"  router:     {router}   (pods dial {config.pod_tunnel_url})",
+            f"  router:     {router}   (pods dial {config.pod_tunnel_url(state.gateway)})",
         ]
         if state.node_id:
             lines.append(f"  node:       {state.node_id} in cluster {state.cluster_id}, pods on "
@@ -603,6 +633,9 @@ class LocalStack:
                          f"{state.gateway}:{config.registry_port})")
             if state.exporter:
                 lines.append(f"  exports:    {config.export_url}   (image export links)")
+            if state.helpers_image:
+                lines.append(f"  helpers:    {state.helpers_image}   (what nodes that join "
+                             "pull; join tokens: portal, Nodes)")
         else:
             lines.append(f"  images:     no image server: {state.registry_missing}")
         lines += [

@@ -235,6 +235,18 @@ resource "aws_dynamodb_table" "tokens_table" {
     type = "S"
   }
 
+  attribute {
+    name = "cluster_id"
+    type = "S"
+  }
+
+  # Sparse: only join tokens carry cluster_id (the admins' list of unused join tokens).
+  global_secondary_index {
+    name            = "by-cluster"
+    hash_key        = "cluster_id"
+    projection_type = "ALL"
+  }
+
   ttl {
     attribute_name = "expires_at"
     enabled        = true

@@ -192,7 +192,8 @@ data "aws_iam_policy_document" "api_function" {
   }
   statement {
     effect    = "Allow"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    # DeleteItem: a node that just enrolled withdraws (its join failed afterwards).
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.nodes_table.arn]
   }
   statement {
@@ -204,6 +205,11 @@ data "aws_iam_policy_document" "api_function" {
     effect    = "Allow"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.tokens_table.arn]
+  }
+  statement {
+    effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.tokens_table.arn}/index/by-cluster"]
   }
   statement {
     effect    = "Allow"

@@ -15,6 +15,7 @@ def test_health(cp_client):
     r = cp_client().get("/api/health")
     assert r.status_code == 200, r.body
     assert r.json == {"status": "ok", "version": __version__, "registry": None,
+                      "helpers_image": None,
                       "dependencies": {"dynamodb": "ok", "sqs": "ok", "ssm": "ok"}}
 
 

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from moto.sts.models import sts_backends
 
+from control_plane.config import Config
 from protocol.tokens import SigningKey, node_claims
 
 
@@ -33,7 +34,9 @@ def test_enroll_makes_a_queue_with_redrive_and_returns_contract_fields(cp_admin,
                                                                       cluster, cp_env):
     _, r, _ = _enroll(cp_admin, cp_client(), cluster)
     assert r.status_code == 201, r.body
-    assert set(r.json) == {"node_id", "cluster_id", "queue_url", "events_queue_url"}
+    assert set(r.json) == {"node_id", "cluster_id", "queue_url", "events_queue_url",
+                           "helpers_image"}
+    assert r.json["helpers_image"] is None  # no helpers image published here
     assert r.json["cluster_id"] == cluster
     assert r.json["events_queue_url"] == cp_env["DIT4C_EVENTS_QUEUE_URL"]
     sqs = boto3.client("sqs", region_name="us-east-1")
@@ -86,7 +89,59 @@ def test_enroll_bad_input_is_400_and_keeps_the_token(cp_admin, cp_client, cluste
 def test_join_tokens_need_an_admin(cp_user, cluster):
     alice = cp_user("alice")
     assert alice.post(f"/api/clusters/{cluster}/join-tokens").status_code == 403
+    assert alice.get(f"/api/clusters/{cluster}/join-tokens").status_code == 403
+    assert alice.delete(f"/api/clusters/{cluster}/join-tokens/{'0' * 64}").status_code == 403
     assert alice.post("/api/clusters", {"name": "x"}).status_code == 403
+
+
+def test_join_tokens_are_listed_without_the_secret_and_revoked(cp_admin, cp_client, cluster,
+                                                               cp_env):
+    made = cp_admin.post(f"/api/clusters/{cluster}/join-tokens", {"hours": 2}).json
+    token = made["token"]
+    assert made["id"] == hashlib.sha256(token.encode()).hexdigest()
+    assert made["created_by"] == "admin"
+    assert 7100 < time.mktime(time.strptime(made["expires_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+        - time.mktime(time.gmtime()) < 7300
+    # The exact line a self-hoster runs, with this portal's URL filled in.
+    assert made["command"] == (f"dit4c-node join --portal {cp_env['DIT4C_PORTAL_URL']} "
+                               f"--token {token} && dit4c-node run")
+    other = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json
+    listed = cp_admin.get(f"/api/clusters/{cluster}/join-tokens").json["join_tokens"]
+    assert [t["id"] for t in listed] == [made["id"], other["id"]]
+    assert token not in json.dumps(listed) and "token" not in listed[0]
+    assert made["id"] not in json.dumps(cp_admin.get("/api/clusters/default/join-tokens").json)
+    # Revoked: gone from the list, and a node can no longer join with it.
+    assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{made['id']}").status_code \
+        == 204
+    assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{made['id']}").status_code \
+        == 404
+    assert [t["id"] for t in cp_admin.get(
+        f"/api/clusters/{cluster}/join-tokens").json["join_tokens"]] == [other["id"]]
+    body = {"join_token": token, "public_jwk": SigningKey.generate().public_jwk(),
+            "name": "n", "cpu": 1, "memory_mb": 1024}
+    refused = cp_client().post("/api/nodes/enroll", body)
+    assert refused.status_code == 401
+    assert "new join command" in refused.json["error"]["message"]
+    # A used token leaves the list too; a token of another cluster is not revoked through this.
+    assert cp_client().post("/api/nodes/enroll", {**body, "join_token": other["token"]}) \
+        .status_code == 201
+    assert cp_admin.get(f"/api/clusters/{cluster}/join-tokens").json["join_tokens"] == []
+    third = cp_admin.post(f"/api/clusters/{cluster}/join-tokens").json
+    assert cp_admin.delete(f"/api/clusters/default/join-tokens/{third['id']}").status_code == 404
+    for bad in ("x" * 64, "0" * 63, "0" * 65):
+        assert cp_admin.delete(f"/api/clusters/{cluster}/join-tokens/{bad}").status_code == 404
+    for hours in (0, -1, 10_000, "two"):
+        assert cp_admin.post(f"/api/clusters/{cluster}/join-tokens", {"hours": hours}) \
+            .status_code == 400
+
+
+def test_join_command_pins_the_published_helpers_digest(cp_env, cp_services):
+    digest = "sha256:" + "ab" * 32
+    cp_services.nodes.config = Config.from_env(
+        {**cp_env, "DIT4C_HELPERS_IMAGE": f"127.0.0.1:5000/dit4c/helpers:0.1.0@{digest}"})
+    cluster = cp_services.nodes.create_cluster("lab")
+    made = cp_services.nodes.create_join_token(cluster.cluster_id)
+    assert made.command.endswith(f"--helpers-digest {digest} && dit4c-node run")
 
 
 def _credentials(client, node_id, token):
@@ -146,6 +201,30 @@ def test_token_of_another_node_is_refused(cp_admin, cp_client, cluster):
     token = key_a.sign(node_claims(node_id=a.json["node_id"]))
     assert _credentials(cp_client(), b.json["node_id"], token).status_code == 401
     assert _credentials(cp_client(), "0123abcd", token).status_code == 401
+
+
+def test_a_node_withdraws_only_itself_and_only_before_it_ran(cp_admin, cp_client, cluster,
+                                                             cp_services):
+    key_a, a, _ = _enroll(cp_admin, cp_client(), cluster)
+    key_b, b, _ = _enroll(cp_admin, cp_client(), cluster)
+    a_id, b_id = a.json["node_id"], b.json["node_id"]
+
+    def withdraw(node_id, key, as_node=None):
+        token = key.sign(node_claims(node_id=as_node or node_id))
+        return cp_client().delete(f"/api/nodes/{node_id}",
+                                  headers={"authorization": f"Bearer {token}"})
+
+    assert withdraw(b_id, key_a, as_node=a_id).status_code == 401  # a's token, b's id
+    assert cp_client().delete(f"/api/nodes/{b_id}").status_code == 401
+    assert withdraw(a_id, key_a).status_code == 204
+    assert cp_services.nodes.find(a_id) is None
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.get_queue_attributes(QueueUrl=a.json["queue_url"], AttributeNames=["QueueArn"])
+    # Once it has sent a heartbeat it is a node an admin decommissions.
+    cp_services.nodes.nodes.update({"node_id": b_id}, "SET running = :r", vals={":r": []})
+    assert withdraw(b_id, key_b).status_code == 409
+    assert cp_services.nodes.find(b_id) is not None
 
 
 def test_decommissioned_node_gets_no_credentials(cp_admin, cp_client, cluster):

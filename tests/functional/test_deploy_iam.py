@@ -180,6 +180,8 @@ def _enroll(world: World, admin: Browser, cluster_id: str, name: str
             ) -> tuple[SigningKey, dict[str, Any]]:
     status, token = admin.call("POST", f"/api/clusters/{cluster_id}/join-tokens", {})
     assert status == 201, token
+    status, listed = admin.call("GET", f"/api/clusters/{cluster_id}/join-tokens")
+    assert status == 200 and token["id"] in [t["id"] for t in listed["join_tokens"]], listed
     key = SigningKey.generate()
     node = Browser(world)
     status, enrolment = node.call("POST", "/api/nodes/enroll", {
@@ -224,6 +226,17 @@ def _scenario(world: World) -> None:
                       {"public": True, "users": []})[0] == 200
     node_key, node = _enroll(world, admin, cluster_id, "node-1")
     other_key, other_node = _enroll(world, admin, cluster_id, "node-2")
+    # A join that fails after enrolling: the node withdraws itself (record and queue).
+    leaving_key, leaving = _enroll(world, admin, cluster_id, "node-3")
+    status, _ = Browser(world).call(
+        "DELETE", f"/api/nodes/{leaving['node_id']}", headers={
+            "authorization": "Bearer " + leaving_key.sign(
+                node_claims(node_id=leaving["node_id"]))})
+    assert status == 204
+    # An admin revokes a join token nobody used.
+    status, unused = admin.call("POST", f"/api/clusters/{cluster_id}/join-tokens", {})
+    assert admin.call("DELETE",
+                      f"/api/clusters/{cluster_id}/join-tokens/{unused['id']}")[0] == 204
     node_id, queue = node["node_id"], node["queue_url"]
     # Placements go to node-1: node-2 is only there to report what it should not run.
     assert admin.call("POST", f"/api/nodes/{other_node['node_id']}/drain")[0] == 200

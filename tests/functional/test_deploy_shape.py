@@ -55,8 +55,8 @@ FORM = "application/x-www-form-urlencoded"
 # A value for each path parameter: unknown ids (the view answers 404 with its own message,
 # which proves the request reached it) except where a known one gives a deterministic answer.
 PARAMETERS = {"cluster_id": "default", "instance_id": "nosuchinstance",
-              "image_id": "nosuchimage", "node_id": "nosuchnode", "provider": "nosuchprovider",
-              "name": "portal.js", "username": "nosuchuser"}
+              "image_id": "nosuchimage", "token_id": "0" * 64, "node_id": "nosuchnode",
+              "provider": "nosuchprovider", "name": "portal.js", "username": "nosuchuser"}
 QUERIES: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("GET", "/api/instances"): [("all", "true")],
     ("GET", "/oauth/authorize"): [("client_id", "nosuchclient"), ("response_type", "code")],

@@ -332,7 +332,7 @@ def test_configuration_defaults_and_overrides(tmp_path):
         "DIT4C_ADMIN_PASSWORD": "s3cret-enough",
     })
     assert config.portal_url == "http://localhost:18000"
-    assert config.pod_tunnel_url == "ws://host.docker.internal:18080/.dit4c/tunnel"
+    assert config.pod_tunnel_url("10.9.0.1") == "ws://10.9.0.1:18080/.dit4c/tunnel"
     assert config.docker_labels == {"a": "1", "b": "2"}
     assert config.admin_password == "s3cret-enough"
 

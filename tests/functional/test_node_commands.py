@@ -1,18 +1,27 @@
-"""``python -m node_daemon join|run`` as a user runs them, against the real control plane on
-loopback (its API over moto's server mode: tests.support.control_plane)."""
+"""``dit4c-node join|run|status`` (``python -m node_daemon``) as a user runs them, against the
+real control plane on loopback (its API over moto's server mode: tests.support.control_plane)
+and this machine's Docker engine (``join`` checks that one answers before spending a token).
+
+Bad input and failure: a used, expired or revoked token, a wrong portal URL, a portal that is
+down, no Docker engine, a pinned helpers digest the portal does not publish, a helpers image
+that cannot be pulled after enrolment: each is one line naming what to do, a non-zero exit, no
+node left in the portal and no identity on disk."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from control_plane import services
 from protocol.tokens import SigningKey, thumbprint
 from tests.support.control_plane import ControlPlane, control_plane
 
@@ -40,11 +49,11 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize("command", [[], ["join"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["join"], ["run"], ["status"]])
 def test_help(command: list[str]):
     done = node(*command, "--help")
     assert done.returncode == 0, done.stderr
-    assert "usage: python -m node_daemon" in done.stdout
+    assert "usage: dit4c-node" in done.stdout
     if command == ["join"]:
         assert "--portal" in done.stdout and "--token" in done.stdout
     if command == ["run"]:
@@ -79,8 +88,10 @@ def test_join_with_a_used_token_fails_and_writes_nothing(portal: ControlPlane, t
     done = node("join", "--portal", portal.url, "--token", token,
                 "--data-dir", str(tmp_path / "second"))
     assert done.returncode == 1
-    assert "refused" in done.stderr and "401" in done.stderr
-    assert "join token is unknown or already used" in done.stderr
+    assert done.stderr.startswith("join: the portal refused the join token: ")
+    assert "join token is unknown, used or revoked; ask an admin for a new join command" \
+        in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "second" / "node.json").exists()
 
 
@@ -96,17 +107,100 @@ def test_join_twice_keeps_the_first_identity(portal: ControlPlane, tmp_path: Pat
     assert ((data / "node.json").read_text(), (data / "node-key.pem").read_text()) == before
 
 
+def nodes_in(portal: ControlPlane) -> set[str]:
+    return {n.node_id for n in portal.services.nodes.in_cluster(portal.cluster_id)}
+
+
+def refused(portal: ControlPlane, tmp_path: Path, *args: str, token: str | None = None,
+            env: dict[str, str] | None = None) -> str:
+    """Run a join that must fail: its one line, after checking it left nothing behind."""
+    before = nodes_in(portal)
+    data = tmp_path / "node"
+    done = node("join", "--portal", portal.url, "--token", token or portal.new_join_token(),
+                "--data-dir", str(data), *args, env=env)
+    assert done.returncode == 1, done
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert nodes_in(portal) == before
+    assert not (data / "node.json").exists() and not (data / "node-key.pem").exists()
+    return done.stderr
+
+
 def test_join_to_an_unreachable_portal_says_so(tmp_path: Path):
     done = node("join", "--portal", "http://127.0.0.1:9", "--token", "t",
                 "--data-dir", str(tmp_path / "node"))
     assert done.returncode == 1
-    assert "cannot reach http://127.0.0.1:9/api/nodes/enroll" in done.stderr
+    assert done.stderr.startswith("join: cannot reach the portal at http://127.0.0.1:9: check "
+                                  "the URL (copy the join command again")
+
+
+def test_join_to_a_url_that_is_no_portal_says_so(portal: ControlPlane, tmp_path: Path):
+    done = node("join", "--portal", portal.url + "/not-here", "--token", "t",
+                "--data-dir", str(tmp_path / "node"))
+    assert done.returncode == 1
+    assert f"{portal.url}/not-here is not a dit4c portal" in done.stderr
+
+
+def test_join_with_an_expired_or_revoked_token_fails(portal: ControlPlane, tmp_path: Path):
+    nodes = portal.services.nodes
+    expired = portal.new_join_token()
+    nodes.tokens.update({"token_key": "join:" + hashlib.sha256(expired.encode()).hexdigest()},
+                        "SET expires_at = :e", vals={":e": int(time.time()) - 1})
+    assert "join token expired; ask an admin" in refused(portal, tmp_path, token=expired)
+    revoked = nodes.create_join_token(portal.cluster_id)
+    nodes.revoke_join_token(portal.cluster_id, revoked.id)
+    assert "join token is unknown, used or revoked" in refused(portal, tmp_path,
+                                                               token=revoked.token)
+
+
+def test_join_without_a_docker_engine_keeps_the_token(portal: ControlPlane, tmp_path: Path):
+    token = portal.new_join_token()
+    message = refused(portal, tmp_path, token=token,
+                      env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert f"no Docker engine answers at unix://{tmp_path}/no-docker.sock" in message
+    assert "start Docker" in message
+    listed = portal.services.nodes.join_tokens(portal.cluster_id)
+    assert hashlib.sha256(token.encode()).hexdigest() in {g.token_id for g in listed}
+
+
+def test_join_pinning_another_helpers_digest_keeps_the_token(portal: ControlPlane,
+                                                             tmp_path: Path):
+    message = refused(portal, tmp_path, "--helpers-digest", "sha256:" + "0" * 64)
+    assert "pins the helpers image sha256:000" in message and "publishes none" in message
+    assert "copy the join command again" in message
+
+
+def test_a_helpers_image_that_cannot_be_pulled_withdraws_the_node(portal: ControlPlane,
+                                                                  tmp_path: Path):
+    digest = "sha256:" + "ab" * 32
+    try:
+        with control_plane(settings={
+                "DIT4C_HELPERS_IMAGE": f"127.0.0.1:9/dit4c/helpers:0.1.0@{digest}"}) as other:
+            token = other.new_join_token()
+            assert other.services.nodes.join_command(token).endswith(
+                f"--token {token} --helpers-digest {digest} && dit4c-node run")
+            message = refused(other, tmp_path, "--helpers-digest", digest, token=token)
+            assert "the node was withdrawn from the portal" in message
+            assert nodes_in(other) == set()
+    finally:
+        services.use(portal.services)  # one control plane per process: the module's again
+
+
+def test_status_says_what_answers(joined: Path, portal: ControlPlane):
+    done = node("status", "--data-dir", str(joined))
+    assert done.returncode == 1  # no daemon runs
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    assert set(lines) == {"node", "portal", "daemon", "docker", "helpers", "pods"}
+    assert f"{portal.url} answers" in lines["portal"]
+    assert "not running" in lines["daemon"]
+    assert "0 instance(s)" in lines["pods"]
+    missing = node("status", "--data-dir", str(joined.parent / "nothing"))
+    assert missing.returncode == 1 and "not joined" in missing.stdout
 
 
 def test_run_before_join_says_what_to_do(tmp_path: Path):
     done = node("run", "--data-dir", str(tmp_path / "nothing"))
     assert done.returncode == 2
-    assert "run `python -m node_daemon join" in done.stderr
+    assert "run `dit4c-node join" in done.stderr
 
 
 @pytest.mark.parametrize(("variable", "value", "message"), [

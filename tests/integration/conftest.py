@@ -55,6 +55,13 @@ def tool_image(image_builder: ImageBuilder) -> str:
 
 
 @pytest.fixture(scope="session")
+def node_image(image_builder: ImageBuilder) -> str:
+    """The node daemon's image (``make dist``'s wheel on the helper base)."""
+    image_builder.ensure([images.HELPER_BASE, images.NODE])
+    return images.NODE
+
+
+@pytest.fixture(scope="session")
 def helpers_image(image_builder: ImageBuilder) -> str:
     """This checkout's helpers image by its recipe tag (``dit4c/helpers:r-<recipe>``): on a
     shared engine another checkout may move ``dit4c/helpers:dev`` to its own code mid-run."""

@@ -64,6 +64,7 @@ def system(tmp_path_factory, unique_name, run_labels, *, tool_image, helpers_ima
         "DIT4C_DATA_DIR": str(data_dir), "DIT4C_PORTAL_PORT": str(free_port()),
         "DIT4C_ROUTER_PORT": str(free_port()), "DIT4C_AWS_PORT": str(free_port()),
         "DIT4C_STACK_NAME": "dit4c-auth-test", "DIT4C_ADMIN_PASSWORD": PASSWORD,
+        "DIT4C_PUBLISH_HELPERS": "0",
         "DIT4C_NODE_PODS_NETWORK": unique_name("pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_NODE_HEARTBEAT_SECONDS": "2",

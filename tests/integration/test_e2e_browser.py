@@ -237,3 +237,69 @@ def test_saving_sharing_exporting_and_deleting_in_the_portal(stack, browser, lau
     page.once("dialog", lambda dialog: dialog.accept())
     page.click(f"{card} button[data-action=delete]")
     page.wait_for_selector(card, state="detached", timeout=WAIT_MS)
+
+
+def test_nodes_page_join_tokens_and_node_actions(stack, browser, launched):
+    """An admin makes a join token on the Nodes page, copies its one-line command (this
+    portal's URL filled in), sees it listed without its secret and revokes it; the stack's own
+    node is listed with its capacity, heartbeat, version and helpers, and is drained and
+    activated from its row. Bob, no admin, has no Nodes page."""
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack["portal"])
+    try:
+        page = context.new_page()
+        page.goto(stack["portal"] + "/")
+        log_in(page, "admin", stack["password"])
+        page.wait_for_selector("#view-instances:not([hidden])", timeout=WAIT_MS)
+        page.click("#nav-nodes")
+        page.wait_for_selector("#view-nodes:not([hidden])")
+        cluster = "[data-cluster=default]"
+        node = page.wait_for_selector(f"{cluster} tr[data-node]", timeout=WAIT_MS)
+        assert node is not None
+        text = node.inner_text()
+        assert "online" in text and " s ago" in text and "CPU" in text and "MB" in text
+        assert re.search(r"\d+\.\d+\.\d+", text)  # the daemon's version
+
+        page.select_option(f"{cluster} select[name=hours]", "1")
+        page.click(f"{cluster} button[data-action=new-join-token]")
+        box = page.wait_for_selector(f"{cluster} [data-testid=join-command]")
+        assert box is not None
+        command = box.input_value()
+        assert re.fullmatch(rf"dit4c-node join --portal {re.escape(stack['portal'])} "
+                            r"--token djt_[A-Za-z0-9_-]{43}( --helpers-digest sha256:[0-9a-f]{64})?"
+                            r" && dit4c-node run", command), command
+        page.click(f"{cluster} button[data-action=copy-join-command]")
+        assert page.evaluate("navigator.clipboard.readText()") == command
+        token = command.split("--token ")[1].split()[0]
+        listed = page.wait_for_selector(f"{cluster} tr[data-join-token]")
+        assert listed is not None
+        assert token not in (page.text_content("#clusters") or "")
+        page.wait_for_timeout(2500)  # a poll later, the command is still there
+        assert page.input_value(f"{cluster} [data-testid=join-command]") == command
+        page.click(f"{cluster} tr[data-join-token] button[data-action=revoke-join-token]")
+        page.wait_for_selector(f"{cluster} [data-testid=no-join-tokens]", timeout=WAIT_MS)
+        page.wait_for_selector(f"{cluster} [data-testid=join-command]", state="detached")
+
+        row = f"{cluster} tr[data-node]"
+        page.click(f"{row} button[data-action=drain]")
+        page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('draining')")
+        page.click(f"{row} button[data-action=activate]")
+        page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('active')")
+        # Last of this module's tests: the stack's only node goes for good.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click(f"{row} button[data-action=decommission]")
+        page.wait_for_selector(f"{row} [data-testid=node-state]:has-text('decommissioned')")
+        assert page.locator(f"{row} button").count() == 0
+    finally:
+        context.close()
+    other = browser.new_context()
+    try:
+        bob = other.new_page()
+        bob.goto(stack["portal"] + "/")
+        log_in(bob, "bob", "bob-password-1")
+        bob.wait_for_selector("#view-instances:not([hidden])", timeout=WAIT_MS)
+        assert bob.is_hidden("#nav-nodes")
+        bob.goto(stack["portal"] + "/#/nodes")
+        bob.wait_for_selector("#view-instances:not([hidden])")
+    finally:
+        other.close()

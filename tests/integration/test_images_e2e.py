@@ -59,6 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, unique_name: Callable[[str],
     env.update({
         "DIT4C_DATA_DIR": str(tmp_path_factory.mktemp("images-e2e") / "data"),
         "DIT4C_STACK_NAME": "dit4c-images",
+        "DIT4C_PUBLISH_HELPERS": "0",  # only test_home_node needs it
         "DIT4C_ADMIN_PASSWORD": "admin-images-password",
         "DIT4C_NODE_PODS_NETWORK": unique_name("img-pods"),
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in run_labels.items()),

@@ -1,11 +1,11 @@
-"""The node daemon deployed as a container (docs/node-daemon.md, "As a container"): the
-engine's socket mounted, a data volume, the host's network; it runs pods, SIGTERM stops it
+"""The node daemon deployed as a container (docs/node-daemon.md, "As a container"): the image
+``make images`` builds (``dit4c/node:dev``: the node wheel in a virtualenv on the helper base),
+the engine's socket mounted, a data volume, the host's network; it runs pods, SIGTERM stops it
 and leaves them running, and a new container adopts them."""
 
 from __future__ import annotations
 
 import os
-import sysconfig
 import time
 import urllib.request
 import uuid
@@ -17,7 +17,6 @@ import pytest
 
 from protocol import pod
 from protocol.messages import DiscardInstance
-from scripts import images
 from tests.support.control_plane import ControlPlane, control_plane
 from tests.support.node import (
     EventLog,
@@ -28,7 +27,6 @@ from tests.support.node import (
 pytestmark = [pytest.mark.docker]
 
 SOCKET = "/var/run/docker.sock"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -39,29 +37,23 @@ def portal() -> Iterator[ControlPlane]:
 
 
 @pytest.mark.timeout(180)
-def test_the_daemon_runs_as_a_container_with_the_socket_mounted(
+def test_the_daemon_runs_as_a_container_with_the_socket_mounted(  # noqa: PLR0917 - fixtures
         tmp_path: Path, portal: ControlPlane, docker_client: docker.DockerClient,
-        node_settings: dict[str, str], tool_image: str):
+        node_settings: dict[str, str], tool_image: str, node_image: str):
     if os.environ.get("DOCKER_HOST", f"unix://{SOCKET}") != f"unix://{SOCKET}":
         pytest.skip("the engine is not on the default socket")
     client = docker_client
     joined = NodeProcess(portal, tmp_path / "node", node_settings)
     joined.join()
-    # Our repository and its pinned packages, on the helper base image's Python 3.11: the
-    # same files a built image would hold, with no registry needed to make it.
-    site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
 
     def run_container() -> docker.models.containers.Container:
         return client.containers.run(
-            images.HELPER_BASE, ["python3", "-m", "node_daemon", "run"], detach=True,
-            name=f"dit4c-test-node-{uuid.uuid4().hex[:8]}", network_mode="host", user="root",
-            working_dir="/opt/dit4c", labels=dict(settings_labels(node_settings)),
+            node_image, ["run"], detach=True,
+            name=f"dit4c-test-node-{uuid.uuid4().hex[:8]}", network_mode="host",
+            labels=dict(settings_labels(node_settings)),
             volumes={SOCKET: {"bind": SOCKET, "mode": "rw"},
-                     str(REPO): {"bind": "/opt/dit4c", "mode": "ro"},
-                     str(site_packages): {"bind": "/opt/deps", "mode": "ro"},
                      str(joined.data_dir): {"bind": "/var/lib/dit4c-node", "mode": "rw"}},
             environment={**{k: v for k, v in node_settings.items() if k.startswith("DIT4C_")},
-                         "PYTHONPATH": "/opt/dit4c:/opt/deps",
                          # The host's network: never the default port another node may hold.
                          "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",
                          "DIT4C_NODE_DATA_DIR": "/var/lib/dit4c-node",

@@ -45,6 +45,7 @@ def stack_settings(data_dir: Path, pods_network: str, labels: dict[str, str],
         "DIT4C_AWS_PORT": str(free_port()),
         "DIT4C_REGISTRY_PORT": str(free_port()),
         "DIT4C_STACK_NAME": "dit4c-test",
+        "DIT4C_PUBLISH_HELPERS": "0",  # only the home-node test needs it (it sets 1)
         "DIT4C_NODE_PODS_NETWORK": pods_network,
         "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
         "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0",

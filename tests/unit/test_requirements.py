@@ -115,9 +115,11 @@ def test_inconsistent_groups_are_refused(groups: dict[str, list[str]], message: 
 def test_groups_include_each_other_once():
     groups = {"base": ["x==1"], "one": ["dit4c[base]", "y==2"], "all": ["dit4c[one,base]"]}
     assert requirements.expand(groups, "all") == {"x": "x==1", "y": "y==2"}
-    written = requirements.render({**groups, "control-plane": ["dit4c[base]"]})
+    written = requirements.render({**groups, "control-plane": ["dit4c[base]"],
+                                   "node": ["dit4c[one]"]})
     assert written["requirements.txt"].splitlines()[2:] == ["x==1"]
     assert written["requirements-dev.txt"].splitlines()[3:] == ["-r requirements.txt", "y==2"]
+    assert written["requirements-node.txt"].splitlines()[2:] == ["x==1", "y==2"]
 
 
 def test_one_group_is_printed_for_an_image_build(capsys: pytest.CaptureFixture[str]):
@@ -130,6 +132,8 @@ def test_one_group_is_printed_for_an_image_build(capsys: pytest.CaptureFixture[s
 
 def test_a_stale_file_is_reported(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text(
-        '[project.optional-dependencies]\n"control-plane" = ["x==1"]\ndev = ["y==2"]\n')
+        '[project.optional-dependencies]\n"control-plane" = ["x==1"]\ndev = ["y==2"]\n'
+        'node = ["z==3"]\n')
     (tmp_path / "requirements.txt").write_text("x==1\n")
-    assert requirements.stale(tmp_path) == ["requirements.txt", "requirements-dev.txt"]
+    assert requirements.stale(tmp_path) == ["requirements.txt", "requirements-dev.txt",
+                                            "requirements-node.txt"]
