@@ -432,12 +432,16 @@ class ImageBuilder:
             self.client.images.get(name).tag(repository, tag)
         return tagged
 
-    def helpers(self, force: bool = False) -> Result:
-        started = time.monotonic()
+    def base_id(self) -> str:
+        """The id of the helpers' base image, which every image built FROM it is pinned to."""
         try:
-            base_id = self.client.images.get(images.HELPER_BASE).id
+            return str(self.client.images.get(images.HELPER_BASE).id)
         except docker.errors.ImageNotFound as exc:
             raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+
+    def helpers(self, force: bool = False) -> Result:
+        started = time.monotonic()
+        base_id = self.base_id()
         context = self.helpers_context()
         return self._build(images.HELPERS, _sha256(context, base_id), context, force, started)
 
@@ -482,10 +486,7 @@ class ImageBuilder:
 
     def jupyterlab(self, force: bool = False) -> Result:
         started = time.monotonic()
-        try:
-            base_id = self.client.images.get(images.HELPER_BASE).id
-        except docker.errors.ImageNotFound as exc:
-            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        base_id = self.base_id()
         recipe = _sha256(JUPYTERLAB_REQUIREMENTS.read_bytes(), base_id, JUPYTERLAB_INSTALL,
                          *JUPYTERLAB_CHANGES)
         if not force and self.current_recipe(images.JUPYTERLAB) == recipe:
@@ -536,10 +537,7 @@ class ImageBuilder:
 
     def router(self, force: bool = False) -> Result:
         started = time.monotonic()
-        try:
-            base_id = self.client.images.get(images.HELPER_BASE).id
-        except docker.errors.ImageNotFound as exc:
-            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        base_id = self.base_id()
         context = self.router_context(self.router_wheels())
         recipe = _sha256(context, base_id)
         return self._build(images.ROUTER, recipe, context, force, started)
@@ -558,10 +556,7 @@ class ImageBuilder:
 
     def node(self, force: bool = False) -> Result:
         started = time.monotonic()
-        try:
-            base_id = self.client.images.get(images.HELPER_BASE).id
-        except docker.errors.ImageNotFound as exc:
-            raise BuildError(f"{images.HELPER_BASE} is missing: build it first") from exc
+        base_id = self.base_id()
         # The recipe is the sources: the wheel and its context are made only to build.
         recipe = _sha256(self.node_sources(), base_id)
         if not force and self.current_recipe(images.NODE) == recipe:
