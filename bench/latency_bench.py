@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import socket
 import statistics
 import sys
@@ -43,8 +44,9 @@ from pathlib import Path
 from moto import mock_aws
 
 from bench.auth_bench import sign_in, wait_for
+from bench.router_bench import cpu_seconds
 from bench.tools import Processes
-from protocol import pod
+from protocol import heap, pod
 from protocol.tokens import tunnel_claims
 from protocol.tunnel import TUNNEL_PATH
 from tests.ports import free_port
@@ -140,6 +142,8 @@ class Way:
     port: int
     host: str
     cookie: str | None = None
+    pids: tuple[int, ...] = ()
+    """The processes on this way (the tool's included): their CPU under load is reported."""
 
     def head_lines(self) -> bytes:
         cookie = f"Cookie: dit4c-auth={self.cookie}\r\n" if self.cookie else ""
@@ -233,26 +237,33 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
 
 
+def path_cpu(way: Way) -> float:
+    """CPU seconds used so far by the way's processes and this client."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return cpu_seconds(list(way.pids)) + own.ru_utime + own.ru_stime
+
+
 def start_path(procs: Processes, portal: PortalHarness, portal_url: str
                ) -> list[Way]:
     """The tool, the auth helper alone, the router, a listener straight to the tool and one
     with the auth helper in its process (as in a pod); the four ways to the tool."""
     env = {"PYTHONPATH": str(ROOT)}
-    procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool", "127.0.0.1", "0"],
-                env, ROOT)
+    pid = {"tool": procs.start("tool", [sys.executable, "-m", "tests.support.echo_tool",
+                                        "127.0.0.1", "0"], env, ROOT).pid}
     tool_port = int(wait_for(procs.log("tool"), r"listening (\d+)").group(1))
     helper = helper_env(portal, "w", listen="127.0.0.1:0",
                         upstream=f"http://127.0.0.1:{tool_port}", token_base=portal_url)
-    procs.start("helper", [sys.executable, "-m", "helpers.auth"], {**env, **helper}, ROOT)
+    pid["helper"] = procs.start("helper", [sys.executable, "-m", "helpers.auth"],
+                                {**env, **helper}, ROOT).pid
     helper_port = int(wait_for(procs.log("helper"),
                                r"listening on 127\.0\.0\.1:(\d+)").group(1))
     router_port = free_port()
-    procs.start("router", [sys.executable, "-m", "edge_router"], {
+    pid["router"] = procs.start("router", [sys.executable, "-m", "edge_router"], {
         **env, "DIT4C_ROUTER_DOMAIN": DOMAIN, "DIT4C_ROUTER_ACCESS_LOG": "0",
         "DIT4C_ROUTER_JWKS_URL": f"{portal_url}/.well-known/jwks.json",
         "DIT4C_ROUTER_LISTEN": f"127.0.0.1:{router_port}",
         # The load phase's sessions and connections all come from this one address.
-        "DIT4C_ROUTER_MAX_STREAMS_PER_CLIENT": "256"}, ROOT)
+        "DIT4C_ROUTER_MAX_STREAMS_PER_CLIENT": "256"}, ROOT).pid
     wait_for(procs.log("router"), r"edge router for")
     pod_helper = helper_env(portal, "p", listen="127.0.0.1:0",
                             upstream=f"http://127.0.0.1:{tool_port}", token_base=portal_url)
@@ -261,10 +272,11 @@ def start_path(procs: Processes, portal: PortalHarness, portal_url: str
         hostname = f"{instance}.{DOMAIN}"
         token = portal.signer.sign(tunnel_claims(issuer=PORTAL, instance_id=instance,
                                                  hostname=hostname))
-        procs.start(f"listener-{instance}", [sys.executable, "-m", "helpers.listener"], {
+        pid[instance] = procs.start(f"listener-{instance}", [
+            sys.executable, "-m", "helpers.listener"], {
             **env, pod.ENV_TUNNEL_TOKEN: token, pod.ENV_HOSTNAME: hostname,
             pod.ENV_ROUTER_URLS: f"ws://127.0.0.1:{router_port}{TUNNEL_PATH}", **upstream},
-            ROOT)
+            ROOT).pid
         wait_for(procs.log(f"listener-{instance}"), r"tunnel to .* up")
     pod_port = int(wait_for(procs.log("listener-p"),
                             r"listening on 127\.0\.0\.1:(\d+)").group(1))
@@ -272,11 +284,13 @@ def start_path(procs: Processes, portal: PortalHarness, portal_url: str
              f"w.{DOMAIN}": ("127.0.0.1", helper_port), f"p.{DOMAIN}": ("127.0.0.1", pod_port)}
     alone, in_pod = (asyncio.run(sign_in(hosts, name, "/small")) for name in ("w", "p"))
     return [
-        Way("direct to the tool", tool_port, "127.0.0.1"),
-        Way("auth helper alone", helper_port, f"w.{DOMAIN}", alone),
-        Way("router + tunnel + listener", router_port, f"t.{DOMAIN}"),
+        Way("direct to the tool", tool_port, "127.0.0.1", pids=(pid["tool"],)),
+        Way("auth helper alone", helper_port, f"w.{DOMAIN}", alone,
+            (pid["tool"], pid["helper"])),
+        Way("router + tunnel + listener", router_port, f"t.{DOMAIN}",
+            pids=(pid["tool"], pid["router"], pid["t"])),
         Way("router + tunnel + listener with the auth helper (a pod)", router_port,
-            f"p.{DOMAIN}", in_pod),
+            f"p.{DOMAIN}", in_pod, (pid["tool"], pid["router"], pid["p"])),
     ]
 
 
@@ -298,11 +312,17 @@ def main() -> int:
                 ways = start_path(procs, portal, portal_url)
                 for way in ways:
                     print(f"measuring {way.name} ...", file=sys.stderr)
+                    # The client's own full collections (moto and boto3 loaded: ~75,000
+                    # objects, 46 ms a pass) stalled whichever way was measured 4th: not the
+                    # way's time (protocol.heap; the servers freeze theirs the same way).
+                    heap.freeze()
                     one_by_one = asyncio.run(sequential(way, args.round_trips, args.quickack))
+                    cpu_before, wall_before = path_cpu(way), time.monotonic()
                     under_load = asyncio.run(open_loop(way, args.load_rate, args.load_seconds,
                                                        args.quickack))
+                    cores = (path_cpu(way) - cpu_before) / (time.monotonic() - wall_before)
                     rows.append((way.name, {k: percentiles(v) for k, v in one_by_one.items()},
-                                 {k: percentiles(v) for k, v in under_load.items()}))
+                                 {k: percentiles(v) for k, v in under_load.items()}, cores))
         except Exception:
             procs.report()
             raise
@@ -314,19 +334,19 @@ def main() -> int:
           f"connections for {args.load_seconds:g} s; client quick ACK "
           f"{'on' if args.quickack else 'off'}\n")
     print("| path | WS p50 ms | WS p99 ms | WS p99 loaded ms | HTTP p50 ms | HTTP p99 ms "
-          "| HTTP p99 loaded ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    _, direct, direct_loaded = rows[0]
+          "| HTTP p99 loaded ms | CPU under load (cores, client included) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    _, direct, direct_loaded, _ = rows[0]
 
     def cell(value: float, base: float) -> str:
         return f"{value:.2f}" if value == base else (
             f"{value:.2f} ({value / base:.2f}x, {value - base:+.2f})")
 
-    for name, quiet, loaded in rows:
+    for name, quiet, loaded, cores in rows:
         print(f"| {name} | {cell(quiet['ws'][0], direct['ws'][0])} | {quiet['ws'][1]:.2f} "
               f"| {cell(loaded['ws'][1], direct_loaded['ws'][1])} "
               f"| {cell(quiet['http'][0], direct['http'][0])} | {quiet['http'][1]:.2f} "
-              f"| {cell(loaded['http'][1], direct_loaded['http'][1])} |")
+              f"| {cell(loaded['http'][1], direct_loaded['http'][1])} | {cores:.2f} |")
     print("\n(p50 and loaded p99: ratio to direct and difference in ms in brackets)")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import ssl
 import time
@@ -29,6 +30,7 @@ from edge_router.revocations import RevocationList, http_list
 from edge_router.routes import RouteTable
 from edge_router.tls import Certificates
 from edge_router.tunnels import TunnelEndpoint
+from protocol import heap
 from protocol.tunnel import DEFAULT_WINDOW
 
 log = logging.getLogger("dit4c.router")
@@ -147,6 +149,9 @@ class Router:
             "tunnels": ("Connected tunnels", lambda: float(self.routes.tunnel_count)),
             "streams": ("Open streams over all tunnels",
                         lambda: float(self.routes.stream_count)),
+            "heap_frozen_objects": ("Objects the garbage collector's full passes skip "
+                                    "(frozen after start-up: protocol.heap)",
+                                    lambda: float(gc.get_freeze_count())),
         }))
 
         async def metrics(request: web.Request) -> web.Response:
@@ -206,6 +211,7 @@ async def run(config: RouterConfig, until: Callable[[Router], Awaitable[None]]) 
     """Start a router, wait for ``until(router)`` (which may act on it: signals), stop it."""
     router = Router(config)
     await router.start()
+    heap.freeze()
     try:
         await until(router)
     finally:

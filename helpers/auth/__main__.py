@@ -11,6 +11,7 @@ from helpers.auth.app import AuthHelper
 from helpers.auth.config import AuthConfig
 from helpers.auth.errors import ConfigError
 from helpers.auth.server import AuthServer
+from protocol import heap
 
 log = logging.getLogger("dit4c.auth")
 
@@ -22,6 +23,7 @@ async def serve(config: AuthConfig) -> None:
         for host, port in server.addresses:
             # Tests start the helper on port 0 and read the real port from this line.
             log.info("auth helper listening on %s:%s", host, port)
+        heap.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,6 +31,7 @@ from helpers.listener.links import session as links_session
 from helpers.listener.sandbox import Sandbox, stdin_reader
 from helpers.listener.tokens import TunnelToken
 from helpers.listener.tokens import write as write_token
+from protocol import heap
 from protocol.errors import TokenError
 from protocol.pod import (
     ENV_AUTH_UPSTREAM,
@@ -134,6 +135,7 @@ async def run(token: TunnelToken, urls: list[str], hostname: str,
               upstream: tuple[str, int] | AuthConfig) -> None:
     stop = stop_on_signals()
     listener = await Listener.start(token, urls, hostname, upstream)
+    heap.freeze()
     try:
         await stop.wait()
     finally:
@@ -143,12 +145,15 @@ async def run(token: TunnelToken, urls: list[str], hostname: str,
 async def start_from(env: Mapping[str, str]) -> Listener:
     """A listener started from settings (a pooled one's bind merged over its environment)."""
     token, urls, hostname, upstream = settings(dict(env))
-    return await Listener.start(token, urls, hostname, upstream)
+    listener = await Listener.start(token, urls, hostname, upstream)
+    heap.freeze()  # again: the bind made the auth gate, the links and their sessions
+    return listener
 
 
 async def run_sandbox(env: Mapping[str, str]) -> None:
     stop = stop_on_signals()
     warm_up()
+    heap.freeze()
     await Sandbox(env, start_from).run(await stdin_reader(), stop)
 
 
