@@ -34,6 +34,7 @@ import re
 import resource
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -65,9 +66,11 @@ def quick_ack(sock: socket.socket) -> None:
 
 
 def masked_text(text: bytes) -> bytes:
-    assert len(text) < 126
-    return bytes((0x81, 0x80 | len(text))) + MASK + bytes(
-        b ^ MASK[i % 4] for i, b in enumerate(text))
+    """One client (masked) text frame; up to 64 KiB."""
+    size = len(text)
+    head = bytes((0x81, 0x80 | size)) if size < 126 else (
+        bytes((0x81, 0x80 | 126)) + struct.pack("!H", size))
+    return head + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(text))
 
 
 class Client(asyncio.Protocol):

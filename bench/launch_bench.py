@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -39,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,20 +239,26 @@ def timeline(client: docker.DockerClient, logs: Path, launch: Launch) -> str:
     return render(steps, launch.began)
 
 
-async def rounds(env: dict[str, str], client: docker.DockerClient, tools: list[Tool],
-                 launches: int, labels: dict[str, str], *, timelines: dict[str, str] | None
-                 ) -> dict[str, tuple[list[float], list[float], list[float]]]:
+async def owner(env: dict[str, str]) -> tuple[Api, Browser, dict[str, tuple[str, int]]]:
+    """``alice``, made by the admin, over the API and in her browser (signed in at the portal:
+    a user launching from the portal is), and the browser's resolver."""
     portal = f"http://127.0.0.1:{env['DIT4C_PORTAL_PORT']}"
     admin = Api(portal, "admin", PASSWORD)
     admin.call("POST", "/api/users", {"username": "alice", "password": PASSWORD})
-    alice = Api(portal, "alice", PASSWORD)
-    catalog = {i["image"]: i["id"] for i in alice.call("GET", "/api/images")["images"]}
-    router_port = int(env["DIT4C_ROUTER_PORT"])
     hosts = {"localhost": ("127.0.0.1", int(env["DIT4C_PORTAL_PORT"]))}
     browser = Browser(hosts, "alice", PASSWORD)
+    await browser.get(f"http://localhost:{env['DIT4C_PORTAL_PORT']}/login?next=/")
+    return Api(portal, "alice", PASSWORD), browser, hosts
+
+
+async def rounds(env: dict[str, str], client: docker.DockerClient, tools: list[Tool],
+                 launches: int, labels: dict[str, str], *, timelines: dict[str, str] | None
+                 ) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    alice, browser, hosts = await owner(env)
+    catalog = {i["image"]: i["id"] for i in alice.call("GET", "/api/images")["images"]}
+    router_port = int(env["DIT4C_ROUTER_PORT"])
     results: dict[str, tuple[list[float], list[float], list[float]]] = {}
     try:
-        await browser.get(f"http://localhost:{env['DIT4C_PORTAL_PORT']}/login?next=/")
         for tool in tools:
             bares: list[float] = []
             pods: list[float] = []
@@ -280,6 +288,46 @@ async def rounds(env: dict[str, str], client: docker.DockerClient, tools: list[T
     return results
 
 
+@contextlib.contextmanager
+def local_stack(client: docker.DockerClient, *, sandboxes: int = 1,
+                stack_log: Path | None = None
+                ) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """``python -m infra.local run`` on free ports with its own data directory and pods
+    network, ready: yields its environment and the labels of everything the bench makes (all
+    removed at the end). Prints the stack's output if the body fails."""
+    built = {result.name: result for result in ImageBuilder(client).ensure(images.ALL)}
+    # By its recipe tag: another checkout on this engine may move dit4c/helpers:dev meanwhile.
+    helpers_image = pinned(images.HELPERS, built[images.HELPERS].recipe)
+    run_id = uuid.uuid4().hex[:10]
+    labels = {"dit4c.bench": run_id}
+    network = f"dit4c-bench-{run_id}"
+    ensure_pods_network(client, network, labels)
+    with tempfile.TemporaryDirectory(prefix="dit4c-bench-stack-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
+        env.update({
+            "DIT4C_DATA_DIR": str(Path(tmp) / "data"), "DIT4C_STACK_NAME": "dit4c-bench",
+            "DIT4C_PUBLISH_HELPERS": "0",
+            "DIT4C_PORTAL_PORT": str(free_port()), "DIT4C_ROUTER_PORT": str(free_port()),
+            "DIT4C_AWS_PORT": str(free_port()), "DIT4C_ADMIN_PASSWORD": PASSWORD,
+            "DIT4C_NODE_PODS_NETWORK": network, "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
+            "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
+            "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_ROUTER_ACCESS_LOG": "0",
+            "DIT4C_NODE_SANDBOXES": str(sandboxes),
+        })
+        stack = StackProcess(env)
+        try:
+            stack.wait_ready()
+            yield env, labels
+        except Exception:
+            print(stack.output()[-5000:], file=sys.stderr)
+            raise
+        finally:
+            stack.kill()
+            if stack_log is not None:
+                stack_log.write_text(stack.output())
+            remove_labelled(client, f"dit4c.bench={run_id}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--launches", type=int, default=10)
@@ -293,39 +341,11 @@ def main() -> int:
     args = parser.parse_args()
     tools = [TOOLS[name] for name in args.images.split(",")]
     client = docker.from_env(timeout=120)
-    built = {result.name: result for result in ImageBuilder(client).ensure(images.ALL)}
-    # By its recipe tag: another checkout on this engine may move dit4c/helpers:dev meanwhile.
-    helpers_image = pinned(images.HELPERS, built[images.HELPERS].recipe)
-    run_id = uuid.uuid4().hex[:10]
-    labels = {"dit4c.bench": run_id}
-    network = f"dit4c-bench-{run_id}"
-    ensure_pods_network(client, network, labels)
-    with tempfile.TemporaryDirectory(prefix="dit4c-launch-bench-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DIT4C_"))}
-        env.update({
-            "DIT4C_DATA_DIR": str(Path(tmp) / "data"), "DIT4C_STACK_NAME": "dit4c-bench",
-            "DIT4C_PUBLISH_HELPERS": "0",
-            "DIT4C_PORTAL_PORT": str(free_port()), "DIT4C_ROUTER_PORT": str(free_port()),
-            "DIT4C_AWS_PORT": str(free_port()), "DIT4C_ADMIN_PASSWORD": PASSWORD,
-            "DIT4C_NODE_PODS_NETWORK": network, "DIT4C_NODE_HELPERS_IMAGE": helpers_image,
-            "DIT4C_NODE_LABELS": ",".join(f"{k}={v}" for k, v in labels.items()),
-            "DIT4C_NODE_METRICS_LISTEN": "127.0.0.1:0", "DIT4C_ROUTER_ACCESS_LOG": "0",
-            "DIT4C_NODE_SANDBOXES": str(args.sandboxes),
-        })
-        stack = StackProcess(env)
-        try:
-            stack.wait_ready()
-            timelines: dict[str, str] | None = {} if args.timeline else None
-            results = asyncio.run(rounds(env, client, tools, args.launches, labels,
-                                         timelines=timelines))
-        except Exception:
-            print(stack.output()[-5000:], file=sys.stderr)
-            raise
-        finally:
-            stack.kill()
-            if args.stack_log is not None:
-                args.stack_log.write_text(stack.output())
-            remove_labelled(client, f"dit4c.bench={run_id}")
+    timelines: dict[str, str] | None = {} if args.timeline else None
+    with local_stack(client, sandboxes=args.sandboxes, stack_log=args.stack_log) as (env,
+                                                                                   labels):
+        results = asyncio.run(rounds(env, client, tools, args.launches, labels,
+                                     timelines=timelines))
     print(f"\n{args.launches} launches per image (after one warm-up), {os.cpu_count()} CPUs, "
           f"load average at the end {os.getloadavg()[0]:.2f}\n")
     print("| image | bare p50 s | bare p95 s | browser reaches the tool p50 s | p95 s "
