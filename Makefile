@@ -11,7 +11,7 @@ TEST_RUN := $(shell $(PYTHON) -c 'import uuid; print(uuid.uuid4().hex[:12])')
 endif
 # Leftovers of killed runs older than this many minutes are removed too.
 STALE_MINUTES ?= 120
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: run test venv deps images lint unit bench clean-test package checkov dist
 
