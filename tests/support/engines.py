@@ -202,8 +202,13 @@ class SecondEngine:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(10)
-        if self.block is not None and Path(f"/sys/class/net/{self.bridge}").exists():
-            _ip("link", "delete", self.bridge)
+        if self.block is not None:
+            # Its own bridge, and those of its user-defined networks (``br-<id>`` on
+            # 10.X.128.0/24s of the block): dockerd leaves them behind when it stops, and
+            # every one left takes a 10.X.0.0/16 from the next engines (50 in all).
+            for interface in _interfaces_in(self.block) | {self.bridge}:
+                if Path(f"/sys/class/net/{interface}").exists():
+                    _ip("link", "delete", interface)
         # Mounts of a killed daemon would make rmtree fail; never follow them out of root.
         _unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -270,6 +275,19 @@ def _ip(*args: str) -> None:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise EngineError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def _interfaces_in(block: ipaddress.IPv4Network) -> set[str]:
+    """Interfaces with an IPv4 address in ``block``."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        fields = line.split()  # "5: br-1234 inet 10.200.128.1/24 brd ... scope global br-1234"
+        with contextlib.suppress(IndexError, ValueError):
+            if ipaddress.ip_interface(fields[3]).ip in block:
+                found.add(fields[1])
+    return found
 
 
 def _unmount_below(root: Path) -> None:
