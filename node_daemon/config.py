@@ -162,9 +162,13 @@ class RunSettings:
     """argv of each helper role; ``DIT4C_NODE_HELPER_COMMANDS`` (JSON object) overrides some,
     e.g. to run a site's own build of a helper."""
     sandboxes: int = 0
-    """Free pod sandboxes (namespace holder + listener, ready to bind) the node keeps
-    (``DIT4C_NODE_SANDBOXES``): a launch that finds one skips the holder's and the listener's
-    start; 0 makes each launch make its own (:mod:`node_daemon.sandboxes`)."""
+    """Free pod sandboxes (namespace holder + listener + storage helper, ready to bind) the
+    node keeps (``DIT4C_NODE_SANDBOXES``): a launch that finds one skips their starts; 0 makes
+    each launch make its own (:mod:`node_daemon.sandboxes`)."""
+    sandbox_storage: bool = True
+    """Free sandboxes have a storage helper ready (``DIT4C_NODE_SANDBOX_STORAGE``, ``on`` or
+    ``off``): ``off`` saves an idle helper's memory per free sandbox on nodes whose instances
+    have no storage; a launch with storage then adds one to its sandbox."""
     upload_compression: str = "gzip"
     """How the upload helper sends new layers: ``gzip`` (level 1: half the bytes of typical
     data, for nodes on slow uplinks) or ``none`` (fastest on a fast network)."""
@@ -209,6 +213,10 @@ class RunSettings:
         if not sandboxes.isdigit() or int(sandboxes) > MAX_SANDBOXES:
             raise ConfigError(f"DIT4C_NODE_SANDBOXES must be a whole number from 0 to "
                               f"{MAX_SANDBOXES}, got {sandboxes!r}")
+        sandbox_storage = env.get("DIT4C_NODE_SANDBOX_STORAGE", "on").strip()
+        if sandbox_storage not in ("on", "off"):
+            raise ConfigError(f"DIT4C_NODE_SANDBOX_STORAGE must be on or off, "
+                              f"got {sandbox_storage!r}")
         return cls(
             data_dir=data_dir,
             pods_network=pick("pods_network", "DIT4C_NODE_PODS_NETWORK", PODS_NETWORK),
@@ -239,4 +247,5 @@ class RunSettings:
                              **parse_helper_commands(env.get("DIT4C_NODE_HELPER_COMMANDS", ""))},
             upload_compression=compression,
             sandboxes=int(sandboxes),
+            sandbox_storage=sandbox_storage == "on",
         )

@@ -87,7 +87,8 @@ class Daemon:
         self.pods = PodRunner(docker_client, PodSettings(
             node_id=identity.node_id, network=settings.pods_network,
             helpers_image=runnable(self.helpers_reference), labels=dict(settings.labels),
-            helper_commands=dict(settings.helper_commands), sandboxes=settings.sandboxes))
+            helper_commands=dict(settings.helper_commands), sandboxes=settings.sandboxes,
+            sandbox_storage=settings.sandbox_storage))
         self._inflight: set[asyncio.Task[None]] = set()
         self.metrics_address: str | None = None
 

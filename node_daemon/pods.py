@@ -17,9 +17,10 @@ launch itself when none is free, claimed for the instance (the holder renamed
   helper in its own process (every stream goes to the auth gate in-process, one loopback hop
   fewer; the gate also listens on ``AUTH_PORT``), and tells the node when the tool answers;
   unprivileged, all capabilities dropped;
-- ``storage`` helper when the start asks for storage: the user's storage mounted (FUSE) inside
-  the pod's storage volume, which the tool binds too (privileges, mounts and the rest:
-  :mod:`node_daemon.storage`); the tool starts once it is mounted;
+- ``storage`` helper (sandbox) when the start asks for storage: the user's storage mounted
+  (FUSE) inside the sandbox's storage volume, which the tool binds too (privileges, mounts and
+  the rest: :mod:`node_daemon.storage`), bound to the instance's storage over an attach as
+  the listener is; the tool starts once it says the storage is ready;
 - ``tool`` — the user's image with the CPU, memory and PID limits of the start command, its
   own environment only, no Docker socket, not privileged, a few capabilities only,
   ``no-new-privileges`` and a file-descriptor limit (:data:`TOOL_PRIVILEGES`). What the pod may
@@ -52,17 +53,15 @@ from node_daemon.config import DEFAULT_HELPER_COMMANDS
 from node_daemon.errors import LaunchError, PodError
 from node_daemon.network import ensure_pods_network
 from node_daemon.sandboxes import (
-    HELPER_LIMITS,
-    HELPER_SECURITY,
     LABEL_SANDBOX,
-    SANDBOX_ROLES,
     Binding,
+    BindRefused,
     Sandbox,
     SandboxPool,
     claimant,
 )
 from protocol import pod
-from protocol.messages import RegistryAccess, StartInstance
+from protocol.messages import RegistryAccess, StartInstance, StorageAccess
 
 log = logging.getLogger("dit4c.node.pods")
 
@@ -87,27 +86,12 @@ TOOL_PRIVILEGES: Mapping[str, Any] = {
 LISTENER_TMPFS: Mapping[str, str] = {
     posixpath.dirname(pod.TUNNEL_TOKEN_FILE): f"uid={pod.HELPERS_UID},mode=0700,size=64k"}
 
-PROBE_INTERVAL = 0.05
 PROBE_SLICE = 1.0
 """Seconds one wait for the listener's ``ready`` lasts before the daemon looks at the
 containers again."""
-STORAGE_SLICE = 5.0
-"""Seconds one exec waiting for the storage helper's ready file keeps trying (each is a
-Python start in the helper's container)."""
-FILE_POLL = 0.01
-"""How often that exec looks for the file: a stat, on the tool's critical path (the tool starts
-once it is there), so often."""
-
-
-# Runs in the storage container: exit 0 once the file argv[1] exists, 1 after argv[2] seconds.
-_WAIT_FILE = """
-import os, sys, time
-until = time.monotonic() + float(sys.argv[2])
-while not os.path.exists(sys.argv[1]):
-    if time.monotonic() > until:
-        sys.exit(1)
-    time.sleep(%s)
-""" % FILE_POLL  # noqa: UP031 - braces of the script would fight format()
+REBIND_SECONDS = 30.0
+"""How long the storage keeper waits for a helper to take a bind (a restarted one reads it once
+its file server's imports are done)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +122,20 @@ class PodSettings:
         default_factory=lambda: dict(DEFAULT_HELPER_COMMANDS))
     sandboxes: int = 0
     """Free pod sandboxes to keep ready (0: each launch makes its own)."""
+    sandbox_storage: bool = True
+    """Free sandboxes have a storage helper ready (False: a launch with storage adds one)."""
+
+
+@dataclass(frozen=True)
+class StorageHelper:
+    """A pod's running storage helper, as the storage keeper sees it."""
+
+    id: str
+    started_at: str
+    """When it last started (a restart changes it)."""
+    binds: bool
+    """It takes its settings by a bind (a sandbox's); False: from its environment (a helper
+    made by an earlier release), renewed by :func:`node_daemon.storage.renew`."""
 
 
 # Prints the modules among its arguments that this python3 cannot import.
@@ -190,8 +188,6 @@ def helper_env(start: StartInstance, role: str) -> dict[str, str]:
                 pod.ENV_OAUTH_AUTHORIZE_URL: start.oauth.authorize_url,
                 pod.ENV_OAUTH_TOKEN_URL: start.oauth.token_url,
                 pod.ENV_OAUTH_JWKS_URL: start.oauth.jwks_url}
-    if role == pod.ROLE_STORAGE and start.storage is not None:
-        return storage.settings_env(start.storage)
     return {}
 
 
@@ -220,7 +216,9 @@ class PodRunner:
             helpers_image=settings.helpers_image,
             listener_command=settings.helper_commands[pod.ROLE_LISTENER],
             labels=settings.labels, size=settings.sandboxes,
-            listener_options={"tmpfs": dict(LISTENER_TMPFS)})
+            listener_options={"tmpfs": dict(LISTENER_TMPFS)},
+            storage_command=(settings.helper_commands[pod.ROLE_STORAGE]
+                             if settings.sandbox_storage else None))
 
     def close(self) -> None:
         self._pulls.shutdown(wait=True)
@@ -312,27 +310,20 @@ class PodRunner:
             raise LaunchError(f"pulling {image} failed: {exc.explanation or exc}") from exc
         progress(100)
 
-    def _create(self, start: StartInstance, role: str, sandbox: Sandbox) -> PodContainer:
-        """The instance's own container ``role`` (storage, tool), joined to ``sandbox``."""
+    def _create_tool(self, start: StartInstance, sandbox: Sandbox) -> PodContainer:
+        """The tool's container, joined to ``sandbox`` (binding its storage volume)."""
+        role = pod.ROLE_TOOL
         name = container_name(start.instance_id, role)
-        common: dict[str, Any] = {
+        spec: dict[str, Any] = {
             "name": name, "labels": {**self.labels(start.instance_id, role),
                                      LABEL_SANDBOX: sandbox.id},
-            "detach": True, "privileged": False, "network_mode": f"container:{sandbox.netns}"}
-        if role == pod.ROLE_TOOL:
-            spec = {**common, "image": start.image, "environment": dict(start.env),
-                    "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
-                    "pids_limit": start.pids_limit, **TOOL_PRIVILEGES}
-            if start.storage is not None:
-                spec["mounts"] = storage.tool_mounts(self._storage_path(start.instance_id))
-        else:
-            spec = {**common, "image": self.settings.helpers_image,
-                    "command": list(self.settings.helper_commands[role]),
-                    "environment": helper_env(start, role), **HELPER_SECURITY,
-                    **HELPER_LIMITS}
-            if role == pod.ROLE_STORAGE:
-                spec.update(storage.PRIVILEGES)
-                spec["mounts"] = storage.helper_mounts(self._storage_path(start.instance_id))
+            "detach": True, "privileged": False, "network_mode": f"container:{sandbox.netns}",
+            "image": start.image, "environment": dict(start.env),
+            "nano_cpus": int(start.cpu * 1e9), "mem_limit": f"{start.memory_mb}m",
+            "pids_limit": start.pids_limit, **TOOL_PRIVILEGES}
+        if start.storage is not None:
+            spec["mounts"] = storage.tool_mounts(
+                self.sandboxes.storage_path(sandbox.id, start.instance_id))
         try:
             made = self._client.containers.create(**spec)
             return PodContainer(made.id, name, role, "created", sandbox.id)
@@ -343,15 +334,6 @@ class PodRunner:
                     return found
             raise LaunchError(f"cannot create the {role} container: "
                               f"{exc.explanation or exc}") from exc
-
-    def _storage_path(self, instance_id: str) -> str:
-        """The pod's storage volume (made if missing), by its path on the engine's host."""
-        name = container_name(instance_id, "storage")
-        try:
-            self._client.volumes.get(name)
-        except docker.errors.NotFound:
-            self._client.volumes.create(name, labels=self.labels(instance_id, pod.ROLE_STORAGE))
-        return storage.volume_path(self._client, name)
 
     def _start(self, container_id: str, role: str) -> None:
         try:
@@ -364,31 +346,35 @@ class PodRunner:
                   pulled: Future[None] | None = None
                   ) -> tuple[Future[Binding], list[Future[None]]]:
         """Claim the pod's sandbox (started if it was stopped); return a future of its bound
-        listener and futures that make and start the instance's own containers.
+        listener and futures that bind its storage helper and make and start the tool.
 
-        The bind and the instance's containers' create and start run in parallel (a launch is
-        mostly engine round trips and the listener's dial; overlapping them is most of its
-        speed), except that a tool with storage waits for the storage helper's mount (within
-        ``timeout`` of the tool's creation). ``pulled``: the pull of the tool's image, still
-        under way: the sandbox and the helpers come up meanwhile, the tool once it is done.
+        The binds and the tool's create and start run in parallel (a launch is mostly engine
+        round trips, the listener's dial and the storage's checks; overlapping them is most of
+        its speed), except that a tool with storage starts once the storage helper said its
+        mount is ready (within ``timeout``). ``pulled``: the pull of the tool's image, still
+        under way: the sandbox is bound meanwhile, the tool made once it is done.
         """
         existing = self.containers(start.instance_id)
-        sandbox = self.sandboxes.acquire(start.instance_id)
-        # Parts of a pod made before sandboxes, or joined to a sandbox since replaced.
-        stale = [c.id for c in existing.values()
-                 if c.sandbox != sandbox.id and c.role != pod.ROLE_UPLOAD]
+        sandbox = self.sandboxes.acquire(start.instance_id,
+                                         with_storage=start.storage is not None)
+        # Parts of a pod made before sandboxes, joined to a sandbox since replaced, or a
+        # storage container of the pod's own (before sandboxes had them: it takes no bind).
+        stale = [c.id for c in existing.values() if c.role != pod.ROLE_UPLOAD and (
+            c.sandbox != sandbox.id
+            or c.name == container_name(start.instance_id, pod.ROLE_STORAGE))]
         self.sandboxes.remove_containers(stale)
-        joined = [role for role in roles_for(start) if role not in SANDBOX_ROLES]
+        if start.storage is None and sandbox.storage is not None:
+            self._pool.submit(self._drop_storage, sandbox.id)  # off the launch's path
 
-        def make(role: str) -> PodContainer:
-            if role == pod.ROLE_TOOL and pulled is not None:
+        def make_tool() -> PodContainer:
+            if pulled is not None:
                 pulled.result()  # another pool: never waits on a task queued behind it
-            found = existing.get(role)
+            found = existing.get(pod.ROLE_TOOL)
             if found is not None and found.sandbox == sandbox.id:
                 return found
-            return self._create(start, role, sandbox)
+            return self._create_tool(start, sandbox)
 
-        made = {role: self._pool.submit(make, role) for role in joined}
+        tool = self._pool.submit(make_tool)
         # Containers that joined a previous run of the namespace lost it with it.
         restart_joined = sandbox.statuses[pod.ROLE_NETNS] != "running"
         if restart_joined:
@@ -411,16 +397,65 @@ class PodRunner:
                 raise
             return binding
 
-        def bring_up(role: str) -> None:
+        def bind_storage(access: StorageAccess) -> None:
+            helper = sandbox.storage
+            if helper is None:
+                helper = self.sandboxes.add_storage(sandbox, start.instance_id)
+            else:
+                start_joined(helper, sandbox.statuses[pod.ROLE_STORAGE], pod.ROLE_STORAGE)
+            self._bind_storage(helper, access, timeout, ready=True)
+
+        def bring_up_tool(storage_ready: Future[None] | None) -> None:
             # Waits only on tasks submitted before it, so the FIFO pool cannot deadlock.
-            container = made[role].result()
-            if role == pod.ROLE_TOOL and start.storage is not None:
-                made[pod.ROLE_STORAGE].result()  # else the wait may find no helper yet
-                self._await_storage(start, time.monotonic() + timeout)
-            start_joined(container.id, container.status, role)
+            container = tool.result()
+            if storage_ready is not None:
+                storage_ready.result()
+            start_joined(container.id, container.status, pod.ROLE_TOOL)
 
         binding = self._pool.submit(bind)
-        return binding, [self._pool.submit(bring_up, role) for role in joined]
+        starting: list[Future[None]] = []
+        if start.storage is not None:
+            starting.append(self._pool.submit(bind_storage, start.storage))
+        starting.append(self._pool.submit(bring_up_tool, starting[0] if starting else None))
+        return binding, starting
+
+    def _drop_storage(self, sandbox_id: str) -> None:
+        """Remove a claimed sandbox's storage helper that its instance does not use."""
+        try:
+            self.sandboxes.remove_storage(sandbox_id)
+        except docker.errors.DockerException as exc:  # left for the pod's removal
+            log.warning("cannot remove the unused storage helper of sandbox %s: %s",
+                        sandbox_id, exc)
+
+    def _bind_storage(self, container_id: str, access: StorageAccess, timeout: float, *,
+                      ready: bool) -> None:
+        """Bind the storage helper ``container_id`` to ``access`` (a first bind, or the same
+        storage's renewal); with ``ready``, return once it says its mount serves. LaunchError
+        ``storage failed: <why>`` if the store refused or the helper exited."""
+        binding = Binding(self._client, container_id, "the storage helper")
+        try:
+            binding.bind(storage.settings_env(access), timeout)
+            if ready and not binding.wait_ready(timeout):
+                raise LaunchError("the storage helper did not mount the user's storage in time")
+        except BindRefused as exc:
+            raise LaunchError(f"storage failed: {exc.reason}") from None
+        except LaunchError:
+            stopped = self._stopped(container_id, pod.ROLE_STORAGE)
+            if stopped is not None:  # its code and last lines say why
+                raise LaunchError(f"storage failed: {stopped}") from None
+            raise
+        finally:
+            binding.close()
+
+    def _stopped(self, container_id: str, role: str) -> str | None:
+        """Why the container is not running; None if it is."""
+        try:
+            status = self._client.api.inspect_container(container_id)["State"]["Status"]
+        except docker.errors.NotFound:
+            return f"the {role} container is missing"
+        if status in ("running", "restarting"):
+            return None
+        return self._exit_reason(PodContainer(container_id, "", role, status))
 
     def check(self, start: StartInstance, *, launching: bool = False) -> str | None:
         """None if every container of the pod runs; else why not (user-facing). Once the pod
@@ -437,16 +472,23 @@ class PodRunner:
                 return self._exit_reason(container)
         return None
 
-    def storage_helper(self, instance_id: str) -> tuple[str, str] | None:
-        """(container id, when it last started) of the pod's storage helper while it runs."""
+    def storage_helper(self, instance_id: str) -> StorageHelper | None:
+        """The pod's storage helper while it runs."""
         helper = self.containers(instance_id).get(pod.ROLE_STORAGE)
         if helper is None or helper.status != "running":
             return None
         try:
-            state = self._client.api.inspect_container(helper.id).get("State", {})
+            found = self._client.api.inspect_container(helper.id)
         except docker.errors.NotFound:
             return None
-        return helper.id, str(state.get("StartedAt", ""))
+        return StorageHelper(helper.id, str(found.get("State", {}).get("StartedAt", "")),
+                             bool(found.get("Config", {}).get("OpenStdin")))
+
+    def bind_storage(self, helper: StorageHelper, access: StorageAccess) -> None:
+        """Bind a running storage helper to the instance's storage (one restarted comes up
+        without it) or hand it renewed credentials and quota (the same bind again); returns
+        once it took them. LaunchError (a PodError) if it did not."""
+        self._bind_storage(helper.id, access, REBIND_SECONDS, ready=False)
 
     def restart_storage(self, instance_id: str) -> str | None:
         """Start the pod's storage helper again if it stopped; why it stopped (None: it was
@@ -512,40 +554,6 @@ class PodRunner:
             if time.monotonic() >= deadline:
                 raise LaunchError(f"the tool (port {start.port}) did not answer within "
                                   f"{timeout:.0f} s")
-
-    def _await_storage(self, start: StartInstance, deadline: float) -> None:
-        """Return once the storage helper made its ready file (the user's storage is mounted);
-        LaunchError with its reason if it stopped (the store refused the credentials, ...) or
-        ``deadline`` passed."""
-        while True:
-            helper = self.containers(start.instance_id).get(pod.ROLE_STORAGE)
-            if helper is None:
-                raise LaunchError("the storage container is missing")
-            slice_ = max(0.1, min(STORAGE_SLICE, deadline - time.monotonic()))
-            if helper.status == "running" and self._exec_ok(
-                    helper.id, ["python3", "-c", _WAIT_FILE, pod.STORAGE_READY_FILE,
-                                f"{slice_:.2f}"]):
-                return
-            helper = self.containers(start.instance_id).get(pod.ROLE_STORAGE) or helper
-            if helper.status not in ("running", "created"):
-                raise LaunchError(f"storage failed: {self._exit_reason(helper)}")
-            if time.monotonic() >= deadline:
-                raise LaunchError("the storage helper did not mount the user's storage in time")
-            if helper.status == "created":
-                time.sleep(PROBE_INTERVAL)
-
-    def _exec_ok(self, container_id: str, argv: list[str]) -> bool:
-        """True if ``argv`` exited 0 in the container; False also if it is not running."""
-        api = self._client.api
-        try:
-            run = api.exec_create(container_id, argv)
-            api.exec_start(run["Id"])
-            return bool(api.exec_inspect(run["Id"])["ExitCode"] == 0)
-        except docker.errors.APIError as exc:
-            if exc.status_code in (404, 409):
-                time.sleep(PROBE_INTERVAL)
-                return False
-            raise
 
     def hand_tunnel_token(self, instance_id: str, token: str) -> None:
         """Give the pod's listener a renewed tunnel token (it sends it over its tunnels);
@@ -702,17 +710,13 @@ class PodRunner:
             self.stop(instance_id, 0)  # the storage helper stores what changed and unmounts
         for future in [self._pool.submit(remove_one, c) for c in existing.values()]:
             future.result()
+        # The pod's own volumes (an earlier release's storage volume), then its sandbox's
+        # (labelled with the sandbox only when it was made free).
         for volume in self._client.volumes.list(filters=filters):
-            try:
-                volume.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError:
-                # A storage helper that was killed left its mount in the volume.
-                storage.detach(self._client, self.settings.helpers_image,
-                               storage.volume_path(self._client, volume.name),
-                               self.settings.labels)
-                volume.remove(force=True)
+            storage.remove_volume(self._client, volume.name, self.settings.helpers_image,
+                                  self.settings.labels)
+        for sandbox_id in {c.sandbox for c in existing.values() if c.sandbox is not None}:
+            self.sandboxes.remove_volumes(sandbox_id)
         for network in self._client.networks.list(filters=filters):
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()

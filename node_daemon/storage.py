@@ -2,7 +2,11 @@
 
 The user's storage is a FUSE mount made by the storage helper (``python3 -m helpers.storage``,
 docs/helpers.md) inside the pod's storage volume, which both containers bind at
-``protocol.pod.STORAGE_VOLUME_MOUNT`` (``/mnt``) by its path on the engine's host:
+``protocol.pod.STORAGE_VOLUME_MOUNT`` (``/mnt``) by its path on the engine's host. The helper
+and its volume are the pod sandbox's (:mod:`node_daemon.sandboxes`): made ahead, mounted and
+imported, bound to the instance's storage at launch over a Docker attach
+(:func:`settings_env` is the bind's one setting), so the credentials are in no container's
+configuration. The containers:
 
 - the helper with ``bind-propagation=rshared``, root with ``SYS_ADMIN`` (to mount), ``SETUID``
   and ``SETGID`` (to hand the mount to its unprivileged file server), ``/dev/fuse``,
@@ -12,14 +16,17 @@ docs/helpers.md) inside the pod's storage volume, which both containers bind at
   starts it again (a new run first detaches the dead mount the old one left);
 - the tool with ``bind-propagation=rslave`` and no privilege at all: the mount shows up at
   ``/mnt/storage`` in it, and so does a new one after the helper restarted. The tool is started
-  only once the helper is ready (``STORAGE_READY_FILE``), so it never writes under the mount.
+  only once the helper said ``ready``, so it never writes under the mount.
 
-The credentials are only in the helper's environment and its private tmpfs; renewed ones are
-written there by :func:`renew` (an exec as the helper's unprivileged user).
+The credentials are only in the helper's memory and its private tmpfs; renewed ones reach it by
+a bind of the same storage (the storage keeper). A helper made by an earlier release has them
+in its environment (``ENV_STORAGE``, no standard input): :func:`renew` (an exec as the
+helper's unprivileged user) writes them to its session file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -48,7 +55,7 @@ STOP_SECONDS = 10
 
 
 def settings_env(access: StorageAccess) -> dict[str, str]:
-    """The helper's one setting (``protocol.pod.ENV_STORAGE``)."""
+    """The helper's one setting (``protocol.pod.ENV_STORAGE``), as its bind carries it."""
     return {pod.ENV_STORAGE: json.dumps({
         "kind": access.kind, "bucket": access.bucket, "prefix": access.prefix,
         "credentials": access.credentials, "endpoint_url": access.endpoint_url,
@@ -102,6 +109,20 @@ def status(client: docker.DockerClient, container_id: str) -> dict[str, Any] | N
     except ValueError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def remove_volume(client: docker.DockerClient, name: str, image: str,
+                  labels: Mapping[str, str]) -> None:
+    """Remove the storage volume ``name``; gone already is success. One that still holds the
+    mount of a helper that was killed is detached first (:func:`detach`)."""
+    try:
+        client.api.remove_volume(name, force=True)
+    except docker.errors.NotFound:
+        return
+    except docker.errors.APIError:
+        detach(client, image, volume_path(client, name), labels)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_volume(name, force=True)
 
 
 def detach(client: docker.DockerClient, image: str, path: str,

@@ -3,14 +3,20 @@
 For each running instance with storage:
 
 - its credentials are renewed through the portal (``PortalClient.storage``, which answers only
-  for an instance placed on this node) at half their life, handed to the helper
-  (:func:`node_daemon.storage.renew`) and kept in the instance's record; at once when the
-  helper restarted (a new run starts from its container's settings, whose credentials may be
-  old: it waits for renewed ones);
+  for an instance placed on this node) at half their life, handed to the helper and kept in
+  the instance's record; at once when the helper restarted. A sandbox's helper takes them by
+  a bind (``PodRunner.bind_storage``): restarted, it comes up with no settings at all and
+  waits for that bind, the instance's whole storage from the renewal; running, the same
+  storage's bind is a renewal. A helper of an earlier release (settings in its environment)
+  gets them by :func:`node_daemon.storage.renew`;
 - the helper's health (its status file) goes to the portal when it changes, in the same call:
   the user sees it on the instance, and the tool keeps running;
 - a helper that stopped on a running instance is started again, and why it stopped is
   reported the same way.
+
+While an instance is still starting, only a renewal that is due is done (the launch binds the
+helper; a long pull may outlive half the credentials' life): nothing else competes with the
+launch for the machine.
 
 A failed renewal is logged and tried again next time; the helper keeps its credentials until
 they expire, and then reports the failures the tool sees.
@@ -88,23 +94,32 @@ class StorageKeeper:
         helper = await asyncio.to_thread(self.pods.storage_helper, instance_id)
         if helper is None:
             return  # not running: looked at next time
-        container_id, started_at = helper
-        status = await asyncio.to_thread(storage.status, self.client, container_id) or {}
-        health = (bool(status.get("ok", True)), status.get("message"))
         now = time.time()
         issued = self._issued.setdefault(instance_id, now)
         expiry = _expiry(access)
-        restarted = self._started.get(instance_id) != started_at
         due = now >= issued + (expiry - issued) / 2
+        if not running and not due:
+            return  # launching: the launch binds it; nothing to add beside its work
+        restarted = self._started.get(instance_id) != helper.started_at
+        if restarted and helper.binds and running:
+            # A restarted helper has no settings: bound at once from the record (renewed
+            # within its credentials' first half life), whatever the portal answers next.
+            await asyncio.to_thread(self.pods.bind_storage, helper, access)
+        status = await asyncio.to_thread(storage.status, self.client, helper.id) or {}
+        health = (bool(status.get("ok", True)), status.get("message"))
         if due or restarted or health != self._reported.get(instance_id):
             usage = status.get("usage_bytes")
             access = await self.renew(instance_id, ok=health[0], message=health[1],
                                       usage_bytes=usage if isinstance(usage, int) else None)
             self._reported[instance_id] = health
             self._issued[instance_id] = time.time()
-            await asyncio.to_thread(storage.renew, self.client, container_id, access)
+            if helper.binds:
+                await asyncio.to_thread(self.pods.bind_storage, helper, access)
+            else:
+                await asyncio.to_thread(storage.renew, self.client, helper.id, access)
             await self.agent.renewed_storage(instance_id, access)
             log.info("storage of %s renewed until %s%s", instance_id,
                      access.credentials.get("expiration"),
                      "" if health[0] else f" (helper reports: {health[1]})")
-        self._started[instance_id] = started_at
+        if running:
+            self._started[instance_id] = helper.started_at

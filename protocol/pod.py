@@ -95,7 +95,9 @@ def portal_issuer(authorize_url: str) -> str:
 
 # --- storage helper (python3 -m helpers.storage) --------------------------------------------
 ENV_STORAGE: Final = "DIT4C_STORAGE"
-"""The start command's ``storage`` object (``protocol.messages.StorageAccess``) as JSON."""
+"""The start command's ``storage`` object (``protocol.messages.StorageAccess``) as JSON: the one
+setting of a pooled helper's bind (:mod:`protocol.sandbox`); in the environment of a helper made
+by an earlier release."""
 STORAGE_VOLUME_MOUNT: Final = "/mnt"
 """Where the pod's storage volume is, in the storage container and in the tool: the helper
 binds it ``rshared`` and mounts the user's storage inside it, the tool binds it ``rslave``

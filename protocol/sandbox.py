@@ -22,6 +22,15 @@ bound can never serve a second instance, whatever the node's bookkeeping says).
 Readiness is pushed: the node waits on the attached stdout, no probe process is started in the
 pod. The secrets in a bind travel only over the Docker API socket and stay in the listener's
 memory: they are in no container's configuration (``docker inspect``) and in no log.
+
+**The storage helper** of a sandbox is bound the same way: started with :data:`ENV_SANDBOX` and
+no ``protocol.pod.ENV_STORAGE``, it mounts the user's (not yet known) storage, imports its file
+server and waits; its bind is ``{"bind": {"DIT4C_STORAGE": "<StorageAccess as JSON>"}}`` and
+its answers carry where the storage is (``s3://bucket/prefix``): ``bound`` once the settings are
+taken, ``ready`` once the store accepted the credentials and the mount serves (the tool may
+start), ``error`` with the store's refusal (the helper then exits). A later bind of the same
+bucket and prefix hands over renewed credentials and quota (answered ``bound``, and ``ready``
+once serving); a bind of other storage is refused.
 """
 
 from __future__ import annotations

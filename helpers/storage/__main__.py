@@ -4,13 +4,19 @@
   and ``SETGID`` (to hand over): detaches whatever a previous run left at
   ``protocol.pod.STORAGE_MOUNT``, mounts the FUSE file system there, and starts ``serve`` as
   the unprivileged ``STORAGE_UID`` with the mount's descriptor: from then on nothing the tool
-  can reach runs with a capability. Once ``serve`` says it is ready, makes
-  ``STORAGE_READY_FILE``. SIGTERM/SIGINT go on to ``serve``, which stores every changed file;
-  then the mount is detached. If ``serve`` ends on its own, the mount is detached and ``run``
-  exits with its status (the container's restart policy starts it again).
-- ``serve``: checks the credentials against the store (a refusal or an unreachable store ends
-  it, with the reason, before it is ready: the launch fails with it), counts the usage, serves
-  the mount, and keeps ``STORAGE_STATUS_FILE`` current.
+  can reach runs with a capability. It passes ``serve``'s answers (:mod:`protocol.sandbox`
+  lines) on to its own output, making ``STORAGE_READY_FILE`` first when ``serve`` says
+  ``ready``. SIGTERM/SIGINT go on to ``serve``, which stores every changed file; then the
+  mount is detached. If ``serve`` ends on its own, the mount is detached and ``run`` exits with
+  its status.
+- ``serve``: its settings come from the environment (``ENV_STORAGE``) or, in a pod sandbox
+  (``ENV_SANDBOX`` set and no ``ENV_STORAGE``), from a bind on its standard input, read once
+  everything heavy is imported (boto3, the file system) and an S3 client was made once: the
+  node binds it at launch over a Docker attach, so the credentials are in no container's
+  configuration. Then it checks the credentials against the store (a refusal or an
+  unreachable store ends it, with the reason, before it is ready: the launch fails with it),
+  counts the usage, serves the mount, says ``ready`` and keeps ``STORAGE_STATUS_FILE``
+  current. Later binds of the same storage bring renewed credentials and quota.
 - ``renew``: writes ``ENV_STORAGE_SESSION`` (new credentials and quota from the portal) to
   ``STORAGE_SESSION_FILE``, where ``serve`` reads it; the node daemon runs it.
 - ``unmount``: detaches a mount left by a helper that was killed (the node daemon's cleanup).
@@ -30,18 +36,30 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from helpers.storage import fuse_server
 from helpers.storage.config import ConfigError, StorageConfig, quota_of
 from helpers.storage.quota import RECOUNT_SECONDS, Quota
+from protocol.errors import MessageError
 from protocol.pod import (
+    ENV_STORAGE,
     ENV_STORAGE_SESSION,
     STORAGE_MOUNT,
     STORAGE_READY_FILE,
     STORAGE_SESSION_FILE,
     STORAGE_STATUS_FILE,
     STORAGE_UID,
+)
+from protocol.sandbox import (
+    BOUND,
+    ENV_SANDBOX,
+    ERROR,
+    MAX_LINE,
+    READY,
+    answer_line,
+    parse_answer,
+    parse_bind,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +75,6 @@ STOP_SECONDS = 8.0
 START_ATTEMPTS = 2
 CREDENTIALS_WAIT_SECONDS = 120.0
 UPKEEP_SECONDS = 5.0
-READY = b"ready\n"
 ERROR_SHOWN_SECONDS = 30.0
 """A failure the tool saw stays in the status this long (the node reads it now and then)."""
 
@@ -65,14 +82,15 @@ ERROR_SHOWN_SECONDS = 30.0
 # -- run: the privileged part, kept small ----------------------------------------------------
 
 
-def run(config: StorageConfig) -> int:
-    del config  # checked before anything is mounted; serve reads it again
+def run(config: StorageConfig | None) -> int:
+    del config  # checked before anything is mounted (None: bound later); serve reads it again
     target = STORAGE_MOUNT
     while fuse_server.unmount(target):  # a killed helper's mount (maybe several, stacked)
         log.info("detached a stale mount at %s", target)
     os.makedirs(target, mode=0o755, exist_ok=True)
     fd = fuse_server.mount(target, STORAGE_UID, STORAGE_UID)
     try:
+        # Its standard input is ours: a pooled helper's binds go to it.
         child = subprocess.Popen(
             [sys.executable, "-m", "helpers.storage", "serve"], pass_fds=(fd,),
             env={**os.environ, ENV_FD: str(fd)}, stdout=subprocess.PIPE,
@@ -89,32 +107,102 @@ def run(config: StorageConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
     assert child.stdout is not None
-    if child.stdout.readline() == READY:
-        Path(STORAGE_READY_FILE).touch()
-        log.info("storage ready at %s", target)
+    answering = threading.Thread(target=forward_answers, args=(child.stdout,),
+                                 name="dit4c-answers", daemon=True)
+    answering.start()
     status = child.wait()
+    answering.join(timeout=1.0)
     fuse_server.unmount(target)
     log.info("storage stopped (file server exit status %s)", status)
     return status
 
 
+def forward_answers(answers: IO[bytes]) -> None:
+    """``serve``'s answers on to the container's output (the node's attach), making
+    ``STORAGE_READY_FILE`` before passing on ``ready``."""
+    for line in answers:
+        answer = parse_answer(line)
+        if answer is not None and answer[0] == READY and not os.path.exists(STORAGE_READY_FILE):
+            Path(STORAGE_READY_FILE).touch()
+            log.info("storage ready at %s", STORAGE_MOUNT)
+        os.write(sys.stdout.fileno(), line)
+
+
 # -- serve: the file server, unprivileged ----------------------------------------------------
 
+_answering = threading.Lock()
 
-def serve(config: StorageConfig, fd: int) -> int:
+
+def answer(kind: str, value: str) -> None:
+    # Whole lines, one write each: the binds' thread answers too.
+    with _answering:
+        os.write(sys.stdout.fileno(), answer_line(kind, value))
+
+
+def first_bind(lines: IO[bytes]) -> StorageConfig | None:
+    """The settings of the first bind on ``lines``; None (having said why) if it is bad or the
+    input ended first."""
+    line = lines.readline(MAX_LINE + 1)
+    if not line:
+        log.error("standard input closed before a bind came")
+        return None
+    try:
+        return StorageConfig.from_env(parse_bind(line))
+    except (MessageError, ConfigError) as exc:
+        answer(ERROR, str(exc))
+        return None
+
+
+def take_binds(lines: IO[bytes], config: StorageConfig, ready: threading.Event) -> None:
+    """Later binds (the node rebinding after its own restart, the storage keeper renewing):
+    the same storage's credentials and quota go to the session file, where the store and the
+    quota look, and are answered as the first bind was; other storage is refused."""
+    while line := lines.readline(MAX_LINE + 1):
+        try:
+            again = StorageConfig.from_env(parse_bind(line))
+        except (MessageError, ConfigError) as exc:
+            answer(ERROR, str(exc))
+            continue
+        if (again.where, again.endpoint_url) != (config.where, config.endpoint_url):
+            answer(ERROR, f"this storage helper is bound to {config.where}")
+            continue
+        _write_atomic(Path(STORAGE_SESSION_FILE), json.dumps(
+            {"credentials": again.credentials, "quota_bytes": again.quota_bytes}))
+        answer(BOUND, config.where)
+        if ready.is_set():
+            answer(READY, config.where)
+
+
+def serve(config: StorageConfig | None, fd: int) -> int:
     # `docker kill -s USR1` on the helper prints every thread's stack (a hung file system).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Imported here, not at the top: ``run`` (whose start a launch waits for) never needs boto3.
     from helpers.storage.filesystem import StorageFS  # noqa: PLC0415
-    from helpers.storage.store import Credentials, S3Store, StoreError  # noqa: PLC0415
+    from helpers.storage.store import (  # noqa: PLC0415
+        Credentials,
+        S3Store,
+        StoreError,
+        warm_session,
+    )
 
+    session = warm_session()
+    ready = threading.Event()
+    if config is None:  # pooled: everything above was paid before the launch
+        binds = sys.stdin.buffer
+        config = first_bind(binds)
+        if config is None:
+            return 2
+        threading.Thread(target=take_binds, args=(binds, config, ready),
+                         name="dit4c-binds", daemon=True).start()
+        answer(BOUND, config.where)
     credentials = Credentials(config.credentials, Path(STORAGE_SESSION_FILE), key="credentials")
     store = S3Store(bucket=config.bucket, prefix=config.prefix, credentials=credentials,
-                    endpoint_url=config.endpoint_url, region=config.region)
+                    endpoint_url=config.endpoint_url, region=config.region, session=session)
     quota = Quota(config.quota_bytes)
-    where = f"s3://{config.bucket}/{config.prefix}"
-    # A restarted helper starts from its container's settings, whose credentials may have
-    # expired: the node daemon sees the restart and hands over renewed ones.
+    where = config.where
+    # A restarted helper may start with credentials that expired (the settings of its
+    # container, or a bind from the record): the node daemon sees the restart and hands over
+    # renewed ones.
     waited = time.monotonic() + CREDENTIALS_WAIT_SECONDS
     if credentials.expired(margin=5):
         log.info("credentials expired: waiting for renewed ones")
@@ -129,6 +217,7 @@ def serve(config: StorageConfig, fd: int) -> int:
             # Only an unreachable store is tried again; a refusal is final.
             if attempt == START_ATTEMPTS or exc.code != errno.EIO:
                 print(f"storage: cannot use {where}: {exc}", file=sys.stderr, flush=True)
+                answer(ERROR, f"cannot use {where}: {exc}")
                 return 3
             log.warning("storage at %s not reachable yet (%s); trying again", where, exc)
             time.sleep(1.0)
@@ -144,8 +233,8 @@ def serve(config: StorageConfig, fd: int) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("serving %s at %s (quota %s bytes, %s used)", where, STORAGE_MOUNT,
              quota.limit, quota.used)
-    sys.stdout.buffer.write(READY)
-    sys.stdout.flush()
+    ready.set()
+    answer(READY, where)
     upkeep(fs, quota, stop, serving)
     left = fs.store_all(time.monotonic() + STOP_SECONDS)
     for path in left:
@@ -245,14 +334,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storage: unknown command {command!r} (run, serve, renew, unmount)",
               file=sys.stderr)
         return 2
-    try:
-        config = StorageConfig.from_env(dict(os.environ))
-    except ConfigError as exc:
-        print(f"storage: {exc}", file=sys.stderr)
-        return 2
+    env = dict(os.environ)
+    config = None
+    if ENV_STORAGE in env or ENV_SANDBOX not in env:  # else pooled: bound on stdin later
+        try:
+            config = StorageConfig.from_env(env)
+        except ConfigError as exc:
+            print(f"storage: {exc}", file=sys.stderr)
+            return 2
     if command == "run":
         return run(config)
-    return serve(config, int(os.environ[ENV_FD]))
+    return serve(config, int(env[ENV_FD]))
 
 
 if __name__ == "__main__":

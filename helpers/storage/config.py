@@ -1,5 +1,6 @@
-"""The storage helper's settings: the start command's ``storage`` object, from the environment
-(``protocol.pod.ENV_STORAGE``), read once and checked before anything is mounted."""
+"""The storage helper's settings: the start command's ``storage`` object, by the name
+``protocol.pod.ENV_STORAGE`` in the environment (read once and checked before anything is
+mounted) or in a pooled helper's bind (``protocol.sandbox``)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ class StorageConfig:
             raise ConfigError(f"{ENV_STORAGE}: region must be a string")
         return cls(bucket, prefix, dict(credentials), endpoint or None, region,
                    quota_of(raw, ENV_STORAGE))
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
 
 def _string(raw: dict[str, Any], name: str) -> str:

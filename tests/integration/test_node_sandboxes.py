@@ -2,26 +2,40 @@
 
 One pooled sandbox's life: made free (no instance's settings anywhere), claimed by a launch
 (the holder renamed for the instance, the listener bound over an attach: the tool answers when
-the launch returns), refusing a second instance's bind (the attack), removed with its pod;
-the pool refilled with a new one, kept by a restarted runner (never bound), removed when a
-container of it stopped, and drained when the daemon stops.
+the launch returns; a launch without storage drops the sandbox's storage helper and volume),
+refusing a second instance's bind (the attack), removed with its pod; the pool refilled with a
+new one, kept by a restarted runner (never bound), removed when a container of it stopped, and
+drained when the daemon stops. A pooled storage helper bound at launch to the instance's
+storage (moto's S3 on the pods gateway), its credentials in no container's configuration, its
+volume removed with the pod; a store that refuses fails the launch with its reason.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import docker
 import pytest
+from moto.server import ThreadedMotoServer
 
 from node_daemon.errors import LaunchError
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import PodRunner, PodSettings, helper_env
-from node_daemon.sandboxes import FREE_PREFIX, LABEL_SANDBOX, Binding, holder_name
+from node_daemon.sandboxes import (
+    FREE_PREFIX,
+    LABEL_SANDBOX,
+    Binding,
+    holder_name,
+    storage_volume,
+)
 from protocol import pod
+from protocol.messages import StorageAccess
 from protocol.sandbox import ENV_SANDBOX
+from tests.ports import free_port
 from tests.support.node import sample_start
 
 pytestmark = [pytest.mark.docker]
@@ -48,6 +62,40 @@ def sandbox_rows(client: docker.DockerClient, sandbox_id: str) -> dict[str, dict
     return {row["Labels"][pod.LABEL_ROLE]: row for row in rows}
 
 
+def sandbox_volumes(client: docker.DockerClient, sandbox_id: str) -> list[str]:
+    found = client.api.volumes(filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"})
+    return [volume["Name"] for volume in found.get("Volumes") or []]
+
+
+def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def s3(docker_client: docker.DockerClient, settings: PodSettings) -> Iterator[tuple[Any, str]]:
+    """moto's S3 on the pods bridge's gateway (no daemon here, so no egress policy closes it):
+    (a boto3 client on the host, the endpoint as pods see it)."""
+    gateway = ensure_pods_network(docker_client, settings.network)
+    server = ThreadedMotoServer(ip_address=gateway, port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    yield client, f"http://host.docker.internal:{port}"
+    server.stop()
+
+
+def free_sandbox(pool: Any) -> str:
+    pool.reconcile()
+    if not pool.free():
+        pool.fill_one()
+    (sandbox_id,) = pool.free()
+    return str(sandbox_id)
+
+
 def test_a_pooled_sandbox_serves_one_instance_and_goes_with_it(
         docker_client: docker.DockerClient, runner: PodRunner, tool_image: str):
     pool = runner.sandboxes
@@ -55,15 +103,22 @@ def test_a_pooled_sandbox_serves_one_instance_and_goes_with_it(
     free = pool.fill_one()
     assert free is not None and pool.free() == [free.id]
     rows = sandbox_rows(docker_client, free.id)
-    assert sorted(rows) == [pod.ROLE_LISTENER, pod.ROLE_NETNS]
+    assert sorted(rows) == [pod.ROLE_LISTENER, pod.ROLE_NETNS, pod.ROLE_STORAGE]
     assert rows[pod.ROLE_NETNS]["Names"] == [f"/{FREE_PREFIX}{free.id}-netns"]
-    listener = docker_client.containers.get(free.listener)
-    assert listener.attrs["Config"]["Env"].count(f"{ENV_SANDBOX}={free.id}") == 1
-    assert pod.LABEL_INSTANCE not in listener.labels
+    for role in (pod.ROLE_LISTENER, pod.ROLE_STORAGE):
+        helper = docker_client.containers.get(rows[role]["Id"])
+        assert helper.attrs["Config"]["Env"].count(f"{ENV_SANDBOX}={free.id}") == 1
+        assert pod.LABEL_INSTANCE not in helper.labels
+    assert sandbox_volumes(docker_client, free.id) == [storage_volume(free.id)]
 
     iid = "s" + uuid.uuid4().hex[:12]
     start = sample_start(iid, tool_image)
     runner.launch(start, 60, lambda _: None)  # returns once the listener says the tool answers
+    # No storage asked: the sandbox's storage helper and its volume go, off the launch's path.
+    until(lambda: pod.ROLE_STORAGE not in sandbox_rows(docker_client, free.id), 30,
+          "the unused storage helper removed")
+    until(lambda: sandbox_volumes(docker_client, free.id) == [], 10,
+          "the unused storage volume removed")
     containers = runner.containers(iid)
     assert sorted(containers) == [pod.ROLE_LISTENER, pod.ROLE_NETNS, pod.ROLE_TOOL]
     assert {c.sandbox for c in containers.values()} == {free.id}
@@ -106,16 +161,77 @@ def test_a_restarted_runner_keeps_free_sandboxes_and_drops_broken_ones(
     try:
         assert again.sandboxes.reconcile() == {"free": 1, "removed": 0}
         assert again.sandboxes.free() == [kept]
-        # A free sandbox whose listener stopped cannot serve: removed, both containers.
+        # A free sandbox whose listener stopped cannot serve: removed, every container and
+        # its storage volume (the storage helper stopped first: it detaches its mount).
         docker_client.api.stop(sandbox_rows(docker_client, kept)[pod.ROLE_LISTENER]["Id"],
                                timeout=0)
-        assert again.sandboxes.reconcile() == {"free": 0, "removed": 2}
+        assert again.sandboxes.reconcile() == {"free": 0, "removed": 3}
         assert sandbox_rows(docker_client, kept) == {}
+        assert sandbox_volumes(docker_client, kept) == []
         # The daemon stopping: its free sandboxes go.
         made = again.sandboxes.fill_one()
         assert made is not None
         assert again.sandboxes.drain() == 1
         assert sandbox_rows(docker_client, made.id) == {}
+        assert sandbox_volumes(docker_client, made.id) == []
         assert again.sandboxes.fill_one() is None  # nothing is made after a drain
     finally:
         again.close()
+
+
+def test_a_pooled_storage_helper_is_bound_at_launch_and_goes_with_the_pod(
+        docker_client: docker.DockerClient, runner: PodRunner, tool_image: str,
+        s3: tuple[Any, str]):
+    client, endpoint = s3
+    sandbox_id = free_sandbox(runner.sandboxes)
+    helper_id = sandbox_rows(docker_client, sandbox_id)[pod.ROLE_STORAGE]["Id"]
+    iid = "s" + uuid.uuid4().hex[:12]
+    bucket, prefix = f"b-{iid}", f"users/{iid}/"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key=prefix + "hello.txt", Body=b"from s3\n")
+    secret = f"storage-secret-{uuid.uuid4().hex}"
+    access = StorageAccess(kind="s3", bucket=bucket, prefix=prefix, endpoint_url=endpoint,
+                           credentials={"access_key_id": "testing", "secret_access_key": secret})
+    start = sample_start(iid, tool_image, storage=access)
+    runner.launch(start, 60, lambda _: None)
+    containers = runner.containers(iid)
+    assert containers[pod.ROLE_STORAGE].id == helper_id  # the pooled one, bound
+    tool = docker_client.containers.get(containers[pod.ROLE_TOOL].id)
+    done = tool.exec_run(["cat", "/mnt/storage/hello.txt"])
+    assert (done.exit_code, done.output) == (0, b"from s3\n")
+    for container in containers.values():
+        env = "\n".join(docker_client.containers.get(container.id).attrs["Config"]["Env"] or [])
+        assert secret not in env, container.role
+    # The same storage bound again (what the storage keeper does to renew): taken.
+    helper = runner.storage_helper(iid)
+    assert helper is not None and helper.binds
+    runner.bind_storage(helper, access)
+    # Other storage: refused.
+    other = StorageAccess(kind="s3", bucket=bucket, prefix="users/someone-else/",
+                          endpoint_url=endpoint, credentials={"access_key_id": "testing",
+                                                              "secret_access_key": "x"})
+    with pytest.raises(LaunchError, match=f"bound to s3://{bucket}/{prefix}"):
+        runner.bind_storage(helper, other)
+
+    runner.remove(iid)
+    assert sandbox_rows(docker_client, sandbox_id) == {}
+    assert sandbox_volumes(docker_client, sandbox_id) == []
+
+
+def test_a_store_that_refuses_fails_the_launch_with_its_reason(
+        docker_client: docker.DockerClient, runner: PodRunner, tool_image: str,
+        s3: tuple[Any, str]):
+    _, endpoint = s3
+    sandbox_id = free_sandbox(runner.sandboxes)
+    iid = "s" + uuid.uuid4().hex[:12]
+    start = sample_start(iid, tool_image, storage=StorageAccess(
+        kind="s3", bucket=f"none-{iid}", prefix=f"users/{iid}/", endpoint_url=endpoint,
+        credentials={"access_key_id": "testing", "secret_access_key": "testing"}))
+    with pytest.raises(LaunchError, match=rf"^storage failed: cannot use s3://none-{iid}/"
+                                          rf"users/{iid}/: .*NoSuchBucket"):
+        runner.launch(start, 60, lambda _: None)
+    assert pod.ROLE_TOOL in runner.containers(iid)  # made, never started
+    assert runner.containers(iid)[pod.ROLE_TOOL].status == "created"
+    runner.remove(iid)
+    assert sandbox_rows(docker_client, sandbox_id) == {}
+    assert sandbox_volumes(docker_client, sandbox_id) == []

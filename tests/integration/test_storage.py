@@ -26,6 +26,7 @@ from control_plane.records import Instance
 from infra.local.aws import LOCAL_ACCESS_KEY
 from node_daemon import egress
 from node_daemon.network import ensure_pods_network, pods_bridge
+from node_daemon.sandboxes import LABEL_SANDBOX
 from protocol import pod
 from protocol.messages import StorageAccess
 from protocol.states import InstanceState
@@ -57,9 +58,11 @@ def plane(docker_client: docker.DockerClient, node_settings: dict[str, str],
 
 
 def storage_settings(plane: ControlPlane) -> dict[str, str]:
-    """A storage test node's settings: fast storage checks, and S3's port on the host open to
-    its pods (the node's egress policy closes every other; the local stack does the same)."""
-    return {"DIT4C_NODE_STORAGE_SECONDS": "2",
+    """A storage test node's settings: fast storage checks, a pod sandbox kept ready (its
+    storage helper made ahead and bound at launch, as in the local stack; launches beside it
+    make their own), and S3's port on the host open to its pods (the node's egress policy
+    closes every other; the local stack does the same)."""
+    return {"DIT4C_NODE_STORAGE_SECONDS": "2", "DIT4C_NODE_SANDBOXES": "1",
             "DIT4C_NODE_POD_HOST_PORTS": str(urlsplit(plane.aws.url or "").port)}
 
 
@@ -147,6 +150,15 @@ class World:
 
     def tool(self, instance_id: str) -> Any:
         return self.engine(instance_id).containers.get(f"dit4c-{instance_id}-{pod.ROLE_TOOL}")
+
+    def sandbox(self, instance_id: str) -> str:
+        return str(self.tool(instance_id).labels[LABEL_SANDBOX])
+
+    def storage_helper(self, instance_id: str) -> Any:
+        """The pod's storage helper: its sandbox's (made before the instance, maybe)."""
+        (helper,) = self.engine(instance_id).containers.list(all=True, filters={"label": [
+            f"{LABEL_SANDBOX}={self.sandbox(instance_id)}", f"{pod.LABEL_ROLE}=storage"]})
+        return helper
 
     def sh(self, instance_id: str, script: str, user: str = "") -> tuple[int, str]:
         done = self.tool(instance_id).exec_run(["sh", "-c", script], user=user)
@@ -428,3 +440,32 @@ def test_a_storage_failure_fails_the_launch_and_later_shows_without_stopping_the
 
     until(well, 60, "storage shown well again")
     world.discard(dave, instance)
+
+
+def test_a_killed_storage_helper_is_started_again_and_bound(world: World):
+    """The storage keeper's restart of a helper made ahead: it comes up with no settings, and
+    the keeper binds it again from the instance's record; the tool sees the storage again."""
+    erin = world.user(f"erin{uuid.uuid4().hex[:6]}")
+    instance = world.running(erin)
+    sandbox = world.sandbox(instance)
+    assert world.sh(instance, "echo before > /mnt/storage/before.txt") == (0, "")
+    helper = world.storage_helper(instance)
+    # Its credentials are in no container's configuration: the bind brought them.
+    access = world.plane.services.storage.access_for(erin.username)
+    key = access.credentials["access_key_id"]
+    for container in world.engine(instance).containers.list(
+            all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox}"}):
+        assert key not in "\n".join(container.attrs["Config"]["Env"] or []), container.name
+    started = helper.attrs["State"]["StartedAt"]
+    helper.kill()
+    until(lambda: world.sh(instance, "cat /mnt/storage/before.txt") == (0, "before\n"), 60,
+          "the storage back in the tool after its helper was killed")
+    helper.reload()
+    assert helper.status == "running" and helper.attrs["State"]["StartedAt"] != started
+    assert world.sh(instance, "echo after > /mnt/storage/after.txt") == (0, "")
+    assert stored(world, erin.username) == {"before.txt": b"before\n", "after.txt": b"after\n"}
+    assert f"storage helper of {instance} stopped" in world.node.log_text()
+    world.discard(erin, instance)
+    # The sandbox's storage volume goes with the pod (after its containers).
+    until(lambda: world.client.volumes.list(
+        filters={"label": f"{LABEL_SANDBOX}={sandbox}"}) == [], 30, "the storage volume removed")
