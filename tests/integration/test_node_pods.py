@@ -13,10 +13,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import boto3
 import docker
 import pytest
-from moto.server import ThreadedMotoServer
 
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import TOOL_CAPABILITIES
@@ -28,6 +26,7 @@ from tests.support.control_plane import ControlPlane, control_plane
 from tests.support.node import (
     EventLog,
     NodeProcess,
+    pods_s3,
     sample_start,
 )
 
@@ -380,14 +379,8 @@ def test_a_taken_metrics_port_is_a_clear_error(h: Harness, tmp_path):
 def pod_s3(docker_client, node, pod_s3_port):
     """moto's S3 on the pods bridge's gateway (pods reach it as host.docker.internal):
     (boto3 client on the host, endpoint URL as the pod sees it)."""
-    gateway = ensure_pods_network(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"])
-    server = ThreadedMotoServer(ip_address=gateway, port=pod_s3_port, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield client, f"http://host.docker.internal:{port}"
-    server.stop()
+    with pods_s3(docker_client, node.env["DIT4C_NODE_PODS_NETWORK"], pod_s3_port) as found:
+        yield found
 
 
 def test_storage_is_mounted_in_the_tool_and_keeps_its_changes(h: Harness, pod_s3):

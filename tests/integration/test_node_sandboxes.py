@@ -17,10 +17,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import docker
 import pytest
-from moto.server import ThreadedMotoServer
 
 from node_daemon.errors import LaunchError
 from node_daemon.network import ensure_pods_network
@@ -36,7 +34,7 @@ from protocol import pod
 from protocol.messages import StorageAccess
 from protocol.sandbox import ENV_SANDBOX
 from tests.ports import free_port
-from tests.support.node import sample_start
+from tests.support.node import pods_s3, sample_start
 
 pytestmark = [pytest.mark.docker]
 
@@ -78,14 +76,8 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 def s3(docker_client: docker.DockerClient, settings: PodSettings) -> Iterator[tuple[Any, str]]:
     """moto's S3 on the pods bridge's gateway (no daemon here, so no egress policy closes it):
     (a boto3 client on the host, the endpoint as pods see it)."""
-    gateway = ensure_pods_network(docker_client, settings.network)
-    server = ThreadedMotoServer(ip_address=gateway, port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield client, f"http://host.docker.internal:{port}"
-    server.stop()
+    with pods_s3(docker_client, settings.network, free_port()) as found:
+        yield found
 
 
 def free_sandbox(pool: Any) -> str:

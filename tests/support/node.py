@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+from moto.server import ThreadedMotoServer
+
 from node_daemon.network import ensure_pods_network
 from node_daemon.pods import missing_modules
 from protocol import pod
@@ -104,6 +107,23 @@ time.sleep(10 ** 9)
 STANDIN_LISTENER = ("python3", "-c", _STANDIN_BIND, pod.ENV_INSTANCE_ID, pod.ENV_AUTH_UPSTREAM)
 """The listener stand-in takes a bind (protocol.sandbox) and says ``ready`` once the tool's port
 accepts, as the daemon waits for."""
+
+
+@contextlib.contextmanager
+def pods_s3(client: Any, network: str, port: int = 0) -> Iterator[tuple[Any, str]]:
+    """moto's S3 on the pods bridge's gateway, where the pods reach it as
+    ``host.docker.internal`` (a test engine has no egress policy closing it): (a boto3 client
+    on the host, the endpoint as the pods see it)."""
+    gateway = ensure_pods_network(client, network)
+    server = ThreadedMotoServer(ip_address=gateway, port=port, verbose=False)
+    server.start()
+    try:
+        host, bound = server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{bound}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield s3, f"http://host.docker.internal:{bound}"
+    finally:
+        server.stop()
 
 
 def helper_commands_for(client: Any, helpers_image: str) -> dict[str, list[str]]:
