@@ -15,8 +15,9 @@
   node binds it at launch over a Docker attach, so the credentials are in no container's
   configuration. Then it checks the credentials against the store (a refusal or an
   unreachable store ends it, with the reason, before it is ready: the launch fails with it),
-  counts the usage, serves the mount, says ``ready`` and keeps ``STORAGE_STATUS_FILE``
-  current. Later binds of the same storage bring renewed credentials and quota.
+  serves the mount, says ``ready``, counts the usage (after ``ready``: :func:`first_count`)
+  and keeps ``STORAGE_STATUS_FILE`` current. Later binds of the same storage bring renewed
+  credentials and quota.
 - ``renew``: writes ``ENV_STORAGE_SESSION`` (new credentials and quota from the portal) to
   ``STORAGE_SESSION_FILE``, where ``serve`` reads it; the node daemon runs it.
 - ``unmount``: detaches a mount left by a helper that was killed (the node daemon's cleanup).
@@ -210,8 +211,7 @@ def serve(config: StorageConfig | None, fd: int) -> int:
         time.sleep(1.0)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            store.list_dir("")
-            quota.counted(store.usage())
+            store.list_dir("")  # the credentials and the store checked; usage is counted later
             break
         except StoreError as exc:
             # Only an unreachable store is tried again; a refusal is final.
@@ -231,16 +231,36 @@ def serve(config: StorageConfig | None, fd: int) -> int:
     threading.Thread(target=fs.watch, args=(stop,), name="dit4c-watch", daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("serving %s at %s (quota %s bytes, %s used)", where, STORAGE_MOUNT,
-             quota.limit, quota.used)
+    log.info("serving %s at %s (quota %s bytes)", where, STORAGE_MOUNT, quota.limit)
     ready.set()
     answer(READY, where)
+    threading.Thread(target=first_count, args=(fs, quota, stop), name="dit4c-count",
+                     daemon=True).start()
     upkeep(fs, quota, stop, serving)
     left = fs.store_all(time.monotonic() + STOP_SECONDS)
     for path in left:
         log.error("could not store %s before stopping: its changes are lost", path)
     write_status(fs, quota)
     return 1 if left else 0
+
+
+def first_count(fs: StorageFS, quota: Quota, stop: threading.Event) -> None:
+    """The first full count of the user's usage, once the mount serves: a count lists the
+    whole prefix (one call per 1,000 objects), which a launch would otherwise wait for. Until
+    it is in, writes are checked against what this helper has seen (as writes of another
+    instance are between counts) and the status says no usage. Tried again every
+    ``UPKEEP_SECONDS`` until it succeeds; a thread of its own, so that a stop never waits
+    for it."""
+    from helpers.storage.store import StoreError  # noqa: PLC0415 - as in serve
+
+    while not stop.is_set():
+        try:
+            quota.counted(fs.store.usage())
+            log.info("usage counted: %s bytes", quota.used)
+            return
+        except StoreError as exc:
+            fs.failed(f"counting usage failed: {exc}")
+        stop.wait(UPKEEP_SECONDS)
 
 
 def upkeep(fs: StorageFS, quota: Quota, stop: threading.Event,
@@ -284,7 +304,8 @@ def write_status(fs: StorageFS, quota: Quota) -> None:
         message = f"{len(failing)} changed file(s) not stored yet, e.g. {path}: {error}"
     elif fs.last_error and time.monotonic() - fs.last_error_at < ERROR_SHOWN_SECONDS:
         message = fs.last_error
-    status = {"ok": message is None, "message": message, "usage_bytes": quota.used,
+    status = {"ok": message is None, "message": message,
+              "usage_bytes": quota.used if quota.known else None,
               "quota_bytes": quota.limit,
               "at": datetime.now(UTC).isoformat(timespec="seconds")}
     _write_atomic(Path(STORAGE_STATUS_FILE), json.dumps(status))

@@ -7,7 +7,9 @@ with ``EDQUOT`` in the tool, before anything is written: nothing is lost later.
 
 What another instance of the same user writes is seen at the next full count (every
 ``RECOUNT_SECONDS``): two instances writing at once can each fill what was free at their last
-count.
+count. The first count comes just after the mount serves (a launch does not wait for a listing
+of the whole prefix); until then :attr:`Quota.known` is False and writes are checked against
+what this helper has seen, the same allowance.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Quota:
         self._committed = 0
         self._pending: dict[int, int] = {}
         """Per file being changed (by inode): bytes beyond its stored size."""
+        self.known = False
+        """Whether a full count came in (before it, ``used`` is only this helper's doing)."""
 
     @property
     def used(self) -> int:
@@ -39,6 +43,7 @@ class Quota:
         """A full count of the store: the new committed figure."""
         with self._lock:
             self._committed = total
+            self.known = True
 
     def set_limit(self, limit: int | None) -> None:
         with self._lock:

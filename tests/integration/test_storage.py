@@ -380,6 +380,11 @@ def test_writes_beyond_the_quota_fail_in_the_tool(world: World):
     assert code != 0 and "Disk quota exceeded" in output, output
     code, output = world.sh(instance, "df -k /mnt/storage | tail -1")
     assert code == 0 and " 1024 " in output, output  # the quota is the file system's size
+    # The launch did not wait for the usage count (a listing of the whole prefix): the helper
+    # said ready first, and counted after.
+    logs = world.storage_helper(instance).logs().decode(errors="replace")
+    assert "serving s3://" in logs and "usage counted" in logs, logs
+    assert logs.index("serving s3://") < logs.index("usage counted"), logs
     # Removing files makes room again; nothing written is lost silently.
     assert world.sh(instance, "rm /mnt/storage/big && echo small > /mnt/storage/small") == (0, "")
     assert stored(world, quinn.username) == {"small": b"small\n"}
