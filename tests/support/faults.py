@@ -390,8 +390,11 @@ class FaultRun:
 
     def _orphan_pods(self, states: dict[str, S]) -> list[str]:
         node_id = json.loads((self.data / "node" / "node.json").read_text())["node_id"]
-        running = self.docker.containers.list(filters={"label": f"{pod.LABEL_NODE}={node_id}"})
-        pods = {c.labels.get(pod.LABEL_INSTANCE, "") for c in running}
+        # One listing, no inspect per container: the node removes containers meanwhile (a
+        # sandbox's unused storage helper, a pod being discarded), and an inspect of one gone
+        # since the listing fails with 404.
+        running = self.docker.api.containers(filters={"label": f"{pod.LABEL_NODE}={node_id}"})
+        pods = {(row.get("Labels") or {}).get(pod.LABEL_INSTANCE, "") for row in running}
         return sorted(f"{i} ({states[i].value if i in states else 'unknown'})"
                       for i in pods if i and states.get(i) not in LIVE)
 
