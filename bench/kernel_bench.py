@@ -33,11 +33,17 @@ import aiohttp
 import docker
 from yarl import URL
 
-from bench.latency_bench import Client, masked_text
+from bench.latency_bench import (
+    Client,
+    head_end,
+    masked_text,
+    server_frames,
+    upgrade_request,
+)
 from bench.launch_bench import TOOLS, discard, local_stack, owner, through_dit4c
 from bench.node_bench import percentile
 from protocol import heap
-from tests.support.jupyter_kernel import start_kernel
+from tests.support.jupyter_kernel import execute_request, start_kernel
 
 JUPYTERLAB = TOOLS["jupyterlab"]
 DEADLINE = 120.0
@@ -59,48 +65,21 @@ def reply_end(msg_id: str) -> Callable[[bytearray], int]:
     wanted = msg_id.encode()
 
     def done(buf: bytearray) -> int:
-        pos = 0
-        while len(buf) >= pos + 2:
-            size, start = buf[pos + 1] & 0x7F, pos + 2
-            if size == 126:
-                if len(buf) < pos + 4:
-                    return 0
-                size, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
-            elif size == 127:
-                if len(buf) < pos + 10:
-                    return 0
-                size, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
-            end = start + size
-            if len(buf) < end:
-                return 0
+        for start, end in server_frames(buf):
             payload = bytes(buf[start:end])
             if b'"execute_reply"' in payload and wanted in payload:
                 return end
-            pos = end
         return 0
     return done
-
-
-def execute_request(session: str, msg_id: str) -> bytes:
-    return masked_text(json.dumps({
-        "header": {"msg_id": msg_id, "session": session, "username": "bench",
-                   "msg_type": "execute_request", "version": "5.3",
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": "1+1", "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-    }).encode())
 
 
 async def channels(side: Side) -> Client:
     """The kernel's channels WebSocket, opened as the page opens it."""
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(lambda: Client(quickack=True), *side.address)
-    await client.exchange(
-        f"GET /api/kernels/{side.kernel_id}/channels HTTP/1.1\r\nHost: {side.host}\r\n"
-        f"Cookie: {side.cookies}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        .encode(), lambda buf: buf.find(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
+    await client.exchange(upgrade_request(
+        f"/api/kernels/{side.kernel_id}/channels",
+        f"Host: {side.host}\r\nCookie: {side.cookies}\r\n".encode()), head_end)
     return client
 
 
@@ -110,7 +89,8 @@ async def cells(client: Client, count: int) -> list[float]:
     for _ in range(count):
         msg_id = uuid.uuid4().hex
         started = time.perf_counter()
-        await client.exchange(execute_request(session, msg_id), reply_end(msg_id))
+        request = json.dumps(execute_request("1+1", session, msg_id, username="bench"))
+        await client.exchange(masked_text(request.encode()), reply_end(msg_id))
         times.append(time.perf_counter() - started)
     return times
 

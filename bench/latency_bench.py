@@ -38,7 +38,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,20 +123,42 @@ def http_response_end(buf: bytearray) -> int:
     return total if len(buf) >= total else 0
 
 
+def server_frames(buf: bytearray) -> Iterator[tuple[int, int]]:
+    """(payload start, end) of each complete unmasked frame at the start of ``buf``."""
+    pos = 0
+    while len(buf) >= pos + 2:
+        size, start = buf[pos + 1] & 0x7F, pos + 2
+        if size >= 126:
+            start += 2 if size == 126 else 8
+            if len(buf) < start:
+                return
+            size = int.from_bytes(buf[pos + 2:start], "big")
+        pos = start + size
+        if len(buf) < pos:
+            return
+        yield start, pos
+
+
 def ws_frames_end(count: int) -> Callable[[bytearray], int]:
     """Bytes of ``count`` complete unmasked frames at the start of ``buf``, else 0."""
     def done(buf: bytearray) -> int:
-        pos = 0
-        for _ in range(count):
-            if len(buf) < pos + 2:
-                return 0
-            size = buf[pos + 1] & 0x7F
-            assert size < 126, "the echo tool's answers are small"
-            pos += 2 + size
-            if len(buf) < pos:
-                return 0
-        return pos
+        for seen, (_, end) in enumerate(server_frames(buf), 1):
+            if seen == count:
+                return end
+        return 0
     return done
+
+
+def upgrade_request(path: str, head_lines: bytes) -> bytes:
+    """A WebSocket handshake for ``path`` with ``head_lines`` (Host, Cookie)."""
+    return (f"GET {path} HTTP/1.1\r\n".encode() + head_lines + b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+            + WS_KEY + b"\r\n\r\n")
+
+
+def head_end(buf: bytearray) -> int:
+    """Bytes of a complete response head at the start of ``buf``, else 0."""
+    return buf.find(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0
 
 
 @dataclass(frozen=True)
@@ -161,11 +183,7 @@ async def connect(way: Way, quickack: bool) -> Client:
 
 async def open_websocket(way: Way, quickack: bool) -> Client:
     client = await connect(way, quickack)
-    await client.exchange(
-        b"GET /ws HTTP/1.1\r\n" + way.head_lines() + b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
-        + WS_KEY + b"\r\n\r\n",
-        lambda buf: buf.find(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
+    await client.exchange(upgrade_request("/ws", way.head_lines()), head_end)
     return client
 
 

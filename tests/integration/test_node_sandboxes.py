@@ -12,7 +12,6 @@ volume removed with the pod; a store that refuses fails the launch with its reas
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +34,7 @@ from protocol.messages import StorageAccess
 from protocol.sandbox import ENV_SANDBOX
 from tests.ports import free_port
 from tests.support.node import pods_s3, sample_start
+from tests.support.polling import until
 
 pytestmark = [pytest.mark.docker]
 
@@ -63,13 +63,6 @@ def sandbox_rows(client: docker.DockerClient, sandbox_id: str) -> dict[str, dict
 def sandbox_volumes(client: docker.DockerClient, sandbox_id: str) -> list[str]:
     found = client.api.volumes(filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"})
     return [volume["Name"] for volume in found.get("Volumes") or []]
-
-
-def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from scripts.cleanup import remove_labelled
 from tests.support.control_plane import ControlPlane, control_plane
 from tests.support.engines import SecondEngine
 from tests.support.node import EventLog, NodeProcess, node_env
+from tests.support.polling import until
 from tests.support.s3_gate import S3Gate
 
 pytestmark = [pytest.mark.docker]
@@ -234,15 +235,6 @@ def stored(world: World, username: str) -> dict[str, bytes]:
     listed = world.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     return {o["Key"][len(prefix):]: world.s3.get_object(Bucket=bucket, Key=o["Key"])["Body"]
             .read() for o in listed}
-
-
-def until(check: Any, timeout: float, what: str) -> float:
-    """Seconds until ``check()`` is true; fails after ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def test_a_users_instances_share_live_storage_that_outlives_them(world: World):

@@ -19,6 +19,7 @@
   small writes per answer), for the latency bench and the tests of its cause.
 - :mod:`tests.support.jupyter_kernel` — a kernel started and driven over its WebSocket as
   JupyterLab's page does it.
+- :mod:`tests.support.polling` — ``until``: waiting for what the system does in the background.
 - :mod:`tests.support.deploy` — the Lambda artifact run as Lambda runs it (each function in its
   own interpreter of the runtime's version, :mod:`tests.support.lambda_runtime`), and the events
   API Gateway, SQS and EventBridge hand it; :mod:`tests.support.iam_gate` — each function's role

@@ -40,6 +40,19 @@ async def stop_kernel(session: aiohttp.ClientSession, base: str, kernel_id: str)
         assert response.status == 204, (response.status, await response.text())
 
 
+def execute_request(code: str, session: str, msg_id: str, username: str = "test"
+                    ) -> dict[str, Any]:
+    """An ``execute_request`` on the shell channel, as JupyterLab's page sends a cell."""
+    return {
+        "header": {"msg_id": msg_id, "session": session, "username": username,
+                   "msg_type": "execute_request", "version": "5.3",
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+    }
+
+
 @dataclass
 class Execution:
     """What one ``execute_request`` brought back."""
@@ -60,14 +73,7 @@ class Kernel:
 
     async def execute(self, code: str, wait: float = 60) -> Execution:
         msg_id = uuid.uuid4().hex
-        await self.ws.send_str(json.dumps({
-            "header": {"msg_id": msg_id, "session": self.session_id, "username": "test",
-                       "msg_type": "execute_request", "version": "5.3",
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-        }))
+        await self.ws.send_str(json.dumps(execute_request(code, self.session_id, msg_id)))
         started = time.perf_counter()
         reply: dict[str, Any] | None = None
         reply_seconds = 0.0
